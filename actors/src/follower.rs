@@ -1,0 +1,635 @@
+//! Reading one log — the `exec.log` chain, `runtime.log` or `kernel.log` — by
+//! file identity, across rotation. This is the synchronous core a
+//! [`Tailer`](crate::tailer::Tailer) drives.
+//!
+//! # Files held
+//! The follower holds the descriptor of the file it is reading (`current`) and
+//! of every newer file it has identified but not read yet (`queued`). Rotation
+//! renames files; an open descriptor keeps reading the same file whatever its
+//! name becomes, and even after it is unlinked.
+//!
+//! # Finding the next file
+//! Rotation shifts `.3`→`.4`, `.2`→`.3`, `.1`→`.2`, `exec.log`→`.1`, oldest first,
+//! then creates a fresh `exec.log`. So a file only ever moves to a higher index,
+//! and the file that follows the one at index `k` is the one at `k - 1`. The
+//! follower finds its newest held file at `k` (scanning upward, the direction
+//! files move, so a moving file cannot be passed over), opens `k - 1`, then
+//! checks the newest held file is still at `k`: if it is, no shift happened in
+//! between and the opened file is its true successor; if not, it scans again.
+//!
+//! # Retention
+//! A reader may finish the file it is reading after that file was unlinked,
+//! but a queued file that has been unlinked, or a newest held file that is gone
+//! before its successor was identified, means the reader fell behind the
+//! retention window: it drains what it holds, then reports a missed rotation.
+//! Held descriptors are therefore bounded by the retention count, and a slow
+//! reader never pins more disk than the chain itself.
+//!
+//! # Lines
+//! Only complete lines (ending in `\n`) are consumed; a torn tail waits for the
+//! rest of its line. A torn tail left in a file that has a successor is a
+//! record cut short by a crash: it is skipped. Empty, malformed and
+//! unknown-source lines are skipped and counted, with one warning per file. A
+//! file that shrinks under the reader was truncated: it is read again from
+//! offset 0 as a new generation, with a warning.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use chrono::{DateTime, Utc};
+
+use crate::entry::RawEntry;
+use crate::error::{Error, Result};
+use crate::format::{
+    FileId, LogCursor, LogSource, Position, RecordDecoder, SourceSet, StreamKey, TextDecoder,
+};
+
+/// Bytes read from disk per step.
+const READ_CHUNK: usize = 1 << 20;
+/// How many times a successor search retries while a rotation is under way.
+const SCAN_RETRIES: usize = 32;
+/// Whole rotated files older than `since` by this much are skipped unread.
+const SKIP_MARGIN: Duration = Duration::from_secs(1);
+
+/// Where a follower starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The oldest retained file, offset 0.
+    Beginning,
+    /// A cursor position.
+    At(Position),
+}
+
+/// What a read step ended with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadStatus {
+    /// The step's byte budget ran out; more may be ready now.
+    More,
+    /// Everything on disk was read; new data will come with a wake.
+    Idle,
+    /// The next file was rotated past retention; everything before it was read.
+    Missed {
+        /// Continues with the oldest retained file.
+        resume_from: Position,
+    },
+    /// The log directory is gone; everything held was read.
+    DirGone,
+}
+
+/// One open file of the log.
+#[derive(Debug)]
+struct Held {
+    file: File,
+    id: FileId,
+}
+
+/// Reads one log of one sandbox, following rotation. See the module docs.
+#[derive(Debug)]
+pub struct Follower {
+    dir: PathBuf,
+    stream: StreamKey,
+    sources: SourceSet,
+    skip_before: Option<DateTime<Utc>>,
+    current: Option<Held>,
+    /// Consumed offset in `current`: just past the last complete line.
+    offset: u64,
+    /// Bytes after `offset` already read: the start of a line without its `\n`.
+    partial: Vec<u8>,
+    queued: VecDeque<Held>,
+    missed: bool,
+    dir_gone: bool,
+    records: RecordDecoder,
+    text: TextDecoder,
+    skipped_in_file: u64,
+    skipped_total: u64,
+}
+
+impl Follower {
+    /// Opens the log `stream` in `dir` at `start`.
+    ///
+    /// A start position whose file is no longer retained makes the first read
+    /// report [`ReadStatus::Missed`].
+    pub fn open(
+        dir: &Path,
+        stream: StreamKey,
+        start: Start,
+        sources: SourceSet,
+        skip_before: Option<DateTime<Utc>>,
+    ) -> Result<Self> {
+        let mut follower = Self {
+            dir: dir.to_path_buf(),
+            stream,
+            sources,
+            skip_before,
+            current: None,
+            offset: 0,
+            partial: Vec::new(),
+            queued: VecDeque::new(),
+            missed: false,
+            dir_gone: false,
+            records: RecordDecoder::default(),
+            text: TextDecoder::default(),
+            skipped_in_file: 0,
+            skipped_total: 0,
+        };
+        match start {
+            Start::Beginning => follower.open_oldest()?,
+            Start::At(position) => follower.open_at(position)?,
+        }
+        Ok(follower)
+    }
+
+    /// Lines skipped so far (empty, malformed, unknown source, torn by a crash).
+    pub fn skipped(&self) -> u64 {
+        self.skipped_total
+    }
+
+    /// The position just past the last consumed line, once a file is open.
+    pub fn position(&self) -> Option<Position> {
+        self.current.as_ref().map(|held| Position {
+            file: held.id,
+            offset: self.offset,
+        })
+    }
+
+    /// Reads up to about `budget` bytes of complete lines, following rotation,
+    /// and returns the entries whose source is wanted.
+    pub fn read(&mut self, budget: usize, out: &mut Vec<RawEntry>) -> Result<ReadStatus> {
+        let mut consumed = 0usize;
+        let mut looked_ahead = false;
+        loop {
+            if self.current.is_none() {
+                if self.missed {
+                    return self.missed_status();
+                }
+                if !self.open_live()? {
+                    return Ok(if self.dir_gone {
+                        ReadStatus::DirGone
+                    } else {
+                        ReadStatus::Idle
+                    });
+                }
+            }
+            let chunk = self.read_chunk()?;
+            if let Some(chunk) = chunk {
+                consumed += self.parse_chunk(chunk, out);
+                if consumed >= budget {
+                    return Ok(ReadStatus::More);
+                }
+                continue;
+            }
+            if let Some(next) = self.queued.pop_front() {
+                self.switch_to(next)?;
+                continue;
+            }
+            if !looked_ahead {
+                looked_ahead = true;
+                self.look_ahead()?;
+                if !self.queued.is_empty() {
+                    // The live file has a successor now, so it is final: read
+                    // whatever landed in it before switching.
+                    continue;
+                }
+            }
+            if self.missed {
+                return self.missed_status();
+            }
+            if self.dir_gone {
+                return Ok(ReadStatus::DirGone);
+            }
+            return Ok(ReadStatus::Idle);
+        }
+    }
+
+    /// Identifies files newer than the newest held one, so that rotation cannot
+    /// take them away unnoticed. Cheap when nothing rotated: one `stat`.
+    pub fn look_ahead(&mut self) -> Result<()> {
+        if self.missed || self.current.is_none() {
+            return Ok(());
+        }
+        if self.queued_file_unlinked()? {
+            self.mark_missed();
+            return Ok(());
+        }
+        let base = self.path_at(0);
+        let mut retries = 0;
+        loop {
+            let newest = match self.queued.back().or(self.current.as_ref()) {
+                Some(held) => held.id,
+                None => return Ok(()),
+            };
+            let live = FileId::of_path(&base).map_err(|e| Error::io(&base, e))?;
+            match live {
+                None => {
+                    self.dir_gone = !self.dir.is_dir();
+                    return Ok(());
+                }
+                Some(live) if live == newest => return Ok(()),
+                Some(_) => {}
+            }
+            if !self.stream.rotates() {
+                // A plain log replaced by a new file: the new file follows.
+                if let Some(held) = self.open_path(&base)? {
+                    if held.id != newest {
+                        self.queued.push_back(held);
+                    }
+                }
+                return Ok(());
+            }
+            match self.find_successor(newest)? {
+                Successor::Found(held) => {
+                    self.queued.push_back(held);
+                    retries = 0;
+                }
+                Successor::Gone => {
+                    self.mark_missed();
+                    return Ok(());
+                }
+                Successor::NotYet => return Ok(()),
+                Successor::Moved => {
+                    retries += 1;
+                    if retries > SCAN_RETRIES {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn missed_status(&mut self) -> Result<ReadStatus> {
+        let resume_from = self.oldest_position()?;
+        Ok(ReadStatus::Missed { resume_from })
+    }
+
+    fn mark_missed(&mut self) {
+        self.missed = true;
+        self.queued.clear();
+    }
+
+    /// Whether a queued (not yet started) file was unlinked by rotation.
+    fn queued_file_unlinked(&self) -> Result<bool> {
+        for held in &self.queued {
+            let meta = held.file.metadata().map_err(|e| Error::io(&self.dir, e))?;
+            if meta.nlink() == 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn find_successor(&self, newest: FileId) -> Result<Successor> {
+        let held_newest = self
+            .queued
+            .back()
+            .or(self.current.as_ref())
+            .map(|h| &h.file);
+        if let Some(file) = held_newest {
+            let meta = file.metadata().map_err(|e| Error::io(&self.dir, e))?;
+            if meta.nlink() == 0 {
+                return Ok(Successor::Gone);
+            }
+        }
+        let max = self.max_generation()?;
+        let mut found = None;
+        for k in 1..=max {
+            let path = self.path_at(k);
+            if FileId::of_path(&path).map_err(|e| Error::io(&path, e))? == Some(newest) {
+                found = Some(k);
+                break;
+            }
+        }
+        let Some(k) = found else {
+            return Ok(Successor::Moved);
+        };
+        let Some(held) = self.open_path(&self.path_at(k - 1))? else {
+            return Ok(Successor::NotYet);
+        };
+        let at_k = self.path_at(k);
+        if FileId::of_path(&at_k).map_err(|e| Error::io(&at_k, e))? != Some(newest) {
+            return Ok(Successor::Moved);
+        }
+        Ok(Successor::Found(held))
+    }
+
+    /// The highest rotated generation present (`exec.log.N`), 0 if none.
+    fn max_generation(&self) -> Result<usize> {
+        if !self.stream.rotates() {
+            return Ok(0);
+        }
+        let prefix = format!("{}.", self.stream.file_name());
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(err) => return Err(Error::io(&self.dir, err)),
+        };
+        let mut max = 0;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
+            let name = entry.file_name();
+            let generation = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .and_then(|n| n.parse::<usize>().ok());
+            if let Some(generation) = generation {
+                max = max.max(generation);
+            }
+        }
+        Ok(max)
+    }
+
+    fn path_at(&self, generation: usize) -> PathBuf {
+        if generation == 0 {
+            self.dir.join(self.stream.file_name())
+        } else {
+            self.dir
+                .join(format!("{}.{generation}", self.stream.file_name()))
+        }
+    }
+
+    fn open_path(&self, path: &Path) -> Result<Option<Held>> {
+        match File::open(path) {
+            Ok(file) => {
+                let id = FileId::of_file(&file).map_err(|e| Error::io(path, e))?;
+                Ok(Some(Held { file, id }))
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(Error::io(path, err)),
+        }
+    }
+
+    fn open_oldest(&mut self) -> Result<()> {
+        for generation in (0..=self.max_generation()?).rev() {
+            if let Some(held) = self.open_path(&self.path_at(generation))? {
+                self.start_file(held)?;
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn open_at(&mut self, position: Position) -> Result<()> {
+        for _ in 0..SCAN_RETRIES {
+            let mut located = None;
+            for generation in 0..=self.max_generation()? {
+                let path = self.path_at(generation);
+                if FileId::of_path(&path).map_err(|e| Error::io(&path, e))? == Some(position.file) {
+                    located = Some(path);
+                    break;
+                }
+            }
+            let Some(path) = located else { break };
+            if let Some(held) = self.open_path(&path)? {
+                if held.id == position.file {
+                    let len = held.file.metadata().map_err(|e| Error::io(&path, e))?.len();
+                    self.offset = if position.offset > len {
+                        tracing::warn!(path = %path.display(), offset = position.offset, len, "file is shorter than the cursor: truncated, reading it from the start");
+                        0
+                    } else {
+                        position.offset
+                    };
+                    self.current = Some(held);
+                    return Ok(());
+                }
+            }
+        }
+        self.missed = true;
+        Ok(())
+    }
+
+    /// Opens the live file when nothing is open yet (it did not exist before).
+    fn open_live(&mut self) -> Result<bool> {
+        let base = self.path_at(0);
+        match self.open_path(&base)? {
+            Some(held) => {
+                self.start_file(held)?;
+                Ok(true)
+            }
+            None => {
+                self.dir_gone = !self.dir.is_dir();
+                Ok(false)
+            }
+        }
+    }
+
+    fn switch_to(&mut self, next: Held) -> Result<()> {
+        if !self.partial.is_empty() {
+            self.partial.clear();
+            self.skip_line();
+        }
+        self.start_file(next)
+    }
+
+    fn start_file(&mut self, held: Held) -> Result<()> {
+        if self.skipped_in_file > 1 {
+            tracing::debug!(dir = %self.dir.display(), skipped = self.skipped_in_file, "lines skipped in previous file");
+        }
+        self.skipped_in_file = 0;
+        self.offset = 0;
+        self.partial.clear();
+        if let Some(since) = self.skip_before {
+            let meta = held.file.metadata().map_err(|e| Error::io(&self.dir, e))?;
+            let is_live = FileId::of_path(&self.path_at(0)).ok().flatten() == Some(held.id);
+            let mtime: DateTime<Utc> = meta.modified().map_err(|e| Error::io(&self.dir, e))?.into();
+            if !is_live && mtime + SKIP_MARGIN < since {
+                self.offset = meta.len();
+            }
+        }
+        self.current = Some(held);
+        Ok(())
+    }
+
+    fn oldest_position(&self) -> Result<Position> {
+        for generation in (0..=self.max_generation()?).rev() {
+            let path = self.path_at(generation);
+            if let Some(file) = FileId::of_path(&path).map_err(|e| Error::io(&path, e))? {
+                return Ok(Position { file, offset: 0 });
+            }
+        }
+        Ok(Position {
+            file: FileId {
+                ino: 0,
+                btime_ns: 0,
+            },
+            offset: 0,
+        })
+    }
+
+    /// Reads the next bytes after what is consumed and pending; `None` at end of file.
+    fn read_chunk(&mut self) -> Result<Option<(Bytes, DateTime<Utc>)>> {
+        let Some(held) = self.current.as_ref() else {
+            return Ok(None);
+        };
+        let meta = held.file.metadata().map_err(|e| Error::io(&self.dir, e))?;
+        let read_pos = self.offset + self.partial.len() as u64;
+        if meta.len() < read_pos {
+            tracing::warn!(dir = %self.dir.display(), log = self.stream.file_name(), len = meta.len(), offset = read_pos, "file shrank under the reader: truncated, reading it again from the start");
+            self.offset = 0;
+            self.partial.clear();
+            return self.read_chunk();
+        }
+        let available = meta.len() - read_pos;
+        if available == 0 {
+            return Ok(None);
+        }
+        let want = usize::try_from(available)
+            .unwrap_or(usize::MAX)
+            .min(READ_CHUNK.max(self.partial.len()));
+        let mut buf = BytesMut::with_capacity(self.partial.len() + want);
+        buf.extend_from_slice(&self.partial);
+        let start = buf.len();
+        buf.resize(start + want, 0);
+        let got = read_full_at(&held.file, &mut buf[start..], read_pos)
+            .map_err(|e| Error::io(&self.dir, e))?;
+        buf.truncate(start + got);
+        if got == 0 {
+            return Ok(None);
+        }
+        let mtime = meta
+            .modified()
+            .map(DateTime::<Utc>::from)
+            .unwrap_or_else(|_| Utc::now());
+        self.partial.clear();
+        Ok(Some((buf.freeze(), mtime)))
+    }
+
+    /// Parses the complete lines of `chunk` (which starts at `self.offset`),
+    /// keeps the torn tail, and returns the bytes consumed.
+    fn parse_chunk(
+        &mut self,
+        (chunk, mtime): (Bytes, DateTime<Utc>),
+        out: &mut Vec<RawEntry>,
+    ) -> usize {
+        let Some(last_newline) = memchr::memrchr(b'\n', &chunk) else {
+            self.partial.extend_from_slice(&chunk);
+            return 0;
+        };
+        let complete = chunk.slice(..=last_newline);
+        self.partial.extend_from_slice(&chunk[last_newline + 1..]);
+        let file = match self.current.as_ref() {
+            Some(held) => held.id,
+            None => return 0,
+        };
+        let mut line_start = 0usize;
+        for newline in memchr::memchr_iter(b'\n', &complete) {
+            let line = &complete[line_start..newline];
+            let end = Position {
+                file,
+                offset: self.offset + newline as u64 + 1,
+            };
+            line_start = newline + 1;
+            if self.stream.is_records() {
+                match self.records.decode(&complete, line) {
+                    Ok(rec) => {
+                        if self.wanted(rec.source, rec.timestamp) {
+                            out.push(RawEntry {
+                                timestamp: rec.timestamp,
+                                source: rec.source,
+                                session_id: rec.session_id,
+                                data: rec.data,
+                                end,
+                            });
+                        }
+                    }
+                    Err(_) => self.skip_line(),
+                }
+            } else {
+                match self.text.decode(line, mtime) {
+                    Some((timestamp, data)) => {
+                        if self.wanted(LogSource::System, timestamp) {
+                            out.push(RawEntry {
+                                timestamp,
+                                source: LogSource::System,
+                                session_id: None,
+                                data,
+                                end,
+                            });
+                        }
+                    }
+                    None => self.skip_line(),
+                }
+            }
+        }
+        self.offset += complete.len() as u64;
+        complete.len()
+    }
+
+    fn wanted(&self, source: LogSource, timestamp: DateTime<Utc>) -> bool {
+        self.sources.contains(source) && self.skip_before.is_none_or(|since| timestamp >= since)
+    }
+
+    fn skip_line(&mut self) {
+        self.skipped_in_file += 1;
+        self.skipped_total += 1;
+        if self.skipped_in_file == 1 {
+            tracing::warn!(dir = %self.dir.display(), log = self.stream.file_name(), "skipping empty, malformed or unknown-source lines in this file; further ones are only counted");
+        }
+    }
+}
+
+enum Successor {
+    Found(Held),
+    /// The newest held file was unlinked before its successor was identified.
+    Gone,
+    /// The successor's name is not there yet (a rotation is half done).
+    NotYet,
+    /// Files moved during the search; search again.
+    Moved,
+}
+
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(filled)
+}
+
+/// Checks, before any reader starts, that `cursor` can be resumed in `dir`.
+///
+/// A cursor is foreign if it names another directory, or if its file is not in
+/// the chain and was born after the live file (so it never was in this chain).
+/// A file that is merely gone (older than everything retained) is not an error
+/// here: the stream reports the missed rotation.
+pub fn check_cursor(dir: &Path, cursor: &LogCursor) -> Result<()> {
+    let dir_id = FileId::of_path(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .ok_or_else(|| Error::LogDirMissing(dir.to_path_buf()))?;
+    if dir_id != cursor.dir() {
+        return Err(Error::InvalidCursor(format!(
+            "the cursor belongs to another log directory than {}",
+            dir.display()
+        )));
+    }
+    for stream in StreamKey::ALL {
+        let Some(position) = cursor.position(stream) else {
+            continue;
+        };
+        let live_path = dir.join(stream.file_name());
+        let live = FileId::of_path(&live_path).map_err(|e| Error::io(&live_path, e))?;
+        if let Some(live) = live {
+            if live == position.file {
+                continue;
+            }
+            if position.file.has_btime()
+                && live.has_btime()
+                && position.file.btime_ns > live.btime_ns
+            {
+                return Err(Error::InvalidCursor(format!(
+                    "the cursor names a file that never was part of {}",
+                    live_path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}

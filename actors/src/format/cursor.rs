@@ -1,0 +1,330 @@
+//! Resumable read positions.
+//!
+//! A cursor records, for each log it has read (the `exec.log` chain,
+//! `runtime.log`, `kernel.log`), the identity of the file it was in and the
+//! byte offset just past the last line it consumed, plus the identity of the
+//! log directory itself so that a cursor from another sandbox (or an earlier
+//! sandbox of the same name) is recognised as foreign.
+//!
+//! The string form is opaque and shell-safe: URL-safe base64 of
+//! `v1;d=INO.BTIME;e=INO.BTIME.OFFSET;r=…;k=…;x=CRC32`; the checksum makes a
+//! truncated or mistyped cursor fail to parse instead of pointing elsewhere.
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::identity::FileId;
+
+/// One of the logs a sandbox keeps, each read by its own tailer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StreamKey {
+    /// `exec.log` and its rotated generations.
+    Exec,
+    /// `runtime.log`.
+    Runtime,
+    /// `kernel.log`.
+    Kernel,
+}
+
+impl StreamKey {
+    /// All logs, in cursor order.
+    pub const ALL: [StreamKey; 3] = [Self::Exec, Self::Runtime, Self::Kernel];
+
+    /// The live file's name in the log directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::Exec => "exec.log",
+            Self::Runtime => "runtime.log",
+            Self::Kernel => "kernel.log",
+        }
+    }
+
+    /// Whether this log is JSON Lines records (else plain text).
+    pub fn is_records(self) -> bool {
+        self == Self::Exec
+    }
+
+    /// Whether this log rotates into numbered generations.
+    pub fn rotates(self) -> bool {
+        self == Self::Exec
+    }
+
+    fn tag(self) -> &'static str {
+        match self {
+            Self::Exec => "e",
+            Self::Runtime => "r",
+            Self::Kernel => "k",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A byte offset in one identified file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Position {
+    /// The file.
+    pub file: FileId,
+    /// Offset just past the last consumed line.
+    pub offset: u64,
+}
+
+/// Where a reader stopped, for every log it read; resumes with no gap and no repeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LogCursor {
+    dir: FileId,
+    positions: [Option<Position>; 3],
+}
+
+impl LogCursor {
+    /// A cursor for the log directory identified by `dir` that has read nothing.
+    pub fn new(dir: FileId) -> Self {
+        Self {
+            dir,
+            positions: [None; 3],
+        }
+    }
+
+    /// The identity of the log directory this cursor belongs to.
+    pub fn dir(&self) -> FileId {
+        self.dir
+    }
+
+    /// Where reading of `stream` stopped, if it was read.
+    pub fn position(&self, stream: StreamKey) -> Option<Position> {
+        self.positions[stream.index()]
+    }
+
+    /// Records that `stream` has been read up to `position`.
+    pub fn set_position(&mut self, stream: StreamKey, position: Position) {
+        self.positions[stream.index()] = Some(position);
+    }
+
+    /// This cursor with `stream` forgotten (it will be read from its beginning).
+    pub fn without(mut self, stream: StreamKey) -> Self {
+        self.positions[stream.index()] = None;
+        self
+    }
+
+    fn to_text(self) -> String {
+        let mut text = format!("v1;d={}.{}", self.dir.ino, self.dir.btime_ns);
+        for stream in StreamKey::ALL {
+            if let Some(p) = self.position(stream) {
+                text.push_str(&format!(
+                    ";{}={}.{}.{}",
+                    stream.tag(),
+                    p.file.ino,
+                    p.file.btime_ns,
+                    p.offset
+                ));
+            }
+        }
+        let checksum = crc32fast::hash(text.as_bytes());
+        text.push_str(&format!(";x={checksum:08x}"));
+        text
+    }
+
+    fn from_text(text: &str) -> Result<Self, LogCursorParseError> {
+        let (body, checksum) = text
+            .rsplit_once(";x=")
+            .ok_or_else(|| LogCursorParseError::new("no checksum"))?;
+        if u32::from_str_radix(checksum, 16).ok() != Some(crc32fast::hash(body.as_bytes()))
+            || checksum.len() != 8
+        {
+            return Err(LogCursorParseError::new(
+                "checksum mismatch (truncated or altered)",
+            ));
+        }
+        let mut fields = body.split(';');
+        if fields.next() != Some("v1") {
+            return Err(LogCursorParseError::new("unknown version"));
+        }
+        let mut dir = None;
+        let mut positions = [None; 3];
+        for field in fields {
+            let (tag, value) = field
+                .split_once('=')
+                .ok_or_else(|| LogCursorParseError::new(format!("field `{field}` has no `=`")))?;
+            let numbers: Vec<&str> = value.split('.').collect();
+            let number = |i: usize| -> Result<u64, LogCursorParseError> {
+                numbers
+                    .get(i)
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        LogCursorParseError::new(format!("field `{tag}` is not numeric"))
+                    })
+            };
+            let btime = |i: usize| -> Result<i64, LogCursorParseError> {
+                numbers
+                    .get(i)
+                    .and_then(|n| n.parse::<i64>().ok())
+                    .ok_or_else(|| {
+                        LogCursorParseError::new(format!("field `{tag}` is not numeric"))
+                    })
+            };
+            if tag == "d" {
+                if numbers.len() != 2 || dir.is_some() {
+                    return Err(LogCursorParseError::new("bad directory field"));
+                }
+                dir = Some(FileId {
+                    ino: number(0)?,
+                    btime_ns: btime(1)?,
+                });
+                continue;
+            }
+            let stream = StreamKey::ALL
+                .into_iter()
+                .find(|s| s.tag() == tag)
+                .ok_or_else(|| LogCursorParseError::new(format!("unknown field `{tag}`")))?;
+            if numbers.len() != 3 || positions[stream.index()].is_some() {
+                return Err(LogCursorParseError::new(format!("bad field `{tag}`")));
+            }
+            positions[stream.index()] = Some(Position {
+                file: FileId {
+                    ino: number(0)?,
+                    btime_ns: btime(1)?,
+                },
+                offset: number(2)?,
+            });
+        }
+        let dir = dir.ok_or_else(|| LogCursorParseError::new("no directory field"))?;
+        Ok(Self { dir, positions })
+    }
+}
+
+impl fmt::Display for LogCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&URL_SAFE_NO_PAD.encode(self.to_text()))
+    }
+}
+
+impl FromStr for LogCursor {
+    type Err = LogCursorParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let raw = URL_SAFE_NO_PAD
+            .decode(s.trim())
+            .map_err(|_| LogCursorParseError::new("not a cursor (bad encoding)"))?;
+        let text = std::str::from_utf8(&raw)
+            .map_err(|_| LogCursorParseError::new("not a cursor (bad encoding)"))?;
+        Self::from_text(text)
+    }
+}
+
+impl Serialize for LogCursor {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for LogCursor {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A string that is not a [`LogCursor`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid log cursor: {reason}")]
+pub struct LogCursorParseError {
+    reason: String,
+}
+
+impl LogCursorParseError {
+    fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+        }
+    }
+
+    /// Why the string was refused.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> LogCursor {
+        let mut c = LogCursor::new(FileId {
+            ino: 42,
+            btime_ns: 1_700_000_000_123_456_789,
+        });
+        c.set_position(
+            StreamKey::Exec,
+            Position {
+                file: FileId {
+                    ino: 7,
+                    btime_ns: 0,
+                },
+                offset: 12345,
+            },
+        );
+        c.set_position(
+            StreamKey::Kernel,
+            Position {
+                file: FileId {
+                    ino: 9,
+                    btime_ns: -5,
+                },
+                offset: 0,
+            },
+        );
+        c
+    }
+
+    #[test]
+    fn string_round_trip() {
+        let c = sample();
+        let text = c.to_string();
+        assert!(text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_eq!(text.parse::<LogCursor>().unwrap(), c);
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<LogCursor>(&json).unwrap(), c);
+    }
+
+    #[test]
+    fn garbage_and_truncation_are_refused() {
+        let text = sample().to_string();
+        for bad in [
+            "",
+            "garbage!",
+            "djE",
+            &text[..text.len() / 2],
+            &text[..text.len() - 3],
+        ] {
+            assert!(bad.parse::<LogCursor>().is_err(), "{bad:?} parsed");
+        }
+        for body in [
+            "v2;d=1.2",
+            "v1",
+            "v1;d=1",
+            "v1;d=1.2;e=1.2",
+            "v1;d=1.2;q=1.2.3",
+            "v1;d=1.2;e=a.2.3",
+            "v1;d=1.2;d=1.2",
+            "v1;d=1.2;e=1.2.3;e=1.2.3",
+        ] {
+            let raw = format!("{body};x={:08x}", crc32fast::hash(body.as_bytes()));
+            let encoded = URL_SAFE_NO_PAD.encode(&raw);
+            assert!(encoded.parse::<LogCursor>().is_err(), "{raw:?} parsed");
+        }
+        let good = sample().to_text();
+        let altered = good.replacen("12345", "12346", 1);
+        assert!(URL_SAFE_NO_PAD
+            .encode(&altered)
+            .parse::<LogCursor>()
+            .is_err());
+    }
+}

@@ -1,0 +1,29 @@
+//! sandvisor's engine: every actor, its messages, and the on-disk log format
+//! they share.
+//!
+//! Users reach all of this through the `sandvisor` crate, which re-exports
+//! what they need.
+//!
+//! - [`relay_tap`]: the `exec.log` writer, rotating at a size limit.
+//! - [`tailer`]: one reader per log, following rotation by file identity.
+//! - [`subscriber`]: one per read, merging its tailers and assigning cursors.
+//! - [`watch_hub`]: the one filesystem watcher of the process.
+//! - [`format`]: records, text lines, file identity, cursors.
+
+pub mod entry;
+pub mod error;
+pub mod follower;
+pub mod format;
+pub mod relay_tap;
+pub mod restart;
+pub mod stream;
+pub mod subscriber;
+pub mod tailer;
+pub mod watch_hub;
+
+pub use entry::{LogEntry, RawEntry};
+pub use error::{Error, Result};
+pub use format::{
+    FileId, LogCursor, LogCursorParseError, LogSource, Position, SourceSet, StreamKey,
+};
+pub use stream::{collect, open_stream, LogStream};

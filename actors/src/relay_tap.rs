@@ -1,0 +1,270 @@
+//! The relay tap: the one writer of a sandbox's `exec.log`.
+//!
+//! # Contract
+//! - Each [`RelayTapMsg::Chunk`] becomes one record, written with one
+//!   `write(2)` on a descriptor opened with `O_APPEND`, in the order the
+//!   messages arrive. A record is never split across files.
+//! - Before a record that would take `exec.log` past `max_bytes`, the tap
+//!   rotates: `.{keep-1}`→`.{keep}`, …, `.1`→`.2`, `exec.log`→`.1` (renames; the
+//!   oldest is replaced), then opens a fresh `exec.log`, and tells its
+//!   parent [`TapEvent::Rotated`]. A single record larger than `max_bytes` is
+//!   written alone into a fresh file.
+//! - Restart-safe: a new incarnation reopens `exec.log` in append mode and
+//!   counts from its current size, so a crash costs at most the chunk being
+//!   written, and a supervisor that replays unacknowledged chunks loses none.
+//! - A write or rotation error fails the actor (its supervisor restarts it).
+//! - [`RelayTapMsg::Flush`] answers once every earlier message is on disk
+//!   (in the page cache: the tap does not fsync).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
+
+use crate::format::{LogSource, RecordEncoder, StreamKey};
+
+/// Default rotation size: 10 MiB.
+pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// Default number of rotated files kept.
+pub const DEFAULT_KEEP: usize = 4;
+
+/// Where and how a tap writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapConfig {
+    /// The sandbox's log directory.
+    pub dir: PathBuf,
+    /// Rotate before `exec.log` would pass this size.
+    pub max_bytes: u64,
+    /// Rotated files kept (`exec.log.1` … `exec.log.{keep}`).
+    pub keep: usize,
+}
+
+impl TapConfig {
+    /// A tap writing into `dir` with the default rotation (10 MiB × 4).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            max_bytes: DEFAULT_MAX_BYTES,
+            keep: DEFAULT_KEEP,
+        }
+    }
+}
+
+/// One captured chunk of output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// Exec session id (1 for the sandbox's main process).
+    pub session_id: u64,
+    /// Which stream it came from.
+    pub source: LogSource,
+    /// The bytes, unaltered.
+    pub data: Bytes,
+    /// Host wall-clock time at capture.
+    pub captured_at: DateTime<Utc>,
+}
+
+impl Chunk {
+    /// A chunk captured now.
+    pub fn now(session_id: u64, source: LogSource, data: impl Into<Bytes>) -> Self {
+        Self {
+            session_id,
+            source,
+            data: data.into(),
+            captured_at: Utc::now(),
+        }
+    }
+}
+
+/// What a tap tells its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapEvent {
+    /// `exec.log` was rotated; `generation` counts rotations seen by this tap
+    /// and the incarnations before it (see [`TapArgs::generation`]).
+    Rotated {
+        /// The rotation count after this one.
+        generation: u64,
+    },
+}
+
+/// Messages of the [`RelayTap`].
+#[derive(Debug)]
+pub enum RelayTapMsg {
+    /// Write one record.
+    Chunk(Chunk),
+    /// Write a `system` record (a lifecycle marker such as `--- sandbox started ---`).
+    System {
+        /// The marker text.
+        text: String,
+        /// When it happened.
+        at: DateTime<Utc>,
+    },
+    /// Answer once every earlier message is written.
+    Flush(RpcReplyPort<TapStats>),
+}
+
+impl RelayTapMsg {
+    /// A system marker stamped now.
+    pub fn system(text: impl Into<String>) -> Self {
+        Self::System {
+            text: text.into(),
+            at: Utc::now(),
+        }
+    }
+}
+
+/// A tap's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TapStats {
+    /// Records written by this incarnation.
+    pub records: u64,
+    /// Bytes written by this incarnation.
+    pub bytes: u64,
+    /// Current size of `exec.log`.
+    pub size: u64,
+    /// Rotation count (see [`TapEvent::Rotated`]).
+    pub generation: u64,
+}
+
+/// Arguments to spawn a [`RelayTap`].
+#[derive(Clone)]
+pub struct TapArgs {
+    /// Where and how to write.
+    pub config: TapConfig,
+    /// Rotation count to continue from (a restarted tap gets its predecessor's).
+    pub generation: u64,
+    /// Who hears about rotations.
+    pub events: Option<DerivedActorRef<TapEvent>>,
+}
+
+/// The `exec.log` writer actor. See the module docs.
+pub struct RelayTap;
+
+/// The tap's state: the open file and its size.
+pub struct TapState {
+    config: TapConfig,
+    live: PathBuf,
+    file: File,
+    stats: TapStats,
+    encoder: RecordEncoder,
+    record: Vec<u8>,
+    events: Option<DerivedActorRef<TapEvent>>,
+}
+
+impl TapState {
+    fn write_record(
+        &mut self,
+        at: DateTime<Utc>,
+        source: LogSource,
+        session: Option<u64>,
+        data: &[u8],
+    ) -> io::Result<()> {
+        self.encoder
+            .encode(&mut self.record, at, source, session, data);
+        let len = self.record.len() as u64;
+        if self.stats.size > 0 && self.stats.size + len > self.config.max_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(&self.record)?;
+        self.stats.size += len;
+        self.stats.bytes += len;
+        self.stats.records += 1;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let dir = &self.config.dir;
+        let name = StreamKey::Exec.file_name();
+        for generation in (1..self.config.keep).rev() {
+            rename_if_present(
+                &dir.join(format!("{name}.{generation}")),
+                &dir.join(format!("{name}.{}", generation + 1)),
+            )?;
+        }
+        if self.config.keep == 0 {
+            std::fs::remove_file(&self.live)?;
+        } else {
+            rename_if_present(&self.live, &dir.join(format!("{name}.1")))?;
+        }
+        self.file = open_append(&self.live)?;
+        self.stats.size = 0;
+        self.stats.generation += 1;
+        tracing::debug!(dir = %dir.display(), generation = self.stats.generation, "exec.log rotated");
+        if let Some(events) = &self.events {
+            // A parent that stopped listening does not stop the writing.
+            let _ = events.send_message(TapEvent::Rotated {
+                generation: self.stats.generation,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn rename_if_present(from: &Path, to: &Path) -> io::Result<()> {
+    match std::fs::rename(from, to) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+impl Actor for RelayTap {
+    type Msg = RelayTapMsg;
+    type State = TapState;
+    type Arguments = TapArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        args: TapArgs,
+    ) -> Result<TapState, ActorProcessingErr> {
+        std::fs::create_dir_all(&args.config.dir)?;
+        let live = args.config.dir.join(StreamKey::Exec.file_name());
+        let file = open_append(&live)?;
+        let size = file.metadata()?.len();
+        Ok(TapState {
+            config: args.config,
+            live,
+            file,
+            stats: TapStats {
+                size,
+                generation: args.generation,
+                ..TapStats::default()
+            },
+            encoder: RecordEncoder::default(),
+            record: Vec::new(),
+            events: args.events,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut TapState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RelayTapMsg::Chunk(chunk) => {
+                state.write_record(
+                    chunk.captured_at,
+                    chunk.source,
+                    Some(chunk.session_id),
+                    &chunk.data,
+                )?;
+            }
+            RelayTapMsg::System { text, at } => {
+                state.write_record(at, LogSource::System, None, text.as_bytes())?;
+            }
+            RelayTapMsg::Flush(reply) => {
+                // The caller may have stopped waiting; the writes stand either way.
+                let _ = reply.send(state.stats);
+            }
+        }
+        Ok(())
+    }
+}

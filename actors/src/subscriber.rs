@@ -1,0 +1,416 @@
+//! The subscriber: one actor per read (`read_logs` call or `log_stream`),
+//! supervising one [`Tailer`] per log it reads.
+//!
+//! # Contract
+//! - Spawns its tailers in `pre_start`; a tailer that cannot open its log makes
+//!   the spawn fail, so such errors reach the caller, not the stream.
+//! - Assigns cursors: every entry carries the cursor just after it. The
+//!   subscriber's own cursor only moves when a batch has been delivered (put
+//!   into the bounded channel behind the stream, or collected), so it is the
+//!   resume point of everything delivered.
+//! - Stream sink: entries go out in batches through a bounded channel; the
+//!   subscriber acknowledges a tailer's batch only after the channel accepted
+//!   it, which is what slows a slow consumer's tailers (and only those). The
+//!   stream ends before the first entry at or after `until`, after a missed
+//!   rotation (yielded once, as an error), when the log directory is removed,
+//!   or, when not following, once every tailer reached the end of its log.
+//! - Collect sink (`read_logs`): gathers everything up to the end of each log,
+//!   then sorts by time (stable) and assigns cursors in that order.
+//! - Supervision: a tailer that fails is restarted from the last delivered
+//!   position with a new epoch (batches of older epochs are dropped), at most
+//!   [`RestartBudget::DEFAULT_MAX`] times within
+//!   [`RestartBudget::DEFAULT_WINDOW`]; past that the read ends with
+//!   [`Error::ReaderGaveUp`]. A tailer stopped or killed by someone else is
+//!   restarted the same way but not counted: only failures exhaust the budget.
+//! - When the subscriber stops, its tailers are stopped with it and their
+//!   watches released.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::entry::{LogEntry, RawEntry};
+use crate::error::{Error, Result};
+use crate::follower::Start;
+use crate::format::{LogCursor, Position, SourceSet, StreamKey};
+use crate::restart::RestartBudget;
+use crate::tailer::{Tailer, TailerArgs, TailerMsg};
+
+/// What to read.
+#[derive(Debug, Clone)]
+pub struct ReadPlan {
+    /// The log directory.
+    pub dir: PathBuf,
+    /// The logs to read.
+    pub streams: Vec<StreamKey>,
+    /// Sources delivered.
+    pub sources: SourceSet,
+    /// Resume point; logs it has no position for are read from the beginning.
+    pub cursor: LogCursor,
+    /// Entries before this are not delivered.
+    pub since: Option<DateTime<Utc>>,
+    /// The stream ends before the first entry at or after this.
+    pub until: Option<DateTime<Utc>>,
+    /// Keep reading as the logs grow.
+    pub follow: bool,
+}
+
+/// How a tailer's reading ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TailEnd {
+    /// Everything on disk was read (not following).
+    Done,
+    /// The file after the delivered position was rotated past retention.
+    Missed {
+        /// The oldest retained position of that log.
+        resume_from: Position,
+    },
+    /// The log directory was removed.
+    DirGone,
+}
+
+/// Batches sent to a stream's consumer.
+pub type StreamBatch = Result<Vec<LogEntry>>;
+
+/// What `read_logs` collects.
+#[derive(Debug)]
+pub struct Collected {
+    /// Entries in time order, each with the cursor just after it in that order.
+    pub entries: Vec<LogEntry>,
+    /// The cursor after everything read, filtered out or not.
+    pub cursor: LogCursor,
+}
+
+/// Where entries go.
+pub enum Sink {
+    /// A bounded channel behind a [`LogStream`](crate::LogStream).
+    Stream(mpsc::Sender<StreamBatch>),
+    /// Collected and sent once, sorted, for a one-shot read.
+    Collect(oneshot::Sender<Result<Collected>>),
+}
+
+/// Messages of the [`Subscriber`].
+pub enum SubscriberMsg {
+    /// Entries from a tailer, and the position just past what they cover.
+    Batch {
+        /// Which log.
+        stream: StreamKey,
+        /// The sending tailer's epoch.
+        epoch: u64,
+        /// Entries (already filtered by source and `since`).
+        entries: Vec<RawEntry>,
+        /// Position after the batch.
+        end: Option<Position>,
+    },
+    /// A tailer finished.
+    End {
+        /// Which log.
+        stream: StreamKey,
+        /// The sending tailer's epoch.
+        epoch: u64,
+        /// How.
+        end: TailEnd,
+    },
+    /// The current tailers, for probes and fault tests.
+    Tailers(RpcReplyPort<Vec<ActorCell>>),
+    /// The cursor after everything delivered so far.
+    Cursor(RpcReplyPort<LogCursor>),
+}
+
+/// The subscriber actor. See the module docs.
+pub struct Subscriber;
+
+struct Slot {
+    tailer: ActorRef<TailerMsg>,
+    epoch: u64,
+    ended: bool,
+    budget: RestartBudget,
+}
+
+/// The subscriber's state.
+pub struct SubscriberState {
+    plan: ReadPlan,
+    sink: Option<Sink>,
+    cursor: LogCursor,
+    slots: HashMap<StreamKey, Slot>,
+    by_actor: HashMap<ActorId, StreamKey>,
+    collected: Vec<(StreamKey, RawEntry)>,
+}
+
+impl Actor for Subscriber {
+    type Msg = SubscriberMsg;
+    type State = SubscriberState;
+    type Arguments = (ReadPlan, Sink);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        (plan, sink): (ReadPlan, Sink),
+    ) -> Result<SubscriberState, ActorProcessingErr> {
+        let mut state = SubscriberState {
+            cursor: plan.cursor,
+            plan,
+            sink: Some(sink),
+            slots: HashMap::new(),
+            by_actor: HashMap::new(),
+            collected: Vec::new(),
+        };
+        for stream in state.plan.streams.clone() {
+            spawn_tailer(&myself, &mut state, stream, 1).await?;
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut SubscriberState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SubscriberMsg::Batch {
+                stream,
+                epoch,
+                entries,
+                end,
+            } => {
+                if !state.is_current(stream, epoch) {
+                    return Ok(());
+                }
+                state.deliver(&myself, stream, entries, end).await;
+                if let Some(slot) = state.slots.get(&stream) {
+                    // A tailer that died since will be replaced; nothing to ack.
+                    let _ = slot.tailer.cast(TailerMsg::Ack);
+                }
+            }
+            SubscriberMsg::End { stream, epoch, end } => {
+                if !state.is_current(stream, epoch) {
+                    return Ok(());
+                }
+                match end {
+                    TailEnd::Done => {
+                        if let Some(slot) = state.slots.get_mut(&stream) {
+                            slot.ended = true;
+                        }
+                        if state.slots.values().all(|slot| slot.ended) {
+                            state.finish(&myself, None).await;
+                        }
+                    }
+                    TailEnd::Missed { resume_from } => {
+                        let mut resume = state.cursor;
+                        resume.set_position(stream, resume_from);
+                        let err = Error::MissedRotation {
+                            stopped_at: state.cursor,
+                            resume_from: resume,
+                        };
+                        state.finish(&myself, Some(err)).await;
+                    }
+                    TailEnd::DirGone => {
+                        let err = Error::LogDirRemoved(state.plan.dir.clone());
+                        state.finish(&myself, Some(err)).await;
+                    }
+                }
+            }
+            SubscriberMsg::Tailers(reply) => {
+                let cells = state
+                    .slots
+                    .values()
+                    .map(|slot| slot.tailer.get_cell())
+                    .collect();
+                let _ = reply.send(cells);
+            }
+            SubscriberMsg::Cursor(reply) => {
+                let _ = reply.send(state.cursor);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut SubscriberState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, failure) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            _ => return Ok(()),
+        };
+        let Some(stream) = state.by_actor.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        if state.sink.is_none() {
+            return Ok(());
+        }
+        let Some(slot) = state.slots.get_mut(&stream) else {
+            return Ok(());
+        };
+        if slot.tailer.get_id() != cell.get_id() {
+            return Ok(());
+        }
+        if let Some(reason) = &failure {
+            tracing::warn!(dir = %state.plan.dir.display(), log = stream.file_name(), %reason, "log reader failed; restarting it from the last delivered position");
+            if !slot.budget.allow() {
+                let err = Error::ReaderGaveUp {
+                    path: state.plan.dir.join(stream.file_name()),
+                    failures: slot.budget.failures(),
+                    reason: reason.clone(),
+                };
+                state.finish(&myself, Some(err)).await;
+                return Ok(());
+            }
+        } else {
+            tracing::info!(dir = %state.plan.dir.display(), log = stream.file_name(), "log reader stopped by someone else; restarting it");
+        }
+        let epoch = slot.epoch + 1;
+        if let Err(err) = spawn_tailer(&myself, state, stream, epoch).await {
+            let err = Error::ReaderGaveUp {
+                path: state.plan.dir.join(stream.file_name()),
+                failures: 1,
+                reason: err.to_string(),
+            };
+            state.finish(&myself, Some(err)).await;
+        }
+        Ok(())
+    }
+}
+
+async fn spawn_tailer(
+    myself: &ActorRef<SubscriberMsg>,
+    state: &mut SubscriberState,
+    stream: StreamKey,
+    epoch: u64,
+) -> Result<(), ActorProcessingErr> {
+    let start = state
+        .cursor
+        .position(stream)
+        .map_or(Start::Beginning, Start::At);
+    let args = TailerArgs {
+        dir: state.plan.dir.clone(),
+        stream,
+        start,
+        sources: state.plan.sources,
+        since: state.plan.since,
+        follow: state.plan.follow,
+        subscriber: myself.clone(),
+        epoch,
+    };
+    let (tailer, _) = Actor::spawn_linked(None, Tailer, args, myself.get_cell()).await?;
+    state.by_actor.insert(tailer.get_id(), stream);
+    let budget = state
+        .slots
+        .remove(&stream)
+        .map(|slot| slot.budget)
+        .unwrap_or_default();
+    state.slots.insert(
+        stream,
+        Slot {
+            tailer,
+            epoch,
+            ended: false,
+            budget,
+        },
+    );
+    Ok(())
+}
+
+impl SubscriberState {
+    fn is_current(&self, stream: StreamKey, epoch: u64) -> bool {
+        self.sink.is_some()
+            && self
+                .slots
+                .get(&stream)
+                .is_some_and(|slot| slot.epoch == epoch)
+    }
+
+    async fn deliver(
+        &mut self,
+        myself: &ActorRef<SubscriberMsg>,
+        stream: StreamKey,
+        entries: Vec<RawEntry>,
+        end: Option<Position>,
+    ) {
+        match &self.sink {
+            Some(Sink::Stream(tx)) => {
+                let tx = tx.clone();
+                let mut out = Vec::with_capacity(entries.len());
+                let mut reached_until = false;
+                let mut cursor = self.cursor;
+                for raw in entries {
+                    if self.plan.until.is_some_and(|until| raw.timestamp >= until) {
+                        reached_until = true;
+                        break;
+                    }
+                    out.push(raw.into_entry(stream, &mut cursor));
+                }
+                if !reached_until {
+                    if let Some(end) = end {
+                        cursor.set_position(stream, end);
+                    }
+                }
+                if !out.is_empty() && tx.send(Ok(out)).await.is_err() {
+                    // The consumer dropped the stream.
+                    self.sink = None;
+                    myself.stop(None);
+                    return;
+                }
+                self.cursor = cursor;
+                if reached_until {
+                    self.finish(myself, None).await;
+                }
+            }
+            Some(Sink::Collect(_)) => {
+                self.collected
+                    .extend(entries.into_iter().map(|raw| (stream, raw)));
+                if let Some(end) = end {
+                    self.cursor.set_position(stream, end);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Ends the read: the error (if any) goes out last, then tailers stop.
+    async fn finish(&mut self, myself: &ActorRef<SubscriberMsg>, error: Option<Error>) {
+        match self.sink.take() {
+            Some(Sink::Stream(tx)) => {
+                if let Some(err) = error {
+                    // A consumer that is gone needs no error.
+                    let _ = tx.send(Err(err)).await;
+                }
+            }
+            Some(Sink::Collect(reply)) => {
+                let result = match error {
+                    Some(err) => Err(err),
+                    None => Ok(self.sorted()),
+                };
+                let _ = reply.send(result);
+            }
+            None => {}
+        }
+        for slot in self.slots.values() {
+            slot.tailer.stop(None);
+        }
+        myself.stop(None);
+    }
+
+    fn sorted(&mut self) -> Collected {
+        let mut collected = std::mem::take(&mut self.collected);
+        collected.sort_by_key(|(_, raw)| raw.timestamp);
+        let mut cursor = self.plan.cursor;
+        let entries = collected
+            .into_iter()
+            .map(|(stream, raw)| raw.into_entry(stream, &mut cursor))
+            .collect();
+        Collected {
+            entries,
+            cursor: self.cursor,
+        }
+    }
+}

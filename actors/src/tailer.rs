@@ -1,0 +1,214 @@
+//! The tailer: one actor per log being read (the `exec.log` chain,
+//! `runtime.log` or `kernel.log`), child of a [`Subscriber`](crate::subscriber::Subscriber).
+//!
+//! # Contract
+//! - Reads with a [`Follower`] from the position it was spawned with, and
+//!   sends entries to its subscriber in [`SubscriberMsg::Batch`]es, in file
+//!   order. Each batch carries the position just past everything it covers,
+//!   including lines filtered out, so cursors advance past them too.
+//! - Flow control: at most one batch is unacknowledged. The tailer reads the
+//!   next batch only after [`TailerMsg::Ack`]; a slow consumer holds back its
+//!   own tailers and nothing else.
+//! - Wakes ([`TailerMsg::Wake`] from the [watch hub](crate::watch_hub), and
+//!   [`TailerMsg::Poll`] every 250 ms as a backstop) always run the cheap
+//!   rotation look-ahead, even while a batch is unacknowledged, so a reader
+//!   that is only briefly behind never loses track of the chain.
+//! - Ends with one [`SubscriberMsg::End`]: `Done` (not following, everything
+//!   on disk read), `Missed` (fell behind retention) or `DirGone`. It then
+//!   idles until its subscriber stops it.
+//! - Every message it sends carries its `epoch`, so that a subscriber can tell
+//!   a restarted tailer's batches from a dead one's.
+//! - An I/O error fails the actor; its subscriber restarts it from the last
+//!   delivered position. The watch registration is released when the state
+//!   drops, however the actor ended.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::follower::{Follower, ReadStatus, Start};
+use crate::format::{Position, SourceSet, StreamKey};
+use crate::subscriber::{SubscriberMsg, TailEnd};
+use crate::watch_hub::{self, WatchGuard};
+
+/// The fallback stat poll's period.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// Bytes of log read per batch.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Messages of the [`Tailer`].
+#[derive(Debug)]
+pub enum TailerMsg {
+    /// Something changed in the log directory.
+    Wake,
+    /// The backstop poll.
+    Poll,
+    /// The subscriber accepted the last batch.
+    Ack,
+}
+
+/// Arguments to spawn a [`Tailer`].
+#[derive(Debug, Clone)]
+pub struct TailerArgs {
+    /// The log directory.
+    pub dir: PathBuf,
+    /// Which log.
+    pub stream: StreamKey,
+    /// Where to start.
+    pub start: Start,
+    /// Sources delivered.
+    pub sources: SourceSet,
+    /// Entries before this are not delivered (and whole older files are skipped).
+    pub since: Option<DateTime<Utc>>,
+    /// Keep reading as the log grows.
+    pub follow: bool,
+    /// Who receives the entries.
+    pub subscriber: ActorRef<SubscriberMsg>,
+    /// This incarnation's number.
+    pub epoch: u64,
+}
+
+/// The tailer actor. See the module docs.
+pub struct Tailer;
+
+/// The tailer's state.
+pub struct TailerState {
+    args: TailerArgs,
+    follower: Follower,
+    awaiting_ack: bool,
+    /// Data may be ready: read again once the pending batch is acknowledged.
+    dirty: bool,
+    finished: bool,
+    last_sent: Option<Position>,
+    woken: Arc<AtomicBool>,
+    _watch: Option<WatchGuard>,
+    poll: Option<JoinHandle<()>>,
+}
+
+impl Drop for TailerState {
+    fn drop(&mut self) {
+        if let Some(poll) = self.poll.take() {
+            poll.abort();
+        }
+    }
+}
+
+impl TailerState {
+    fn pump(&mut self) -> Result<(), ActorProcessingErr> {
+        if self.finished || self.awaiting_ack {
+            return Ok(());
+        }
+        self.dirty = false;
+        let mut entries = Vec::new();
+        let status = self.follower.read(BATCH_BYTES, &mut entries)?;
+        let end = self.follower.position();
+        if !entries.is_empty() || end != self.last_sent {
+            self.last_sent = end;
+            self.awaiting_ack = true;
+            self.dirty = status == ReadStatus::More;
+            self.send(SubscriberMsg::Batch {
+                stream: self.args.stream,
+                epoch: self.args.epoch,
+                entries,
+                end,
+            })?;
+        }
+        let end = match status {
+            ReadStatus::More => return Ok(()),
+            ReadStatus::Idle if self.args.follow => return Ok(()),
+            ReadStatus::Idle => TailEnd::Done,
+            ReadStatus::Missed { resume_from } => TailEnd::Missed { resume_from },
+            ReadStatus::DirGone => TailEnd::DirGone,
+        };
+        self.finished = true;
+        self.send(SubscriberMsg::End {
+            stream: self.args.stream,
+            epoch: self.args.epoch,
+            end,
+        })
+    }
+
+    fn send(&self, msg: SubscriberMsg) -> Result<(), ActorProcessingErr> {
+        self.args
+            .subscriber
+            .cast(msg)
+            .map_err(|_| ActorProcessingErr::from("subscriber is gone"))
+    }
+}
+
+impl Actor for Tailer {
+    type Msg = TailerMsg;
+    type State = TailerState;
+    type Arguments = TailerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: TailerArgs,
+    ) -> Result<TailerState, ActorProcessingErr> {
+        let follower =
+            Follower::open(&args.dir, args.stream, args.start, args.sources, args.since)?;
+        let woken = Arc::new(AtomicBool::new(false));
+        let (watch, poll) = if args.follow {
+            let flag = woken.clone();
+            let me = myself.clone();
+            let waker: watch_hub::Waker = Arc::new(move || {
+                if !flag.swap(true, Ordering::AcqRel) {
+                    // A stopped tailer needs no waking.
+                    let _ = me.cast(TailerMsg::Wake);
+                }
+            });
+            let watch = watch_hub::watch_dir(&args.dir, waker).await;
+            let poll = myself.send_interval(POLL_INTERVAL, || TailerMsg::Poll);
+            (watch, Some(poll))
+        } else {
+            (None, None)
+        };
+        myself.cast(TailerMsg::Wake)?;
+        Ok(TailerState {
+            args,
+            follower,
+            awaiting_ack: false,
+            dirty: false,
+            finished: false,
+            last_sent: None,
+            woken,
+            _watch: watch,
+            poll,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut TailerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TailerMsg::Wake | TailerMsg::Poll => {
+                state.woken.store(false, Ordering::Release);
+                if state.finished {
+                    return Ok(());
+                }
+                if state.awaiting_ack {
+                    state.follower.look_ahead()?;
+                    state.dirty = true;
+                    return Ok(());
+                }
+                state.pump()
+            }
+            TailerMsg::Ack => {
+                state.awaiting_ack = false;
+                if state.dirty {
+                    state.pump()?;
+                }
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The process-wide filesystem watcher.
+//!
+//! One inotify instance serves every reader in the process (the kernel allows
+//! 128 per user). It watches directories, never files: a watch on a file
+//! follows that file through a rename, which is exactly what rotation does.
+//! Directories are reference-counted: the watch is added with the first reader
+//! of a directory and removed with the last.
+//!
+//! # Messages
+//! - [`WatchHubMsg::Watch`] from a tailer: register a waker for a directory.
+//! - [`WatchHubMsg::Unwatch`] from a [`WatchGuard`] being dropped (with the
+//!   tailer's state, however the tailer ended).
+//! - [`WatchHubMsg::Event`] from notify's thread: wake the readers of the
+//!   directory the event names; a rescan or overflow signal, or a watcher
+//!   error, wakes every reader, since events may have been lost.
+//!
+//! Wakers are expected to coalesce (a reader woken twice before it ran reads
+//! once), so a burst of writes costs a reader one read, not one per event.
+//!
+//! The hub runs on a thread of its own with its own tokio runtime, so that it
+//! outlives any one caller's runtime (tests run many runtimes in one process).
+//! Readers also poll at least every 250 ms, so a lost event delays them by at
+//! most one poll interval.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+/// Called by the hub to wake a reader; must be cheap and must not block.
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
+
+/// Registration id.
+pub type WatchId = u64;
+
+/// Messages of the [`WatchHub`].
+pub enum WatchHubMsg {
+    /// Wake `waker` on every change in `dir`. Replies with the registration id.
+    Watch {
+        /// The directory.
+        dir: PathBuf,
+        /// Called on changes.
+        waker: Waker,
+        /// The registration, or why the directory cannot be watched.
+        reply: RpcReplyPort<Result<WatchId, String>>,
+    },
+    /// Drop a registration.
+    Unwatch(WatchId),
+    /// An event from notify's thread.
+    Event(notify::Result<notify::Event>),
+    /// Counts, for tests and diagnostics.
+    Stats(RpcReplyPort<HubStats>),
+}
+
+/// What the hub is watching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HubStats {
+    /// Directories watched.
+    pub dirs: usize,
+    /// Registered readers.
+    pub readers: usize,
+}
+
+/// The watcher actor. See the module docs.
+pub struct WatchHub;
+
+/// The hub's state.
+pub struct HubState {
+    watcher: Option<RecommendedWatcher>,
+    dirs: HashMap<PathBuf, HashMap<WatchId, Waker>>,
+    ids: HashMap<WatchId, PathBuf>,
+    next_id: WatchId,
+}
+
+impl HubState {
+    fn wake_dir(&self, dir: &Path) {
+        if let Some(readers) = self.dirs.get(dir) {
+            readers.values().for_each(|wake| wake());
+        }
+    }
+
+    fn wake_all(&self) {
+        self.dirs
+            .values()
+            .flat_map(|readers| readers.values())
+            .for_each(|wake| wake());
+    }
+}
+
+impl Actor for WatchHub {
+    type Msg = WatchHubMsg;
+    type State = HubState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<HubState, ActorProcessingErr> {
+        let hub = myself.clone();
+        let watcher = notify::recommended_watcher(move |event| {
+            // The hub only stops with the process; a failed send means it is going away.
+            let _ = hub.cast(WatchHubMsg::Event(event));
+        });
+        let watcher = match watcher {
+            Ok(watcher) => Some(watcher),
+            Err(err) => {
+                tracing::warn!(%err, "no filesystem notifications; log readers fall back to polling");
+                None
+            }
+        };
+        Ok(HubState {
+            watcher,
+            dirs: HashMap::new(),
+            ids: HashMap::new(),
+            next_id: 1,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut HubState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WatchHubMsg::Watch { dir, waker, reply } => {
+                let result = watch(state, dir, waker);
+                let registered = result.as_ref().ok().copied();
+                if reply.send(result).is_err() {
+                    // The caller stopped waiting: nobody holds a guard for it.
+                    if let Some(id) = registered {
+                        unwatch(state, id);
+                    }
+                }
+            }
+            WatchHubMsg::Unwatch(id) => unwatch(state, id),
+            WatchHubMsg::Event(Ok(event)) => {
+                if event.need_rescan() {
+                    state.wake_all();
+                } else {
+                    for path in &event.paths {
+                        if let Some(parent) = path.parent() {
+                            state.wake_dir(parent);
+                        }
+                        state.wake_dir(path);
+                    }
+                }
+            }
+            WatchHubMsg::Event(Err(err)) => {
+                tracing::debug!(%err, "watcher error; waking every reader");
+                state.wake_all();
+            }
+            WatchHubMsg::Stats(reply) => {
+                let _ = reply.send(HubStats {
+                    dirs: state.dirs.len(),
+                    readers: state.ids.len(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unwatch(state: &mut HubState, id: WatchId) {
+    let Some(dir) = state.ids.remove(&id) else {
+        return;
+    };
+    let now_empty = state.dirs.get_mut(&dir).is_some_and(|readers| {
+        readers.remove(&id);
+        readers.is_empty()
+    });
+    if now_empty {
+        state.dirs.remove(&dir);
+        if let Some(watcher) = state.watcher.as_mut() {
+            // The directory may be gone already, which removed the watch.
+            let _ = watcher.unwatch(&dir);
+        }
+    }
+}
+
+fn watch(state: &mut HubState, dir: PathBuf, waker: Waker) -> Result<WatchId, String> {
+    let dir = std::fs::canonicalize(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !state.dirs.contains_key(&dir) {
+        if let Some(watcher) = state.watcher.as_mut() {
+            watcher
+                .watch(&dir, RecursiveMode::NonRecursive)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+    }
+    let id = state.next_id;
+    state.next_id += 1;
+    state.dirs.entry(dir.clone()).or_default().insert(id, waker);
+    state.ids.insert(id, dir);
+    Ok(id)
+}
+
+/// The process's hub, started on first use.
+pub fn hub() -> Option<ActorRef<WatchHubMsg>> {
+    static HUB: OnceLock<Option<ActorRef<WatchHubMsg>>> = OnceLock::new();
+    HUB.get_or_init(start_hub).clone()
+}
+
+fn start_hub() -> Option<ActorRef<WatchHubMsg>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("sandvisor-watch".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot start the watch hub's runtime");
+                    let _ = tx.send(None);
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match Actor::spawn(None, WatchHub, ()).await {
+                    Ok((hub, handle)) => {
+                        let _ = tx.send(Some(hub));
+                        // Runs for the life of the process.
+                        let _ = handle.await;
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot start the watch hub");
+                        let _ = tx.send(None);
+                    }
+                }
+            });
+        });
+    match spawned {
+        Ok(_) => rx.recv().ok().flatten(),
+        Err(err) => {
+            tracing::warn!(%err, "cannot start the watch hub thread");
+            None
+        }
+    }
+}
+
+/// Registers `waker` for `dir` with the process's hub; dropping the guard
+/// unregisters it. `None` if the directory cannot be watched (readers then
+/// rely on polling).
+pub async fn watch_dir(dir: &Path, waker: Waker) -> Option<WatchGuard> {
+    let hub = hub()?;
+    let dir = dir.to_path_buf();
+    let reply = ractor::call_t!(hub, |reply| WatchHubMsg::Watch { dir, waker, reply }, 5_000);
+    match reply {
+        Ok(Ok(id)) => Some(WatchGuard { hub, id }),
+        Ok(Err(err)) => {
+            tracing::debug!(%err, "directory not watched; polling only");
+            None
+        }
+        Err(err) => {
+            tracing::warn!(%err, "watch hub did not answer; polling only");
+            None
+        }
+    }
+}
+
+/// Counts from the process's hub.
+pub async fn stats() -> Option<HubStats> {
+    let hub = hub()?;
+    ractor::call_t!(hub, WatchHubMsg::Stats, 5_000).ok()
+}
+
+/// A registration with the hub; unregisters on drop.
+pub struct WatchGuard {
+    hub: ActorRef<WatchHubMsg>,
+    id: WatchId,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        // The hub lives as long as the process; if it is gone, so is the watch.
+        let _ = self.hub.cast(WatchHubMsg::Unwatch(self.id));
+    }
+}
+
+impl std::fmt::Debug for WatchGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchGuard").field("id", &self.id).finish()
+    }
+}
