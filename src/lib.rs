@@ -1,1 +1,19 @@
-pub fn y() {}
+//! sandvisor: supervise many sandboxes at once.
+//!
+//! - [`logs`]: read a sandbox's logs once or as a live, resumable stream.
+//! - [`home`]: where state lives and which sandbox names are valid.
+//! - [`engine`]: the actors themselves (relay tap, tailers, subscribers, the
+//!   watch hub) and their messages, for embedding and for actor message probes.
+
+pub mod error;
+pub mod home;
+pub mod logs;
+
+pub use error::{Error, Result};
+pub use logs::{
+    LogCursor, LogCursorParseError, LogEntry, LogOptions, LogSnapshot, LogSource, LogStream,
+    LogStreamOptions, LogStreamStart, Logs,
+};
+
+/// The actor engine (`sandvisor-actors`), re-exported so users never depend on it directly.
+pub use sandvisor_actors as engine;

@@ -30,9 +30,9 @@ pub enum Error {
     #[error("missed rotation: the log was rotated past retention while reading; resume from {resume_from} to continue with the oldest retained entry")]
     MissedRotation {
         /// Everything up to here was delivered.
-        stopped_at: LogCursor,
+        stopped_at: Box<LogCursor>,
         /// Continues with the oldest entry still on disk.
-        resume_from: LogCursor,
+        resume_from: Box<LogCursor>,
     },
     /// A tailer kept failing and its restart budget ran out.
     #[error("reader of {path} failed {failures} times within the restart window; last failure: {reason}")]

@@ -205,8 +205,8 @@ impl Actor for Subscriber {
                         let mut resume = state.cursor;
                         resume.set_position(stream, resume_from);
                         let err = Error::MissedRotation {
-                            stopped_at: state.cursor,
-                            resume_from: resume,
+                            stopped_at: Box::new(state.cursor),
+                            resume_from: Box::new(resume),
                         };
                         state.finish(&myself, Some(err)).await;
                     }

@@ -1,0 +1,86 @@
+//! sandvisor's error type: one enum, variants named for what the caller did or hit.
+
+use std::path::PathBuf;
+
+use crate::logs::LogCursor;
+
+/// Everything the public API can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A sandbox name outside the rules (1–128 bytes; first ASCII alphanumeric;
+    /// then ASCII alphanumerics, `.`, `-`, `_`).
+    #[error("invalid sandbox name {0:?}: use 1-128 bytes, starting with an ASCII letter or digit, then letters, digits, '.', '-' or '_'")]
+    InvalidName(String),
+    /// No sandbox (no log directory) of this name.
+    #[error("no such sandbox: {0}")]
+    SandboxNotFound(String),
+    /// The sandbox was removed while its logs were being followed.
+    #[error("sandbox {0} was removed while its logs were being read")]
+    SandboxRemoved(String),
+    /// A cursor that does not parse or does not belong to this sandbox.
+    #[error("invalid cursor: {0}")]
+    InvalidCursor(String),
+    /// The reader fell behind the retention window: the next file it needed
+    /// was rotated away. Everything up to `stopped_at` was delivered.
+    #[error("missed rotation in the logs of {name}: the reader fell behind log retention; resume with cursor {resume_from} to continue from the oldest retained entry")]
+    MissedRotation {
+        /// The sandbox.
+        name: String,
+        /// Everything before this was delivered.
+        stopped_at: Box<LogCursor>,
+        /// Continues with the oldest entry still on disk.
+        resume_from: Box<LogCursor>,
+    },
+    /// A log reader kept failing and was given up on.
+    #[error("reading the logs of {name} failed: {reason}")]
+    LogReaderFailed {
+        /// The sandbox.
+        name: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A file operation failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Neither `SANDVISOR_HOME` nor `HOME` is set.
+    #[error("no sandvisor home: set SANDVISOR_HOME (or HOME)")]
+    NoHome,
+    /// An actor failed in a way the caller cannot fix.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Converts an engine error for the sandbox `name`.
+    pub(crate) fn from_engine(name: &str, err: sandvisor_actors::Error) -> Self {
+        use sandvisor_actors::Error as E;
+        match err {
+            E::Io { path, source } => Self::Io { path, source },
+            E::LogDirMissing(_) => Self::SandboxNotFound(name.to_string()),
+            E::LogDirRemoved(_) => Self::SandboxRemoved(name.to_string()),
+            E::InvalidCursor(why) => Self::InvalidCursor(why),
+            E::MissedRotation {
+                stopped_at,
+                resume_from,
+            } => Self::MissedRotation {
+                name: name.to_string(),
+                stopped_at,
+                resume_from,
+            },
+            err @ E::ReaderGaveUp { .. } => Self::LogReaderFailed {
+                name: name.to_string(),
+                reason: err.to_string(),
+            },
+            E::Actor(why) => Self::Internal(why),
+        }
+    }
+}
+
+/// sandvisor's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,104 @@
+//! Shared helpers: a temp home with one or more sandbox log directories, and a
+//! real RelayTap writing into them.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt;
+use ractor::{Actor, ActorRef};
+use sandvisor::engine::relay_tap::{Chunk, RelayTap, RelayTapMsg, TapArgs, TapConfig, TapStats};
+use sandvisor::{LogEntry, LogSource, LogStream, Logs};
+use tempfile::TempDir;
+
+pub struct Home {
+    pub dir: TempDir,
+    pub logs: Logs,
+}
+
+impl Home {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Logs::at(dir.path());
+        Self { dir, logs }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Creates the sandbox's log directory and returns it.
+    pub fn sandbox(&self, name: &str) -> PathBuf {
+        let dir = self.logs.log_dir_for(name).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
+
+pub struct Tap {
+    pub actor: ActorRef<RelayTapMsg>,
+    pub dir: PathBuf,
+}
+
+impl Tap {
+    pub async fn spawn(dir: &Path, max_bytes: u64, keep: usize) -> Self {
+        let args = TapArgs {
+            config: TapConfig {
+                dir: dir.to_path_buf(),
+                max_bytes,
+                keep,
+            },
+            generation: 0,
+            events: None,
+        };
+        let (actor, _) = Actor::spawn(None, RelayTap, args).await.unwrap();
+        Self {
+            actor,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn chunk(&self, session: u64, source: LogSource, data: impl Into<bytes::Bytes>) {
+        self.actor
+            .cast(RelayTapMsg::Chunk(Chunk::now(session, source, data)))
+            .unwrap();
+    }
+
+    pub fn system(&self, text: &str) {
+        self.actor.cast(RelayTapMsg::system(text)).unwrap();
+    }
+
+    /// Numbered stdout lines `line-{i}` for i in range.
+    pub fn numbered(&self, range: std::ops::Range<u64>) {
+        for i in range {
+            self.chunk(1, LogSource::Stdout, format!("line-{i:08}\n"));
+        }
+    }
+
+    pub async fn flush(&self) -> TapStats {
+        ractor::call_t!(self.actor, RelayTapMsg::Flush, 30_000).unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.actor.stop_and_wait(None, None).await.unwrap();
+    }
+}
+
+pub fn text(entry: &LogEntry) -> String {
+    String::from_utf8_lossy(&entry.data).into_owned()
+}
+
+pub fn number(entry: &LogEntry) -> u64 {
+    let t = text(entry);
+    t.trim()
+        .strip_prefix("line-")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a numbered line: {t:?}"))
+}
+
+/// Next item within `secs`, panicking on timeout.
+pub async fn next_within(stream: &mut LogStream, secs: u64) -> Option<sandvisor::Result<LogEntry>> {
+    tokio::time::timeout(Duration::from_secs(secs), stream.next())
+        .await
+        .expect("stream produced nothing in time")
+}
