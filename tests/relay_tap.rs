@@ -1,0 +1,188 @@
+//! The RelayTap actor: rotation by size, retention count, events to its
+//! parent, restart safety.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Home, Tap};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use sandvisor::engine::relay_tap::{RelayTap, RelayTapMsg, TapArgs, TapConfig, TapEvent};
+use sandvisor::{LogOptions, LogSource};
+use tokio::sync::mpsc;
+
+fn exec_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("exec.log"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A stand-in parent that forwards the tap's events to the test.
+struct Parent;
+
+enum ParentMsg {
+    Tap(TapEvent),
+}
+
+impl From<TapEvent> for ParentMsg {
+    fn from(event: TapEvent) -> Self {
+        Self::Tap(event)
+    }
+}
+
+impl TryFrom<ParentMsg> for TapEvent {
+    type Error = ();
+    fn try_from(msg: ParentMsg) -> Result<Self, ()> {
+        match msg {
+            ParentMsg::Tap(event) => Ok(event),
+        }
+    }
+}
+
+impl Actor for Parent {
+    type Msg = ParentMsg;
+    type State = mpsc::UnboundedSender<TapEvent>;
+    type Arguments = mpsc::UnboundedSender<TapEvent>;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<ParentMsg>,
+        tx: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(tx)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<ParentMsg>,
+        msg: ParentMsg,
+        tx: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let ParentMsg::Tap(event) = msg;
+        tx.send(event)?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn rotation_tells_the_parent_and_keeps_the_configured_count() {
+    let home = Home::new();
+    let dir = home.sandbox("events");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (parent, _) = Actor::spawn(None, Parent, tx).await.unwrap();
+    let args = TapArgs {
+        config: TapConfig {
+            dir: dir.clone(),
+            max_bytes: 1000,
+            keep: 2,
+        },
+        generation: 7,
+        events: Some(parent.get_derived()),
+    };
+    let (tap, _) = Actor::spawn(None, RelayTap, args).await.unwrap();
+    for i in 0..100 {
+        tap.cast(RelayTapMsg::Chunk(
+            sandvisor::engine::relay_tap::Chunk::now(1, LogSource::Stdout, format!("{i:040}")),
+        ))
+        .unwrap();
+    }
+    let stats = ractor::call_t!(tap, RelayTapMsg::Flush, 5_000).unwrap();
+    let rotations = stats.generation - 7;
+    assert!(rotations >= 5, "{stats:?}");
+    for want in 8..=stats.generation {
+        let event = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(event, TapEvent::Rotated { generation: want });
+    }
+    assert_eq!(exec_files(&dir), ["exec.log", "exec.log.1", "exec.log.2"]);
+    for name in exec_files(&dir) {
+        let len = std::fs::metadata(dir.join(&name)).unwrap().len();
+        assert!(len <= 1000, "{name} has {len} bytes");
+        let text = std::fs::read_to_string(dir.join(&name)).unwrap();
+        assert!(
+            text.ends_with('\n') && text.lines().all(|l| l.starts_with("{\"t\":")),
+            "{name} holds a split record"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_new_incarnation_appends_and_counts_from_the_existing_size() {
+    let home = Home::new();
+    let dir = home.sandbox("restart");
+    let tap = Tap::spawn(&dir, 4096, 4).await;
+    tap.chunk(1, LogSource::Stdout, "x".repeat(3000));
+    let first = tap.flush().await;
+    assert_eq!(first.generation, 0);
+    tap.stop().await;
+    let size_before = std::fs::metadata(dir.join("exec.log")).unwrap().len();
+
+    let tap = Tap::spawn(&dir, 4096, 4).await;
+    assert_eq!(
+        tap.flush().await.size,
+        size_before,
+        "the new incarnation starts from the file's size"
+    );
+    tap.chunk(1, LogSource::Stdout, "y".repeat(2000));
+    let stats = tap.flush().await;
+    assert_eq!(
+        stats.generation, 1,
+        "3000 + 2000 bytes must rotate before the second record"
+    );
+    let rotated = std::fs::read_to_string(dir.join("exec.log.1")).unwrap();
+    assert!(rotated.contains(&"x".repeat(3000)));
+    let live = std::fs::read_to_string(dir.join("exec.log")).unwrap();
+    assert!(live.contains(&"y".repeat(2000)) && !live.contains('x'));
+    let entries = home
+        .logs
+        .read_logs("restart", &LogOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 2);
+}
+
+#[tokio::test]
+async fn a_record_larger_than_the_limit_is_written_alone_and_whole() {
+    let home = Home::new();
+    let dir = home.sandbox("big");
+    let tap = Tap::spawn(&dir, 1024, 4).await;
+    tap.chunk(1, LogSource::Stdout, "small");
+    tap.chunk(1, LogSource::Stderr, "B".repeat(10_000));
+    tap.chunk(1, LogSource::Stdout, "after");
+    let stats = tap.flush().await;
+    assert_eq!(stats.generation, 2);
+    let big = std::fs::read_to_string(dir.join("exec.log.1")).unwrap();
+    assert_eq!(big.lines().count(), 1);
+    assert!(big.contains(&"B".repeat(10_000)));
+    let entries = home
+        .logs
+        .read_logs("big", &LogOptions::default())
+        .await
+        .unwrap();
+    let sizes: Vec<usize> = entries.iter().map(|e| e.data.len()).collect();
+    assert_eq!(sizes, [5, 10_000, 5]);
+}
+
+#[tokio::test]
+async fn system_markers_carry_no_session_id() {
+    let home = Home::new();
+    let dir = home.sandbox("markers");
+    let tap = Tap::spawn(&dir, 1 << 20, 4).await;
+    tap.system("--- sandbox started ---");
+    tap.chunk(4, LogSource::Output, "pty bytes");
+    tap.flush().await;
+    let raw = std::fs::read_to_string(dir.join("exec.log")).unwrap();
+    let lines: Vec<&str> = raw.lines().collect();
+    assert!(
+        lines[0].contains("\"s\":\"system\"") && !lines[0].contains("\"id\""),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].ends_with(",\"id\":4}"), "{}", lines[1]);
+}
