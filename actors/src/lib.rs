@@ -14,6 +14,7 @@ pub mod entry;
 pub mod error;
 pub mod follower;
 pub mod format;
+pub mod protocol;
 pub mod relay_tap;
 pub mod restart;
 pub mod stream;

@@ -1,0 +1,481 @@
+//! SAP, the sandvisor agent protocol: what the host's `VmProcess` actor and
+//! the in-sandbox agent (`sandvisor-agent`, PID 1) say to each other.
+//!
+//! # Transport
+//! Any reliable byte stream: today a `socketpair(AF_UNIX, SOCK_STREAM)` whose
+//! agent end is the agent's fd 3; later a virtio-serial port of a microVM. No
+//! descriptors are passed, and nothing depends on message boundaries of the
+//! transport.
+//!
+//! # Framing
+//! `len: u32 (big-endian) | kind: u8 | payload: len - 1 bytes`, at most
+//! [`MAX_FRAME`] bytes. `Output` carries raw bytes (`session: u64 BE | stream:
+//! u8 | data`); every other frame carries JSON.
+//!
+//! # Conversation
+//! 1. host → agent `Start(spec)`, first and once.
+//! 2. agent → host `Hello { init_pid }`: the host pid of the sandbox's PID 1
+//!    (sent by the agent's first stage, which forks PID 1 into the new pid
+//!    namespace).
+//! 3. agent → host `Ready { pid }` once the main command runs (session 1), or
+//!    `BootError { stage, errno, message }` and the agent exits.
+//! 4. agent → host `Output` frames, in capture order per stream.
+//! 5. host → agent `Signal { target, signo }` at any time.
+//! 6. agent → host `Exited { session, code, signal }` when the main command
+//!    has exited, every other process of the sandbox has been killed and
+//!    reaped and all output has been sent; then the agent exits.
+//!
+//! If the host end closes, the agent kills every process of the sandbox and
+//! exits: a sandbox never outlives its host.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest frame accepted (output chunks are far smaller).
+pub const MAX_FRAME: usize = 4 << 20;
+/// The agent's end of the socket.
+pub const AGENT_FD: i32 = 3;
+
+/// What the host asks the agent to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartSpec {
+    /// The sandbox's name (also its hostname with a UTS namespace).
+    pub name: String,
+    /// Program to run as session 1.
+    pub command: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its environment (nothing else is inherited).
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox.
+    pub cwd: Option<String>,
+    /// Directory to pivot into as `/`.
+    pub rootfs: Option<String>,
+    /// A new pid namespace was created (the agent then forks PID 1 into it).
+    pub pid_namespace: bool,
+    /// A new mount namespace was created (the agent then mounts a fresh `/proc`).
+    pub mount_namespace: bool,
+    /// A new network namespace was created (the agent brings `lo` up).
+    pub net_namespace: bool,
+    /// A new UTS namespace was created (the agent sets the hostname).
+    pub uts_namespace: bool,
+}
+
+/// Which processes a signal goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalTarget {
+    /// The main command only.
+    Main,
+    /// Every process of the sandbox but the agent.
+    All,
+}
+
+/// Where a boot failed (SPEC §5 `boot-error.json` stages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootStage {
+    /// Mount namespace, `/proc`, rootfs pivot.
+    Mount,
+    /// Creating the sandbox's process (namespaces, agent start).
+    BuildVm,
+    /// The configuration: command not found, bad working directory.
+    Config,
+    /// Network setup.
+    Network,
+    /// The root filesystem image.
+    Image,
+    /// Anything else.
+    Other,
+}
+
+impl BootStage {
+    /// The name written to `boot-error.json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mount => "mount",
+            Self::BuildVm => "build_vm",
+            Self::Config => "config",
+            Self::Network => "network",
+            Self::Image => "image",
+            Self::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for BootStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Output stream tags in `Output` frames.
+pub mod stream {
+    /// Standard output.
+    pub const STDOUT: u8 = 1;
+    /// Standard error.
+    pub const STDERR: u8 = 2;
+    /// A pty's merged output.
+    pub const OUTPUT: u8 = 3;
+}
+
+/// One protocol message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// host → agent: run this.
+    Start(StartSpec),
+    /// host → agent: deliver a signal.
+    Signal {
+        /// To whom.
+        target: SignalTarget,
+        /// Signal number.
+        signo: i32,
+    },
+    /// agent → host: the host pid of the sandbox's PID 1.
+    Hello {
+        /// Host pid.
+        init_pid: u32,
+    },
+    /// agent → host: the main command runs.
+    Ready {
+        /// Its pid inside the sandbox.
+        pid: u32,
+    },
+    /// agent → host: output of a session.
+    Output {
+        /// Session id.
+        session: u64,
+        /// [`stream`] tag.
+        stream: u8,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// agent → host: a session's process exited.
+    Exited {
+        /// Session id.
+        session: u64,
+        /// Exit code, if it exited.
+        code: Option<i32>,
+        /// Signal, if it was killed by one.
+        signal: Option<i32>,
+    },
+    /// agent → host: the sandbox could not start.
+    BootError {
+        /// Where.
+        stage: BootStage,
+        /// The OS error number, 0 if none.
+        errno: i32,
+        /// What happened.
+        message: String,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct SignalBody {
+    target: SignalTarget,
+    signo: i32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct HelloBody {
+    init_pid: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReadyBody {
+    pid: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ExitedBody {
+    session: u64,
+    code: Option<i32>,
+    signal: Option<i32>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BootErrorBody {
+    stage: BootStage,
+    errno: i32,
+    message: String,
+}
+
+const START: u8 = 1;
+const SIGNAL: u8 = 2;
+const HELLO: u8 = 0x81;
+const READY: u8 = 0x82;
+const OUTPUT: u8 = 0x83;
+const EXITED: u8 = 0x84;
+const BOOT_ERROR: u8 = 0x85;
+
+/// A frame that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// Longer than [`MAX_FRAME`] or empty.
+    #[error("frame length {0} out of range")]
+    Length(usize),
+    /// A kind this version does not know.
+    #[error("unknown frame kind {0:#x}")]
+    Kind(u8),
+    /// A payload that does not parse.
+    #[error("bad {kind:#x} payload: {reason}")]
+    Payload {
+        /// The frame kind.
+        kind: u8,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Frame {
+    /// Appends the encoded frame to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        let json = |out: &mut Vec<u8>, kind: u8, body: &dyn erased::Json| {
+            out.push(kind);
+            body.write(out);
+        };
+        match self {
+            Frame::Start(spec) => json(out, START, spec),
+            Frame::Signal { target, signo } => json(
+                out,
+                SIGNAL,
+                &SignalBody {
+                    target: *target,
+                    signo: *signo,
+                },
+            ),
+            Frame::Hello { init_pid } => json(
+                out,
+                HELLO,
+                &HelloBody {
+                    init_pid: *init_pid,
+                },
+            ),
+            Frame::Ready { pid } => json(out, READY, &ReadyBody { pid: *pid }),
+            Frame::Output {
+                session,
+                stream,
+                data,
+            } => {
+                out.push(OUTPUT);
+                out.extend_from_slice(&session.to_be_bytes());
+                out.push(*stream);
+                out.extend_from_slice(data);
+            }
+            Frame::Exited {
+                session,
+                code,
+                signal,
+            } => json(
+                out,
+                EXITED,
+                &ExitedBody {
+                    session: *session,
+                    code: *code,
+                    signal: *signal,
+                },
+            ),
+            Frame::BootError {
+                stage,
+                errno,
+                message,
+            } => json(
+                out,
+                BOOT_ERROR,
+                &BootErrorBody {
+                    stage: *stage,
+                    errno: *errno,
+                    message: message.clone(),
+                },
+            ),
+        }
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// Decodes one frame from the front of `buf`: `Ok(None)` if `buf` does not
+    /// hold a whole frame yet, else the frame and the bytes it took.
+    pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+        if buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len == 0 || len > MAX_FRAME {
+            return Err(FrameError::Length(len));
+        }
+        if buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let kind = buf[4];
+        let body = &buf[5..4 + len];
+        let bad = |reason: String| FrameError::Payload { kind, reason };
+        let frame = match kind {
+            START => Frame::Start(json_body(kind, body)?),
+            SIGNAL => {
+                let b: SignalBody = json_body(kind, body)?;
+                Frame::Signal {
+                    target: b.target,
+                    signo: b.signo,
+                }
+            }
+            HELLO => {
+                let b: HelloBody = json_body(kind, body)?;
+                Frame::Hello {
+                    init_pid: b.init_pid,
+                }
+            }
+            READY => {
+                let b: ReadyBody = json_body(kind, body)?;
+                Frame::Ready { pid: b.pid }
+            }
+            OUTPUT => {
+                if body.len() < 9 {
+                    return Err(bad("output frame shorter than its header".into()));
+                }
+                let mut session = [0u8; 8];
+                session.copy_from_slice(&body[..8]);
+                Frame::Output {
+                    session: u64::from_be_bytes(session),
+                    stream: body[8],
+                    data: body[9..].to_vec(),
+                }
+            }
+            EXITED => {
+                let b: ExitedBody = json_body(kind, body)?;
+                Frame::Exited {
+                    session: b.session,
+                    code: b.code,
+                    signal: b.signal,
+                }
+            }
+            BOOT_ERROR => {
+                let b: BootErrorBody = json_body(kind, body)?;
+                Frame::BootError {
+                    stage: b.stage,
+                    errno: b.errno,
+                    message: b.message,
+                }
+            }
+            other => return Err(FrameError::Kind(other)),
+        };
+        Ok(Some((frame, 4 + len)))
+    }
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(kind: u8, body: &[u8]) -> Result<T, FrameError> {
+    serde_json::from_slice(body).map_err(|e| FrameError::Payload {
+        kind,
+        reason: e.to_string(),
+    })
+}
+
+mod erased {
+    /// A serializable body, without making `encode` generic per variant.
+    pub trait Json {
+        fn write(&self, out: &mut Vec<u8>);
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn write(&self, out: &mut Vec<u8>) {
+            // Serializing these plain structs into a Vec cannot fail.
+            let _ = serde_json::to_writer(out, self);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_split_anywhere() {
+        let frames = vec![
+            Frame::Start(StartSpec {
+                name: "n".into(),
+                command: "sh".into(),
+                args: vec!["-c".into(), "echo hi".into()],
+                env: vec![("A".into(), "1".into())],
+                cwd: None,
+                rootfs: Some("/r".into()),
+                pid_namespace: true,
+                mount_namespace: true,
+                net_namespace: false,
+                uts_namespace: true,
+            }),
+            Frame::Signal {
+                target: SignalTarget::All,
+                signo: 15,
+            },
+            Frame::Hello { init_pid: 42 },
+            Frame::Ready { pid: 2 },
+            Frame::Output {
+                session: 1,
+                stream: stream::STDERR,
+                data: b"\xff\x00bytes".to_vec(),
+            },
+            Frame::Output {
+                session: 7,
+                stream: stream::STDOUT,
+                data: Vec::new(),
+            },
+            Frame::Exited {
+                session: 1,
+                code: None,
+                signal: Some(9),
+            },
+            Frame::BootError {
+                stage: BootStage::Config,
+                errno: 2,
+                message: "no such file".into(),
+            },
+        ];
+        let mut wire = Vec::new();
+        for f in &frames {
+            f.encode(&mut wire);
+        }
+        for split in [1, 3, 4, 5, 17, wire.len() - 1] {
+            let mut buf = wire[..split].to_vec();
+            let mut rest = &wire[split..];
+            let mut got = Vec::new();
+            loop {
+                while let Some((frame, used)) = Frame::decode(&buf).unwrap() {
+                    got.push(frame);
+                    buf.drain(..used);
+                }
+                if rest.is_empty() {
+                    break;
+                }
+                let take = rest.len().min(split);
+                buf.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+            }
+            assert_eq!(got, frames);
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn bad_frames_are_errors() {
+        assert!(matches!(
+            Frame::decode(&[0, 0, 0, 0]),
+            Err(FrameError::Length(0))
+        ));
+        assert!(matches!(
+            Frame::decode(&[0xff, 0, 0, 0, 1]),
+            Err(FrameError::Length(_))
+        ));
+        assert!(matches!(
+            Frame::decode(&[0, 0, 0, 1, 0x7f]),
+            Err(FrameError::Kind(0x7f))
+        ));
+        assert!(matches!(
+            Frame::decode(&[0, 0, 0, 2, SIGNAL, b'{']),
+            Err(FrameError::Payload { .. })
+        ));
+        assert!(matches!(
+            Frame::decode(&[0, 0, 0, 3, OUTPUT, 0, 0]),
+            Err(FrameError::Payload { .. })
+        ));
+    }
+}
