@@ -48,6 +48,39 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A configuration field that cannot work.
+    #[error("invalid config: {field}: {reason}")]
+    InvalidConfig {
+        /// The field, e.g. `command` or `log.keep`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `create` with a name that is taken.
+    #[error("sandbox {0} already exists")]
+    SandboxExists(String),
+    /// The operation needs a stopped sandbox (e.g. `remove`).
+    #[error("sandbox {0} is still running: stop it first")]
+    SandboxStillRunning(String),
+    /// The sandbox runs, but in another sandvisor process; this runtime cannot
+    /// act on it directly.
+    #[error("sandbox {0} is running in another sandvisor process")]
+    SandboxNotHosted(String),
+    /// The sandbox failed before it was ready (also recorded in `boot-error.json`).
+    #[error("sandbox failed to start at stage {stage}: {message} (errno {errno}); hint: {hint}")]
+    BootFailed {
+        /// `mount`, `build_vm`, `config`, `network`, `image` or `other`.
+        stage: String,
+        /// The OS error number, 0 if none.
+        errno: i32,
+        /// What happened.
+        message: String,
+        /// What to check.
+        hint: String,
+    },
+    /// The SQLite store failed.
+    #[error("database error: {0}")]
+    Database(String),
     /// Neither `SANDVISOR_HOME` nor `HOME` is set.
     #[error("no sandvisor home: set SANDVISOR_HOME (or HOME)")]
     NoHome,

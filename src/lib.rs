@@ -1,19 +1,29 @@
 //! sandvisor: supervise many sandboxes at once.
 //!
+//! - [`Sandvisor`]: open a home, create and start sandboxes, stop and kill
+//!   them, wait for them; lifecycle state in SQLite ([`store`]).
 //! - [`logs`]: read a sandbox's logs once or as a live, resumable stream.
 //! - [`home`]: where state lives and which sandbox names are valid.
 //! - [`engine`]: the actors themselves (relay tap, tailers, subscribers, the
 //!   watch hub) and their messages, for embedding and for actor message probes.
 
+pub mod config;
 pub mod error;
 pub mod home;
 pub mod logs;
+pub mod runtime;
+pub mod store;
 
 pub use error::{Error, Result};
 pub use logs::{
     LogCursor, LogCursorParseError, LogEntry, LogOptions, LogSnapshot, LogSource, LogStream,
     LogStreamOptions, LogStreamStart, Logs,
 };
+
+pub use config::{Isolation, LogConfig, SandboxConfig};
+pub use runtime::{Sandbox, SandboxHandle, SandboxStopResult, Sandvisor, SandvisorBuilder};
+pub use sandvisor_actors::lifecycle::{SandboxStatus, TerminationReason};
+pub use store::RunRow;
 
 /// The actor engine (`sandvisor-actors`), re-exported so users never depend on it directly.
 pub use sandvisor_actors as engine;

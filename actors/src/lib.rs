@@ -14,12 +14,17 @@ pub mod entry;
 pub mod error;
 pub mod follower;
 pub mod format;
+pub mod lifecycle;
 pub mod protocol;
 pub mod relay_tap;
 pub mod restart;
+pub mod root;
+pub mod runtime_log;
+pub mod sandbox;
 pub mod stream;
 pub mod subscriber;
 pub mod tailer;
+pub mod vm_process;
 pub mod watch_hub;
 
 pub use entry::{LogEntry, RawEntry};

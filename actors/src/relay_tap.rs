@@ -94,6 +94,11 @@ pub enum TapEvent {
 pub enum RelayTapMsg {
     /// Write one record.
     Chunk(Chunk),
+    /// Write one record and answer once it is written. A capture side that
+    /// waits for the answer knows exactly what reached the file: the tap
+    /// writes and answers in one step that a kill cannot split, so a chunk
+    /// whose call failed was not written and can be sent to the next tap.
+    Append(Chunk, RpcReplyPort<()>),
     /// Write a `system` record (a lifecycle marker such as `--- sandbox started ---`).
     System {
         /// The marker text.
@@ -256,6 +261,16 @@ impl Actor for RelayTap {
                     Some(chunk.session_id),
                     &chunk.data,
                 )?;
+            }
+            RelayTapMsg::Append(chunk, reply) => {
+                state.write_record(
+                    chunk.captured_at,
+                    chunk.source,
+                    Some(chunk.session_id),
+                    &chunk.data,
+                )?;
+                // A caller that stopped waiting still got its chunk written.
+                let _ = reply.send(());
             }
             RelayTapMsg::System { text, at } => {
                 state.write_record(at, LogSource::System, None, text.as_bytes())?;

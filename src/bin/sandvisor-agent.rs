@@ -223,16 +223,21 @@ fn prepare(spec: &StartSpec) -> Result<(), BootFailure> {
         if let Some(rootfs) = &spec.rootfs {
             pivot_into(rootfs)?;
         }
+        let kernel_fs = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         if spec.pid_namespace {
-            let proc_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            mount(Some("proc"), "/proc", Some("proc"), kernel_fs, None::<&str>)
+                .map_err(|e| (BootStage::Mount, e, "mount /proc".to_string()))?;
+        }
+        if spec.net_namespace {
+            // sysfs shows the network namespace of whoever mounts it.
             mount(
-                Some("proc"),
-                "/proc",
-                Some("proc"),
-                proc_flags,
+                Some("sysfs"),
+                "/sys",
+                Some("sysfs"),
+                kernel_fs | MsFlags::MS_RDONLY,
                 None::<&str>,
             )
-            .map_err(|e| (BootStage::Mount, e, "mount /proc".to_string()))?;
+            .map_err(|e| (BootStage::Mount, e, "mount /sys".to_string()))?;
         }
     }
     if spec.uts_namespace {
@@ -262,7 +267,7 @@ fn pivot_into(rootfs: &str) -> Result<(), BootFailure> {
     .map_err(|e| (BootStage::Mount, e, format!("bind-mount {rootfs}")))?;
     std::env::set_current_dir(rootfs)
         .map_err(|e| image(Errno::from_raw(e.raw_os_error().unwrap_or(0)), "enter"))?;
-    for dir in ["proc", "dev", "tmp"] {
+    for dir in ["proc", "sys", "dev", "tmp"] {
         // An existing directory is fine; a read-only image just lacks the mount point.
         let _ = std::fs::create_dir_all(dir);
     }
@@ -341,6 +346,15 @@ fn spawn_main(spec: &StartSpec) -> std::io::Result<Child> {
         .process_group(0);
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
+    }
+    // SAFETY: sigprocmask is async-signal-safe. The agent blocks the signals it
+    // reads through its signalfd; the command must start with none blocked.
+    unsafe {
+        command.pre_exec(|| {
+            SigSet::empty()
+                .thread_set_mask()
+                .map_err(|errno| std::io::Error::from_raw_os_error(errno as i32))
+        });
     }
     command.spawn()
 }

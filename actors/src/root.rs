@@ -1,0 +1,141 @@
+//! The root actor of a runtime: supervises one [`SandboxSupervisor`] per
+//! running sandbox and finds them by name.
+//!
+//! # Contract
+//! - Unnamed: several runtimes in one process do not collide (ractor names
+//!   are process-global).
+//! - [`RootMsg::Launch`] spawns a supervisor linked to the root; a name that
+//!   is already running is refused.
+//! - A supervisor that ends normally has persisted its outcome; the root only
+//!   forgets it. One that fails (panics) left its run open: the root marks the
+//!   sandbox Crashed. Its VmProcess died with it, which closed the agent's
+//!   socket, so the agent killed the sandbox.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use crate::lifecycle::{HostId, LifecycleStore, SandboxStatus};
+use crate::sandbox::{SandboxSpec, SandboxSupervisor, SupervisorArgs, SupervisorMsg};
+
+/// Messages of the [`Root`].
+pub enum RootMsg {
+    /// Start supervising a sandbox.
+    Launch {
+        /// What to run.
+        spec: Box<SandboxSpec>,
+        /// Its supervisor, or why none was started.
+        reply: RpcReplyPort<Result<ActorRef<SupervisorMsg>, String>>,
+    },
+    /// The supervisor of a running sandbox.
+    Lookup {
+        /// The sandbox.
+        name: String,
+        /// Its supervisor, if it runs in this runtime.
+        reply: RpcReplyPort<Option<ActorRef<SupervisorMsg>>>,
+    },
+    /// Names of the sandboxes running in this runtime.
+    Running(RpcReplyPort<Vec<String>>),
+}
+
+/// Arguments to spawn a [`Root`].
+pub struct RootArgs {
+    /// Where supervisors persist.
+    pub store: Arc<dyn LifecycleStore>,
+    /// This host process.
+    pub host: HostId,
+}
+
+/// The root actor. See the module docs.
+pub struct Root;
+
+/// Its state.
+pub struct RootState {
+    store: Arc<dyn LifecycleStore>,
+    host: HostId,
+    by_name: HashMap<String, ActorRef<SupervisorMsg>>,
+    by_id: HashMap<ActorId, String>,
+}
+
+impl Actor for Root {
+    type Msg = RootMsg;
+    type State = RootState;
+    type Arguments = RootArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<RootMsg>,
+        args: RootArgs,
+    ) -> Result<RootState, ActorProcessingErr> {
+        Ok(RootState {
+            store: args.store,
+            host: args.host,
+            by_name: HashMap::new(),
+            by_id: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RootMsg>,
+        msg: RootMsg,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RootMsg::Launch { spec, reply } => {
+                let name = spec.name.clone();
+                if state.by_name.contains_key(&name) {
+                    let _ = reply.send(Err(format!("sandbox {name} is already running")));
+                    return Ok(());
+                }
+                let args = SupervisorArgs {
+                    spec: *spec,
+                    store: state.store.clone(),
+                    host: state.host,
+                };
+                match Actor::spawn_linked(None, SandboxSupervisor, args, myself.get_cell()).await {
+                    Ok((supervisor, _)) => {
+                        state.by_id.insert(supervisor.get_id(), name.clone());
+                        state.by_name.insert(name, supervisor.clone());
+                        let _ = reply.send(Ok(supervisor));
+                    }
+                    Err(err) => {
+                        let _ = reply.send(Err(err.to_string()));
+                    }
+                }
+            }
+            RootMsg::Lookup { name, reply } => {
+                let _ = reply.send(state.by_name.get(&name).cloned());
+            }
+            RootMsg::Running(reply) => {
+                let _ = reply.send(state.by_name.keys().cloned().collect());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _: ActorRef<RootMsg>,
+        event: SupervisionEvent,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, failure) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
+            _ => return Ok(()),
+        };
+        let Some(name) = state.by_id.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        state.by_name.remove(&name);
+        if let Some(reason) = failure {
+            tracing::error!(sandbox = %name, %reason, "sandbox supervisor failed; marking the sandbox crashed");
+            if let Err(err) = state.store.set_status(&name, SandboxStatus::Crashed).await {
+                tracing::error!(sandbox = %name, %err, "cannot record the crash");
+            }
+        }
+        Ok(())
+    }
+}

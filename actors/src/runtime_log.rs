@@ -1,0 +1,42 @@
+//! `runtime.log`: a sandbox's own diagnostics, written through `tracing`.
+//!
+//! Each note is an event dispatched to a subscriber that formats it with an
+//! RFC 3339 timestamp into the sandbox's `runtime.log`, so the file reads back
+//! as System entries with their own times (SPEC §3). The subscriber is built
+//! per note rather than kept per sandbox: notes are rare (start, stop,
+//! restarts) and idle sandboxes should cost the host nothing.
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::sync::Mutex;
+
+use tracing::Level;
+
+/// The file's name in the log directory.
+pub const RUNTIME_LOG: &str = "runtime.log";
+
+/// Appends one event to `<log_dir>/runtime.log`.
+pub fn append(log_dir: &Path, level: Level, sandbox: &str, message: &str) {
+    let file = match OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_dir.join(RUNTIME_LOG))
+    {
+        Ok(file) => file,
+        Err(err) => {
+            tracing::debug!(dir = %log_dir.display(), %err, "cannot open runtime.log");
+            return;
+        }
+    };
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(Mutex::new(file))
+        .with_ansi(false)
+        .with_target(false)
+        .with_max_level(Level::TRACE)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || match level {
+        Level::ERROR => tracing::error!(sandbox, "{message}"),
+        Level::WARN => tracing::warn!(sandbox, "{message}"),
+        _ => tracing::info!(sandbox, "{message}"),
+    });
+}

@@ -1,0 +1,678 @@
+//! The sandbox supervisor: one actor per running sandbox, owning its
+//! [`VmProcess`] and its [`RelayTap`].
+//!
+//! # Lifecycle as messages
+//! ```text
+//! spawn ─ Starting ─ Vm(Hello) ─ Vm(Ready) ─ Running ─ Vm(Exited) ─ Stopped
+//!                └─ Vm(BootFailed) ─ Stopped (boot-error.json; no run row)
+//! Running ─ Stop{timeout} ─ Draining ─ stop signal to the whole tree
+//!            ├─ Vm(Exited) before the timer ─ Stopped (ShutdownRequested)
+//!            └─ Escalate (send_after timeout) ─ Vm Kill (the agent SIGKILLs every process)
+//!                 ─ Vm(Exited) ─ Stopped (Killed, signal 9)
+//!                 └─ KillTimedOut ─ Vm KillFromHost (SIGKILL to PID 1 from the host)
+//!                      ─ Vm(Lost) ─ Stopped (Killed, signal 9)
+//!                      └─ KillTimedOut again ─ Crashed (InternalError)
+//! Running ─ Kill ─ Draining ─ Vm Kill ─ … as above
+//! Vm(Lost) ─ Crashed (InternalError)
+//! ```
+//! Every transition is persisted through the [`LifecycleStore`] before the
+//! supervisor handles its next message; waiters are answered after the run
+//! row is closed, so what they observe is durable.
+//!
+//! # Children
+//! - The RelayTap is restarted when it fails or stops (at most 5 times in
+//!   10 s; then the sandbox is killed and ends Crashed); the new tap is
+//!   published on a `watch` channel the VmProcess's reader follows, so no
+//!   output is lost or duplicated. Each restart is noted in `runtime.log`.
+//! - The VmProcess is not restarted: if it fails, the sandbox's socket closes,
+//!   the agent kills the sandbox, and the run ends Crashed (InternalError).
+//!
+//! Once the run has ended, the supervisor writes the `--- sandbox stopped … ---`
+//! marker, answers waiters and stops; its children stop with it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::lifecycle::{HostId, LifecycleStore, RunEnd, SandboxStatus, TerminationReason};
+use crate::protocol::{BootStage, SignalTarget};
+use crate::relay_tap::{RelayTap, RelayTapMsg, TapArgs, TapConfig, TapEvent};
+use crate::restart::RestartBudget;
+use crate::vm_process::{VmArgs, VmEvent, VmProcess, VmProcessMsg, VmSpec};
+
+/// Everything a supervisor needs to run one sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// The sandbox's name.
+    pub name: String,
+    /// Its log directory.
+    pub log_dir: PathBuf,
+    /// The process to start.
+    pub vm: VmSpec,
+    /// How `exec.log` rotates.
+    pub tap: TapConfig,
+    /// Signal sent to the whole tree on stop.
+    pub stop_signal: i32,
+    /// Default time between the stop signal and SIGKILL.
+    pub stop_timeout: Duration,
+    /// Time allowed after SIGKILL before the run is declared lost.
+    pub kill_timeout: Duration,
+}
+
+/// Why a sandbox did not start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BootFailure {
+    /// Where.
+    pub stage: BootStage,
+    /// OS error number (0 if none).
+    pub errno: i32,
+    /// What happened.
+    pub message: String,
+}
+
+/// How a run ended, for waiters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopOutcome {
+    /// The sandbox.
+    pub name: String,
+    /// `Stopped` or `Crashed`.
+    pub status: SandboxStatus,
+    /// Exit code of the main command.
+    pub exit_code: Option<i32>,
+    /// Signal that killed it.
+    pub signal: Option<i32>,
+    /// Why it ended.
+    pub reason: TerminationReason,
+    /// When the supervisor saw it end.
+    pub observed_at: DateTime<Utc>,
+}
+
+/// Messages of the [`SandboxSupervisor`].
+pub enum SupervisorMsg {
+    /// Answer once the sandbox runs (with the main command's pid inside the
+    /// sandbox) or failed to boot.
+    AwaitStarted(RpcReplyPort<Result<u32, BootFailure>>),
+    /// Stop: the stop signal to the whole tree, SIGKILL after `timeout`
+    /// (`None`: the sandbox's default; zero: at once).
+    Stop {
+        /// Grace period.
+        timeout: Option<Duration>,
+    },
+    /// SIGKILL the whole tree now.
+    Kill,
+    /// Timer: the stop grace period of escalation `epoch` ran out.
+    Escalate {
+        /// Which stop armed it.
+        epoch: u64,
+    },
+    /// Timer: SIGKILL was sent `kill_timeout` ago.
+    KillTimedOut,
+    /// From the VmProcess.
+    Vm(VmEvent),
+    /// From the RelayTap.
+    Tap(TapEvent),
+    /// The current status.
+    Status(RpcReplyPort<SandboxStatus>),
+    /// Answer when the run has ended.
+    WaitStopped(RpcReplyPort<StopOutcome>),
+}
+
+impl From<VmEvent> for SupervisorMsg {
+    fn from(event: VmEvent) -> Self {
+        Self::Vm(event)
+    }
+}
+
+impl TryFrom<SupervisorMsg> for VmEvent {
+    type Error = ();
+    fn try_from(msg: SupervisorMsg) -> Result<Self, ()> {
+        match msg {
+            SupervisorMsg::Vm(event) => Ok(event),
+            _ => Err(()),
+        }
+    }
+}
+
+impl From<TapEvent> for SupervisorMsg {
+    fn from(event: TapEvent) -> Self {
+        Self::Tap(event)
+    }
+}
+
+impl TryFrom<SupervisorMsg> for TapEvent {
+    type Error = ();
+    fn try_from(msg: SupervisorMsg) -> Result<Self, ()> {
+        match msg {
+            SupervisorMsg::Tap(event) => Ok(event),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Arguments to spawn a [`SandboxSupervisor`].
+pub struct SupervisorArgs {
+    /// What to run.
+    pub spec: SandboxSpec,
+    /// Where transitions are persisted.
+    pub store: Arc<dyn LifecycleStore>,
+    /// The host process that owns the run.
+    pub host: HostId,
+}
+
+/// The supervisor actor. See the module docs.
+pub struct SandboxSupervisor;
+
+/// Its state.
+pub struct SupervisorState {
+    spec: SandboxSpec,
+    store: Arc<dyn LifecycleStore>,
+    host: HostId,
+    status: SandboxStatus,
+    tap: ActorRef<RelayTapMsg>,
+    tap_tx: watch::Sender<ActorRef<RelayTapMsg>>,
+    tap_budget: RestartBudget,
+    generation: u64,
+    vm: Option<ActorRef<VmProcessMsg>>,
+    init_pid: Option<u32>,
+    run_id: Option<i64>,
+    start_waiters: Vec<RpcReplyPort<Result<u32, BootFailure>>>,
+    boot: Option<Result<u32, BootFailure>>,
+    stop_waiters: Vec<RpcReplyPort<StopOutcome>>,
+    /// Set once a stop was asked for: the reason the run ends with unless it
+    /// has to be killed.
+    stop_reason: Option<TerminationReason>,
+    escalation: u64,
+    killed: bool,
+    /// SIGKILL went to PID 1 from the host (the agent did not act on the kill).
+    host_killed: bool,
+    outcome: Option<StopOutcome>,
+}
+
+impl Actor for SandboxSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let spec = args.spec;
+        std::fs::create_dir_all(&spec.log_dir)?;
+        args.store
+            .set_status(&spec.name, SandboxStatus::Starting)
+            .await?;
+        let tap = spawn_tap(&myself, &spec, 0).await?;
+        let (tap_tx, tap_rx) = watch::channel(tap.clone());
+        let vm_args = VmArgs {
+            spec: spec.vm.clone(),
+            tap: tap_rx,
+            events: myself.get_derived(),
+        };
+        let (vm, _) = Actor::spawn_linked(None, VmProcess, vm_args, myself.get_cell()).await?;
+        Ok(SupervisorState {
+            spec,
+            store: args.store,
+            host: args.host,
+            status: SandboxStatus::Starting,
+            tap,
+            tap_tx,
+            tap_budget: RestartBudget::default(),
+            generation: 0,
+            vm: Some(vm),
+            init_pid: None,
+            run_id: None,
+            start_waiters: Vec::new(),
+            boot: None,
+            stop_waiters: Vec::new(),
+            stop_reason: None,
+            escalation: 0,
+            killed: false,
+            host_killed: false,
+            outcome: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::AwaitStarted(reply) => match &state.boot {
+                Some(result) => {
+                    let _ = reply.send(result.clone());
+                }
+                None => state.start_waiters.push(reply),
+            },
+            SupervisorMsg::Status(reply) => {
+                let _ = reply.send(state.status);
+            }
+            SupervisorMsg::WaitStopped(reply) => match &state.outcome {
+                Some(outcome) => {
+                    let _ = reply.send(outcome.clone());
+                }
+                None => state.stop_waiters.push(reply),
+            },
+            SupervisorMsg::Stop { timeout } => state.stop(&myself, timeout).await?,
+            SupervisorMsg::Kill => state.kill(&myself).await?,
+            SupervisorMsg::Escalate { epoch } => {
+                if state.outcome.is_none() && epoch == state.escalation && !state.killed {
+                    state.note_warn("did not stop within the timeout; escalating to SIGKILL");
+                    state.kill(&myself).await?;
+                }
+            }
+            SupervisorMsg::KillTimedOut => {
+                if state.outcome.is_none() {
+                    if state.host_killed {
+                        state.note_warn(
+                            "still not gone after SIGKILL from the host; giving it up as crashed",
+                        );
+                        state
+                            .finish(
+                                &myself,
+                                SandboxStatus::Crashed,
+                                None,
+                                None,
+                                TerminationReason::InternalError,
+                            )
+                            .await?;
+                    } else {
+                        // The agent did not report the kill: kill PID 1 from the
+                        // host, which ends the whole pid namespace.
+                        state.note_warn("the agent did not report the kill in time; killing PID 1 from the host");
+                        state.host_killed = true;
+                        if let Some(vm) = &state.vm {
+                            vm.cast(VmProcessMsg::KillFromHost)?;
+                        }
+                        myself.send_after(state.spec.kill_timeout, || SupervisorMsg::KillTimedOut);
+                    }
+                }
+            }
+            SupervisorMsg::Tap(TapEvent::Rotated { generation }) => state.generation = generation,
+            SupervisorMsg::Vm(event) => state.on_vm(&myself, event).await?,
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason, failed) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string(), true),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()), false)
+            }
+            _ => return Ok(()),
+        };
+        if state.outcome.is_some() {
+            return Ok(());
+        }
+        if cell.get_id() == state.tap.get_id() {
+            // Only failures spend the budget: a tap stopped or killed from
+            // outside is not crash-looping.
+            if failed && !state.tap_budget.allow() {
+                state.note_warn(&format!(
+                    "relay tap keeps failing ({reason}); killing the sandbox"
+                ));
+                if let Some(vm) = &state.vm {
+                    let _ = vm.cast(VmProcessMsg::KillFromHost);
+                }
+                return state
+                    .finish(
+                        &myself,
+                        SandboxStatus::Crashed,
+                        None,
+                        None,
+                        TerminationReason::InternalError,
+                    )
+                    .await;
+            }
+            state.note_warn(&format!("relay tap ended ({reason}); restarting it"));
+            let tap = spawn_tap(&myself, &state.spec, state.generation).await?;
+            state.tap = tap.clone();
+            // The VmProcess's reader waits on this to resume writing.
+            let _ = state.tap_tx.send(tap);
+        } else if state
+            .vm
+            .as_ref()
+            .is_some_and(|vm| vm.get_id() == cell.get_id())
+        {
+            state.vm = None;
+            state.note_warn(&format!(
+                "VM process actor ended ({reason}); the sandbox is lost"
+            ));
+            state
+                .finish(
+                    &myself,
+                    SandboxStatus::Crashed,
+                    None,
+                    None,
+                    TerminationReason::InternalError,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn spawn_tap(
+    myself: &ActorRef<SupervisorMsg>,
+    spec: &SandboxSpec,
+    generation: u64,
+) -> Result<ActorRef<RelayTapMsg>, ActorProcessingErr> {
+    let args = TapArgs {
+        config: spec.tap.clone(),
+        generation,
+        events: Some(myself.get_derived()),
+    };
+    let (tap, _) = Actor::spawn_linked(None, RelayTap, args, myself.get_cell()).await?;
+    Ok(tap)
+}
+
+impl SupervisorState {
+    async fn set_status(&mut self, status: SandboxStatus) -> Result<(), ActorProcessingErr> {
+        self.store.set_status(&self.spec.name, status).await?;
+        self.status = status;
+        Ok(())
+    }
+
+    async fn on_vm(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        event: VmEvent,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            VmEvent::Hello { init_pid } => self.init_pid = Some(init_pid),
+            VmEvent::Ready { pid } => {
+                let host_pid = self.init_pid.unwrap_or(pid);
+                self.run_id = Some(
+                    self.store
+                        .run_started(&self.spec.name, host_pid, self.host, Utc::now())
+                        .await?,
+                );
+                remove_boot_error(&self.spec.log_dir);
+                if self.status == SandboxStatus::Starting {
+                    self.set_status(SandboxStatus::Running).await?;
+                }
+                self.note_info(&format!(
+                    "started: main command pid {pid} (host pid of PID 1: {host_pid})"
+                ));
+                self.answer_start(Ok(pid));
+                if let Some(timeout) = self.pending_stop_timeout() {
+                    self.stop(myself, Some(timeout)).await?;
+                }
+            }
+            VmEvent::BootFailed {
+                stage,
+                errno,
+                message,
+            } => {
+                let failure = BootFailure {
+                    stage,
+                    errno,
+                    message,
+                };
+                write_boot_error(&self.spec.log_dir, &failure);
+                self.note_warn(&format!("failed to start ({stage}): {}", failure.message));
+                // Answered by `finish`, once the outcome is persisted.
+                self.boot = Some(Err(failure));
+                self.finish(
+                    myself,
+                    SandboxStatus::Stopped,
+                    None,
+                    None,
+                    TerminationReason::Failed,
+                )
+                .await?;
+            }
+            VmEvent::Exited { code, signal } => {
+                let reason = if self.killed {
+                    TerminationReason::Killed
+                } else if let Some(reason) = self.stop_reason {
+                    reason
+                } else if signal.is_some() {
+                    TerminationReason::Signal
+                } else if code == Some(0) {
+                    TerminationReason::Completed
+                } else {
+                    TerminationReason::Failed
+                };
+                self.finish(myself, SandboxStatus::Stopped, code, signal, reason)
+                    .await?;
+            }
+            VmEvent::Lost { reason } if self.host_killed => {
+                self.note_info(&format!("killed from the host: {reason}"));
+                self.finish(
+                    myself,
+                    SandboxStatus::Stopped,
+                    None,
+                    Some(libc::SIGKILL),
+                    TerminationReason::Killed,
+                )
+                .await?;
+            }
+            VmEvent::Lost { reason } => {
+                self.note_warn(&format!("lost the sandbox process: {reason}"));
+                self.finish(
+                    myself,
+                    SandboxStatus::Crashed,
+                    None,
+                    None,
+                    TerminationReason::InternalError,
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A stop asked for while still starting is carried out once running.
+    fn pending_stop_timeout(&self) -> Option<Duration> {
+        self.stop_reason.map(|_| self.spec.stop_timeout)
+    }
+
+    fn answer_start(&mut self, result: Result<u32, BootFailure>) {
+        for waiter in self.start_waiters.drain(..) {
+            let _ = waiter.send(result.clone());
+        }
+        self.boot = Some(result);
+    }
+
+    async fn stop(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        timeout: Option<Duration>,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.outcome.is_some() || self.killed {
+            return Ok(());
+        }
+        let timeout = timeout.unwrap_or(self.spec.stop_timeout);
+        if self.status == SandboxStatus::Starting {
+            // Nothing to signal yet: stop as soon as it runs (or kill at once).
+            self.stop_reason = Some(TerminationReason::ShutdownRequested);
+            if timeout.is_zero() {
+                return self.kill(myself).await;
+            }
+            return Ok(());
+        }
+        if self.stop_reason.is_none() {
+            self.stop_reason = Some(TerminationReason::ShutdownRequested);
+        }
+        if self.status != SandboxStatus::Draining {
+            self.set_status(SandboxStatus::Draining).await?;
+        }
+        if timeout.is_zero() {
+            return self.kill(myself).await;
+        }
+        if let Some(vm) = &self.vm {
+            vm.cast(VmProcessMsg::Signal {
+                target: SignalTarget::All,
+                signo: self.spec.stop_signal,
+            })?;
+        }
+        self.escalation += 1;
+        let epoch = self.escalation;
+        myself.send_after(timeout, move || SupervisorMsg::Escalate { epoch });
+        self.note_info(&format!(
+            "stopping: signal {} to every process, SIGKILL in {timeout:?}",
+            self.spec.stop_signal
+        ));
+        Ok(())
+    }
+
+    async fn kill(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
+        if self.outcome.is_some() || self.killed {
+            return Ok(());
+        }
+        self.killed = true;
+        if !matches!(
+            self.status,
+            SandboxStatus::Draining | SandboxStatus::Starting
+        ) {
+            self.set_status(SandboxStatus::Draining).await?;
+        }
+        if let Some(vm) = &self.vm {
+            vm.cast(VmProcessMsg::Kill)?;
+        }
+        myself.send_after(self.spec.kill_timeout, || SupervisorMsg::KillTimedOut);
+        self.note_info("killing every process with SIGKILL");
+        Ok(())
+    }
+
+    async fn finish(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        status: SandboxStatus,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        reason: TerminationReason,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.outcome.is_some() {
+            return Ok(());
+        }
+        let at = Utc::now();
+        if self.boot.as_ref().is_some_and(|b| b.is_ok()) {
+            let marker = match (exit_code, signal) {
+                (_, Some(signal)) => format!("--- sandbox stopped (signal {signal}) ---"),
+                (Some(code), None) => format!("--- sandbox stopped (exit {code}) ---"),
+                (None, None) => format!("--- sandbox stopped ({reason}) ---"),
+            };
+            // The marker goes after every chunk of the run: the VmProcess
+            // reports the exit only once all output is written.
+            let written = ractor::call_t!(self.tap, RelayTapMsg::Flush, 5_000);
+            if written.is_ok() {
+                let _ = self.tap.cast(RelayTapMsg::system(marker));
+                let _ = ractor::call_t!(self.tap, RelayTapMsg::Flush, 5_000);
+            }
+        } else if self.boot.is_none() {
+            self.boot = Some(Err(BootFailure {
+                stage: BootStage::Other,
+                errno: 0,
+                message: format!("the sandbox ended before it was ready ({reason})"),
+            }));
+        }
+        let end = RunEnd {
+            status,
+            exit_code,
+            signal,
+            reason,
+            at,
+        };
+        match self.run_id {
+            Some(run_id) => self.store.run_ended(&self.spec.name, run_id, end).await?,
+            None => self.store.set_status(&self.spec.name, status).await?,
+        }
+        self.status = status;
+        self.note_info(&format!(
+            "ended: {status} ({reason}), exit code {exit_code:?}, signal {signal:?}"
+        ));
+        let outcome = StopOutcome {
+            name: self.spec.name.clone(),
+            status,
+            exit_code,
+            signal,
+            reason,
+            observed_at: at,
+        };
+        for waiter in self.stop_waiters.drain(..) {
+            let _ = waiter.send(outcome.clone());
+        }
+        if let Some(Err(failure)) = self.boot.clone() {
+            self.answer_start(Err(failure));
+        }
+        self.outcome = Some(outcome);
+        myself.stop(None);
+        Ok(())
+    }
+
+    fn note_info(&self, message: &str) {
+        tracing::info!(sandbox = %self.spec.name, "{message}");
+        crate::runtime_log::append(
+            &self.spec.log_dir,
+            tracing::Level::INFO,
+            &self.spec.name,
+            message,
+        );
+    }
+
+    fn note_warn(&self, message: &str) {
+        tracing::warn!(sandbox = %self.spec.name, "{message}");
+        crate::runtime_log::append(
+            &self.spec.log_dir,
+            tracing::Level::WARN,
+            &self.spec.name,
+            message,
+        );
+    }
+}
+
+#[derive(Serialize)]
+struct BootErrorRecord<'a> {
+    t: String,
+    stage: BootStage,
+    errno: i32,
+    message: &'a str,
+}
+
+/// Writes `boot-error.json` atomically (temp file, then rename).
+fn write_boot_error(log_dir: &Path, failure: &BootFailure) {
+    let record = BootErrorRecord {
+        t: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        stage: failure.stage,
+        errno: failure.errno,
+        message: &failure.message,
+    };
+    let result = serde_json::to_vec_pretty(&record)
+        .map_err(std::io::Error::other)
+        .and_then(|json| {
+            let tmp = log_dir.join(".boot-error.json.tmp");
+            std::fs::write(&tmp, json)?;
+            std::fs::rename(&tmp, log_dir.join(BOOT_ERROR_FILE))
+        });
+    if let Err(err) = result {
+        tracing::warn!(dir = %log_dir.display(), %err, "cannot write boot-error.json");
+    }
+}
+
+fn remove_boot_error(log_dir: &Path) {
+    match std::fs::remove_file(log_dir.join(BOOT_ERROR_FILE)) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(dir = %log_dir.display(), %err, "cannot remove boot-error.json");
+        }
+        _ => {}
+    }
+}
+
+/// The boot error record's file name in the log directory.
+pub const BOOT_ERROR_FILE: &str = "boot-error.json";

@@ -1,0 +1,444 @@
+//! The VM process actor: the host side of one sandbox's process tree.
+//!
+//! # Contract
+//! - Starts `sandvisor-agent` in fresh namespaces (`unshare(2)` and
+//!   `setsid(2)` between fork and exec — nothing else runs there), hands it
+//!   its end of a socketpair as fd 3 and speaks [SAP](crate::protocol) with it.
+//! - A reader task owns the socket's read half. It writes each `Output` frame
+//!   to the sandbox's relay tap with [`RelayTapMsg::Append`] and waits for the
+//!   answer before reading on, so output is written exactly once and in
+//!   order, and while a tap is being restarted the socket (then the agent's
+//!   pipes, then the sandboxed process) buffers. The tap to use is read from a
+//!   `watch` channel the supervisor updates when it restarts the tap.
+//! - The reader writes the `--- sandbox started ---` marker when the agent
+//!   reports `Ready`, so the marker precedes all output of the run.
+//! - Control frames become [`VmEvent`]s for the supervisor, in wire order;
+//!   `Exited` arrives after every output chunk of the run is written.
+//! - [`VmProcessMsg::Kill`] asks the agent to SIGKILL every process, so the
+//!   main command's real status is still reported; [`VmProcessMsg::KillFromHost`]
+//!   sends SIGKILL to the sandbox's PID 1 from the host, which ends every
+//!   process of its pid namespace at once, for an agent that does not answer.
+//! - When this actor's state drops (however it ended) the socket closes, and
+//!   the agent kills every process of the sandbox and exits.
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use bytes::BytesMut;
+use chrono::Utc;
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
+
+use crate::format::LogSource;
+use crate::protocol::{stream, BootStage, Frame, SignalTarget, StartSpec};
+use crate::relay_tap::{Chunk, RelayTapMsg};
+
+/// The marker written when a run's main command has started.
+pub const STARTED_MARKER: &str = "--- sandbox started ---";
+
+/// What to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    /// What the agent runs (and which namespaces it finds itself in).
+    pub start: StartSpec,
+    /// Also give the sandbox its own IPC namespace.
+    pub ipc_namespace: bool,
+    /// The agent binary.
+    pub agent: PathBuf,
+    /// The agent's own stderr goes here (the sandbox's `runtime.log`).
+    pub agent_log: Option<PathBuf>,
+}
+
+/// What the VM process tells its supervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmEvent {
+    /// The host pid of the sandbox's PID 1.
+    Hello {
+        /// Host pid.
+        init_pid: u32,
+    },
+    /// The main command runs.
+    Ready {
+        /// Its pid inside the sandbox.
+        pid: u32,
+    },
+    /// The sandbox could not start.
+    BootFailed {
+        /// Where.
+        stage: BootStage,
+        /// OS error number (0 if none).
+        errno: i32,
+        /// What happened.
+        message: String,
+    },
+    /// The main command exited; every process is gone and all output written.
+    Exited {
+        /// Exit code, if it exited.
+        code: Option<i32>,
+        /// Signal, if one killed it.
+        signal: Option<i32>,
+    },
+    /// The agent went away without reporting an exit.
+    Lost {
+        /// What was seen.
+        reason: String,
+    },
+}
+
+/// Messages of the [`VmProcess`].
+#[derive(Debug)]
+pub enum VmProcessMsg {
+    /// Deliver a signal inside the sandbox (through the agent).
+    Signal {
+        /// To whom.
+        target: SignalTarget,
+        /// Signal number.
+        signo: i32,
+    },
+    /// SIGKILL every process of the sandbox, through the agent (which then
+    /// reports the main command's real exit status).
+    Kill,
+    /// SIGKILL the sandbox's PID 1 from the host, which ends its whole pid
+    /// namespace; for an agent that does not answer.
+    KillFromHost,
+    /// From the reader task: a control frame, in wire order.
+    Frame(Frame),
+    /// From the reader task: the socket closed (or broke).
+    ReaderDone(Option<String>),
+}
+
+/// Arguments to spawn a [`VmProcess`].
+pub struct VmArgs {
+    /// What to start.
+    pub spec: VmSpec,
+    /// The current relay tap.
+    pub tap: watch::Receiver<ActorRef<RelayTapMsg>>,
+    /// The supervisor.
+    pub events: DerivedActorRef<VmEvent>,
+}
+
+/// The VM process actor. See the module docs.
+pub struct VmProcess;
+
+/// Its state: the write half of the socket and what the agent reported.
+pub struct VmState {
+    spec: VmSpec,
+    /// `None` when the agent could not be started (reported as a boot failure).
+    writer: Option<OwnedWriteHalf>,
+    events: DerivedActorRef<VmEvent>,
+    agent_pid: Option<u32>,
+    init_pid: Option<u32>,
+    main_pid: Option<u32>,
+    exited: bool,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Drop for VmState {
+    fn drop(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            reader.abort();
+        }
+    }
+}
+
+impl VmState {
+    fn emit(&self, event: VmEvent) {
+        // A supervisor that is gone has nobody to tell.
+        let _ = self.events.send_message(event);
+    }
+
+    async fn signal(&mut self, target: SignalTarget, signo: i32) {
+        let mut buf = Vec::new();
+        Frame::Signal { target, signo }.encode(&mut buf);
+        if let Some(writer) = self.writer.as_mut() {
+            if let Err(err) = writer.write_all(&buf).await {
+                // The agent is gone or going; its exit is reported separately.
+                tracing::debug!(%err, "signal not delivered to the agent");
+            }
+        }
+    }
+
+    fn kill_tree(&self) {
+        let sigkill = nix::sys::signal::Signal::SIGKILL;
+        match (self.spec.start.pid_namespace, self.init_pid) {
+            (true, Some(init)) => {
+                // Killing PID 1 of a pid namespace kills every process in it.
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(init as i32), sigkill);
+            }
+            _ => {
+                if let Some(main) = self.main_pid {
+                    let _ =
+                        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(main as i32), sigkill);
+                }
+                if let Some(agent) = self.agent_pid.or(self.init_pid) {
+                    let _ =
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent as i32), sigkill);
+                }
+            }
+        }
+    }
+}
+
+fn clone_flags(spec: &VmSpec) -> libc::c_int {
+    let s = &spec.start;
+    let mut flags = 0;
+    if s.pid_namespace {
+        flags |= libc::CLONE_NEWPID;
+    }
+    if s.mount_namespace {
+        flags |= libc::CLONE_NEWNS;
+    }
+    if s.net_namespace {
+        flags |= libc::CLONE_NEWNET;
+    }
+    if s.uts_namespace {
+        flags |= libc::CLONE_NEWUTS;
+    }
+    if spec.ipc_namespace {
+        flags |= libc::CLONE_NEWIPC;
+    }
+    flags
+}
+
+/// Starts the agent; returns its pid and the host end of the socket.
+fn spawn_agent(spec: &VmSpec) -> std::io::Result<(tokio::process::Child, tokio::net::UnixStream)> {
+    let (host, agent) = std::os::unix::net::UnixStream::pair()?;
+    let agent_fd = agent.as_raw_fd();
+    let flags = clone_flags(spec);
+    let stderr = match &spec.agent_log {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        ),
+        None => Stdio::null(),
+    };
+    let mut command = tokio::process::Command::new(&spec.agent);
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    // SAFETY: only async-signal-safe calls (dup2, fcntl, unshare, setsid)
+    // run between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if agent_fd == crate::protocol::AGENT_FD {
+                if libc::fcntl(agent_fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(agent_fd, crate::protocol::AGENT_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if flags != 0 && libc::unshare(flags) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    drop(agent);
+    host.set_nonblocking(true)?;
+    Ok((child, tokio::net::UnixStream::from_std(host)?))
+}
+
+impl Actor for VmProcess {
+    type Msg = VmProcessMsg;
+    type State = VmState;
+    type Arguments = VmArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: VmArgs,
+    ) -> Result<VmState, ActorProcessingErr> {
+        let mut state = VmState {
+            spec: args.spec,
+            writer: None,
+            events: args.events,
+            agent_pid: None,
+            init_pid: None,
+            main_pid: None,
+            exited: false,
+            reader: None,
+        };
+        let (child, socket) = match spawn_agent(&state.spec) {
+            Ok(started) => started,
+            Err(err) => {
+                state.exited = true;
+                state.emit(spawn_failure(&err, &state.spec));
+                return Ok(state);
+            }
+        };
+        state.agent_pid = child.id();
+        // tokio reaps the agent's first stage in the background once it exits.
+        drop(child);
+        let (read, mut writer) = socket.into_split();
+        let mut start = Vec::new();
+        Frame::Start(state.spec.start.clone()).encode(&mut start);
+        writer.write_all(&start).await?;
+        state.writer = Some(writer);
+        state.reader = Some(tokio::spawn(read_frames(read, myself.clone(), args.tap)));
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut VmState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            VmProcessMsg::Signal { target, signo } => state.signal(target, signo).await,
+            VmProcessMsg::Kill => state.signal(SignalTarget::All, libc::SIGKILL).await,
+            VmProcessMsg::KillFromHost => state.kill_tree(),
+            VmProcessMsg::Frame(frame) => match frame {
+                Frame::Hello { init_pid } => {
+                    state.init_pid = Some(init_pid);
+                    state.emit(VmEvent::Hello { init_pid });
+                }
+                Frame::Ready { pid } => {
+                    state.main_pid = Some(pid);
+                    state.emit(VmEvent::Ready { pid });
+                }
+                Frame::BootError {
+                    stage,
+                    errno,
+                    message,
+                } => {
+                    state.exited = true;
+                    state.emit(VmEvent::BootFailed {
+                        stage,
+                        errno,
+                        message,
+                    });
+                }
+                Frame::Exited {
+                    session: 1,
+                    code,
+                    signal,
+                } => {
+                    state.exited = true;
+                    state.emit(VmEvent::Exited { code, signal });
+                }
+                other => tracing::debug!(?other, "unexpected frame from the agent"),
+            },
+            VmProcessMsg::ReaderDone(problem) => {
+                if !state.exited {
+                    state.exited = true;
+                    let reason = problem.unwrap_or_else(|| {
+                        "the agent closed its socket without reporting an exit".into()
+                    });
+                    state.emit(VmEvent::Lost { reason });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn read_frames(
+    mut read: OwnedReadHalf,
+    vm: ActorRef<VmProcessMsg>,
+    mut tap: watch::Receiver<ActorRef<RelayTapMsg>>,
+) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let problem = loop {
+        match Frame::decode(&buf) {
+            Ok(Some((frame, used))) => {
+                let _ = buf.split_to(used);
+                match frame {
+                    Frame::Output {
+                        session,
+                        stream: tag,
+                        data,
+                    } => {
+                        let source = match tag {
+                            stream::STDERR => LogSource::Stderr,
+                            stream::OUTPUT => LogSource::Output,
+                            _ => LogSource::Stdout,
+                        };
+                        let chunk = Chunk {
+                            session_id: session,
+                            source,
+                            data: data.into(),
+                            captured_at: Utc::now(),
+                        };
+                        if !append(&mut tap, chunk).await {
+                            break Some("the sandbox's supervisor is gone".to_string());
+                        }
+                    }
+                    Frame::Ready { pid } => {
+                        let marker = Chunk {
+                            session_id: 0,
+                            source: LogSource::System,
+                            data: STARTED_MARKER.into(),
+                            captured_at: Utc::now(),
+                        };
+                        if !append(&mut tap, marker).await {
+                            break Some("the sandbox's supervisor is gone".to_string());
+                        }
+                        if vm.cast(VmProcessMsg::Frame(Frame::Ready { pid })).is_err() {
+                            break None;
+                        }
+                    }
+                    other => {
+                        if vm.cast(VmProcessMsg::Frame(other)).is_err() {
+                            break None;
+                        }
+                    }
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(err) => break Some(format!("agent protocol error: {err}")),
+        }
+        match read.read_buf(&mut buf).await {
+            Ok(0) => break None,
+            Ok(_) => {}
+            Err(err) => break Some(format!("reading from the agent: {err}")),
+        }
+    };
+    let _ = vm.cast(VmProcessMsg::ReaderDone(problem));
+}
+
+/// Writes `chunk` through the current tap, waiting for a new tap while the
+/// current one is down. `false` once no tap will ever come (supervisor gone).
+async fn append(tap: &mut watch::Receiver<ActorRef<RelayTapMsg>>, chunk: Chunk) -> bool {
+    loop {
+        let current = tap.borrow_and_update().clone();
+        let written = current
+            .call(|reply| RelayTapMsg::Append(chunk.clone(), reply), None)
+            .await;
+        if matches!(written, Ok(ractor::rpc::CallResult::Success(()))) {
+            return true;
+        }
+        if tap.changed().await.is_err() {
+            return false;
+        }
+    }
+}
+
+/// A boot failure of the host side: the agent could not be started at all.
+fn spawn_failure(err: &std::io::Error, spec: &VmSpec) -> VmEvent {
+    let message = if err.kind() == std::io::ErrorKind::NotFound {
+        format!("agent binary not found at {}", spec.agent.display())
+    } else {
+        format!(
+            "cannot start {} in new namespaces: {err}",
+            spec.agent.display()
+        )
+    };
+    VmEvent::BootFailed {
+        stage: BootStage::BuildVm,
+        errno: err.raw_os_error().unwrap_or(0),
+        message,
+    }
+}

@@ -1,0 +1,653 @@
+//! The runtime: open a home, create and start sandboxes, act on them.
+//!
+//! A [`Sandvisor`] owns the SQLite store and a root actor that supervises one
+//! `SandboxSupervisor` per running sandbox. Opening it reconciles what a dead
+//! host left behind. Dropping the last clone stops its root: every sandbox it
+//! hosts loses its supervisor, whose socket closes, and the sandbox's agent
+//! kills the sandbox (the next open records those runs as Crashed).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ractor::{Actor, ActorRef};
+use sandvisor_actors::lifecycle::{HostId, SandboxStatus};
+use sandvisor_actors::protocol::{BootStage, StartSpec};
+use sandvisor_actors::relay_tap::TapConfig;
+use sandvisor_actors::root::{Root, RootArgs, RootMsg};
+use sandvisor_actors::sandbox::{BootFailure, SandboxSpec, StopOutcome, SupervisorMsg};
+use sandvisor_actors::vm_process::VmSpec;
+
+use crate::config::SandboxConfig;
+use crate::error::{Error, Result};
+use crate::home;
+use crate::logs::{LogEntry, LogOptions, LogStream, LogStreamOptions, Logs};
+use crate::store::{RunRow, SandboxRow, Store};
+
+/// The agent binary's name.
+pub const AGENT_BINARY: &str = "sandvisor-agent";
+
+/// How a run ended, as `wait_until_stopped` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxStopResult {
+    /// The sandbox.
+    pub name: String,
+    /// `Stopped` or `Crashed`.
+    pub status: SandboxStatus,
+    /// Exit code of the main command, if it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    /// When the end was observed.
+    pub observed_at: DateTime<Utc>,
+}
+
+impl From<StopOutcome> for SandboxStopResult {
+    fn from(outcome: StopOutcome) -> Self {
+        Self {
+            name: outcome.name,
+            status: outcome.status,
+            exit_code: outcome.exit_code,
+            signal: outcome.signal,
+            observed_at: outcome.observed_at,
+        }
+    }
+}
+
+/// Opens a [`Sandvisor`].
+#[derive(Debug, Default, Clone)]
+pub struct SandvisorBuilder {
+    home: Option<PathBuf>,
+    agent: Option<PathBuf>,
+}
+
+impl SandvisorBuilder {
+    /// Uses `home` instead of `SANDVISOR_HOME` / `~/.sandvisor`.
+    pub fn home(mut self, home: impl Into<PathBuf>) -> Self {
+        self.home = Some(home.into());
+        self
+    }
+
+    /// Uses this `sandvisor-agent` binary instead of looking beside the
+    /// current executable and on `PATH`.
+    pub fn agent_path(mut self, agent: impl Into<PathBuf>) -> Self {
+        self.agent = Some(agent.into());
+        self
+    }
+
+    /// Opens the home: store, migrations, reconciliation, root actor.
+    pub async fn open(self) -> Result<Sandvisor> {
+        let home = match self.home {
+            Some(home) => home,
+            None => home::home_from_env()?,
+        };
+        let store = Store::open(&home).await?;
+        let host = crate::store::this_host();
+        let reconciled = store.reconcile(host).await?;
+        if !reconciled.is_empty() {
+            tracing::warn!(
+                ?reconciled,
+                "sandboxes of a host that is gone were marked Crashed"
+            );
+        }
+        let agent = self.agent.unwrap_or_else(find_agent);
+        let args = RootArgs {
+            store: Arc::new(store.clone()),
+            host,
+        };
+        let (root, _) = Actor::spawn(None, Root, args)
+            .await
+            .map_err(|e| Error::Internal(format!("cannot start the root actor: {e}")))?;
+        Ok(Sandvisor {
+            inner: Arc::new(Inner {
+                logs: Logs::at(&home),
+                home,
+                store,
+                root,
+                agent,
+                host,
+            }),
+        })
+    }
+}
+
+/// Where the agent is: beside the current executable (or one level up, where
+/// cargo puts binaries for test executables in `deps/`), else on `PATH`.
+fn find_agent() -> PathBuf {
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf));
+    let candidates = exe_dir
+        .iter()
+        .flat_map(|dir| [dir.join(AGENT_BINARY), dir.join("..").join(AGENT_BINARY)])
+        .chain(
+            std::env::var_os("PATH")
+                .iter()
+                .flat_map(std::env::split_paths)
+                .map(|dir| dir.join(AGENT_BINARY))
+                .collect::<Vec<_>>(),
+        )
+        .collect::<Vec<_>>();
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from(AGENT_BINARY))
+}
+
+struct Inner {
+    home: PathBuf,
+    store: Store,
+    root: ActorRef<RootMsg>,
+    agent: PathBuf,
+    host: HostId,
+    logs: Logs,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.root.stop(None);
+    }
+}
+
+/// A sandvisor runtime over one home. Cheap to clone.
+#[derive(Clone)]
+pub struct Sandvisor {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Sandvisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandvisor")
+            .field("home", &self.inner.home)
+            .finish()
+    }
+}
+
+fn call_failed(what: &str) -> impl Fn(ractor::RactorErr<SupervisorMsg>) -> Error + '_ {
+    move |err| Error::Internal(format!("{what}: {err}"))
+}
+
+impl Sandvisor {
+    /// A builder; `Sandvisor::builder().home(path).open().await`.
+    pub fn builder() -> SandvisorBuilder {
+        SandvisorBuilder::default()
+    }
+
+    /// The home directory.
+    pub fn home(&self) -> &Path {
+        &self.inner.home
+    }
+
+    /// This runtime's host identity (recorded with each run).
+    pub fn host(&self) -> HostId {
+        self.inner.host
+    }
+
+    /// The agent binary this runtime starts.
+    pub fn agent_path(&self) -> &Path {
+        &self.inner.agent
+    }
+
+    /// Log reading under this runtime's home.
+    pub fn logs(&self) -> &Logs {
+        &self.inner.logs
+    }
+
+    /// Validates `config`, records the sandbox and starts it. Bad input is
+    /// refused before anything is written.
+    pub async fn create(&self, config: SandboxConfig) -> Result<Sandbox> {
+        config.validate()?;
+        self.inner.store.insert_sandbox(&config).await?;
+        let log_dir = self.inner.logs.log_dir_for(&config.name)?;
+        if let Err(source) = std::fs::create_dir_all(&log_dir) {
+            // Leave nothing behind for a sandbox that cannot have a directory.
+            let _ = self.inner.store.delete_sandbox(&config.name).await;
+            return Err(Error::Io {
+                path: log_dir,
+                source,
+            });
+        }
+        self.start(&config.name).await
+    }
+
+    /// Starts a stopped (or never started) sandbox.
+    pub async fn start(&self, name: &str) -> Result<Sandbox> {
+        home::validate_name(name)?;
+        if let Some(sandbox) = self.connect(name).await? {
+            return Ok(sandbox);
+        }
+        let row = self
+            .inner
+            .store
+            .sandbox(name)
+            .await?
+            .ok_or_else(|| Error::SandboxNotFound(name.to_string()))?;
+        let config: SandboxConfig = serde_json::from_str(&row.config_json)
+            .map_err(|e| Error::Database(format!("stored config of {name} does not parse: {e}")))?;
+        if let Err(status) = self.inner.store.claim_start(name).await? {
+            tracing::debug!(sandbox = name, %status, "start refused");
+            return Err(Error::SandboxNotHosted(name.to_string()));
+        }
+        let spec = self.spec_for(&config)?;
+        let launched = ractor::call!(self.inner.root, |reply| RootMsg::Launch {
+            spec: Box::new(spec),
+            reply
+        })
+        .map_err(|e| Error::Internal(format!("root actor: {e}")))?;
+        let supervisor = launched.map_err(Error::Internal)?;
+        let started = ractor::call!(supervisor, SupervisorMsg::AwaitStarted)
+            .map_err(call_failed("waiting for the sandbox to start"))?;
+        match started {
+            Ok(_) => Ok(Sandbox {
+                name: name.to_string(),
+                supervisor,
+                runtime: self.clone(),
+            }),
+            Err(failure) => Err(boot_failed(failure)),
+        }
+    }
+
+    /// A live handle on `name` if it runs in this runtime.
+    pub async fn connect(&self, name: &str) -> Result<Option<Sandbox>> {
+        let supervisor = ractor::call!(self.inner.root, |reply| RootMsg::Lookup {
+            name: name.to_string(),
+            reply
+        })
+        .map_err(|e| Error::Internal(format!("root actor: {e}")))?;
+        Ok(supervisor.map(|supervisor| Sandbox {
+            name: name.to_string(),
+            supervisor,
+            runtime: self.clone(),
+        }))
+    }
+
+    /// The sandbox `name` as recorded.
+    pub async fn get(&self, name: &str) -> Result<SandboxHandle> {
+        home::validate_name(name)?;
+        let row = self
+            .inner
+            .store
+            .sandbox(name)
+            .await?
+            .ok_or_else(|| Error::SandboxNotFound(name.to_string()))?;
+        Ok(SandboxHandle {
+            row,
+            runtime: self.clone(),
+        })
+    }
+
+    /// Every recorded sandbox, by name.
+    pub async fn list(&self) -> Result<Vec<SandboxHandle>> {
+        Ok(self
+            .inner
+            .store
+            .sandboxes()
+            .await?
+            .into_iter()
+            .map(|row| SandboxHandle {
+                row,
+                runtime: self.clone(),
+            })
+            .collect())
+    }
+
+    /// The runs of `name`, oldest first.
+    pub async fn runs(&self, name: &str) -> Result<Vec<RunRow>> {
+        home::validate_name(name)?;
+        self.inner.store.runs(name).await
+    }
+
+    /// Deletes a Stopped, Crashed or never started sandbox: its rows and its
+    /// directory. A running one is refused with [`Error::SandboxStillRunning`].
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        home::validate_name(name)?;
+        if self.connect(name).await?.is_some() {
+            return Err(Error::SandboxStillRunning(name.to_string()));
+        }
+        if self.inner.store.delete_sandbox(name).await?.is_some() {
+            return Err(Error::SandboxStillRunning(name.to_string()));
+        }
+        let dir = home::sandbox_dir(&self.inner.home, name)?;
+        match std::fs::remove_dir_all(&dir) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
+                path: dir,
+                source: err,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn spec_for(&self, config: &SandboxConfig) -> Result<SandboxSpec> {
+        let log_dir = self.inner.logs.log_dir_for(&config.name)?;
+        let iso = config.isolation;
+        Ok(SandboxSpec {
+            name: config.name.clone(),
+            vm: VmSpec {
+                start: StartSpec {
+                    name: config.name.clone(),
+                    command: config.command.clone(),
+                    args: config.args.clone(),
+                    env: config.effective_env(),
+                    cwd: config.working_dir.clone(),
+                    rootfs: config.rootfs.as_ref().map(|p| p.display().to_string()),
+                    pid_namespace: iso.pid,
+                    mount_namespace: iso.mount,
+                    net_namespace: iso.net,
+                    uts_namespace: iso.uts,
+                },
+                ipc_namespace: iso.ipc,
+                agent: self.inner.agent.clone(),
+                agent_log: Some(log_dir.join(sandvisor_actors::runtime_log::RUNTIME_LOG)),
+            },
+            tap: TapConfig {
+                dir: log_dir.clone(),
+                max_bytes: config.log.max_bytes,
+                keep: config.log.keep,
+            },
+            log_dir,
+            stop_signal: config.stop_signal,
+            stop_timeout: config.stop_timeout,
+            kill_timeout: config.kill_timeout,
+        })
+    }
+
+    async fn stop_result_from_store(&self, name: &str) -> Result<Option<SandboxStopResult>> {
+        let row = self
+            .inner
+            .store
+            .sandbox(name)
+            .await?
+            .ok_or_else(|| Error::SandboxNotFound(name.to_string()))?;
+        if !row.status.is_terminal() {
+            return Ok(None);
+        }
+        let last = self.inner.store.runs(name).await?.pop();
+        Ok(Some(SandboxStopResult {
+            name: name.to_string(),
+            status: row.status,
+            exit_code: last.as_ref().and_then(|r| r.exit_code),
+            signal: last.as_ref().and_then(|r| r.exit_signal),
+            observed_at: last.and_then(|r| r.terminated_at).unwrap_or(row.updated_at),
+        }))
+    }
+}
+
+fn boot_failed(failure: BootFailure) -> Error {
+    let hint = match failure.stage {
+        BootStage::Config => "check the command, its arguments and the working directory",
+        BootStage::Mount => {
+            "namespaces and mounts need root (CAP_SYS_ADMIN); check the rootfs layout"
+        }
+        BootStage::BuildVm => {
+            "is sandvisor-agent beside the binary or on PATH, and may this user create namespaces?"
+        }
+        BootStage::Network => "the network namespace could not be set up",
+        BootStage::Image => "check that the rootfs directory exists and holds the command",
+        BootStage::Other => "see runtime.log in the sandbox's log directory",
+    };
+    Error::BootFailed {
+        stage: failure.stage.as_str().to_string(),
+        errno: failure.errno,
+        message: failure.message,
+        hint: hint.to_string(),
+    }
+}
+
+/// A running sandbox of this runtime.
+#[derive(Clone)]
+pub struct Sandbox {
+    name: String,
+    supervisor: ActorRef<SupervisorMsg>,
+    runtime: Sandvisor,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox").field("name", &self.name).finish()
+    }
+}
+
+impl Sandbox {
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The supervisor actor, for actor message probes.
+    pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
+        &self.supervisor
+    }
+
+    /// The current status.
+    pub async fn status(&self) -> Result<SandboxStatus> {
+        match ractor::call!(self.supervisor, SupervisorMsg::Status) {
+            Ok(status) => Ok(status),
+            // The supervisor is gone: the run ended and the store knows how.
+            Err(_) => Ok(self.runtime.get(&self.name).await?.row.status),
+        }
+    }
+
+    /// Stops with the sandbox's stop timeout and waits until it has stopped.
+    pub async fn stop(&self) -> Result<SandboxStopResult> {
+        self.request_stop(None);
+        self.wait_until_stopped().await
+    }
+
+    /// Stops with `timeout` before SIGKILL (zero kills at once) and waits.
+    pub async fn stop_with_timeout(&self, timeout: Duration) -> Result<SandboxStopResult> {
+        self.request_stop(Some(timeout));
+        self.wait_until_stopped().await
+    }
+
+    /// Sends the stop request without waiting.
+    pub fn request_stop(&self, timeout: Option<Duration>) {
+        // A supervisor that is gone has stopped already.
+        let _ = self.supervisor.cast(SupervisorMsg::Stop { timeout });
+    }
+
+    /// Kills at once (SIGKILL to every process) and waits.
+    pub async fn kill(&self) -> Result<SandboxStopResult> {
+        self.request_kill();
+        self.wait_until_stopped().await
+    }
+
+    /// Sends the kill request without waiting.
+    pub fn request_kill(&self) {
+        let _ = self.supervisor.cast(SupervisorMsg::Kill);
+    }
+
+    /// Waits for the run to end; driven by the supervisor's exit message.
+    pub async fn wait_until_stopped(&self) -> Result<SandboxStopResult> {
+        match ractor::call!(self.supervisor, SupervisorMsg::WaitStopped) {
+            Ok(outcome) => Ok(outcome.into()),
+            Err(_) => self
+                .runtime
+                .stop_result_from_store(&self.name)
+                .await?
+                .ok_or_else(|| {
+                    Error::Internal(format!(
+                        "supervisor of {} ended without a result",
+                        self.name
+                    ))
+                }),
+        }
+    }
+
+    /// Reads its logs; see [`Logs::read_logs`].
+    pub async fn logs(&self, options: &LogOptions) -> Result<Vec<LogEntry>> {
+        self.runtime.inner.logs.read_logs(&self.name, options).await
+    }
+
+    /// Streams its logs; see [`Logs::log_stream`].
+    pub async fn log_stream(&self, options: &LogStreamOptions) -> Result<LogStream> {
+        self.runtime
+            .inner
+            .logs
+            .log_stream(&self.name, options)
+            .await
+    }
+}
+
+/// A recorded sandbox (running or not), as of its last refresh.
+#[derive(Clone)]
+pub struct SandboxHandle {
+    row: SandboxRow,
+    runtime: Sandvisor,
+}
+
+impl std::fmt::Debug for SandboxHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxHandle")
+            .field("name", &self.row.name)
+            .field("status", &self.row.status)
+            .finish()
+    }
+}
+
+impl SandboxHandle {
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.row.name
+    }
+
+    /// The status as of the last refresh.
+    pub fn status_snapshot(&self) -> SandboxStatus {
+        self.row.status
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> Result<SandboxConfig> {
+        serde_json::from_str(&self.row.config_json).map_err(|e| {
+            Error::Database(format!(
+                "stored config of {} does not parse: {e}",
+                self.row.name
+            ))
+        })
+    }
+
+    /// Its configuration as stored (JSON).
+    pub fn config_json(&self) -> &str {
+        &self.row.config_json
+    }
+
+    /// When it was created.
+    pub fn created_at(&self) -> DateTime<Utc> {
+        self.row.created_at
+    }
+
+    /// When its row last changed.
+    pub fn updated_at(&self) -> DateTime<Utc> {
+        self.row.updated_at
+    }
+
+    /// Reloads the row.
+    pub async fn refresh(&mut self) -> Result<()> {
+        self.row = self.runtime.get(&self.row.name).await?.row;
+        Ok(())
+    }
+
+    /// Reads its logs.
+    pub async fn logs(&self, options: &LogOptions) -> Result<Vec<LogEntry>> {
+        self.runtime
+            .inner
+            .logs
+            .read_logs(&self.row.name, options)
+            .await
+    }
+
+    /// Streams its logs.
+    pub async fn log_stream(&self, options: &LogStreamOptions) -> Result<LogStream> {
+        self.runtime
+            .inner
+            .logs
+            .log_stream(&self.row.name, options)
+            .await
+    }
+
+    /// Starts it.
+    pub async fn start(&self) -> Result<Sandbox> {
+        self.runtime.start(&self.row.name).await
+    }
+
+    async fn live(&self) -> Result<Option<Sandbox>> {
+        let live = self.runtime.connect(&self.row.name).await?;
+        if live.is_none() {
+            let mut fresh = self.clone();
+            fresh.refresh().await?;
+            if !fresh.row.status.is_terminal() && fresh.row.status != SandboxStatus::Created {
+                return Err(Error::SandboxNotHosted(self.row.name.clone()));
+            }
+        }
+        Ok(live)
+    }
+
+    /// Stops it (Ok if it is not running) and waits.
+    pub async fn stop(&self) -> Result<Option<SandboxStopResult>> {
+        match self.live().await? {
+            Some(sandbox) => sandbox.stop().await.map(Some),
+            None => self.runtime.stop_result_from_store(&self.row.name).await,
+        }
+    }
+
+    /// Stops it with `timeout` before SIGKILL and waits.
+    pub async fn stop_with_timeout(&self, timeout: Duration) -> Result<Option<SandboxStopResult>> {
+        match self.live().await? {
+            Some(sandbox) => sandbox.stop_with_timeout(timeout).await.map(Some),
+            None => self.runtime.stop_result_from_store(&self.row.name).await,
+        }
+    }
+
+    /// Sends a stop request without waiting.
+    pub async fn request_stop(&self, timeout: Option<Duration>) -> Result<()> {
+        if let Some(sandbox) = self.live().await? {
+            sandbox.request_stop(timeout);
+        }
+        Ok(())
+    }
+
+    /// Kills it and waits.
+    pub async fn kill(&self) -> Result<Option<SandboxStopResult>> {
+        match self.live().await? {
+            Some(sandbox) => sandbox.kill().await.map(Some),
+            None => self.runtime.stop_result_from_store(&self.row.name).await,
+        }
+    }
+
+    /// Kills it and waits at most `timeout` for the end.
+    pub async fn kill_with_timeout(&self, timeout: Duration) -> Result<Option<SandboxStopResult>> {
+        match tokio::time::timeout(timeout, self.kill()).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Internal(format!(
+                "{} did not end within {timeout:?} of SIGKILL",
+                self.row.name
+            ))),
+        }
+    }
+
+    /// Sends a kill request without waiting.
+    pub async fn request_kill(&self) -> Result<()> {
+        if let Some(sandbox) = self.live().await? {
+            sandbox.request_kill();
+        }
+        Ok(())
+    }
+
+    /// Waits for the current run to end (returns at once if it has).
+    pub async fn wait_until_stopped(&self) -> Result<SandboxStopResult> {
+        match self.live().await? {
+            Some(sandbox) => sandbox.wait_until_stopped().await,
+            None => self
+                .runtime
+                .stop_result_from_store(&self.row.name)
+                .await?
+                .ok_or_else(|| Error::SandboxNotHosted(self.row.name.clone())),
+        }
+    }
+
+    /// Removes it.
+    pub async fn remove(self) -> Result<()> {
+        self.runtime.remove(&self.row.name).await
+    }
+}

@@ -1,0 +1,481 @@
+//! The SQLite store: sandboxes, their runs, and reconciliation on open.
+//!
+//! One file, `<home>/sandvisor.db`, in WAL mode with `synchronous=NORMAL` and a
+//! 5 s busy timeout, so several processes (a daemon, CLI invocations) share
+//! it. Read-then-write transactions start with `BEGIN IMMEDIATE`, so two
+//! writers never both read a state and then both act on it.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use sandvisor_actors::lifecycle::{
+    HostId, LifecycleStore, RunEnd, SandboxStatus, TerminationReason,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::config::SandboxConfig;
+use crate::error::{Error, Result};
+
+/// The database file's name in the home.
+pub const DB_FILE: &str = "sandvisor.db";
+
+/// A `sandbox` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxRow {
+    /// Row id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Config as stored (JSON).
+    pub config_json: String,
+    /// Status.
+    pub status: SandboxStatus,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A `run` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRow {
+    /// Row id.
+    pub id: i64,
+    /// Host pid of the sandbox's PID 1.
+    pub pid: u32,
+    /// Status when it ended (or `Running`).
+    pub status: SandboxStatus,
+    /// Exit code.
+    pub exit_code: Option<i32>,
+    /// Signal.
+    pub exit_signal: Option<i32>,
+    /// Why it ended.
+    pub termination_reason: Option<TerminationReason>,
+    /// Started.
+    pub started_at: DateTime<Utc>,
+    /// Ended.
+    pub terminated_at: Option<DateTime<Utc>>,
+    /// The host process that ran it.
+    pub host: HostId,
+}
+
+/// The store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+fn db_err(err: sqlx::Error) -> Error {
+    Error::Database(err.to_string())
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| Error::Database(format!("bad timestamp {text:?}: {e}")))
+}
+
+fn now_text() -> String {
+    Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn time_text(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database under `home` and migrates it.
+    pub async fn open(home: &Path) -> Result<Self> {
+        std::fs::create_dir_all(home).map_err(|source| Error::Io {
+            path: home.to_path_buf(),
+            source,
+        })?;
+        let options = SqliteConnectOptions::new()
+            .filename(home.join(DB_FILE))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(db_err)?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|e| {
+                Error::Database(format!("migrating {}: {e}", home.join(DB_FILE).display()))
+            })?;
+        Ok(Self { pool })
+    }
+
+    /// Inserts a new sandbox in status `Created`.
+    pub async fn insert_sandbox(&self, config: &SandboxConfig) -> Result<SandboxRow> {
+        let json = serde_json::to_string(config).map_err(|e| Error::Internal(e.to_string()))?;
+        let now = now_text();
+        let inserted = sqlx::query(
+            "INSERT INTO sandbox (name, config, status, created_at, updated_at) VALUES (?, ?, 'Created', ?, ?)",
+        )
+        .bind(&config.name)
+        .bind(&json)
+        .bind(&now)
+        .bind(&now)
+        .execute(&self.pool)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(Error::SandboxExists(config.name.clone()));
+            }
+            Err(e) => return Err(db_err(e)),
+        }
+        self.sandbox(&config.name)
+            .await?
+            .ok_or_else(|| Error::Internal("inserted sandbox row vanished".into()))
+    }
+
+    /// The sandbox row of `name`.
+    pub async fn sandbox(&self, name: &str) -> Result<Option<SandboxRow>> {
+        let row = sqlx::query(
+            "SELECT id, name, config, status, created_at, updated_at FROM sandbox WHERE name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| sandbox_row(&r)).transpose()
+    }
+
+    /// Every sandbox, by name.
+    pub async fn sandboxes(&self) -> Result<Vec<SandboxRow>> {
+        let rows = sqlx::query(
+            "SELECT id, name, config, status, created_at, updated_at FROM sandbox ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(sandbox_row).collect()
+    }
+
+    /// The runs of `name`, oldest first.
+    pub async fn runs(&self, name: &str) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query(
+            "SELECT run.id, run.pid, run.status, run.exit_code, run.exit_signal, run.termination_reason, \
+             run.started_at, run.terminated_at, run.host_pid, run.host_start_ticks \
+             FROM run JOIN sandbox ON sandbox.id = run.sandbox_id WHERE sandbox.name = ? ORDER BY run.id",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(run_row).collect()
+    }
+
+    /// Deletes a sandbox and its runs, if it is Created, Stopped or Crashed.
+    /// Returns the status that refused it otherwise.
+    pub async fn delete_sandbox(&self, name: &str) -> Result<Option<SandboxStatus>> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM sandbox WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        let Some(status) = status else {
+            return Err(Error::SandboxNotFound(name.to_string()));
+        };
+        let status = SandboxStatus::from_str(&status).map_err(Error::Database)?;
+        if !(status.is_terminal() || status == SandboxStatus::Created) {
+            return Ok(Some(status));
+        }
+        sqlx::query("DELETE FROM sandbox WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(None)
+    }
+
+    /// Moves a sandbox to `Starting` if it is not running; returns the status
+    /// that refused it otherwise.
+    pub async fn claim_start(&self, name: &str) -> Result<std::result::Result<(), SandboxStatus>> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM sandbox WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        let Some(status) = status else {
+            return Err(Error::SandboxNotFound(name.to_string()));
+        };
+        let status = SandboxStatus::from_str(&status).map_err(Error::Database)?;
+        if !(status.is_terminal() || status == SandboxStatus::Created) {
+            return Ok(Err(status));
+        }
+        sqlx::query("UPDATE sandbox SET status = 'Starting', updated_at = ? WHERE name = ?")
+            .bind(now_text())
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(Ok(()))
+    }
+
+    async fn update_status(&self, name: &str, status: SandboxStatus) -> Result<()> {
+        sqlx::query("UPDATE sandbox SET status = ?, updated_at = ? WHERE name = ?")
+            .bind(status.as_str())
+            .bind(now_text())
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn insert_run(
+        &self,
+        name: &str,
+        pid: u32,
+        host: HostId,
+        at: DateTime<Utc>,
+    ) -> Result<i64> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO run (sandbox_id, pid, status, started_at, host_pid, host_start_ticks) \
+             SELECT id, ?, 'Running', ?, ?, ? FROM sandbox WHERE name = ? RETURNING id",
+        )
+        .bind(i64::from(pid))
+        .bind(time_text(at))
+        .bind(i64::from(host.pid))
+        .bind(host.start_ticks as i64)
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(id)
+    }
+
+    async fn close_run(&self, name: &str, run_id: i64, end: RunEnd) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
+        sqlx::query(
+            "UPDATE run SET status = ?, exit_code = ?, exit_signal = ?, termination_reason = ?, terminated_at = ? WHERE id = ?",
+        )
+        .bind(end.status.as_str())
+        .bind(end.exit_code)
+        .bind(end.signal)
+        .bind(end.reason.as_str())
+        .bind(time_text(end.at))
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        sqlx::query("UPDATE sandbox SET status = ?, updated_at = ? WHERE name = ?")
+            .bind(end.status.as_str())
+            .bind(now_text())
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Settles sandboxes left running by hosts that are gone: open runs whose
+    /// host process is dead are closed as Crashed (InternalError) and any of
+    /// their processes still alive are killed. Runs of live hosts other than
+    /// `me` are left alone. Returns the names reconciled.
+    pub async fn reconcile(&self, me: HostId) -> Result<Vec<String>> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
+        let rows = sqlx::query(
+            "SELECT sandbox.name, run.id, run.pid, run.host_pid, run.host_start_ticks \
+             FROM run JOIN sandbox ON sandbox.id = run.sandbox_id WHERE run.terminated_at IS NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let mut settled = Vec::new();
+        let now = now_text();
+        for row in rows {
+            let name: String = row.get(0);
+            let run_id: i64 = row.get(1);
+            let pid: i64 = row.get(2);
+            let host = HostId {
+                pid: row.get::<i64, _>(3) as u32,
+                start_ticks: row.get::<i64, _>(4) as u64,
+            };
+            if host != me && host_alive(host) {
+                continue;
+            }
+            let killed = kill_orphan(pid as u32);
+            tracing::warn!(sandbox = %name, pid, killed, "reconciling a run left open by a host that is gone");
+            sqlx::query(
+                "UPDATE run SET status = 'Crashed', termination_reason = 'InternalError', terminated_at = ?, \
+                 exit_signal = CASE WHEN ? THEN 9 ELSE NULL END WHERE id = ?",
+            )
+            .bind(&now)
+            .bind(killed)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            sqlx::query("UPDATE sandbox SET status = 'Crashed', updated_at = ? WHERE name = ?")
+                .bind(&now)
+                .bind(&name)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            settled.push(name);
+        }
+        // A sandbox caught between states with no open run (its host died
+        // before the run row was written) cannot be running.
+        let stuck = sqlx::query(
+            "UPDATE sandbox SET status = 'Crashed', updated_at = ? WHERE status IN ('Starting', 'Running', 'Draining', 'Paused') \
+             AND NOT EXISTS (SELECT 1 FROM run WHERE run.sandbox_id = sandbox.id AND run.terminated_at IS NULL) RETURNING name",
+        )
+        .bind(&now)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        settled.extend(stuck.iter().map(|r| r.get::<String, _>(0)));
+        tx.commit().await.map_err(db_err)?;
+        Ok(settled)
+    }
+}
+
+fn sandbox_row(row: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow> {
+    Ok(SandboxRow {
+        id: row.get(0),
+        name: row.get(1),
+        config_json: row.get(2),
+        status: SandboxStatus::from_str(row.get::<&str, _>(3)).map_err(Error::Database)?,
+        created_at: parse_time(row.get(4))?,
+        updated_at: parse_time(row.get(5))?,
+    })
+}
+
+fn run_row(row: &sqlx::sqlite::SqliteRow) -> Result<RunRow> {
+    let reason: Option<String> = row.get(5);
+    let terminated: Option<String> = row.get(7);
+    Ok(RunRow {
+        id: row.get(0),
+        pid: row.get::<i64, _>(1) as u32,
+        status: SandboxStatus::from_str(row.get::<&str, _>(2)).map_err(Error::Database)?,
+        exit_code: row.get(3),
+        exit_signal: row.get(4),
+        termination_reason: reason
+            .map(|r| TerminationReason::from_str(&r))
+            .transpose()
+            .map_err(Error::Database)?,
+        started_at: parse_time(row.get(6))?,
+        terminated_at: terminated.as_deref().map(parse_time).transpose()?,
+        host: HostId {
+            pid: row.get::<i64, _>(8) as u32,
+            start_ticks: row.get::<i64, _>(9) as u64,
+        },
+    })
+}
+
+/// This process's identity as a host.
+pub fn this_host() -> HostId {
+    let pid = std::process::id();
+    HostId {
+        pid,
+        start_ticks: start_ticks(pid).unwrap_or(0),
+    }
+}
+
+/// Field 22 of `/proc/PID/stat`: start time in clock ticks since boot.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields resume after its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn host_alive(host: HostId) -> bool {
+    start_ticks(host.pid) == Some(host.start_ticks)
+}
+
+/// Kills the sandbox whose PID 1 had host pid `pid`, if that pid still is a
+/// sandvisor agent (and not a recycled pid). Returns whether it was killed.
+fn kill_orphan(pid: u32) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let is_agent = cmdline
+        .split(|&b| b == 0)
+        .next()
+        .is_some_and(|argv0| argv0.ends_with(b"sandvisor-agent"));
+    is_agent
+        && nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .is_ok()
+}
+
+impl LifecycleStore for Store {
+    fn set_status(
+        &self,
+        name: &str,
+        status: SandboxStatus,
+    ) -> BoxFuture<'_, std::result::Result<(), String>> {
+        let name = name.to_string();
+        Box::pin(async move {
+            self.update_status(&name, status)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn run_started(
+        &self,
+        name: &str,
+        pid: u32,
+        host: HostId,
+        at: DateTime<Utc>,
+    ) -> BoxFuture<'_, std::result::Result<i64, String>> {
+        let name = name.to_string();
+        Box::pin(async move {
+            self.insert_run(&name, pid, host, at)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn run_ended(
+        &self,
+        name: &str,
+        run_id: i64,
+        end: RunEnd,
+    ) -> BoxFuture<'_, std::result::Result<(), String>> {
+        let name = name.to_string();
+        Box::pin(async move {
+            self.close_run(&name, run_id, end)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}

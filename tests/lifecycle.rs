@@ -1,0 +1,490 @@
+//! Sandbox lifecycle with real processes, real namespaces, real signals and
+//! real SQLite in a temp home.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use sandvisor::{
+    Error, LogOptions, LogSource, LogStreamOptions, SandboxConfig, SandboxStatus, Sandvisor,
+    TerminationReason,
+};
+
+async fn runtime() -> (tempfile::TempDir, Sandvisor) {
+    let home = tempfile::tempdir().unwrap();
+    let rt = Sandvisor::builder()
+        .home(home.path())
+        .agent_path(env!("CARGO_BIN_EXE_sandvisor-agent"))
+        .open()
+        .await
+        .unwrap();
+    (home, rt)
+}
+
+fn texts(entries: &[sandvisor::LogEntry]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.data).into_owned())
+        .collect()
+}
+
+/// Pids of every process in the pid namespace whose PID 1 has host pid `init`.
+fn processes_in_namespace_of(init: u32) -> Vec<(u32, char)> {
+    let Ok(ns) = std::fs::read_link(format!("/proc/{init}/ns/pid")) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+            .ok()
+            .as_ref()
+            == Some(&ns)
+        {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 2..].chars().next())
+                .unwrap_or('?');
+            found.push((pid, state));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn output_lands_in_exec_log_and_exit_code_in_the_run_row() {
+    let (_home, rt) = runtime().await;
+    let config = SandboxConfig::shell("out", "echo to-stdout; echo to-stderr >&2; exit 7");
+    let sandbox = rt.create(config).await.unwrap();
+    let result = sandbox.wait_until_stopped().await.unwrap();
+    assert_eq!(result.status, SandboxStatus::Stopped);
+    assert_eq!(result.exit_code, Some(7));
+    assert_eq!(result.signal, None);
+
+    let entries = sandbox.logs(&LogOptions::default()).await.unwrap();
+    let mut got: Vec<_> = entries
+        .iter()
+        .map(|e| {
+            (
+                e.source,
+                String::from_utf8_lossy(&e.data).into_owned(),
+                e.session_id,
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (LogSource::Stdout, "to-stdout\n".to_string(), Some(1)),
+            (LogSource::Stderr, "to-stderr\n".to_string(), Some(1)),
+        ]
+    );
+    let system = sandbox
+        .logs(&LogOptions {
+            sources: vec![LogSource::System],
+            ..LogOptions::default()
+        })
+        .await
+        .unwrap();
+    let markers = texts(&system);
+    assert!(
+        markers.contains(&"--- sandbox started ---".to_string()),
+        "{markers:?}"
+    );
+    assert!(
+        markers.contains(&"--- sandbox stopped (exit 7) ---".to_string()),
+        "{markers:?}"
+    );
+
+    let runs = rt.runs("out").await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].exit_code, Some(7));
+    assert_eq!(runs[0].termination_reason, Some(TerminationReason::Failed));
+    assert!(runs[0].terminated_at.is_some());
+    assert_eq!(
+        rt.get("out").await.unwrap().status_snapshot(),
+        SandboxStatus::Stopped
+    );
+}
+
+#[tokio::test]
+async fn live_output_is_followed_by_log_stream() {
+    let (_home, rt) = runtime().await;
+    let config = SandboxConfig::shell("live", "for i in 1 2 3; do echo line-$i; sleep 0.2; done");
+    let sandbox = rt.create(config).await.unwrap();
+    let opts = LogStreamOptions {
+        follow: true,
+        ..LogStreamOptions::default()
+    };
+    let mut stream = sandbox.log_stream(&opts).await.unwrap();
+    for i in 1..=3 {
+        let entry = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&entry.data), format!("line-{i}\n"));
+    }
+    assert_eq!(
+        sandbox.wait_until_stopped().await.unwrap().exit_code,
+        Some(0)
+    );
+}
+
+#[tokio::test]
+async fn stop_ends_sleep_by_sigterm_inside_the_timeout() {
+    let (_home, rt) = runtime().await;
+    let sandbox = rt
+        .create(SandboxConfig::new("sleeper", "sleep").args(["1000"]))
+        .await
+        .unwrap();
+    assert_eq!(sandbox.status().await.unwrap(), SandboxStatus::Running);
+    let started = std::time::Instant::now();
+    let result = sandbox
+        .stop_with_timeout(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(30), "hang guard");
+    assert_eq!(result.signal, Some(libc::SIGTERM));
+    let runs = rt.runs("sleeper").await.unwrap();
+    assert_eq!(
+        runs[0].termination_reason,
+        Some(TerminationReason::ShutdownRequested)
+    );
+    assert_eq!(runs[0].exit_signal, Some(libc::SIGTERM));
+    // Stopping a stopped sandbox is fine.
+    assert!(rt
+        .get("sleeper")
+        .await
+        .unwrap()
+        .stop()
+        .await
+        .unwrap()
+        .is_some());
+}
+
+#[tokio::test]
+async fn stop_escalates_to_sigkill_and_leaves_no_process() {
+    let (_home, rt) = runtime().await;
+    let script = "trap '' TERM; for i in 1 2 3; do (trap '' TERM; sleep 1000) & done; echo ready; while :; do sleep 1; done";
+    let sandbox = rt
+        .create(SandboxConfig::shell("stubborn", script))
+        .await
+        .unwrap();
+    let opts = LogStreamOptions {
+        follow: true,
+        ..LogStreamOptions::default()
+    };
+    let mut stream = sandbox.log_stream(&opts).await.unwrap();
+    let ready = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ready.data), "ready\n");
+    let init = rt.runs("stubborn").await.unwrap()[0].pid;
+    assert!(
+        processes_in_namespace_of(init).len() >= 5,
+        "agent, shell, three subshells"
+    );
+
+    let result = sandbox
+        .stop_with_timeout(Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert_eq!(result.signal, Some(libc::SIGKILL));
+    let runs = rt.runs("stubborn").await.unwrap();
+    assert_eq!(runs[0].termination_reason, Some(TerminationReason::Killed));
+    assert_eq!(runs[0].exit_signal, Some(9));
+    assert!(
+        processes_in_namespace_of(init).is_empty(),
+        "processes of the sandbox survived"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{init}")).exists()
+            || processes_in_namespace_of(init).is_empty()
+    );
+}
+
+#[tokio::test]
+async fn kill_and_zero_timeout_stop_kill_at_once() {
+    let (_home, rt) = runtime().await;
+    let sandbox = rt
+        .create(SandboxConfig::shell("k1", "trap '' TERM; sleep 1000"))
+        .await
+        .unwrap();
+    let result = sandbox.kill().await.unwrap();
+    assert_eq!(result.signal, Some(9));
+    let sandbox = rt
+        .create(SandboxConfig::shell("k2", "trap '' TERM; sleep 1000"))
+        .await
+        .unwrap();
+    let result = sandbox.stop_with_timeout(Duration::ZERO).await.unwrap();
+    assert_eq!(result.signal, Some(9));
+    assert_eq!(
+        rt.runs("k2").await.unwrap()[0].termination_reason,
+        Some(TerminationReason::Killed)
+    );
+}
+
+#[tokio::test]
+async fn the_sandbox_sees_only_its_processes_and_lo() {
+    let (_home, rt) = runtime().await;
+    let script = "sleep 5 & ps -e -o pid= -o comm=; ls /sys/class/net 2>/dev/null || cat /proc/net/dev; hostname";
+    let sandbox = rt
+        .create(SandboxConfig::shell("inside", script))
+        .await
+        .unwrap();
+    sandbox.wait_until_stopped().await.unwrap();
+    let out = texts(&sandbox.logs(&LogOptions::default()).await.unwrap()).concat();
+    let pids: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|t| t.parse::<u32>().is_ok())
+        .collect();
+    assert!(out.contains("1 sandvisor-agent"), "{out}");
+    assert!(pids.len() <= 4, "only the agent, sh, sleep and ps: {out}");
+    assert!(pids.iter().all(|p| p.parse::<u32>().unwrap() < 10), "{out}");
+    let ifaces: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim().starts_with("lo") || l.contains(':'))
+        .collect();
+    assert!(
+        out.lines()
+            .any(|l| l.trim() == "lo" || l.trim_start().starts_with("lo:")),
+        "{out}"
+    );
+    assert!(
+        !out.contains("eth0") && ifaces.iter().all(|l| !l.contains("eth")),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.trim() == "inside"),
+        "hostname is the sandbox name: {out}"
+    );
+}
+
+#[tokio::test]
+async fn the_agent_reaps_a_hundred_orphans() {
+    let (_home, rt) = runtime().await;
+    let script = "for i in $(seq 1 100); do (sleep 0.2 &) ; done; sleep 1.5; echo done";
+    let sandbox = rt
+        .create(SandboxConfig::shell("orphans", script))
+        .await
+        .unwrap();
+    let init = rt.runs("orphans").await.unwrap()[0].pid;
+    // Mid-run, after the orphans exited, none may linger as a zombie.
+    let mut opts = LogStreamOptions {
+        follow: true,
+        ..LogStreamOptions::default()
+    };
+    opts.sources = vec![LogSource::Stdout];
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let procs = processes_in_namespace_of(init);
+    assert!(!procs.is_empty(), "sandbox should still run");
+    assert!(
+        procs.iter().all(|&(_, state)| state != 'Z'),
+        "zombies: {procs:?}"
+    );
+    assert_eq!(
+        sandbox.wait_until_stopped().await.unwrap().exit_code,
+        Some(0)
+    );
+}
+
+#[tokio::test]
+async fn remove_refuses_a_running_sandbox_then_deletes_everything() {
+    let (home, rt) = runtime().await;
+    let sandbox = rt
+        .create(SandboxConfig::new("rm-me", "sleep").args(["1000"]))
+        .await
+        .unwrap();
+    let err = rt.remove("rm-me").await.unwrap_err();
+    assert!(
+        matches!(err, Error::SandboxStillRunning(ref n) if n == "rm-me"),
+        "{err:?}"
+    );
+    sandbox
+        .stop_with_timeout(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let dir = home.path().join("sandboxes/rm-me");
+    assert!(dir.join("logs/exec.log").exists());
+    rt.remove("rm-me").await.unwrap();
+    assert!(!dir.exists());
+    assert!(matches!(
+        rt.get("rm-me").await.unwrap_err(),
+        Error::SandboxNotFound(_)
+    ));
+    assert!(rt.runs("rm-me").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn bad_names_configs_and_missing_commands_leave_nothing() {
+    let (home, rt) = runtime().await;
+    let err = rt
+        .create(SandboxConfig::new("../x", "true"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidName(_)), "{err:?}");
+    let err = rt
+        .create(SandboxConfig::new("nocmd", "definitely-not-a-command"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidConfig { ref field, .. } if field == "command"),
+        "{err:?}"
+    );
+    let mut config = SandboxConfig::new("badkeep", "true");
+    config.log.keep = 0;
+    let err = rt.create(config).await.unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidConfig { ref field, .. } if field == "log.keep"),
+        "{err:?}"
+    );
+    let mut config = SandboxConfig::new("badcwd", "true");
+    config.working_dir = Some("relative".into());
+    assert!(matches!(
+        rt.create(config).await.unwrap_err(),
+        Error::InvalidConfig { .. }
+    ));
+    assert!(rt.list().await.unwrap().is_empty());
+    assert!(
+        !home.path().join("sandboxes").exists()
+            || std::fs::read_dir(home.path().join("sandboxes"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+    // A duplicate name is refused too.
+    rt.create(SandboxConfig::new("dup", "true"))
+        .await
+        .unwrap()
+        .wait_until_stopped()
+        .await
+        .unwrap();
+    assert!(matches!(
+        rt.create(SandboxConfig::new("dup", "true"))
+            .await
+            .unwrap_err(),
+        Error::SandboxExists(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_boot_failure_writes_boot_error_json_and_a_good_start_removes_it() {
+    let (home, rt) = runtime().await;
+    let mut config = SandboxConfig::new("boot", "sh").args(["-c", "echo ok"]);
+    config.working_dir = Some("/no/such/dir".into());
+    let err = rt.create(config).await.unwrap_err();
+    let Error::BootFailed { stage, errno, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(stage, "config");
+    assert_eq!(*errno, libc::ENOENT);
+    let path = home.path().join("sandboxes/boot/logs/boot-error.json");
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(record["stage"], "config");
+    assert_eq!(record["errno"], libc::ENOENT);
+    assert!(record["t"].as_str().unwrap().ends_with('Z'));
+    assert!(record["message"].as_str().unwrap().contains("sh"));
+    assert_eq!(
+        rt.get("boot").await.unwrap().status_snapshot(),
+        SandboxStatus::Stopped
+    );
+}
+
+#[tokio::test]
+async fn killing_the_relay_tap_twenty_times_loses_and_repeats_nothing() {
+    use sandvisor::engine::relay_tap::RelayTapMsg;
+    let (_home, rt) = runtime().await;
+    let script = "i=0; while [ $i -lt 20000 ]; do echo n-$i; i=$((i+1)); [ $((i % 400)) -eq 0 ] && sleep 0.1; done; true";
+    let sandbox = rt
+        .create(SandboxConfig::shell("taps", script))
+        .await
+        .unwrap();
+    let mut kills = 0;
+    while kills < 20 {
+        let tap = sandbox
+            .supervisor()
+            .get_cell()
+            .get_children()
+            .into_iter()
+            .find(|c| c.is_message_type_of::<RelayTapMsg>() == Some(true));
+        match tap {
+            Some(tap) => {
+                if kills % 2 == 0 {
+                    tap.kill();
+                } else {
+                    tap.stop(None);
+                }
+                kills += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            None => break,
+        }
+    }
+    assert!(
+        kills >= 10,
+        "the run ended before the taps could be killed ({kills} kills)"
+    );
+    assert_eq!(
+        sandbox.wait_until_stopped().await.unwrap().exit_code,
+        Some(0)
+    );
+    let all = texts(&sandbox.logs(&LogOptions::default()).await.unwrap()).concat();
+    let numbers: Vec<u32> = all
+        .lines()
+        .map(|l| l.strip_prefix("n-").unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(numbers, (0..20000).collect::<Vec<_>>());
+    let runtime_log =
+        std::fs::read_to_string(rt.logs().log_dir_for("taps").unwrap().join("runtime.log"))
+            .unwrap();
+    assert!(
+        runtime_log.matches("relay tap ended").count() >= kills.min(20),
+        "{runtime_log}"
+    );
+}
+
+#[tokio::test]
+async fn two_hundred_sandboxes_at_once_each_print_a_thousand_lines() {
+    let (_home, rt) = runtime().await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let rt = rt.clone();
+        tasks.push(tokio::spawn(async move {
+            let name = format!("many-{i}");
+            let script = "i=0; while [ $i -lt 1000 ]; do echo $i; i=$((i+1)); done";
+            let sandbox = rt
+                .create(SandboxConfig::shell(&name, script))
+                .await
+                .unwrap();
+            let result = sandbox.wait_until_stopped().await.unwrap();
+            (name, result, sandbox)
+        }));
+    }
+    let mut inits = HashSet::new();
+    for task in tasks {
+        let (name, result, sandbox) = task.await.unwrap();
+        assert_eq!(result.exit_code, Some(0), "{name}");
+        let all = texts(&sandbox.logs(&LogOptions::default()).await.unwrap()).concat();
+        let numbers: Vec<u32> = all.lines().map(|l| l.parse().unwrap()).collect();
+        assert_eq!(numbers, (0..1000).collect::<Vec<_>>(), "{name}");
+        let runs = rt.runs(&name).await.unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].exit_code, Some(0));
+        inits.insert(runs[0].pid);
+    }
+    assert_eq!(inits.len(), 200);
+    for init in inits {
+        assert!(
+            processes_in_namespace_of(init).is_empty(),
+            "leftover processes of {init}"
+        );
+    }
+}
