@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::home;
 use crate::logs::{LogEntry, LogOptions, LogStream, LogStreamOptions, Logs};
 use crate::store::{RunRow, SandboxRow, Store};
+use sandvisor_actors::lifecycle::LifecycleStore;
 
 /// The agent binary's name.
 pub const AGENT_BINARY: &str = "sandvisor-agent";
@@ -165,10 +166,6 @@ impl std::fmt::Debug for Sandvisor {
     }
 }
 
-fn call_failed(what: &str) -> impl Fn(ractor::RactorErr<SupervisorMsg>) -> Error + '_ {
-    move |err| Error::Internal(format!("{what}: {err}"))
-}
-
 impl Sandvisor {
     /// A builder; `Sandvisor::builder().home(path).open().await`.
     pub fn builder() -> SandvisorBuilder {
@@ -199,17 +196,25 @@ impl Sandvisor {
     /// refused before anything is written.
     pub async fn create(&self, config: SandboxConfig) -> Result<Sandbox> {
         config.validate()?;
-        self.inner.store.insert_sandbox(&config).await?;
+        self.inner
+            .store
+            .insert_sandbox(&config, SandboxStatus::Starting)
+            .await?;
         let log_dir = self.inner.logs.log_dir_for(&config.name)?;
         if let Err(source) = std::fs::create_dir_all(&log_dir) {
             // Leave nothing behind for a sandbox that cannot have a directory.
+            let _ = self
+                .inner
+                .store
+                .set_status(&config.name, SandboxStatus::Stopped)
+                .await;
             let _ = self.inner.store.delete_sandbox(&config.name).await;
             return Err(Error::Io {
                 path: log_dir,
                 source,
             });
         }
-        self.start(&config.name).await
+        self.launch(&config).await
     }
 
     /// Starts a stopped (or never started) sandbox.
@@ -230,15 +235,27 @@ impl Sandvisor {
             tracing::debug!(sandbox = name, %status, "start refused");
             return Err(Error::SandboxNotHosted(name.to_string()));
         }
-        let spec = self.spec_for(&config)?;
+        self.launch(&config).await
+    }
+
+    /// Spawns the supervisor of a sandbox already marked Starting and waits
+    /// for it to run.
+    async fn launch(&self, config: &SandboxConfig) -> Result<Sandbox> {
+        let name = config.name.as_str();
+        let spec = self.spec_for(config)?;
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         let launched = ractor::call!(self.inner.root, |reply| RootMsg::Launch {
             spec: Box::new(spec),
+            started: started_tx,
             reply
         })
         .map_err(|e| Error::Internal(format!("root actor: {e}")))?;
         let supervisor = launched.map_err(Error::Internal)?;
-        let started = ractor::call!(supervisor, SupervisorMsg::AwaitStarted)
-            .map_err(call_failed("waiting for the sandbox to start"))?;
+        let started = started_rx.await.map_err(|_| {
+            Error::Internal(format!(
+                "the supervisor of {name} ended before it reported the start"
+            ))
+        })?;
         match started {
             Ok(_) => Ok(Sandbox {
                 name: name.to_string(),
@@ -336,10 +353,9 @@ impl Sandvisor {
                     mount_namespace: iso.mount,
                     net_namespace: iso.net,
                     uts_namespace: iso.uts,
+                    ipc_namespace: iso.ipc,
                 },
-                ipc_namespace: iso.ipc,
                 agent: self.inner.agent.clone(),
-                agent_log: Some(log_dir.join(sandvisor_actors::runtime_log::RUNTIME_LOG)),
             },
             tap: TapConfig {
                 dir: log_dir.clone(),

@@ -64,8 +64,13 @@ pub struct RunRow {
 }
 
 /// The store. Cheap to clone.
+///
+/// Writes go through one connection (`writer`), so writers of this process
+/// queue in sqlx instead of contending for SQLite's lock and sleeping in its
+/// busy handler; reads use a small pool of their own.
 #[derive(Debug, Clone)]
 pub struct Store {
+    writer: SqlitePool,
     pool: SqlitePool,
 }
 
@@ -101,32 +106,43 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
             .await
             .map_err(db_err)?;
         sqlx::migrate!("./migrations")
-            .run(&pool)
+            .run(&writer)
             .await
             .map_err(|e| {
                 Error::Database(format!("migrating {}: {e}", home.join(DB_FILE).display()))
             })?;
-        Ok(Self { pool })
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(db_err)?;
+        Ok(Self { writer, pool })
     }
 
-    /// Inserts a new sandbox in status `Created`.
-    pub async fn insert_sandbox(&self, config: &SandboxConfig) -> Result<SandboxRow> {
+    /// Inserts a new sandbox with `status` (`Created`, or `Starting` when it
+    /// is started right away).
+    pub async fn insert_sandbox(
+        &self,
+        config: &SandboxConfig,
+        status: SandboxStatus,
+    ) -> Result<()> {
         let json = serde_json::to_string(config).map_err(|e| Error::Internal(e.to_string()))?;
         let now = now_text();
         let inserted = sqlx::query(
-            "INSERT INTO sandbox (name, config, status, created_at, updated_at) VALUES (?, ?, 'Created', ?, ?)",
+            "INSERT INTO sandbox (name, config, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
         )
         .bind(&config.name)
         .bind(&json)
+        .bind(status.as_str())
         .bind(&now)
         .bind(&now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await;
         match inserted {
             Ok(_) => {}
@@ -135,9 +151,7 @@ impl Store {
             }
             Err(e) => return Err(db_err(e)),
         }
-        self.sandbox(&config.name)
-            .await?
-            .ok_or_else(|| Error::Internal("inserted sandbox row vanished".into()))
+        Ok(())
     }
 
     /// The sandbox row of `name`.
@@ -181,7 +195,7 @@ impl Store {
     /// Returns the status that refused it otherwise.
     pub async fn delete_sandbox(&self, name: &str) -> Result<Option<SandboxStatus>> {
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -211,7 +225,7 @@ impl Store {
     /// that refused it otherwise.
     pub async fn claim_start(&self, name: &str) -> Result<std::result::Result<(), SandboxStatus>> {
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -243,12 +257,13 @@ impl Store {
             .bind(status.as_str())
             .bind(now_text())
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db_err)?;
         Ok(())
     }
 
+    /// Opens a run row and marks the sandbox Running, in one transaction.
     async fn insert_run(
         &self,
         name: &str,
@@ -256,6 +271,7 @@ impl Store {
         host: HostId,
         at: DateTime<Utc>,
     ) -> Result<i64> {
+        let mut tx = self.writer.begin().await.map_err(db_err)?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO run (sandbox_id, pid, status, started_at, host_pid, host_start_ticks) \
              SELECT id, ?, 'Running', ?, ?, ? FROM sandbox WHERE name = ? RETURNING id",
@@ -265,15 +281,22 @@ impl Store {
         .bind(i64::from(host.pid))
         .bind(host.start_ticks as i64)
         .bind(name)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(db_err)?;
+        sqlx::query("UPDATE sandbox SET status = 'Running', updated_at = ? WHERE name = ?")
+            .bind(now_text())
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
         Ok(id)
     }
 
     async fn close_run(&self, name: &str, run_id: i64, end: RunEnd) -> Result<()> {
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -306,7 +329,7 @@ impl Store {
     /// `me` are left alone. Returns the names reconciled.
     pub async fn reconcile(&self, me: HostId) -> Result<Vec<String>> {
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;

@@ -488,3 +488,91 @@ async fn two_hundred_sandboxes_at_once_each_print_a_thousand_lines() {
         );
     }
 }
+
+/// Child half of `a_crashed_host_is_reconciled_on_open`: opens a runtime in
+/// the home named by the environment, starts a sandbox, says so, and waits to
+/// be killed. Ignored unless run by that test.
+#[tokio::test]
+#[ignore]
+async fn crash_host_child() {
+    let Ok(home) = std::env::var("SANDVISOR_CRASH_HOME") else {
+        return;
+    };
+    let rt = Sandvisor::builder()
+        .home(home)
+        .agent_path(env!("CARGO_BIN_EXE_sandvisor-agent"))
+        .open()
+        .await
+        .unwrap();
+    rt.create(SandboxConfig::new("orphan", "sleep").args(["1000"]))
+        .await
+        .unwrap();
+    println!("SANDBOX-RUNNING");
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test]
+async fn a_crashed_host_is_reconciled_on_open() {
+    use std::io::BufRead;
+    let home = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_host_child", "--ignored", "--nocapture"])
+        .env("SANDVISOR_CRASH_HOME", home.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("SANDBOX-RUNNING"))
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(60), ready)
+            .await
+            .unwrap()
+            .unwrap(),
+        "child never started its sandbox"
+    );
+    let rt = Sandvisor::builder().home(home.path()).open().await.unwrap();
+    let init = rt.runs("orphan").await.unwrap()[0].pid;
+    assert!(!processes_in_namespace_of(init).is_empty());
+    drop(rt);
+
+    // The host dies without a word.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+
+    let rt = Sandvisor::builder().home(home.path()).open().await.unwrap();
+    let handle = rt.get("orphan").await.unwrap();
+    assert!(
+        matches!(
+            handle.status_snapshot(),
+            SandboxStatus::Crashed | SandboxStatus::Stopped
+        ),
+        "{:?}",
+        handle.status_snapshot()
+    );
+    let run = &rt.runs("orphan").await.unwrap()[0];
+    assert!(run.terminated_at.is_some());
+    assert_eq!(
+        run.termination_reason,
+        Some(TerminationReason::InternalError)
+    );
+    // Nothing of the orphaned sandbox survives (its agent also ends when its host's socket closes).
+    for _ in 0..100 {
+        if processes_in_namespace_of(init).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        processes_in_namespace_of(init).is_empty(),
+        "the orphaned sandbox still runs"
+    );
+}

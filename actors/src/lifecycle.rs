@@ -162,7 +162,8 @@ pub struct HostId {
 pub trait LifecycleStore: Send + Sync + 'static {
     /// Records the sandbox's status.
     fn set_status(&self, name: &str, status: SandboxStatus) -> BoxFuture<'_, Result<(), String>>;
-    /// Opens a run row for a process that started; returns the run id.
+    /// Opens a run row for a process that started and marks the sandbox
+    /// Running; returns the run id.
     fn run_started(
         &self,
         name: &str,

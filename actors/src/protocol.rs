@@ -3,7 +3,8 @@
 //!
 //! # Transport
 //! Any reliable byte stream: today a `socketpair(AF_UNIX, SOCK_STREAM)` whose
-//! agent end is the agent's fd 3; later a virtio-serial port of a microVM. No
+//! agent end is the agent's standard input; later a virtio-serial port of a
+//! microVM. No
 //! descriptors are passed, and nothing depends on message boundaries of the
 //! transport.
 //!
@@ -14,9 +15,9 @@
 //!
 //! # Conversation
 //! 1. host → agent `Start(spec)`, first and once.
-//! 2. agent → host `Hello { init_pid }`: the host pid of the sandbox's PID 1
-//!    (sent by the agent's first stage, which forks PID 1 into the new pid
-//!    namespace).
+//! 2. The agent unshares the namespaces the spec asks for, and forks PID 1
+//!    into the new pid namespace. agent → host `Hello { init_pid }`: the host
+//!    pid of the sandbox's PID 1 (sent by the agent's first stage).
 //! 3. agent → host `Ready { pid }` once the main command runs (session 1), or
 //!    `BootError { stage, errno, message }` and the agent exits.
 //! 4. agent → host `Output` frames, in capture order per stream.
@@ -32,8 +33,8 @@ use serde::{Deserialize, Serialize};
 
 /// Largest frame accepted (output chunks are far smaller).
 pub const MAX_FRAME: usize = 4 << 20;
-/// The agent's end of the socket.
-pub const AGENT_FD: i32 = 3;
+/// The agent's end of the socket: its standard input.
+pub const AGENT_FD: i32 = 0;
 
 /// What the host asks the agent to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,14 +51,17 @@ pub struct StartSpec {
     pub cwd: Option<String>,
     /// Directory to pivot into as `/`.
     pub rootfs: Option<String>,
-    /// A new pid namespace was created (the agent then forks PID 1 into it).
+    /// Unshare a pid namespace (the agent then forks PID 1 into it).
     pub pid_namespace: bool,
-    /// A new mount namespace was created (the agent then mounts a fresh `/proc`).
+    /// Unshare a mount namespace (the agent then mounts a fresh `/proc`).
     pub mount_namespace: bool,
-    /// A new network namespace was created (the agent brings `lo` up).
+    /// Unshare a network namespace (the agent brings `lo` up).
     pub net_namespace: bool,
-    /// A new UTS namespace was created (the agent sets the hostname).
+    /// Unshare a UTS namespace (the agent sets the hostname).
     pub uts_namespace: bool,
+    /// Unshare an IPC namespace.
+    #[serde(default)]
+    pub ipc_namespace: bool,
 }
 
 /// Which processes a signal goes to.
@@ -402,6 +406,7 @@ mod tests {
                 mount_namespace: true,
                 net_namespace: false,
                 uts_namespace: true,
+                ipc_namespace: false,
             }),
             Frame::Signal {
                 target: SignalTarget::All,

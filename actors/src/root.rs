@@ -17,7 +17,8 @@ use std::sync::Arc;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::lifecycle::{HostId, LifecycleStore, SandboxStatus};
-use crate::sandbox::{SandboxSpec, SandboxSupervisor, SupervisorArgs, SupervisorMsg};
+use crate::sandbox::{BootFailure, SandboxSpec, SandboxSupervisor, SupervisorArgs, SupervisorMsg};
+use tokio::sync::oneshot;
 
 /// Messages of the [`Root`].
 pub enum RootMsg {
@@ -25,6 +26,8 @@ pub enum RootMsg {
     Launch {
         /// What to run.
         spec: Box<SandboxSpec>,
+        /// Told once the sandbox runs or failed to boot.
+        started: oneshot::Sender<Result<u32, BootFailure>>,
         /// Its supervisor, or why none was started.
         reply: RpcReplyPort<Result<ActorRef<SupervisorMsg>, String>>,
     },
@@ -83,7 +86,11 @@ impl Actor for Root {
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RootMsg::Launch { spec, reply } => {
+            RootMsg::Launch {
+                spec,
+                started,
+                reply,
+            } => {
                 let name = spec.name.clone();
                 if state.by_name.contains_key(&name) {
                     let _ = reply.send(Err(format!("sandbox {name} is already running")));
@@ -93,6 +100,7 @@ impl Actor for Root {
                     spec: *spec,
                     store: state.store.clone(),
                     host: state.host,
+                    started: Some(started),
                 };
                 match Actor::spawn_linked(None, SandboxSupervisor, args, myself.get_cell()).await {
                     Ok((supervisor, _)) => {

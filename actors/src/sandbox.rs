@@ -15,8 +15,9 @@
 //! Running ─ Kill ─ Draining ─ Vm Kill ─ … as above
 //! Vm(Lost) ─ Crashed (InternalError)
 //! ```
-//! Every transition is persisted through the [`LifecycleStore`] before the
-//! supervisor handles its next message; waiters are answered after the run
+//! The runtime records `Starting` before it spawns the supervisor. Every
+//! transition after that is persisted through the [`LifecycleStore`] before
+//! the supervisor handles its next message; waiters are answered after the run
 //! row is closed, so what they observe is durable.
 //!
 //! # Children
@@ -37,7 +38,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::lifecycle::{HostId, LifecycleStore, RunEnd, SandboxStatus, TerminationReason};
 use crate::protocol::{BootStage, SignalTarget};
@@ -162,6 +163,9 @@ pub struct SupervisorArgs {
     pub store: Arc<dyn LifecycleStore>,
     /// The host process that owns the run.
     pub host: HostId,
+    /// Told once the sandbox runs (the main command's pid inside it) or failed
+    /// to boot. Given at spawn, so a run that ends at once cannot race it.
+    pub started: Option<oneshot::Sender<Result<u32, BootFailure>>>,
 }
 
 /// The supervisor actor. See the module docs.
@@ -181,6 +185,7 @@ pub struct SupervisorState {
     init_pid: Option<u32>,
     run_id: Option<i64>,
     start_waiters: Vec<RpcReplyPort<Result<u32, BootFailure>>>,
+    started: Option<oneshot::Sender<Result<u32, BootFailure>>>,
     boot: Option<Result<u32, BootFailure>>,
     stop_waiters: Vec<RpcReplyPort<StopOutcome>>,
     /// Set once a stop was asked for: the reason the run ends with unless it
@@ -229,6 +234,7 @@ impl Actor for SandboxSupervisor {
             init_pid: None,
             run_id: None,
             start_waiters: Vec::new(),
+            started: args.started,
             boot: None,
             stop_waiters: Vec::new(),
             stop_reason: None,
@@ -485,6 +491,9 @@ impl SupervisorState {
     fn answer_start(&mut self, result: Result<u32, BootFailure>) {
         for waiter in self.start_waiters.drain(..) {
             let _ = waiter.send(result.clone());
+        }
+        if let Some(started) = self.started.take() {
+            let _ = started.send(result.clone());
         }
         self.boot = Some(result);
     }

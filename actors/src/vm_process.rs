@@ -1,9 +1,9 @@
 //! The VM process actor: the host side of one sandbox's process tree.
 //!
 //! # Contract
-//! - Starts `sandvisor-agent` in fresh namespaces (`unshare(2)` and
-//!   `setsid(2)` between fork and exec — nothing else runs there), hands it
-//!   its end of a socketpair as fd 3 and speaks [SAP](crate::protocol) with it.
+//! - Starts `sandvisor-agent` with its end of a socketpair as standard input
+//!   (nothing runs between fork and exec; the agent unshares its own
+//!   namespaces) and speaks [SAP](crate::protocol) with it.
 //! - A reader task owns the socket's read half. It writes each `Output` frame
 //!   to the sandbox's relay tap with [`RelayTapMsg::Append`] and waits for the
 //!   answer before reading on, so output is written exactly once and in
@@ -21,7 +21,6 @@
 //! - When this actor's state drops (however it ended) the socket closes, and
 //!   the agent kills every process of the sandbox and exits.
 
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Stdio;
 
@@ -43,14 +42,10 @@ pub const STARTED_MARKER: &str = "--- sandbox started ---";
 /// What to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSpec {
-    /// What the agent runs (and which namespaces it finds itself in).
+    /// What the agent runs, and in which namespaces.
     pub start: StartSpec,
-    /// Also give the sandbox its own IPC namespace.
-    pub ipc_namespace: bool,
     /// The agent binary.
     pub agent: PathBuf,
-    /// The agent's own stderr goes here (the sandbox's `runtime.log`).
-    pub agent_log: Option<PathBuf>,
 }
 
 /// What the VM process tells its supervisor.
@@ -183,68 +178,17 @@ impl VmState {
     }
 }
 
-fn clone_flags(spec: &VmSpec) -> libc::c_int {
-    let s = &spec.start;
-    let mut flags = 0;
-    if s.pid_namespace {
-        flags |= libc::CLONE_NEWPID;
-    }
-    if s.mount_namespace {
-        flags |= libc::CLONE_NEWNS;
-    }
-    if s.net_namespace {
-        flags |= libc::CLONE_NEWNET;
-    }
-    if s.uts_namespace {
-        flags |= libc::CLONE_NEWUTS;
-    }
-    if spec.ipc_namespace {
-        flags |= libc::CLONE_NEWIPC;
-    }
-    flags
-}
-
-/// Starts the agent; returns its pid and the host end of the socket.
+/// Starts the agent with its end of a socketpair as standard input; returns
+/// the agent process and the host end. No hook runs between fork and exec,
+/// so the standard library spawns with a vfork-style `posix_spawn`: the agent
+/// unshares its namespaces itself.
 fn spawn_agent(spec: &VmSpec) -> std::io::Result<(tokio::process::Child, tokio::net::UnixStream)> {
     let (host, agent) = std::os::unix::net::UnixStream::pair()?;
-    let agent_fd = agent.as_raw_fd();
-    let flags = clone_flags(spec);
-    let stderr = match &spec.agent_log {
-        Some(path) => Stdio::from(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?,
-        ),
-        None => Stdio::null(),
-    };
-    let mut command = tokio::process::Command::new(&spec.agent);
-    command
-        .stdin(Stdio::null())
+    let child = tokio::process::Command::new(&spec.agent)
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(agent)))
         .stdout(Stdio::null())
-        .stderr(stderr);
-    // SAFETY: only async-signal-safe calls (dup2, fcntl, unshare, setsid)
-    // run between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            if agent_fd == crate::protocol::AGENT_FD {
-                if libc::fcntl(agent_fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(agent_fd, crate::protocol::AGENT_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if flags != 0 && libc::unshare(flags) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = command.spawn()?;
-    drop(agent);
+        .stderr(Stdio::null())
+        .spawn()?;
     host.set_nonblocking(true)?;
     Ok((child, tokio::net::UnixStream::from_std(host)?))
 }

@@ -1,8 +1,9 @@
 //! `sandvisor-agent`: PID 1 inside a sandbox.
 //!
-//! The host starts it in fresh namespaces with its end of a socketpair as fd 3
-//! and speaks SAP (`sandvisor::engine::protocol`) over it. The agent:
-//! - forks PID 1 into the new pid namespace (a process that unshares a pid
+//! The host starts it with its end of a socketpair as standard input and
+//! speaks SAP (`sandvisor::engine::protocol`) over it. The agent:
+//! - unshares the namespaces the host asks for, starts a new session, and
+//!   forks PID 1 into the new pid namespace (a process that unshares a pid
 //!   namespace is not in it; its first child is), and reports its host pid;
 //! - sets up mounts (a private mount tree, a fresh `/proc`, the rootfs pivot),
 //!   the hostname and `lo`;
@@ -28,12 +29,17 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, killpg, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, getpid, pipe, ForkResult, Pid};
+use nix::unistd::{fork, pipe, ForkResult, Pid};
 use sandvisor::engine::protocol::{stream, BootStage, Frame, SignalTarget, StartSpec, AGENT_FD};
 
 fn main() {
-    // SAFETY: the host hands the agent its socket as fd 3 and nothing else owns it.
-    let mut sock = unsafe { UnixStream::from_raw_fd(AGENT_FD) };
+    let mut sock = match take_socket() {
+        Ok(sock) => sock,
+        Err(err) => {
+            eprintln!("sandvisor-agent: standard input must be the host's socket: {err}");
+            std::process::exit(2);
+        }
+    };
     let spec = match read_start(&mut sock) {
         Ok(spec) => spec,
         Err(message) => {
@@ -41,7 +47,15 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if spec.pid_namespace && getpid().as_raw() != 1 {
+    // Being spawned without a pre-exec hook lets the host use a cheap
+    // vfork-style spawn; the agent sets up its own session and namespaces.
+    if let Err(errno) = nix::unistd::setsid() {
+        boot_failed(&mut sock, BootStage::BuildVm, errno, "start a new session");
+    }
+    if let Err(errno) = nix::sched::unshare(clone_flags(&spec)) {
+        boot_failed(&mut sock, BootStage::BuildVm, errno, "unshare namespaces");
+    }
+    if spec.pid_namespace {
         first_stage(sock, spec)
     } else {
         let hello = Frame::Hello {
@@ -52,6 +66,41 @@ fn main() {
         }
         init(sock, spec)
     }
+}
+
+/// Moves the socket off standard input (to a close-on-exec descriptor) and
+/// puts `/dev/null` there instead.
+fn take_socket() -> std::io::Result<UnixStream> {
+    // SAFETY: plain descriptor calls; the duplicate is owned by nothing else.
+    let fd = unsafe { libc::fcntl(AGENT_FD, libc::F_DUPFD_CLOEXEC, 3) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just duplicated and is owned by nothing else.
+    let sock = unsafe { UnixStream::from_raw_fd(fd) };
+    let null = std::fs::File::open("/dev/null")?;
+    // SAFETY: replaces fd 0, which the agent no longer uses.
+    if unsafe { libc::dup2(null.as_raw_fd(), AGENT_FD) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(sock)
+}
+
+fn clone_flags(spec: &StartSpec) -> nix::sched::CloneFlags {
+    use nix::sched::CloneFlags;
+    let mut flags = CloneFlags::empty();
+    for (wanted, flag) in [
+        (spec.pid_namespace, CloneFlags::CLONE_NEWPID),
+        (spec.mount_namespace, CloneFlags::CLONE_NEWNS),
+        (spec.net_namespace, CloneFlags::CLONE_NEWNET),
+        (spec.uts_namespace, CloneFlags::CLONE_NEWUTS),
+        (spec.ipc_namespace, CloneFlags::CLONE_NEWIPC),
+    ] {
+        if wanted {
+            flags |= flag;
+        }
+    }
+    flags
 }
 
 fn read_start(sock: &mut UnixStream) -> Result<StartSpec, String> {
@@ -80,8 +129,8 @@ fn send(sock: &mut UnixStream, frame: &Frame) -> std::io::Result<()> {
     sock.write_all(&buf)
 }
 
-/// Forks PID 1 into the pid namespace unshared before exec, reports its host
-/// pid, and waits for it, exiting with its status.
+/// Forks PID 1 into the pid namespace just unshared, reports its host pid,
+/// and waits for it, exiting with its status.
 fn first_stage(mut sock: UnixStream, spec: StartSpec) -> ! {
     let (go_read, go_write) = match pipe() {
         Ok(pair) => pair,

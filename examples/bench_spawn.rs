@@ -1,0 +1,191 @@
+//! Spawn benchmark: 500 sandboxes running `true`, spawned concurrently and
+//! reaped, against the floor of the same isolation (`unshare` with the same
+//! namespaces running `true`, 500 at once) and plain `true`; then the host
+//! memory an idle sandbox costs.
+//!
+//! Run: `cargo run --release --example bench_spawn` (as root: namespaces).
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use sandvisor::{SandboxConfig, SandboxStatus, Sandvisor};
+
+const N: usize = 500;
+const IDLE: usize = 200;
+const ROUNDS: usize = 3;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let agent = std::env::current_exe()?
+        .parent()
+        .and_then(|dir| dir.parent())
+        .map(|dir| dir.join("sandvisor-agent"))
+        .filter(|path| path.is_file())
+        .ok_or("build the agent first: cargo build --release --bin sandvisor-agent")?;
+
+    let mut sandvisor_times = Vec::new();
+    let mut unshare_times = Vec::new();
+    let mut plain_times = Vec::new();
+    for round in 0..ROUNDS {
+        let home = tempfile::tempdir()?;
+        let rt = Sandvisor::builder()
+            .home(home.path())
+            .agent_path(&agent)
+            .open()
+            .await?;
+        sandvisor_times.push(spawn_sandboxes(&rt, round).await?);
+        unshare_times.push(
+            spawn_commands(|| {
+                let mut c = tokio::process::Command::new("unshare");
+                c.args([
+                    "--pid",
+                    "--fork",
+                    "--mount",
+                    "--mount-proc",
+                    "--net",
+                    "--uts",
+                    "--ipc",
+                    "true",
+                ]);
+                c
+            })
+            .await?,
+        );
+        plain_times.push(spawn_commands(|| tokio::process::Command::new("true")).await?);
+    }
+    let (s, u, p) = (
+        median(&mut sandvisor_times),
+        median(&mut unshare_times),
+        median(&mut plain_times),
+    );
+    println!("spawn {N} at once and reap (median of {ROUNDS})");
+    println!("| what | total ms | per sandbox µs | vs unshare floor |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| sandvisor create+start+wait (`true`) | {:.0} | {:.0} | {:.2}x (target <= 1.25x) |",
+        ms(s),
+        us(s) / N as f64,
+        s.as_secs_f64() / u.as_secs_f64()
+    );
+    println!(
+        "| unshare -p -f -m --mount-proc -n -u -i true | {:.0} | {:.0} | 1.00x |",
+        ms(u),
+        us(u) / N as f64
+    );
+    println!(
+        "| plain true (no namespaces) | {:.0} | {:.0} | {:.2}x |",
+        ms(p),
+        us(p) / N as f64,
+        p.as_secs_f64() / u.as_secs_f64()
+    );
+
+    let home = tempfile::tempdir()?;
+    let rt = Sandvisor::builder()
+        .home(home.path())
+        .agent_path(&agent)
+        .open()
+        .await?;
+    // Warm up allocator pools, SQLite and the actor runtime before measuring.
+    let warm = rt
+        .create(SandboxConfig::new("warm", "sleep").args(["1000"]))
+        .await?;
+    warm.kill().await?;
+    let before = rss_bytes()?;
+    let mut sandboxes = Vec::new();
+    for i in 0..IDLE {
+        sandboxes.push(
+            rt.create(SandboxConfig::new(format!("idle-{i}"), "sleep").args(["1000"]))
+                .await?,
+        );
+    }
+    for sandbox in &sandboxes {
+        assert_eq!(sandbox.status().await?, SandboxStatus::Running);
+    }
+    let after = rss_bytes()?;
+    let per = after.saturating_sub(before) as f64 / IDLE as f64;
+    println!();
+    println!("| idle sandboxes | host RSS before | after | per sandbox | target |");
+    println!("| ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| {IDLE} | {:.1} MiB | {:.1} MiB | {:.1} KiB | <= 64 KiB |",
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        per / 1024.0
+    );
+    let kills: Vec<_> = sandboxes.iter().map(|s| s.kill()).collect();
+    for result in futures::future::join_all(kills).await {
+        result?;
+    }
+    Ok(())
+}
+
+async fn spawn_sandboxes(
+    rt: &Sandvisor,
+    round: usize,
+) -> Result<Duration, Box<dyn std::error::Error + Send + Sync>> {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let rt = rt.clone();
+            tokio::spawn(async move {
+                let sandbox = rt
+                    .create(SandboxConfig::new(format!("b{round}-{i}"), "true"))
+                    .await?;
+                sandbox.wait_until_stopped().await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let result = task.await??;
+        if result.exit_code != Some(0) {
+            return Err(format!("{} exited with {:?}", result.name, result.exit_code).into());
+        }
+    }
+    Ok(started.elapsed())
+}
+
+async fn spawn_commands(
+    make: impl Fn() -> tokio::process::Command,
+) -> Result<Duration, Box<dyn std::error::Error + Send + Sync>> {
+    let started = Instant::now();
+    let mut children = Vec::with_capacity(N);
+    for _ in 0..N {
+        children.push(
+            make()
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+    }
+    for mut child in children {
+        let status = child.wait().await?;
+        if !status.success() {
+            return Err(format!("baseline command failed: {status}").into());
+        }
+    }
+    Ok(started.elapsed())
+}
+
+fn rss_bytes() -> std::io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    Ok(kib * 1024)
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
