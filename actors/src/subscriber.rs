@@ -14,7 +14,8 @@
 //!   stream ends before the first entry at or after `until`, after a missed
 //!   rotation (yielded once, as an error), when the log directory is removed,
 //!   or, when not following, once every tailer reached the end of its log.
-//! - Collect sink (`read_logs`): gathers everything up to the end of each log,
+//! - Collect sink (`read_logs`): gathers everything up to the end of each log
+//!   (acknowledging each batch on receipt, so parsing and collecting overlap),
 //!   then sorts by time (stable) and assigns cursors in that order.
 //! - Supervision: a tailer that fails is restarted from the last delivered
 //!   position with a new epoch (batches of older epochs are dropped), at most
@@ -139,7 +140,11 @@ pub struct SubscriberState {
     cursor: LogCursor,
     slots: HashMap<StreamKey, Slot>,
     by_actor: HashMap<ActorId, StreamKey>,
-    collected: Vec<(StreamKey, RawEntry)>,
+    /// Collect sink: entries in arrival order with arrival-order cursors,
+    /// the log each came from, and the cursor after the last one.
+    collected: Vec<LogEntry>,
+    collected_from: Vec<StreamKey>,
+    collect_cursor: LogCursor,
 }
 
 impl Actor for Subscriber {
@@ -154,11 +159,13 @@ impl Actor for Subscriber {
     ) -> Result<SubscriberState, ActorProcessingErr> {
         let mut state = SubscriberState {
             cursor: plan.cursor,
+            collected: Vec::new(),
+            collected_from: Vec::new(),
+            collect_cursor: plan.cursor,
             plan,
             sink: Some(sink),
             slots: HashMap::new(),
             by_actor: HashMap::new(),
-            collected: Vec::new(),
         };
         for stream in state.plan.streams.clone() {
             spawn_tailer(&myself, &mut state, stream, 1).await?;
@@ -182,10 +189,16 @@ impl Actor for Subscriber {
                 if !state.is_current(stream, epoch) {
                     return Ok(());
                 }
+                // A collected batch is delivered on receipt, so the tailer may
+                // parse the next one meanwhile; a streamed batch only once the
+                // consumer's channel took it.
+                let collecting = matches!(state.sink, Some(Sink::Collect(_)));
+                if collecting {
+                    state.ack(stream);
+                }
                 state.deliver(&myself, stream, entries, end).await;
-                if let Some(slot) = state.slots.get(&stream) {
-                    // A tailer that died since will be replaced; nothing to ack.
-                    let _ = slot.tailer.cast(TailerMsg::Ack);
+                if !collecting {
+                    state.ack(stream);
                 }
             }
             SubscriberMsg::End { stream, epoch, end } => {
@@ -321,6 +334,13 @@ async fn spawn_tailer(
 }
 
 impl SubscriberState {
+    fn ack(&self, stream: StreamKey) {
+        if let Some(slot) = self.slots.get(&stream) {
+            // A tailer that died since will be replaced; nothing to ack.
+            let _ = slot.tailer.cast(TailerMsg::Ack);
+        }
+    }
+
     fn is_current(&self, stream: StreamKey, epoch: u64) -> bool {
         self.sink.is_some()
             && self
@@ -366,8 +386,17 @@ impl SubscriberState {
                 }
             }
             Some(Sink::Collect(_)) => {
-                self.collected
-                    .extend(entries.into_iter().map(|raw| (stream, raw)));
+                // Converted as batches arrive, so the work overlaps the
+                // tailers' parsing; `sorted` only reorders if it must.
+                self.collected.reserve(entries.len());
+                self.collected_from
+                    .resize(self.collected_from.len() + entries.len(), stream);
+                let cursor = &mut self.collect_cursor;
+                self.collected.extend(
+                    entries
+                        .into_iter()
+                        .map(|raw| raw.into_entry(stream, cursor)),
+                );
                 if let Some(end) = end {
                     self.cursor.set_position(stream, end);
                 }
@@ -400,14 +429,28 @@ impl SubscriberState {
         myself.stop(None);
     }
 
+    /// The collected entries in time order (stable), each with the cursor
+    /// just after it in that order.
     fn sorted(&mut self) -> Collected {
-        let mut collected = std::mem::take(&mut self.collected);
-        collected.sort_by_key(|(_, raw)| raw.timestamp);
-        let mut cursor = self.plan.cursor;
-        let entries = collected
-            .into_iter()
-            .map(|(stream, raw)| raw.into_entry(stream, &mut cursor))
-            .collect();
+        let mut entries = std::mem::take(&mut self.collected);
+        let from = std::mem::take(&mut self.collected_from);
+        if !entries.is_sorted_by_key(|entry| entry.timestamp) {
+            let mut order: Vec<usize> = (0..entries.len()).collect();
+            order.sort_by_key(|&i| entries[i].timestamp);
+            let mut slots: Vec<Option<LogEntry>> = entries.into_iter().map(Some).collect();
+            let mut cursor = self.plan.cursor;
+            entries = order
+                .into_iter()
+                .filter_map(|i| {
+                    let mut entry = slots[i].take()?;
+                    if let Some(own) = entry.cursor.position(from[i]) {
+                        cursor.set_position(from[i], own);
+                    }
+                    entry.cursor = cursor;
+                    Some(entry)
+                })
+                .collect();
+        }
         Collected {
             entries,
             cursor: self.cursor,

@@ -76,18 +76,29 @@ pub struct Position {
 }
 
 /// Where a reader stopped, for every log it read; resumes with no gap and no repeat.
+///
+/// Every entry carries one, so it is kept small: a log not read is stored as
+/// inode 0, which no file has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LogCursor {
     dir: FileId,
-    positions: [Option<Position>; 3],
+    positions: [Position; 3],
 }
+
+const UNREAD: Position = Position {
+    file: FileId {
+        ino: 0,
+        btime_ns: 0,
+    },
+    offset: 0,
+};
 
 impl LogCursor {
     /// A cursor for the log directory identified by `dir` that has read nothing.
     pub fn new(dir: FileId) -> Self {
         Self {
             dir,
-            positions: [None; 3],
+            positions: [UNREAD; 3],
         }
     }
 
@@ -98,18 +109,13 @@ impl LogCursor {
 
     /// Where reading of `stream` stopped, if it was read.
     pub fn position(&self, stream: StreamKey) -> Option<Position> {
-        self.positions[stream.index()]
+        let position = self.positions[stream.index()];
+        (position.file.ino != 0).then_some(position)
     }
 
     /// Records that `stream` has been read up to `position`.
     pub fn set_position(&mut self, stream: StreamKey, position: Position) {
-        self.positions[stream.index()] = Some(position);
-    }
-
-    /// This cursor with `stream` forgotten (it will be read from its beginning).
-    pub fn without(mut self, stream: StreamKey) -> Self {
-        self.positions[stream.index()] = None;
-        self
+        self.positions[stream.index()] = position;
     }
 
     fn to_text(self) -> String {
@@ -146,7 +152,7 @@ impl LogCursor {
             return Err(LogCursorParseError::new("unknown version"));
         }
         let mut dir = None;
-        let mut positions = [None; 3];
+        let mut positions = [UNREAD; 3];
         for field in fields {
             let (tag, value) = field
                 .split_once('=')
@@ -182,16 +188,17 @@ impl LogCursor {
                 .into_iter()
                 .find(|s| s.tag() == tag)
                 .ok_or_else(|| LogCursorParseError::new(format!("unknown field `{tag}`")))?;
-            if numbers.len() != 3 || positions[stream.index()].is_some() {
+            let ino = number(0)?;
+            if numbers.len() != 3 || ino == 0 || positions[stream.index()] != UNREAD {
                 return Err(LogCursorParseError::new(format!("bad field `{tag}`")));
             }
-            positions[stream.index()] = Some(Position {
+            positions[stream.index()] = Position {
                 file: FileId {
-                    ino: number(0)?,
+                    ino,
                     btime_ns: btime(1)?,
                 },
                 offset: number(2)?,
-            });
+            };
         }
         let dir = dir.ok_or_else(|| LogCursorParseError::new("no directory field"))?;
         Ok(Self { dir, positions })

@@ -10,6 +10,6 @@ pub mod timestamp;
 
 pub use cursor::{LogCursor, LogCursorParseError, Position, StreamKey};
 pub use identity::FileId;
-pub use record::{Record, RecordDecoder, RecordEncoder, SkipReason};
+pub use record::{ArenaRecord, Record, RecordData, RecordDecoder, RecordEncoder, SkipReason};
 pub use source::{LogSource, SourceSet};
 pub use text::TextDecoder;

@@ -12,7 +12,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use std::ops::Range;
+
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use super::source::LogSource;
 use super::timestamp::{TimestampFormatter, TimestampParser};
@@ -97,18 +99,26 @@ pub enum SkipReason {
     UnknownSource,
 }
 
-#[derive(Deserialize)]
-struct RawRecord<'a> {
-    #[serde(borrow)]
-    t: Cow<'a, str>,
-    #[serde(borrow)]
-    s: Cow<'a, str>,
-    #[serde(borrow)]
-    d: Cow<'a, str>,
-    #[serde(default)]
-    id: Option<u64>,
-    #[serde(default, borrow)]
-    e: Option<Cow<'a, str>>,
+/// Where a decoded record's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordData {
+    /// A slice of the line's buffer (text that needed no unescaping).
+    Shared(Bytes),
+    /// A range of the caller's arena (unescaped or base64-decoded bytes).
+    Arena(Range<usize>),
+}
+
+/// One decoded record whose bytes may still sit in the decoder's arena.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArenaRecord {
+    /// Capture time.
+    pub timestamp: DateTime<Utc>,
+    /// Which stream it came from.
+    pub source: LogSource,
+    /// Exec session id (`None` on system records).
+    pub session_id: Option<u64>,
+    /// The bytes.
+    pub data: RecordData,
 }
 
 /// Decodes records, reusing timestamp work across lines.
@@ -122,35 +132,212 @@ impl RecordDecoder {
     ///
     /// Text that needed no unescaping is returned as a slice of `buf`, not a copy.
     pub fn decode(&mut self, buf: &Bytes, line: &[u8]) -> Result<Record, SkipReason> {
+        let mut arena = Vec::new();
+        let rec = self.decode_into(buf, line, &mut arena)?;
+        let data = match rec.data {
+            RecordData::Shared(bytes) => bytes,
+            RecordData::Arena(range) => Bytes::copy_from_slice(&arena[range]),
+        };
+        Ok(Record {
+            timestamp: rec.timestamp,
+            source: rec.source,
+            session_id: rec.session_id,
+            data,
+        })
+    }
+
+    /// Like [`decode`](Self::decode), but bytes that cannot be a slice of
+    /// `buf` (escaped text, base64) are appended to `arena` instead of being
+    /// allocated one by one: a reader freezes the arena once per chunk.
+    pub fn decode_into(
+        &mut self,
+        buf: &Bytes,
+        line: &[u8],
+        arena: &mut Vec<u8>,
+    ) -> Result<ArenaRecord, SkipReason> {
         if line.iter().all(u8::is_ascii_whitespace) {
             return Err(SkipReason::Empty);
         }
-        let raw: RawRecord<'_> = serde_json::from_slice(line).map_err(|_| SkipReason::Malformed)?;
-        let source = LogSource::from_name(&raw.s).ok_or(SkipReason::UnknownSource)?;
-        let timestamp = self.timestamps.parse(&raw.t).ok_or(SkipReason::Malformed)?;
+        let mark = arena.len();
+        let mut de = serde_json::Deserializer::from_slice(line);
+        let raw = RecordSeed { arena: &mut *arena }
+            .deserialize(&mut de)
+            .and_then(|raw| de.end().map(|()| raw));
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(_) => {
+                arena.truncate(mark);
+                return Err(SkipReason::Malformed);
+            }
+        };
+        let fail = |arena: &mut Vec<u8>, reason| {
+            arena.truncate(mark);
+            Err(reason)
+        };
+        let (Some(t), Some(s), Some(d)) = (raw.t, raw.s, raw.d) else {
+            return fail(arena, SkipReason::Malformed);
+        };
+        let Some(source) = LogSource::from_name(&s) else {
+            return fail(arena, SkipReason::UnknownSource);
+        };
+        let Some(timestamp) = self.timestamps.parse(&t) else {
+            return fail(arena, SkipReason::Malformed);
+        };
         let data = match raw.e.as_deref() {
-            None => match raw.d {
-                Cow::Borrowed(text) => buf.slice_ref(text.as_bytes()),
-                Cow::Owned(text) => Bytes::from(text.into_bytes()),
+            None => match d {
+                Text::Borrowed(text) => RecordData::Shared(buf.slice_ref(text.as_bytes())),
+                Text::Arena(range) => RecordData::Arena(range),
             },
-            Some("b64") => Bytes::from(
-                BASE64
-                    .decode(raw.d.as_bytes())
-                    .map_err(|_| SkipReason::Malformed)?,
-            ),
-            Some(_) => return Err(SkipReason::Malformed),
+            Some("b64") => {
+                let start = arena.len();
+                let decoded = match &d {
+                    Text::Borrowed(text) => BASE64.decode_vec(text.as_bytes(), arena),
+                    Text::Arena(range) => {
+                        let encoded = arena[range.clone()].to_vec();
+                        BASE64.decode_vec(&encoded, arena)
+                    }
+                };
+                if decoded.is_err() {
+                    return fail(arena, SkipReason::Malformed);
+                }
+                RecordData::Arena(start..arena.len())
+            }
+            Some(_) => return fail(arena, SkipReason::Malformed),
         };
         let session_id = if source == LogSource::System {
             None
         } else {
             raw.id
         };
-        Ok(Record {
+        Ok(ArenaRecord {
             timestamp,
             source,
             session_id,
             data,
         })
+    }
+}
+
+/// A JSON string: borrowed from the line, or unescaped into the arena.
+enum Text<'a> {
+    Borrowed(&'a str),
+    Arena(Range<usize>),
+}
+
+struct RawRecord<'a> {
+    t: Option<Cow<'a, str>>,
+    s: Option<Cow<'a, str>>,
+    d: Option<Text<'a>>,
+    id: Option<u64>,
+    e: Option<Cow<'a, str>>,
+}
+
+/// Deserializes a record with `d` going to the arena when it cannot be borrowed.
+struct RecordSeed<'r> {
+    arena: &'r mut Vec<u8>,
+}
+
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
+    type Value = RawRecord<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordSeed<'_> {
+    type Value = RawRecord<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an exec.log record object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut raw = RawRecord {
+            t: None,
+            s: None,
+            d: None,
+            id: None,
+            e: None,
+        };
+        while let Some(key) = map.next_key::<BorrowedStr<'de>>()? {
+            match key.0.as_ref() {
+                "t" => raw.t = Some(map.next_value::<BorrowedStr<'de>>()?.0),
+                "s" => raw.s = Some(map.next_value::<BorrowedStr<'de>>()?.0),
+                "d" => {
+                    raw.d = Some(map.next_value_seed(TextSeed {
+                        arena: &mut *self.arena,
+                    })?)
+                }
+                "id" => raw.id = map.next_value::<Option<u64>>()?,
+                "e" => raw.e = map.next_value::<Option<BorrowedStr<'de>>>()?.map(|e| e.0),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(raw)
+    }
+}
+
+/// A string borrowed from the input when it has no escapes (serde's own
+/// `Cow<str>` always allocates).
+struct BorrowedStr<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for BorrowedStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CowVisitor;
+
+        impl<'de> Visitor<'de> for CowVisitor {
+            type Value = BorrowedStr<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                text: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Borrowed(text)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Owned(text.to_string())))
+            }
+        }
+
+        deserializer.deserialize_str(CowVisitor)
+    }
+}
+
+struct TextSeed<'r> {
+    arena: &'r mut Vec<u8>,
+}
+
+impl<'de> DeserializeSeed<'de> for TextSeed<'_> {
+    type Value = Text<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TextSeed<'_> {
+    type Value = Text<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
+        Ok(Text::Borrowed(text))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        let start = self.arena.len();
+        self.arena.extend_from_slice(text.as_bytes());
+        Ok(Text::Arena(start..self.arena.len()))
     }
 }
 
