@@ -186,3 +186,41 @@ async fn system_markers_carry_no_session_id() {
     );
     assert!(lines[1].ends_with(",\"id\":4}"), "{}", lines[1]);
 }
+
+#[tokio::test]
+async fn a_batch_is_split_at_rotation_and_every_record_stays_whole() {
+    use sandvisor::engine::relay_tap::Chunk;
+    let home = Home::new();
+    let dir = home.sandbox("batch");
+    let tap = Tap::spawn(&dir, 16 * 1024, 64).await;
+    // Small records (encoded one by one) and large ones (encoded in parallel).
+    let small: Vec<Chunk> = (0..500)
+        .map(|i| Chunk::now(1, LogSource::Stdout, format!("small-{i:05}\n")))
+        .collect();
+    let large: Vec<Chunk> = (0..40)
+        .map(|i| {
+            Chunk::now(
+                2,
+                LogSource::Stderr,
+                format!("large-{i:05}-{}\n", "x".repeat(3000)),
+            )
+        })
+        .collect();
+    tap.actor.cast(RelayTapMsg::Chunks(small.clone())).unwrap();
+    tap.actor.cast(RelayTapMsg::Chunks(large.clone())).unwrap();
+    let stats = tap.flush().await;
+    assert_eq!(stats.records, 540);
+    assert!(stats.generation >= 8, "{stats:?}");
+    for name in exec_files(&dir) {
+        let len = std::fs::metadata(dir.join(&name)).unwrap().len();
+        assert!(len <= 16 * 1024, "{name} has {len} bytes");
+    }
+    let entries = home
+        .logs
+        .read_logs("batch", &LogOptions::default())
+        .await
+        .unwrap();
+    let got: Vec<_> = entries.iter().map(|e| e.data.clone()).collect();
+    let want: Vec<_> = small.iter().chain(&large).map(|c| c.data.clone()).collect();
+    assert_eq!(got, want);
+}

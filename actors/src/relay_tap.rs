@@ -1,9 +1,10 @@
 //! The relay tap: the one writer of a sandbox's `exec.log`.
 //!
 //! # Contract
-//! - Each [`RelayTapMsg::Chunk`] becomes one record, written with one
-//!   `write(2)` on a descriptor opened with `O_APPEND`, in the order the
-//!   messages arrive. A record is never split across files.
+//! - Each chunk becomes one record, in the order the messages arrive, written
+//!   on a descriptor opened with `O_APPEND`. A record is never split across
+//!   writes or files: the records of one message are written whole, with one
+//!   `write(2)` per message (or per rotation boundary inside it).
 //! - Before a record that would take `exec.log` past `max_bytes`, the tap
 //!   rotates: `.{keep-1}`→`.{keep}`, …, `.1`→`.2`, `exec.log`→`.1` (renames; the
 //!   oldest is replaced), then opens a fresh `exec.log`, and tells its
@@ -23,8 +24,12 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
+use rayon::prelude::*;
 
 use crate::format::{LogSource, RecordEncoder, StreamKey};
+
+/// Messages carrying at least this much data are encoded on several threads.
+const PARALLEL_ENCODE_BYTES: usize = 64 << 10;
 
 /// Default rotation size: 10 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
@@ -94,11 +99,13 @@ pub enum TapEvent {
 pub enum RelayTapMsg {
     /// Write one record.
     Chunk(Chunk),
-    /// Write one record and answer once it is written. A capture side that
-    /// waits for the answer knows exactly what reached the file: the tap
-    /// writes and answers in one step that a kill cannot split, so a chunk
-    /// whose call failed was not written and can be sent to the next tap.
-    Append(Chunk, RpcReplyPort<()>),
+    /// Write one record per chunk, in order.
+    Chunks(Vec<Chunk>),
+    /// Write one record per chunk and answer once they are written. A capture
+    /// side that waits for the answer knows exactly what reached the file: the
+    /// tap writes and answers in one step that a kill cannot split, so chunks
+    /// whose call failed were not written and can go to the next tap.
+    Append(Vec<Chunk>, RpcReplyPort<()>),
     /// Write a `system` record (a lifecycle marker such as `--- sandbox started ---`).
     System {
         /// The marker text.
@@ -154,29 +161,90 @@ pub struct TapState {
     file: File,
     stats: TapStats,
     encoder: RecordEncoder,
-    record: Vec<u8>,
+    /// Encoded records not yet written.
+    batch: Vec<u8>,
     events: Option<DerivedActorRef<TapEvent>>,
 }
 
 impl TapState {
-    fn write_record(
+    /// Encodes one record into the pending batch, first writing out the
+    /// batch and rotating if the record would take `exec.log` past `max_bytes`.
+    fn push_record(
         &mut self,
         at: DateTime<Utc>,
         source: LogSource,
         session: Option<u64>,
         data: &[u8],
     ) -> io::Result<()> {
+        let before = self.batch.len();
         self.encoder
-            .encode(&mut self.record, at, source, session, data);
-        let len = self.record.len() as u64;
-        if self.stats.size > 0 && self.stats.size + len > self.config.max_bytes {
+            .encode(&mut self.batch, at, source, session, data);
+        self.settle_last(before)
+    }
+
+    /// Accounts for the record that starts at `before` in the batch: if it
+    /// would take `exec.log` past `max_bytes`, the records before it are
+    /// written out and the log rotated first.
+    fn settle_last(&mut self, before: usize) -> io::Result<()> {
+        let len = (self.batch.len() - before) as u64;
+        let pending = before as u64;
+        if self.stats.size + pending > 0 && self.stats.size + pending + len > self.config.max_bytes
+        {
+            self.write_out(before)?;
             self.rotate()?;
         }
-        self.file.write_all(&self.record)?;
-        self.stats.size += len;
-        self.stats.bytes += len;
         self.stats.records += 1;
         Ok(())
+    }
+
+    /// Writes the first `upto` pending bytes (whole records) with one `write(2)`.
+    fn write_out(&mut self, upto: usize) -> io::Result<()> {
+        if upto == 0 {
+            return Ok(());
+        }
+        self.file.write_all(&self.batch[..upto])?;
+        self.stats.size += upto as u64;
+        self.stats.bytes += upto as u64;
+        self.batch.drain(..upto);
+        Ok(())
+    }
+
+    fn write_chunks(&mut self, chunks: &[Chunk]) -> io::Result<()> {
+        self.batch.clear();
+        let data_bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
+        if data_bytes >= PARALLEL_ENCODE_BYTES {
+            // Escaping large chunks costs as much as writing them: encode on
+            // every core, then lay the records out in order.
+            let encoded: Vec<Vec<u8>> = chunks
+                .par_iter()
+                .map_init(RecordEncoder::default, |encoder, chunk| {
+                    let mut record = Vec::with_capacity(chunk.data.len() + 96);
+                    encoder.encode(
+                        &mut record,
+                        chunk.captured_at,
+                        chunk.source,
+                        Some(chunk.session_id),
+                        &chunk.data,
+                    );
+                    record
+                })
+                .collect();
+            for record in &encoded {
+                let before = self.batch.len();
+                self.batch.extend_from_slice(record);
+                self.settle_last(before)?;
+            }
+        } else {
+            for chunk in chunks {
+                self.push_record(
+                    chunk.captured_at,
+                    chunk.source,
+                    Some(chunk.session_id),
+                    &chunk.data,
+                )?;
+            }
+        }
+        self.write_out(self.batch.len())
     }
 
     fn rotate(&mut self) -> io::Result<()> {
@@ -242,7 +310,7 @@ impl Actor for RelayTap {
                 ..TapStats::default()
             },
             encoder: RecordEncoder::default(),
-            record: Vec::new(),
+            batch: Vec::new(),
             events: args.events,
         })
     }
@@ -254,26 +322,17 @@ impl Actor for RelayTap {
         state: &mut TapState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RelayTapMsg::Chunk(chunk) => {
-                state.write_record(
-                    chunk.captured_at,
-                    chunk.source,
-                    Some(chunk.session_id),
-                    &chunk.data,
-                )?;
-            }
-            RelayTapMsg::Append(chunk, reply) => {
-                state.write_record(
-                    chunk.captured_at,
-                    chunk.source,
-                    Some(chunk.session_id),
-                    &chunk.data,
-                )?;
-                // A caller that stopped waiting still got its chunk written.
+            RelayTapMsg::Chunk(chunk) => state.write_chunks(std::slice::from_ref(&chunk))?,
+            RelayTapMsg::Chunks(chunks) => state.write_chunks(&chunks)?,
+            RelayTapMsg::Append(chunks, reply) => {
+                state.write_chunks(&chunks)?;
+                // A caller that stopped waiting still got its chunks written.
                 let _ = reply.send(());
             }
             RelayTapMsg::System { text, at } => {
-                state.write_record(at, LogSource::System, None, text.as_bytes())?;
+                state.batch.clear();
+                state.push_record(at, LogSource::System, None, text.as_bytes())?;
+                state.write_out(state.batch.len())?;
             }
             RelayTapMsg::Flush(reply) => {
                 // The caller may have stopped waiting; the writes stand either way.

@@ -293,73 +293,81 @@ async fn read_frames(
     vm: ActorRef<VmProcessMsg>,
     mut tap: watch::Receiver<ActorRef<RelayTapMsg>>,
 ) {
+    const GONE: &str = "the sandbox's supervisor is gone";
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Output chunks decoded from what is buffered go to the tap together.
+    let mut pending: Vec<Chunk> = Vec::new();
     let problem = loop {
-        match Frame::decode(&buf) {
+        let frame = match Frame::decode(&buf) {
             Ok(Some((frame, used))) => {
                 let _ = buf.split_to(used);
-                match frame {
-                    Frame::Output {
-                        session,
-                        stream: tag,
-                        data,
-                    } => {
-                        let source = match tag {
-                            stream::STDERR => LogSource::Stderr,
-                            stream::OUTPUT => LogSource::Output,
-                            _ => LogSource::Stdout,
-                        };
-                        let chunk = Chunk {
-                            session_id: session,
-                            source,
-                            data: data.into(),
-                            captured_at: Utc::now(),
-                        };
-                        if !append(&mut tap, chunk).await {
-                            break Some("the sandbox's supervisor is gone".to_string());
-                        }
-                    }
-                    Frame::Ready { pid } => {
-                        let marker = Chunk {
-                            session_id: 0,
-                            source: LogSource::System,
-                            data: STARTED_MARKER.into(),
-                            captured_at: Utc::now(),
-                        };
-                        if !append(&mut tap, marker).await {
-                            break Some("the sandbox's supervisor is gone".to_string());
-                        }
-                        if vm.cast(VmProcessMsg::Frame(Frame::Ready { pid })).is_err() {
-                            break None;
-                        }
-                    }
-                    other => {
-                        if vm.cast(VmProcessMsg::Frame(other)).is_err() {
-                            break None;
-                        }
+                frame
+            }
+            Ok(None) => {
+                if !append(&mut tap, std::mem::take(&mut pending)).await {
+                    break Some(GONE.to_string());
+                }
+                match read.read_buf(&mut buf).await {
+                    Ok(0) => break None,
+                    Ok(_) => continue,
+                    Err(err) => break Some(format!("reading from the agent: {err}")),
+                }
+            }
+            Err(err) => break Some(format!("agent protocol error: {err}")),
+        };
+        match frame {
+            Frame::Output {
+                session,
+                stream: tag,
+                data,
+            } => {
+                let source = match tag {
+                    stream::STDERR => LogSource::Stderr,
+                    stream::OUTPUT => LogSource::Output,
+                    _ => LogSource::Stdout,
+                };
+                pending.push(Chunk {
+                    session_id: session,
+                    source,
+                    data: data.into(),
+                    captured_at: Utc::now(),
+                });
+            }
+            other => {
+                // Control frames keep their place after the output before them.
+                if !append(&mut tap, std::mem::take(&mut pending)).await {
+                    break Some(GONE.to_string());
+                }
+                if let Frame::Ready { .. } = other {
+                    let marker = Chunk {
+                        session_id: 0,
+                        source: LogSource::System,
+                        data: STARTED_MARKER.into(),
+                        captured_at: Utc::now(),
+                    };
+                    if !append(&mut tap, vec![marker]).await {
+                        break Some(GONE.to_string());
                     }
                 }
-                continue;
+                if vm.cast(VmProcessMsg::Frame(other)).is_err() {
+                    break None;
+                }
             }
-            Ok(None) => {}
-            Err(err) => break Some(format!("agent protocol error: {err}")),
-        }
-        match read.read_buf(&mut buf).await {
-            Ok(0) => break None,
-            Ok(_) => {}
-            Err(err) => break Some(format!("reading from the agent: {err}")),
         }
     };
     let _ = vm.cast(VmProcessMsg::ReaderDone(problem));
 }
 
-/// Writes `chunk` through the current tap, waiting for a new tap while the
+/// Writes `chunks` through the current tap, waiting for a new tap while the
 /// current one is down. `false` once no tap will ever come (supervisor gone).
-async fn append(tap: &mut watch::Receiver<ActorRef<RelayTapMsg>>, chunk: Chunk) -> bool {
+async fn append(tap: &mut watch::Receiver<ActorRef<RelayTapMsg>>, chunks: Vec<Chunk>) -> bool {
+    if chunks.is_empty() {
+        return true;
+    }
     loop {
         let current = tap.borrow_and_update().clone();
         let written = current
-            .call(|reply| RelayTapMsg::Append(chunk.clone(), reply), None)
+            .call(|reply| RelayTapMsg::Append(chunks.clone(), reply), None)
             .await;
         if matches!(written, Ok(ractor::rpc::CallResult::Success(()))) {
             return true;

@@ -26,7 +26,7 @@ pub struct RecordEncoder {
 }
 
 impl RecordEncoder {
-    /// Replaces the contents of `buf` with one record, newline included.
+    /// Appends one record, newline included, to `buf`.
     ///
     /// `session_id` is written for every source except [`LogSource::System`].
     pub fn encode(
@@ -37,7 +37,6 @@ impl RecordEncoder {
         session_id: Option<u64>,
         data: &[u8],
     ) {
-        buf.clear();
         buf.extend_from_slice(b"{\"t\":\"");
         self.timestamps.write(t, buf);
         buf.extend_from_slice(b"\",\"s\":\"");
@@ -361,6 +360,7 @@ mod tests {
             line,
             b"{\"t\":\"2026-05-01T10:00:00.000Z\",\"s\":\"stdout\",\"d\":\"text\",\"id\":1}\n"
         );
+        line.clear();
         enc.encode(
             &mut line,
             t,
