@@ -407,13 +407,11 @@ impl SupervisorState {
                         .run_started(&self.spec.name, host_pid, self.host, Utc::now())
                         .await?,
                 );
+                // `run_started` recorded Running with the run row.
+                self.status = SandboxStatus::Running;
                 remove_boot_error(&self.spec.log_dir);
-                if self.status == SandboxStatus::Starting {
-                    self.set_status(SandboxStatus::Running).await?;
-                }
-                self.note_info(&format!(
-                    "started: main command pid {pid} (host pid of PID 1: {host_pid})"
-                ));
+                // Routine: the embedding service's log, not the sandbox's file.
+                tracing::info!(sandbox = %self.spec.name, pid, host_pid, "started");
                 self.answer_start(Ok(pid));
                 if let Some(timeout) = self.pending_stop_timeout() {
                     self.stop(myself, Some(timeout)).await?;
@@ -603,9 +601,7 @@ impl SupervisorState {
             None => self.store.set_status(&self.spec.name, status).await?,
         }
         self.status = status;
-        self.note_info(&format!(
-            "ended: {status} ({reason}), exit code {exit_code:?}, signal {signal:?}"
-        ));
+        tracing::info!(sandbox = %self.spec.name, %status, %reason, ?exit_code, ?signal, "ended");
         let outcome = StopOutcome {
             name: self.spec.name.clone(),
             status,
