@@ -191,24 +191,20 @@ impl Store {
         rows.iter().map(run_row).collect()
     }
 
+    /// A write transaction that holds SQLite's write lock from its start, for
+    /// read-then-write sequences.
+    async fn begin_immediate(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)
+    }
+
     /// Deletes a sandbox and its runs, if it is Created, Stopped or Crashed.
     /// Returns the status that refused it otherwise.
     pub async fn delete_sandbox(&self, name: &str) -> Result<Option<SandboxStatus>> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err)?;
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM sandbox WHERE name = ?")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?;
-        let Some(status) = status else {
-            return Err(Error::SandboxNotFound(name.to_string()));
-        };
-        let status = SandboxStatus::from_str(&status).map_err(Error::Database)?;
+        let mut tx = self.begin_immediate().await?;
+        let status = status_in(&mut tx, name).await?;
         if !(status.is_terminal() || status == SandboxStatus::Created) {
             return Ok(Some(status));
         }
@@ -224,21 +220,8 @@ impl Store {
     /// Moves a sandbox to `Starting` if it is not running; returns the status
     /// that refused it otherwise.
     pub async fn claim_start(&self, name: &str) -> Result<std::result::Result<(), SandboxStatus>> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err)?;
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM sandbox WHERE name = ?")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?;
-        let Some(status) = status else {
-            return Err(Error::SandboxNotFound(name.to_string()));
-        };
-        let status = SandboxStatus::from_str(&status).map_err(Error::Database)?;
+        let mut tx = self.begin_immediate().await?;
+        let status = status_in(&mut tx, name).await?;
         if !(status.is_terminal() || status == SandboxStatus::Created) {
             return Ok(Err(status));
         }
@@ -295,11 +278,7 @@ impl Store {
     }
 
     async fn close_run(&self, name: &str, run_id: i64, end: RunEnd) -> Result<()> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err)?;
+        let mut tx = self.begin_immediate().await?;
         sqlx::query(
             "UPDATE run SET status = ?, exit_code = ?, exit_signal = ?, termination_reason = ?, terminated_at = ? WHERE id = ?",
         )
@@ -328,11 +307,7 @@ impl Store {
     /// their processes still alive are killed. Runs of live hosts other than
     /// `me` are left alone. Returns the names reconciled.
     pub async fn reconcile(&self, me: HostId) -> Result<Vec<String>> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err)?;
+        let mut tx = self.begin_immediate().await?;
         let rows = sqlx::query(
             "SELECT sandbox.name, run.id, run.pid, run.host_pid, run.host_start_ticks \
              FROM run JOIN sandbox ON sandbox.id = run.sandbox_id WHERE run.terminated_at IS NULL",
@@ -387,6 +362,20 @@ impl Store {
         tx.commit().await.map_err(db_err)?;
         Ok(settled)
     }
+}
+
+/// The status of `name`, read inside `tx`.
+async fn status_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    name: &str,
+) -> Result<SandboxStatus> {
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM sandbox WHERE name = ?")
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    let status = status.ok_or_else(|| Error::SandboxNotFound(name.to_string()))?;
+    SandboxStatus::from_str(&status).map_err(Error::Database)
 }
 
 fn sandbox_row(row: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow> {

@@ -43,7 +43,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 
-use crate::entry::RawEntry;
+use crate::entry::LogEntry;
 use crate::error::{Error, Result};
 use crate::format::{
     FileId, LogCursor, LogSource, Position, RecordData, RecordDecoder, SourceSet, StreamKey,
@@ -96,6 +96,8 @@ pub struct Follower {
     stream: StreamKey,
     sources: SourceSet,
     skip_before: Option<DateTime<Utc>>,
+    /// Every entry's cursor is this one with the entry's own position set.
+    base: LogCursor,
     current: Option<Held>,
     /// Consumed offset in `current`: just past the last complete line.
     offset: u64,
@@ -120,12 +122,14 @@ impl Follower {
         start: Start,
         sources: SourceSet,
         skip_before: Option<DateTime<Utc>>,
+        base: LogCursor,
     ) -> Result<Self> {
         let mut follower = Self {
             dir: dir.to_path_buf(),
             stream,
             sources,
             skip_before,
+            base,
             current: None,
             offset: 0,
             partial: Vec::new(),
@@ -158,7 +162,7 @@ impl Follower {
 
     /// Reads up to about `budget` bytes of complete lines, following rotation,
     /// and returns the entries whose source is wanted.
-    pub fn read(&mut self, budget: usize, out: &mut Vec<RawEntry>) -> Result<ReadStatus> {
+    pub fn read(&mut self, budget: usize, out: &mut Vec<LogEntry>) -> Result<ReadStatus> {
         let mut consumed = 0usize;
         let mut looked_ahead = false;
         loop {
@@ -509,7 +513,7 @@ impl Follower {
     fn parse_chunk(
         &mut self,
         (chunk, mtime): (Bytes, DateTime<Utc>),
-        out: &mut Vec<RawEntry>,
+        out: &mut Vec<LogEntry>,
     ) -> usize {
         let Some(last_newline) = memchr::memrchr(b'\n', &chunk) else {
             self.partial.extend_from_slice(&chunk);
@@ -524,6 +528,7 @@ impl Follower {
             stream: self.stream,
             sources: self.sources,
             since: self.skip_before,
+            base: self.base,
             file,
             mtime,
         };
@@ -586,7 +591,7 @@ struct Decoders {
 
 /// Entries parsed from part of a chunk, and the lines skipped there.
 struct Parsed {
-    entries: Vec<RawEntry>,
+    entries: Vec<LogEntry>,
     skipped: u64,
 }
 
@@ -595,6 +600,7 @@ struct LineFilter {
     stream: StreamKey,
     sources: SourceSet,
     since: Option<DateTime<Utc>>,
+    base: LogCursor,
     file: FileId,
     mtime: DateTime<Utc>,
 }
@@ -624,10 +630,14 @@ impl LineFilter {
         for newline in memchr::memchr_iter(b'\n', &chunk[range.clone()]).map(|i| i + range.start) {
             let line = &chunk[line_start..newline];
             line_start = newline + 1;
-            let end = Position {
-                file: self.file,
-                offset: base + newline as u64 + 1,
-            };
+            let mut cursor = self.base;
+            cursor.set_position(
+                self.stream,
+                Position {
+                    file: self.file,
+                    offset: base + newline as u64 + 1,
+                },
+            );
             let entry = if self.stream.is_records() {
                 match decoders.records.decode_into(chunk, line, &mut arena) {
                     Ok(rec) => self.wanted(rec.source, rec.timestamp).then(|| {
@@ -638,12 +648,12 @@ impl LineFilter {
                                 Bytes::new()
                             }
                         };
-                        RawEntry {
+                        LogEntry {
                             timestamp: rec.timestamp,
                             source: rec.source,
                             session_id: rec.session_id,
                             data,
-                            end,
+                            cursor,
                         }
                     }),
                     Err(_) => {
@@ -655,12 +665,12 @@ impl LineFilter {
                 match decoders.text.decode(line, self.mtime) {
                     Some((timestamp, data)) => {
                         self.wanted(LogSource::System, timestamp)
-                            .then_some(RawEntry {
+                            .then_some(LogEntry {
                                 timestamp,
                                 source: LogSource::System,
                                 session_id: None,
                                 data,
-                                end,
+                                cursor,
                             })
                     }
                     None => {
@@ -779,7 +789,7 @@ mod tests {
         f.write_all(bytes).unwrap();
     }
 
-    fn read_all(follower: &mut Follower) -> Vec<RawEntry> {
+    fn read_all(follower: &mut Follower) -> Vec<LogEntry> {
         let mut out = Vec::new();
         while follower.read(64 << 20, &mut out).unwrap() == ReadStatus::More {}
         out
@@ -806,6 +816,10 @@ mod tests {
             Start::Beginning,
             SourceSet::from_requested(&[]),
             None,
+            LogCursor::new(FileId {
+                ino: 1,
+                btime_ns: 0,
+            }),
         )
         .unwrap();
         let got = read_all(&mut follower);
@@ -814,8 +828,9 @@ mod tests {
             assert_eq!(entry.session_id, Some(*i));
             assert_eq!(entry.data.as_ref(), data.as_slice(), "record {i}");
         }
-        assert!(got.windows(2).all(|w| w[0].end.offset < w[1].end.offset));
-        assert_eq!(got.last().unwrap().end.offset, file.len() as u64);
+        let offset = |e: &LogEntry| e.cursor.position(StreamKey::Exec).unwrap().offset;
+        assert!(got.windows(2).all(|w| offset(&w[0]) < offset(&w[1])));
+        assert_eq!(offset(got.last().unwrap()), file.len() as u64);
         assert_eq!(follower.skipped(), 2 * (20_000 / 997 + 1));
     }
 
@@ -830,6 +845,10 @@ mod tests {
             Start::Beginning,
             SourceSet::from_requested(&[]),
             None,
+            LogCursor::new(FileId {
+                ino: 1,
+                btime_ns: 0,
+            }),
         )
         .unwrap();
         assert_eq!(read_all(&mut follower).len(), 1);
@@ -867,6 +886,10 @@ mod tests {
             Start::Beginning,
             SourceSet::from_requested(&[]),
             None,
+            LogCursor::new(FileId {
+                ino: 1,
+                btime_ns: 0,
+            }),
         )
         .unwrap();
         read_all(&mut follower);

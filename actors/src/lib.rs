@@ -27,7 +27,7 @@ pub mod tailer;
 pub mod vm_process;
 pub mod watch_hub;
 
-pub use entry::{LogEntry, RawEntry};
+pub use entry::LogEntry;
 pub use error::{Error, Result};
 pub use format::{
     FileId, LogCursor, LogCursorParseError, LogSource, Position, SourceSet, StreamKey,

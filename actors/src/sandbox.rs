@@ -123,37 +123,30 @@ pub enum SupervisorMsg {
     WaitStopped(RpcReplyPort<StopOutcome>),
 }
 
-impl From<VmEvent> for SupervisorMsg {
-    fn from(event: VmEvent) -> Self {
-        Self::Vm(event)
-    }
-}
-
-impl TryFrom<SupervisorMsg> for VmEvent {
-    type Error = ();
-    fn try_from(msg: SupervisorMsg) -> Result<Self, ()> {
-        match msg {
-            SupervisorMsg::Vm(event) => Ok(event),
-            _ => Err(()),
+/// `From` / `TryFrom` between a child's event type and [`SupervisorMsg`], as a
+/// `DerivedActorRef` handed to the child needs.
+macro_rules! child_event {
+    ($variant:ident, $event:ty) => {
+        impl From<$event> for SupervisorMsg {
+            fn from(event: $event) -> Self {
+                Self::$variant(event)
+            }
         }
-    }
-}
 
-impl From<TapEvent> for SupervisorMsg {
-    fn from(event: TapEvent) -> Self {
-        Self::Tap(event)
-    }
-}
-
-impl TryFrom<SupervisorMsg> for TapEvent {
-    type Error = ();
-    fn try_from(msg: SupervisorMsg) -> Result<Self, ()> {
-        match msg {
-            SupervisorMsg::Tap(event) => Ok(event),
-            _ => Err(()),
+        impl TryFrom<SupervisorMsg> for $event {
+            type Error = ();
+            fn try_from(msg: SupervisorMsg) -> Result<Self, ()> {
+                match msg {
+                    SupervisorMsg::$variant(event) => Ok(event),
+                    _ => Err(()),
+                }
+            }
         }
-    }
+    };
 }
+
+child_event!(Vm, VmEvent);
+child_event!(Tap, TapEvent);
 
 /// Arguments to spawn a [`SandboxSupervisor`].
 pub struct SupervisorArgs {

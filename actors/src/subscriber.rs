@@ -35,7 +35,7 @@ use ractor::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::entry::{LogEntry, RawEntry};
+use crate::entry::LogEntry;
 use crate::error::{Error, Result};
 use crate::follower::Start;
 use crate::format::{LogCursor, Position, SourceSet, StreamKey};
@@ -104,7 +104,7 @@ pub enum SubscriberMsg {
         /// The sending tailer's epoch.
         epoch: u64,
         /// Entries (already filtered by source and `since`).
-        entries: Vec<RawEntry>,
+        entries: Vec<LogEntry>,
         /// Position after the batch.
         end: Option<Position>,
     },
@@ -140,11 +140,9 @@ pub struct SubscriberState {
     cursor: LogCursor,
     slots: HashMap<StreamKey, Slot>,
     by_actor: HashMap<ActorId, StreamKey>,
-    /// Collect sink: entries in arrival order with arrival-order cursors,
-    /// the log each came from, and the cursor after the last one.
+    /// Collect sink: entries in arrival order, and the log each came from.
     collected: Vec<LogEntry>,
     collected_from: Vec<StreamKey>,
-    collect_cursor: LogCursor,
 }
 
 impl Actor for Subscriber {
@@ -161,7 +159,6 @@ impl Actor for Subscriber {
             cursor: plan.cursor,
             collected: Vec::new(),
             collected_from: Vec::new(),
-            collect_cursor: plan.cursor,
             plan,
             sink: Some(sink),
             slots: HashMap::new(),
@@ -311,6 +308,7 @@ async fn spawn_tailer(
         sources: state.plan.sources,
         since: state.plan.since,
         follow: state.plan.follow,
+        base: state.plan.cursor,
         subscriber: myself.clone(),
         epoch,
     };
@@ -353,7 +351,7 @@ impl SubscriberState {
         &mut self,
         myself: &ActorRef<SubscriberMsg>,
         stream: StreamKey,
-        entries: Vec<RawEntry>,
+        entries: Vec<LogEntry>,
         end: Option<Position>,
     ) {
         match &self.sink {
@@ -362,12 +360,20 @@ impl SubscriberState {
                 let mut out = Vec::with_capacity(entries.len());
                 let mut reached_until = false;
                 let mut cursor = self.cursor;
-                for raw in entries {
-                    if self.plan.until.is_some_and(|until| raw.timestamp >= until) {
+                for mut entry in entries {
+                    if self
+                        .plan
+                        .until
+                        .is_some_and(|until| entry.timestamp >= until)
+                    {
                         reached_until = true;
                         break;
                     }
-                    out.push(raw.into_entry(stream, &mut cursor));
+                    if let Some(own) = entry.cursor.position(stream) {
+                        cursor.set_position(stream, own);
+                    }
+                    entry.cursor = cursor;
+                    out.push(entry);
                 }
                 if !reached_until {
                     if let Some(end) = end {
@@ -386,17 +392,12 @@ impl SubscriberState {
                 }
             }
             Some(Sink::Collect(_)) => {
-                // Converted as batches arrive, so the work overlaps the
+                // Appended as batches arrive, so the work overlaps the
                 // tailers' parsing; `sorted` only reorders if it must.
-                self.collected.reserve(entries.len());
                 self.collected_from
                     .resize(self.collected_from.len() + entries.len(), stream);
-                let cursor = &mut self.collect_cursor;
-                self.collected.extend(
-                    entries
-                        .into_iter()
-                        .map(|raw| raw.into_entry(stream, cursor)),
-                );
+                let mut entries = entries;
+                self.collected.append(&mut entries);
                 if let Some(end) = end {
                     self.cursor.set_position(stream, end);
                 }
@@ -434,23 +435,32 @@ impl SubscriberState {
     fn sorted(&mut self) -> Collected {
         let mut entries = std::mem::take(&mut self.collected);
         let from = std::mem::take(&mut self.collected_from);
-        if !entries.is_sorted_by_key(|entry| entry.timestamp) {
-            let mut order: Vec<usize> = (0..entries.len()).collect();
-            order.sort_by_key(|&i| entries[i].timestamp);
-            let mut slots: Vec<Option<LogEntry>> = entries.into_iter().map(Some).collect();
-            let mut cursor = self.plan.cursor;
-            entries = order
-                .into_iter()
-                .filter_map(|i| {
-                    let mut entry = slots[i].take()?;
-                    if let Some(own) = entry.cursor.position(from[i]) {
-                        cursor.set_position(from[i], own);
-                    }
-                    entry.cursor = cursor;
-                    Some(entry)
-                })
-                .collect();
+        let sorted = entries.is_sorted_by_key(|entry| entry.timestamp);
+        // Tailers give each entry only its own log's position; with one log
+        // in time order that is already the whole cursor.
+        if sorted && self.plan.streams.len() == 1 {
+            return Collected {
+                entries,
+                cursor: self.cursor,
+            };
         }
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        if !sorted {
+            order.sort_by_key(|&i| entries[i].timestamp);
+        }
+        let mut slots: Vec<Option<LogEntry>> = entries.drain(..).map(Some).collect();
+        let mut cursor = self.plan.cursor;
+        entries = order
+            .into_iter()
+            .filter_map(|i| {
+                let mut entry = slots[i].take()?;
+                if let Some(own) = entry.cursor.position(from[i]) {
+                    cursor.set_position(from[i], own);
+                }
+                entry.cursor = cursor;
+                Some(entry)
+            })
+            .collect();
         Collected {
             entries,
             cursor: self.cursor,

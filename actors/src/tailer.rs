@@ -67,6 +67,9 @@ pub struct TailerArgs {
     pub since: Option<DateTime<Utc>>,
     /// Keep reading as the log grows.
     pub follow: bool,
+    /// Entries carry this cursor with their own position set; the subscriber
+    /// merges in the other logs' positions.
+    pub base: crate::format::LogCursor,
     /// Who receives the entries.
     pub subscriber: ActorRef<SubscriberMsg>,
     /// This incarnation's number.
@@ -151,8 +154,14 @@ impl Actor for Tailer {
         myself: ActorRef<Self::Msg>,
         args: TailerArgs,
     ) -> Result<TailerState, ActorProcessingErr> {
-        let follower =
-            Follower::open(&args.dir, args.stream, args.start, args.sources, args.since)?;
+        let follower = Follower::open(
+            &args.dir,
+            args.stream,
+            args.start,
+            args.sources,
+            args.since,
+            args.base,
+        )?;
         let woken = Arc::new(AtomicBool::new(false));
         let (watch, poll) = if args.follow {
             let flag = woken.clone();

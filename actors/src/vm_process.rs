@@ -13,7 +13,10 @@
 //! - The reader writes the `--- sandbox started ---` marker when the agent
 //!   reports `Ready`, so the marker precedes all output of the run.
 //! - Control frames become [`VmEvent`]s for the supervisor, in wire order;
-//!   `Exited` arrives after every output chunk of the run is written.
+//!   `Exited` arrives after every output chunk of the run is written, and only
+//!   once the agent's process has exited — its first stage waits for PID 1,
+//!   whose exit ends the whole pid namespace — so when the supervisor hears of
+//!   the end, no process of the sandbox is left.
 //! - [`VmProcessMsg::Kill`] asks the agent to SIGKILL every process, so the
 //!   main command's real status is still reported; [`VmProcessMsg::KillFromHost`]
 //!   sends SIGKILL to the sandbox's PID 1 from the host, which ends every
@@ -104,6 +107,9 @@ pub enum VmProcessMsg {
     Frame(Frame),
     /// From the reader task: the socket closed (or broke).
     ReaderDone(Option<String>),
+    /// From the waiter task: the agent's first process exited, so PID 1 and
+    /// with it every process of the sandbox are gone.
+    AgentExited,
 }
 
 /// Arguments to spawn a [`VmProcess`].
@@ -128,14 +134,23 @@ pub struct VmState {
     agent_pid: Option<u32>,
     init_pid: Option<u32>,
     main_pid: Option<u32>,
-    exited: bool,
+    /// The run's end as the agent reported it (or as its silence tells),
+    /// held back until the agent's process has exited.
+    ending: Option<VmEvent>,
+    /// Set once the end was told to the supervisor.
+    ended: bool,
+    agent_gone: bool,
     reader: Option<JoinHandle<()>>,
+    waiter: Option<JoinHandle<()>>,
 }
 
 impl Drop for VmState {
     fn drop(&mut self) {
-        if let Some(reader) = self.reader.take() {
-            reader.abort();
+        for task in [self.reader.take(), self.waiter.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
         }
     }
 }
@@ -144,6 +159,25 @@ impl VmState {
     fn emit(&self, event: VmEvent) {
         // A supervisor that is gone has nobody to tell.
         let _ = self.events.send_message(event);
+    }
+
+    /// Records how the run ended (the first word wins) and tells the
+    /// supervisor once the agent's process is gone too, so that nothing of
+    /// the sandbox is left when the supervisor hears of the end.
+    fn end(&mut self, event: VmEvent) {
+        if self.ending.is_none() {
+            self.ending = Some(event);
+        }
+        self.end_if_gone();
+    }
+
+    fn end_if_gone(&mut self) {
+        if self.agent_gone && !self.ended {
+            if let Some(event) = self.ending.take() {
+                self.ended = true;
+                self.emit(event);
+            }
+        }
     }
 
     async fn signal(&mut self, target: SignalTarget, signo: i32) {
@@ -210,20 +244,28 @@ impl Actor for VmProcess {
             agent_pid: None,
             init_pid: None,
             main_pid: None,
-            exited: false,
+            ending: None,
+            ended: false,
+            agent_gone: false,
             reader: None,
+            waiter: None,
         };
-        let (child, socket) = match spawn_agent(&state.spec) {
+        let (mut child, socket) = match spawn_agent(&state.spec) {
             Ok(started) => started,
             Err(err) => {
-                state.exited = true;
+                state.ended = true;
                 state.emit(spawn_failure(&err, &state.spec));
                 return Ok(state);
             }
         };
         state.agent_pid = child.id();
-        // tokio reaps the agent's first stage in the background once it exits.
-        drop(child);
+        let vm = myself.clone();
+        state.waiter = Some(tokio::spawn(async move {
+            // Whatever the status, the process is gone; the agent reports the
+            // main command's own status over the socket.
+            let _ = child.wait().await;
+            let _ = vm.cast(VmProcessMsg::AgentExited);
+        }));
         let (read, mut writer) = socket.into_split();
         let mut start = Vec::new();
         Frame::Start(state.spec.start.clone()).encode(&mut start);
@@ -256,32 +298,27 @@ impl Actor for VmProcess {
                     stage,
                     errno,
                     message,
-                } => {
-                    state.exited = true;
-                    state.emit(VmEvent::BootFailed {
-                        stage,
-                        errno,
-                        message,
-                    });
-                }
+                } => state.end(VmEvent::BootFailed {
+                    stage,
+                    errno,
+                    message,
+                }),
                 Frame::Exited {
                     session: 1,
                     code,
                     signal,
-                } => {
-                    state.exited = true;
-                    state.emit(VmEvent::Exited { code, signal });
-                }
+                } => state.end(VmEvent::Exited { code, signal }),
                 other => tracing::debug!(?other, "unexpected frame from the agent"),
             },
             VmProcessMsg::ReaderDone(problem) => {
-                if !state.exited {
-                    state.exited = true;
-                    let reason = problem.unwrap_or_else(|| {
-                        "the agent closed its socket without reporting an exit".into()
-                    });
-                    state.emit(VmEvent::Lost { reason });
-                }
+                let reason = problem.unwrap_or_else(|| {
+                    "the agent closed its socket without reporting an exit".into()
+                });
+                state.end(VmEvent::Lost { reason });
+            }
+            VmProcessMsg::AgentExited => {
+                state.agent_gone = true;
+                state.end_if_gone();
             }
         }
         Ok(())
