@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorRef};
+use sandvisor_actors::cgroup::Limits;
 use sandvisor_actors::lifecycle::{HostId, SandboxStatus};
 use sandvisor_actors::protocol::{BootStage, StartSpec};
 use sandvisor_actors::relay_tap::TapConfig;
@@ -356,6 +357,16 @@ impl Sandvisor {
                     ipc_namespace: iso.ipc,
                 },
                 agent: self.inner.agent.clone(),
+                limits: Limits {
+                    memory_bytes: config.memory_limit,
+                    pids: config.pids_limit,
+                },
+                cgroup_id: format!(
+                    "{}-{}-{}",
+                    config.name,
+                    self.inner.host.pid,
+                    unique_suffix()
+                ),
             },
             tap: TapConfig {
                 dir: log_dir.clone(),
@@ -388,6 +399,12 @@ impl Sandvisor {
             observed_at: last.and_then(|r| r.terminated_at).unwrap_or(row.updated_at),
         }))
     }
+}
+
+/// Distinguishes runs of the same sandbox from this host.
+fn unique_suffix() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 fn boot_failed(failure: BootFailure) -> Error {

@@ -576,3 +576,69 @@ async fn a_crashed_host_is_reconciled_on_open() {
         "the orphaned sandbox still runs"
     );
 }
+
+#[tokio::test]
+async fn memory_and_process_limits_are_enforced() {
+    let (_home, rt) = runtime().await;
+    // A shell that builds a 64 MB string in a 16 MiB sandbox is OOM-killed.
+    let mut config = SandboxConfig::shell(
+        "mem",
+        "x=$(head -c 64000000 /dev/zero | tr '\\0' a); echo ${#x}",
+    );
+    config.memory_limit = Some(16 << 20);
+    let result = rt
+        .create(config)
+        .await
+        .unwrap()
+        .wait_until_stopped()
+        .await
+        .unwrap();
+    assert!(
+        result.exit_code != Some(0) || result.signal.is_some(),
+        "{result:?}"
+    );
+    let out = texts(
+        &rt.logs()
+            .read_logs("mem", &LogOptions::default())
+            .await
+            .unwrap(),
+    )
+    .concat();
+    assert!(!out.contains("64000000"), "the allocation succeeded: {out}");
+
+    // With at most 8 processes, the ninth fork fails.
+    let mut config = SandboxConfig::shell(
+        "pids",
+        "for i in $(seq 1 20); do sleep 2 & done; wait; echo finished",
+    );
+    config.pids_limit = Some(8);
+    let sandbox = rt.create(config).await.unwrap();
+    sandbox.wait_until_stopped().await.unwrap();
+    let out = texts(&sandbox.logs(&LogOptions::default()).await.unwrap()).concat();
+    assert!(
+        out.to_lowercase().contains("fork"),
+        "no fork failure reported: {out}"
+    );
+
+    // Without limits the same commands succeed.
+    let config = SandboxConfig::shell(
+        "free",
+        "x=$(head -c 64000000 /dev/zero | tr '\\0' a); echo ${#x}",
+    );
+    let result = rt
+        .create(config)
+        .await
+        .unwrap()
+        .wait_until_stopped()
+        .await
+        .unwrap();
+    assert_eq!(result.exit_code, Some(0));
+    let out = texts(
+        &rt.logs()
+            .read_logs("free", &LogOptions::default())
+            .await
+            .unwrap(),
+    )
+    .concat();
+    assert_eq!(out.trim(), "64000000");
+}

@@ -10,6 +10,7 @@
 //! - [`watch_hub`]: the one filesystem watcher of the process.
 //! - [`format`]: records, text lines, file identity, cursors.
 
+pub mod cgroup;
 pub mod entry;
 pub mod error;
 pub mod follower;

@@ -40,9 +40,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
+use crate::format::LogSource;
 use crate::lifecycle::{HostId, LifecycleStore, RunEnd, SandboxStatus, TerminationReason};
 use crate::protocol::{BootStage, SignalTarget};
-use crate::relay_tap::{RelayTap, RelayTapMsg, TapArgs, TapConfig, TapEvent};
+use crate::relay_tap::{Chunk, RelayTap, RelayTapMsg, TapArgs, TapConfig, TapEvent};
 use crate::restart::RestartBudget;
 use crate::vm_process::{VmArgs, VmEvent, VmProcess, VmProcessMsg, VmSpec};
 
@@ -569,11 +570,17 @@ impl SupervisorState {
                 (None, None) => format!("--- sandbox stopped ({reason}) ---"),
             };
             // The marker goes after every chunk of the run: the VmProcess
-            // reports the exit only once all output is written.
-            let written = ractor::call_t!(self.tap, RelayTapMsg::Flush, 5_000);
-            if written.is_ok() {
-                let _ = self.tap.cast(RelayTapMsg::system(marker));
-                let _ = ractor::call_t!(self.tap, RelayTapMsg::Flush, 5_000);
+            // reports the exit only once all output is written. Waiting for
+            // it makes the marker visible to whoever hears of the end.
+            let marker = Chunk {
+                session_id: 0,
+                source: LogSource::System,
+                data: marker.into(),
+                captured_at: at,
+            };
+            let written = ractor::call_t!(self.tap, RelayTapMsg::Append, 5_000, vec![marker]);
+            if let Err(err) = written {
+                self.note_warn(&format!("could not write the stopped marker: {err}"));
             }
         } else if self.boot.is_none() {
             self.boot = Some(Err(BootFailure {

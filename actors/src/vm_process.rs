@@ -35,6 +35,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
+use crate::cgroup::{Cgroup, Limits};
 use crate::format::LogSource;
 use crate::protocol::{stream, BootStage, Frame, SignalTarget, StartSpec};
 use crate::relay_tap::{Chunk, RelayTapMsg};
@@ -49,6 +50,10 @@ pub struct VmSpec {
     pub start: StartSpec,
     /// The agent binary.
     pub agent: PathBuf,
+    /// Resource limits of the whole tree.
+    pub limits: Limits,
+    /// The cgroup's name when there are limits (unique per run).
+    pub cgroup_id: String,
 }
 
 /// What the VM process tells its supervisor.
@@ -142,6 +147,8 @@ pub struct VmState {
     agent_gone: bool,
     reader: Option<JoinHandle<()>>,
     waiter: Option<JoinHandle<()>>,
+    /// Removed (dropped) with the state, after the run has ended.
+    _cgroup: Option<Cgroup>,
 }
 
 impl Drop for VmState {
@@ -249,7 +256,22 @@ impl Actor for VmProcess {
             agent_gone: false,
             reader: None,
             waiter: None,
+            _cgroup: None,
         };
+        if state.spec.limits.any() {
+            match Cgroup::create(&state.spec.cgroup_id, state.spec.limits) {
+                Ok(group) => state._cgroup = Some(group),
+                Err(err) => {
+                    state.ended = true;
+                    state.emit(VmEvent::BootFailed {
+                        stage: BootStage::BuildVm,
+                        errno: err.raw_os_error().unwrap_or(0),
+                        message: format!("cannot set up resource limits (cgroup): {err}"),
+                    });
+                    return Ok(state);
+                }
+            }
+        }
         let (mut child, socket) = match spawn_agent(&state.spec) {
             Ok(started) => started,
             Err(err) => {
@@ -259,6 +281,20 @@ impl Actor for VmProcess {
             }
         };
         state.agent_pid = child.id();
+        // The agent waits for Start before it forks anything, so moving it
+        // now puts the whole tree in the group.
+        if let (Some(group), Some(pid)) = (&state._cgroup, child.id()) {
+            if let Err(err) = group.add(pid) {
+                let _ = child.start_kill();
+                state.ended = true;
+                state.emit(VmEvent::BootFailed {
+                    stage: BootStage::BuildVm,
+                    errno: err.raw_os_error().unwrap_or(0),
+                    message: format!("cannot move the sandbox into its cgroup: {err}"),
+                });
+                return Ok(state);
+            }
+        }
         let vm = myself.clone();
         state.waiter = Some(tokio::spawn(async move {
             // Whatever the status, the process is gone; the agent reports the
