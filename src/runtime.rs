@@ -199,7 +199,7 @@ impl Sandvisor {
         config.validate()?;
         self.inner
             .store
-            .insert_sandbox(&config, SandboxStatus::Starting)
+            .insert_sandbox(&config, SandboxStatus::Starting, self.inner.host)
             .await?;
         let log_dir = self.inner.logs.log_dir_for(&config.name)?;
         if let Err(source) = std::fs::create_dir_all(&log_dir) {
@@ -232,7 +232,7 @@ impl Sandvisor {
             .ok_or_else(|| Error::SandboxNotFound(name.to_string()))?;
         let config: SandboxConfig = serde_json::from_str(&row.config_json)
             .map_err(|e| Error::Database(format!("stored config of {name} does not parse: {e}")))?;
-        if let Err(status) = self.inner.store.claim_start(name).await? {
+        if let Err(status) = self.inner.store.claim_start(name, self.inner.host).await? {
             tracing::debug!(sandbox = name, %status, "start refused");
             return Err(Error::SandboxNotHosted(name.to_string()));
         }
@@ -250,8 +250,24 @@ impl Sandvisor {
             started: started_tx,
             reply
         })
-        .map_err(|e| Error::Internal(format!("root actor: {e}")))?;
-        let supervisor = launched.map_err(Error::Internal)?;
+        .map_err(|e| Error::Internal(format!("root actor: {e}")))
+        .and_then(|launched| launched.map_err(Error::Internal));
+        let supervisor = match launched {
+            Ok(supervisor) => supervisor,
+            Err(err) => {
+                // No supervisor will ever settle the row: do it here, so the
+                // sandbox can be started or removed again.
+                self.inner
+                    .store
+                    .set_status(name, SandboxStatus::Stopped)
+                    .await
+                    .map_err(Error::Database)?;
+                return Err(err);
+            }
+        };
+        // A supervisor always answers (it is told at spawn and answers from
+        // its end at the latest); a closed channel means it failed outright,
+        // and the Root has recorded the sandbox as Crashed.
         let started = started_rx.await.map_err(|_| {
             Error::Internal(format!(
                 "the supervisor of {name} ended before it reported the start"

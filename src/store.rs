@@ -131,17 +131,21 @@ impl Store {
         &self,
         config: &SandboxConfig,
         status: SandboxStatus,
+        owner: HostId,
     ) -> Result<()> {
         let json = serde_json::to_string(config).map_err(|e| Error::Internal(e.to_string()))?;
         let now = now_text();
         let inserted = sqlx::query(
-            "INSERT INTO sandbox (name, config, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO sandbox (name, config, status, created_at, updated_at, owner_pid, owner_start_ticks) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&config.name)
         .bind(&json)
         .bind(status.as_str())
         .bind(&now)
         .bind(&now)
+        .bind(i64::from(owner.pid))
+        .bind(owner.start_ticks as i64)
         .execute(&self.writer)
         .await;
         match inserted {
@@ -219,14 +223,22 @@ impl Store {
 
     /// Moves a sandbox to `Starting` if it is not running; returns the status
     /// that refused it otherwise.
-    pub async fn claim_start(&self, name: &str) -> Result<std::result::Result<(), SandboxStatus>> {
+    pub async fn claim_start(
+        &self,
+        name: &str,
+        owner: HostId,
+    ) -> Result<std::result::Result<(), SandboxStatus>> {
         let mut tx = self.begin_immediate().await?;
         let status = status_in(&mut tx, name).await?;
         if !(status.is_terminal() || status == SandboxStatus::Created) {
             return Ok(Err(status));
         }
-        sqlx::query("UPDATE sandbox SET status = 'Starting', updated_at = ? WHERE name = ?")
+        sqlx::query(
+            "UPDATE sandbox SET status = 'Starting', updated_at = ?, owner_pid = ?, owner_start_ticks = ? WHERE name = ?",
+        )
             .bind(now_text())
+            .bind(i64::from(owner.pid))
+            .bind(owner.start_ticks as i64)
             .bind(name)
             .execute(&mut *tx)
             .await
@@ -325,7 +337,10 @@ impl Store {
                 pid: row.get::<i64, _>(3) as u32,
                 start_ticks: row.get::<i64, _>(4) as u64,
             };
-            if host != me && host_alive(host) {
+            // A live host owns its runs; so does this process while the run's
+            // PID 1 lives (another runtime here may host it). A run of this
+            // process whose PID 1 is gone belongs to a runtime dropped earlier.
+            if host_alive(host) && (host != me || process_alive(pid as u32)) {
                 continue;
             }
             let killed = kill_orphan(pid as u32);
@@ -348,17 +363,32 @@ impl Store {
                 .map_err(db_err)?;
             settled.push(name);
         }
-        // A sandbox caught between states with no open run (its host died
-        // before the run row was written) cannot be running.
+        // A sandbox caught between states with no open run cannot be running
+        // once the host that claimed it is gone.
         let stuck = sqlx::query(
-            "UPDATE sandbox SET status = 'Crashed', updated_at = ? WHERE status IN ('Starting', 'Running', 'Draining', 'Paused') \
-             AND NOT EXISTS (SELECT 1 FROM run WHERE run.sandbox_id = sandbox.id AND run.terminated_at IS NULL) RETURNING name",
+            "SELECT name, owner_pid, owner_start_ticks FROM sandbox WHERE status IN ('Starting', 'Running', 'Draining', 'Paused') \
+             AND NOT EXISTS (SELECT 1 FROM run WHERE run.sandbox_id = sandbox.id AND run.terminated_at IS NULL)",
         )
-        .bind(&now)
         .fetch_all(&mut *tx)
         .await
         .map_err(db_err)?;
-        settled.extend(stuck.iter().map(|r| r.get::<String, _>(0)));
+        for row in stuck {
+            let name: String = row.get(0);
+            let owner = HostId {
+                pid: row.get::<Option<i64>, _>(1).unwrap_or(0) as u32,
+                start_ticks: row.get::<Option<i64>, _>(2).unwrap_or(0) as u64,
+            };
+            if host_alive(owner) {
+                continue;
+            }
+            sqlx::query("UPDATE sandbox SET status = 'Crashed', updated_at = ? WHERE name = ?")
+                .bind(&now)
+                .bind(&name)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            settled.push(name);
+        }
         tx.commit().await.map_err(db_err)?;
         Ok(settled)
     }
@@ -429,7 +459,11 @@ fn start_ticks(pid: u32) -> Option<u64> {
 }
 
 fn host_alive(host: HostId) -> bool {
-    start_ticks(host.pid) == Some(host.start_ticks)
+    host.pid != 0 && start_ticks(host.pid) == Some(host.start_ticks)
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Kills the sandbox whose PID 1 had host pid `pid`, if that pid still is a

@@ -642,3 +642,51 @@ async fn memory_and_process_limits_are_enforced() {
     .concat();
     assert_eq!(out.trim(), "64000000");
 }
+
+#[tokio::test]
+async fn a_second_runtime_on_the_same_home_leaves_live_sandboxes_alone() {
+    let (home, rt) = runtime().await;
+    let sandbox = rt
+        .create(SandboxConfig::new("shared", "sleep").args(["1000"]))
+        .await
+        .unwrap();
+    let other = Sandvisor::builder()
+        .home(home.path())
+        .agent_path(env!("CARGO_BIN_EXE_sandvisor-agent"))
+        .open()
+        .await
+        .unwrap();
+    assert_eq!(
+        other.get("shared").await.unwrap().status_snapshot(),
+        SandboxStatus::Running
+    );
+    assert_eq!(sandbox.status().await.unwrap(), SandboxStatus::Running);
+    // The other runtime does not host it, and says so.
+    let err = other.get("shared").await.unwrap().stop().await.unwrap_err();
+    assert!(matches!(err, Error::SandboxNotHosted(_)), "{err:?}");
+    let result = sandbox
+        .stop_with_timeout(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(result.signal, Some(libc::SIGTERM));
+}
+
+#[tokio::test]
+async fn restart_and_remove_right_after_a_stop() {
+    let (_home, rt) = runtime().await;
+    let name = "n".repeat(100);
+    let sandbox = rt
+        .create(SandboxConfig::new(&name, "sleep").args(["1000"]))
+        .await
+        .unwrap();
+    sandbox
+        .stop_with_timeout(Duration::from_secs(5))
+        .await
+        .unwrap();
+    // Started again at once: a new run, not the old supervisor.
+    let again = rt.start(&name).await.unwrap();
+    assert_eq!(again.status().await.unwrap(), SandboxStatus::Running);
+    assert_eq!(rt.runs(&name).await.unwrap().len(), 2);
+    again.kill().await.unwrap();
+    rt.remove(&name).await.unwrap();
+}

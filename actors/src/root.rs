@@ -17,7 +17,9 @@ use std::sync::Arc;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::lifecycle::{HostId, LifecycleStore, SandboxStatus};
-use crate::sandbox::{BootFailure, SandboxSpec, SandboxSupervisor, SupervisorArgs, SupervisorMsg};
+use crate::sandbox::{
+    BootFailure, SandboxEnded, SandboxSpec, SandboxSupervisor, SupervisorArgs, SupervisorMsg,
+};
 use tokio::sync::oneshot;
 
 /// Messages of the [`Root`].
@@ -40,6 +42,24 @@ pub enum RootMsg {
     },
     /// Names of the sandboxes running in this runtime.
     Running(RpcReplyPort<Vec<String>>),
+    /// A supervisor's run has ended.
+    Ended(SandboxEnded),
+}
+
+impl From<SandboxEnded> for RootMsg {
+    fn from(ended: SandboxEnded) -> Self {
+        Self::Ended(ended)
+    }
+}
+
+impl TryFrom<RootMsg> for SandboxEnded {
+    type Error = ();
+    fn try_from(msg: RootMsg) -> Result<Self, ()> {
+        match msg {
+            RootMsg::Ended(ended) => Ok(ended),
+            _ => Err(()),
+        }
+    }
 }
 
 /// Arguments to spawn a [`Root`].
@@ -101,6 +121,7 @@ impl Actor for Root {
                     store: state.store.clone(),
                     host: state.host,
                     started: Some(started),
+                    ended: Some(myself.get_derived()),
                 };
                 match Actor::spawn_linked(None, SandboxSupervisor, args, myself.get_cell()).await {
                     Ok((supervisor, _)) => {
@@ -118,6 +139,11 @@ impl Actor for Root {
             }
             RootMsg::Running(reply) => {
                 let _ = reply.send(state.by_name.keys().cloned().collect());
+            }
+            RootMsg::Ended(ended) => {
+                if state.by_id.remove(&ended.supervisor).is_some() {
+                    state.by_name.remove(&ended.name);
+                }
             }
         }
         Ok(())

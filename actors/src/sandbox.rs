@@ -33,7 +33,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -46,6 +46,9 @@ use crate::protocol::{BootStage, SignalTarget};
 use crate::relay_tap::{Chunk, RelayTap, RelayTapMsg, TapArgs, TapConfig, TapEvent};
 use crate::restart::RestartBudget;
 use crate::vm_process::{VmArgs, VmEvent, VmProcess, VmProcessMsg, VmSpec};
+
+/// How long a sandbox may take from spawn to its main command running.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything a supervisor needs to run one sandbox.
 #[derive(Debug, Clone)]
@@ -114,6 +117,8 @@ pub enum SupervisorMsg {
     },
     /// Timer: SIGKILL was sent `kill_timeout` ago.
     KillTimedOut,
+    /// Timer: [`BOOT_TIMEOUT`] after spawn.
+    BootTimedOut,
     /// From the VmProcess.
     Vm(VmEvent),
     /// From the RelayTap.
@@ -149,6 +154,17 @@ macro_rules! child_event {
 child_event!(Vm, VmEvent);
 child_event!(Tap, TapEvent);
 
+/// A supervisor tells its parent its run has ended, before it answers any
+/// waiter: whoever hears of the end and looks the sandbox up again finds it
+/// no longer hosted.
+#[derive(Debug, Clone)]
+pub struct SandboxEnded {
+    /// The sandbox.
+    pub name: String,
+    /// The supervisor that ran it.
+    pub supervisor: ractor::ActorId,
+}
+
 /// Arguments to spawn a [`SandboxSupervisor`].
 pub struct SupervisorArgs {
     /// What to run.
@@ -160,6 +176,8 @@ pub struct SupervisorArgs {
     /// Told once the sandbox runs (the main command's pid inside it) or failed
     /// to boot. Given at spawn, so a run that ends at once cannot race it.
     pub started: Option<oneshot::Sender<Result<u32, BootFailure>>>,
+    /// Told when the run has ended (the parent forgets the supervisor).
+    pub ended: Option<ractor::DerivedActorRef<SandboxEnded>>,
 }
 
 /// The supervisor actor. See the module docs.
@@ -180,12 +198,17 @@ pub struct SupervisorState {
     run_id: Option<i64>,
     start_waiters: Vec<RpcReplyPort<Result<u32, BootFailure>>>,
     started: Option<oneshot::Sender<Result<u32, BootFailure>>>,
+    ended: Option<ractor::DerivedActorRef<SandboxEnded>>,
     boot: Option<Result<u32, BootFailure>>,
     stop_waiters: Vec<RpcReplyPort<StopOutcome>>,
     /// Set once a stop was asked for: the reason the run ends with unless it
     /// has to be killed.
     stop_reason: Option<TerminationReason>,
     escalation: u64,
+    /// When the armed escalation fires.
+    kill_deadline: Option<Instant>,
+    /// The timeout of a stop asked for while starting.
+    pending_stop: Option<Duration>,
     killed: bool,
     /// SIGKILL went to PID 1 from the host (the agent did not act on the kill).
     host_killed: bool,
@@ -215,6 +238,7 @@ impl Actor for SandboxSupervisor {
             events: myself.get_derived(),
         };
         let (vm, _) = Actor::spawn_linked(None, VmProcess, vm_args, myself.get_cell()).await?;
+        myself.send_after(BOOT_TIMEOUT, || SupervisorMsg::BootTimedOut);
         Ok(SupervisorState {
             spec,
             store: args.store,
@@ -229,10 +253,13 @@ impl Actor for SandboxSupervisor {
             run_id: None,
             start_waiters: Vec::new(),
             started: args.started,
+            ended: args.ended,
             boot: None,
             stop_waiters: Vec::new(),
             stop_reason: None,
             escalation: 0,
+            kill_deadline: None,
+            pending_stop: None,
             killed: false,
             host_killed: false,
             outcome: None,
@@ -294,6 +321,30 @@ impl Actor for SandboxSupervisor {
                         }
                         myself.send_after(state.spec.kill_timeout, || SupervisorMsg::KillTimedOut);
                     }
+                }
+            }
+            SupervisorMsg::BootTimedOut => {
+                if state.boot.is_none() && state.outcome.is_none() {
+                    let failure = BootFailure {
+                        stage: BootStage::Other,
+                        errno: libc::ETIMEDOUT,
+                        message: format!("the agent did not report ready within {BOOT_TIMEOUT:?}"),
+                    };
+                    write_boot_error(&state.spec.log_dir, &failure);
+                    state.note_warn(&failure.message);
+                    if let Some(vm) = &state.vm {
+                        vm.cast(VmProcessMsg::KillFromHost)?;
+                    }
+                    state.boot = Some(Err(failure));
+                    state
+                        .finish(
+                            &myself,
+                            SandboxStatus::Stopped,
+                            None,
+                            None,
+                            TerminationReason::Failed,
+                        )
+                        .await?;
                 }
             }
             SupervisorMsg::Tap(TapEvent::Rotated { generation }) => state.generation = generation,
@@ -475,9 +526,10 @@ impl SupervisorState {
         Ok(())
     }
 
-    /// A stop asked for while still starting is carried out once running.
+    /// A stop asked for while still starting is carried out once running,
+    /// with the timeout it was asked with.
     fn pending_stop_timeout(&self) -> Option<Duration> {
-        self.stop_reason.map(|_| self.spec.stop_timeout)
+        self.pending_stop
     }
 
     fn answer_start(&mut self, result: Result<u32, BootFailure>) {
@@ -505,8 +557,10 @@ impl SupervisorState {
             if timeout.is_zero() {
                 return self.kill(myself).await;
             }
+            self.pending_stop = Some(self.pending_stop.map_or(timeout, |t| t.min(timeout)));
             return Ok(());
         }
+        self.pending_stop = None;
         if self.stop_reason.is_none() {
             self.stop_reason = Some(TerminationReason::ShutdownRequested);
         }
@@ -522,6 +576,12 @@ impl SupervisorState {
                 signo: self.spec.stop_signal,
             })?;
         }
+        // A repeated stop may bring SIGKILL closer, never push it back.
+        let deadline = Instant::now() + timeout;
+        if self.kill_deadline.is_some_and(|armed| armed <= deadline) {
+            return Ok(());
+        }
+        self.kill_deadline = Some(deadline);
         self.escalation += 1;
         let epoch = self.escalation;
         myself.send_after(timeout, move || SupervisorMsg::Escalate { epoch });
@@ -610,6 +670,13 @@ impl SupervisorState {
             reason,
             observed_at: at,
         };
+        if let Some(ended) = &self.ended {
+            // A parent that is gone has nothing to forget.
+            let _ = ended.send_message(SandboxEnded {
+                name: self.spec.name.clone(),
+                supervisor: myself.get_id(),
+            });
+        }
         for waiter in self.stop_waiters.drain(..) {
             let _ = waiter.send(outcome.clone());
         }

@@ -347,9 +347,17 @@ impl Actor for VmProcess {
                 other => tracing::debug!(?other, "unexpected frame from the agent"),
             },
             VmProcessMsg::ReaderDone(problem) => {
-                let reason = problem.unwrap_or_else(|| {
-                    "the agent closed its socket without reporting an exit".into()
-                });
+                let reason = match problem {
+                    Some(problem) => {
+                        // The agent may still run but can no longer be heard
+                        // (a protocol error, a broken socket): end it from
+                        // here, since its output can no longer be captured.
+                        state.writer = None;
+                        state.kill_tree();
+                        problem
+                    }
+                    None => "the agent closed its socket without reporting an exit".into(),
+                };
                 state.end(VmEvent::Lost { reason });
             }
             VmProcessMsg::AgentExited => {

@@ -40,8 +40,8 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let spec = match read_start(&mut sock) {
-        Ok(spec) => spec,
+    let (spec, inbox) = match read_start(&mut sock) {
+        Ok(started) => started,
         Err(message) => {
             eprintln!("sandvisor-agent: {message}");
             std::process::exit(2);
@@ -56,7 +56,7 @@ fn main() {
         boot_failed(&mut sock, BootStage::BuildVm, errno, "unshare namespaces");
     }
     if spec.pid_namespace {
-        first_stage(sock, spec)
+        first_stage(sock, spec, inbox)
     } else {
         let hello = Frame::Hello {
             init_pid: std::process::id(),
@@ -64,7 +64,7 @@ fn main() {
         if send(&mut sock, &hello).is_err() {
             std::process::exit(2);
         }
-        init(sock, spec)
+        init(sock, spec, inbox)
     }
 }
 
@@ -103,13 +103,16 @@ fn clone_flags(spec: &StartSpec) -> nix::sched::CloneFlags {
     flags
 }
 
-fn read_start(sock: &mut UnixStream) -> Result<StartSpec, String> {
+/// Reads the Start frame; returns it and whatever the host sent after it in
+/// the same reads (a stop may follow right behind).
+fn read_start(sock: &mut UnixStream) -> Result<(StartSpec, Vec<u8>), String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        if let Some((frame, _)) = Frame::decode(&buf).map_err(|e| e.to_string())? {
+        if let Some((frame, used)) = Frame::decode(&buf).map_err(|e| e.to_string())? {
+            buf.drain(..used);
             return match frame {
-                Frame::Start(spec) => Ok(spec),
+                Frame::Start(spec) => Ok((spec, buf)),
                 other => Err(format!("expected Start, got {other:?}")),
             };
         }
@@ -131,7 +134,7 @@ fn send(sock: &mut UnixStream, frame: &Frame) -> std::io::Result<()> {
 
 /// Forks PID 1 into the pid namespace just unshared, reports its host pid,
 /// and waits for it, exiting with its status.
-fn first_stage(mut sock: UnixStream, spec: StartSpec) -> ! {
+fn first_stage(mut sock: UnixStream, spec: StartSpec, inbox: Vec<u8>) -> ! {
     let (go_read, go_write) = match pipe() {
         Ok(pair) => pair,
         Err(errno) => boot_failed(&mut sock, BootStage::BuildVm, errno, "pipe"),
@@ -149,7 +152,7 @@ fn first_stage(mut sock: UnixStream, spec: StartSpec) -> ! {
             // Wait until the first stage has sent Hello, so frames never interleave.
             let mut byte = [0u8; 1];
             let _ = std::fs::File::from(go_read).read(&mut byte);
-            init(sock, spec)
+            init(sock, spec, inbox)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(go_read);
@@ -185,7 +188,7 @@ fn boot_failed(sock: &mut UnixStream, stage: BootStage, errno: Errno, what: &str
     std::process::exit(1)
 }
 
-fn init(mut sock: UnixStream, spec: StartSpec) -> ! {
+fn init(mut sock: UnixStream, spec: StartSpec, inbox: Vec<u8>) -> ! {
     if let Err((stage, errno, what)) = prepare(&spec) {
         boot_failed(&mut sock, stage, errno, &what);
     }
@@ -226,7 +229,12 @@ fn init(mut sock: UnixStream, spec: StartSpec) -> ! {
     let stdout = child.stdout.take().map(OwnedFd::from);
     let stderr = child.stderr.take().map(OwnedFd::from);
     let status = supervise(
-        &mut sock, &spec, &mut child, main_pid, stdout, stderr, &sigfd,
+        &mut sock,
+        inbox,
+        &spec,
+        &mut child,
+        (stdout, stderr),
+        &sigfd,
     );
     let frame = Frame::Exited {
         session: 1,
@@ -290,7 +298,8 @@ fn prepare(spec: &StartSpec) -> Result<(), BootFailure> {
         }
     }
     if spec.uts_namespace {
-        nix::unistd::sethostname(&spec.name)
+        // Names may be 128 bytes; hostnames at most 64.
+        nix::unistd::sethostname(&spec.name[..spec.name.len().min(64)])
             .map_err(|e| (BootStage::Other, e, "set the hostname".to_string()))?;
     }
     if spec.net_namespace {
@@ -432,20 +441,20 @@ fn deliver(spec: &StartSpec, main_pid: Pid, target: SignalTarget, signal: Signal
 /// output is drained; returns its status.
 fn supervise(
     sock: &mut UnixStream,
+    mut inbox: Vec<u8>,
     spec: &StartSpec,
     child: &mut Child,
-    main_pid: Pid,
-    stdout: Option<OwnedFd>,
-    stderr: Option<OwnedFd>,
+    (stdout, stderr): (Option<OwnedFd>, Option<OwnedFd>),
     sigfd: &SignalFd,
 ) -> Option<ExitStatus> {
+    let main_pid = Pid::from_raw(child.id() as i32);
+    // Frames that came in right behind Start.
+    let mut host_gone = handle_frames(&mut inbox, spec, main_pid).is_err();
     let mut pipes: Vec<(OwnedFd, u8)> = Vec::new();
     pipes.extend(stdout.map(|fd| (fd, stream::STDOUT)));
     pipes.extend(stderr.map(|fd| (fd, stream::STDERR)));
     let mut main_status: Option<ExitStatus> = None;
-    let mut inbox = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
-    let mut host_gone = false;
     loop {
         if main_status.is_some() && pipes.is_empty() {
             reap(child, &mut main_status);
@@ -514,23 +523,7 @@ fn supervise(
                 Ok(0) | Err(_) => host_gone = true,
                 Ok(n) => {
                     inbox.extend_from_slice(&buf[..n]);
-                    loop {
-                        match Frame::decode(&inbox) {
-                            Ok(Some((frame, used))) => {
-                                inbox.drain(..used);
-                                if let Frame::Signal { target, signo } = frame {
-                                    if let Ok(signal) = Signal::try_from(signo) {
-                                        deliver(spec, main_pid, target, signal);
-                                    }
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(_) => {
-                                host_gone = true;
-                                break;
-                            }
-                        }
-                    }
+                    host_gone = handle_frames(&mut inbox, spec, main_pid).is_err();
                 }
             }
         }
@@ -555,6 +548,25 @@ fn supervise(
                 // The main command ended: the sandbox ends with it.
                 kill_all(spec, main_pid);
             }
+        }
+    }
+}
+
+/// Acts on every complete frame in `inbox`; `Err` on a protocol error (the
+/// host is then treated as gone).
+fn handle_frames(inbox: &mut Vec<u8>, spec: &StartSpec, main_pid: Pid) -> Result<(), ()> {
+    loop {
+        match Frame::decode(inbox) {
+            Ok(Some((frame, used))) => {
+                inbox.drain(..used);
+                if let Frame::Signal { target, signo } = frame {
+                    if let Ok(signal) = Signal::try_from(signo) {
+                        deliver(spec, main_pid, target, signal);
+                    }
+                }
+            }
+            Ok(None) => return Ok(()),
+            Err(_) => return Err(()),
         }
     }
 }
