@@ -21,6 +21,9 @@ pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
 /// Rotated `exec.log` files kept.
 pub const DEFAULT_LOG_KEEP: usize = 4;
+/// Most bytes of command, arguments and environment together (the kernel's
+/// own limit is of the same order, and the agent protocol carries them).
+pub const MAX_COMMAND_BYTES: usize = 1 << 20;
 
 /// Which namespaces a sandbox gets. All on by default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +190,16 @@ impl SandboxConfig {
                     "keys must be non-empty without '=' or NUL; values without NUL".into(),
                 ));
             }
+        }
+        let size = self.command.len()
+            + self.args.iter().map(String::len).sum::<usize>()
+            + self
+                .env
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if size > MAX_COMMAND_BYTES {
+            return Err(bad("args", format!("command, arguments and environment take {size} bytes; at most {MAX_COMMAND_BYTES}")));
         }
         if let Some(dir) = &self.working_dir {
             if !dir.starts_with('/') || dir.contains('\0') {

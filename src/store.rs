@@ -268,13 +268,14 @@ impl Store {
     ) -> Result<i64> {
         let mut tx = self.writer.begin().await.map_err(db_err)?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO run (sandbox_id, pid, status, started_at, host_pid, host_start_ticks) \
-             SELECT id, ?, 'Running', ?, ?, ? FROM sandbox WHERE name = ? RETURNING id",
+            "INSERT INTO run (sandbox_id, pid, status, started_at, host_pid, host_start_ticks, pid_start_ticks) \
+             SELECT id, ?, 'Running', ?, ?, ?, ? FROM sandbox WHERE name = ? RETURNING id",
         )
         .bind(i64::from(pid))
         .bind(time_text(at))
         .bind(i64::from(host.pid))
         .bind(host.start_ticks as i64)
+        .bind(start_ticks(pid).map(|t| t as i64))
         .bind(name)
         .fetch_one(&mut *tx)
         .await
@@ -321,7 +322,7 @@ impl Store {
     pub async fn reconcile(&self, me: HostId) -> Result<Vec<String>> {
         let mut tx = self.begin_immediate().await?;
         let rows = sqlx::query(
-            "SELECT sandbox.name, run.id, run.pid, run.host_pid, run.host_start_ticks \
+            "SELECT sandbox.name, run.id, run.pid, run.host_pid, run.host_start_ticks, run.pid_start_ticks \
              FROM run JOIN sandbox ON sandbox.id = run.sandbox_id WHERE run.terminated_at IS NULL",
         )
         .fetch_all(&mut *tx)
@@ -343,7 +344,8 @@ impl Store {
             if host_alive(host) && (host != me || process_alive(pid as u32)) {
                 continue;
             }
-            let killed = kill_orphan(pid as u32);
+            let pid_start: Option<i64> = row.get(5);
+            let killed = kill_orphan(pid as u32, pid_start.map(|t| t as u64));
             tracing::warn!(sandbox = %name, pid, killed, "reconciling a run left open by a host that is gone");
             sqlx::query(
                 "UPDATE run SET status = 'Crashed', termination_reason = 'InternalError', terminated_at = ?, \
@@ -466,9 +468,13 @@ fn process_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Kills the sandbox whose PID 1 had host pid `pid`, if that pid still is a
-/// sandvisor agent (and not a recycled pid). Returns whether it was killed.
-fn kill_orphan(pid: u32) -> bool {
+/// Kills the sandbox whose PID 1 had host pid `pid` and started at
+/// `start_ticks`, if that process still is a sandvisor agent (and not a
+/// recycled pid). Returns whether it was killed.
+fn kill_orphan(pid: u32, started: Option<u64>) -> bool {
+    if started.is_none() || start_ticks(pid) != started {
+        return false;
+    }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let is_agent = cmdline
         .split(|&b| b == 0)

@@ -224,3 +224,55 @@ async fn a_batch_is_split_at_rotation_and_every_record_stays_whole() {
     let want: Vec<_> = small.iter().chain(&large).map(|c| c.data.clone()).collect();
     assert_eq!(got, want);
 }
+
+#[tokio::test]
+async fn a_full_disk_fails_the_tap_without_leaving_a_torn_record() {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    use sandvisor::engine::relay_tap::Chunk;
+    let dir = tempfile::tempdir().unwrap();
+    mount(
+        Some("tmpfs"),
+        dir.path(),
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=64k"),
+    )
+    .unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = umount2(&self.0, MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(dir.path().to_path_buf());
+    let tap = Tap::spawn(dir.path(), 10 << 20, 4).await;
+    let chunk = |i: usize| {
+        Chunk::now(
+            1,
+            LogSource::Stdout,
+            format!("{i:05}{}\n", "z".repeat(1000)),
+        )
+    };
+    let first: Vec<Chunk> = (0..20).map(chunk).collect();
+    let answer = ractor::call_t!(tap.actor, RelayTapMsg::Append, 5_000, first).unwrap();
+    assert_eq!(answer, Ok(()));
+    // Far more than the 64 KiB filesystem holds.
+    let second: Vec<Chunk> = (20..200).map(chunk).collect();
+    let answer = ractor::call_t!(tap.actor, RelayTapMsg::Append, 5_000, second).unwrap();
+    let Err(written) = answer else {
+        panic!("a full disk must fail the append")
+    };
+    let text = std::fs::read_to_string(dir.path().join("exec.log")).unwrap();
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "a torn record was left behind"
+    );
+    assert_eq!(
+        text.lines().count(),
+        20 + written,
+        "the answer must count exactly what is on disk"
+    );
+    assert!(text
+        .lines()
+        .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+}

@@ -104,8 +104,10 @@ pub enum RelayTapMsg {
     /// Write one record per chunk and answer once they are written. A capture
     /// side that waits for the answer knows exactly what reached the file: the
     /// tap writes and answers in one step that a kill cannot split, so chunks
-    /// whose call failed were not written and can go to the next tap.
-    Append(Vec<Chunk>, RpcReplyPort<()>),
+    /// whose call failed were not written and can go to the next tap. A write
+    /// error answers `Err(n)`: the first `n` chunks are on disk, whole, and
+    /// the tap then fails.
+    Append(Vec<Chunk>, RpcReplyPort<Result<(), usize>>),
     /// Write a `system` record (a lifecycle marker such as `--- sandbox started ---`).
     System {
         /// The marker text.
@@ -151,6 +153,12 @@ pub struct TapArgs {
     pub events: Option<DerivedActorRef<TapEvent>>,
 }
 
+/// A failed write: how many chunks of the message are on disk, and why.
+struct WriteFailure {
+    written: usize,
+    error: io::Error,
+}
+
 /// The `exec.log` writer actor. See the module docs.
 pub struct RelayTap;
 
@@ -161,8 +169,11 @@ pub struct TapState {
     file: File,
     stats: TapStats,
     encoder: RecordEncoder,
-    /// Encoded records not yet written.
+    /// Encoded records not yet written, and how many.
     batch: Vec<u8>,
+    batch_records: usize,
+    /// Chunks of the current message written so far.
+    written: usize,
     events: Option<DerivedActorRef<TapEvent>>,
 }
 
@@ -194,23 +205,48 @@ impl TapState {
             self.rotate()?;
         }
         self.stats.records += 1;
+        self.batch_records += 1;
         Ok(())
     }
 
-    /// Writes the first `upto` pending bytes (whole records) with one `write(2)`.
+    /// Writes the pending records before byte `upto` (all of them, or all but
+    /// the last one pushed) with one `write(2)`. On failure the file is cut
+    /// back to its size before the write, so no torn record stays behind.
     fn write_out(&mut self, upto: usize) -> io::Result<()> {
         if upto == 0 {
             return Ok(());
         }
-        self.file.write_all(&self.batch[..upto])?;
+        if let Err(err) = self.file.write_all(&self.batch[..upto]) {
+            // Best effort: the error that matters is the write's.
+            let _ = self.file.set_len(self.stats.size);
+            return Err(err);
+        }
+        let records = if upto == self.batch.len() {
+            self.batch_records
+        } else {
+            self.batch_records - 1
+        };
+        self.written += records;
+        self.batch_records -= records;
         self.stats.size += upto as u64;
         self.stats.bytes += upto as u64;
         self.batch.drain(..upto);
         Ok(())
     }
 
-    fn write_chunks(&mut self, chunks: &[Chunk]) -> io::Result<()> {
+    /// Writes one record per chunk. On failure, says how many chunks (from
+    /// the first) are on disk, whole: the rest can go to the next tap.
+    fn write_chunks(&mut self, chunks: &[Chunk]) -> Result<(), WriteFailure> {
         self.batch.clear();
+        self.batch_records = 0;
+        self.written = 0;
+        self.write_all_chunks(chunks).map_err(|error| WriteFailure {
+            written: self.written,
+            error,
+        })
+    }
+
+    fn write_all_chunks(&mut self, chunks: &[Chunk]) -> io::Result<()> {
         let data_bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
         if data_bytes >= PARALLEL_ENCODE_BYTES {
             // Escaping large chunks costs as much as writing them: encode on
@@ -311,6 +347,8 @@ impl Actor for RelayTap {
             },
             encoder: RecordEncoder::default(),
             batch: Vec::new(),
+            batch_records: 0,
+            written: 0,
             events: args.events,
         })
     }
@@ -322,12 +360,15 @@ impl Actor for RelayTap {
         state: &mut TapState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RelayTapMsg::Chunk(chunk) => state.write_chunks(std::slice::from_ref(&chunk))?,
-            RelayTapMsg::Chunks(chunks) => state.write_chunks(&chunks)?,
+            RelayTapMsg::Chunk(chunk) => state
+                .write_chunks(std::slice::from_ref(&chunk))
+                .map_err(|f| f.error)?,
+            RelayTapMsg::Chunks(chunks) => state.write_chunks(&chunks).map_err(|f| f.error)?,
             RelayTapMsg::Append(chunks, reply) => {
-                state.write_chunks(&chunks)?;
+                let result = state.write_chunks(&chunks);
                 // A caller that stopped waiting still got its chunks written.
-                let _ = reply.send(());
+                let _ = reply.send(result.as_ref().map(|_| ()).map_err(|f| f.written));
+                result.map_err(|f| f.error)?;
             }
             RelayTapMsg::System { text, at } => {
                 state.batch.clear();

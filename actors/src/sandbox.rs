@@ -639,8 +639,8 @@ impl SupervisorState {
                 captured_at: at,
             };
             let written = ractor::call_t!(self.tap, RelayTapMsg::Append, 5_000, vec![marker]);
-            if let Err(err) = written {
-                self.note_warn(&format!("could not write the stopped marker: {err}"));
+            if !matches!(written, Ok(Ok(()))) {
+                self.note_warn("could not write the stopped marker to exec.log");
             }
         } else if self.boot.is_none() {
             self.boot = Some(Err(BootFailure {

@@ -441,17 +441,23 @@ async fn read_frames(
 
 /// Writes `chunks` through the current tap, waiting for a new tap while the
 /// current one is down. `false` once no tap will ever come (supervisor gone).
-async fn append(tap: &mut watch::Receiver<ActorRef<RelayTapMsg>>, chunks: Vec<Chunk>) -> bool {
-    if chunks.is_empty() {
-        return true;
-    }
+async fn append(tap: &mut watch::Receiver<ActorRef<RelayTapMsg>>, mut chunks: Vec<Chunk>) -> bool {
     loop {
+        if chunks.is_empty() {
+            return true;
+        }
         let current = tap.borrow_and_update().clone();
         let written = current
             .call(|reply| RelayTapMsg::Append(chunks.clone(), reply), None)
             .await;
-        if matches!(written, Ok(ractor::rpc::CallResult::Success(()))) {
-            return true;
+        match written {
+            Ok(ractor::rpc::CallResult::Success(Ok(()))) => return true,
+            // The tap failed after writing the first `n`: the rest go to the next one.
+            Ok(ractor::rpc::CallResult::Success(Err(n))) => {
+                chunks.drain(..n.min(chunks.len()));
+            }
+            // The tap died before answering: none of these were written.
+            _ => {}
         }
         if tap.changed().await.is_err() {
             return false;
