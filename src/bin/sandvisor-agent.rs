@@ -192,15 +192,6 @@ fn init(mut sock: UnixStream, spec: StartSpec, inbox: Vec<u8>) -> ! {
     if let Err((stage, errno, what)) = prepare(&spec) {
         boot_failed(&mut sock, stage, errno, &what);
     }
-    let signals = agent_signals();
-    if signals.thread_block().is_err() {
-        boot_failed(&mut sock, BootStage::Other, Errno::last(), "block signals");
-    }
-    let sigfd = match SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-    {
-        Ok(fd) => fd,
-        Err(errno) => boot_failed(&mut sock, BootStage::Other, errno, "signalfd"),
-    };
     if !spec.pid_namespace {
         // Without a pid namespace the agent is not init: adopt orphans anyway.
         // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes no pointers.
@@ -220,6 +211,20 @@ fn init(mut sock: UnixStream, spec: StartSpec, inbox: Vec<u8>) -> ! {
             };
             boot_failed(&mut sock, stage, errno, &what)
         }
+    };
+    // Signals are blocked (and read from a signalfd) only once the main
+    // command runs: it must not inherit a blocked mask, and spawning without
+    // a pre-exec hook to unblock them lets the standard library use a
+    // vfork-style spawn. A SIGCHLD lost before this is made up for by the
+    // first reap in `supervise`.
+    let signals = agent_signals();
+    if signals.thread_block().is_err() {
+        boot_failed(&mut sock, BootStage::Other, Errno::last(), "block signals");
+    }
+    let sigfd = match SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+    {
+        Ok(fd) => fd,
+        Err(errno) => boot_failed(&mut sock, BootStage::Other, errno, "signalfd"),
     };
     let main_pid = Pid::from_raw(child.id() as i32);
     if send(&mut sock, &Frame::Ready { pid: child.id() }).is_err() {
@@ -405,15 +410,6 @@ fn spawn_main(spec: &StartSpec) -> std::io::Result<Child> {
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
     }
-    // SAFETY: sigprocmask is async-signal-safe. The agent blocks the signals it
-    // reads through its signalfd; the command must start with none blocked.
-    unsafe {
-        command.pre_exec(|| {
-            SigSet::empty()
-                .thread_set_mask()
-                .map_err(|errno| std::io::Error::from_raw_os_error(errno as i32))
-        });
-    }
     command.spawn()
 }
 
@@ -454,6 +450,10 @@ fn supervise(
     pipes.extend(stdout.map(|fd| (fd, stream::STDOUT)));
     pipes.extend(stderr.map(|fd| (fd, stream::STDERR)));
     let mut main_status: Option<ExitStatus> = None;
+    reap(child, &mut main_status);
+    if main_status.is_some() {
+        kill_all(spec, main_pid);
+    }
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         if main_status.is_some() && pipes.is_empty() {
