@@ -258,7 +258,8 @@ impl Store {
         Ok(())
     }
 
-    /// Opens a run row and marks the sandbox Running, in one transaction.
+    /// Opens a run row; the `run_opened` trigger marks the sandbox Running in
+    /// the same statement.
     async fn insert_run(
         &self,
         name: &str,
@@ -266,8 +267,7 @@ impl Store {
         host: HostId,
         at: DateTime<Utc>,
     ) -> Result<i64> {
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
-        let id: i64 = sqlx::query_scalar(
+        sqlx::query_scalar(
             "INSERT INTO run (sandbox_id, pid, status, started_at, host_pid, host_start_ticks, pid_start_ticks) \
              SELECT id, ?, 'Running', ?, ?, ?, ? FROM sandbox WHERE name = ? RETURNING id",
         )
@@ -277,23 +277,17 @@ impl Store {
         .bind(host.start_ticks as i64)
         .bind(start_ticks(pid).map(|t| t as i64))
         .bind(name)
-        .fetch_one(&mut *tx)
+        .fetch_one(&self.writer)
         .await
-        .map_err(db_err)?;
-        sqlx::query("UPDATE sandbox SET status = 'Running', updated_at = ? WHERE name = ?")
-            .bind(now_text())
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(id)
+        .map_err(db_err)
     }
 
-    async fn close_run(&self, name: &str, run_id: i64, end: RunEnd) -> Result<()> {
-        let mut tx = self.begin_immediate().await?;
+    /// Closes a run row; the `run_closed` trigger gives the sandbox the
+    /// run's final status in the same statement.
+    async fn close_run(&self, run_id: i64, end: RunEnd) -> Result<()> {
         sqlx::query(
-            "UPDATE run SET status = ?, exit_code = ?, exit_signal = ?, termination_reason = ?, terminated_at = ? WHERE id = ?",
+            "UPDATE run SET status = ?, exit_code = ?, exit_signal = ?, termination_reason = ?, terminated_at = ? \
+             WHERE id = ? AND terminated_at IS NULL",
         )
         .bind(end.status.as_str())
         .bind(end.exit_code)
@@ -301,17 +295,9 @@ impl Store {
         .bind(end.reason.as_str())
         .bind(time_text(end.at))
         .bind(run_id)
-        .execute(&mut *tx)
+        .execute(&self.writer)
         .await
         .map_err(db_err)?;
-        sqlx::query("UPDATE sandbox SET status = ?, updated_at = ? WHERE name = ?")
-            .bind(end.status.as_str())
-            .bind(now_text())
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
         Ok(())
     }
 
@@ -519,15 +505,10 @@ impl LifecycleStore for Store {
 
     fn run_ended(
         &self,
-        name: &str,
+        _name: &str,
         run_id: i64,
         end: RunEnd,
     ) -> BoxFuture<'_, std::result::Result<(), String>> {
-        let name = name.to_string();
-        Box::pin(async move {
-            self.close_run(&name, run_id, end)
-                .await
-                .map_err(|e| e.to_string())
-        })
+        Box::pin(async move { self.close_run(run_id, end).await.map_err(|e| e.to_string()) })
     }
 }
