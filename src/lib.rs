@@ -4,6 +4,7 @@
 //!   them, wait for them; lifecycle state in SQLite ([`store`]).
 //! - [`logs`]: read a sandbox's logs once or as a live, resumable stream.
 //! - [`home`]: where state lives and which sandbox names are valid.
+//! - [`testing`]: actor message probes, to test code that drives sandvisor.
 //! - [`engine`]: the actors themselves (relay tap, tailers, subscribers, the
 //!   watch hub) and their messages, for embedding and for actor message probes.
 
@@ -13,6 +14,7 @@ pub mod home;
 pub mod logs;
 pub mod runtime;
 pub mod store;
+pub mod testing;
 
 pub use error::{Error, Result};
 pub use logs::{
@@ -23,6 +25,7 @@ pub use logs::{
 pub use config::{Isolation, LogConfig, SandboxConfig};
 pub use runtime::{Sandbox, SandboxHandle, SandboxStopResult, Sandvisor, SandvisorBuilder};
 pub use sandvisor_actors::lifecycle::{SandboxStatus, TerminationReason};
+pub use sandvisor_actors::events::{EscalationStep, EventEnvelope, SandboxEvent};
 pub use store::RunRow;
 
 /// The actor engine (`sandvisor-actors`), re-exported so users never depend on it directly.

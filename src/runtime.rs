@@ -13,6 +13,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorRef};
 use sandvisor_actors::cgroup::Limits;
+use sandvisor_actors::events::{EventEnvelope, EventSink};
+use tokio::sync::mpsc;
 use sandvisor_actors::lifecycle::{HostId, SandboxStatus};
 use sandvisor_actors::protocol::{BootStage, StartSpec};
 use sandvisor_actors::relay_tap::TapConfig;
@@ -94,15 +96,18 @@ impl SandvisorBuilder {
             );
         }
         let agent = self.agent.unwrap_or_else(find_agent);
+        let bus = EventBus::default();
         let args = RootArgs {
             store: Arc::new(store.clone()),
             host,
+            bus: Some(bus.sink()),
         };
         let (root, _) = Actor::spawn(None, Root, args)
             .await
             .map_err(|e| Error::Internal(format!("cannot start the root actor: {e}")))?;
         Ok(Sandvisor {
             inner: Arc::new(Inner {
+                bus,
                 logs: Logs::at(&home),
                 home,
                 store,
@@ -139,6 +144,7 @@ fn find_agent() -> PathBuf {
 }
 
 struct Inner {
+    bus: EventBus,
     home: PathBuf,
     store: Store,
     root: ActorRef<RootMsg>,
@@ -150,6 +156,34 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.root.stop(None);
+    }
+}
+
+/// The subscribers of [`Sandvisor::events`].
+#[derive(Clone, Default)]
+struct EventBus {
+    subscribers: Arc<std::sync::Mutex<Vec<mpsc::UnboundedSender<EventEnvelope>>>>,
+}
+
+impl EventBus {
+    fn sink(&self) -> EventSink {
+        let subscribers = self.subscribers.clone();
+        Arc::new(move |event| {
+            // A poisoned lock means a subscriber panicked mid-send; the
+            // list itself is still sound.
+            let mut subscribers = subscribers.lock().unwrap_or_else(|e| e.into_inner());
+            subscribers.retain(|tx| tx.send(event.clone()).is_ok());
+            true
+        })
+    }
+
+    fn subscribe(&self) -> mpsc::UnboundedReceiver<EventEnvelope> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
+        rx
     }
 }
 
@@ -186,6 +220,13 @@ impl Sandvisor {
     /// The agent binary this runtime starts.
     pub fn agent_path(&self) -> &Path {
         &self.inner.agent
+    }
+
+    /// Every event of every sandbox this runtime hosts, from now on, in
+    /// order per sandbox, none lost while the stream is held.
+    pub fn events(&self) -> impl futures::Stream<Item = EventEnvelope> + Send + 'static {
+        let mut rx = self.inner.bus.subscribe();
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 
     /// Log reading under this runtime's home.
@@ -467,6 +508,14 @@ impl Sandbox {
     /// The supervisor actor, for actor message probes.
     pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
         &self.supervisor
+    }
+
+    /// Delivers every event of this sandbox from now on to `sink` (see
+    /// [`crate::testing::Probe::sink`] to assert on them).
+    pub fn subscribe(&self, sink: EventSink) -> Result<()> {
+        self.supervisor
+            .cast(SupervisorMsg::Subscribe(sink))
+            .map_err(|_| Error::Internal(format!("{} has stopped: no more events", self.name)))
     }
 
     /// The current status.

@@ -12,6 +12,7 @@
 
 pub mod cgroup;
 pub mod entry;
+pub mod events;
 pub mod error;
 pub mod follower;
 pub mod format;

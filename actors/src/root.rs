@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use crate::events::EventSink;
 use crate::lifecycle::{HostId, LifecycleStore, SandboxStatus};
 use crate::sandbox::{
     BootFailure, SandboxEnded, SandboxSpec, SandboxSupervisor, SupervisorArgs, SupervisorMsg,
@@ -68,6 +69,8 @@ pub struct RootArgs {
     pub store: Arc<dyn LifecycleStore>,
     /// This host process.
     pub host: HostId,
+    /// Gets every event of every sandbox this root supervises.
+    pub bus: Option<EventSink>,
 }
 
 /// The root actor. See the module docs.
@@ -77,6 +80,7 @@ pub struct Root;
 pub struct RootState {
     store: Arc<dyn LifecycleStore>,
     host: HostId,
+    bus: Option<EventSink>,
     by_name: HashMap<String, ActorRef<SupervisorMsg>>,
     by_id: HashMap<ActorId, String>,
 }
@@ -94,6 +98,7 @@ impl Actor for Root {
         Ok(RootState {
             store: args.store,
             host: args.host,
+            bus: args.bus,
             by_name: HashMap::new(),
             by_id: HashMap::new(),
         })
@@ -122,6 +127,7 @@ impl Actor for Root {
                     host: state.host,
                     started: Some(started),
                     ended: Some(myself.get_derived()),
+                    events: state.bus.iter().cloned().collect(),
                 };
                 match Actor::spawn_linked(None, SandboxSupervisor, args, myself.get_cell()).await {
                     Ok((supervisor, _)) => {

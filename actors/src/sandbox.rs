@@ -40,6 +40,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
+use crate::events::{EscalationStep, EventSink, Publisher, SandboxEvent};
 use crate::format::LogSource;
 use crate::lifecycle::{HostId, LifecycleStore, RunEnd, SandboxStatus, TerminationReason};
 use crate::protocol::{BootStage, SignalTarget};
@@ -127,6 +128,8 @@ pub enum SupervisorMsg {
     Status(RpcReplyPort<SandboxStatus>),
     /// Answer when the run has ended.
     WaitStopped(RpcReplyPort<StopOutcome>),
+    /// Deliver every event from now on to this sink.
+    Subscribe(EventSink),
 }
 
 /// `From` / `TryFrom` between a child's event type and [`SupervisorMsg`], as a
@@ -178,6 +181,8 @@ pub struct SupervisorArgs {
     pub started: Option<oneshot::Sender<Result<u32, BootFailure>>>,
     /// Told when the run has ended (the parent forgets the supervisor).
     pub ended: Option<ractor::DerivedActorRef<SandboxEnded>>,
+    /// Subscribers from the start (the runtime's event bus).
+    pub events: Vec<EventSink>,
 }
 
 /// The supervisor actor. See the module docs.
@@ -199,6 +204,7 @@ pub struct SupervisorState {
     start_waiters: Vec<RpcReplyPort<Result<u32, BootFailure>>>,
     started: Option<oneshot::Sender<Result<u32, BootFailure>>>,
     ended: Option<ractor::DerivedActorRef<SandboxEnded>>,
+    events: Publisher,
     boot: Option<Result<u32, BootFailure>>,
     stop_waiters: Vec<RpcReplyPort<StopOutcome>>,
     /// Set once a stop was asked for: the reason the run ends with unless it
@@ -254,6 +260,7 @@ impl Actor for SandboxSupervisor {
             start_waiters: Vec::new(),
             started: args.started,
             ended: args.ended,
+            events: Publisher::new(args.events),
             boot: None,
             stop_waiters: Vec::new(),
             stop_reason: None,
@@ -293,6 +300,10 @@ impl Actor for SandboxSupervisor {
             SupervisorMsg::Escalate { epoch } => {
                 if state.outcome.is_none() && epoch == state.escalation && !state.killed {
                     state.note_warn("did not stop within the timeout; escalating to SIGKILL");
+                    state.publish(SandboxEvent::Escalated {
+                        from: EscalationStep::Term,
+                        to: EscalationStep::Kill,
+                    });
                     state.kill(&myself).await?;
                 }
             }
@@ -316,6 +327,10 @@ impl Actor for SandboxSupervisor {
                         // host, which ends the whole pid namespace.
                         state.note_warn("the agent did not report the kill in time; killing PID 1 from the host");
                         state.host_killed = true;
+                        state.publish(SandboxEvent::Escalated {
+                            from: EscalationStep::Kill,
+                            to: EscalationStep::HostKill,
+                        });
                         if let Some(vm) = &state.vm {
                             vm.cast(VmProcessMsg::KillFromHost)?;
                         }
@@ -347,7 +362,11 @@ impl Actor for SandboxSupervisor {
                         .await?;
                 }
             }
-            SupervisorMsg::Tap(TapEvent::Rotated { generation }) => state.generation = generation,
+            SupervisorMsg::Tap(TapEvent::Rotated { generation }) => {
+                state.generation = generation;
+                state.publish(SandboxEvent::Rotated { generation });
+            }
+            SupervisorMsg::Subscribe(sink) => state.events.subscribe(sink),
             SupervisorMsg::Vm(event) => state.on_vm(&myself, event).await?,
         }
         Ok(())
@@ -390,6 +409,10 @@ impl Actor for SandboxSupervisor {
                     .await;
             }
             state.note_warn(&format!("relay tap ended ({reason}); restarting it"));
+            state.publish(SandboxEvent::ChildRestarted {
+                actor: "relay_tap",
+                reason: reason.clone(),
+            });
             let tap = spawn_tap(&myself, &state.spec, state.generation).await?;
             state.tap = tap.clone();
             // The VmProcess's reader waits on this to resume writing.
@@ -434,8 +457,20 @@ async fn spawn_tap(
 impl SupervisorState {
     async fn set_status(&mut self, status: SandboxStatus) -> Result<(), ActorProcessingErr> {
         self.store.set_status(&self.spec.name, status).await?;
-        self.status = status;
+        self.status_is(status);
         Ok(())
+    }
+
+    /// Records a status the store already has, and publishes the change.
+    fn status_is(&mut self, status: SandboxStatus) {
+        let from = std::mem::replace(&mut self.status, status);
+        if from != status {
+            self.publish(SandboxEvent::StatusChanged { from, to: status });
+        }
+    }
+
+    fn publish(&mut self, event: SandboxEvent) {
+        self.events.publish(&self.spec.name, event);
     }
 
     async fn on_vm(
@@ -453,7 +488,8 @@ impl SupervisorState {
                         .await?,
                 );
                 // `run_started` recorded Running with the run row.
-                self.status = SandboxStatus::Running;
+                self.status_is(SandboxStatus::Running);
+                self.publish(SandboxEvent::SessionStarted { id: 1 });
                 remove_boot_error(&self.spec.log_dir);
                 // Routine: the embedding service's log, not the sandbox's file.
                 tracing::info!(sandbox = %self.spec.name, pid, host_pid, "started");
@@ -660,7 +696,14 @@ impl SupervisorState {
             Some(run_id) => self.store.run_ended(&self.spec.name, run_id, end).await?,
             None => self.store.set_status(&self.spec.name, status).await?,
         }
-        self.status = status;
+        if let (Some(_), Some(_)) = (self.run_id, self.boot.as_ref().and_then(|b| b.as_ref().ok())) {
+            self.publish(SandboxEvent::SessionExited {
+                id: 1,
+                code: exit_code,
+                signal,
+            });
+        }
+        self.status_is(status);
         tracing::info!(sandbox = %self.spec.name, %status, %reason, ?exit_code, ?signal, "ended");
         let outcome = StopOutcome {
             name: self.spec.name.clone(),

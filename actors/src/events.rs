@@ -1,0 +1,134 @@
+//! Lifecycle events a sandbox's supervisor publishes.
+//!
+//! # Contract
+//! - Each event is published from inside the supervisor's message handler
+//!   that caused it, so per sandbox the events are in the order the
+//!   supervisor acted, numbered by `seq` without gaps.
+//! - Delivery goes through [`EventSink`]s that do not block and do not drop
+//!   (unbounded channels, actor mailboxes): an event is never lost while its
+//!   subscriber lives. Events are rare (transitions, not output), so the
+//!   unbounded buffer is the price of never slowing a supervisor down.
+//! - A sink that reports its subscriber gone is removed.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::lifecycle::SandboxStatus;
+
+/// The steps of stop escalation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EscalationStep {
+    /// The stop signal (SIGTERM by default) to every process.
+    Term,
+    /// SIGKILL to every process, through the agent.
+    Kill,
+    /// SIGKILL to PID 1 from the host (the agent did not answer).
+    HostKill,
+}
+
+/// Something that happened to a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SandboxEvent {
+    /// The status changed.
+    StatusChanged {
+        /// Before.
+        from: SandboxStatus,
+        /// After.
+        to: SandboxStatus,
+    },
+    /// A session's process started (session 1 is the main command).
+    SessionStarted {
+        /// Session id.
+        id: u64,
+    },
+    /// A session's process exited.
+    SessionExited {
+        /// Session id.
+        id: u64,
+        /// Exit code, if it exited.
+        code: Option<i32>,
+        /// Signal, if one killed it.
+        signal: Option<i32>,
+    },
+    /// `exec.log` was rotated.
+    Rotated {
+        /// Rotation count.
+        generation: u64,
+    },
+    /// A stop escalated.
+    Escalated {
+        /// The step that did not end the sandbox in time.
+        from: EscalationStep,
+        /// The step taken now.
+        to: EscalationStep,
+    },
+    /// A child actor ended and was restarted.
+    ChildRestarted {
+        /// Which (`relay_tap`).
+        actor: &'static str,
+        /// Why it ended.
+        reason: String,
+    },
+}
+
+/// An event with where and when it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventEnvelope {
+    /// The sandbox.
+    pub sandbox: String,
+    /// Position in this sandbox's event sequence, from 1, without gaps.
+    pub seq: u64,
+    /// When the supervisor published it.
+    pub at: DateTime<Utc>,
+    /// What happened.
+    pub event: SandboxEvent,
+}
+
+/// Receives events; returns `false` once its subscriber is gone.
+pub type EventSink = Arc<dyn Fn(&EventEnvelope) -> bool + Send + Sync>;
+
+/// A sink feeding an unbounded channel.
+pub fn channel_sink(tx: tokio::sync::mpsc::UnboundedSender<EventEnvelope>) -> EventSink {
+    Arc::new(move |event| tx.send(event.clone()).is_ok())
+}
+
+/// The subscribers of one sandbox.
+#[derive(Default)]
+pub struct Publisher {
+    sinks: Vec<EventSink>,
+    seq: u64,
+}
+
+impl Publisher {
+    /// A publisher delivering to `sinks` (e.g. the runtime-wide bus).
+    pub fn new(sinks: Vec<EventSink>) -> Self {
+        Self { sinks, seq: 0 }
+    }
+
+    /// Adds a subscriber; it gets every event published from now on.
+    pub fn subscribe(&mut self, sink: EventSink) {
+        self.sinks.push(sink);
+    }
+
+    /// Publishes `event` of `sandbox` to every live subscriber.
+    pub fn publish(&mut self, sandbox: &str, event: SandboxEvent) {
+        self.seq += 1;
+        let envelope = EventEnvelope {
+            sandbox: sandbox.to_string(),
+            seq: self.seq,
+            at: Utc::now(),
+            event,
+        };
+        self.sinks.retain(|sink| sink(&envelope));
+    }
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("subscribers", &self.sinks.len())
+            .field("seq", &self.seq)
+            .finish()
+    }
+}

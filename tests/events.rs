@@ -1,0 +1,178 @@
+//! Lifecycle events, asserted with actor message probes (`sandvisor::testing`).
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use sandvisor::testing::Probe;
+use sandvisor::{
+    EscalationStep, EventEnvelope, SandboxConfig, SandboxEvent, SandboxStatus, Sandvisor,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn runtime() -> (tempfile::TempDir, Sandvisor) {
+    let home = tempfile::tempdir().unwrap();
+    let rt = Sandvisor::builder()
+        .home(home.path())
+        .agent_path(env!("CARGO_BIN_EXE_sandvisor-agent"))
+        .open()
+        .await
+        .unwrap();
+    (home, rt)
+}
+
+#[tokio::test]
+async fn stop_escalation_is_an_exact_message_sequence() {
+    let (_home, rt) = runtime().await;
+    let sandbox = rt
+        .create(SandboxConfig::shell(
+            "stubborn",
+            "trap '' TERM; while :; do sleep 0.1; done",
+        ))
+        .await
+        .unwrap();
+    let mut probe = Probe::spawn().await.unwrap();
+    sandbox.subscribe(probe.sink()).unwrap();
+    sandbox.request_stop(Some(Duration::from_millis(300)));
+
+    let mut events = Vec::new();
+    for _ in 0..4 {
+        events.push(probe.expect_msg(WAIT).await.unwrap());
+    }
+    let kinds: Vec<SandboxEvent> = events.iter().map(|e| e.event.clone()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            SandboxEvent::StatusChanged {
+                from: SandboxStatus::Running,
+                to: SandboxStatus::Draining
+            },
+            SandboxEvent::Escalated {
+                from: EscalationStep::Term,
+                to: EscalationStep::Kill
+            },
+            SandboxEvent::SessionExited {
+                id: 1,
+                code: None,
+                signal: Some(9)
+            },
+            SandboxEvent::StatusChanged {
+                from: SandboxStatus::Draining,
+                to: SandboxStatus::Stopped
+            },
+        ]
+    );
+    assert!(events.iter().all(|e| e.sandbox == "stubborn"));
+    assert!(
+        events.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "sequence numbers have a gap"
+    );
+    probe
+        .expect_no_msg(Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(probe.received().len(), 4);
+}
+
+#[tokio::test]
+async fn the_runtime_stream_carries_every_sandbox_s_events_in_order() {
+    let (_home, rt) = runtime().await;
+    let mut all = Box::pin(rt.events());
+    for i in 0..5 {
+        rt.create(SandboxConfig::new(format!("ev-{i}"), "true"))
+            .await
+            .unwrap()
+            .wait_until_stopped()
+            .await
+            .unwrap();
+    }
+    let mut per_sandbox: std::collections::BTreeMap<String, Vec<EventEnvelope>> =
+        Default::default();
+    while per_sandbox.values().map(Vec::len).sum::<usize>() < 20 {
+        let event = tokio::time::timeout(WAIT, all.next())
+            .await
+            .unwrap()
+            .unwrap();
+        per_sandbox
+            .entry(event.sandbox.clone())
+            .or_default()
+            .push(event);
+    }
+    assert_eq!(per_sandbox.len(), 5);
+    for (name, events) in per_sandbox {
+        let kinds: Vec<SandboxEvent> = events.iter().map(|e| e.event.clone()).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                SandboxEvent::StatusChanged {
+                    from: SandboxStatus::Starting,
+                    to: SandboxStatus::Running
+                },
+                SandboxEvent::SessionStarted { id: 1 },
+                SandboxEvent::SessionExited {
+                    id: 1,
+                    code: Some(0),
+                    signal: None
+                },
+                SandboxEvent::StatusChanged {
+                    from: SandboxStatus::Running,
+                    to: SandboxStatus::Stopped
+                },
+            ],
+            "{name}"
+        );
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4],
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_tap_and_rotations_are_events() {
+    use sandvisor::engine::relay_tap::RelayTapMsg;
+    let (_home, rt) = runtime().await;
+    let mut config = SandboxConfig::shell(
+        "rot",
+        "sleep 0.5; i=0; while [ $i -lt 3000 ]; do echo line-$i-padding-padding; i=$((i+1)); done; sleep 1000",
+    );
+    config.log.max_bytes = 16 * 1024;
+    let sandbox = rt.create(config).await.unwrap();
+    let mut probe = Probe::spawn().await.unwrap();
+    sandbox.subscribe(probe.sink()).unwrap();
+    // The output starts after the probe subscribed: its rotations are seen.
+    let rotated = probe
+        .expect_match(
+            |e| matches!(e.event, SandboxEvent::Rotated { generation: 1 }),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    let tap = sandbox
+        .supervisor()
+        .get_cell()
+        .get_children()
+        .into_iter()
+        .find(|c| c.is_message_type_of::<RelayTapMsg>() == Some(true))
+        .unwrap();
+    tap.kill();
+    let restarted = probe
+        .expect_match(
+            |e| {
+                matches!(
+                    e.event,
+                    SandboxEvent::ChildRestarted {
+                        actor: "relay_tap",
+                        ..
+                    }
+                )
+            },
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(restarted.sandbox, "rot");
+    assert!(rotated.seq < restarted.seq);
+    sandbox.kill().await.unwrap();
+}
