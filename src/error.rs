@@ -62,6 +62,9 @@ pub enum Error {
     /// The operation needs a stopped sandbox (e.g. `remove`).
     #[error("sandbox {0} is still running: stop it first")]
     SandboxStillRunning(String),
+    /// The operation needs a running (or, for resume, paused) sandbox.
+    #[error("sandbox {0} is not running")]
+    SandboxNotRunning(String),
     /// The sandbox runs, but in another sandvisor process; this runtime cannot
     /// act on it directly.
     #[error("sandbox {0} is running in another sandvisor process")]

@@ -545,6 +545,21 @@ impl Sandbox {
         let _ = self.supervisor.cast(SupervisorMsg::Stop { timeout });
     }
 
+    /// Freezes every process of the sandbox (SIGSTOP); status Paused. Stop
+    /// and kill work while paused.
+    pub async fn pause(&self) -> Result<()> {
+        let result = ractor::call!(self.supervisor, SupervisorMsg::Pause)
+            .map_err(|_| Error::SandboxNotRunning(self.name.clone()))?;
+        result.map_err(|_| Error::SandboxNotRunning(self.name.clone()))
+    }
+
+    /// Thaws a paused sandbox (SIGCONT); status Running.
+    pub async fn resume(&self) -> Result<()> {
+        let result = ractor::call!(self.supervisor, SupervisorMsg::Resume)
+            .map_err(|_| Error::SandboxNotRunning(self.name.clone()))?;
+        result.map_err(|_| Error::SandboxNotRunning(self.name.clone()))
+    }
+
     /// Kills at once (SIGKILL to every process) and waits.
     pub async fn kill(&self) -> Result<SandboxStopResult> {
         self.request_kill();
@@ -703,6 +718,22 @@ impl SandboxHandle {
             sandbox.request_stop(timeout);
         }
         Ok(())
+    }
+
+    /// Pauses it (see [`Sandbox::pause`]).
+    pub async fn pause(&self) -> Result<()> {
+        match self.live().await? {
+            Some(sandbox) => sandbox.pause().await,
+            None => Err(Error::SandboxNotRunning(self.row.name.clone())),
+        }
+    }
+
+    /// Resumes it (see [`Sandbox::resume`]).
+    pub async fn resume(&self) -> Result<()> {
+        match self.live().await? {
+            Some(sandbox) => sandbox.resume().await,
+            None => Err(Error::SandboxNotRunning(self.row.name.clone())),
+        }
     }
 
     /// Kills it and waits.

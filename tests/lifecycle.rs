@@ -690,3 +690,51 @@ async fn restart_and_remove_right_after_a_stop() {
     again.kill().await.unwrap();
     rt.remove(&name).await.unwrap();
 }
+
+#[tokio::test]
+async fn pause_freezes_the_tree_and_resume_and_stop_work() {
+    let (_home, rt) = runtime().await;
+    let script = "i=0; while :; do echo $i; i=$((i+1)); sleep 0.05; done";
+    let sandbox = rt
+        .create(SandboxConfig::shell("freeze", script))
+        .await
+        .unwrap();
+    let count = |sandbox: sandvisor::Sandbox| async move {
+        sandbox.logs(&LogOptions::default()).await.unwrap().len()
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sandbox.pause().await.unwrap();
+    assert_eq!(sandbox.status().await.unwrap(), SandboxStatus::Paused);
+    assert_eq!(
+        rt.get("freeze").await.unwrap().status_snapshot(),
+        SandboxStatus::Paused
+    );
+    // Let what was in flight land, then nothing may advance.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let frozen = count(sandbox.clone()).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        count(sandbox.clone()).await,
+        frozen,
+        "output advanced while paused"
+    );
+    sandbox.resume().await.unwrap();
+    assert_eq!(sandbox.status().await.unwrap(), SandboxStatus::Running);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        count(sandbox.clone()).await > frozen,
+        "output did not resume"
+    );
+    // Resuming a running sandbox is fine; stop works while paused.
+    sandbox.resume().await.unwrap();
+    sandbox.pause().await.unwrap();
+    let result = sandbox
+        .stop_with_timeout(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(result.signal, Some(libc::SIGTERM));
+    assert!(matches!(
+        sandbox.pause().await.unwrap_err(),
+        Error::SandboxNotRunning(_)
+    ));
+}

@@ -111,6 +111,10 @@ pub enum SupervisorMsg {
     },
     /// SIGKILL the whole tree now.
     Kill,
+    /// Freeze every process (SIGSTOP through the agent); status Paused.
+    Pause(RpcReplyPort<Result<(), String>>),
+    /// Thaw a paused sandbox; status Running.
+    Resume(RpcReplyPort<Result<(), String>>),
     /// Timer: the stop grace period of escalation `epoch` ran out.
     Escalate {
         /// Which stop armed it.
@@ -296,6 +300,14 @@ impl Actor for SandboxSupervisor {
                 None => state.stop_waiters.push(reply),
             },
             SupervisorMsg::Stop { timeout } => state.stop(&myself, timeout).await?,
+            SupervisorMsg::Pause(reply) => {
+                let result = state.freeze(true).await?;
+                let _ = reply.send(result);
+            }
+            SupervisorMsg::Resume(reply) => {
+                let result = state.freeze(false).await?;
+                let _ = reply.send(result);
+            }
             SupervisorMsg::Kill => state.kill(&myself).await?,
             SupervisorMsg::Escalate { epoch } => {
                 if state.outcome.is_none() && epoch == state.escalation && !state.killed {
@@ -455,6 +467,31 @@ async fn spawn_tap(
 }
 
 impl SupervisorState {
+    /// Pauses (`true`) or resumes every process of the sandbox. `Err` (for the
+    /// caller) when the sandbox is not in a state that allows it.
+    async fn freeze(&mut self, pause: bool) -> Result<Result<(), String>, ActorProcessingErr> {
+        let (from, to, signo) = if pause {
+            (SandboxStatus::Running, SandboxStatus::Paused, libc::SIGSTOP)
+        } else {
+            (SandboxStatus::Paused, SandboxStatus::Running, libc::SIGCONT)
+        };
+        if self.status == to {
+            return Ok(Ok(()));
+        }
+        if self.status != from {
+            return Ok(Err(format!("{} is {}", self.spec.name, self.status)));
+        }
+        if let Some(vm) = &self.vm {
+            vm.cast(VmProcessMsg::Signal {
+                target: SignalTarget::All,
+                signo,
+            })?;
+        }
+        self.set_status(to).await?;
+        self.note_info(if pause { "paused: SIGSTOP to every process" } else { "resumed: SIGCONT to every process" });
+        Ok(Ok(()))
+    }
+
     async fn set_status(&mut self, status: SandboxStatus) -> Result<(), ActorProcessingErr> {
         self.store.set_status(&self.spec.name, status).await?;
         self.status_is(status);
@@ -610,6 +647,11 @@ impl SupervisorState {
             vm.cast(VmProcessMsg::Signal {
                 target: SignalTarget::All,
                 signo: self.spec.stop_signal,
+            })?;
+            // A paused tree must run to act on the stop signal.
+            vm.cast(VmProcessMsg::Signal {
+                target: SignalTarget::All,
+                signo: libc::SIGCONT,
             })?;
         }
         // A repeated stop may bring SIGKILL closer, never push it back.
