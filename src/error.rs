@@ -62,6 +62,9 @@ pub enum Error {
     /// The operation needs a stopped sandbox (e.g. `remove`).
     #[error("sandbox {0} is still running: stop it first")]
     SandboxStillRunning(String),
+    /// The sandbox's `metrics_interval` is `None`.
+    #[error("metrics are disabled for sandbox {0} (its metrics_interval is None)")]
+    MetricsDisabled(String),
     /// The operation needs a running (or, for resume, paused) sandbox.
     #[error("sandbox {0} is not running")]
     SandboxNotRunning(String),

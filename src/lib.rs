@@ -24,8 +24,9 @@ pub use logs::{
 
 pub use config::{Isolation, LogConfig, SandboxConfig};
 pub use runtime::{Sandbox, SandboxHandle, SandboxStopResult, Sandvisor, SandvisorBuilder};
-pub use sandvisor_actors::lifecycle::{SandboxStatus, TerminationReason};
 pub use sandvisor_actors::events::{EscalationStep, EventEnvelope, SandboxEvent};
+pub use sandvisor_actors::lifecycle::{SandboxStatus, TerminationReason};
+pub use sandvisor_actors::metrics::SandboxMetrics;
 pub use store::RunRow;
 
 /// The actor engine (`sandvisor-actors`), re-exported so users never depend on it directly.

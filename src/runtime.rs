@@ -14,13 +14,16 @@ use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorRef};
 use sandvisor_actors::cgroup::Limits;
 use sandvisor_actors::events::{EventEnvelope, EventSink};
-use tokio::sync::mpsc;
 use sandvisor_actors::lifecycle::{HostId, SandboxStatus};
+use sandvisor_actors::metrics::SandboxMetrics;
 use sandvisor_actors::protocol::{BootStage, StartSpec};
 use sandvisor_actors::relay_tap::TapConfig;
 use sandvisor_actors::root::{Root, RootArgs, RootMsg};
-use sandvisor_actors::sandbox::{BootFailure, SandboxSpec, StopOutcome, SupervisorMsg};
+use sandvisor_actors::sandbox::{
+    BootFailure, MetricsUnavailable, SandboxSpec, StopOutcome, SupervisorMsg,
+};
 use sandvisor_actors::vm_process::VmSpec;
+use tokio::sync::mpsc;
 
 use crate::config::SandboxConfig;
 use crate::error::{Error, Result};
@@ -434,6 +437,7 @@ impl Sandvisor {
             stop_signal: config.stop_signal,
             stop_timeout: config.stop_timeout,
             kill_timeout: config.kill_timeout,
+            metrics_interval: config.metrics_interval,
         })
     }
 
@@ -551,6 +555,18 @@ impl Sandbox {
         let result = ractor::call!(self.supervisor, SupervisorMsg::Pause)
             .map_err(|_| Error::SandboxNotRunning(self.name.clone()))?;
         result.map_err(|_| Error::SandboxNotRunning(self.name.clone()))
+    }
+
+    /// The latest resource sample of the whole tree (taken every
+    /// `metrics_interval` by the supervisor).
+    pub async fn metrics(&self) -> Result<SandboxMetrics> {
+        match ractor::call!(self.supervisor, SupervisorMsg::Metrics) {
+            Ok(Ok(metrics)) => Ok(metrics),
+            Ok(Err(MetricsUnavailable::Disabled)) => Err(Error::MetricsDisabled(self.name.clone())),
+            Ok(Err(MetricsUnavailable::NotRunning)) | Err(_) => {
+                Err(Error::SandboxNotRunning(self.name.clone()))
+            }
+        }
     }
 
     /// Thaws a paused sandbox (SIGCONT); status Running.
@@ -724,6 +740,17 @@ impl SandboxHandle {
     pub async fn pause(&self) -> Result<()> {
         match self.live().await? {
             Some(sandbox) => sandbox.pause().await,
+            None => Err(Error::SandboxNotRunning(self.row.name.clone())),
+        }
+    }
+
+    /// Its latest resource sample (see [`Sandbox::metrics`]).
+    pub async fn metrics(&self) -> Result<SandboxMetrics> {
+        if self.config()?.metrics_interval.is_none() {
+            return Err(Error::MetricsDisabled(self.row.name.clone()));
+        }
+        match self.live().await? {
+            Some(sandbox) => sandbox.metrics().await,
             None => Err(Error::SandboxNotRunning(self.row.name.clone())),
         }
     }

@@ -24,13 +24,10 @@ async fn runtime() -> (tempfile::TempDir, Sandvisor) {
 #[tokio::test]
 async fn stop_escalation_is_an_exact_message_sequence() {
     let (_home, rt) = runtime().await;
-    let sandbox = rt
-        .create(SandboxConfig::shell(
-            "stubborn",
-            "trap '' TERM; while :; do sleep 0.1; done",
-        ))
-        .await
-        .unwrap();
+    // No metrics: their samples would interleave with the sequence.
+    let mut config = SandboxConfig::shell("stubborn", "trap '' TERM; while :; do sleep 0.1; done");
+    config.metrics_interval = None;
+    let sandbox = rt.create(config).await.unwrap();
     let mut probe = Probe::spawn().await.unwrap();
     sandbox.subscribe(probe.sink()).unwrap();
     sandbox.request_stop(Some(Duration::from_millis(300)));
@@ -79,7 +76,9 @@ async fn the_runtime_stream_carries_every_sandbox_s_events_in_order() {
     let (_home, rt) = runtime().await;
     let mut all = Box::pin(rt.events());
     for i in 0..5 {
-        rt.create(SandboxConfig::new(format!("ev-{i}"), "true"))
+        let mut config = SandboxConfig::new(format!("ev-{i}"), "true");
+        config.metrics_interval = None;
+        rt.create(config)
             .await
             .unwrap()
             .wait_until_stopped()
@@ -174,5 +173,58 @@ async fn a_restarted_tap_and_rotations_are_events() {
         .unwrap();
     assert_eq!(restarted.sandbox, "rot");
     assert!(rotated.seq < restarted.seq);
+    sandbox.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn metrics_are_sampled_as_events_and_on_request() {
+    let (_home, rt) = runtime().await;
+    let mut config = SandboxConfig::shell("busy", "while :; do :; done");
+    config.metrics_interval = Some(Duration::from_millis(300));
+    let sandbox = rt.create(config).await.unwrap();
+    let mut probe = Probe::spawn().await.unwrap();
+    sandbox.subscribe(probe.sink()).unwrap();
+    // The first sample only sets the baseline; later ones see the loop.
+    let busy = probe
+        .expect_match(
+            |e| matches!(e.event, SandboxEvent::MetricsSampled(m) if m.cpu_percent > 50.0),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    let SandboxEvent::MetricsSampled(metrics) = busy.event else {
+        unreachable!()
+    };
+    assert!(metrics.processes >= 2, "{metrics:?}");
+    assert!(sandbox.metrics().await.unwrap().sampled_at <= chrono::Utc::now());
+    sandbox.kill().await.unwrap();
+    assert!(matches!(
+        sandbox.metrics().await.unwrap_err(),
+        sandvisor::Error::SandboxNotRunning(_)
+    ));
+
+    let script = "x=$(head -c 110000000 /dev/zero | tr '\\0' a); echo ready; sleep 1000";
+    let sandbox = rt
+        .create(SandboxConfig::shell("big", script))
+        .await
+        .unwrap();
+    let mut memory = 0;
+    for _ in 0..100 {
+        memory = sandbox.metrics().await.unwrap().memory_bytes;
+        if memory >= 100 << 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(memory >= 100 << 20, "memory_bytes {memory}");
+    sandbox.kill().await.unwrap();
+
+    let mut config = SandboxConfig::new("quiet", "sleep").args(["1000"]);
+    config.metrics_interval = None;
+    let sandbox = rt.create(config).await.unwrap();
+    assert!(matches!(
+        sandbox.metrics().await.unwrap_err(),
+        sandvisor::Error::MetricsDisabled(_)
+    ));
     sandbox.kill().await.unwrap();
 }

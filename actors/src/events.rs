@@ -15,6 +15,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::lifecycle::SandboxStatus;
+use crate::metrics::SandboxMetrics;
 
 /// The steps of stop escalation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,7 +29,7 @@ pub enum EscalationStep {
 }
 
 /// Something that happened to a sandbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SandboxEvent {
     /// The status changed.
     StatusChanged {
@@ -70,10 +71,12 @@ pub enum SandboxEvent {
         /// Why it ended.
         reason: String,
     },
+    /// Resource use was sampled (every `metrics_interval`).
+    MetricsSampled(SandboxMetrics),
 }
 
 /// An event with where and when it happened.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EventEnvelope {
     /// The sandbox.
     pub sandbox: String,

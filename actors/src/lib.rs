@@ -12,11 +12,12 @@
 
 pub mod cgroup;
 pub mod entry;
-pub mod events;
 pub mod error;
+pub mod events;
 pub mod follower;
 pub mod format;
 pub mod lifecycle;
+pub mod metrics;
 pub mod protocol;
 pub mod relay_tap;
 pub mod restart;

@@ -43,6 +43,7 @@ use tokio::sync::{oneshot, watch};
 use crate::events::{EscalationStep, EventSink, Publisher, SandboxEvent};
 use crate::format::LogSource;
 use crate::lifecycle::{HostId, LifecycleStore, RunEnd, SandboxStatus, TerminationReason};
+use crate::metrics::{Sampler, SandboxMetrics};
 use crate::protocol::{BootStage, SignalTarget};
 use crate::relay_tap::{Chunk, RelayTap, RelayTapMsg, TapArgs, TapConfig, TapEvent};
 use crate::restart::RestartBudget;
@@ -68,6 +69,8 @@ pub struct SandboxSpec {
     pub stop_timeout: Duration,
     /// Time allowed after SIGKILL before the run is declared lost.
     pub kill_timeout: Duration,
+    /// Resource sampling period; `None` disables metrics.
+    pub metrics_interval: Option<Duration>,
 }
 
 /// Why a sandbox did not start.
@@ -134,6 +137,19 @@ pub enum SupervisorMsg {
     WaitStopped(RpcReplyPort<StopOutcome>),
     /// Deliver every event from now on to this sink.
     Subscribe(EventSink),
+    /// Timer: sample resource use.
+    SampleMetrics,
+    /// The latest resource sample.
+    Metrics(RpcReplyPort<Result<SandboxMetrics, MetricsUnavailable>>),
+}
+
+/// Why a sandbox has no metrics to give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsUnavailable {
+    /// Its `metrics_interval` is `None`.
+    Disabled,
+    /// It does not run (yet, or any more).
+    NotRunning,
 }
 
 /// `From` / `TryFrom` between a child's event type and [`SupervisorMsg`], as a
@@ -209,6 +225,9 @@ pub struct SupervisorState {
     started: Option<oneshot::Sender<Result<u32, BootFailure>>>,
     ended: Option<ractor::DerivedActorRef<SandboxEnded>>,
     events: Publisher,
+    sampler: Option<Sampler>,
+    metrics: Option<SandboxMetrics>,
+    metrics_timer: Option<ractor::concurrency::JoinHandle<()>>,
     boot: Option<Result<u32, BootFailure>>,
     stop_waiters: Vec<RpcReplyPort<StopOutcome>>,
     /// Set once a stop was asked for: the reason the run ends with unless it
@@ -265,6 +284,9 @@ impl Actor for SandboxSupervisor {
             started: args.started,
             ended: args.ended,
             events: Publisher::new(args.events),
+            sampler: None,
+            metrics: None,
+            metrics_timer: None,
             boot: None,
             stop_waiters: Vec::new(),
             stop_reason: None,
@@ -379,6 +401,22 @@ impl Actor for SandboxSupervisor {
                 state.publish(SandboxEvent::Rotated { generation });
             }
             SupervisorMsg::Subscribe(sink) => state.events.subscribe(sink),
+            SupervisorMsg::SampleMetrics => {
+                if let Some(metrics) = state.sample() {
+                    state.publish(SandboxEvent::MetricsSampled(metrics));
+                }
+            }
+            SupervisorMsg::Metrics(reply) => {
+                let answer = if state.spec.metrics_interval.is_none() {
+                    Err(MetricsUnavailable::Disabled)
+                } else {
+                    state
+                        .metrics
+                        .or_else(|| state.sample())
+                        .ok_or(MetricsUnavailable::NotRunning)
+                };
+                let _ = reply.send(answer);
+            }
             SupervisorMsg::Vm(event) => state.on_vm(&myself, event).await?,
         }
         Ok(())
@@ -488,7 +526,11 @@ impl SupervisorState {
             })?;
         }
         self.set_status(to).await?;
-        self.note_info(if pause { "paused: SIGSTOP to every process" } else { "resumed: SIGCONT to every process" });
+        self.note_info(if pause {
+            "paused: SIGSTOP to every process"
+        } else {
+            "resumed: SIGCONT to every process"
+        });
         Ok(Ok(()))
     }
 
@@ -504,6 +546,16 @@ impl SupervisorState {
         if from != status {
             self.publish(SandboxEvent::StatusChanged { from, to: status });
         }
+    }
+
+    /// Samples the tree while the sandbox runs.
+    fn sample(&mut self) -> Option<SandboxMetrics> {
+        if self.outcome.is_some() {
+            return None;
+        }
+        let metrics = self.sampler.as_mut()?.sample().ok()?;
+        self.metrics = Some(metrics);
+        Some(metrics)
     }
 
     fn publish(&mut self, event: SandboxEvent) {
@@ -527,6 +579,11 @@ impl SupervisorState {
                 // `run_started` recorded Running with the run row.
                 self.status_is(SandboxStatus::Running);
                 self.publish(SandboxEvent::SessionStarted { id: 1 });
+                if let Some(interval) = self.spec.metrics_interval {
+                    self.sampler = Some(Sampler::new(host_pid));
+                    self.metrics_timer =
+                        Some(myself.send_interval(interval, || SupervisorMsg::SampleMetrics));
+                }
                 remove_boot_error(&self.spec.log_dir);
                 // Routine: the embedding service's log, not the sandbox's file.
                 tracing::info!(sandbox = %self.spec.name, pid, host_pid, "started");
@@ -738,13 +795,20 @@ impl SupervisorState {
             Some(run_id) => self.store.run_ended(&self.spec.name, run_id, end).await?,
             None => self.store.set_status(&self.spec.name, status).await?,
         }
-        if let (Some(_), Some(_)) = (self.run_id, self.boot.as_ref().and_then(|b| b.as_ref().ok())) {
+        if let (Some(_), Some(_)) = (
+            self.run_id,
+            self.boot.as_ref().and_then(|b| b.as_ref().ok()),
+        ) {
             self.publish(SandboxEvent::SessionExited {
                 id: 1,
                 code: exit_code,
                 signal,
             });
         }
+        if let Some(timer) = self.metrics_timer.take() {
+            timer.abort();
+        }
+        self.sampler = None;
         self.status_is(status);
         tracing::info!(sandbox = %self.spec.name, %status, %reason, ?exit_code, ?signal, "ended");
         let outcome = StopOutcome {
