@@ -62,6 +62,27 @@ pub enum Error {
     /// The operation needs a stopped sandbox (e.g. `remove`).
     #[error("sandbox {0} is still running: stop it first")]
     SandboxStillRunning(String),
+    /// The sandbox is draining: it takes no new exec sessions.
+    #[error("sandbox {0} is draining: no new exec sessions")]
+    SandboxDraining(String),
+    /// An exec session's command could not start inside the sandbox.
+    #[error("exec in {sandbox} failed: {message} (errno {errno})")]
+    ExecFailed {
+        /// The sandbox.
+        sandbox: String,
+        /// OS error number.
+        errno: i32,
+        /// What happened.
+        message: String,
+    },
+    /// Stdin of a session that has no stdin, closed it, or has exited.
+    #[error("session {session} of {sandbox} takes no more input")]
+    SessionClosed {
+        /// The sandbox.
+        sandbox: String,
+        /// Session id.
+        session: u64,
+    },
     /// The sandbox's `metrics_interval` is `None`.
     #[error("metrics are disabled for sandbox {0} (its metrics_interval is None)")]
     MetricsDisabled(String),

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod error;
+pub mod exec;
 pub mod home;
 pub mod logs;
 pub mod runtime;
@@ -23,6 +24,7 @@ pub use logs::{
 };
 
 pub use config::{Isolation, LogConfig, SandboxConfig};
+pub use exec::{ExecConfig, ExecHandle, ExecOutput, ExecStatus};
 pub use runtime::{Sandbox, SandboxHandle, SandboxStopResult, Sandvisor, SandvisorBuilder};
 pub use sandvisor_actors::events::{EscalationStep, EventEnvelope, SandboxEvent};
 pub use sandvisor_actors::lifecycle::{SandboxStatus, TerminationReason};

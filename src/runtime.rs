@@ -27,10 +27,13 @@ use tokio::sync::mpsc;
 
 use crate::config::SandboxConfig;
 use crate::error::{Error, Result};
+use crate::exec::{ExecConfig, ExecHandle};
 use crate::home;
 use crate::logs::{LogEntry, LogOptions, LogStream, LogStreamOptions, Logs};
 use crate::store::{RunRow, SandboxRow, Store};
 use sandvisor_actors::lifecycle::LifecycleStore;
+use sandvisor_actors::protocol::ExecSpec;
+use sandvisor_actors::vm_process::ExecRefused;
 
 /// The agent binary's name.
 pub const AGENT_BINARY: &str = "sandvisor-agent";
@@ -549,6 +552,57 @@ impl Sandbox {
         let _ = self.supervisor.cast(SupervisorMsg::Stop { timeout });
     }
 
+    /// Runs a command in the running sandbox as a new exec session.
+    pub async fn exec(&self, config: ExecConfig) -> Result<ExecHandle> {
+        config.validate()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let spec = ExecSpec {
+            session: 0,
+            command: config.command.clone(),
+            args: config.args.clone(),
+            env: config.env_list(),
+            cwd: config.cwd.clone(),
+            stdin: config.stdin,
+        };
+        let started = ractor::call!(self.supervisor, |reply| SupervisorMsg::Exec {
+            spec,
+            output: tx,
+            reply
+        })
+        .map_err(|_| Error::SandboxNotRunning(self.name.clone()))?;
+        match started {
+            Ok((id, pid)) => Ok(ExecHandle::new(
+                id,
+                pid,
+                rx,
+                self.supervisor.clone(),
+                self.name.clone(),
+                config.stdin,
+            )),
+            Err(ExecRefused::Draining) => Err(Error::SandboxDraining(self.name.clone())),
+            Err(ExecRefused::NotRunning) => Err(Error::SandboxNotRunning(self.name.clone())),
+            Err(ExecRefused::Failed { errno, message }) => Err(Error::ExecFailed {
+                sandbox: self.name.clone(),
+                errno,
+                message,
+            }),
+        }
+    }
+
+    /// Drains: refuses new exec sessions, lets running ones finish, then
+    /// stops (reason DrainRequested); past `timeout` it stops anyway, with
+    /// the usual escalation. Waits until the sandbox has stopped.
+    pub async fn drain(&self, timeout: Option<Duration>) -> Result<SandboxStopResult> {
+        self.request_drain(timeout);
+        self.wait_until_stopped().await
+    }
+
+    /// Sends the drain request without waiting.
+    pub fn request_drain(&self, timeout: Option<Duration>) {
+        // A supervisor that is gone has stopped already.
+        let _ = self.supervisor.cast(SupervisorMsg::Drain { timeout });
+    }
+
     /// Freezes every process of the sandbox (SIGSTOP); status Paused. Stop
     /// and kill work while paused.
     pub async fn pause(&self) -> Result<()> {
@@ -742,6 +796,34 @@ impl SandboxHandle {
             Some(sandbox) => sandbox.pause().await,
             None => Err(Error::SandboxNotRunning(self.row.name.clone())),
         }
+    }
+
+    /// A live handle, if the sandbox runs in this runtime.
+    pub async fn connect(&self) -> Result<Sandbox> {
+        self.live()
+            .await?
+            .ok_or_else(|| Error::SandboxNotRunning(self.row.name.clone()))
+    }
+
+    /// Runs a command in it (see [`Sandbox::exec`]).
+    pub async fn exec(&self, config: ExecConfig) -> Result<ExecHandle> {
+        self.connect().await?.exec(config).await
+    }
+
+    /// Drains it (see [`Sandbox::drain`]); Ok with no result if it is not running.
+    pub async fn drain(&self, timeout: Option<Duration>) -> Result<Option<SandboxStopResult>> {
+        match self.live().await? {
+            Some(sandbox) => sandbox.drain(timeout).await.map(Some),
+            None => self.runtime.stop_result_from_store(&self.row.name).await,
+        }
+    }
+
+    /// Sends a drain request without waiting.
+    pub async fn request_drain(&self, timeout: Option<Duration>) -> Result<()> {
+        if let Some(sandbox) = self.live().await? {
+            sandbox.request_drain(timeout);
+        }
+        Ok(())
     }
 
     /// Its latest resource sample (see [`Sandbox::metrics`]).

@@ -72,6 +72,25 @@ pub enum SignalTarget {
     Main,
     /// Every process of the sandbox but the agent.
     All,
+    /// An exec session's process group.
+    Session(u64),
+}
+
+/// A command to run in the running sandbox as an exec session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    /// Session id (2, 3, …; 1 is the main command).
+    pub session: u64,
+    /// Program (a bare name is looked up in `PATH` of `env`).
+    pub command: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox.
+    pub cwd: Option<String>,
+    /// Give it a stdin pipe fed by `Stdin` frames (else `/dev/null`).
+    pub stdin: bool,
 }
 
 /// Where a boot failed (SPEC §5 `boot-error.json` stages).
@@ -133,6 +152,31 @@ pub enum Frame {
         target: SignalTarget,
         /// Signal number.
         signo: i32,
+    },
+    /// host → agent: run an exec session.
+    Exec(ExecSpec),
+    /// host → agent: bytes for a session's stdin; empty closes it.
+    Stdin {
+        /// Session id.
+        session: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// agent → host: an exec session's process runs.
+    SessionStarted {
+        /// Session id.
+        session: u64,
+        /// Its pid inside the sandbox.
+        pid: u32,
+    },
+    /// agent → host: an exec session could not start.
+    SessionFailed {
+        /// Session id.
+        session: u64,
+        /// OS error number.
+        errno: i32,
+        /// What happened.
+        message: String,
     },
     /// agent → host: the host pid of the sandbox's PID 1.
     Hello {
@@ -210,6 +254,23 @@ const READY: u8 = 0x82;
 const OUTPUT: u8 = 0x83;
 const EXITED: u8 = 0x84;
 const BOOT_ERROR: u8 = 0x85;
+const EXEC: u8 = 3;
+const STDIN: u8 = 4;
+const SESSION_STARTED: u8 = 0x86;
+const SESSION_FAILED: u8 = 0x87;
+
+#[derive(Serialize, Deserialize)]
+struct SessionStartedBody {
+    session: u64,
+    pid: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SessionFailedBody {
+    session: u64,
+    errno: i32,
+    message: String,
+}
 
 /// A frame that could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +302,33 @@ impl Frame {
         };
         match self {
             Frame::Start(spec) => json(out, START, spec),
+            Frame::Exec(spec) => json(out, EXEC, spec),
+            Frame::Stdin { session, data } => {
+                out.push(STDIN);
+                out.extend_from_slice(&session.to_be_bytes());
+                out.extend_from_slice(data);
+            }
+            Frame::SessionStarted { session, pid } => json(
+                out,
+                SESSION_STARTED,
+                &SessionStartedBody {
+                    session: *session,
+                    pid: *pid,
+                },
+            ),
+            Frame::SessionFailed {
+                session,
+                errno,
+                message,
+            } => json(
+                out,
+                SESSION_FAILED,
+                &SessionFailedBody {
+                    session: *session,
+                    errno: *errno,
+                    message: message.clone(),
+                },
+            ),
             Frame::Signal { target, signo } => json(
                 out,
                 SIGNAL,
@@ -316,6 +404,33 @@ impl Frame {
         let bad = |reason: String| FrameError::Payload { kind, reason };
         let frame = match kind {
             START => Frame::Start(json_body(kind, body)?),
+            EXEC => Frame::Exec(json_body(kind, body)?),
+            STDIN => {
+                if body.len() < 8 {
+                    return Err(bad("stdin frame shorter than its header".into()));
+                }
+                let mut session = [0u8; 8];
+                session.copy_from_slice(&body[..8]);
+                Frame::Stdin {
+                    session: u64::from_be_bytes(session),
+                    data: body[8..].to_vec(),
+                }
+            }
+            SESSION_STARTED => {
+                let b: SessionStartedBody = json_body(kind, body)?;
+                Frame::SessionStarted {
+                    session: b.session,
+                    pid: b.pid,
+                }
+            }
+            SESSION_FAILED => {
+                let b: SessionFailedBody = json_body(kind, body)?;
+                Frame::SessionFailed {
+                    session: b.session,
+                    errno: b.errno,
+                    message: b.message,
+                }
+            }
             SIGNAL => {
                 let b: SignalBody = json_body(kind, body)?;
                 Frame::Signal {
@@ -411,6 +526,32 @@ mod tests {
             Frame::Signal {
                 target: SignalTarget::All,
                 signo: 15,
+            },
+            Frame::Signal {
+                target: SignalTarget::Session(3),
+                signo: 9,
+            },
+            Frame::Exec(ExecSpec {
+                session: 2,
+                command: "cat".into(),
+                args: vec![],
+                env: vec![("PATH".into(), "/bin".into())],
+                cwd: Some("/tmp".into()),
+                stdin: true,
+            }),
+            Frame::Stdin {
+                session: 2,
+                data: b"in\xff".to_vec(),
+            },
+            Frame::Stdin {
+                session: 2,
+                data: Vec::new(),
+            },
+            Frame::SessionStarted { session: 2, pid: 7 },
+            Frame::SessionFailed {
+                session: 3,
+                errno: 2,
+                message: "nope".into(),
             },
             Frame::Hello { init_pid: 42 },
             Frame::Ready { pid: 2 },

@@ -44,10 +44,13 @@ use crate::events::{EscalationStep, EventSink, Publisher, SandboxEvent};
 use crate::format::LogSource;
 use crate::lifecycle::{HostId, LifecycleStore, RunEnd, SandboxStatus, TerminationReason};
 use crate::metrics::{Sampler, SandboxMetrics};
+use crate::protocol::ExecSpec;
 use crate::protocol::{BootStage, SignalTarget};
 use crate::relay_tap::{Chunk, RelayTap, RelayTapMsg, TapArgs, TapConfig, TapEvent};
 use crate::restart::RestartBudget;
+use crate::vm_process::{ExecItem, ExecRefused, ExecReply};
 use crate::vm_process::{VmArgs, VmEvent, VmProcess, VmProcessMsg, VmSpec};
+use tokio::sync::mpsc;
 
 /// How long a sandbox may take from spawn to its main command running.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -139,6 +142,37 @@ pub enum SupervisorMsg {
     Subscribe(EventSink),
     /// Timer: sample resource use.
     SampleMetrics,
+    /// Run an exec session (its `session` is assigned here).
+    Exec {
+        /// What to run.
+        spec: ExecSpec,
+        /// Where its output and exit go, live.
+        output: mpsc::UnboundedSender<ExecItem>,
+        /// Session id and pid, or why not.
+        reply: ExecReply,
+    },
+    /// Bytes for an exec session's stdin (empty closes it).
+    Stdin {
+        /// Session id.
+        session: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Signal an exec session's process group.
+    SignalSession {
+        /// Session id.
+        session: u64,
+        /// Signal number.
+        signo: i32,
+    },
+    /// Drain: refuse new exec sessions, let running ones finish, then stop
+    /// (termination reason DrainRequested); past `timeout` stop anyway.
+    Drain {
+        /// How long sessions may take (`None`: the stop timeout).
+        timeout: Option<Duration>,
+    },
+    /// Timer: the drain's sessions did not finish in time.
+    DrainTimedOut,
     /// The latest resource sample.
     Metrics(RpcReplyPort<Result<SandboxMetrics, MetricsUnavailable>>),
 }
@@ -225,6 +259,11 @@ pub struct SupervisorState {
     started: Option<oneshot::Sender<Result<u32, BootFailure>>>,
     ended: Option<ractor::DerivedActorRef<SandboxEnded>>,
     events: Publisher,
+    /// Exec sessions whose processes run.
+    sessions: std::collections::HashSet<u64>,
+    next_session: u64,
+    draining: bool,
+    drain_timeout: Option<Duration>,
     sampler: Option<Sampler>,
     metrics: Option<SandboxMetrics>,
     metrics_timer: Option<ractor::concurrency::JoinHandle<()>>,
@@ -284,6 +323,10 @@ impl Actor for SandboxSupervisor {
             started: args.started,
             ended: args.ended,
             events: Publisher::new(args.events),
+            sessions: std::collections::HashSet::new(),
+            next_session: 1,
+            draining: false,
+            drain_timeout: None,
             sampler: None,
             metrics: None,
             metrics_timer: None,
@@ -401,6 +444,54 @@ impl Actor for SandboxSupervisor {
                 state.publish(SandboxEvent::Rotated { generation });
             }
             SupervisorMsg::Subscribe(sink) => state.events.subscribe(sink),
+            SupervisorMsg::Exec {
+                mut spec,
+                output,
+                reply,
+            } => {
+                let refused = match state.status {
+                    _ if state.outcome.is_some() => Some(ExecRefused::NotRunning),
+                    SandboxStatus::Running => None,
+                    SandboxStatus::Draining => Some(ExecRefused::Draining),
+                    _ => Some(ExecRefused::NotRunning),
+                };
+                match (refused, &state.vm) {
+                    (None, Some(vm)) => {
+                        state.next_session += 1;
+                        spec.session = state.next_session;
+                        vm.cast(VmProcessMsg::Exec {
+                            spec,
+                            output,
+                            reply,
+                        })?;
+                    }
+                    (refused, _) => {
+                        let _ = reply.send(Err(refused.unwrap_or(ExecRefused::NotRunning)));
+                    }
+                }
+            }
+            SupervisorMsg::Stdin { session, data } => {
+                if let Some(vm) = &state.vm {
+                    vm.cast(VmProcessMsg::Stdin { session, data })?;
+                }
+            }
+            SupervisorMsg::SignalSession { session, signo } => {
+                if let Some(vm) = &state.vm {
+                    vm.cast(VmProcessMsg::Signal {
+                        target: SignalTarget::Session(session),
+                        signo,
+                    })?;
+                }
+            }
+            SupervisorMsg::Drain { timeout } => state.drain(&myself, timeout).await?,
+            SupervisorMsg::DrainTimedOut => {
+                if state.outcome.is_none() && state.draining {
+                    state.note_warn(
+                        "exec sessions did not finish within the drain timeout; stopping",
+                    );
+                    state.stop(&myself, None).await?;
+                }
+            }
             SupervisorMsg::SampleMetrics => {
                 if let Some(metrics) = state.sample() {
                     state.publish(SandboxEvent::MetricsSampled(metrics));
@@ -569,6 +660,18 @@ impl SupervisorState {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             VmEvent::Hello { init_pid } => self.init_pid = Some(init_pid),
+            VmEvent::SessionStarted { id } => {
+                self.sessions.insert(id);
+                self.publish(SandboxEvent::SessionStarted { id });
+            }
+            VmEvent::SessionExited { id, code, signal } => {
+                self.sessions.remove(&id);
+                self.publish(SandboxEvent::SessionExited { id, code, signal });
+                if self.draining && self.sessions.is_empty() {
+                    self.note_info("drained: every exec session has finished; stopping");
+                    self.stop(myself, self.drain_timeout).await?;
+                }
+            }
             VmEvent::Ready { pid } => {
                 let host_pid = self.init_pid.unwrap_or(pid);
                 self.run_id = Some(
@@ -670,6 +773,33 @@ impl SupervisorState {
             let _ = started.send(result.clone());
         }
         self.boot = Some(result);
+    }
+
+    async fn drain(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        timeout: Option<Duration>,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.outcome.is_some() || self.killed || self.draining {
+            return Ok(());
+        }
+        self.draining = true;
+        self.stop_reason = Some(TerminationReason::DrainRequested);
+        self.drain_timeout = timeout;
+        if matches!(self.status, SandboxStatus::Running | SandboxStatus::Paused) {
+            self.set_status(SandboxStatus::Draining).await?;
+        }
+        if self.sessions.is_empty() {
+            return self.stop(myself, timeout).await;
+        }
+        self.note_info(&format!(
+            "draining: waiting for {} exec sessions",
+            self.sessions.len()
+        ));
+        myself.send_after(timeout.unwrap_or(self.spec.stop_timeout), || {
+            SupervisorMsg::DrainTimedOut
+        });
+        Ok(())
     }
 
     async fn stop(

@@ -30,15 +30,18 @@ use std::process::Stdio;
 use bytes::BytesMut;
 use chrono::Utc;
 use ractor::concurrency::JoinHandle;
-use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
 use crate::cgroup::{Cgroup, Limits};
 use crate::format::LogSource;
-use crate::protocol::{stream, BootStage, Frame, SignalTarget, StartSpec};
+use crate::protocol::{stream, BootStage, ExecSpec, Frame, SignalTarget, StartSpec};
 use crate::relay_tap::{Chunk, RelayTapMsg};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
 
 /// The marker written when a run's main command has started.
 pub const STARTED_MARKER: &str = "--- sandbox started ---";
@@ -85,6 +88,20 @@ pub enum VmEvent {
         /// Signal, if one killed it.
         signal: Option<i32>,
     },
+    /// An exec session's process started.
+    SessionStarted {
+        /// Session id.
+        id: u64,
+    },
+    /// An exec session's process exited (after all its output).
+    SessionExited {
+        /// Session id.
+        id: u64,
+        /// Exit code, if it exited.
+        code: Option<i32>,
+        /// Signal, if one killed it.
+        signal: Option<i32>,
+    },
     /// The agent went away without reporting an exit.
     Lost {
         /// What was seen.
@@ -115,7 +132,64 @@ pub enum VmProcessMsg {
     /// From the waiter task: the agent's first process exited, so PID 1 and
     /// with it every process of the sandbox are gone.
     AgentExited,
+    /// Run an exec session; answered once the agent started it (or not).
+    Exec {
+        /// What to run (with its session id).
+        spec: ExecSpec,
+        /// Where the session's output and exit go, live.
+        output: mpsc::UnboundedSender<ExecItem>,
+        /// Session id and pid inside the sandbox, or why not.
+        reply: ExecReply,
+    },
+    /// Bytes for a session's stdin (empty closes it).
+    Stdin {
+        /// Session id.
+        session: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
 }
+
+/// What an exec session's caller receives, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecItem {
+    /// A chunk of output (also written to `exec.log`).
+    Output {
+        /// `stdout` or `stderr`.
+        source: LogSource,
+        /// The bytes.
+        data: bytes::Bytes,
+    },
+    /// The session's process exited; nothing follows.
+    Exited {
+        /// Exit code, if it exited.
+        code: Option<i32>,
+        /// Signal, if one killed it.
+        signal: Option<i32>,
+    },
+}
+
+/// Why an exec session did not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecRefused {
+    /// The sandbox does not run.
+    NotRunning,
+    /// The sandbox is draining (or stopping): no new sessions.
+    Draining,
+    /// The agent could not start the command.
+    Failed {
+        /// OS error number.
+        errno: i32,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// Answers an exec request: session id and pid inside the sandbox, or why not.
+pub type ExecReply = RpcReplyPort<Result<(u64, u32), ExecRefused>>;
+
+/// Live routes of exec sessions' output, shared with the reader task.
+type Routes = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<ExecItem>>>>;
 
 /// Arguments to spawn a [`VmProcess`].
 pub struct VmArgs {
@@ -147,6 +221,8 @@ pub struct VmState {
     agent_gone: bool,
     reader: Option<JoinHandle<()>>,
     waiter: Option<JoinHandle<()>>,
+    routes: Routes,
+    pending_exec: HashMap<u64, ExecReply>,
     /// Removed (dropped) with the state, after the run has ended.
     _cgroup: Option<Cgroup>,
 }
@@ -188,12 +264,16 @@ impl VmState {
     }
 
     async fn signal(&mut self, target: SignalTarget, signo: i32) {
+        self.send_frame(&Frame::Signal { target, signo }).await;
+    }
+
+    async fn send_frame(&mut self, frame: &Frame) {
         let mut buf = Vec::new();
-        Frame::Signal { target, signo }.encode(&mut buf);
+        frame.encode(&mut buf);
         if let Some(writer) = self.writer.as_mut() {
             if let Err(err) = writer.write_all(&buf).await {
                 // The agent is gone or going; its exit is reported separately.
-                tracing::debug!(%err, "signal not delivered to the agent");
+                tracing::debug!(%err, "frame not delivered to the agent");
             }
         }
     }
@@ -256,6 +336,8 @@ impl Actor for VmProcess {
             agent_gone: false,
             reader: None,
             waiter: None,
+            routes: Routes::default(),
+            pending_exec: HashMap::new(),
             _cgroup: None,
         };
         if state.spec.limits.any() {
@@ -307,7 +389,12 @@ impl Actor for VmProcess {
         Frame::Start(state.spec.start.clone()).encode(&mut start);
         writer.write_all(&start).await?;
         state.writer = Some(writer);
-        state.reader = Some(tokio::spawn(read_frames(read, myself.clone(), args.tap)));
+        state.reader = Some(tokio::spawn(read_frames(
+            read,
+            myself.clone(),
+            args.tap,
+            state.routes.clone(),
+        )));
         Ok(state)
     }
 
@@ -321,7 +408,55 @@ impl Actor for VmProcess {
             VmProcessMsg::Signal { target, signo } => state.signal(target, signo).await,
             VmProcessMsg::Kill => state.signal(SignalTarget::All, libc::SIGKILL).await,
             VmProcessMsg::KillFromHost => state.kill_tree(),
+            VmProcessMsg::Exec {
+                spec,
+                output,
+                reply,
+            } => {
+                let session = spec.session;
+                if state.writer.is_none() || state.ended {
+                    let _ = reply.send(Err(ExecRefused::NotRunning));
+                    return Ok(());
+                }
+                lock(&state.routes).insert(session, output);
+                state.pending_exec.insert(session, reply);
+                state.send_frame(&Frame::Exec(spec)).await;
+            }
+            VmProcessMsg::Stdin { session, data } => {
+                state.send_frame(&Frame::Stdin { session, data }).await;
+            }
             VmProcessMsg::Frame(frame) => match frame {
+                Frame::SessionStarted { session, pid } => {
+                    if let Some(reply) = state.pending_exec.remove(&session) {
+                        let _ = reply.send(Ok((session, pid)));
+                    }
+                    state.emit(VmEvent::SessionStarted { id: session });
+                }
+                Frame::SessionFailed {
+                    session,
+                    errno,
+                    message,
+                } => {
+                    lock(&state.routes).remove(&session);
+                    if let Some(reply) = state.pending_exec.remove(&session) {
+                        let _ = reply.send(Err(ExecRefused::Failed { errno, message }));
+                    }
+                }
+                Frame::Exited {
+                    session,
+                    code,
+                    signal,
+                } if session != 1 => {
+                    if let Some(route) = lock(&state.routes).remove(&session) {
+                        // A caller that dropped its handle needs no exit.
+                        let _ = route.send(ExecItem::Exited { code, signal });
+                    }
+                    state.emit(VmEvent::SessionExited {
+                        id: session,
+                        code,
+                        signal,
+                    });
+                }
                 Frame::Hello { init_pid } => {
                     state.init_pid = Some(init_pid);
                     state.emit(VmEvent::Hello { init_pid });
@@ -373,6 +508,7 @@ async fn read_frames(
     mut read: OwnedReadHalf,
     vm: ActorRef<VmProcessMsg>,
     mut tap: watch::Receiver<ActorRef<RelayTapMsg>>,
+    routes: Routes,
 ) {
     const GONE: &str = "the sandbox's supervisor is gone";
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -407,10 +543,20 @@ async fn read_frames(
                     stream::OUTPUT => LogSource::Output,
                     _ => LogSource::Stdout,
                 };
+                let data = bytes::Bytes::from(data);
+                if session != 1 {
+                    if let Some(route) = lock(&routes).get(&session) {
+                        // The caller may have dropped its handle; the log keeps it.
+                        let _ = route.send(ExecItem::Output {
+                            source,
+                            data: data.clone(),
+                        });
+                    }
+                }
                 pending.push(Chunk {
                     session_id: session,
                     source,
-                    data: data.into(),
+                    data,
                     captured_at: Utc::now(),
                 });
             }
@@ -463,6 +609,11 @@ async fn append(tap: &mut watch::Receiver<ActorRef<RelayTapMsg>>, mut chunks: Ve
             return false;
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Holders only insert and remove; a panic mid-way leaves a usable map.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A boot failure of the host side: the agent could not be started at all.

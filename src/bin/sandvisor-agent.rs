@@ -30,7 +30,10 @@ use nix::sys::signal::{kill, killpg, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, pipe, ForkResult, Pid};
-use sandvisor::engine::protocol::{stream, BootStage, Frame, SignalTarget, StartSpec, AGENT_FD};
+use sandvisor::engine::protocol::{
+    stream, BootStage, ExecSpec, Frame, SignalTarget, StartSpec, AGENT_FD,
+};
+use std::collections::HashMap;
 
 fn main() {
     let mut sock = match take_socket() {
@@ -414,178 +417,444 @@ fn spawn_main(spec: &StartSpec) -> std::io::Result<Child> {
 }
 
 fn kill_all(spec: &StartSpec, main_pid: Pid) {
-    deliver(spec, main_pid, SignalTarget::All, Signal::SIGKILL);
-}
-
-fn deliver(spec: &StartSpec, main_pid: Pid, target: SignalTarget, signal: Signal) {
     // Failures mean the processes are gone already.
-    match target {
-        SignalTarget::Main => {
-            let _ = kill(main_pid, signal);
-        }
+    if spec.pid_namespace {
         // As PID 1, kill(-1) reaches every process of the namespace but the agent.
-        SignalTarget::All if spec.pid_namespace => {
-            let _ = kill(Pid::from_raw(-1), signal);
-        }
-        SignalTarget::All => {
-            let _ = killpg(main_pid, signal);
-        }
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    } else {
+        let _ = killpg(main_pid, Signal::SIGKILL);
     }
 }
 
-/// Relays output and signals until the main command has exited and its
-/// output is drained; returns its status.
+/// An exec session (2, 3, …): its process and its pipes.
+struct Session {
+    pid: Pid,
+    open_pipes: u8,
+    status: Option<ExitStatus>,
+    stdin: Option<OwnedFd>,
+    /// Bytes for stdin not yet accepted by the pipe (it is non-blocking, so
+    /// a session that does not read cannot stall the agent).
+    stdin_pending: Vec<u8>,
+    close_stdin: bool,
+}
+
+/// The agent's running state: the host link, the main command, the exec
+/// sessions and every pipe being relayed.
+struct Agent<'a> {
+    sock: &'a mut UnixStream,
+    spec: &'a StartSpec,
+    main_pid: Pid,
+    main_status: Option<ExitStatus>,
+    sessions: HashMap<u64, Session>,
+    /// Output pipes: descriptor, stream tag, session.
+    pipes: Vec<(OwnedFd, u8, u64)>,
+    inbox: Vec<u8>,
+    host_gone: bool,
+}
+
+/// Relays output, signals, exec sessions and stdin until the main command has
+/// exited and all output is drained; returns its status.
 fn supervise(
     sock: &mut UnixStream,
-    mut inbox: Vec<u8>,
+    inbox: Vec<u8>,
     spec: &StartSpec,
     child: &mut Child,
     (stdout, stderr): (Option<OwnedFd>, Option<OwnedFd>),
     sigfd: &SignalFd,
 ) -> Option<ExitStatus> {
-    let main_pid = Pid::from_raw(child.id() as i32);
+    let mut agent = Agent {
+        sock,
+        spec,
+        main_pid: Pid::from_raw(child.id() as i32),
+        main_status: None,
+        sessions: HashMap::new(),
+        pipes: Vec::new(),
+        inbox,
+        host_gone: false,
+    };
+    agent.pipes.extend(stdout.map(|fd| (fd, stream::STDOUT, 1)));
+    agent.pipes.extend(stderr.map(|fd| (fd, stream::STDERR, 1)));
     // Frames that came in right behind Start.
-    let mut host_gone = handle_frames(&mut inbox, spec, main_pid).is_err();
-    let mut pipes: Vec<(OwnedFd, u8)> = Vec::new();
-    pipes.extend(stdout.map(|fd| (fd, stream::STDOUT)));
-    pipes.extend(stderr.map(|fd| (fd, stream::STDERR)));
-    let mut main_status: Option<ExitStatus> = None;
-    reap(child, &mut main_status);
-    if main_status.is_some() {
-        kill_all(spec, main_pid);
+    agent.handle_frames();
+    agent.reap();
+    if agent.main_status.is_some() {
+        kill_all(spec, agent.main_pid);
     }
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        if main_status.is_some() && pipes.is_empty() {
-            reap(child, &mut main_status);
-            return main_status;
-        }
-        let (ready_sock, ready_sig, ready_pipes) = {
-            let mut fds = vec![
-                PollFd::new(sock.as_fd(), PollFlags::POLLIN),
-                PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
-            ];
-            fds.extend(
-                pipes
-                    .iter()
-                    .map(|(fd, _)| PollFd::new(fd.as_fd(), PollFlags::POLLIN)),
-            );
-            // Once the main command is gone, leftover writers were killed; give
-            // the drain a bound in case one escaped (no pid namespace).
-            let timeout = if main_status.is_some() {
-                PollTimeout::from(2000u16)
-            } else {
-                PollTimeout::NONE
+    agent.run(sigfd)
+}
+
+impl Agent<'_> {
+    fn run(&mut self, sigfd: &SignalFd) -> Option<ExitStatus> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if self.main_status.is_some() && self.pipes.is_empty() {
+                self.reap_remaining();
+                return self.main_status;
+            }
+            let stdin_ids: Vec<u64> = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.stdin.is_some() && !s.stdin_pending.is_empty())
+                .map(|(id, _)| *id)
+                .collect();
+            let (ready_sock, ready_sig, ready_pipes, ready_stdin) = {
+                let mut fds = vec![
+                    PollFd::new(self.sock.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+                ];
+                fds.extend(
+                    self.pipes
+                        .iter()
+                        .map(|(fd, _, _)| PollFd::new(fd.as_fd(), PollFlags::POLLIN)),
+                );
+                for id in &stdin_ids {
+                    if let Some(fd) = self.sessions.get(id).and_then(|s| s.stdin.as_ref()) {
+                        fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLOUT));
+                    }
+                }
+                // Once the main command is gone, leftover writers were killed;
+                // give the drain a bound in case one escaped (no pid namespace).
+                let timeout = if self.main_status.is_some() {
+                    PollTimeout::from(2000u16)
+                } else {
+                    PollTimeout::NONE
+                };
+                match poll(&mut fds, timeout) {
+                    Ok(0) => {
+                        self.pipes.clear();
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(Errno::EINTR) => continue,
+                    Err(_) => return self.main_status,
+                }
+                let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+                let pipes_end = 2 + self.pipes.len();
+                (
+                    ready(&fds[0]),
+                    ready(&fds[1]),
+                    fds[2..pipes_end].iter().map(ready).collect::<Vec<_>>(),
+                    fds[pipes_end..].iter().map(ready).collect::<Vec<_>>(),
+                )
             };
-            match poll(&mut fds, timeout) {
-                Ok(0) => {
-                    pipes.clear();
-                    continue;
+            for (i, is_ready) in ready_pipes.iter().enumerate().rev() {
+                if *is_ready {
+                    self.relay(i, &mut buf);
                 }
-                Ok(_) => {}
-                Err(Errno::EINTR) => continue,
-                Err(_) => return main_status,
             }
-            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-            (
-                ready(&fds[0]),
-                ready(&fds[1]),
-                fds[2..].iter().map(ready).collect::<Vec<_>>(),
-            )
-        };
-        for (i, is_ready) in ready_pipes.iter().enumerate().rev() {
-            if !is_ready {
-                continue;
-            }
-            let (fd, tag) = &pipes[i];
-            match nix::unistd::read(fd, &mut buf) {
-                Ok(0) | Err(Errno::EBADF) => {
-                    pipes.remove(i);
+            for (id, is_ready) in stdin_ids.iter().zip(ready_stdin) {
+                if is_ready {
+                    self.flush_stdin(*id);
                 }
-                Ok(n) => {
-                    let frame = Frame::Output {
-                        session: 1,
-                        stream: *tag,
-                        data: buf[..n].to_vec(),
-                    };
-                    if send(sock, &frame).is_err() {
-                        host_gone = true;
+            }
+            if ready_sock && !self.host_gone {
+                match self.sock.read(&mut buf) {
+                    Ok(0) | Err(_) => self.host_gone = true,
+                    Ok(n) => {
+                        self.inbox.extend_from_slice(&buf[..n]);
+                        self.handle_frames();
                     }
                 }
-                Err(Errno::EINTR | Errno::EAGAIN) => {}
+            }
+            if self.host_gone {
+                // Nobody is left to report to: a sandbox never outlives its host.
+                kill_all(self.spec, self.main_pid);
+                std::process::exit(1);
+            }
+            if ready_sig {
+                while let Ok(Some(info)) = sigfd.read_signal() {
+                    let signo = info.ssi_signo as i32;
+                    if signo != libc::SIGCHLD {
+                        // A signal sent to the agent itself is meant for the sandbox.
+                        if let Ok(signal) = Signal::try_from(signo) {
+                            self.deliver(SignalTarget::All, signal);
+                        }
+                    }
+                }
+                let had_exited = self.main_status.is_some();
+                self.reap();
+                if !had_exited && self.main_status.is_some() {
+                    // The main command ended: the sandbox ends with it.
+                    kill_all(self.spec, self.main_pid);
+                }
+            }
+        }
+    }
+
+    /// Reads one chunk from pipe `i` and sends it; closes the pipe at EOF.
+    fn relay(&mut self, i: usize, buf: &mut [u8]) {
+        let (fd, tag, session) = &self.pipes[i];
+        let (tag, session) = (*tag, *session);
+        match nix::unistd::read(fd, buf) {
+            Ok(0) | Err(Errno::EBADF) => self.close_pipe(i),
+            Ok(n) => {
+                let frame = Frame::Output {
+                    session,
+                    stream: tag,
+                    data: buf[..n].to_vec(),
+                };
+                if send(self.sock, &frame).is_err() {
+                    self.host_gone = true;
+                }
+            }
+            Err(Errno::EINTR | Errno::EAGAIN) => {}
+            Err(_) => self.close_pipe(i),
+        }
+    }
+
+    fn close_pipe(&mut self, i: usize) {
+        let (_, _, session) = self.pipes.remove(i);
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.open_pipes = s.open_pipes.saturating_sub(1);
+            self.report_if_done(session);
+        }
+    }
+
+    /// Acts on every complete frame in the inbox; a protocol error means the
+    /// host is gone.
+    fn handle_frames(&mut self) {
+        loop {
+            match Frame::decode(&self.inbox) {
+                Ok(Some((frame, used))) => {
+                    self.inbox.drain(..used);
+                    match frame {
+                        Frame::Signal { target, signo } => {
+                            if let Ok(signal) = Signal::try_from(signo) {
+                                self.deliver(target, signal);
+                            }
+                        }
+                        Frame::Exec(exec) => self.exec(exec),
+                        Frame::Stdin { session, data } => self.stdin(session, data),
+                        _ => {}
+                    }
+                }
+                Ok(None) => return,
                 Err(_) => {
-                    pipes.remove(i);
+                    self.host_gone = true;
+                    return;
                 }
-            }
-        }
-        if ready_sock && !host_gone {
-            match sock.read(&mut buf) {
-                Ok(0) | Err(_) => host_gone = true,
-                Ok(n) => {
-                    inbox.extend_from_slice(&buf[..n]);
-                    host_gone = handle_frames(&mut inbox, spec, main_pid).is_err();
-                }
-            }
-        }
-        if host_gone {
-            // Nobody is left to report to: a sandbox never outlives its host.
-            kill_all(spec, main_pid);
-            std::process::exit(1);
-        }
-        if ready_sig {
-            while let Ok(Some(info)) = sigfd.read_signal() {
-                let signo = info.ssi_signo as i32;
-                if signo != libc::SIGCHLD {
-                    // A signal sent to the agent itself is meant for the sandbox.
-                    if let Ok(signal) = Signal::try_from(signo) {
-                        deliver(spec, main_pid, SignalTarget::All, signal);
-                    }
-                }
-            }
-            let had_exited = main_status.is_some();
-            reap(child, &mut main_status);
-            if !had_exited && main_status.is_some() {
-                // The main command ended: the sandbox ends with it.
-                kill_all(spec, main_pid);
             }
         }
     }
-}
 
-/// Acts on every complete frame in `inbox`; `Err` on a protocol error (the
-/// host is then treated as gone).
-fn handle_frames(inbox: &mut Vec<u8>, spec: &StartSpec, main_pid: Pid) -> Result<(), ()> {
-    loop {
-        match Frame::decode(inbox) {
-            Ok(Some((frame, used))) => {
-                inbox.drain(..used);
-                if let Frame::Signal { target, signo } = frame {
-                    if let Ok(signal) = Signal::try_from(signo) {
-                        deliver(spec, main_pid, target, signal);
+    fn deliver(&self, target: SignalTarget, signal: Signal) {
+        // Failures mean the processes are gone already.
+        match target {
+            SignalTarget::Main => {
+                let _ = kill(self.main_pid, signal);
+            }
+            SignalTarget::All if self.spec.pid_namespace => {
+                let _ = kill(Pid::from_raw(-1), signal);
+            }
+            SignalTarget::All => {
+                let _ = killpg(self.main_pid, signal);
+            }
+            SignalTarget::Session(id) => {
+                if let Some(session) = self.sessions.get(&id).filter(|s| s.status.is_none()) {
+                    let _ = killpg(session.pid, signal);
+                }
+            }
+        }
+    }
+
+    fn exec(&mut self, exec: ExecSpec) {
+        let mut command = Command::new(&exec.command);
+        command
+            .args(&exec.args)
+            .env_clear()
+            .envs(exec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(if exec.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if let Some(cwd) = &exec.cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(err) => {
+                let message = match err.kind() {
+                    std::io::ErrorKind::NotFound => format!("command not found: {}", exec.command),
+                    _ => format!("cannot start {}: {err}", exec.command),
+                };
+                let frame = Frame::SessionFailed {
+                    session: exec.session,
+                    errno: err.raw_os_error().unwrap_or(0),
+                    message,
+                };
+                if send(self.sock, &frame).is_err() {
+                    self.host_gone = true;
+                }
+                return;
+            }
+        };
+        let pid = Pid::from_raw(child.id() as i32);
+        let stdin = child.stdin.take().map(OwnedFd::from);
+        if let Some(fd) = &stdin {
+            // SAFETY: fcntl on a descriptor this process owns.
+            unsafe {
+                let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+                libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+        }
+        let mut open_pipes = 0;
+        for (pipe, tag) in [
+            (child.stdout.take().map(OwnedFd::from), stream::STDOUT),
+            (child.stderr.take().map(OwnedFd::from), stream::STDERR),
+        ] {
+            if let Some(fd) = pipe {
+                self.pipes.push((fd, tag, exec.session));
+                open_pipes += 1;
+            }
+        }
+        self.sessions.insert(
+            exec.session,
+            Session {
+                pid,
+                open_pipes,
+                status: None,
+                stdin,
+                stdin_pending: Vec::new(),
+                close_stdin: false,
+            },
+        );
+        let frame = Frame::SessionStarted {
+            session: exec.session,
+            pid: pid.as_raw() as u32,
+        };
+        if send(self.sock, &frame).is_err() {
+            self.host_gone = true;
+        }
+    }
+
+    fn stdin(&mut self, id: u64, data: Vec<u8>) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if data.is_empty() {
+            session.close_stdin = true;
+        } else {
+            session.stdin_pending.extend_from_slice(&data);
+        }
+        self.flush_stdin(id);
+    }
+
+    /// Writes what the session's stdin pipe accepts now; closes it once
+    /// asked to and drained.
+    fn flush_stdin(&mut self, id: u64) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if let Some(fd) = &session.stdin {
+            while !session.stdin_pending.is_empty() {
+                match nix::unistd::write(fd, &session.stdin_pending) {
+                    Ok(n) => {
+                        session.stdin_pending.drain(..n);
+                    }
+                    Err(Errno::EINTR) => continue,
+                    Err(Errno::EAGAIN) => break,
+                    Err(_) => {
+                        // The reader is gone: nothing more can be written.
+                        session.stdin_pending.clear();
+                        session.stdin = None;
+                        break;
                     }
                 }
             }
-            Ok(None) => return Ok(()),
-            Err(_) => return Err(()),
+        }
+        if session.close_stdin && session.stdin_pending.is_empty() {
+            session.stdin = None;
         }
     }
-}
 
-/// Reaps every exited process; records the main command's status.
-fn reap(child: &mut Child, main_status: &mut Option<ExitStatus>) {
-    let main_pid = child.id() as i32;
-    loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) if pid.as_raw() == main_pid => {
-                *main_status = Some(ExitStatus::from_raw((code & 0xff) << 8));
+    /// Reaps every exited process, recording the main command's and the
+    /// sessions' statuses.
+    fn reap(&mut self) {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(status) => self.record(status),
             }
-            Ok(WaitStatus::Signaled(pid, signal, core)) if pid.as_raw() == main_pid => {
-                *main_status = Some(ExitStatus::from_raw(
-                    signal as i32 | if core { 0x80 } else { 0 },
-                ));
+        }
+    }
+
+    /// After the main command: every process was killed, so wait for each to
+    /// be gone and report every session.
+    fn reap_remaining(&mut self) {
+        let flags = if self.spec.pid_namespace {
+            None
+        } else {
+            Some(WaitPidFlag::WNOHANG)
+        };
+        while self.sessions.values().any(|s| s.status.is_none()) {
+            match waitpid(None, flags) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(status) => self.record(status),
             }
-            Ok(WaitStatus::StillAlive) | Err(_) => return,
-            Ok(_) => {}
+        }
+        self.reap();
+        let ids: Vec<u64> = self.sessions.keys().copied().collect();
+        for id in ids {
+            if let Some(session) = self.sessions.get_mut(&id) {
+                session.open_pipes = 0;
+                session
+                    .status
+                    .get_or_insert(ExitStatus::from_raw(libc::SIGKILL));
+            }
+            self.report_if_done(id);
+        }
+    }
+
+    fn record(&mut self, status: WaitStatus) {
+        let (pid, exit) = match status {
+            WaitStatus::Exited(pid, code) => (pid, ExitStatus::from_raw((code & 0xff) << 8)),
+            WaitStatus::Signaled(pid, signal, core) => (
+                pid,
+                ExitStatus::from_raw(signal as i32 | if core { 0x80 } else { 0 }),
+            ),
+            _ => return,
+        };
+        if pid == self.main_pid {
+            self.main_status = Some(exit);
+            return;
+        }
+        let id = self
+            .sessions
+            .iter()
+            .find(|(_, s)| s.pid == pid && s.status.is_none())
+            .map(|(id, _)| *id);
+        if let Some(id) = id {
+            if let Some(session) = self.sessions.get_mut(&id) {
+                session.status = Some(exit);
+            }
+            self.report_if_done(id);
+        }
+    }
+
+    /// Reports a session's exit once its process is reaped and its output
+    /// drained, so its output always comes before its exit.
+    fn report_if_done(&mut self, id: u64) {
+        let done = self
+            .sessions
+            .get(&id)
+            .is_some_and(|s| s.status.is_some() && s.open_pipes == 0);
+        if !done {
+            return;
+        }
+        if let Some(session) = self.sessions.remove(&id) {
+            let status = session.status;
+            let frame = Frame::Exited {
+                session: id,
+                code: status.and_then(|s| s.code()),
+                signal: status.and_then(|s| s.signal()),
+            };
+            if send(self.sock, &frame).is_err() {
+                self.host_gone = true;
+            }
         }
     }
 }

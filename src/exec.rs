@@ -1,0 +1,236 @@
+//! Exec sessions: more commands in a running sandbox, each with its own
+//! session id (2, 3, …), its output both in `exec.log` and live to the caller.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Stream;
+use ractor::ActorRef;
+use sandvisor_actors::sandbox::SupervisorMsg;
+use sandvisor_actors::vm_process::ExecItem;
+use tokio::sync::mpsc;
+
+use crate::config::DEFAULT_PATH;
+use crate::error::{Error, Result};
+use crate::logs::LogSource;
+
+/// A command to run in a running sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecConfig {
+    /// Program; a bare name is looked up in the session's `PATH`.
+    pub command: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its environment (nothing inherited; `PATH` defaults as for sandboxes).
+    pub env: BTreeMap<String, String>,
+    /// Working directory inside the sandbox.
+    pub cwd: Option<String>,
+    /// Allocate a terminal (not supported yet: refused with `InvalidConfig`).
+    pub tty: bool,
+    /// Give the session a stdin to write to ([`ExecHandle::write_stdin`]).
+    pub stdin: bool,
+}
+
+impl ExecConfig {
+    /// Runs `command` with `args`.
+    pub fn new<I, S>(command: impl Into<String>, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            command: command.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let bad = |field: &str, reason: &str| Error::InvalidConfig {
+            field: field.to_string(),
+            reason: reason.to_string(),
+        };
+        if self.command.is_empty() {
+            return Err(bad("command", "is empty"));
+        }
+        if self.command.contains('\0') || self.args.iter().any(|a| a.contains('\0')) {
+            return Err(bad("command", "contains a NUL byte"));
+        }
+        if self
+            .env
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0'))
+        {
+            return Err(bad(
+                "env",
+                "keys must be non-empty without '=' or NUL; values without NUL",
+            ));
+        }
+        if self.cwd.as_ref().is_some_and(|c| !c.starts_with('/')) {
+            return Err(bad("cwd", "must be absolute"));
+        }
+        if self.tty {
+            return Err(bad("tty", "terminal sessions are not supported yet"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn env_list(&self) -> Vec<(String, String)> {
+        let mut env = self.env.clone();
+        env.entry("PATH".into())
+            .or_insert_with(|| DEFAULT_PATH.into());
+        env.into_iter().collect()
+    }
+}
+
+/// A chunk of an exec session's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// `stdout` or `stderr`.
+    pub source: LogSource,
+    /// The bytes, exactly as written.
+    pub data: Bytes,
+}
+
+/// How an exec session's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecStatus {
+    /// Exit code, if it exited.
+    pub code: Option<i32>,
+    /// Signal, if one killed it.
+    pub signal: Option<i32>,
+}
+
+/// A running exec session: a `Stream` of its output, its stdin, its exit.
+#[derive(Debug)]
+pub struct ExecHandle {
+    id: u64,
+    pid: u32,
+    items: mpsc::UnboundedReceiver<ExecItem>,
+    status: Option<ExecStatus>,
+    supervisor: ActorRef<SupervisorMsg>,
+    sandbox: String,
+    stdin_open: bool,
+}
+
+impl ExecHandle {
+    pub(crate) fn new(
+        id: u64,
+        pid: u32,
+        items: mpsc::UnboundedReceiver<ExecItem>,
+        supervisor: ActorRef<SupervisorMsg>,
+        sandbox: String,
+        stdin: bool,
+    ) -> Self {
+        Self {
+            id,
+            pid,
+            items,
+            status: None,
+            supervisor,
+            sandbox,
+            stdin_open: stdin,
+        }
+    }
+
+    /// The session id (as in `exec.log`).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The process's pid inside the sandbox.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Writes to the session's stdin.
+    pub fn write_stdin(&mut self, data: impl Into<Vec<u8>>) -> Result<()> {
+        let data = data.into();
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.send_stdin(data)
+    }
+
+    /// Closes the session's stdin (the process sees end of file).
+    pub fn close_stdin(&mut self) -> Result<()> {
+        self.send_stdin(Vec::new())?;
+        self.stdin_open = false;
+        Ok(())
+    }
+
+    fn send_stdin(&mut self, data: Vec<u8>) -> Result<()> {
+        if !self.stdin_open || self.status.is_some() {
+            return Err(Error::SessionClosed {
+                sandbox: self.sandbox.clone(),
+                session: self.id,
+            });
+        }
+        self.supervisor
+            .cast(SupervisorMsg::Stdin {
+                session: self.id,
+                data,
+            })
+            .map_err(|_| Error::SessionClosed {
+                sandbox: self.sandbox.clone(),
+                session: self.id,
+            })
+    }
+
+    /// Sends SIGKILL to the session's processes.
+    pub fn kill(&self) -> Result<()> {
+        self.supervisor
+            .cast(SupervisorMsg::SignalSession {
+                session: self.id,
+                signo: libc::SIGKILL,
+            })
+            .map_err(|_| Error::SandboxNotRunning(self.sandbox.clone()))
+    }
+
+    /// Waits for the process to exit (output not yet read is discarded).
+    pub async fn wait(mut self) -> Result<ExecStatus> {
+        loop {
+            if let Some(status) = self.status {
+                return Ok(status);
+            }
+            match self.items.recv().await {
+                Some(ExecItem::Output { .. }) => {}
+                Some(ExecItem::Exited { code, signal }) => {
+                    self.status = Some(ExecStatus { code, signal })
+                }
+                None => return Err(Error::SandboxNotRunning(self.sandbox.clone())),
+            }
+        }
+    }
+}
+
+impl Stream for ExecHandle {
+    type Item = ExecOutput;
+
+    /// The session's output in order; ends when the process has exited.
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ExecOutput>> {
+        if self.status.is_some() {
+            return Poll::Ready(None);
+        }
+        match self.items.poll_recv(cx) {
+            Poll::Ready(Some(ExecItem::Output { source, data })) => {
+                Poll::Ready(Some(ExecOutput { source, data }))
+            }
+            Poll::Ready(Some(ExecItem::Exited { code, signal })) => {
+                self.status = Some(ExecStatus { code, signal });
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl ExecHandle {
+    /// The exit status, once the output stream has ended.
+    pub fn status(&self) -> Option<ExecStatus> {
+        self.status
+    }
+}

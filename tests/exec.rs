@@ -1,0 +1,239 @@
+//! Exec sessions and drain, with real processes inside real sandboxes.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use sandvisor::{
+    Error, ExecConfig, LogOptions, LogSource, SandboxConfig, Sandvisor, TerminationReason,
+};
+
+async fn runtime() -> (tempfile::TempDir, Sandvisor) {
+    let home = tempfile::tempdir().unwrap();
+    let rt = Sandvisor::builder()
+        .home(home.path())
+        .agent_path(env!("CARGO_BIN_EXE_sandvisor-agent"))
+        .open()
+        .await
+        .unwrap();
+    (home, rt)
+}
+
+fn sh(script: &str) -> ExecConfig {
+    ExecConfig::new("sh", ["-c", script])
+}
+
+#[tokio::test]
+async fn two_sessions_interleave_and_each_stream_equals_the_log() {
+    let (_home, rt) = runtime().await;
+    let sandbox = rt
+        .create(SandboxConfig::new("ex", "sleep").args(["1000"]))
+        .await
+        .unwrap();
+    let a = sandbox
+        .exec(sh(
+            "for i in $(seq 1 50); do echo a-$i; echo a-err-$i >&2; sleep 0.01; done; exit 3",
+        ))
+        .await
+        .unwrap();
+    let b = sandbox
+        .exec(sh("for i in $(seq 1 50); do echo b-$i; sleep 0.01; done"))
+        .await
+        .unwrap();
+    assert_eq!((a.id(), b.id()), (2, 3));
+    let collect = |mut h: sandvisor::ExecHandle| async move {
+        let mut out = Vec::new();
+        while let Some(chunk) = h.next().await {
+            out.push((chunk.source, chunk.data));
+        }
+        (out, h.status().unwrap())
+    };
+    let ((a_out, a_status), (b_out, b_status)) = tokio::join!(collect(a), collect(b));
+    assert_eq!(a_status.code, Some(3));
+    assert_eq!(b_status.code, Some(0));
+    let logs = sandbox.logs(&LogOptions::default()).await.unwrap();
+    for (id, live) in [(2, &a_out), (3, &b_out)] {
+        let logged: Vec<_> = logs
+            .iter()
+            .filter(|e| e.session_id == Some(id))
+            .map(|e| (e.source, e.data.clone()))
+            .collect();
+        assert_eq!(
+            &logged, live,
+            "session {id}: the live stream must equal the log"
+        );
+    }
+    let text = |out: &[(LogSource, bytes::Bytes)], source| {
+        out.iter()
+            .filter(|(s, _)| *s == source)
+            .map(|(_, d)| String::from_utf8_lossy(d).into_owned())
+            .collect::<String>()
+    };
+    assert_eq!(text(&a_out, LogSource::Stdout).lines().count(), 50);
+    assert_eq!(text(&a_out, LogSource::Stderr).lines().count(), 50);
+    assert!(text(&b_out, LogSource::Stdout)
+        .lines()
+        .all(|l| l.starts_with("b-")));
+    sandbox.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn stdin_reaches_the_session_and_closed_sessions_refuse_it() {
+    let (_home, rt) = runtime().await;
+    let sandbox = rt
+        .create(SandboxConfig::new("cat", "sleep").args(["1000"]))
+        .await
+        .unwrap();
+    let mut cat = sandbox
+        .exec(ExecConfig {
+            stdin: true,
+            ..ExecConfig::new("cat", Vec::<String>::new())
+        })
+        .await
+        .unwrap();
+    cat.write_stdin(b"hello\n".to_vec()).unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(10), cat.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed.data.as_ref(), b"hello\n");
+    cat.close_stdin().unwrap();
+    assert!(matches!(
+        cat.write_stdin(b"more".to_vec()).unwrap_err(),
+        Error::SessionClosed { session: 2, .. }
+    ));
+    assert_eq!(cat.wait().await.unwrap().code, Some(0));
+    let mut no_stdin = sandbox.exec(sh("true")).await.unwrap();
+    assert!(matches!(
+        no_stdin.write_stdin(b"x".to_vec()).unwrap_err(),
+        Error::SessionClosed { .. }
+    ));
+    sandbox.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_exec_requests_get_typed_errors() {
+    let (_home, rt) = runtime().await;
+    let sandbox = rt
+        .create(SandboxConfig::new("bad", "sleep").args(["1000"]))
+        .await
+        .unwrap();
+    let err = sandbox
+        .exec(ExecConfig::new("", Vec::<String>::new()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidConfig { ref field, .. } if field == "command"),
+        "{err:?}"
+    );
+    let err = sandbox
+        .exec(ExecConfig::new(
+            "no-such-command-here",
+            Vec::<String>::new(),
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ExecFailed {
+                errno: libc::ENOENT,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = sandbox
+        .exec(ExecConfig {
+            tty: true,
+            ..sh("tty")
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidConfig { ref field, .. } if field == "tty"),
+        "{err:?}"
+    );
+    // A session killed by its handle reports the signal.
+    let looping = sandbox.exec(sh("while :; do sleep 1; done")).await.unwrap();
+    looping.kill().unwrap();
+    assert_eq!(looping.wait().await.unwrap().signal, Some(9));
+    sandbox.kill().await.unwrap();
+    let err = sandbox.exec(sh("true")).await.unwrap_err();
+    assert!(matches!(err, Error::SandboxNotRunning(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn drain_refuses_new_sessions_waits_for_running_ones_then_stops() {
+    let (_home, rt) = runtime().await;
+    let sandbox = rt
+        .create(SandboxConfig::new("drain", "sleep").args(["1000"]))
+        .await
+        .unwrap();
+    let running = sandbox.exec(sh("sleep 1; echo finished")).await.unwrap();
+    sandbox.request_drain(Some(Duration::from_secs(20)));
+    // The drain request is handled before this exec.
+    let err = sandbox.exec(sh("true")).await.unwrap_err();
+    assert!(matches!(err, Error::SandboxDraining(_)), "{err:?}");
+    assert_eq!(running.wait().await.unwrap().code, Some(0));
+    let result = sandbox.wait_until_stopped().await.unwrap();
+    assert_eq!(result.signal, Some(libc::SIGTERM));
+    let runs = rt.runs("drain").await.unwrap();
+    assert_eq!(
+        runs[0].termination_reason,
+        Some(TerminationReason::DrainRequested)
+    );
+    let out: String = sandbox
+        .logs(&LogOptions::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.data).into_owned())
+        .collect();
+    assert!(out.contains("finished"), "{out}");
+}
+
+#[tokio::test]
+async fn many_sandboxes_with_many_sessions_capture_everything() {
+    let (_home, rt) = runtime().await;
+    let mut tasks = Vec::new();
+    for s in 0..20 {
+        let rt = rt.clone();
+        tasks.push(tokio::spawn(async move {
+            let name = format!("many-{s}");
+            let sandbox = rt
+                .create(SandboxConfig::new(&name, "sleep").args(["1000"]))
+                .await
+                .unwrap();
+            let mut sessions = Vec::new();
+            for _ in 0..10 {
+                sessions.push(
+                    sandbox
+                        .exec(sh(
+                            "i=0; while [ $i -lt 200 ]; do echo $i; i=$((i+1)); done",
+                        ))
+                        .await
+                        .unwrap(),
+                );
+            }
+            let mut ids = Vec::new();
+            for session in sessions {
+                ids.push(session.id());
+                assert_eq!(session.wait().await.unwrap().code, Some(0));
+            }
+            let logs = sandbox.logs(&LogOptions::default()).await.unwrap();
+            for id in ids {
+                let text: String = logs
+                    .iter()
+                    .filter(|e| e.session_id == Some(id))
+                    .map(|e| String::from_utf8_lossy(&e.data).into_owned())
+                    .collect();
+                let numbers: Vec<u32> = text.lines().map(|l| l.parse().unwrap()).collect();
+                assert_eq!(numbers, (0..200).collect::<Vec<_>>(), "{name} session {id}");
+            }
+            sandbox.kill().await.unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
