@@ -75,6 +75,14 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+    /// A window size for a session that has no terminal.
+    #[error("session {session} of {sandbox} has no terminal")]
+    NotATerminal {
+        /// The sandbox.
+        sandbox: String,
+        /// Session id.
+        session: u64,
+    },
     /// Stdin of a session that has no stdin, closed it, or has exited.
     #[error("session {session} of {sandbox} takes no more input")]
     SessionClosed {

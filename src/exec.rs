@@ -27,8 +27,13 @@ pub struct ExecConfig {
     pub env: BTreeMap<String, String>,
     /// Working directory inside the sandbox.
     pub cwd: Option<String>,
-    /// Allocate a terminal (not supported yet: refused with `InvalidConfig`).
+    /// Run on a new pseudo-terminal inside the sandbox: stdin, stdout and
+    /// stderr are the terminal, output is the merged `output` source.
     pub tty: bool,
+    /// The terminal's rows (0: 24).
+    pub rows: u16,
+    /// The terminal's columns (0: 80).
+    pub cols: u16,
     /// Give the session a stdin to write to ([`ExecHandle::write_stdin`]).
     pub stdin: bool,
 }
@@ -71,9 +76,6 @@ impl ExecConfig {
         if self.cwd.as_ref().is_some_and(|c| !c.starts_with('/')) {
             return Err(bad("cwd", "must be absolute"));
         }
-        if self.tty {
-            return Err(bad("tty", "terminal sessions are not supported yet"));
-        }
         Ok(())
     }
 
@@ -106,6 +108,7 @@ pub struct ExecStatus {
 /// A running exec session: a `Stream` of its output, its stdin, its exit.
 #[derive(Debug)]
 pub struct ExecHandle {
+    tty: bool,
     id: u64,
     pid: u32,
     items: mpsc::UnboundedReceiver<ExecItem>,
@@ -117,6 +120,7 @@ pub struct ExecHandle {
 
 impl ExecHandle {
     pub(crate) fn new(
+        tty: bool,
         id: u64,
         pid: u32,
         items: mpsc::UnboundedReceiver<ExecItem>,
@@ -125,13 +129,15 @@ impl ExecHandle {
         stdin: bool,
     ) -> Self {
         Self {
+            tty,
             id,
             pid,
             items,
             status: None,
             supervisor,
             sandbox,
-            stdin_open: stdin,
+            // A terminal always takes input.
+            stdin_open: stdin || tty,
         }
     }
 
@@ -177,6 +183,23 @@ impl ExecHandle {
                 sandbox: self.sandbox.clone(),
                 session: self.id,
             })
+    }
+
+    /// Changes a terminal session's window size.
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        if !self.tty {
+            return Err(Error::NotATerminal {
+                sandbox: self.sandbox.clone(),
+                session: self.id,
+            });
+        }
+        self.supervisor
+            .cast(SupervisorMsg::Resize {
+                session: self.id,
+                rows,
+                cols,
+            })
+            .map_err(|_| Error::SandboxNotRunning(self.sandbox.clone()))
     }
 
     /// Sends SIGKILL to the session's processes.

@@ -8,6 +8,7 @@
 //! - [`engine`]: the actors themselves (relay tap, tailers, subscribers, the
 //!   watch hub) and their messages, for embedding and for actor message probes.
 
+pub mod attach;
 pub mod config;
 pub mod error;
 pub mod exec;

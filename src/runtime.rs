@@ -563,6 +563,9 @@ impl Sandbox {
             env: config.env_list(),
             cwd: config.cwd.clone(),
             stdin: config.stdin,
+            tty: config.tty,
+            rows: config.rows,
+            cols: config.cols,
         };
         let started = ractor::call!(self.supervisor, |reply| SupervisorMsg::Exec {
             spec,
@@ -572,6 +575,7 @@ impl Sandbox {
         .map_err(|_| Error::SandboxNotRunning(self.name.clone()))?;
         match started {
             Ok((id, pid)) => Ok(ExecHandle::new(
+                config.tty,
                 id,
                 pid,
                 rx,

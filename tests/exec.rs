@@ -142,17 +142,10 @@ async fn bad_exec_requests_get_typed_errors() {
         ),
         "{err:?}"
     );
-    let err = sandbox
-        .exec(ExecConfig {
-            tty: true,
-            ..sh("tty")
-        })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::InvalidConfig { ref field, .. } if field == "tty"),
-        "{err:?}"
-    );
+    let plain = sandbox.exec(sh("sleep 0.2")).await.unwrap();
+    let err = plain.resize(40, 100).unwrap_err();
+    assert!(matches!(err, Error::NotATerminal { .. }), "{err:?}");
+    plain.wait().await.unwrap();
     // A session killed by its handle reports the signal.
     let looping = sandbox.exec(sh("while :; do sleep 1; done")).await.unwrap();
     looping.kill().unwrap();
@@ -236,4 +229,81 @@ async fn many_sandboxes_with_many_sessions_capture_everything() {
     for task in tasks {
         task.await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_terminal_session_gets_a_pty_merged_output_and_resizes() {
+    let (_home, rt) = runtime().await;
+    let sandbox = rt
+        .create(SandboxConfig::new("pty", "sleep").args(["1000"]))
+        .await
+        .unwrap();
+    let term = ExecConfig {
+        tty: true,
+        rows: 30,
+        cols: 90,
+        ..sh("tty; stty size; echo to-stderr >&2")
+    };
+    let mut session = sandbox.exec(term).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(chunk) = session.next().await {
+        assert_eq!(chunk.source, LogSource::Output);
+        out.extend_from_slice(&chunk.data);
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert!(text.contains("30 90"), "{text}");
+    assert!(text.contains("to-stderr"), "{text}");
+    // A resize reaches the running program; typed input is echoed by the terminal.
+    let mut session = sandbox
+        .exec(ExecConfig {
+            tty: true,
+            ..sh("read line; stty size; echo got-$line")
+        })
+        .await
+        .unwrap();
+    session.resize(40, 100).unwrap();
+    session.write_stdin(b"hi\n".to_vec()).unwrap();
+    let mut out = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), session.next())
+        .await
+        .unwrap()
+    {
+        out.extend_from_slice(&chunk.data);
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("40 100"), "{text}");
+    assert!(text.contains("got-hi"), "{text}");
+    sandbox.kill().await.unwrap();
+}
+
+#[test]
+fn raw_mode_is_restored_on_drop_and_on_panic() {
+    use nix::sys::termios::{tcgetattr, LocalFlags};
+    use sandvisor::attach::RawTerminal;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let before = tcgetattr(&pty.slave).unwrap();
+    assert!(before.local_flags.contains(LocalFlags::ICANON));
+    {
+        let _raw = RawTerminal::enable(&pty.slave).unwrap();
+        let now = tcgetattr(&pty.slave).unwrap();
+        assert!(
+            !now.local_flags.contains(LocalFlags::ICANON)
+                && !now.local_flags.contains(LocalFlags::ISIG)
+        );
+    }
+    assert_eq!(
+        tcgetattr(&pty.slave).unwrap().local_flags,
+        before.local_flags
+    );
+    let slave = &pty.slave;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _raw = RawTerminal::enable(slave).unwrap();
+        panic!("the session failed");
+    }));
+    assert!(result.is_err());
+    let after = tcgetattr(&pty.slave).unwrap();
+    assert_eq!(after.local_flags, before.local_flags);
+    assert_eq!(after.input_flags, before.input_flags);
+    assert_eq!(after.output_flags, before.output_flags);
 }

@@ -91,6 +91,15 @@ pub struct ExecSpec {
     pub cwd: Option<String>,
     /// Give it a stdin pipe fed by `Stdin` frames (else `/dev/null`).
     pub stdin: bool,
+    /// Run it on a new pseudo-terminal (its output is then stream 3, merged).
+    #[serde(default)]
+    pub tty: bool,
+    /// The terminal's size.
+    #[serde(default)]
+    pub rows: u16,
+    /// The terminal's size.
+    #[serde(default)]
+    pub cols: u16,
 }
 
 /// Where a boot failed (SPEC §5 `boot-error.json` stages).
@@ -161,6 +170,15 @@ pub enum Frame {
         session: u64,
         /// The bytes.
         data: Vec<u8>,
+    },
+    /// host → agent: a terminal session's window size changed.
+    Resize {
+        /// Session id.
+        session: u64,
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
     },
     /// agent → host: an exec session's process runs.
     SessionStarted {
@@ -256,7 +274,15 @@ const EXITED: u8 = 0x84;
 const BOOT_ERROR: u8 = 0x85;
 const EXEC: u8 = 3;
 const STDIN: u8 = 4;
+const RESIZE: u8 = 5;
 const SESSION_STARTED: u8 = 0x86;
+
+#[derive(Serialize, Deserialize)]
+struct ResizeBody {
+    session: u64,
+    rows: u16,
+    cols: u16,
+}
 const SESSION_FAILED: u8 = 0x87;
 
 #[derive(Serialize, Deserialize)]
@@ -303,6 +329,19 @@ impl Frame {
         match self {
             Frame::Start(spec) => json(out, START, spec),
             Frame::Exec(spec) => json(out, EXEC, spec),
+            Frame::Resize {
+                session,
+                rows,
+                cols,
+            } => json(
+                out,
+                RESIZE,
+                &ResizeBody {
+                    session: *session,
+                    rows: *rows,
+                    cols: *cols,
+                },
+            ),
             Frame::Stdin { session, data } => {
                 out.push(STDIN);
                 out.extend_from_slice(&session.to_be_bytes());
@@ -405,6 +444,14 @@ impl Frame {
         let frame = match kind {
             START => Frame::Start(json_body(kind, body)?),
             EXEC => Frame::Exec(json_body(kind, body)?),
+            RESIZE => {
+                let b: ResizeBody = json_body(kind, body)?;
+                Frame::Resize {
+                    session: b.session,
+                    rows: b.rows,
+                    cols: b.cols,
+                }
+            }
             STDIN => {
                 if body.len() < 8 {
                     return Err(bad("stdin frame shorter than its header".into()));
@@ -538,7 +585,15 @@ mod tests {
                 env: vec![("PATH".into(), "/bin".into())],
                 cwd: Some("/tmp".into()),
                 stdin: true,
+                tty: true,
+                rows: 24,
+                cols: 80,
             }),
+            Frame::Resize {
+                session: 2,
+                rows: 50,
+                cols: 132,
+            },
             Frame::Stdin {
                 session: 2,
                 data: b"in\xff".to_vec(),

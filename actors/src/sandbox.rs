@@ -158,6 +158,15 @@ pub enum SupervisorMsg {
         /// The bytes.
         data: Vec<u8>,
     },
+    /// A terminal session's window size changed.
+    Resize {
+        /// Session id.
+        session: u64,
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
     /// Signal an exec session's process group.
     SignalSession {
         /// Session id.
@@ -473,6 +482,19 @@ impl Actor for SandboxSupervisor {
             SupervisorMsg::Stdin { session, data } => {
                 if let Some(vm) = &state.vm {
                     vm.cast(VmProcessMsg::Stdin { session, data })?;
+                }
+            }
+            SupervisorMsg::Resize {
+                session,
+                rows,
+                cols,
+            } => {
+                if let Some(vm) = &state.vm {
+                    vm.cast(VmProcessMsg::Resize {
+                        session,
+                        rows,
+                        cols,
+                    })?;
                 }
             }
             SupervisorMsg::SignalSession { session, signo } => {

@@ -141,6 +141,15 @@ pub enum VmProcessMsg {
         /// Session id and pid inside the sandbox, or why not.
         reply: ExecReply,
     },
+    /// A terminal session's window size.
+    Resize {
+        /// Session id.
+        session: u64,
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
     /// Bytes for a session's stdin (empty closes it).
     Stdin {
         /// Session id.
@@ -421,6 +430,19 @@ impl Actor for VmProcess {
                 lock(&state.routes).insert(session, output);
                 state.pending_exec.insert(session, reply);
                 state.send_frame(&Frame::Exec(spec)).await;
+            }
+            VmProcessMsg::Resize {
+                session,
+                rows,
+                cols,
+            } => {
+                state
+                    .send_frame(&Frame::Resize {
+                        session,
+                        rows,
+                        cols,
+                    })
+                    .await;
             }
             VmProcessMsg::Stdin { session, data } => {
                 state.send_frame(&Frame::Stdin { session, data }).await;

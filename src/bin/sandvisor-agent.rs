@@ -416,6 +416,35 @@ fn spawn_main(spec: &StartSpec) -> std::io::Result<Child> {
     command.spawn()
 }
 
+/// Gives `command` a new pseudo-terminal of `rows` x `cols` as its
+/// controlling terminal and standard streams; returns the master.
+fn open_terminal(command: &mut Command, rows: u16, cols: u16) -> std::io::Result<OwnedFd> {
+    let size = nix::pty::Winsize {
+        ws_row: if rows == 0 { 24 } else { rows },
+        ws_col: if cols == 0 { 80 } else { cols },
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(&size, None).map_err(std::io::Error::from)?;
+    // SAFETY: fcntl on a descriptor this process owns.
+    unsafe { libc::fcntl(pty.master.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    command
+        .stdin(Stdio::from(pty.slave.try_clone()?))
+        .stdout(Stdio::from(pty.slave.try_clone()?))
+        .stderr(Stdio::from(pty.slave));
+    // SAFETY: setsid and ioctl are async-signal-safe; they make the terminal
+    // on stdin the new session's controlling terminal.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(pty.master)
+}
+
 fn kill_all(spec: &StartSpec, main_pid: Pid) {
     // Failures mean the processes are gone already.
     if spec.pid_namespace {
@@ -431,6 +460,8 @@ struct Session {
     pid: Pid,
     open_pipes: u8,
     status: Option<ExitStatus>,
+    /// Runs on a pseudo-terminal (`stdin` is then the master).
+    terminal: bool,
     stdin: Option<OwnedFd>,
     /// Bytes for stdin not yet accepted by the pipe (it is non-blocking, so
     /// a session that does not read cannot stall the agent).
@@ -624,6 +655,11 @@ impl Agent<'_> {
                             }
                         }
                         Frame::Exec(exec) => self.exec(exec),
+                        Frame::Resize {
+                            session,
+                            rows,
+                            cols,
+                        } => self.resize(session, rows, cols),
                         Frame::Stdin { session, data } => self.stdin(session, data),
                         _ => {}
                     }
@@ -662,38 +698,52 @@ impl Agent<'_> {
         command
             .args(&exec.args)
             .env_clear()
-            .envs(exec.env.iter().map(|(k, v)| (k, v)))
-            .stdin(if exec.stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
+            .envs(exec.env.iter().map(|(k, v)| (k, v)));
         if let Some(cwd) = &exec.cwd {
             command.current_dir(cwd);
         }
-        let mut child = match command.spawn() {
+        let terminal = if exec.tty {
+            match open_terminal(&mut command, exec.rows, exec.cols) {
+                Ok(master) => Some(master),
+                Err(err) => {
+                    self.exec_failed(&exec, &err);
+                    return;
+                }
+            }
+        } else {
+            command
+                .stdin(if exec.stdin {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0);
+            None
+        };
+        let spawned = command.spawn();
+        // The terminal's slave ends, held by the command, close with it.
+        drop(command);
+        let mut child = match spawned {
             Ok(child) => child,
             Err(err) => {
-                let message = match err.kind() {
-                    std::io::ErrorKind::NotFound => format!("command not found: {}", exec.command),
-                    _ => format!("cannot start {}: {err}", exec.command),
-                };
-                let frame = Frame::SessionFailed {
-                    session: exec.session,
-                    errno: err.raw_os_error().unwrap_or(0),
-                    message,
-                };
-                if send(self.sock, &frame).is_err() {
-                    self.host_gone = true;
-                }
+                self.exec_failed(&exec, &err);
                 return;
             }
         };
         let pid = Pid::from_raw(child.id() as i32);
-        let stdin = child.stdin.take().map(OwnedFd::from);
+        let mut open_pipes = 0;
+        let stdin = match terminal {
+            Some(master) => {
+                // The terminal's master carries input and the merged output.
+                let input = master.try_clone().ok();
+                self.pipes.push((master, stream::OUTPUT, exec.session));
+                open_pipes += 1;
+                input
+            }
+            None => child.stdin.take().map(OwnedFd::from),
+        };
         if let Some(fd) = &stdin {
             // SAFETY: fcntl on a descriptor this process owns.
             unsafe {
@@ -701,7 +751,6 @@ impl Agent<'_> {
                 libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
             }
         }
-        let mut open_pipes = 0;
         for (pipe, tag) in [
             (child.stdout.take().map(OwnedFd::from), stream::STDOUT),
             (child.stderr.take().map(OwnedFd::from), stream::STDERR),
@@ -717,6 +766,7 @@ impl Agent<'_> {
                 pid,
                 open_pipes,
                 status: None,
+                terminal: exec.tty,
                 stdin,
                 stdin_pending: Vec::new(),
                 close_stdin: false,
@@ -728,6 +778,37 @@ impl Agent<'_> {
         };
         if send(self.sock, &frame).is_err() {
             self.host_gone = true;
+        }
+    }
+
+    fn exec_failed(&mut self, exec: &ExecSpec, err: &std::io::Error) {
+        let message = match err.kind() {
+            std::io::ErrorKind::NotFound => format!("command not found: {}", exec.command),
+            _ => format!("cannot start {}: {err}", exec.command),
+        };
+        let frame = Frame::SessionFailed {
+            session: exec.session,
+            errno: err.raw_os_error().unwrap_or(0),
+            message,
+        };
+        if send(self.sock, &frame).is_err() {
+            self.host_gone = true;
+        }
+    }
+
+    fn resize(&mut self, id: u64, rows: u16, cols: u16) {
+        let Some(session) = self.sessions.get(&id).filter(|s| s.terminal) else {
+            return;
+        };
+        if let Some(master) = &session.stdin {
+            let size = libc::winsize {
+                ws_row: rows,
+                ws_col: cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // SAFETY: TIOCSWINSZ reads a winsize the call does not keep.
+            unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
         }
     }
 
