@@ -153,6 +153,12 @@ async fn bad_exec_requests_get_typed_errors() {
     sandbox.kill().await.unwrap();
     let err = sandbox.exec(sh("true")).await.unwrap_err();
     assert!(matches!(err, Error::SandboxNotRunning(_)), "{err:?}");
+    // Removed: not even a record is left to exec in.
+    rt.remove("bad").await.unwrap();
+    let err = rt.get("bad").await.unwrap_err();
+    assert!(matches!(err, Error::SandboxNotFound(_)), "{err:?}");
+    let err = sandbox.exec(sh("true")).await.unwrap_err();
+    assert!(matches!(err, Error::SandboxNotRunning(_)), "{err:?}");
 }
 
 #[tokio::test]
