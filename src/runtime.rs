@@ -796,10 +796,7 @@ impl SandboxHandle {
 
     /// Pauses it (see [`Sandbox::pause`]).
     pub async fn pause(&self) -> Result<()> {
-        match self.live().await? {
-            Some(sandbox) => sandbox.pause().await,
-            None => Err(Error::SandboxNotRunning(self.row.name.clone())),
-        }
+        self.connect().await?.pause().await
     }
 
     /// A live handle, if the sandbox runs in this runtime.
@@ -835,18 +832,12 @@ impl SandboxHandle {
         if self.config()?.metrics_interval.is_none() {
             return Err(Error::MetricsDisabled(self.row.name.clone()));
         }
-        match self.live().await? {
-            Some(sandbox) => sandbox.metrics().await,
-            None => Err(Error::SandboxNotRunning(self.row.name.clone())),
-        }
+        self.connect().await?.metrics().await
     }
 
     /// Resumes it (see [`Sandbox::resume`]).
     pub async fn resume(&self) -> Result<()> {
-        match self.live().await? {
-            Some(sandbox) => sandbox.resume().await,
-            None => Err(Error::SandboxNotRunning(self.row.name.clone())),
-        }
+        self.connect().await?.resume().await
     }
 
     /// Kills it and waits.

@@ -1,25 +1,15 @@
 //! Lifecycle events, asserted with actor message probes (`sandvisor::testing`).
 
+mod common;
+
+use common::runtime;
 use std::time::Duration;
 
 use futures::StreamExt;
 use sandvisor::testing::Probe;
-use sandvisor::{
-    EscalationStep, EventEnvelope, SandboxConfig, SandboxEvent, SandboxStatus, Sandvisor,
-};
+use sandvisor::{EscalationStep, EventEnvelope, SandboxConfig, SandboxEvent, SandboxStatus};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn runtime() -> (tempfile::TempDir, Sandvisor) {
-    let home = tempfile::tempdir().unwrap();
-    let rt = Sandvisor::builder()
-        .home(home.path())
-        .agent_path(env!("CARGO_BIN_EXE_sandvisor-agent"))
-        .open()
-        .await
-        .unwrap();
-    (home, rt)
-}
 
 #[tokio::test]
 async fn stop_escalation_is_an_exact_message_sequence() {

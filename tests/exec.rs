@@ -1,22 +1,12 @@
 //! Exec sessions and drain, with real processes inside real sandboxes.
 
+mod common;
+
+use common::runtime;
 use std::time::Duration;
 
 use futures::StreamExt;
-use sandvisor::{
-    Error, ExecConfig, LogOptions, LogSource, SandboxConfig, Sandvisor, TerminationReason,
-};
-
-async fn runtime() -> (tempfile::TempDir, Sandvisor) {
-    let home = tempfile::tempdir().unwrap();
-    let rt = Sandvisor::builder()
-        .home(home.path())
-        .agent_path(env!("CARGO_BIN_EXE_sandvisor-agent"))
-        .open()
-        .await
-        .unwrap();
-    (home, rt)
-}
+use sandvisor::{Error, ExecConfig, LogOptions, LogSource, SandboxConfig, TerminationReason};
 
 fn sh(script: &str) -> ExecConfig {
     ExecConfig::new("sh", ["-c", script])

@@ -1,6 +1,9 @@
 //! Sandbox lifecycle with real processes, real namespaces, real signals and
 //! real SQLite in a temp home.
 
+mod common;
+
+use common::runtime;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -9,17 +12,6 @@ use sandvisor::{
     Error, LogOptions, LogSource, LogStreamOptions, SandboxConfig, SandboxStatus, Sandvisor,
     TerminationReason,
 };
-
-async fn runtime() -> (tempfile::TempDir, Sandvisor) {
-    let home = tempfile::tempdir().unwrap();
-    let rt = Sandvisor::builder()
-        .home(home.path())
-        .agent_path(env!("CARGO_BIN_EXE_sandvisor-agent"))
-        .open()
-        .await
-        .unwrap();
-    (home, rt)
-}
 
 fn texts(entries: &[sandvisor::LogEntry]) -> Vec<String> {
     entries

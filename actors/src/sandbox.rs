@@ -399,15 +399,7 @@ impl Actor for SandboxSupervisor {
                         state.note_warn(
                             "still not gone after SIGKILL from the host; giving it up as crashed",
                         );
-                        state
-                            .finish(
-                                &myself,
-                                SandboxStatus::Crashed,
-                                None,
-                                None,
-                                TerminationReason::InternalError,
-                            )
-                            .await?;
+                        state.crashed(&myself).await?;
                     } else {
                         // The agent did not report the kill: kill PID 1 from the
                         // host, which ends the whole pid namespace.
@@ -561,15 +553,7 @@ impl Actor for SandboxSupervisor {
                 if let Some(vm) = &state.vm {
                     let _ = vm.cast(VmProcessMsg::KillFromHost);
                 }
-                return state
-                    .finish(
-                        &myself,
-                        SandboxStatus::Crashed,
-                        None,
-                        None,
-                        TerminationReason::InternalError,
-                    )
-                    .await;
+                return state.crashed(&myself).await;
             }
             state.note_warn(&format!("relay tap ended ({reason}); restarting it"));
             state.publish(SandboxEvent::ChildRestarted {
@@ -589,15 +573,7 @@ impl Actor for SandboxSupervisor {
             state.note_warn(&format!(
                 "VM process actor ended ({reason}); the sandbox is lost"
             ));
-            state
-                .finish(
-                    &myself,
-                    SandboxStatus::Crashed,
-                    None,
-                    None,
-                    TerminationReason::InternalError,
-                )
-                .await?;
+            state.crashed(&myself).await?;
         }
         Ok(())
     }
@@ -768,14 +744,7 @@ impl SupervisorState {
             }
             VmEvent::Lost { reason } => {
                 self.note_warn(&format!("lost the sandbox process: {reason}"));
-                self.finish(
-                    myself,
-                    SandboxStatus::Crashed,
-                    None,
-                    None,
-                    TerminationReason::InternalError,
-                )
-                .await?;
+                self.crashed(myself).await?;
             }
         }
         Ok(())
@@ -896,6 +865,21 @@ impl SupervisorState {
         myself.send_after(self.spec.kill_timeout, || SupervisorMsg::KillTimedOut);
         self.note_info("killing every process with SIGKILL");
         Ok(())
+    }
+
+    /// Ends the run as lost: Crashed, InternalError.
+    async fn crashed(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        self.finish(
+            myself,
+            SandboxStatus::Crashed,
+            None,
+            None,
+            TerminationReason::InternalError,
+        )
+        .await
     }
 
     async fn finish(

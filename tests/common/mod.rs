@@ -102,3 +102,15 @@ pub async fn next_within(stream: &mut LogStream, secs: u64) -> Option<sandvisor:
         .await
         .expect("stream produced nothing in time")
 }
+
+/// A runtime over a fresh temp home, with the agent cargo built.
+pub async fn runtime() -> (TempDir, sandvisor::Sandvisor) {
+    let home = tempfile::tempdir().unwrap();
+    let rt = sandvisor::Sandvisor::builder()
+        .home(home.path())
+        .agent_path(env!("CARGO_BIN_EXE_sandvisor-agent"))
+        .open()
+        .await
+        .unwrap();
+    (home, rt)
+}
