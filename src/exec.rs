@@ -73,6 +73,19 @@ impl ExecConfig {
                 "keys must be non-empty without '=' or NUL; values without NUL",
             ));
         }
+        let size = self.command.len()
+            + self.args.iter().map(String::len).sum::<usize>()
+            + self
+                .env
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if size > crate::config::MAX_COMMAND_BYTES {
+            return Err(bad(
+                "args",
+                "command, arguments and environment exceed 1 MiB",
+            ));
+        }
         if self.cwd.as_ref().is_some_and(|c| !c.starts_with('/')) {
             return Err(bad("cwd", "must be absolute"));
         }

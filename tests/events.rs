@@ -15,16 +15,34 @@ const WAIT: Duration = Duration::from_secs(10);
 async fn stop_escalation_is_an_exact_message_sequence() {
     let (_home, rt) = runtime().await;
     // No metrics: their samples would interleave with the sequence.
-    let mut config = SandboxConfig::shell("stubborn", "trap '' TERM; while :; do sleep 0.1; done");
+    let mut config = SandboxConfig::shell(
+        "stubborn",
+        "trap '' TERM; echo ready; while :; do sleep 0.1; done",
+    );
     config.metrics_interval = None;
     let sandbox = rt.create(config).await.unwrap();
+    // Stop only once the shell ignores SIGTERM.
+    let follow = sandvisor::LogStreamOptions {
+        follow: true,
+        ..Default::default()
+    };
+    let mut logs = sandbox.log_stream(&follow).await.unwrap();
+    let ready = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut logs))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(ready.data.as_ref(), b"ready\n");
     let mut probe = Probe::spawn().await.unwrap();
     sandbox.subscribe(probe.sink()).unwrap();
     sandbox.request_stop(Some(Duration::from_millis(300)));
 
     let mut events = Vec::new();
     for _ in 0..4 {
-        events.push(probe.expect_msg(WAIT).await.unwrap());
+        match probe.expect_msg(WAIT).await {
+            Ok(event) => events.push(event),
+            Err(err) => panic!("{err}; received so far: {:?}", probe.received()),
+        }
     }
     let kinds: Vec<SandboxEvent> = events.iter().map(|e| e.event.clone()).collect();
     assert_eq!(

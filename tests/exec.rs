@@ -345,3 +345,84 @@ fn raw_mode_is_restored_on_drop_and_on_panic() {
     assert_eq!(after.input_flags, before.input_flags);
     assert_eq!(after.output_flags, before.output_flags);
 }
+
+#[tokio::test]
+async fn sessions_end_with_their_leader_and_large_input_and_terminal_eof_work() {
+    let (_home, rt) = runtime().await;
+    let sandbox = rt
+        .create(SandboxConfig::new("edge", "sleep").args(["1000"]))
+        .await
+        .unwrap();
+    // A background child holding the output does not keep the session alive.
+    let bg = sandbox.exec(sh("sleep 1000 & echo started")).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), bg.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code, Some(0));
+    // 5 MiB of input (more than one protocol frame) goes through whole.
+    let mut cat = sandbox
+        .exec(ExecConfig {
+            stdin: true,
+            ..ExecConfig::new("wc", ["-c"])
+        })
+        .await
+        .unwrap();
+    cat.write_stdin(vec![b'x'; 5 << 20]).unwrap();
+    cat.close_stdin().unwrap();
+    let mut out = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), cat.next())
+        .await
+        .unwrap()
+    {
+        out.extend_from_slice(&chunk.data);
+    }
+    assert_eq!(String::from_utf8_lossy(&out).trim(), (5 << 20).to_string());
+    // Closing a terminal session's input is end of file for its program.
+    let mut term = sandbox
+        .exec(ExecConfig {
+            tty: true,
+            ..ExecConfig::new("cat", Vec::<String>::new())
+        })
+        .await
+        .unwrap();
+    term.write_stdin(b"line\n".to_vec()).unwrap();
+    term.close_stdin().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), term.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code, Some(0));
+    assert_eq!(
+        sandbox.status().await.unwrap(),
+        sandvisor::SandboxStatus::Running
+    );
+    sandbox.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_a_pid_namespace_stop_still_reaches_exec_sessions() {
+    let (_home, rt) = runtime().await;
+    let mut config = SandboxConfig::new("nopidns", "sleep").args(["1000"]);
+    config.isolation.pid = false;
+    let sandbox = rt.create(config).await.unwrap();
+    let session = sandbox.exec(sh("sleep 1000")).await.unwrap();
+    let pid = session.pid();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    sandbox
+        .stop_with_timeout(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let status = session.wait().await.unwrap();
+    assert!(status.signal.is_some(), "{status:?}");
+    for _ in 0..50 {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the session outlived its sandbox"
+    );
+}

@@ -54,8 +54,8 @@ impl Sampler {
         }
     }
 
-    /// Takes a sample. The first one's `cpu_percent` covers the tree's
-    /// whole life so far.
+    /// Takes a sample. The first one only sets the baseline: its
+    /// `cpu_percent` is 0.
     pub fn sample(&mut self) -> io::Result<SandboxMetrics> {
         let now = Instant::now();
         let mut pending = vec![self.root];

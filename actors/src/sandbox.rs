@@ -272,7 +272,6 @@ pub struct SupervisorState {
     sessions: std::collections::HashSet<u64>,
     next_session: u64,
     draining: bool,
-    drain_timeout: Option<Duration>,
     sampler: Option<Sampler>,
     metrics: Option<SandboxMetrics>,
     metrics_timer: Option<ractor::concurrency::JoinHandle<()>>,
@@ -335,7 +334,6 @@ impl Actor for SandboxSupervisor {
             sessions: std::collections::HashSet::new(),
             next_session: 1,
             draining: false,
-            drain_timeout: None,
             sampler: None,
             metrics: None,
             metrics_timer: None,
@@ -460,6 +458,8 @@ impl Actor for SandboxSupervisor {
                     (None, Some(vm)) => {
                         state.next_session += 1;
                         spec.session = state.next_session;
+                        // Counted from now: a drain must wait for it too.
+                        state.sessions.insert(spec.session);
                         vm.cast(VmProcessMsg::Exec {
                             spec,
                             output,
@@ -658,17 +658,15 @@ impl SupervisorState {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             VmEvent::Hello { init_pid } => self.init_pid = Some(init_pid),
-            VmEvent::SessionStarted { id } => {
-                self.sessions.insert(id);
-                self.publish(SandboxEvent::SessionStarted { id });
+            VmEvent::SessionStarted { id } => self.publish(SandboxEvent::SessionStarted { id }),
+            VmEvent::SessionFailed { id } => {
+                self.sessions.remove(&id);
+                self.stop_if_drained(myself).await?;
             }
             VmEvent::SessionExited { id, code, signal } => {
                 self.sessions.remove(&id);
                 self.publish(SandboxEvent::SessionExited { id, code, signal });
-                if self.draining && self.sessions.is_empty() {
-                    self.note_info("drained: every exec session has finished; stopping");
-                    self.stop(myself, self.drain_timeout).await?;
-                }
+                self.stop_if_drained(myself).await?;
             }
             VmEvent::Ready { pid } => {
                 let host_pid = self.init_pid.unwrap_or(pid);
@@ -766,6 +764,23 @@ impl SupervisorState {
         self.boot = Some(result);
     }
 
+    /// Once a drain has no session left, the stop begins (once, with the
+    /// sandbox's stop timeout).
+    async fn stop_if_drained(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        if !self.draining
+            || !self.sessions.is_empty()
+            || self.kill_deadline.is_some()
+            || self.killed
+        {
+            return Ok(());
+        }
+        self.note_info("drained: no exec session left; stopping");
+        self.stop(myself, None).await
+    }
+
     async fn drain(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
@@ -775,13 +790,22 @@ impl SupervisorState {
             return Ok(());
         }
         self.draining = true;
-        self.stop_reason = Some(TerminationReason::DrainRequested);
-        self.drain_timeout = timeout;
+        self.stop_reason
+            .get_or_insert(TerminationReason::DrainRequested);
+        if self.status == SandboxStatus::Paused {
+            // Frozen sessions could not finish.
+            if let Some(vm) = &self.vm {
+                vm.cast(VmProcessMsg::Signal {
+                    target: SignalTarget::All,
+                    signo: libc::SIGCONT,
+                })?;
+            }
+        }
         if matches!(self.status, SandboxStatus::Running | SandboxStatus::Paused) {
             self.set_status(SandboxStatus::Draining).await?;
         }
         if self.sessions.is_empty() {
-            return self.stop(myself, timeout).await;
+            return self.stop_if_drained(myself).await;
         }
         self.note_info(&format!(
             "draining: waiting for {} exec sessions",

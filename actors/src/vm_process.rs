@@ -93,6 +93,11 @@ pub enum VmEvent {
         /// Session id.
         id: u64,
     },
+    /// An exec session could not start.
+    SessionFailed {
+        /// Session id.
+        id: u64,
+    },
     /// An exec session's process exited (after all its output).
     SessionExited {
         /// Session id.
@@ -196,6 +201,9 @@ pub enum ExecRefused {
 
 /// Answers an exec request: session id and pid inside the sandbox, or why not.
 pub type ExecReply = RpcReplyPort<Result<(u64, u32), ExecRefused>>;
+
+/// Stdin bytes per SAP frame.
+const STDIN_FRAME_BYTES: usize = 1 << 20;
 
 /// Live routes of exec sessions' output, shared with the reader task.
 type Routes = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<ExecItem>>>>;
@@ -445,7 +453,15 @@ impl Actor for VmProcess {
                     .await;
             }
             VmProcessMsg::Stdin { session, data } => {
-                state.send_frame(&Frame::Stdin { session, data }).await;
+                if data.is_empty() {
+                    let data = Vec::new();
+                    state.send_frame(&Frame::Stdin { session, data }).await;
+                }
+                // Frames stay far below the protocol's limit.
+                for part in data.chunks(STDIN_FRAME_BYTES) {
+                    let data = part.to_vec();
+                    state.send_frame(&Frame::Stdin { session, data }).await;
+                }
             }
             VmProcessMsg::Frame(frame) => match frame {
                 Frame::SessionStarted { session, pid } => {
@@ -463,6 +479,7 @@ impl Actor for VmProcess {
                     if let Some(reply) = state.pending_exec.remove(&session) {
                         let _ = reply.send(Err(ExecRefused::Failed { errno, message }));
                     }
+                    state.emit(VmEvent::SessionFailed { id: session });
                 }
                 Frame::Exited {
                     session,

@@ -426,8 +426,11 @@ fn open_terminal(command: &mut Command, rows: u16, cols: u16) -> std::io::Result
         ws_ypixel: 0,
     };
     let pty = nix::pty::openpty(&size, None).map_err(std::io::Error::from)?;
-    // SAFETY: fcntl on a descriptor this process owns.
-    unsafe { libc::fcntl(pty.master.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    // Neither end may leak into the session beyond its standard streams.
+    for fd in [&pty.master, &pty.slave] {
+        // SAFETY: fcntl on a descriptor this process owns.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     command
         .stdin(Stdio::from(pty.slave.try_clone()?))
         .stdout(Stdio::from(pty.slave.try_clone()?))
@@ -455,13 +458,23 @@ fn kill_all(spec: &StartSpec, main_pid: Pid) {
     }
 }
 
+/// How long a session's output may still flow after its leader exited (a
+/// process that left its group may hold the pipe).
+const SESSION_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+/// Most stdin bytes held for a session that does not read.
+const STDIN_PENDING_MAX: usize = 16 << 20;
+
 /// An exec session (2, 3, …): its process and its pipes.
 struct Session {
     pid: Pid,
     open_pipes: u8,
     status: Option<ExitStatus>,
-    /// Runs on a pseudo-terminal (`stdin` is then the master).
-    terminal: bool,
+    /// The pseudo-terminal's master, for terminal sessions (`stdin` is then a
+    /// second handle on it).
+    terminal: Option<OwnedFd>,
+    /// When the session's leader was reaped: its output is drained for at
+    /// most `SESSION_DRAIN` more.
+    leader_gone: Option<std::time::Instant>,
     stdin: Option<OwnedFd>,
     /// Bytes for stdin not yet accepted by the pipe (it is non-blocking, so
     /// a session that does not read cannot stall the agent).
@@ -545,14 +558,22 @@ impl Agent<'_> {
                 }
                 // Once the main command is gone, leftover writers were killed;
                 // give the drain a bound in case one escaped (no pid namespace).
-                let timeout = if self.main_status.is_some() {
+                let draining_session = self
+                    .sessions
+                    .values()
+                    .any(|s| s.leader_gone.is_some() && s.open_pipes > 0);
+                let timeout = if self.main_status.is_some() || draining_session {
                     PollTimeout::from(2000u16)
                 } else {
                     PollTimeout::NONE
                 };
                 match poll(&mut fds, timeout) {
-                    Ok(0) => {
+                    Ok(0) if self.main_status.is_some() => {
                         self.pipes.clear();
+                        continue;
+                    }
+                    Ok(0) => {
+                        self.end_overdue_sessions();
                         continue;
                     }
                     Ok(_) => {}
@@ -589,7 +610,7 @@ impl Agent<'_> {
             }
             if self.host_gone {
                 // Nobody is left to report to: a sandbox never outlives its host.
-                kill_all(self.spec, self.main_pid);
+                self.deliver(SignalTarget::All, Signal::SIGKILL);
                 std::process::exit(1);
             }
             if ready_sig {
@@ -606,7 +627,7 @@ impl Agent<'_> {
                 self.reap();
                 if !had_exited && self.main_status.is_some() {
                     // The main command ended: the sandbox ends with it.
-                    kill_all(self.spec, self.main_pid);
+                    self.deliver(SignalTarget::All, Signal::SIGKILL);
                 }
             }
         }
@@ -684,9 +705,14 @@ impl Agent<'_> {
             }
             SignalTarget::All => {
                 let _ = killpg(self.main_pid, signal);
+                // Sessions run in groups of their own.
+                for session in self.sessions.values() {
+                    let _ = killpg(session.pid, signal);
+                }
             }
             SignalTarget::Session(id) => {
-                if let Some(session) = self.sessions.get(&id).filter(|s| s.status.is_none()) {
+                // The group may outlive its leader (a background child).
+                if let Some(session) = self.sessions.get(&id) {
                     let _ = killpg(session.pid, signal);
                 }
             }
@@ -694,6 +720,12 @@ impl Agent<'_> {
     }
 
     fn exec(&mut self, exec: ExecSpec) {
+        if self.main_status.is_some() {
+            // The sandbox is ending: nothing new starts in it.
+            let err = std::io::Error::from_raw_os_error(libc::ESRCH);
+            self.exec_failed(&exec, &err);
+            return;
+        }
         let mut command = Command::new(&exec.command);
         command
             .args(&exec.args)
@@ -734,10 +766,12 @@ impl Agent<'_> {
         };
         let pid = Pid::from_raw(child.id() as i32);
         let mut open_pipes = 0;
+        let mut terminal_master = None;
         let stdin = match terminal {
             Some(master) => {
                 // The terminal's master carries input and the merged output.
                 let input = master.try_clone().ok();
+                terminal_master = master.try_clone().ok();
                 self.pipes.push((master, stream::OUTPUT, exec.session));
                 open_pipes += 1;
                 input
@@ -766,7 +800,8 @@ impl Agent<'_> {
                 pid,
                 open_pipes,
                 status: None,
-                terminal: exec.tty,
+                terminal: terminal_master,
+                leader_gone: None,
                 stdin,
                 stdin_pending: Vec::new(),
                 close_stdin: false,
@@ -797,10 +832,10 @@ impl Agent<'_> {
     }
 
     fn resize(&mut self, id: u64, rows: u16, cols: u16) {
-        let Some(session) = self.sessions.get(&id).filter(|s| s.terminal) else {
+        let Some(session) = self.sessions.get(&id) else {
             return;
         };
-        if let Some(master) = &session.stdin {
+        if let Some(master) = &session.terminal {
             let size = libc::winsize {
                 ws_row: rows,
                 ws_col: cols,
@@ -816,10 +851,18 @@ impl Agent<'_> {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
-        if data.is_empty() {
+        if session.stdin.is_none() {
+            return;
+        }
+        if data.is_empty() && session.terminal.is_some() {
+            // A terminal is not closed: end of input is its EOF character.
+            session.stdin_pending.push(0x04);
+        } else if data.is_empty() {
             session.close_stdin = true;
-        } else {
+        } else if session.stdin_pending.len() + data.len() <= STDIN_PENDING_MAX {
             session.stdin_pending.extend_from_slice(&data);
+        } else {
+            eprintln!("sandvisor-agent: session {id} does not read its stdin; input dropped");
         }
         self.flush_stdin(id);
     }
@@ -911,6 +954,28 @@ impl Agent<'_> {
         if let Some(id) = id {
             if let Some(session) = self.sessions.get_mut(&id) {
                 session.status = Some(exit);
+                session.leader_gone = Some(std::time::Instant::now());
+                // A session ends with its leader: what it left running in its
+                // group would otherwise hold the output open forever.
+                let _ = killpg(session.pid, Signal::SIGKILL);
+            }
+            self.report_if_done(id);
+        }
+    }
+
+    /// Stops waiting for output of sessions whose leader exited more than
+    /// `SESSION_DRAIN` ago (a process that left the group holds the pipe).
+    fn end_overdue_sessions(&mut self) {
+        let overdue: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.leader_gone.is_some_and(|t| t.elapsed() >= SESSION_DRAIN))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            self.pipes.retain(|(_, _, session)| *session != id);
+            if let Some(session) = self.sessions.get_mut(&id) {
+                session.open_pipes = 0;
             }
             self.report_if_done(id);
         }
