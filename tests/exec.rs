@@ -415,7 +415,7 @@ async fn without_a_pid_namespace_stop_still_reaches_exec_sessions() {
         .unwrap();
     let status = session.wait().await.unwrap();
     assert!(status.signal.is_some(), "{status:?}");
-    for _ in 0..50 {
+    for _ in 0..250 {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             break;
         }

@@ -909,15 +909,22 @@ impl Agent<'_> {
     /// After the main command: every process was killed, so wait for each to
     /// be gone and report every session.
     fn reap_remaining(&mut self) {
-        let flags = if self.spec.pid_namespace {
-            None
-        } else {
-            Some(WaitPidFlag::WNOHANG)
-        };
-        while self.sessions.values().any(|s| s.status.is_none()) {
-            match waitpid(None, flags) {
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(status) => self.record(status),
+        // Every session leader was sent SIGKILL with the rest of the
+        // sandbox, so waiting for each cannot last.
+        let leaders: Vec<Pid> = self
+            .sessions
+            .values()
+            .filter(|s| s.status.is_none())
+            .map(|s| s.pid)
+            .collect();
+        for pid in leaders {
+            loop {
+                match waitpid(pid, None) {
+                    Err(Errno::EINTR) => continue,
+                    Ok(status) => self.record(status),
+                    Err(_) => {}
+                }
+                break;
             }
         }
         self.reap();
