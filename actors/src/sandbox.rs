@@ -959,6 +959,17 @@ impl SupervisorState {
             self.run_id,
             self.boot.as_ref().and_then(|b| b.as_ref().ok()),
         ) {
+            // Sessions still counted here were not reported by the agent
+            // (it was lost or killed from the host): they ended with it.
+            let mut orphaned: Vec<u64> = self.sessions.drain().collect();
+            orphaned.sort_unstable();
+            for id in orphaned {
+                self.publish(SandboxEvent::SessionExited {
+                    id,
+                    code: None,
+                    signal: None,
+                });
+            }
             self.publish(SandboxEvent::SessionExited {
                 id: 1,
                 code: exit_code,
