@@ -789,6 +789,23 @@ mod tests {
         f.write_all(bytes).unwrap();
     }
 
+    /// A follower of the `exec.log` chain in `dir`, from the beginning.
+    fn exec_follower(dir: &Path) -> Follower {
+        let base = LogCursor::new(FileId {
+            ino: 1,
+            btime_ns: 0,
+        });
+        Follower::open(
+            dir,
+            StreamKey::Exec,
+            Start::Beginning,
+            SourceSet::from_requested(&[]),
+            None,
+            base,
+        )
+        .unwrap()
+    }
+
     fn read_all(follower: &mut Follower) -> Vec<LogEntry> {
         let mut out = Vec::new();
         while follower.read(64 << 20, &mut out).unwrap() == ReadStatus::More {}
@@ -810,18 +827,7 @@ mod tests {
             }
         }
         append(&path, &file);
-        let mut follower = Follower::open(
-            dir.path(),
-            StreamKey::Exec,
-            Start::Beginning,
-            SourceSet::from_requested(&[]),
-            None,
-            LogCursor::new(FileId {
-                ino: 1,
-                btime_ns: 0,
-            }),
-        )
-        .unwrap();
+        let mut follower = exec_follower(dir.path());
         let got = read_all(&mut follower);
         assert_eq!(got.len(), want.len());
         for (entry, (i, data)) in got.iter().zip(&want) {
@@ -839,18 +845,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let live = dir.path().join("exec.log");
         append(&live, &record(0).0);
-        let mut follower = Follower::open(
-            dir.path(),
-            StreamKey::Exec,
-            Start::Beginning,
-            SourceSet::from_requested(&[]),
-            None,
-            LogCursor::new(FileId {
-                ino: 1,
-                btime_ns: 0,
-            }),
-        )
-        .unwrap();
+        let mut follower = exec_follower(dir.path());
         assert_eq!(read_all(&mut follower).len(), 1);
         // A last record lands in the live file, then it is rotated and a new
         // live file gets the next record, all before the reader looks again.
@@ -880,18 +875,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let live = dir.path().join("exec.log");
         append(&live, &record(0).0);
-        let mut follower = Follower::open(
-            dir.path(),
-            StreamKey::Exec,
-            Start::Beginning,
-            SourceSet::from_requested(&[]),
-            None,
-            LogCursor::new(FileId {
-                ino: 1,
-                btime_ns: 0,
-            }),
-        )
-        .unwrap();
+        let mut follower = exec_follower(dir.path());
         read_all(&mut follower);
         // Rotate once and let the follower queue the new live file.
         std::fs::rename(&live, dir.path().join("exec.log.1")).unwrap();
