@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::Stream;
 use ractor::ActorRef;
 use sandvisor_actors::sandbox::SupervisorMsg;
-use sandvisor_actors::vm_process::ExecItem;
+use sandvisor_actors::vm_process::{ExecItem, SessionInput};
 use tokio::sync::mpsc;
 
 use crate::config::DEFAULT_PATH;
@@ -187,11 +187,7 @@ impl ExecHandle {
                 session: self.id,
             });
         }
-        self.supervisor
-            .cast(SupervisorMsg::Stdin {
-                session: self.id,
-                data,
-            })
+        self.send(SessionInput::Stdin(data))
             .map_err(|_| Error::SessionClosed {
                 sandbox: self.sandbox.clone(),
                 session: self.id,
@@ -206,22 +202,18 @@ impl ExecHandle {
                 session: self.id,
             });
         }
-        self.supervisor
-            .cast(SupervisorMsg::Resize {
-                session: self.id,
-                rows,
-                cols,
-            })
-            .map_err(|_| Error::SandboxNotRunning(self.sandbox.clone()))
+        self.send(SessionInput::Resize { rows, cols })
     }
 
     /// Sends SIGKILL to the session's processes.
     pub fn kill(&self) -> Result<()> {
+        self.send(SessionInput::Signal(libc::SIGKILL))
+    }
+
+    fn send(&self, input: SessionInput) -> Result<()> {
+        let session = self.id;
         self.supervisor
-            .cast(SupervisorMsg::SignalSession {
-                session: self.id,
-                signo: libc::SIGKILL,
-            })
+            .cast(SupervisorMsg::Session { session, input })
             .map_err(|_| Error::SandboxNotRunning(self.sandbox.clone()))
     }
 

@@ -770,20 +770,29 @@ impl SandboxHandle {
         Ok(live)
     }
 
-    /// Stops it (Ok if it is not running) and waits.
-    pub async fn stop(&self) -> Result<Option<SandboxStopResult>> {
+    /// Runs `end` on the live sandbox; a sandbox that is not running here
+    /// answers how its last run ended (`None` if it never ran).
+    async fn end_with<F, Fut>(&self, end: F) -> Result<Option<SandboxStopResult>>
+    where
+        F: FnOnce(Sandbox) -> Fut,
+        Fut: std::future::Future<Output = Result<SandboxStopResult>>,
+    {
         match self.live().await? {
-            Some(sandbox) => sandbox.stop().await.map(Some),
+            Some(sandbox) => end(sandbox).await.map(Some),
             None => self.runtime.stop_result_from_store(&self.row.name).await,
         }
     }
 
+    /// Stops it (Ok if it is not running) and waits.
+    pub async fn stop(&self) -> Result<Option<SandboxStopResult>> {
+        self.end_with(|sandbox| async move { sandbox.stop().await })
+            .await
+    }
+
     /// Stops it with `timeout` before SIGKILL and waits.
     pub async fn stop_with_timeout(&self, timeout: Duration) -> Result<Option<SandboxStopResult>> {
-        match self.live().await? {
-            Some(sandbox) => sandbox.stop_with_timeout(timeout).await.map(Some),
-            None => self.runtime.stop_result_from_store(&self.row.name).await,
-        }
+        self.end_with(|sandbox| async move { sandbox.stop_with_timeout(timeout).await })
+            .await
     }
 
     /// Sends a stop request without waiting.
@@ -813,10 +822,8 @@ impl SandboxHandle {
 
     /// Drains it (see [`Sandbox::drain`]); Ok with no result if it is not running.
     pub async fn drain(&self, timeout: Option<Duration>) -> Result<Option<SandboxStopResult>> {
-        match self.live().await? {
-            Some(sandbox) => sandbox.drain(timeout).await.map(Some),
-            None => self.runtime.stop_result_from_store(&self.row.name).await,
-        }
+        self.end_with(|sandbox| async move { sandbox.drain(timeout).await })
+            .await
     }
 
     /// Sends a drain request without waiting.
@@ -842,10 +849,8 @@ impl SandboxHandle {
 
     /// Kills it and waits.
     pub async fn kill(&self) -> Result<Option<SandboxStopResult>> {
-        match self.live().await? {
-            Some(sandbox) => sandbox.kill().await.map(Some),
-            None => self.runtime.stop_result_from_store(&self.row.name).await,
-        }
+        self.end_with(|sandbox| async move { sandbox.kill().await })
+            .await
     }
 
     /// Kills it and waits at most `timeout` for the end.

@@ -41,8 +41,6 @@ pub enum RootMsg {
         /// Its supervisor, if it runs in this runtime.
         reply: RpcReplyPort<Option<ActorRef<SupervisorMsg>>>,
     },
-    /// Names of the sandboxes running in this runtime.
-    Running(RpcReplyPort<Vec<String>>),
     /// A supervisor's run has ended.
     Ended(SandboxEnded),
 }
@@ -142,9 +140,6 @@ impl Actor for Root {
             }
             RootMsg::Lookup { name, reply } => {
                 let _ = reply.send(state.by_name.get(&name).cloned());
-            }
-            RootMsg::Running(reply) => {
-                let _ = reply.send(state.by_name.keys().cloned().collect());
             }
             RootMsg::Ended(ended) => {
                 if state.by_id.remove(&ended.supervisor).is_some() {

@@ -48,7 +48,7 @@ use crate::protocol::ExecSpec;
 use crate::protocol::{BootStage, SignalTarget};
 use crate::relay_tap::{Chunk, RelayTap, RelayTapMsg, TapArgs, TapConfig, TapEvent};
 use crate::restart::RestartBudget;
-use crate::vm_process::{ExecItem, ExecRefused, ExecReply};
+use crate::vm_process::{ExecItem, ExecRefused, ExecReply, SessionInput};
 use crate::vm_process::{VmArgs, VmEvent, VmProcess, VmProcessMsg, VmSpec};
 use tokio::sync::mpsc;
 
@@ -106,9 +106,6 @@ pub struct StopOutcome {
 
 /// Messages of the [`SandboxSupervisor`].
 pub enum SupervisorMsg {
-    /// Answer once the sandbox runs (with the main command's pid inside the
-    /// sandbox) or failed to boot.
-    AwaitStarted(RpcReplyPort<Result<u32, BootFailure>>),
     /// Stop: the stop signal to the whole tree, SIGKILL after `timeout`
     /// (`None`: the sandbox's default; zero: at once).
     Stop {
@@ -151,28 +148,12 @@ pub enum SupervisorMsg {
         /// Session id and pid, or why not.
         reply: ExecReply,
     },
-    /// Bytes for an exec session's stdin (empty closes it).
-    Stdin {
+    /// Input for a running exec session (stdin, window size, a signal).
+    Session {
         /// Session id.
         session: u64,
-        /// The bytes.
-        data: Vec<u8>,
-    },
-    /// A terminal session's window size changed.
-    Resize {
-        /// Session id.
-        session: u64,
-        /// Rows.
-        rows: u16,
-        /// Columns.
-        cols: u16,
-    },
-    /// Signal an exec session's process group.
-    SignalSession {
-        /// Session id.
-        session: u64,
-        /// Signal number.
-        signo: i32,
+        /// What to deliver.
+        input: SessionInput,
     },
     /// Drain: refuse new exec sessions, let running ones finish, then stop
     /// (termination reason DrainRequested); past `timeout` stop anyway.
@@ -264,7 +245,6 @@ pub struct SupervisorState {
     vm: Option<ActorRef<VmProcessMsg>>,
     init_pid: Option<u32>,
     run_id: Option<i64>,
-    start_waiters: Vec<RpcReplyPort<Result<u32, BootFailure>>>,
     started: Option<oneshot::Sender<Result<u32, BootFailure>>>,
     ended: Option<ractor::DerivedActorRef<SandboxEnded>>,
     events: Publisher,
@@ -327,7 +307,6 @@ impl Actor for SandboxSupervisor {
             vm: Some(vm),
             init_pid: None,
             run_id: None,
-            start_waiters: Vec::new(),
             started: args.started,
             ended: args.ended,
             events: Publisher::new(args.events),
@@ -356,12 +335,6 @@ impl Actor for SandboxSupervisor {
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupervisorMsg::AwaitStarted(reply) => match &state.boot {
-                Some(result) => {
-                    let _ = reply.send(result.clone());
-                }
-                None => state.start_waiters.push(reply),
-            },
             SupervisorMsg::Status(reply) => {
                 let _ = reply.send(state.status);
             }
@@ -471,30 +444,9 @@ impl Actor for SandboxSupervisor {
                     }
                 }
             }
-            SupervisorMsg::Stdin { session, data } => {
+            SupervisorMsg::Session { session, input } => {
                 if let Some(vm) = &state.vm {
-                    vm.cast(VmProcessMsg::Stdin { session, data })?;
-                }
-            }
-            SupervisorMsg::Resize {
-                session,
-                rows,
-                cols,
-            } => {
-                if let Some(vm) = &state.vm {
-                    vm.cast(VmProcessMsg::Resize {
-                        session,
-                        rows,
-                        cols,
-                    })?;
-                }
-            }
-            SupervisorMsg::SignalSession { session, signo } => {
-                if let Some(vm) = &state.vm {
-                    vm.cast(VmProcessMsg::Signal {
-                        target: SignalTarget::Session(session),
-                        signo,
-                    })?;
+                    vm.cast(VmProcessMsg::Session { session, input })?;
                 }
             }
             SupervisorMsg::Drain { timeout } => state.drain(&myself, timeout).await?,
@@ -755,9 +707,6 @@ impl SupervisorState {
     }
 
     fn answer_start(&mut self, result: Result<u32, BootFailure>) {
-        for waiter in self.start_waiters.drain(..) {
-            let _ = waiter.send(result.clone());
-        }
         if let Some(started) = self.started.take() {
             let _ = started.send(result.clone());
         }

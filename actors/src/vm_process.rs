@@ -146,22 +146,29 @@ pub enum VmProcessMsg {
         /// Session id and pid inside the sandbox, or why not.
         reply: ExecReply,
     },
-    /// A terminal session's window size.
-    Resize {
+    /// Input for a running exec session.
+    Session {
         /// Session id.
         session: u64,
+        /// What to deliver.
+        input: SessionInput,
+    },
+}
+
+/// Input for a running exec session, as its caller sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionInput {
+    /// Bytes for its stdin; empty closes it (end of file on a terminal).
+    Stdin(Vec<u8>),
+    /// Its terminal's new window size.
+    Resize {
         /// Rows.
         rows: u16,
         /// Columns.
         cols: u16,
     },
-    /// Bytes for a session's stdin (empty closes it).
-    Stdin {
-        /// Session id.
-        session: u64,
-        /// The bytes.
-        data: Vec<u8>,
-    },
+    /// A signal to its process group.
+    Signal(i32),
 }
 
 /// What an exec session's caller receives, in order.
@@ -439,30 +446,29 @@ impl Actor for VmProcess {
                 state.pending_exec.insert(session, reply);
                 state.send_frame(&Frame::Exec(spec)).await;
             }
-            VmProcessMsg::Resize {
-                session,
-                rows,
-                cols,
-            } => {
-                state
-                    .send_frame(&Frame::Resize {
+            VmProcessMsg::Session { session, input } => match input {
+                SessionInput::Stdin(data) if data.is_empty() => {
+                    state.send_frame(&Frame::Stdin { session, data }).await;
+                }
+                SessionInput::Stdin(data) => {
+                    // Frames stay far below the protocol's limit.
+                    for part in data.chunks(STDIN_FRAME_BYTES) {
+                        let data = part.to_vec();
+                        state.send_frame(&Frame::Stdin { session, data }).await;
+                    }
+                }
+                SessionInput::Resize { rows, cols } => {
+                    let frame = Frame::Resize {
                         session,
                         rows,
                         cols,
-                    })
-                    .await;
-            }
-            VmProcessMsg::Stdin { session, data } => {
-                if data.is_empty() {
-                    let data = Vec::new();
-                    state.send_frame(&Frame::Stdin { session, data }).await;
+                    };
+                    state.send_frame(&frame).await;
                 }
-                // Frames stay far below the protocol's limit.
-                for part in data.chunks(STDIN_FRAME_BYTES) {
-                    let data = part.to_vec();
-                    state.send_frame(&Frame::Stdin { session, data }).await;
+                SessionInput::Signal(signo) => {
+                    state.signal(SignalTarget::Session(session), signo).await;
                 }
-            }
+            },
             VmProcessMsg::Frame(frame) => match frame {
                 Frame::SessionStarted { session, pid } => {
                     if let Some(reply) = state.pending_exec.remove(&session) {
