@@ -282,10 +282,8 @@ impl Actor for SandboxSupervisor {
         args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let spec = args.spec;
-        std::fs::create_dir_all(&spec.log_dir)?;
-        args.store
-            .set_status(&spec.name, SandboxStatus::Starting)
-            .await?;
+        // The runtime recorded Starting before spawning this supervisor; the
+        // tap creates the log directory.
         let tap = spawn_tap(&myself, &spec, 0).await?;
         let (tap_tx, tap_rx) = watch::channel(tap.clone());
         let vm_args = VmArgs {
