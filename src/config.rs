@@ -105,6 +105,13 @@ pub struct SandboxConfig {
     pub log: LogConfig,
     /// Metrics sampling period; `None` disables metrics.
     pub metrics_interval: Option<Duration>,
+    /// Keep the main command's stdin open for [`crate::Sandbox::write_stdin`]
+    /// (else it reads `/dev/null`).
+    pub stdin: bool,
+    /// Run the main command on a pseudo-terminal inside the sandbox (its
+    /// output is then the merged `output` source; size it with
+    /// [`crate::Sandbox::resize`]).
+    pub tty: bool,
 }
 
 impl Default for SandboxConfig {
@@ -124,6 +131,8 @@ impl Default for SandboxConfig {
             kill_timeout: DEFAULT_KILL_TIMEOUT,
             log: LogConfig::default(),
             metrics_interval: Some(DEFAULT_METRICS_INTERVAL),
+            stdin: false,
+            tty: false,
         }
     }
 }

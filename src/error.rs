@@ -113,6 +113,20 @@ pub enum Error {
         /// What to check.
         hint: String,
     },
+    /// The runtime hosting a sandbox did not answer on its control socket.
+    #[error("cannot reach the sandvisor process on control socket {socket}: {reason}; hint: is the process that runs the sandbox alive, and are you its user?")]
+    ControlUnreachable {
+        /// The socket.
+        socket: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// Another live runtime listens on this control socket.
+    #[error("control socket {socket} is in use by another sandvisor process")]
+    ControlSocketInUse {
+        /// The socket.
+        socket: PathBuf,
+    },
     /// The SQLite store failed.
     #[error("database error: {0}")]
     Database(String),

@@ -17,7 +17,8 @@ use crate::error::{Error, Result};
 use crate::logs::LogSource;
 
 /// A command to run in a running sandbox.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ExecConfig {
     /// Program; a bare name is looked up in the session's `PATH`.
     pub command: String,
@@ -110,7 +111,7 @@ pub struct ExecOutput {
 }
 
 /// How an exec session's process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExecStatus {
     /// Exit code, if it exited.
     pub code: Option<i32>,
@@ -126,9 +127,19 @@ pub struct ExecHandle {
     pid: u32,
     items: mpsc::UnboundedReceiver<ExecItem>,
     status: Option<ExecStatus>,
-    supervisor: ActorRef<SupervisorMsg>,
+    link: SessionLink,
     sandbox: String,
     stdin_open: bool,
+}
+
+/// Where a session's input goes: the sandbox's supervisor in this process,
+/// or the control connection to the process that hosts the sandbox.
+#[derive(Debug)]
+pub(crate) enum SessionLink {
+    /// Hosted here.
+    Local(ActorRef<SupervisorMsg>),
+    /// Hosted by another runtime, reached through its control socket.
+    Remote(mpsc::UnboundedSender<SessionInput>),
 }
 
 impl ExecHandle {
@@ -137,7 +148,7 @@ impl ExecHandle {
         id: u64,
         pid: u32,
         items: mpsc::UnboundedReceiver<ExecItem>,
-        supervisor: ActorRef<SupervisorMsg>,
+        link: SessionLink,
         sandbox: String,
         stdin: bool,
     ) -> Self {
@@ -147,7 +158,7 @@ impl ExecHandle {
             pid,
             items,
             status: None,
-            supervisor,
+            link,
             sandbox,
             // A terminal always takes input.
             stdin_open: stdin || tty,
@@ -205,16 +216,34 @@ impl ExecHandle {
         self.send(SessionInput::Resize { rows, cols })
     }
 
+    /// Whether the session runs on a terminal.
+    pub fn is_tty(&self) -> bool {
+        self.tty
+    }
+
     /// Sends SIGKILL to the session's processes.
     pub fn kill(&self) -> Result<()> {
-        self.send(SessionInput::Signal(libc::SIGKILL))
+        self.signal(libc::SIGKILL)
+    }
+
+    /// Sends `signo` to the session's processes (its process group).
+    pub fn signal(&self, signo: i32) -> Result<()> {
+        self.send(SessionInput::Signal(signo))
     }
 
     fn send(&self, input: SessionInput) -> Result<()> {
         let session = self.id;
-        self.supervisor
-            .cast(SupervisorMsg::Session { session, input })
-            .map_err(|_| Error::SandboxNotRunning(self.sandbox.clone()))
+        let sent = match &self.link {
+            SessionLink::Local(supervisor) => supervisor
+                .cast(SupervisorMsg::Session { session, input })
+                .is_ok(),
+            SessionLink::Remote(control) => control.send(input).is_ok(),
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(Error::SandboxNotRunning(self.sandbox.clone()))
+        }
     }
 
     /// Waits for the process to exit (output not yet read is discarded).

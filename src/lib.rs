@@ -10,6 +10,7 @@
 
 pub mod attach;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod exec;
 pub mod home;

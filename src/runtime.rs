@@ -26,20 +26,21 @@ use sandvisor_actors::vm_process::VmSpec;
 use tokio::sync::mpsc;
 
 use crate::config::SandboxConfig;
+use crate::control::{self, ControlClient, ControlServer};
 use crate::error::{Error, Result};
-use crate::exec::{ExecConfig, ExecHandle};
+use crate::exec::{ExecConfig, ExecHandle, SessionLink};
 use crate::home;
 use crate::logs::{LogEntry, LogOptions, LogStream, LogStreamOptions, Logs};
 use crate::store::{RunRow, SandboxRow, Store};
 use sandvisor_actors::lifecycle::LifecycleStore;
 use sandvisor_actors::protocol::ExecSpec;
-use sandvisor_actors::vm_process::ExecRefused;
+use sandvisor_actors::vm_process::{ExecRefused, SessionInput};
 
 /// The agent binary's name.
 pub const AGENT_BINARY: &str = "sandvisor-agent";
 
 /// How a run ended, as `wait_until_stopped` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SandboxStopResult {
     /// The sandbox.
     pub name: String,
@@ -70,6 +71,16 @@ impl From<StopOutcome> for SandboxStopResult {
 pub struct SandvisorBuilder {
     home: Option<PathBuf>,
     agent: Option<PathBuf>,
+    control: Option<ControlSocket>,
+}
+
+/// Where a runtime's control socket goes.
+#[derive(Debug, Clone)]
+enum ControlSocket {
+    /// `<home>/run/<pid>-<n>.sock`.
+    Auto,
+    /// This path.
+    At(PathBuf),
 }
 
 impl SandvisorBuilder {
@@ -86,13 +97,46 @@ impl SandvisorBuilder {
         self
     }
 
-    /// Opens the home: store, migrations, reconciliation, root actor.
+    /// Listens on a control socket under the home (`run/<pid>-<n>.sock`,
+    /// recorded with every sandbox this runtime starts), so that other
+    /// processes — the `sandvisor` CLI among them — can stop, kill, exec in,
+    /// pause, resume, drain and sample its sandboxes. Only the owner of the
+    /// home may connect. Off by default.
+    pub fn control_socket(mut self, enabled: bool) -> Self {
+        self.control = enabled.then_some(ControlSocket::Auto);
+        self
+    }
+
+    /// Listens on a control socket at `path` (see [`Self::control_socket`]).
+    pub fn control_socket_at(mut self, path: impl Into<PathBuf>) -> Self {
+        self.control = Some(ControlSocket::At(path.into()));
+        self
+    }
+
+    /// Opens the home: store, migrations, reconciliation, root actor, and the
+    /// control socket if asked for.
     pub async fn open(self) -> Result<Sandvisor> {
         let home = match self.home {
             Some(home) => home,
             None => home::home_from_env()?,
         };
-        let store = Store::open(&home).await?;
+        let mut store = Store::open(&home).await?;
+        let bound = match &self.control {
+            None => None,
+            Some(socket) => {
+                let path = match socket {
+                    ControlSocket::Auto => home.join(control::SOCKET_DIR).join(format!(
+                        "{}-{}.sock",
+                        std::process::id(),
+                        unique_suffix()
+                    )),
+                    ControlSocket::At(path) => path.clone(),
+                };
+                let bound = ControlServer::bind(&path, &home)?;
+                store = store.with_control_socket(&path);
+                Some(bound)
+            }
+        };
         let host = crate::store::this_host();
         let reconciled = store.reconcile(host).await?;
         if !reconciled.is_empty() {
@@ -111,17 +155,21 @@ impl SandvisorBuilder {
         let (root, _) = Actor::spawn(None, Root, args)
             .await
             .map_err(|e| Error::Internal(format!("cannot start the root actor: {e}")))?;
-        Ok(Sandvisor {
-            inner: Arc::new(Inner {
-                bus,
-                logs: Logs::at(&home),
-                home,
-                store,
-                root,
-                agent,
-                host,
+        let inner = Arc::new_cyclic(|weak| Inner {
+            bus,
+            logs: Logs::at(&home),
+            home,
+            store,
+            root,
+            agent,
+            host,
+            control: bound.map(|bound| {
+                bound.serve(WeakSandvisor {
+                    inner: weak.clone(),
+                })
             }),
-        })
+        });
+        Ok(Sandvisor { inner })
     }
 }
 
@@ -157,6 +205,21 @@ struct Inner {
     agent: PathBuf,
     host: HostId,
     logs: Logs,
+    /// Dropped with the runtime: the server stops, the socket file goes.
+    control: Option<ControlServer>,
+}
+
+/// A runtime held without keeping it alive (the control server's hold).
+#[derive(Clone)]
+pub(crate) struct WeakSandvisor {
+    inner: std::sync::Weak<Inner>,
+}
+
+impl WeakSandvisor {
+    /// The runtime, unless it has been dropped.
+    pub(crate) fn upgrade(&self) -> Option<Sandvisor> {
+        self.inner.upgrade().map(|inner| Sandvisor { inner })
+    }
 }
 
 impl Drop for Inner {
@@ -216,6 +279,11 @@ impl Sandvisor {
     /// The home directory.
     pub fn home(&self) -> &Path {
         &self.inner.home
+    }
+
+    /// The control socket this runtime listens on, if it does.
+    pub fn control_socket(&self) -> Option<&Path> {
+        self.inner.control.as_ref().map(ControlServer::path)
     }
 
     /// This runtime's host identity (recorded with each run).
@@ -325,6 +393,7 @@ impl Sandvisor {
                 name: name.to_string(),
                 supervisor,
                 runtime: self.clone(),
+                main_io: Arc::default(),
             }),
             Err(failure) => Err(boot_failed(failure)),
         }
@@ -341,7 +410,14 @@ impl Sandvisor {
             name: name.to_string(),
             supervisor,
             runtime: self.clone(),
+            main_io: Arc::default(),
         }))
+    }
+
+    /// The names of the sandboxes running in this runtime, sorted.
+    pub async fn hosted(&self) -> Result<Vec<String>> {
+        ractor::call!(self.inner.root, RootMsg::Hosted)
+            .map_err(|e| Error::Internal(format!("root actor: {e}")))
     }
 
     /// The sandbox `name` as recorded.
@@ -418,6 +494,10 @@ impl Sandvisor {
                     net_namespace: iso.net,
                     uts_namespace: iso.uts,
                     ipc_namespace: iso.ipc,
+                    stdin: config.stdin,
+                    tty: config.tty,
+                    rows: 0,
+                    cols: 0,
                 },
                 agent: self.inner.agent.clone(),
                 limits: Limits {
@@ -492,12 +572,23 @@ fn boot_failed(failure: BootFailure) -> Error {
     }
 }
 
+/// The main command's session id (exec sessions count on from 2).
+const MAIN_SESSION: u64 = 1;
+
+/// Whether the main command reads stdin / runs on a terminal.
+#[derive(Debug, Clone, Copy)]
+struct MainIo {
+    stdin: bool,
+    tty: bool,
+}
+
 /// A running sandbox of this runtime.
 #[derive(Clone)]
 pub struct Sandbox {
     name: String,
     supervisor: ActorRef<SupervisorMsg>,
     runtime: Sandvisor,
+    main_io: Arc<tokio::sync::OnceCell<MainIo>>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -579,7 +670,7 @@ impl Sandbox {
                 id,
                 pid,
                 rx,
-                self.supervisor.clone(),
+                SessionLink::Local(self.supervisor.clone()),
                 self.name.clone(),
                 config.stdin,
             )),
@@ -605,6 +696,69 @@ impl Sandbox {
     pub fn request_drain(&self, timeout: Option<Duration>) {
         // A supervisor that is gone has stopped already.
         let _ = self.supervisor.cast(SupervisorMsg::Drain { timeout });
+    }
+
+    /// Writes to the main command's stdin (the sandbox needs `stdin` or
+    /// `tty` in its config); an empty write is refused, use
+    /// [`Sandbox::close_stdin`].
+    pub async fn write_stdin(&self, data: impl Into<Vec<u8>>) -> Result<()> {
+        let data = data.into();
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.main_input(|io| io.stdin || io.tty, data).await
+    }
+
+    /// Closes the main command's stdin (on a terminal: sends end-of-file).
+    pub async fn close_stdin(&self) -> Result<()> {
+        self.main_input(|io| io.stdin || io.tty, Vec::new()).await
+    }
+
+    /// Changes the main command's terminal size (the sandbox needs `tty`).
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        let (session, name) = (MAIN_SESSION, self.name.clone());
+        if !self.main_io().await?.tty {
+            return Err(Error::NotATerminal {
+                sandbox: name,
+                session,
+            });
+        }
+        self.supervisor
+            .cast(SupervisorMsg::Session {
+                session,
+                input: SessionInput::Resize { rows, cols },
+            })
+            .map_err(|_| Error::SandboxNotRunning(name))
+    }
+
+    async fn main_input(&self, allowed: fn(MainIo) -> bool, data: Vec<u8>) -> Result<()> {
+        let session = MAIN_SESSION;
+        if !allowed(self.main_io().await?) {
+            return Err(Error::SessionClosed {
+                sandbox: self.name.clone(),
+                session,
+            });
+        }
+        self.supervisor
+            .cast(SupervisorMsg::Session {
+                session,
+                input: SessionInput::Stdin(data),
+            })
+            .map_err(|_| Error::SandboxNotRunning(self.name.clone()))
+    }
+
+    /// How the main command's standard streams were set up (read once).
+    async fn main_io(&self) -> Result<MainIo> {
+        self.main_io
+            .get_or_try_init(|| async {
+                let config = self.runtime.get(&self.name).await?.config()?;
+                Ok(MainIo {
+                    stdin: config.stdin,
+                    tty: config.tty,
+                })
+            })
+            .await
+            .copied()
     }
 
     /// Freezes every process of the sandbox (SIGSTOP); status Paused. Stop
@@ -675,6 +829,21 @@ impl Sandbox {
             .log_stream(&self.name, options)
             .await
     }
+}
+
+/// Where a recorded sandbox runs.
+enum Host {
+    Here(Sandbox),
+    There(ControlClient),
+    Nowhere,
+}
+
+/// How to end a sandbox.
+#[derive(Clone, Copy)]
+enum EndHow {
+    Stop(Option<Duration>),
+    Kill,
+    Drain(Option<Duration>),
 }
 
 /// A recorded sandbox (running or not), as of its last refresh.
@@ -758,80 +927,130 @@ impl SandboxHandle {
         self.runtime.start(&self.row.name).await
     }
 
-    async fn live(&self) -> Result<Option<Sandbox>> {
-        let live = self.runtime.connect(&self.row.name).await?;
-        if live.is_none() {
-            let mut fresh = self.clone();
-            fresh.refresh().await?;
-            if !fresh.row.status.is_terminal() && fresh.row.status != SandboxStatus::Created {
-                return Err(Error::SandboxNotHosted(self.row.name.clone()));
-            }
+    /// Where the sandbox runs: here, in another runtime reached through its
+    /// control socket, or nowhere (never started, or ended).
+    async fn host(&self) -> Result<Host> {
+        if let Some(sandbox) = self.runtime.connect(&self.row.name).await? {
+            return Ok(Host::Here(sandbox));
         }
-        Ok(live)
+        let mut fresh = self.clone();
+        fresh.refresh().await?;
+        let status = fresh.row.status;
+        if status.is_terminal() || status == SandboxStatus::Created {
+            return Ok(Host::Nowhere);
+        }
+        match fresh.row.control_socket {
+            Some(socket) if Some(socket.as_path()) != self.runtime.control_socket() => {
+                Ok(Host::There(ControlClient::new(socket)))
+            }
+            _ => Err(Error::SandboxNotHosted(self.row.name.clone())),
+        }
     }
 
-    /// Runs `end` on the live sandbox; a sandbox that is not running here
+    /// Ends the sandbox (`how`: stop, kill or drain with an optional grace
+    /// period) wherever it runs and waits; a sandbox that is not running
     /// answers how its last run ended (`None` if it never ran).
-    async fn end_with<F, Fut>(&self, end: F) -> Result<Option<SandboxStopResult>>
-    where
-        F: FnOnce(Sandbox) -> Fut,
-        Fut: std::future::Future<Output = Result<SandboxStopResult>>,
-    {
-        match self.live().await? {
-            Some(sandbox) => end(sandbox).await.map(Some),
-            None => self.runtime.stop_result_from_store(&self.row.name).await,
+    async fn end(&self, how: EndHow) -> Result<Option<SandboxStopResult>> {
+        let name = self.row.name.as_str();
+        match self.host().await? {
+            Host::Here(sandbox) => match how {
+                EndHow::Stop(None) => sandbox.stop().await,
+                EndHow::Stop(Some(timeout)) => sandbox.stop_with_timeout(timeout).await,
+                EndHow::Kill => sandbox.kill().await,
+                EndHow::Drain(timeout) => sandbox.drain(timeout).await,
+            }
+            .map(Some),
+            Host::There(control) => {
+                let ended = match how {
+                    EndHow::Stop(timeout) => control.stop(name, timeout).await,
+                    EndHow::Kill => control.kill(name).await,
+                    EndHow::Drain(timeout) => control.drain(name, timeout).await,
+                };
+                match ended {
+                    Ok(result) => Ok(Some(result)),
+                    // It ended on its own meanwhile.
+                    Err(Error::SandboxNotRunning(_)) => {
+                        self.runtime.stop_result_from_store(name).await
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+            Host::Nowhere => self.runtime.stop_result_from_store(name).await,
         }
+    }
+
+    /// Sends an end request without waiting.
+    async fn request_end(&self, how: EndHow) -> Result<()> {
+        match self.host().await? {
+            Host::Here(sandbox) => match how {
+                EndHow::Stop(timeout) => sandbox.request_stop(timeout),
+                EndHow::Kill => sandbox.request_kill(),
+                EndHow::Drain(timeout) => sandbox.request_drain(timeout),
+            },
+            Host::There(control) => {
+                let (what, timeout) = match how {
+                    EndHow::Stop(timeout) => ("stop", timeout),
+                    EndHow::Kill => ("kill", None),
+                    EndHow::Drain(timeout) => ("drain", timeout),
+                };
+                control.request_end(&self.row.name, what, timeout).await?;
+            }
+            Host::Nowhere => {}
+        }
+        Ok(())
     }
 
     /// Stops it (Ok if it is not running) and waits.
     pub async fn stop(&self) -> Result<Option<SandboxStopResult>> {
-        self.end_with(|sandbox| async move { sandbox.stop().await })
-            .await
+        self.end(EndHow::Stop(None)).await
     }
 
     /// Stops it with `timeout` before SIGKILL and waits.
     pub async fn stop_with_timeout(&self, timeout: Duration) -> Result<Option<SandboxStopResult>> {
-        self.end_with(|sandbox| async move { sandbox.stop_with_timeout(timeout).await })
-            .await
+        self.end(EndHow::Stop(Some(timeout))).await
     }
 
     /// Sends a stop request without waiting.
     pub async fn request_stop(&self, timeout: Option<Duration>) -> Result<()> {
-        if let Some(sandbox) = self.live().await? {
-            sandbox.request_stop(timeout);
-        }
-        Ok(())
+        self.request_end(EndHow::Stop(timeout)).await
     }
 
     /// Pauses it (see [`Sandbox::pause`]).
     pub async fn pause(&self) -> Result<()> {
-        self.connect().await?.pause().await
+        match self.host().await? {
+            Host::Here(sandbox) => sandbox.pause().await,
+            Host::There(control) => control.pause(&self.row.name).await,
+            Host::Nowhere => Err(Error::SandboxNotRunning(self.row.name.clone())),
+        }
     }
 
     /// A live handle, if the sandbox runs in this runtime.
     pub async fn connect(&self) -> Result<Sandbox> {
-        self.live()
-            .await?
-            .ok_or_else(|| Error::SandboxNotRunning(self.row.name.clone()))
+        match self.host().await? {
+            Host::Here(sandbox) => Ok(sandbox),
+            Host::There(_) => Err(Error::SandboxNotHosted(self.row.name.clone())),
+            Host::Nowhere => Err(Error::SandboxNotRunning(self.row.name.clone())),
+        }
     }
 
-    /// Runs a command in it (see [`Sandbox::exec`]).
+    /// Runs a command in it (see [`Sandbox::exec`]), wherever it runs.
     pub async fn exec(&self, config: ExecConfig) -> Result<ExecHandle> {
-        self.connect().await?.exec(config).await
+        config.validate()?;
+        match self.host().await? {
+            Host::Here(sandbox) => sandbox.exec(config).await,
+            Host::There(control) => control.exec(&self.row.name, &config).await,
+            Host::Nowhere => Err(Error::SandboxNotRunning(self.row.name.clone())),
+        }
     }
 
     /// Drains it (see [`Sandbox::drain`]); Ok with no result if it is not running.
     pub async fn drain(&self, timeout: Option<Duration>) -> Result<Option<SandboxStopResult>> {
-        self.end_with(|sandbox| async move { sandbox.drain(timeout).await })
-            .await
+        self.end(EndHow::Drain(timeout)).await
     }
 
     /// Sends a drain request without waiting.
     pub async fn request_drain(&self, timeout: Option<Duration>) -> Result<()> {
-        if let Some(sandbox) = self.live().await? {
-            sandbox.request_drain(timeout);
-        }
-        Ok(())
+        self.request_end(EndHow::Drain(timeout)).await
     }
 
     /// Its latest resource sample (see [`Sandbox::metrics`]).
@@ -839,18 +1058,25 @@ impl SandboxHandle {
         if self.config()?.metrics_interval.is_none() {
             return Err(Error::MetricsDisabled(self.row.name.clone()));
         }
-        self.connect().await?.metrics().await
+        match self.host().await? {
+            Host::Here(sandbox) => sandbox.metrics().await,
+            Host::There(control) => control.metrics(&self.row.name).await,
+            Host::Nowhere => Err(Error::SandboxNotRunning(self.row.name.clone())),
+        }
     }
 
     /// Resumes it (see [`Sandbox::resume`]).
     pub async fn resume(&self) -> Result<()> {
-        self.connect().await?.resume().await
+        match self.host().await? {
+            Host::Here(sandbox) => sandbox.resume().await,
+            Host::There(control) => control.resume(&self.row.name).await,
+            Host::Nowhere => Err(Error::SandboxNotRunning(self.row.name.clone())),
+        }
     }
 
     /// Kills it and waits.
     pub async fn kill(&self) -> Result<Option<SandboxStopResult>> {
-        self.end_with(|sandbox| async move { sandbox.kill().await })
-            .await
+        self.end(EndHow::Kill).await
     }
 
     /// Kills it and waits at most `timeout` for the end.
@@ -866,22 +1092,32 @@ impl SandboxHandle {
 
     /// Sends a kill request without waiting.
     pub async fn request_kill(&self) -> Result<()> {
-        if let Some(sandbox) = self.live().await? {
-            sandbox.request_kill();
-        }
-        Ok(())
+        self.request_end(EndHow::Kill).await
     }
 
     /// Waits for the current run to end (returns at once if it has).
     pub async fn wait_until_stopped(&self) -> Result<SandboxStopResult> {
-        match self.live().await? {
-            Some(sandbox) => sandbox.wait_until_stopped().await,
-            None => self
-                .runtime
-                .stop_result_from_store(&self.row.name)
-                .await?
-                .ok_or_else(|| Error::SandboxNotHosted(self.row.name.clone())),
+        let name = &self.row.name;
+        match self.host().await? {
+            Host::Here(sandbox) => sandbox.wait_until_stopped().await,
+            Host::There(control) => match control.wait(name).await {
+                Err(Error::SandboxNotRunning(_)) => self.stored_result().await,
+                other => other,
+            },
+            Host::Nowhere => self.stored_result().await,
         }
+    }
+
+    async fn stored_result(&self) -> Result<SandboxStopResult> {
+        self.runtime
+            .stop_result_from_store(&self.row.name)
+            .await?
+            .ok_or_else(|| Error::SandboxNotRunning(self.row.name.clone()))
+    }
+
+    /// The control socket of the runtime that last started it, if any.
+    pub fn control_socket(&self) -> Option<&Path> {
+        self.row.control_socket.as_deref()
     }
 
     /// Removes it.

@@ -5,8 +5,9 @@
 //! it. Read-then-write transactions start with `BEGIN IMMEDIATE`, so two
 //! writers never both read a state and then both act on it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -38,6 +39,9 @@ pub struct SandboxRow {
     pub created_at: DateTime<Utc>,
     /// Last changed.
     pub updated_at: DateTime<Utc>,
+    /// The control socket of the runtime that last started it, if that
+    /// runtime listens on one.
+    pub control_socket: Option<PathBuf>,
 }
 
 /// A `run` row.
@@ -72,6 +76,8 @@ pub struct RunRow {
 pub struct Store {
     writer: SqlitePool,
     pool: SqlitePool,
+    /// Recorded with each sandbox this store's runtime inserts or starts.
+    control_socket: Option<Arc<str>>,
 }
 
 fn db_err(err: sqlx::Error) -> Error {
@@ -122,7 +128,18 @@ impl Store {
             .connect_with(options.read_only(true))
             .await
             .map_err(db_err)?;
-        Ok(Self { writer, pool })
+        Ok(Self {
+            writer,
+            pool,
+            control_socket: None,
+        })
+    }
+
+    /// This store, recording `socket` as the control socket of every sandbox
+    /// it inserts or starts from now on.
+    pub fn with_control_socket(mut self, socket: &Path) -> Self {
+        self.control_socket = Some(Arc::from(socket.to_string_lossy().as_ref()));
+        self
     }
 
     /// Inserts a new sandbox with `status` (`Created`, or `Starting` when it
@@ -136,8 +153,8 @@ impl Store {
         let json = serde_json::to_string(config).map_err(|e| Error::Internal(e.to_string()))?;
         let now = now_text();
         let inserted = sqlx::query(
-            "INSERT INTO sandbox (name, config, status, created_at, updated_at, owner_pid, owner_start_ticks) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO sandbox (name, config, status, created_at, updated_at, owner_pid, owner_start_ticks, control_socket) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&config.name)
         .bind(&json)
@@ -146,6 +163,7 @@ impl Store {
         .bind(&now)
         .bind(i64::from(owner.pid))
         .bind(owner.start_ticks as i64)
+        .bind(self.control_socket.as_deref())
         .execute(&self.writer)
         .await;
         match inserted {
@@ -161,7 +179,7 @@ impl Store {
     /// The sandbox row of `name`.
     pub async fn sandbox(&self, name: &str) -> Result<Option<SandboxRow>> {
         let row = sqlx::query(
-            "SELECT id, name, config, status, created_at, updated_at FROM sandbox WHERE name = ?",
+            "SELECT id, name, config, status, created_at, updated_at, control_socket FROM sandbox WHERE name = ?",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -173,7 +191,7 @@ impl Store {
     /// Every sandbox, by name.
     pub async fn sandboxes(&self) -> Result<Vec<SandboxRow>> {
         let rows = sqlx::query(
-            "SELECT id, name, config, status, created_at, updated_at FROM sandbox ORDER BY name",
+            "SELECT id, name, config, status, created_at, updated_at, control_socket FROM sandbox ORDER BY name",
         )
         .fetch_all(&self.pool)
         .await
@@ -234,11 +252,12 @@ impl Store {
             return Ok(Err(status));
         }
         sqlx::query(
-            "UPDATE sandbox SET status = 'Starting', updated_at = ?, owner_pid = ?, owner_start_ticks = ? WHERE name = ?",
+            "UPDATE sandbox SET status = 'Starting', updated_at = ?, owner_pid = ?, owner_start_ticks = ?, control_socket = ? WHERE name = ?",
         )
             .bind(now_text())
             .bind(i64::from(owner.pid))
             .bind(owner.start_ticks as i64)
+            .bind(self.control_socket.as_deref())
             .bind(name)
             .execute(&mut *tx)
             .await
@@ -404,6 +423,7 @@ fn sandbox_row(row: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow> {
         status: SandboxStatus::from_str(row.get::<&str, _>(3)).map_err(Error::Database)?,
         created_at: parse_time(row.get(4))?,
         updated_at: parse_time(row.get(5))?,
+        control_socket: row.get::<Option<String>, _>(6).map(PathBuf::from),
     })
 }
 

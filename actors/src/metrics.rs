@@ -13,7 +13,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 
 /// One sample of a sandbox's resource use.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SandboxMetrics {
     /// CPU use since the previous sample, in percent of one core.
     pub cpu_percent: f64,

@@ -62,6 +62,20 @@ pub struct StartSpec {
     /// Unshare an IPC namespace.
     #[serde(default)]
     pub ipc_namespace: bool,
+    /// Give the main command a stdin pipe fed by `Stdin` frames for session 1
+    /// (else `/dev/null`).
+    #[serde(default)]
+    pub stdin: bool,
+    /// Run the main command on a new pseudo-terminal (its output is then
+    /// stream 3, merged).
+    #[serde(default)]
+    pub tty: bool,
+    /// The terminal's size.
+    #[serde(default)]
+    pub rows: u16,
+    /// The terminal's size.
+    #[serde(default)]
+    pub cols: u16,
 }
 
 /// Which processes a signal goes to.
@@ -569,6 +583,10 @@ mod tests {
                 net_namespace: false,
                 uts_namespace: true,
                 ipc_namespace: false,
+                stdin: true,
+                tty: false,
+                rows: 0,
+                cols: 0,
             }),
             Frame::Signal {
                 target: SignalTarget::All,

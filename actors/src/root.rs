@@ -41,6 +41,8 @@ pub enum RootMsg {
         /// Its supervisor, if it runs in this runtime.
         reply: RpcReplyPort<Option<ActorRef<SupervisorMsg>>>,
     },
+    /// The names of every sandbox running in this runtime, sorted.
+    Hosted(RpcReplyPort<Vec<String>>),
     /// A supervisor's run has ended.
     Ended(SandboxEnded),
 }
@@ -140,6 +142,11 @@ impl Actor for Root {
             }
             RootMsg::Lookup { name, reply } => {
                 let _ = reply.send(state.by_name.get(&name).cloned());
+            }
+            RootMsg::Hosted(reply) => {
+                let mut names: Vec<String> = state.by_name.keys().cloned().collect();
+                names.sort();
+                let _ = reply.send(names);
             }
             RootMsg::Ended(ended) => {
                 if state.by_id.remove(&ended.supervisor).is_some() {

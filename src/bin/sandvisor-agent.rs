@@ -200,8 +200,8 @@ fn init(mut sock: UnixStream, spec: StartSpec, inbox: Vec<u8>) -> ! {
         // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes no pointers.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     }
-    let mut child = match spawn_main(&spec) {
-        Ok(child) => child,
+    let (mut child, terminal) = match spawn_main(&spec) {
+        Ok(spawned) => spawned,
         Err(err) => {
             let errno = Errno::from_raw(err.raw_os_error().unwrap_or(0));
             let stage = BootStage::Config;
@@ -234,16 +234,7 @@ fn init(mut sock: UnixStream, spec: StartSpec, inbox: Vec<u8>) -> ! {
         kill_all(&spec, main_pid);
         std::process::exit(1);
     }
-    let stdout = child.stdout.take().map(OwnedFd::from);
-    let stderr = child.stderr.take().map(OwnedFd::from);
-    let status = supervise(
-        &mut sock,
-        inbox,
-        &spec,
-        &mut child,
-        (stdout, stderr),
-        &sigfd,
-    );
+    let status = supervise(&mut sock, inbox, &spec, &mut child, terminal, &sigfd);
     let frame = Frame::Exited {
         session: 1,
         code: status.and_then(|s| s.code()),
@@ -400,20 +391,34 @@ fn loopback_up() -> Result<(), Errno> {
     Ok(())
 }
 
-fn spawn_main(spec: &StartSpec) -> std::io::Result<Child> {
+/// Starts the main command; with a terminal, also returns its master.
+fn spawn_main(spec: &StartSpec) -> std::io::Result<(Child, Option<OwnedFd>)> {
     let mut command = Command::new(&spec.command);
     command
         .args(&spec.args)
         .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+        .envs(spec.env.iter().map(|(k, v)| (k, v)));
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
     }
-    command.spawn()
+    let terminal = if spec.tty {
+        Some(open_terminal(&mut command, spec.rows, spec.cols)?)
+    } else {
+        command
+            .stdin(if spec.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        None
+    };
+    let child = command.spawn()?;
+    // The terminal's slave ends, held by the command, close with it.
+    drop(command);
+    Ok((child, terminal))
 }
 
 /// Gives `command` a new pseudo-terminal of `rows` x `cols` as its
@@ -460,6 +465,8 @@ fn kill_all(spec: &StartSpec, main_pid: Pid) {
 
 /// How long a session's output may still flow after its leader exited (a
 /// process that left its group may hold the pipe).
+/// The main command's session id.
+const MAIN_SESSION: u64 = 1;
 const SESSION_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 /// Most stdin bytes held for a session that does not read.
 const STDIN_PENDING_MAX: usize = 16 << 20;
@@ -503,7 +510,7 @@ fn supervise(
     inbox: Vec<u8>,
     spec: &StartSpec,
     child: &mut Child,
-    (stdout, stderr): (Option<OwnedFd>, Option<OwnedFd>),
+    terminal: Option<OwnedFd>,
     sigfd: &SignalFd,
 ) -> Option<ExitStatus> {
     let mut agent = Agent {
@@ -516,8 +523,8 @@ fn supervise(
         inbox,
         host_gone: false,
     };
-    agent.pipes.extend(stdout.map(|fd| (fd, stream::STDOUT, 1)));
-    agent.pipes.extend(stderr.map(|fd| (fd, stream::STDERR, 1)));
+    let main = agent.attach_session(MAIN_SESSION, agent.main_pid, child, terminal);
+    agent.sessions.insert(MAIN_SESSION, main);
     // Frames that came in right behind Start.
     agent.handle_frames();
     agent.reap();
@@ -765,6 +772,26 @@ impl Agent<'_> {
             }
         };
         let pid = Pid::from_raw(child.id() as i32);
+        let session = self.attach_session(exec.session, pid, &mut child, terminal);
+        self.sessions.insert(exec.session, session);
+        let frame = Frame::SessionStarted {
+            session: exec.session,
+            pid: pid.as_raw() as u32,
+        };
+        if send(self.sock, &frame).is_err() {
+            self.host_gone = true;
+        }
+    }
+
+    /// Takes the standard streams of a session's leader (or its terminal's
+    /// master): output pipes join the relay, stdin becomes non-blocking.
+    fn attach_session(
+        &mut self,
+        id: u64,
+        pid: Pid,
+        child: &mut Child,
+        terminal: Option<OwnedFd>,
+    ) -> Session {
         let mut open_pipes = 0;
         let mut terminal_master = None;
         let stdin = match terminal {
@@ -772,7 +799,7 @@ impl Agent<'_> {
                 // The terminal's master carries input and the merged output.
                 let input = master.try_clone().ok();
                 terminal_master = master.try_clone().ok();
-                self.pipes.push((master, stream::OUTPUT, exec.session));
+                self.pipes.push((master, stream::OUTPUT, id));
                 open_pipes += 1;
                 input
             }
@@ -790,29 +817,19 @@ impl Agent<'_> {
             (child.stderr.take().map(OwnedFd::from), stream::STDERR),
         ] {
             if let Some(fd) = pipe {
-                self.pipes.push((fd, tag, exec.session));
+                self.pipes.push((fd, tag, id));
                 open_pipes += 1;
             }
         }
-        self.sessions.insert(
-            exec.session,
-            Session {
-                pid,
-                open_pipes,
-                status: None,
-                terminal: terminal_master,
-                leader_gone: None,
-                stdin,
-                stdin_pending: Vec::new(),
-                close_stdin: false,
-            },
-        );
-        let frame = Frame::SessionStarted {
-            session: exec.session,
-            pid: pid.as_raw() as u32,
-        };
-        if send(self.sock, &frame).is_err() {
-            self.host_gone = true;
+        Session {
+            pid,
+            open_pipes,
+            status: None,
+            terminal: terminal_master,
+            leader_gone: None,
+            stdin,
+            stdin_pending: Vec::new(),
+            close_stdin: false,
         }
     }
 
@@ -909,6 +926,8 @@ impl Agent<'_> {
     /// After the main command: every process was killed, so wait for each to
     /// be gone and report every session.
     fn reap_remaining(&mut self) {
+        // The main command's end is reported by `init`, after everything else.
+        self.sessions.remove(&MAIN_SESSION);
         // Every session leader was sent SIGKILL with the rest of the
         // sandbox, so waiting for each cannot last.
         let leaders: Vec<Pid> = self

@@ -1,0 +1,384 @@
+//! The control socket's client: one HTTP/1.1 connection per call.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::header;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use sandvisor_actors::vm_process::{ExecItem, SessionInput};
+use serde::de::DeserializeOwned;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+
+use super::frame::{self, ExecFrame};
+use super::{EndRequest, ErrorBody, HostInfo, Started, EXEC_PROTOCOL};
+use crate::config::SandboxConfig;
+use crate::error::{Error, Result};
+use crate::exec::{ExecConfig, ExecHandle, SessionLink};
+use crate::runtime::SandboxStopResult;
+use sandvisor_actors::metrics::SandboxMetrics;
+
+/// How long connecting may take: a live server accepts at once.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Talks to the runtime listening on one control socket.
+#[derive(Debug, Clone)]
+pub struct ControlClient {
+    socket: PathBuf,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+impl ControlClient {
+    /// A client of the runtime listening on `socket` (nothing is connected yet).
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+        }
+    }
+
+    /// The socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Who listens, and which sandboxes it runs.
+    pub async fn host(&self) -> Result<HostInfo> {
+        self.call(Method::GET, "/v1/host".into(), None).await
+    }
+
+    /// Creates and starts a sandbox in that runtime; answers its name.
+    pub async fn create(&self, config: &SandboxConfig) -> Result<String> {
+        let body = to_json(config)?;
+        let started: Started = self
+            .call(Method::POST, "/v1/sandboxes".into(), Some(body))
+            .await?;
+        Ok(started.name)
+    }
+
+    /// Starts a stopped sandbox in that runtime.
+    pub async fn start(&self, name: &str) -> Result<()> {
+        let _: Started = self
+            .call(Method::POST, sandbox_path(name, "start")?, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Stops `name` (grace period `timeout`, else its own) and waits.
+    pub async fn stop(&self, name: &str, timeout: Option<Duration>) -> Result<SandboxStopResult> {
+        self.end(name, "stop", timeout).await
+    }
+
+    /// Kills `name` and waits.
+    pub async fn kill(&self, name: &str) -> Result<SandboxStopResult> {
+        self.end(name, "kill", None).await
+    }
+
+    /// Drains `name` and waits.
+    pub async fn drain(&self, name: &str, timeout: Option<Duration>) -> Result<SandboxStopResult> {
+        self.end(name, "drain", timeout).await
+    }
+
+    /// Sends a stop, kill or drain request (`what`) without waiting.
+    pub async fn request_end(
+        &self,
+        name: &str,
+        what: &'static str,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
+        let request = EndRequest {
+            timeout_ms: timeout.map(|t| t.as_millis() as u64),
+            wait: false,
+        };
+        self.send(
+            Method::POST,
+            sandbox_path(name, what)?,
+            Some(to_json(&request)?),
+        )
+        .await
+        .and_then(expect_success)
+    }
+
+    /// Waits until `name` has stopped.
+    pub async fn wait(&self, name: &str) -> Result<SandboxStopResult> {
+        self.call(Method::POST, sandbox_path(name, "wait")?, None)
+            .await
+    }
+
+    /// Freezes `name`.
+    pub async fn pause(&self, name: &str) -> Result<()> {
+        self.send(Method::POST, sandbox_path(name, "pause")?, None)
+            .await
+            .and_then(expect_success)
+    }
+
+    /// Thaws `name`.
+    pub async fn resume(&self, name: &str) -> Result<()> {
+        self.send(Method::POST, sandbox_path(name, "resume")?, None)
+            .await
+            .and_then(expect_success)
+    }
+
+    /// The latest resource sample of `name`.
+    pub async fn metrics(&self, name: &str) -> Result<SandboxMetrics> {
+        self.call(Method::GET, sandbox_path(name, "metrics")?, None)
+            .await
+    }
+
+    /// Runs an exec session in `name`; the handle works as a local one.
+    pub async fn exec(&self, name: &str, config: &ExecConfig) -> Result<ExecHandle> {
+        let mut sender = self.connect(true).await?;
+        let request = self.request(
+            Method::POST,
+            sandbox_path(name, "exec")?,
+            Some(to_json(config)?),
+            true,
+        )?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| self.unreachable(e))?
+                .to_bytes();
+            return Err(error_from(status, &body));
+        }
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let mut framed = Framed::new(TokioIo::new(upgraded), frame::codec());
+        let (id, pid) = match framed.next().await {
+            Some(Ok(bytes)) => match ExecFrame::decode(bytes.freeze()) {
+                Ok(ExecFrame::Started { id, pid }) => (id, pid),
+                other => {
+                    return Err(Error::Internal(format!(
+                        "exec over {}: expected the session's start, got {other:?}",
+                        self.socket.display()
+                    )))
+                }
+            },
+            _ => {
+                return Err(Error::ControlUnreachable {
+                    socket: self.socket.clone(),
+                    reason: "the exec connection closed before the session started".into(),
+                })
+            }
+        };
+        let (items, items_rx) = mpsc::unbounded_channel();
+        let (input, input_rx) = mpsc::unbounded_channel();
+        tokio::spawn(bridge(framed, items, input_rx));
+        Ok(ExecHandle::new(
+            config.tty,
+            id,
+            pid,
+            items_rx,
+            SessionLink::Remote(input),
+            name.to_string(),
+            config.stdin,
+        ))
+    }
+
+    async fn end(
+        &self,
+        name: &str,
+        what: &'static str,
+        timeout: Option<Duration>,
+    ) -> Result<SandboxStopResult> {
+        let request = EndRequest {
+            timeout_ms: timeout.map(|t| t.as_millis() as u64),
+            wait: true,
+        };
+        let (status, body) = self
+            .send(
+                Method::POST,
+                sandbox_path(name, what)?,
+                Some(to_json(&request)?),
+            )
+            .await?;
+        match status {
+            StatusCode::OK => parse(&body),
+            // It never ran: nothing to report.
+            StatusCode::NO_CONTENT => Err(Error::SandboxNotRunning(name.to_string())),
+            _ => Err(error_from(status, &body)),
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Bytes>,
+    ) -> Result<T> {
+        let (status, body) = self.send(method, path, body).await?;
+        if status.is_success() {
+            parse(&body)
+        } else {
+            Err(error_from(status, &body))
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Bytes>,
+    ) -> Result<(StatusCode, Bytes)> {
+        let mut sender = self.connect(false).await?;
+        let request = self.request(method, path, body, false)?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.unreachable(e))?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    async fn connect(&self, upgrades: bool) -> Result<Sender> {
+        let stream =
+            match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&self.socket)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => return Err(self.unreachable(err)),
+                Err(_) => return Err(self.unreachable("connecting timed out")),
+            };
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        tokio::spawn(async move {
+            // Errors surface on the request that the connection carried.
+            if upgrades {
+                let _ = connection.with_upgrades().await;
+            } else {
+                let _ = connection.await;
+            }
+        });
+        Ok(sender)
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Bytes>,
+        upgrade: bool,
+    ) -> Result<Request<Full<Bytes>>> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "sandvisor")
+            .header(header::CONTENT_TYPE, "application/json");
+        if upgrade {
+            builder = builder
+                .header(header::CONNECTION, "upgrade")
+                .header(header::UPGRADE, EXEC_PROTOCOL);
+        }
+        builder
+            .body(Full::new(body.unwrap_or_default()))
+            .map_err(|e| Error::Internal(format!("control request: {e}")))
+    }
+
+    fn unreachable(&self, err: impl std::fmt::Display) -> Error {
+        Error::ControlUnreachable {
+            socket: self.socket.clone(),
+            reason: err.to_string(),
+        }
+    }
+}
+
+/// Moves frames between the upgraded connection and the [`ExecHandle`]'s
+/// channels until the session exits or either side goes away.
+async fn bridge<T>(
+    framed: Framed<T, tokio_util::codec::LengthDelimitedCodec>,
+    items: mpsc::UnboundedSender<ExecItem>,
+    mut input: mpsc::UnboundedReceiver<SessionInput>,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut sink, mut frames) = framed.split();
+    loop {
+        tokio::select! {
+            frame = frames.next() => {
+                let item = match frame.map(|f| f.map(|bytes| ExecFrame::decode(bytes.freeze()))) {
+                    Some(Ok(Ok(ExecFrame::Output { source, data }))) => ExecItem::Output { source, data },
+                    Some(Ok(Ok(ExecFrame::Exited { code, signal }))) => {
+                        let _ = items.send(ExecItem::Exited { code, signal });
+                        return;
+                    }
+                    Some(Ok(Ok(other))) => {
+                        tracing::warn!(?other, "unexpected exec frame from the server ignored");
+                        continue;
+                    }
+                    // The connection ended without an exit: the handle's
+                    // stream ends with no status, as when a sandbox is lost.
+                    Some(Ok(Err(_))) | Some(Err(_)) | None => return,
+                };
+                if items.send(item).is_err() {
+                    return;
+                }
+            }
+            next = input.recv() => {
+                let frame = match next {
+                    Some(SessionInput::Stdin(data)) => ExecFrame::Stdin(Bytes::from(data)),
+                    Some(SessionInput::Resize { rows, cols }) => ExecFrame::Resize { rows, cols },
+                    Some(SessionInput::Signal(signo)) => ExecFrame::Signal(signo),
+                    // The handle was dropped.
+                    None => return,
+                };
+                if sink.send(frame.encode()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn sandbox_path(name: &str, action: &str) -> Result<String> {
+    // A valid name needs no escaping in a URL path.
+    crate::home::validate_name(name)?;
+    Ok(format!("/v1/sandboxes/{name}/{action}"))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Bytes> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| Error::Internal(format!("control request: {e}")))
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| Error::Internal(format!("control answer does not parse: {e}")))
+}
+
+fn expect_success((status, body): (StatusCode, Bytes)) -> Result<()> {
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(error_from(status, &body))
+    }
+}
+
+fn error_from(status: StatusCode, body: &[u8]) -> Error {
+    serde_json::from_slice::<ErrorBody>(body)
+        .map(Error::from)
+        .unwrap_or_else(|_| {
+            Error::Internal(format!(
+                "control socket answered {status}: {}",
+                String::from_utf8_lossy(body)
+            ))
+        })
+}

@@ -1,0 +1,503 @@
+//! The control socket's server: one per runtime that opts in.
+//!
+//! # Contract
+//! - The socket is bound before the runtime hands out any sandbox, with mode
+//!   `0600`, in a directory of mode `0700` (`run/`) or the home; a lock file
+//!   beside it (`<socket>.lock`, held for the server's life) makes two
+//!   runtimes on the same path impossible, and a stale socket left by a dead
+//!   process is replaced.
+//! - A connection whose peer is not the owner of the home (nor this process's
+//!   user) is dropped before a byte is read.
+//! - The server holds the runtime weakly: it never keeps a runtime alive.
+//!   Dropping the runtime stops the server and removes the socket file.
+//! - Handlers act only on sandboxes this runtime hosts; they never forward.
+
+use std::fs::File;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use nix::fcntl::{Flock, FlockArg};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::oneshot;
+use tokio_util::codec::Framed;
+
+use super::frame::{self, ExecFrame};
+use super::{EndRequest, ErrorBody, HostInfo, Started, EXEC_PROTOCOL};
+use crate::error::{Error, Result};
+use crate::exec::{ExecConfig, ExecHandle};
+use crate::runtime::{Sandbox, Sandvisor, WeakSandvisor};
+
+/// Largest request body (a sandbox config with a large environment).
+const MAX_BODY: usize = 4 << 20;
+/// `sun_path` holds 108 bytes with the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// A listening control socket; dropping it stops the server and removes the
+/// socket file.
+pub(crate) struct ControlServer {
+    path: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    _lock: Flock<File>,
+}
+
+impl std::fmt::Debug for ControlServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlServer")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// The bound socket, before the runtime it serves exists.
+pub(crate) struct Bound {
+    path: PathBuf,
+    listener: UnixListener,
+    owner: u32,
+    lock: Flock<File>,
+}
+
+impl ControlServer {
+    /// Binds `path` (see the module contract); `home` names the owner.
+    pub(crate) fn bind(path: &Path, home: &Path) -> Result<Bound> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        if path.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(Error::InvalidConfig {
+                field: "control_socket".into(),
+                reason: format!(
+                    "{} is longer than {MAX_SOCKET_PATH} bytes, the limit of a unix socket path; use a shorter home",
+                    path.display()
+                ),
+            });
+        }
+        let dir = path.parent().unwrap_or(home);
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(dir))?;
+        }
+        let lock_path = path.with_extension("sock.lock");
+        let lock_file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+            Error::ControlSocketInUse {
+                socket: path.to_path_buf(),
+            }
+        })?;
+        // Holding the lock, whatever socket file is there was left by a
+        // process that is gone.
+        match std::fs::remove_file(path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io(path)(err));
+            }
+            _ => {}
+        }
+        let listener = std::os::unix::net::UnixListener::bind(path).map_err(io(path))?;
+        // The directory is private, so nobody can connect in the moment
+        // before the mode is narrowed.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io(path))?;
+        listener.set_nonblocking(true).map_err(io(path))?;
+        let listener = UnixListener::from_std(listener).map_err(io(path))?;
+        let owner = std::fs::metadata(home).map_err(io(home))?.uid();
+        Ok(Bound {
+            path: path.to_path_buf(),
+            listener,
+            owner,
+            lock,
+        })
+    }
+}
+
+impl Bound {
+    /// Starts serving `runtime`.
+    pub(crate) fn serve(self, runtime: WeakSandvisor) -> ControlServer {
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let listener = OwnerOnly {
+            listener: self.listener,
+            owners: [self.owner, nix::unistd::geteuid().as_raw()],
+        };
+        let path = self.path.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, router(runtime))
+                .with_graceful_shutdown(async move {
+                    let _ = stop.await;
+                })
+                .await;
+            if let Err(err) = served {
+                tracing::warn!(socket = %path.display(), %err, "control socket server ended");
+            }
+        });
+        ControlServer {
+            path: self.path,
+            shutdown: Some(shutdown),
+            _lock: self.lock,
+        }
+    }
+}
+
+impl ControlServer {
+    /// The socket's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        // Removed while the lock is still held, so no new server's socket is
+        // removed by mistake.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Accepts only connections from the home's owner (or this process's user).
+struct OwnerOnly {
+    listener: UnixListener,
+    owners: [u32; 2],
+}
+
+impl axum::serve::Listener for OwnerOnly {
+    type Io = UnixStream;
+    type Addr = ();
+
+    async fn accept(&mut self) -> (UnixStream, ()) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, _)) => match stream.peer_cred() {
+                    Ok(cred) if self.owners.contains(&cred.uid()) => return (stream, ()),
+                    Ok(cred) => tracing::warn!(
+                        uid = cred.uid(),
+                        pid = ?cred.pid(),
+                        "refused a control connection from another user"
+                    ),
+                    Err(err) => {
+                        tracing::warn!(%err, "refused a control connection without credentials")
+                    }
+                },
+                Err(err) => {
+                    // Out of descriptors or memory: back off instead of
+                    // spinning; connections wait in the backlog meanwhile.
+                    tracing::warn!(%err, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn router(runtime: WeakSandvisor) -> Router {
+    Router::new()
+        .route("/v1/host", get(host))
+        .route("/v1/sandboxes", post(create))
+        .route("/v1/sandboxes/{name}/start", post(start))
+        .route("/v1/sandboxes/{name}/stop", post(stop))
+        .route("/v1/sandboxes/{name}/kill", post(kill))
+        .route("/v1/sandboxes/{name}/drain", post(drain))
+        .route("/v1/sandboxes/{name}/wait", post(wait))
+        .route("/v1/sandboxes/{name}/pause", post(pause))
+        .route("/v1/sandboxes/{name}/resume", post(resume))
+        .route("/v1/sandboxes/{name}/metrics", get(metrics))
+        .route("/v1/sandboxes/{name}/exec", post(exec))
+        .with_state(runtime)
+}
+
+/// An error answer: the [`ErrorBody`] as JSON with its status.
+struct ApiError(ErrorBody);
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
+        Self(err.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0.status(), Json(self.0)).into_response()
+    }
+}
+
+type Reply<T> = std::result::Result<T, ApiError>;
+
+fn live(runtime: &WeakSandvisor) -> Reply<Sandvisor> {
+    runtime.upgrade().ok_or_else(|| {
+        ApiError(ErrorBody::Internal {
+            message: "the runtime is shutting down".into(),
+        })
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Reply<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError(ErrorBody::BadRequest {
+            message: format!("request body: {e}"),
+        })
+    })
+}
+
+/// The sandbox `name` if it runs here; otherwise the error that says why not.
+async fn hosted(runtime: &Sandvisor, name: &str) -> Reply<Sandbox> {
+    crate::home::validate_name(name)?;
+    if let Some(sandbox) = runtime.connect(name).await? {
+        return Ok(sandbox);
+    }
+    let status = runtime.get(name).await?.status_snapshot();
+    Err(
+        if status.is_terminal() || status == crate::SandboxStatus::Created {
+            Error::SandboxNotRunning(name.to_string())
+        } else {
+            Error::SandboxNotHosted(name.to_string())
+        }
+        .into(),
+    )
+}
+
+async fn host(State(runtime): State<WeakSandvisor>) -> Reply<Json<HostInfo>> {
+    let runtime = live(&runtime)?;
+    Ok(Json(HostInfo {
+        pid: std::process::id(),
+        home: runtime.home().to_path_buf(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        sandboxes: runtime.hosted().await?,
+    }))
+}
+
+async fn create(State(runtime): State<WeakSandvisor>, body: Bytes) -> Reply<Response> {
+    let runtime = live(&runtime)?;
+    let config: crate::SandboxConfig = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(ErrorBody::BadRequest {
+            message: format!("sandbox config: {e}"),
+        })
+    })?;
+    let sandbox = runtime.create(config).await?;
+    let started = Started {
+        name: sandbox.name().to_string(),
+    };
+    Ok((StatusCode::CREATED, Json(started)).into_response())
+}
+
+async fn start(
+    State(runtime): State<WeakSandvisor>,
+    UrlPath(name): UrlPath<String>,
+) -> Reply<Json<Started>> {
+    let runtime = live(&runtime)?;
+    let sandbox = runtime.start(&name).await?;
+    Ok(Json(Started {
+        name: sandbox.name().to_string(),
+    }))
+}
+
+/// How an end request ends the sandbox.
+#[derive(Clone, Copy)]
+enum End {
+    Stop,
+    Kill,
+    Drain,
+}
+
+async fn end(runtime: &WeakSandvisor, name: &str, how: End, body: &Bytes) -> Reply<Response> {
+    let runtime = live(runtime)?;
+    let request: EndRequest = parse(body)?;
+    let timeout = request.timeout_ms.map(Duration::from_millis);
+    let sandbox = match hosted(&runtime, name).await {
+        Ok(sandbox) => sandbox,
+        Err(ApiError(ErrorBody::SandboxNotRunning { .. })) => {
+            // Ending a sandbox that has ended is not an error (SPEC §5).
+            let result = runtime.get(name).await?.wait_until_stopped().await;
+            return match result {
+                Ok(result) => Ok(Json(result).into_response()),
+                Err(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+            };
+        }
+        Err(err) => return Err(err),
+    };
+    match how {
+        End::Stop => sandbox.request_stop(timeout),
+        End::Kill => sandbox.request_kill(),
+        End::Drain => sandbox.request_drain(timeout),
+    }
+    if !request.wait {
+        return Ok(StatusCode::ACCEPTED.into_response());
+    }
+    Ok(Json(sandbox.wait_until_stopped().await?).into_response())
+}
+
+async fn stop(
+    State(runtime): State<WeakSandvisor>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> Reply<Response> {
+    end(&runtime, &name, End::Stop, &body).await
+}
+
+async fn kill(
+    State(runtime): State<WeakSandvisor>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> Reply<Response> {
+    end(&runtime, &name, End::Kill, &body).await
+}
+
+async fn drain(
+    State(runtime): State<WeakSandvisor>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> Reply<Response> {
+    end(&runtime, &name, End::Drain, &body).await
+}
+
+async fn wait(
+    State(runtime): State<WeakSandvisor>,
+    UrlPath(name): UrlPath<String>,
+) -> Reply<Response> {
+    let runtime = live(&runtime)?;
+    let sandbox = hosted(&runtime, &name).await?;
+    Ok(Json(sandbox.wait_until_stopped().await?).into_response())
+}
+
+async fn pause(
+    State(runtime): State<WeakSandvisor>,
+    UrlPath(name): UrlPath<String>,
+) -> Reply<StatusCode> {
+    let runtime = live(&runtime)?;
+    hosted(&runtime, &name).await?.pause().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn resume(
+    State(runtime): State<WeakSandvisor>,
+    UrlPath(name): UrlPath<String>,
+) -> Reply<StatusCode> {
+    let runtime = live(&runtime)?;
+    hosted(&runtime, &name).await?.resume().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn metrics(
+    State(runtime): State<WeakSandvisor>,
+    UrlPath(name): UrlPath<String>,
+) -> Reply<Response> {
+    let runtime = live(&runtime)?;
+    let metrics = hosted(&runtime, &name).await?.metrics().await?;
+    Ok(Json(metrics).into_response())
+}
+
+/// Starts the session, then answers `101` and relays it over the upgraded
+/// connection (see [`frame`]). A client that goes away closes the session's
+/// stdin; the session runs on, its output still in `exec.log`.
+async fn exec(
+    State(runtime): State<WeakSandvisor>,
+    UrlPath(name): UrlPath<String>,
+    mut request: Request,
+) -> Reply<Response> {
+    let runtime = live(&runtime)?;
+    let upgrade = hyper::upgrade::on(&mut request);
+    let body = axum::body::to_bytes(request.into_body(), MAX_BODY)
+        .await
+        .map_err(|e| {
+            ApiError(ErrorBody::BadRequest {
+                message: format!("request body: {e}"),
+            })
+        })?;
+    let config: ExecConfig = parse(&body)?;
+    let handle = hosted(&runtime, &name).await?.exec(config).await?;
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                relay(Framed::new(TokioIo::new(upgraded), frame::codec()), handle).await
+            }
+            Err(err) => tracing::warn!(sandbox = %name, %err, "exec connection was not upgraded"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, EXEC_PROTOCOL)
+        .body(Body::empty())
+        .map_err(|e| ApiError(Error::Internal(e.to_string()).into()))
+}
+
+async fn relay<T>(
+    framed: Framed<T, tokio_util::codec::LengthDelimitedCodec>,
+    mut handle: ExecHandle,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut sink, mut inbound) = framed.split();
+    let started = ExecFrame::Started {
+        id: handle.id(),
+        pid: handle.pid(),
+    };
+    if sink.send(started.encode()).await.is_err() {
+        let _ = handle.close_stdin();
+        return;
+    }
+    loop {
+        tokio::select! {
+            output = handle.next() => match output {
+                Some(output) => {
+                    let frame = ExecFrame::Output { source: output.source, data: output.data };
+                    if sink.send(frame.encode()).await.is_err() {
+                        break;
+                    }
+                }
+                None => {
+                    // No status means the sandbox went away: the connection
+                    // closes without an exit, as a local handle would end.
+                    if let Some(status) = handle.status() {
+                        let exited = ExecFrame::Exited { code: status.code, signal: status.signal };
+                        let _ = sink.send(exited.encode()).await;
+                    }
+                    let _ = sink.close().await;
+                    return;
+                }
+            },
+            input = inbound.next() => match input.map(|frame| frame.map(|f| ExecFrame::decode(f.freeze()))) {
+                Some(Ok(Ok(frame))) => deliver(&mut handle, frame),
+                Some(Ok(Err(why))) => tracing::warn!(session = handle.id(), %why, "bad exec frame ignored"),
+                None | Some(Err(_)) => break,
+            },
+        }
+    }
+    // The client is gone.
+    let _ = handle.close_stdin();
+}
+
+fn deliver(handle: &mut ExecHandle, frame: ExecFrame) {
+    // A session that has ended takes no input; that is not the client's error.
+    let _ = match frame {
+        ExecFrame::Stdin(data) if data.is_empty() => handle.close_stdin(),
+        ExecFrame::Stdin(data) => handle.write_stdin(data.to_vec()),
+        ExecFrame::Resize { rows, cols } => handle.resize(rows, cols),
+        ExecFrame::Signal(signo) => handle.signal(signo),
+        other => {
+            tracing::warn!(?other, "a server frame from the client ignored");
+            Ok(())
+        }
+    };
+}
