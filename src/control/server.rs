@@ -47,7 +47,9 @@ const MAX_SOCKET_PATH: usize = 107;
 pub(crate) struct ControlServer {
     path: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
+    /// Held (not read) for the server's life.
     _lock: Flock<File>,
+    lock_path: PathBuf,
 }
 
 impl std::fmt::Debug for ControlServer {
@@ -64,6 +66,7 @@ pub(crate) struct Bound {
     listener: UnixListener,
     owner: u32,
     lock: Flock<File>,
+    lock_path: PathBuf,
 }
 
 impl ControlServer {
@@ -120,6 +123,7 @@ impl ControlServer {
             listener,
             owner,
             lock,
+            lock_path,
         })
     }
 }
@@ -147,6 +151,7 @@ impl Bound {
             path: self.path,
             shutdown: Some(shutdown),
             _lock: self.lock,
+            lock_path: self.lock_path,
         }
     }
 }
@@ -166,6 +171,12 @@ impl Drop for ControlServer {
         // Removed while the lock is still held, so no new server's socket is
         // removed by mistake.
         let _ = std::fs::remove_file(&self.path);
+        // The lock file goes too where no other runtime can want the same
+        // path (a per-process socket); a well-known path keeps its lock file,
+        // so that two servers can never lock two different files for it.
+        if self.path.parent().and_then(Path::file_name) == Some(super::SOCKET_DIR.as_ref()) {
+            let _ = std::fs::remove_file(&self.lock_path);
+        }
     }
 }
 

@@ -1,0 +1,306 @@
+//! The command line's grammar.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+
+/// Supervise many sandboxes at once: run commands in fresh Linux namespaces,
+/// capture their output, stop them cleanly.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sandvisor",
+    version,
+    after_help = "Examples:\n  sandvisor run --name web -- python3 -m http.server\n  sandvisor run -d --name job -- sh -c 'while true; do date; sleep 1; done'\n  sandvisor logs -f job\n  sandvisor stop -t 5 job && sandvisor rm job"
+)]
+pub(crate) struct Cli {
+    /// The sandvisor home (state, logs, sockets).
+    #[arg(long, global = true, env = "SANDVISOR_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create and start a sandbox running CMD; stream its output until it ends
+    /// (Ctrl-C stops it, a second Ctrl-C kills it), or hand it to the daemon
+    /// with -d. Exits with the command's exit code.
+    #[command(after_help = "Examples:\n  sandvisor run -- echo hello\n  sandvisor run --name build -e CI=1 -w /tmp -- make -C /src\n  sandvisor run -it -- sh\n  sandvisor run -d --name worker --memory 256M --stop-timeout 30s -- ./worker")]
+    Run(RunArgs),
+    /// Run a command in a running sandbox; exits with its exit code.
+    #[command(after_help = "Examples:\n  sandvisor exec worker -- ps aux\n  sandvisor exec -it worker -- sh\n  echo data | sandvisor exec -i worker -- wc -c")]
+    Exec(ExecArgs),
+    /// List sandboxes (running ones; -a for all).
+    #[command(after_help = "Examples:\n  sandvisor ps\n  sandvisor ps -a --json")]
+    Ps(PsArgs),
+    /// Print a sandbox's logs; -f follows them.
+    #[command(after_help = "Examples:\n  sandvisor logs worker\n  sandvisor logs -f --since 5m worker\n  sandvisor logs -n 20 --source stderr --timestamps worker\n  sandvisor logs --json worker | tail -1   # the last entry's cursor\n  sandvisor logs -f --cursor CURSOR worker   # resume after it")]
+    Logs(LogsArgs),
+    /// Stop sandboxes: the stop signal, then SIGKILL after the timeout.
+    #[command(after_help = "Examples:\n  sandvisor stop worker\n  sandvisor stop -t 1 worker web")]
+    Stop(StopArgs),
+    /// Kill sandboxes at once (SIGKILL to every process).
+    #[command(after_help = "Example:\n  sandvisor kill worker")]
+    Kill(NamesArgs),
+    /// Remove stopped sandboxes (-f: kill running ones first).
+    #[command(after_help = "Examples:\n  sandvisor rm worker\n  sandvisor rm -f worker web")]
+    Rm(RmArgs),
+    /// Show sandboxes as JSON: config, status, runs, paths.
+    #[command(after_help = "Example:\n  sandvisor inspect worker | jq '.[0].runs'")]
+    Inspect(NamesArgs),
+    /// Freeze every process of sandboxes.
+    #[command(after_help = "Example:\n  sandvisor pause worker")]
+    Pause(NamesArgs),
+    /// Thaw paused sandboxes.
+    #[command(after_help = "Example:\n  sandvisor resume worker")]
+    Resume(NamesArgs),
+    /// Start stopped sandboxes again, in the daemon.
+    #[command(after_help = "Example:\n  sandvisor start worker")]
+    Start(NamesArgs),
+    /// CPU and memory of running sandboxes (-w: every second).
+    #[command(after_help = "Examples:\n  sandvisor metrics\n  sandvisor metrics -w worker")]
+    Metrics(MetricsArgs),
+    /// Run the daemon in the foreground: hosts sandboxes started with
+    /// `run -d`; SIGTERM stops them all gracefully, then exits.
+    #[command(after_help = "Examples:\n  sandvisor serve\n  systemd: ExecStart=/usr/local/bin/sandvisor serve  (KillMode=mixed, TimeoutStopSec=30)")]
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The sandbox's name (default: a generated one).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Run in the background, in the daemon; print the name.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Give the command a terminal inside the sandbox.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Keep stdin open and send it to the command.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Set an environment variable (KEY=VALUE, or KEY to pass this one's).
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory inside the sandbox (absolute).
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Share the host's network instead of an isolated one (only `lo`).
+    #[arg(long)]
+    pub net: bool,
+    /// A directory to use as the sandbox's `/`.
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// Memory limit: bytes, or with a suffix k, m, g (binary units).
+    #[arg(short, long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// Limit on the number of processes.
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<u64>,
+    /// Time between the stop signal and SIGKILL (10s, 1m, …).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub stop_timeout: Option<Duration>,
+    /// Remove the sandbox once it has stopped (foreground only).
+    #[arg(long)]
+    pub rm: bool,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExecArgs {
+    /// Give the command a terminal inside the sandbox.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Keep stdin open and send it to the command.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Set an environment variable (KEY=VALUE, or KEY to pass this one's).
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory inside the sandbox (absolute).
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// The sandbox.
+    pub name: String,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PsArgs {
+    /// Show every sandbox, not only running ones.
+    #[arg(short, long)]
+    pub all: bool,
+    /// Print JSON (one array).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LogsArgs {
+    /// The sandbox.
+    pub name: String,
+    /// Keep printing new entries until the sandbox stops (Ctrl-C ends).
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Entries at or after T (RFC 3339, or relative: 30s, 5m, 2h, 1d).
+    #[arg(long, value_name = "T", value_parser = parse_time)]
+    pub since: Option<DateTime<Utc>>,
+    /// Entries before T (RFC 3339, or relative: 30s, 5m, 2h, 1d).
+    #[arg(long, value_name = "T", value_parser = parse_time)]
+    pub until: Option<DateTime<Utc>>,
+    /// Only the last N entries (of the snapshot, with -f).
+    #[arg(short = 'n', long, value_name = "N")]
+    pub tail: Option<usize>,
+    /// Sources: stdout, stderr, output, system, or all (comma-separated).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub source: Vec<String>,
+    /// Prefix each entry with its time.
+    #[arg(short, long)]
+    pub timestamps: bool,
+    /// Print entries as JSON lines, each with its resume cursor.
+    #[arg(long)]
+    pub json: bool,
+    /// Start right after this cursor (from a `--json` entry or a hint).
+    #[arg(long, value_name = "C", conflicts_with_all = ["since", "tail"])]
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StopArgs {
+    /// Seconds (or a duration: 500ms, 1m) before SIGKILL; default the
+    /// sandbox's stop timeout.
+    #[arg(short = 't', long = "time", value_name = "SECS", value_parser = parse_seconds)]
+    pub timeout: Option<Duration>,
+    /// The sandboxes.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NamesArgs {
+    /// The sandboxes.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RmArgs {
+    /// Kill running sandboxes first.
+    #[arg(short, long)]
+    pub force: bool,
+    /// The sandboxes.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MetricsArgs {
+    /// One sandbox (default: every running one).
+    pub name: Option<String>,
+    /// Print again every second until Ctrl-C.
+    #[arg(short, long)]
+    pub watch: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {}
+
+/// `256M`, `1g`, `4096`: bytes with an optional binary suffix.
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (try 256M)"))?;
+    let unit: u64 = match suffix.to_ascii_lowercase().trim_end_matches(['b', 'i']) {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return Err(format!("{text:?}: unknown size unit (use k, m, g or t)")),
+    };
+    number
+        .checked_mul(unit)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// `10s`, `1m30s`, `500ms`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e} (try 10s or 1m)"))
+}
+
+/// A plain number of seconds, as docker takes it, or a duration.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(seconds) => Ok(Duration::from_secs(seconds)),
+        Err(_) => parse_duration(text),
+    }
+}
+
+/// RFC 3339, or a duration before now (`30s`, `5m`, `2h`, `1d`).
+pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    let ago = humantime::parse_duration(text).map_err(|_| {
+        format!("{text:?} is neither an RFC 3339 time nor a relative one like 30s, 5m, 2h, 1d")
+    })?;
+    let ago = chrono::Duration::from_std(ago).map_err(|_| format!("{text:?} is too far back"))?;
+    Utc::now()
+        .checked_sub_signed(ago)
+        .ok_or_else(|| format!("{text:?} is too far back"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_grammar_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_parse_in_binary_units() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("2KiB"), Ok(2048));
+        assert!(parse_size("12x").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999999T").is_err());
+    }
+
+    #[test]
+    fn times_are_absolute_or_relative() {
+        let t = parse_time("2026-05-01T10:00:00Z").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-05-01T10:00:00+00:00");
+        let five_minutes_ago = parse_time("5m").unwrap();
+        let delta = Utc::now() - five_minutes_ago;
+        assert!(delta >= chrono::Duration::seconds(299) && delta <= chrono::Duration::seconds(310));
+        assert!(parse_time("1d").is_ok());
+        assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn stop_timeouts_take_seconds_or_durations() {
+        assert_eq!(parse_seconds("1"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_seconds("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_seconds("soon").is_err());
+    }
+}

@@ -1,0 +1,133 @@
+//! `sandvisor`: the command line. Docker-shaped verbs over a sandvisor home.
+//!
+//! Verbs that read (`ps`, `logs`, `inspect`) open the home directly and need
+//! no daemon. Verbs that act on a running sandbox (`stop`, `kill`, `exec`,
+//! `pause`, `resume`, `metrics`) reach the process hosting it through its
+//! control socket. `run` hosts its sandbox itself (foreground) or hands it to
+//! the daemon (`-d`, which starts `sandvisor serve` when none runs).
+
+mod act;
+mod args;
+mod run;
+mod session;
+mod show;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sandvisor::{Error, Sandvisor};
+
+use args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Serve(_)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("sandvisor: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(dispatch(cli));
+    // Background tasks (log watchers, control connections) must not hold the
+    // exit up.
+    runtime.shutdown_background();
+    code
+}
+
+/// Logs go to stderr: `SANDVISOR_LOG` (or `RUST_LOG`) filters, default
+/// `warn` (`info` for `serve`).
+fn init_tracing(serve: bool) {
+    let filter = std::env::var("SANDVISOR_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| if serve { "info" } else { "warn" }.to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn dispatch(cli: Cli) -> ExitCode {
+    let home = cli.home.clone();
+    let result = match cli.command {
+        Command::Run(args) => run::run(home, args).await,
+        Command::Serve(args) => run::serve(home, args).await,
+        Command::Start(args) => act::start(home, args).await,
+        Command::Exec(args) => run::exec(home, args).await,
+        Command::Ps(args) => show::ps(home, args).await,
+        Command::Logs(args) => show::logs(home, args).await,
+        Command::Inspect(args) => show::inspect(home, args).await,
+        Command::Metrics(args) => show::metrics(home, args).await,
+        Command::Stop(args) => act::stop(home, args).await,
+        Command::Kill(args) => act::kill(home, args).await,
+        Command::Rm(args) => act::rm(home, args).await,
+        Command::Pause(args) => act::pause(home, args).await,
+        Command::Resume(args) => act::resume(home, args).await,
+    };
+    match result {
+        Ok(code) => code,
+        // The reader of our output went away (`| head`): nothing to say.
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            report(&err);
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Prints one line: the error and what to try.
+pub(crate) fn report(err: &Error) {
+    match hint(err) {
+        Some(hint) => eprintln!("sandvisor: {err} (hint: {hint})"),
+        None => eprintln!("sandvisor: {err}"),
+    }
+}
+
+fn hint(err: &Error) -> Option<String> {
+    Some(match err {
+        Error::SandboxNotFound(_) => "`sandvisor ps -a` lists every sandbox".into(),
+        Error::SandboxStillRunning(name) => {
+            format!("`sandvisor stop {name}` first, or `sandvisor rm -f {name}`")
+        }
+        Error::SandboxExists(name) => {
+            format!("pick another --name, or `sandvisor rm -f {name}` first")
+        }
+        Error::SandboxNotRunning(name) => format!("`sandvisor ps -a` shows how {name} ended"),
+        Error::SandboxNotHosted(_) => {
+            "the process running it has no control socket; act on it from that process".into()
+        }
+        Error::MissedRotation { name, resume_from, .. } => format!(
+            "older entries were rotated away; continue with `sandvisor logs {name} --cursor {resume_from}`"
+        ),
+        Error::InvalidCursor(_) => "cursors come from `sandvisor logs --json` of the same sandbox".into(),
+        Error::Database(_) => "is the home writable, and not on a network filesystem?".into(),
+        _ => return None,
+    })
+}
+
+/// Opens the home (no control socket: this process hosts nothing).
+pub(crate) async fn open(home: Option<std::path::PathBuf>) -> sandvisor::Result<Sandvisor> {
+    let mut builder = Sandvisor::builder();
+    if let Some(home) = home {
+        builder = builder.home(home);
+    }
+    builder.open().await
+}
+
+/// The exit code of a command that ended with `code` or by `signal`
+/// (128 + signal, as shells report it).
+pub(crate) fn exit_code(code: Option<i32>, signal: Option<i32>) -> ExitCode {
+    let code = match (code, signal) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => 1,
+    };
+    ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1))
+}

@@ -1,0 +1,360 @@
+//! `run`, `exec` and `serve`: the verbs that host or attach to commands.
+
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+use sandvisor::control::{daemon_socket, ControlClient};
+use sandvisor::logs::{LogSource, LogStreamOptions, LogStreamStart};
+use sandvisor::{Error, ExecConfig, LogCursor, Result, Sandbox, SandboxConfig, Sandvisor};
+use tokio::io::AsyncBufReadExt;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::args::{ExecArgs, RunArgs, ServeArgs};
+use crate::session::{raw_terminal, stdin_chunks, terminal_size, write_output};
+use crate::{exit_code, open};
+
+/// How long a freshly started daemon may take to listen.
+const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The daemon's diagnostics, relative to the home.
+const DAEMON_LOG: &str = "sandvisord.log";
+
+/// The home: `--home` / `SANDVISOR_HOME`, else `~/.sandvisor`.
+pub(crate) fn resolve_home(home: Option<PathBuf>) -> Result<PathBuf> {
+    match home {
+        Some(home) => Ok(home),
+        None => sandvisor::home::home_from_env(),
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// `KEY=VALUE` as given; a bare `KEY` takes this process's value.
+fn env_pairs(env: &[String]) -> Result<Vec<(String, String)>> {
+    env.iter()
+        .map(|item| match item.split_once('=') {
+            Some((key, value)) => Ok((key.to_string(), value.to_string())),
+            None => std::env::var(item)
+                .map(|value| (item.clone(), value))
+                .map_err(|_| Error::InvalidConfig {
+                    field: format!("env.{item}"),
+                    reason: "not KEY=VALUE, and not set here to pass on".into(),
+                }),
+        })
+        .collect()
+}
+
+/// A name for a sandbox run without `--name`.
+fn generated_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("sb-{:08x}", nanos ^ std::process::id().rotate_left(16))
+}
+
+fn config_from(args: &RunArgs) -> Result<SandboxConfig> {
+    let (command, rest) = args
+        .command
+        .split_first()
+        .ok_or_else(|| Error::InvalidConfig {
+            field: "command".into(),
+            reason: "is missing".into(),
+        })?;
+    let mut config = SandboxConfig::new(
+        args.name.clone().unwrap_or_else(generated_name),
+        command.clone(),
+    )
+    .args(rest.iter().cloned());
+    for (key, value) in env_pairs(&args.env)? {
+        config = config.env(key, value);
+    }
+    config.working_dir = args.workdir.clone();
+    config.isolation.net = !args.net;
+    config.rootfs = args.rootfs.clone();
+    config.memory_limit = args.memory;
+    config.pids_limit = args.pids_limit;
+    if let Some(timeout) = args.stop_timeout {
+        config.stop_timeout = timeout;
+    }
+    config.stdin = args.interactive;
+    config.tty = args.tty;
+    config.validate()?;
+    Ok(config)
+}
+
+/// `sandvisor run`.
+pub(crate) async fn run(home: Option<PathBuf>, args: RunArgs) -> Result<ExitCode> {
+    let config = config_from(&args)?;
+    if args.detach {
+        if args.rm {
+            return Err(Error::InvalidConfig {
+                field: "--rm".into(),
+                reason: "works only in the foreground (without -d)".into(),
+            });
+        }
+        let daemon = ensure_daemon(resolve_home(home)?).await?;
+        println!("{}", daemon.create(&config).await?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut builder = Sandvisor::builder().control_socket(true);
+    if let Some(home) = home {
+        builder = builder.home(home);
+    }
+    let runtime = builder.open().await?;
+    let name = config.name.clone();
+    let sandbox = runtime.create(config).await?;
+    let ended = foreground(&runtime, &sandbox, &args).await;
+    if args.rm {
+        runtime.remove(&name).await?;
+    }
+    ended
+}
+
+/// Streams the sandbox's output and feeds its input until it has stopped.
+async fn foreground(runtime: &Sandvisor, sandbox: &Sandbox, args: &RunArgs) -> Result<ExitCode> {
+    let name = sandbox.name();
+    let raw = raw_terminal(args.tty)?;
+    if args.tty {
+        if let Some((rows, cols)) = terminal_size() {
+            sandbox.resize(rows, cols).await?;
+        }
+    }
+    let options = |start| LogStreamOptions {
+        sources: vec![LogSource::Stdout, LogSource::Stderr, LogSource::Output],
+        start,
+        until: None,
+        follow: true,
+    };
+    let mut stream = runtime
+        .logs()
+        .log_stream(name, &options(LogStreamStart::Beginning))
+        .await?;
+    let mut last: Option<LogCursor> = None;
+    let mut input = (args.interactive || args.tty).then(stdin_chunks);
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(io_err(Path::new("SIGINT")))?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(io_err(Path::new("SIGTERM")))?;
+    let mut resized =
+        signal(SignalKind::window_change()).map_err(io_err(Path::new("SIGWINCH")))?;
+    let mut interrupts = 0;
+    let mut stopped = pin!(sandbox.wait_until_stopped());
+    let result = loop {
+        tokio::select! {
+            result = &mut stopped => break result?,
+            entry = stream.next() => match entry {
+                Some(Ok(entry)) => {
+                    write_output(entry.source, &entry.data).await.map_err(io_err(Path::new("stdout")))?;
+                    last = Some(entry.cursor);
+                }
+                Some(Err(Error::MissedRotation { resume_from, .. })) => {
+                    tracing::warn!(sandbox = name, "output was rotated away before it could be shown");
+                    stream = runtime.logs().log_stream(name, &options(LogStreamStart::From(*resume_from))).await?;
+                }
+                Some(Err(err)) => return Err(err),
+                None => {}
+            },
+            chunk = async { input.as_mut()?.recv().await }, if input.is_some() => match chunk.flatten() {
+                Some(data) => sandbox.write_stdin(data).await?,
+                None => {
+                    sandbox.close_stdin().await?;
+                    input = None;
+                }
+            },
+            _ = resized.recv(), if args.tty => {
+                if let Some((rows, cols)) = terminal_size() {
+                    sandbox.resize(rows, cols).await?;
+                }
+            }
+            _ = interrupt.recv() => {
+                interrupts += 1;
+                if interrupts == 1 {
+                    eprintln!("sandvisor: stopping {name} (Ctrl-C again to kill it)");
+                    sandbox.request_stop(None);
+                } else {
+                    sandbox.request_kill();
+                }
+            }
+            _ = terminate.recv() => sandbox.request_stop(None),
+        }
+    };
+    drop(stream);
+    // Everything the run wrote is on disk once it has stopped: show the rest.
+    let start = last.map_or(LogStreamStart::Beginning, LogStreamStart::From);
+    let mut rest = runtime
+        .logs()
+        .log_stream(
+            name,
+            &LogStreamOptions {
+                follow: false,
+                ..options(start)
+            },
+        )
+        .await?;
+    while let Some(entry) = rest.next().await {
+        match entry {
+            Ok(entry) => write_output(entry.source, &entry.data)
+                .await
+                .map_err(io_err(Path::new("stdout")))?,
+            Err(err) => return Err(err),
+        }
+    }
+    drop(raw);
+    Ok(exit_code(result.exit_code, result.signal))
+}
+
+/// `sandvisor exec`.
+pub(crate) async fn exec(home: Option<PathBuf>, args: ExecArgs) -> Result<ExitCode> {
+    let runtime = open(home).await?;
+    let handle = runtime.get(&args.name).await?;
+    let (command, rest) = args
+        .command
+        .split_first()
+        .ok_or_else(|| Error::InvalidConfig {
+            field: "command".into(),
+            reason: "is missing".into(),
+        })?;
+    let mut config = ExecConfig::new(command.clone(), rest.iter().cloned());
+    config.env = env_pairs(&args.env)?.into_iter().collect();
+    config.cwd = args.workdir.clone();
+    config.tty = args.tty;
+    config.stdin = args.interactive;
+    if let Some((rows, cols)) = terminal_size().filter(|_| args.tty) {
+        config.rows = rows;
+        config.cols = cols;
+    }
+    let mut session = handle.exec(config).await?;
+    let raw = raw_terminal(args.tty)?;
+    let mut input = (args.interactive || args.tty).then(stdin_chunks);
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(io_err(Path::new("SIGINT")))?;
+    let mut resized =
+        signal(SignalKind::window_change()).map_err(io_err(Path::new("SIGWINCH")))?;
+    let mut interrupts = 0;
+    loop {
+        tokio::select! {
+            output = session.next() => match output {
+                Some(output) => write_output(output.source, &output.data).await.map_err(io_err(Path::new("stdout")))?,
+                None => break,
+            },
+            chunk = async { input.as_mut()?.recv().await }, if input.is_some() => match chunk.flatten() {
+                Some(data) => session.write_stdin(data)?,
+                None => {
+                    session.close_stdin()?;
+                    input = None;
+                }
+            },
+            _ = resized.recv(), if args.tty => {
+                if let Some((rows, cols)) = terminal_size() {
+                    session.resize(rows, cols)?;
+                }
+            }
+            _ = interrupt.recv() => {
+                interrupts += 1;
+                session.signal(if interrupts == 1 { libc::SIGINT } else { libc::SIGKILL })?;
+            }
+        }
+    }
+    drop(raw);
+    match session.status() {
+        Some(status) => Ok(exit_code(status.code, status.signal)),
+        None => Err(Error::SandboxNotRunning(args.name)),
+    }
+}
+
+/// A client of the daemon of `home`, starting `sandvisor serve` in the
+/// background if none answers.
+pub(crate) async fn ensure_daemon(home: PathBuf) -> Result<ControlClient> {
+    let client = ControlClient::new(daemon_socket(&home));
+    if client.host().await.is_ok() {
+        return Ok(client);
+    }
+    std::fs::create_dir_all(&home).map_err(io_err(&home))?;
+    let log_path = home.join(DAEMON_LOG);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io_err(&log_path))?;
+    let exe = std::env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))?;
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .arg("serve")
+        .arg("--home")
+        .arg(&home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; the daemon leaves this terminal's
+    // session so that hanging up or Ctrl-C here does not reach it.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = command.spawn().map_err(io_err(&log_path))?;
+    let mut line = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        let mut stdout = tokio::io::BufReader::new(stdout);
+        // A daemon that fails says why in its log; a lost race leaves the
+        // winner listening.
+        let _ = tokio::time::timeout(DAEMON_START_TIMEOUT, stdout.read_line(&mut line)).await;
+    }
+    match client.host().await {
+        Ok(_) => Ok(client),
+        Err(err) => Err(Error::Internal(format!(
+            "the daemon did not start ({err}); see {}",
+            log_path.display()
+        ))),
+    }
+}
+
+/// `sandvisor serve`.
+pub(crate) async fn serve(home: Option<PathBuf>, _: ServeArgs) -> Result<ExitCode> {
+    let home = resolve_home(home)?;
+    let socket = daemon_socket(&home);
+    let runtime = Sandvisor::builder()
+        .home(&home)
+        .control_socket_at(&socket)
+        .open()
+        .await?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(io_err(Path::new("SIGINT")))?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(io_err(Path::new("SIGTERM")))?;
+    // `run -d` waits for this line.
+    println!("ready {}", socket.display());
+    tracing::info!(socket = %socket.display(), pid = std::process::id(), "serving");
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+    let names = runtime.hosted().await?;
+    tracing::info!(count = names.len(), "stopping every sandbox");
+    let mut sandboxes = Vec::new();
+    for name in &names {
+        if let Some(sandbox) = runtime.connect(name).await? {
+            sandbox.request_stop(None);
+            sandboxes.push(sandbox);
+        }
+    }
+    let all_stopped = futures::future::join_all(sandboxes.iter().map(Sandbox::wait_until_stopped));
+    let mut all_stopped = pin!(all_stopped);
+    tokio::select! {
+        _ = &mut all_stopped => {}
+        _ = async { tokio::select! { _ = interrupt.recv() => {}, _ = terminate.recv() => {} } } => {
+            tracing::warn!("second signal: killing every sandbox");
+            for sandbox in &sandboxes {
+                sandbox.request_kill();
+            }
+            all_stopped.await;
+        }
+    }
+    tracing::info!("every sandbox stopped; exiting");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,76 @@
+//! The local end of an attached session: stdin, the terminal, output.
+
+use std::io::IsTerminal;
+use std::os::fd::AsRawFd;
+
+use sandvisor::attach::RawTerminal;
+use sandvisor::logs::LogSource;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Reads this process's stdin on a task; `None` arrives at end of input.
+pub(crate) fn stdin_chunks() -> mpsc::Receiver<Option<Vec<u8>>> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stdin.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(None).await;
+                    return;
+                }
+                Ok(n) => {
+                    if tx.send(Some(buf[..n].to_vec())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Raw mode on the local terminal for a `-t` session, if stdin is one;
+/// restored when dropped.
+pub(crate) fn raw_terminal(tty: bool) -> sandvisor::Result<Option<RawTerminal>> {
+    if tty && std::io::stdin().is_terminal() {
+        RawTerminal::enable(std::io::stdin()).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// The local terminal's size (rows, columns), if stdout or stdin is one.
+pub(crate) fn terminal_size() -> Option<(u16, u16)> {
+    [
+        std::io::stdout().as_raw_fd(),
+        std::io::stdin().as_raw_fd(),
+    ]
+    .into_iter()
+    .find_map(|fd| {
+        let mut size = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ fills the winsize it is given.
+        let ok = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) } == 0;
+        (ok && size.ws_row > 0 && size.ws_col > 0).then_some((size.ws_row, size.ws_col))
+    })
+}
+
+/// Writes captured output where it came from: stderr to stderr, the rest to
+/// stdout.
+pub(crate) async fn write_output(source: LogSource, data: &[u8]) -> std::io::Result<()> {
+    if source == LogSource::Stderr {
+        let mut err = tokio::io::stderr();
+        err.write_all(data).await?;
+        err.flush().await
+    } else {
+        let mut out = tokio::io::stdout();
+        out.write_all(data).await?;
+        out.flush().await
+    }
+}

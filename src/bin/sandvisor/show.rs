@@ -1,0 +1,461 @@
+//! `ps`, `inspect`, `metrics` and `logs`: verbs that read.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use base64::Engine;
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::StreamExt;
+use sandvisor::home;
+use sandvisor::logs::{LogOptions, LogSource, LogStreamOptions, LogStreamStart, Logs};
+use sandvisor::{
+    Error, LogCursor, LogEntry, Result, SandboxHandle, SandboxMetrics, SandboxStatus, Sandvisor,
+};
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::args::{LogsArgs, MetricsArgs, NamesArgs, PsArgs};
+use crate::open;
+use crate::run::resolve_home;
+
+/// How long `ps` and `metrics` wait for a hosting process to answer.
+const METRICS_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn to_stdout_err(source: std::io::Error) -> Error {
+    Error::Io {
+        path: "stdout".into(),
+        source,
+    }
+}
+
+fn print_json(value: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Internal(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// A sample from wherever the sandbox runs, or `None` if none can be had.
+async fn sample(handle: &SandboxHandle) -> Option<SandboxMetrics> {
+    if handle.status_snapshot().is_terminal() {
+        return None;
+    }
+    tokio::time::timeout(METRICS_TIMEOUT, handle.metrics())
+        .await
+        .ok()
+        .and_then(|sampled| sampled.ok())
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+fn since(start: DateTime<Utc>) -> String {
+    let seconds = (Utc::now() - start).num_seconds().max(0) as u64;
+    humantime::format_duration(Duration::from_secs(seconds)).to_string()
+}
+
+/// Prints rows as columns padded to their widest cell.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", padded.join("   ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// `sandvisor ps`.
+pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> {
+    let runtime = open(home).await?;
+    let mut listed = Vec::new();
+    for handle in runtime.list().await? {
+        if !args.all && handle.status_snapshot().is_terminal() {
+            continue;
+        }
+        let last = runtime.runs(handle.name()).await?.pop();
+        let metrics = sample(&handle).await;
+        listed.push((handle, last, metrics));
+    }
+    if args.json {
+        let items: Vec<Value> = listed
+            .iter()
+            .map(|(handle, last, metrics)| {
+                let running = !handle.status_snapshot().is_terminal();
+                json!({
+                    "name": handle.name(),
+                    "status": handle.status_snapshot(),
+                    "pid": last.as_ref().filter(|_| running).map(|r| r.pid),
+                    "started_at": last.as_ref().map(|r| r.started_at),
+                    "uptime_seconds": last.as_ref().filter(|_| running)
+                        .map(|r| (Utc::now() - r.started_at).num_seconds().max(0)),
+                    "cpu_percent": metrics.map(|m| m.cpu_percent),
+                    "memory_bytes": metrics.map(|m| m.memory_bytes),
+                    "exit_code": last.as_ref().and_then(|r| r.exit_code),
+                    "exit_signal": last.as_ref().and_then(|r| r.exit_signal),
+                    "termination_reason": last.as_ref().and_then(|r| r.termination_reason),
+                    "created_at": handle.created_at(),
+                })
+            })
+            .collect();
+        print_json(&Value::Array(items))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dash = || "-".to_string();
+    let rows: Vec<Vec<String>> = listed
+        .iter()
+        .map(|(handle, last, metrics)| {
+            let status = handle.status_snapshot();
+            let running = !status.is_terminal() && status != SandboxStatus::Created;
+            let exit = match last.as_ref().filter(|_| status.is_terminal()) {
+                Some(run) => match (run.exit_code, run.exit_signal) {
+                    (_, Some(signal)) => format!("signal {signal}"),
+                    (Some(code), None) => code.to_string(),
+                    (None, None) => dash(),
+                },
+                None => dash(),
+            };
+            vec![
+                handle.name().to_string(),
+                status.to_string(),
+                last.as_ref()
+                    .filter(|_| running)
+                    .map_or_else(dash, |r| r.pid.to_string()),
+                last.as_ref()
+                    .filter(|_| running)
+                    .map_or_else(dash, |r| since(r.started_at)),
+                metrics.map_or_else(dash, |m| format!("{:.1}%", m.cpu_percent)),
+                metrics.map_or_else(dash, |m| human_bytes(m.memory_bytes)),
+                exit,
+            ]
+        })
+        .collect();
+    print_table(
+        &["NAME", "STATUS", "PID", "UPTIME", "CPU", "MEM", "EXIT"],
+        &rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sandvisor inspect`: a JSON array, one object per name, as docker prints.
+pub(crate) async fn inspect(home: Option<PathBuf>, args: NamesArgs) -> Result<ExitCode> {
+    let runtime = open(home).await?;
+    let mut items = Vec::new();
+    for name in &args.names {
+        items.push(describe(&runtime, name).await?);
+    }
+    print_json(&Value::Array(items))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn describe(runtime: &Sandvisor, name: &str) -> Result<Value> {
+    let handle = runtime.get(name).await?;
+    let config: Value =
+        serde_json::from_str(handle.config_json()).map_err(|e| Error::Database(e.to_string()))?;
+    let runs: Vec<Value> = runtime
+        .runs(name)
+        .await?
+        .iter()
+        .map(|run| {
+            json!({
+                "id": run.id,
+                "pid": run.pid,
+                "status": run.status,
+                "exit_code": run.exit_code,
+                "exit_signal": run.exit_signal,
+                "termination_reason": run.termination_reason,
+                "started_at": run.started_at,
+                "terminated_at": run.terminated_at,
+                "host_pid": run.host.pid,
+            })
+        })
+        .collect();
+    let dir = home::sandbox_dir(runtime.home(), name)?;
+    let logs = home::log_dir(runtime.home(), name)?;
+    Ok(json!({
+        "name": name,
+        "status": handle.status_snapshot(),
+        "created_at": handle.created_at(),
+        "updated_at": handle.updated_at(),
+        "config": config,
+        "runs": runs,
+        "paths": {
+            "home": runtime.home(),
+            "dir": dir,
+            "logs": logs,
+            "exec_log": logs.join("exec.log"),
+            "runtime_log": logs.join("runtime.log"),
+            "control_socket": handle.control_socket(),
+        },
+    }))
+}
+
+/// `sandvisor metrics`.
+pub(crate) async fn metrics(home: Option<PathBuf>, args: MetricsArgs) -> Result<ExitCode> {
+    let runtime = open(home).await?;
+    if let Some(name) = &args.name {
+        // Errors for one named sandbox are the caller's to see.
+        runtime.get(name).await?.metrics().await?;
+    }
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|source| Error::Io {
+        path: "SIGINT".into(),
+        source,
+    })?;
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = interrupt.recv() => return Ok(ExitCode::SUCCESS),
+        }
+        let handles = match &args.name {
+            Some(name) => vec![runtime.get(name).await?],
+            None => runtime.list().await?,
+        };
+        let mut samples = Vec::new();
+        for handle in &handles {
+            if let Some(metrics) = sample(handle).await {
+                samples.push((handle.name().to_string(), metrics));
+            }
+        }
+        if args.json {
+            let items: Vec<Value> = samples
+                .iter()
+                .map(|(name, m)| {
+                    json!({
+                        "name": name,
+                        "cpu_percent": m.cpu_percent,
+                        "memory_bytes": m.memory_bytes,
+                        "processes": m.processes,
+                        "sampled_at": m.sampled_at,
+                    })
+                })
+                .collect();
+            print_json(&Value::Array(items))?;
+        } else {
+            let rows: Vec<Vec<String>> = samples
+                .iter()
+                .map(|(name, m)| {
+                    vec![
+                        name.clone(),
+                        format!("{:.1}%", m.cpu_percent),
+                        human_bytes(m.memory_bytes),
+                        m.processes.to_string(),
+                    ]
+                })
+                .collect();
+            print_table(&["NAME", "CPU", "MEM", "PIDS"], &rows);
+        }
+        if !args.watch {
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!();
+    }
+}
+
+fn parse_sources(names: &[String]) -> Result<Vec<LogSource>> {
+    let mut sources = Vec::new();
+    for name in names {
+        let name = name.trim();
+        if name == "all" {
+            return Ok(vec![
+                LogSource::Stdout,
+                LogSource::Stderr,
+                LogSource::Output,
+                LogSource::System,
+            ]);
+        }
+        let source = LogSource::from_name(name).ok_or_else(|| Error::InvalidConfig {
+            field: "--source".into(),
+            reason: format!("{name:?} is not one of stdout, stderr, output, system, all"),
+        })?;
+        if !sources.contains(&source) {
+            sources.push(source);
+        }
+    }
+    Ok(sources)
+}
+
+/// How entries are printed.
+struct Printer {
+    json: bool,
+    timestamps: bool,
+    /// Per source: the next byte starts a line (for timestamp prefixes).
+    at_line_start: [bool; 4],
+}
+
+impl Printer {
+    async fn print(&mut self, entry: &LogEntry) -> Result<()> {
+        if self.json {
+            let (data, encoding) = match std::str::from_utf8(&entry.data) {
+                Ok(text) => (text.to_string(), None),
+                Err(_) => (
+                    base64::engine::general_purpose::STANDARD.encode(&entry.data),
+                    Some("b64"),
+                ),
+            };
+            let mut line = json!({
+                "t": entry.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true),
+                "s": entry.source,
+                "d": data,
+                "cursor": entry.cursor.to_string(),
+            });
+            if let Some(id) = entry.session_id {
+                line["id"] = json!(id);
+            }
+            if let Some(encoding) = encoding {
+                line["e"] = json!(encoding);
+            }
+            let mut out = tokio::io::stdout();
+            out.write_all(format!("{line}\n").as_bytes())
+                .await
+                .map_err(to_stdout_err)?;
+            return out.flush().await.map_err(to_stdout_err);
+        }
+        let data: std::borrow::Cow<[u8]> = if self.timestamps {
+            let slot = entry.source as usize % 4;
+            let prefix = format!(
+                "{} ",
+                entry.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true)
+            );
+            let mut out = Vec::with_capacity(entry.data.len() + prefix.len());
+            for &byte in entry.data.iter() {
+                if self.at_line_start[slot] {
+                    out.extend_from_slice(prefix.as_bytes());
+                }
+                out.push(byte);
+                self.at_line_start[slot] = byte == b'\n';
+            }
+            out.into()
+        } else {
+            entry.data.as_ref().into()
+        };
+        crate::session::write_output(entry.source, &data)
+            .await
+            .map_err(to_stdout_err)
+    }
+}
+
+/// `sandvisor logs`.
+pub(crate) async fn logs(home: Option<PathBuf>, args: LogsArgs) -> Result<ExitCode> {
+    let home = resolve_home(home)?;
+    let logs = Logs::at(&home);
+    let sources = parse_sources(&args.source)?;
+    let mut printer = Printer {
+        json: args.json,
+        timestamps: args.timestamps,
+        at_line_start: [true; 4],
+    };
+    let start = match &args.cursor {
+        Some(cursor) => {
+            let cursor: LogCursor = cursor
+                .parse()
+                .map_err(|e: sandvisor::LogCursorParseError| Error::InvalidCursor(e.to_string()))?;
+            LogStreamStart::From(cursor)
+        }
+        None => {
+            let options = LogOptions {
+                sources: sources.clone(),
+                since: args.since,
+                until: args.until,
+                tail: args.tail,
+            };
+            let snapshot = logs.read_logs_snapshot(&args.name, &options).await?;
+            for entry in &snapshot.entries {
+                printer.print(entry).await?;
+            }
+            if !args.follow {
+                return Ok(ExitCode::SUCCESS);
+            }
+            LogStreamStart::From(snapshot.cursor)
+        }
+    };
+    let options = LogStreamOptions {
+        sources,
+        start,
+        until: args.until,
+        follow: args.follow,
+    };
+    let mut stream = logs.log_stream(&args.name, &options).await?;
+    if !args.follow {
+        while let Some(entry) = stream.next().await {
+            printer.print(&entry?).await?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow(&home, &logs, &args.name, options, stream, &mut printer).await
+}
+
+/// Prints entries as they come until the sandbox has stopped (then the rest
+/// on disk) or Ctrl-C.
+async fn follow(
+    home: &std::path::Path,
+    logs: &Logs,
+    name: &str,
+    options: LogStreamOptions,
+    mut stream: sandvisor::LogStream,
+    printer: &mut Printer,
+) -> Result<ExitCode> {
+    let runtime = open(Some(home.to_path_buf())).await?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|source| Error::Io {
+        path: "SIGINT".into(),
+        source,
+    })?;
+    let mut checks = tokio::time::interval(Duration::from_millis(500));
+    let mut last: Option<LogCursor> = None;
+    loop {
+        tokio::select! {
+            entry = stream.next() => match entry {
+                Some(entry) => {
+                    let entry = entry?;
+                    printer.print(&entry).await?;
+                    last = Some(entry.cursor);
+                }
+                // The stream reached `until`.
+                None => return Ok(ExitCode::SUCCESS),
+            },
+            _ = checks.tick() => {
+                let status = runtime.get(name).await?.status_snapshot();
+                if status.is_terminal() {
+                    break;
+                }
+            }
+            _ = interrupt.recv() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+    drop(stream);
+    // It has stopped: everything it wrote is on disk.
+    let rest = LogStreamOptions {
+        start: last.map_or(options.start.clone(), LogStreamStart::From),
+        follow: false,
+        ..options
+    };
+    let mut stream = logs.log_stream(name, &rest).await?;
+    while let Some(entry) = stream.next().await {
+        printer.print(&entry?).await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
