@@ -117,12 +117,16 @@ impl Store {
             .connect_with(options.clone())
             .await
             .map_err(db_err)?;
+        // Two processes opening a new home at once would both apply the
+        // same migration: a lock file serializes them.
+        let lock = migration_lock(home).await?;
         sqlx::migrate!("./migrations")
             .run(&writer)
             .await
             .map_err(|e| {
                 Error::Database(format!("migrating {}: {e}", home.join(DB_FILE).display()))
             })?;
+        drop(lock);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
@@ -413,6 +417,31 @@ async fn status_in(
         .map_err(db_err)?;
     let status = status.ok_or_else(|| Error::SandboxNotFound(name.to_string()))?;
     SandboxStatus::from_str(&status).map_err(Error::Database)
+}
+
+/// Takes the home's migration lock (`sandvisor.db.lock`), waiting for
+/// another process that holds it.
+async fn migration_lock(home: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = home.join(format!("{DB_FILE}.lock"));
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+    tokio::task::spawn_blocking(move || {
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| {
+            Error::Io {
+                path,
+                source: errno.into(),
+            }
+        })
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("migration lock: {e}")))?
 }
 
 fn sandbox_row(row: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow> {

@@ -116,7 +116,7 @@ impl ExecFrame {
         let payload = frame.split_off(1);
         let json_err = |e: serde_json::Error| format!("frame {tag}: {e}");
         Ok(match tag {
-            1 | 2 | 3 => Self::Output {
+            1..=3 => Self::Output {
                 source: match tag {
                     1 => LogSource::Stdout,
                     2 => LogSource::Stderr,

@@ -27,16 +27,22 @@ pub(crate) enum Command {
     /// Create and start a sandbox running CMD; stream its output until it ends
     /// (Ctrl-C stops it, a second Ctrl-C kills it), or hand it to the daemon
     /// with -d. Exits with the command's exit code.
-    #[command(after_help = "Examples:\n  sandvisor run -- echo hello\n  sandvisor run --name build -e CI=1 -w /tmp -- make -C /src\n  sandvisor run -it -- sh\n  sandvisor run -d --name worker --memory 256M --stop-timeout 30s -- ./worker")]
+    #[command(
+        after_help = "Examples:\n  sandvisor run -- echo hello\n  sandvisor run --name build -e CI=1 -w /tmp -- make -C /src\n  sandvisor run -it -- sh\n  sandvisor run -d --name worker --memory 256M --stop-timeout 30s -- ./worker"
+    )]
     Run(RunArgs),
     /// Run a command in a running sandbox; exits with its exit code.
-    #[command(after_help = "Examples:\n  sandvisor exec worker -- ps aux\n  sandvisor exec -it worker -- sh\n  echo data | sandvisor exec -i worker -- wc -c")]
+    #[command(
+        after_help = "Examples:\n  sandvisor exec worker -- ps aux\n  sandvisor exec -it worker -- sh\n  echo data | sandvisor exec -i worker -- wc -c"
+    )]
     Exec(ExecArgs),
     /// List sandboxes (running ones; -a for all).
     #[command(after_help = "Examples:\n  sandvisor ps\n  sandvisor ps -a --json")]
     Ps(PsArgs),
     /// Print a sandbox's logs; -f follows them.
-    #[command(after_help = "Examples:\n  sandvisor logs worker\n  sandvisor logs -f --since 5m worker\n  sandvisor logs -n 20 --source stderr --timestamps worker\n  sandvisor logs --json worker | tail -1   # the last entry's cursor\n  sandvisor logs -f --cursor CURSOR worker   # resume after it")]
+    #[command(
+        after_help = "Examples:\n  sandvisor logs worker\n  sandvisor logs -f --since 5m worker\n  sandvisor logs -n 20 --source stderr --timestamps worker\n  sandvisor logs --json worker | tail -1   # the last entry's cursor\n  sandvisor logs -f --cursor CURSOR worker   # resume after it"
+    )]
     Logs(LogsArgs),
     /// Stop sandboxes: the stop signal, then SIGKILL after the timeout.
     #[command(after_help = "Examples:\n  sandvisor stop worker\n  sandvisor stop -t 1 worker web")]
@@ -64,7 +70,9 @@ pub(crate) enum Command {
     Metrics(MetricsArgs),
     /// Run the daemon in the foreground: hosts sandboxes started with
     /// `run -d`; SIGTERM stops them all gracefully, then exits.
-    #[command(after_help = "Examples:\n  sandvisor serve\n  systemd: ExecStart=/usr/local/bin/sandvisor serve  (KillMode=mixed, TimeoutStopSec=30)")]
+    #[command(
+        after_help = "Examples:\n  sandvisor serve\n  systemd: ExecStart=/usr/local/bin/sandvisor serve  (KillMode=mixed, TimeoutStopSec=30)"
+    )]
     Serve(ServeArgs),
 }
 
@@ -155,7 +163,8 @@ pub(crate) struct LogsArgs {
     /// Entries before T (RFC 3339, or relative: 30s, 5m, 2h, 1d).
     #[arg(long, value_name = "T", value_parser = parse_time)]
     pub until: Option<DateTime<Utc>>,
-    /// Only the last N entries (of the snapshot, with -f).
+    /// Only the last N entries (an entry is one captured chunk, often one
+    /// line; with -f, of what is already there).
     #[arg(short = 'n', long, value_name = "N")]
     pub tail: Option<usize>,
     /// Sources: stdout, stderr, output, system, or all (comma-separated).

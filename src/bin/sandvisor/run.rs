@@ -141,8 +141,7 @@ async fn foreground(runtime: &Sandvisor, sandbox: &Sandbox, args: &RunArgs) -> R
     let mut input = (args.interactive || args.tty).then(stdin_chunks);
     let mut interrupt = signal(SignalKind::interrupt()).map_err(io_err(Path::new("SIGINT")))?;
     let mut terminate = signal(SignalKind::terminate()).map_err(io_err(Path::new("SIGTERM")))?;
-    let mut resized =
-        signal(SignalKind::window_change()).map_err(io_err(Path::new("SIGWINCH")))?;
+    let mut resized = signal(SignalKind::window_change()).map_err(io_err(Path::new("SIGWINCH")))?;
     let mut interrupts = 0;
     let mut stopped = pin!(sandbox.wait_until_stopped());
     let result = loop {
@@ -233,8 +232,7 @@ pub(crate) async fn exec(home: Option<PathBuf>, args: ExecArgs) -> Result<ExitCo
     let raw = raw_terminal(args.tty)?;
     let mut input = (args.interactive || args.tty).then(stdin_chunks);
     let mut interrupt = signal(SignalKind::interrupt()).map_err(io_err(Path::new("SIGINT")))?;
-    let mut resized =
-        signal(SignalKind::window_change()).map_err(io_err(Path::new("SIGWINCH")))?;
+    let mut resized = signal(SignalKind::window_change()).map_err(io_err(Path::new("SIGWINCH")))?;
     let mut interrupts = 0;
     loop {
         tokio::select! {

@@ -43,22 +43,19 @@ pub(crate) fn raw_terminal(tty: bool) -> sandvisor::Result<Option<RawTerminal>> 
 
 /// The local terminal's size (rows, columns), if stdout or stdin is one.
 pub(crate) fn terminal_size() -> Option<(u16, u16)> {
-    [
-        std::io::stdout().as_raw_fd(),
-        std::io::stdin().as_raw_fd(),
-    ]
-    .into_iter()
-    .find_map(|fd| {
-        let mut size = libc::winsize {
-            ws_row: 0,
-            ws_col: 0,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCGWINSZ fills the winsize it is given.
-        let ok = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) } == 0;
-        (ok && size.ws_row > 0 && size.ws_col > 0).then_some((size.ws_row, size.ws_col))
-    })
+    [std::io::stdout().as_raw_fd(), std::io::stdin().as_raw_fd()]
+        .into_iter()
+        .find_map(|fd| {
+            let mut size = libc::winsize {
+                ws_row: 0,
+                ws_col: 0,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // SAFETY: TIOCGWINSZ fills the winsize it is given.
+            let ok = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) } == 0;
+            (ok && size.ws_row > 0 && size.ws_col > 0).then_some((size.ws_row, size.ws_col))
+        })
 }
 
 /// Writes captured output where it came from: stderr to stderr, the rest to
