@@ -626,6 +626,18 @@ fn tmux_drives_an_interactive_shell_and_the_terminal_is_restored() {
         assert!(out.status.success(), "tmux {args:?}: {}", stderr(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    // The tmux server goes with the test, even a failed one.
+    struct KillServer<'a>(&'a Path);
+    impl Drop for KillServer<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux")
+                .arg("-S")
+                .arg(self.0)
+                .arg("kill-server")
+                .output();
+        }
+    }
+    let _server = KillServer(&socket);
     let before = cli.home().join("stty.before");
     let after = cli.home().join("stty.after");
     let done = cli.home().join("done");
@@ -670,9 +682,4 @@ fn tmux_drives_an_interactive_shell_and_the_terminal_is_restored() {
     let after = std::fs::read_to_string(&after).unwrap();
     assert_eq!(before, after, "terminal settings were not restored");
     assert_eq!(cli.sandbox("tty")["exit_code"], 0);
-    let _ = Command::new("tmux")
-        .arg("-S")
-        .arg(&socket)
-        .arg("kill-server")
-        .output();
 }
