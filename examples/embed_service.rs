@@ -41,7 +41,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let mut stopped = 0;
         while let Some(envelope) = events.next().await {
             let kind = match envelope.event {
-                SandboxEvent::StatusChanged { to, .. } if to == SandboxStatus::Running => "running",
+                SandboxEvent::StatusChanged {
+                    to: SandboxStatus::Running,
+                    ..
+                } => "running",
                 SandboxEvent::StatusChanged { to, .. } if to.is_terminal() => "stopped",
                 SandboxEvent::SessionExited { .. } => "session exited",
                 _ => "other",
