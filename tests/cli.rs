@@ -132,6 +132,17 @@ fn run_returns_the_commands_exit_code_and_streams_its_output() {
     let fg = cli.sandbox("fg");
     assert_eq!(fg["status"], "Stopped");
     assert_eq!(fg["exit_code"], 3);
+    // -i: stdin goes to the command, and its end closes the command's stdin.
+    let mut cat = cli
+        .command(&["run", "-i", "--", "sh", "-c", "cat; echo end"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut cat.stdin.take().unwrap(), b"piped in\n").unwrap();
+    let out = cat.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "piped in\nend\n");
     // Killed by a signal: 128 + signal, as shells report it.
     let out = cli.run(&["run", "--", "sh", "-c", "kill -9 $$"]);
     assert_eq!(out.status.code(), Some(137));

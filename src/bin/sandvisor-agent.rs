@@ -200,7 +200,7 @@ fn init(mut sock: UnixStream, spec: StartSpec, inbox: Vec<u8>) -> ! {
         // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes no pointers.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     }
-    let (mut child, terminal) = match spawn_main(&spec) {
+    let (mut child, terminal) = match spawn_session((&spec).into()) {
         Ok(spawned) => spawned,
         Err(err) => {
             let errno = Errno::from_raw(err.raw_os_error().unwrap_or(0));
@@ -391,21 +391,64 @@ fn loopback_up() -> Result<(), Errno> {
     Ok(())
 }
 
-/// Starts the main command; with a terminal, also returns its master.
-fn spawn_main(spec: &StartSpec) -> std::io::Result<(Child, Option<OwnedFd>)> {
-    let mut command = Command::new(&spec.command);
+/// What a session (the main command or an exec) runs, and on what streams.
+struct SessionCommand<'a> {
+    program: &'a str,
+    args: &'a [String],
+    env: &'a [(String, String)],
+    cwd: Option<&'a str>,
+    stdin: bool,
+    tty: bool,
+    rows: u16,
+    cols: u16,
+}
+
+impl<'a> From<&'a StartSpec> for SessionCommand<'a> {
+    fn from(spec: &'a StartSpec) -> Self {
+        Self {
+            program: &spec.command,
+            args: &spec.args,
+            env: &spec.env,
+            cwd: spec.cwd.as_deref(),
+            stdin: spec.stdin,
+            tty: spec.tty,
+            rows: spec.rows,
+            cols: spec.cols,
+        }
+    }
+}
+
+impl<'a> From<&'a ExecSpec> for SessionCommand<'a> {
+    fn from(spec: &'a ExecSpec) -> Self {
+        Self {
+            program: &spec.command,
+            args: &spec.args,
+            env: &spec.env,
+            cwd: spec.cwd.as_deref(),
+            stdin: spec.stdin,
+            tty: spec.tty,
+            rows: spec.rows,
+            cols: spec.cols,
+        }
+    }
+}
+
+/// Starts a session's leader on a new terminal (whose master is returned)
+/// or on pipes, in a process group of its own.
+fn spawn_session(session: SessionCommand) -> std::io::Result<(Child, Option<OwnedFd>)> {
+    let mut command = Command::new(session.program);
     command
-        .args(&spec.args)
+        .args(session.args)
         .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)));
-    if let Some(cwd) = &spec.cwd {
+        .envs(session.env.iter().map(|(k, v)| (k, v)));
+    if let Some(cwd) = session.cwd {
         command.current_dir(cwd);
     }
-    let terminal = if spec.tty {
-        Some(open_terminal(&mut command, spec.rows, spec.cols)?)
+    let terminal = if session.tty {
+        Some(open_terminal(&mut command, session.rows, session.cols)?)
     } else {
         command
-            .stdin(if spec.stdin {
+            .stdin(if session.stdin {
                 Stdio::piped()
             } else {
                 Stdio::null()
@@ -415,10 +458,10 @@ fn spawn_main(spec: &StartSpec) -> std::io::Result<(Child, Option<OwnedFd>)> {
             .process_group(0);
         None
     };
-    let child = command.spawn()?;
+    let spawned = command.spawn();
     // The terminal's slave ends, held by the command, close with it.
     drop(command);
-    Ok((child, terminal))
+    Ok((spawned?, terminal))
 }
 
 /// Gives `command` a new pseudo-terminal of `rows` x `cols` as its
@@ -733,39 +776,8 @@ impl Agent<'_> {
             self.exec_failed(&exec, &err);
             return;
         }
-        let mut command = Command::new(&exec.command);
-        command
-            .args(&exec.args)
-            .env_clear()
-            .envs(exec.env.iter().map(|(k, v)| (k, v)));
-        if let Some(cwd) = &exec.cwd {
-            command.current_dir(cwd);
-        }
-        let terminal = if exec.tty {
-            match open_terminal(&mut command, exec.rows, exec.cols) {
-                Ok(master) => Some(master),
-                Err(err) => {
-                    self.exec_failed(&exec, &err);
-                    return;
-                }
-            }
-        } else {
-            command
-                .stdin(if exec.stdin {
-                    Stdio::piped()
-                } else {
-                    Stdio::null()
-                })
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .process_group(0);
-            None
-        };
-        let spawned = command.spawn();
-        // The terminal's slave ends, held by the command, close with it.
-        drop(command);
-        let mut child = match spawned {
-            Ok(child) => child,
+        let (mut child, terminal) = match spawn_session((&exec).into()) {
+            Ok(spawned) => spawned,
             Err(err) => {
                 self.exec_failed(&exec, &err);
                 return;

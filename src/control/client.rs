@@ -144,13 +144,7 @@ impl ControlClient {
             .await
             .map_err(|e| self.unreachable(e))?;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| self.unreachable(e))?
-                .to_bytes();
+            let (status, body) = self.read(response).await?;
             return Err(error_from(status, &body));
         }
         let upgraded = hyper::upgrade::on(response)
@@ -239,6 +233,14 @@ impl ControlClient {
             .send_request(request)
             .await
             .map_err(|e| self.unreachable(e))?;
+        self.read(response).await
+    }
+
+    /// A response's status and whole body.
+    async fn read(
+        &self,
+        response: hyper::Response<hyper::body::Incoming>,
+    ) -> Result<(StatusCode, Bytes)> {
         let status = response.status();
         let body = response
             .into_body()

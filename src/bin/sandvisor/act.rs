@@ -6,24 +6,25 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sandvisor::{Result, Sandvisor};
+use sandvisor::Result;
 
 use crate::args::{NamesArgs, RmArgs, StopArgs};
 use crate::run::{ensure_daemon, resolve_home};
 use crate::{open, report};
 
-/// Prints the name, or reports the error and remembers the failure.
-fn outcome(name: &str, result: Result<()>, failed: &mut bool) {
-    match result {
-        Ok(()) => println!("{name}"),
-        Err(err) => {
-            report(&err);
-            *failed = true;
+/// Acts on each name in turn: prints the name when `act` worked, one error
+/// line when not; exit code 1 if any failed.
+async fn each(names: &[String], act: impl AsyncFn(&str) -> Result<()>) -> ExitCode {
+    let mut failed = false;
+    for name in names {
+        match act(name).await {
+            Ok(()) => println!("{name}"),
+            Err(err) => {
+                report(&err);
+                failed = true;
+            }
         }
     }
-}
-
-fn code(failed: bool) -> ExitCode {
     if failed {
         ExitCode::from(1)
     } else {
@@ -34,95 +35,69 @@ fn code(failed: bool) -> ExitCode {
 /// `sandvisor stop`.
 pub(crate) async fn stop(home: Option<PathBuf>, args: StopArgs) -> Result<ExitCode> {
     let runtime = open(home).await?;
-    let mut failed = false;
-    for name in &args.names {
-        let result = async {
-            let handle = runtime.get(name).await?;
-            match args.timeout {
-                Some(timeout) => handle.stop_with_timeout(timeout).await?,
-                None => handle.stop().await?,
-            };
-            Ok(())
-        }
-        .await;
-        outcome(name, result, &mut failed);
-    }
-    Ok(code(failed))
+    Ok(each(&args.names, async |name| {
+        let handle = runtime.get(name).await?;
+        match args.timeout {
+            Some(timeout) => handle.stop_with_timeout(timeout).await?,
+            None => handle.stop().await?,
+        };
+        Ok(())
+    })
+    .await)
 }
 
 /// `sandvisor kill`.
 pub(crate) async fn kill(home: Option<PathBuf>, args: NamesArgs) -> Result<ExitCode> {
     let runtime = open(home).await?;
-    let mut failed = false;
-    for name in &args.names {
-        let result = async {
-            runtime.get(name).await?.kill().await?;
-            Ok(())
-        }
-        .await;
-        outcome(name, result, &mut failed);
-    }
-    Ok(code(failed))
+    Ok(each(&args.names, async |name| {
+        runtime.get(name).await?.kill().await.map(drop)
+    })
+    .await)
 }
 
 /// `sandvisor rm`.
 pub(crate) async fn rm(home: Option<PathBuf>, args: RmArgs) -> Result<ExitCode> {
     let runtime = open(home).await?;
-    let mut failed = false;
-    for name in &args.names {
-        let result = remove(&runtime, name, args.force).await;
-        outcome(name, result, &mut failed);
-    }
-    Ok(code(failed))
-}
-
-async fn remove(runtime: &Sandvisor, name: &str, force: bool) -> Result<()> {
-    let handle = runtime.get(name).await?;
-    if force {
-        handle.kill().await?;
-    }
-    runtime.remove(name).await
+    Ok(each(&args.names, async |name| {
+        let handle = runtime.get(name).await?;
+        if args.force {
+            handle.kill().await?;
+        }
+        runtime.remove(name).await
+    })
+    .await)
 }
 
 /// `sandvisor pause`.
 pub(crate) async fn pause(home: Option<PathBuf>, args: NamesArgs) -> Result<ExitCode> {
     let runtime = open(home).await?;
-    let mut failed = false;
-    for name in &args.names {
-        let result = async { runtime.get(name).await?.pause().await }.await;
-        outcome(name, result, &mut failed);
-    }
-    Ok(code(failed))
+    Ok(each(&args.names, async |name| {
+        runtime.get(name).await?.pause().await
+    })
+    .await)
 }
 
 /// `sandvisor resume`.
 pub(crate) async fn resume(home: Option<PathBuf>, args: NamesArgs) -> Result<ExitCode> {
     let runtime = open(home).await?;
-    let mut failed = false;
-    for name in &args.names {
-        let result = async { runtime.get(name).await?.resume().await }.await;
-        outcome(name, result, &mut failed);
-    }
-    Ok(code(failed))
+    Ok(each(&args.names, async |name| {
+        runtime.get(name).await?.resume().await
+    })
+    .await)
 }
 
 /// `sandvisor start`: the daemon hosts the new run.
 pub(crate) async fn start(home: Option<PathBuf>, args: NamesArgs) -> Result<ExitCode> {
     let home = resolve_home(home)?;
     let runtime = open(Some(home.clone())).await?;
-    let mut failed = false;
-    let mut daemon = None;
-    for name in &args.names {
-        let result = async {
-            runtime.get(name).await?;
-            let daemon = match &daemon {
-                Some(daemon) => daemon,
-                None => daemon.insert(ensure_daemon(home.clone()).await?),
-            };
-            daemon.start(name).await
-        }
-        .await;
-        outcome(name, result, &mut failed);
-    }
-    Ok(code(failed))
+    let daemon = tokio::sync::OnceCell::new();
+    Ok(each(&args.names, async |name| {
+        runtime.get(name).await?;
+        daemon
+            .get_or_try_init(|| ensure_daemon(home.clone()))
+            .await?
+            .start(name)
+            .await
+    })
+    .await)
 }

@@ -84,18 +84,8 @@ pub(crate) struct RunArgs {
     /// Run in the background, in the daemon; print the name.
     #[arg(short, long)]
     pub detach: bool,
-    /// Give the command a terminal inside the sandbox.
-    #[arg(short, long)]
-    pub tty: bool,
-    /// Keep stdin open and send it to the command.
-    #[arg(short, long)]
-    pub interactive: bool,
-    /// Set an environment variable (KEY=VALUE, or KEY to pass this one's).
-    #[arg(short, long = "env", value_name = "KEY=VALUE")]
-    pub env: Vec<String>,
-    /// Working directory inside the sandbox (absolute).
-    #[arg(short, long, value_name = "DIR")]
-    pub workdir: Option<String>,
+    #[command(flatten)]
+    pub session: SessionArgs,
     /// Share the host's network instead of an isolated one (only `lo`).
     #[arg(long)]
     pub net: bool,
@@ -119,8 +109,9 @@ pub(crate) struct RunArgs {
     pub command: Vec<String>,
 }
 
+/// How a command runs: `run` and `exec` share these.
 #[derive(Debug, Args)]
-pub(crate) struct ExecArgs {
+pub(crate) struct SessionArgs {
     /// Give the command a terminal inside the sandbox.
     #[arg(short, long)]
     pub tty: bool,
@@ -133,6 +124,12 @@ pub(crate) struct ExecArgs {
     /// Working directory inside the sandbox (absolute).
     #[arg(short, long, value_name = "DIR")]
     pub workdir: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExecArgs {
+    #[command(flatten)]
+    pub session: SessionArgs,
     /// The sandbox.
     pub name: String,
     /// The command and its arguments.

@@ -60,23 +60,23 @@ fn generated_name() -> String {
     format!("sb-{:08x}", nanos ^ std::process::id().rotate_left(16))
 }
 
+/// CMD as a program and its arguments.
+fn split_command(command: &[String]) -> Result<(String, Vec<String>)> {
+    let (program, args) = command.split_first().ok_or_else(|| Error::InvalidConfig {
+        field: "command".into(),
+        reason: "is missing".into(),
+    })?;
+    Ok((program.clone(), args.to_vec()))
+}
+
 fn config_from(args: &RunArgs) -> Result<SandboxConfig> {
-    let (command, rest) = args
-        .command
-        .split_first()
-        .ok_or_else(|| Error::InvalidConfig {
-            field: "command".into(),
-            reason: "is missing".into(),
-        })?;
-    let mut config = SandboxConfig::new(
-        args.name.clone().unwrap_or_else(generated_name),
-        command.clone(),
-    )
-    .args(rest.iter().cloned());
-    for (key, value) in env_pairs(&args.env)? {
+    let (command, rest) = split_command(&args.command)?;
+    let mut config =
+        SandboxConfig::new(args.name.clone().unwrap_or_else(generated_name), command).args(rest);
+    for (key, value) in env_pairs(&args.session.env)? {
         config = config.env(key, value);
     }
-    config.working_dir = args.workdir.clone();
+    config.working_dir = args.session.workdir.clone();
     config.isolation.net = !args.net;
     config.rootfs = args.rootfs.clone();
     config.memory_limit = args.memory;
@@ -84,8 +84,8 @@ fn config_from(args: &RunArgs) -> Result<SandboxConfig> {
     if let Some(timeout) = args.stop_timeout {
         config.stop_timeout = timeout;
     }
-    config.stdin = args.interactive;
-    config.tty = args.tty;
+    config.stdin = args.session.interactive;
+    config.tty = args.session.tty;
     config.validate()?;
     Ok(config)
 }
@@ -121,8 +121,8 @@ pub(crate) async fn run(home: Option<PathBuf>, args: RunArgs) -> Result<ExitCode
 /// Streams the sandbox's output and feeds its input until it has stopped.
 async fn foreground(runtime: &Sandvisor, sandbox: &Sandbox, args: &RunArgs) -> Result<ExitCode> {
     let name = sandbox.name();
-    let raw = raw_terminal(args.tty)?;
-    if args.tty {
+    let raw = raw_terminal(args.session.tty)?;
+    if args.session.tty {
         if let Some((rows, cols)) = terminal_size() {
             sandbox.resize(rows, cols).await?;
         }
@@ -138,7 +138,7 @@ async fn foreground(runtime: &Sandvisor, sandbox: &Sandbox, args: &RunArgs) -> R
         .log_stream(name, &options(LogStreamStart::Beginning))
         .await?;
     let mut last: Option<LogCursor> = None;
-    let mut input = (args.interactive || args.tty).then(stdin_chunks);
+    let mut input = (args.session.interactive || args.session.tty).then(stdin_chunks);
     let mut interrupt = signal(SignalKind::interrupt()).map_err(io_err(Path::new("SIGINT")))?;
     let mut terminate = signal(SignalKind::terminate()).map_err(io_err(Path::new("SIGTERM")))?;
     let mut resized = signal(SignalKind::window_change()).map_err(io_err(Path::new("SIGWINCH")))?;
@@ -166,7 +166,7 @@ async fn foreground(runtime: &Sandvisor, sandbox: &Sandbox, args: &RunArgs) -> R
                     input = None;
                 }
             },
-            _ = resized.recv(), if args.tty => {
+            _ = resized.recv(), if args.session.tty => {
                 if let Some((rows, cols)) = terminal_size() {
                     sandbox.resize(rows, cols).await?;
                 }
@@ -212,25 +212,20 @@ async fn foreground(runtime: &Sandvisor, sandbox: &Sandbox, args: &RunArgs) -> R
 pub(crate) async fn exec(home: Option<PathBuf>, args: ExecArgs) -> Result<ExitCode> {
     let runtime = open(home).await?;
     let handle = runtime.get(&args.name).await?;
-    let (command, rest) = args
-        .command
-        .split_first()
-        .ok_or_else(|| Error::InvalidConfig {
-            field: "command".into(),
-            reason: "is missing".into(),
-        })?;
-    let mut config = ExecConfig::new(command.clone(), rest.iter().cloned());
-    config.env = env_pairs(&args.env)?.into_iter().collect();
-    config.cwd = args.workdir.clone();
-    config.tty = args.tty;
-    config.stdin = args.interactive;
-    if let Some((rows, cols)) = terminal_size().filter(|_| args.tty) {
+    let (command, rest) = split_command(&args.command)?;
+    let mut config = ExecConfig::new(command, rest);
+    let io = &args.session;
+    config.env = env_pairs(&io.env)?.into_iter().collect();
+    config.cwd = io.workdir.clone();
+    config.tty = io.tty;
+    config.stdin = io.interactive;
+    if let Some((rows, cols)) = terminal_size().filter(|_| args.session.tty) {
         config.rows = rows;
         config.cols = cols;
     }
     let mut session = handle.exec(config).await?;
-    let raw = raw_terminal(args.tty)?;
-    let mut input = (args.interactive || args.tty).then(stdin_chunks);
+    let raw = raw_terminal(args.session.tty)?;
+    let mut input = (args.session.interactive || args.session.tty).then(stdin_chunks);
     let mut interrupt = signal(SignalKind::interrupt()).map_err(io_err(Path::new("SIGINT")))?;
     let mut resized = signal(SignalKind::window_change()).map_err(io_err(Path::new("SIGWINCH")))?;
     let mut interrupts = 0;
@@ -247,7 +242,7 @@ pub(crate) async fn exec(home: Option<PathBuf>, args: ExecArgs) -> Result<ExitCo
                     input = None;
                 }
             },
-            _ = resized.recv(), if args.tty => {
+            _ = resized.recv(), if args.session.tty => {
                 if let Some((rows, cols)) = terminal_size() {
                     session.resize(rows, cols)?;
                 }
