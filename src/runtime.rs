@@ -120,6 +120,11 @@ impl SandvisorBuilder {
             Some(home) => home,
             None => home::home_from_env()?,
         };
+        // Paths are stored and handed to other processes: never relative.
+        let home = std::path::absolute(&home).map_err(|source| Error::Io {
+            path: home.clone(),
+            source,
+        })?;
         let mut store = Store::open(&home).await?;
         let bound = match &self.control {
             None => None,
@@ -130,7 +135,12 @@ impl SandvisorBuilder {
                         std::process::id(),
                         unique_suffix()
                     )),
-                    ControlSocket::At(path) => path.clone(),
+                    ControlSocket::At(path) => {
+                        std::path::absolute(path).map_err(|source| Error::Io {
+                            path: path.clone(),
+                            source,
+                        })?
+                    }
                 };
                 let bound = ControlServer::bind(&path, &home)?;
                 store = store.with_control_socket(&path);
@@ -163,11 +173,12 @@ impl SandvisorBuilder {
             root,
             agent,
             host,
-            control: bound.map(|bound| {
+            control_path: bound.as_ref().map(|bound| bound.path().to_path_buf()),
+            control: std::sync::Mutex::new(bound.map(|bound| {
                 bound.serve(WeakSandvisor {
                     inner: weak.clone(),
                 })
-            }),
+            })),
         });
         Ok(Sandvisor { inner })
     }
@@ -205,8 +216,10 @@ struct Inner {
     agent: PathBuf,
     host: HostId,
     logs: Logs,
-    /// Dropped with the runtime: the server stops, the socket file goes.
-    control: Option<ControlServer>,
+    /// Dropped with the runtime (or by `close_control_socket`): the server
+    /// stops, the socket file goes.
+    control: std::sync::Mutex<Option<ControlServer>>,
+    control_path: Option<PathBuf>,
 }
 
 /// A runtime held without keeping it alive (the control server's hold).
@@ -281,9 +294,31 @@ impl Sandvisor {
         &self.inner.home
     }
 
-    /// The control socket this runtime listens on, if it does.
+    /// The control socket this runtime listens on (or listened on, before
+    /// [`Self::close_control_socket`]), if it was opened with one.
     pub fn control_socket(&self) -> Option<&Path> {
-        self.inner.control.as_ref().map(ControlServer::path)
+        self.inner.control_path.as_deref()
+    }
+
+    /// Stops listening on the control socket and removes it, at once:
+    /// nothing new reaches this runtime from outside (a daemon shutting down
+    /// takes no more sandboxes). The returned future ends once every request
+    /// already in flight has been answered — await it before the process
+    /// exits, so that a `stop` from another process gets its answer.
+    pub fn close_control_socket(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let server = self
+            .inner
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let task = server.and_then(ControlServer::close);
+        async move {
+            if let Some(task) = task {
+                // A server task that panicked has nothing left to answer.
+                let _ = task.await;
+            }
+        }
     }
 
     /// This runtime's host identity (recorded with each run).
@@ -524,7 +559,10 @@ impl Sandvisor {
         })
     }
 
-    async fn stop_result_from_store(&self, name: &str) -> Result<Option<SandboxStopResult>> {
+    pub(crate) async fn stop_result_from_store(
+        &self,
+        name: &str,
+    ) -> Result<Option<SandboxStopResult>> {
         let row = self
             .inner
             .store
@@ -699,8 +737,8 @@ impl Sandbox {
     }
 
     /// Writes to the main command's stdin (the sandbox needs `stdin` or
-    /// `tty` in its config); an empty write is refused, use
-    /// [`Sandbox::close_stdin`].
+    /// `tty` in its config); an empty write does nothing (to close, use
+    /// [`Sandbox::close_stdin`]).
     pub async fn write_stdin(&self, data: impl Into<Vec<u8>>) -> Result<()> {
         let data = data.into();
         if data.is_empty() {
@@ -971,6 +1009,14 @@ impl SandboxHandle {
                     // It ended on its own meanwhile.
                     Err(Error::SandboxNotRunning(_)) => {
                         self.runtime.stop_result_from_store(name).await
+                    }
+                    // The host went away (a foreground run exits as its
+                    // sandbox ends): what the store says decides.
+                    Err(err @ Error::ControlUnreachable { .. }) => {
+                        match self.runtime.stop_result_from_store(name).await? {
+                            Some(result) => Ok(Some(result)),
+                            None => Err(err),
+                        }
                     }
                     Err(err) => Err(err),
                 }

@@ -257,9 +257,29 @@ fn exec_returns_the_inner_exit_code_and_passes_stdin() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "100000");
-    // A missing command is an error of its own, not an exit code.
+    // Much input and much output at once, both ways over the control socket:
+    // neither side may wait on the other forever.
+    let mut child = cli
+        .command(&["exec", "-i", "box", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let payload: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
+    let expected = payload.clone();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &payload));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stdout == expected,
+        "cat returned {} bytes",
+        out.stdout.len()
+    );
+    // A missing command: 127, as shells and docker say, with the error.
     let out = cli.run(&["exec", "box", "--", "no-such-command"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(127));
     assert!(
         stderr(&out).contains("command not found"),
         "{}",

@@ -303,48 +303,47 @@ impl ControlClient {
 }
 
 /// Moves frames between the upgraded connection and the [`ExecHandle`]'s
-/// channels until the session exits or either side goes away.
+/// channels until the session exits or either side goes away. Reading and
+/// writing are separate tasks, so output is always read while stdin waits
+/// to be sent.
 async fn bridge<T>(
     framed: Framed<T, tokio_util::codec::LengthDelimitedCodec>,
     items: mpsc::UnboundedSender<ExecItem>,
     mut input: mpsc::UnboundedReceiver<SessionInput>,
 ) where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sink, mut frames) = framed.split();
-    loop {
-        tokio::select! {
-            frame = frames.next() => {
-                let item = match frame.map(|f| f.map(|bytes| ExecFrame::decode(bytes.freeze()))) {
-                    Some(Ok(Ok(ExecFrame::Output { source, data }))) => ExecItem::Output { source, data },
-                    Some(Ok(Ok(ExecFrame::Exited { code, signal }))) => {
-                        let _ = items.send(ExecItem::Exited { code, signal });
-                        return;
-                    }
-                    Some(Ok(Ok(other))) => {
-                        tracing::warn!(?other, "unexpected exec frame from the server ignored");
-                        continue;
-                    }
-                    // The connection ended without an exit: the handle's
-                    // stream ends with no status, as when a sandbox is lost.
-                    Some(Ok(Err(_))) | Some(Err(_)) | None => return,
-                };
-                if items.send(item).is_err() {
-                    return;
-                }
+    tokio::spawn(async move {
+        while let Some(next) = input.recv().await {
+            let frame = match next {
+                SessionInput::Stdin(data) => ExecFrame::Stdin(Bytes::from(data)),
+                SessionInput::Resize { rows, cols } => ExecFrame::Resize { rows, cols },
+                SessionInput::Signal(signo) => ExecFrame::Signal(signo),
+            };
+            if sink.send(frame.encode()).await.is_err() {
+                return;
             }
-            next = input.recv() => {
-                let frame = match next {
-                    Some(SessionInput::Stdin(data)) => ExecFrame::Stdin(Bytes::from(data)),
-                    Some(SessionInput::Resize { rows, cols }) => ExecFrame::Resize { rows, cols },
-                    Some(SessionInput::Signal(signo)) => ExecFrame::Signal(signo),
-                    // The handle was dropped.
-                    None => return,
-                };
-                if sink.send(frame.encode()).await.is_err() {
-                    return;
-                }
+        }
+        // The handle was dropped: nothing more to send.
+    });
+    while let Some(frame) = frames.next().await {
+        let item = match frame.map(|bytes| ExecFrame::decode(bytes.freeze())) {
+            Ok(Ok(ExecFrame::Output { source, data })) => ExecItem::Output { source, data },
+            Ok(Ok(ExecFrame::Exited { code, signal })) => {
+                let _ = items.send(ExecItem::Exited { code, signal });
+                return;
             }
+            Ok(Ok(other)) => {
+                tracing::warn!(?other, "unexpected exec frame from the server ignored");
+                continue;
+            }
+            // A broken connection ends the handle's stream with no status,
+            // as when a sandbox is lost.
+            Ok(Err(_)) | Err(_) => return,
+        };
+        if items.send(item).is_err() {
+            return;
         }
     }
 }

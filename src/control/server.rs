@@ -6,14 +6,14 @@
 //!   beside it (`<socket>.lock`, held for the server's life) makes two
 //!   runtimes on the same path impossible, and a stale socket left by a dead
 //!   process is replaced.
-//! - A connection whose peer is not the owner of the home (nor this process's
-//!   user) is dropped before a byte is read.
+//! - A connection whose peer is not this process's user (the home's owner)
+//!   is dropped before a byte is read.
 //! - The server holds the runtime weakly: it never keeps a runtime alive.
 //!   Dropping the runtime stops the server and removes the socket file.
 //! - Handlers act only on sandboxes this runtime hosts; they never forward.
 
 use std::fs::File;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -35,7 +35,8 @@ use super::frame::{self, ExecFrame};
 use super::{EndRequest, ErrorBody, HostInfo, Started, EXEC_PROTOCOL};
 use crate::error::{Error, Result};
 use crate::exec::{ExecConfig, ExecHandle};
-use crate::runtime::{Sandbox, Sandvisor, WeakSandvisor};
+use crate::runtime::{Sandbox, SandboxStopResult, Sandvisor, WeakSandvisor};
+use sandvisor_actors::sandbox::SupervisorMsg;
 
 /// Largest request body (a sandbox config with a large environment).
 const MAX_BODY: usize = 4 << 20;
@@ -47,6 +48,9 @@ const MAX_SOCKET_PATH: usize = 107;
 pub(crate) struct ControlServer {
     path: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
+    /// The serving task: ends once shut down and every request in flight
+    /// has been answered.
+    task: Option<tokio::task::JoinHandle<()>>,
     /// Held (not read) for the server's life.
     _lock: Flock<File>,
     lock_path: PathBuf,
@@ -103,13 +107,20 @@ impl ControlServer {
                 socket: path.to_path_buf(),
             }
         })?;
-        // Holding the lock, whatever socket file is there was left by a
-        // process that is gone.
-        match std::fs::remove_file(path) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io(path)(err));
+        // Holding the lock, a socket file that is there was left by a
+        // process that is gone; anything else there is not ours to delete.
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                std::fs::remove_file(path).map_err(io(path))?;
             }
-            _ => {}
+            Ok(_) => {
+                return Err(Error::InvalidConfig {
+                    field: "control_socket".into(),
+                    reason: format!("{} exists and is not a socket", path.display()),
+                })
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io(path)(err)),
         }
         let listener = std::os::unix::net::UnixListener::bind(path).map_err(io(path))?;
         // The directory is private, so nobody can connect in the moment
@@ -117,7 +128,13 @@ impl ControlServer {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io(path))?;
         listener.set_nonblocking(true).map_err(io(path))?;
         let listener = UnixListener::from_std(listener).map_err(io(path))?;
-        let owner = std::fs::metadata(home).map_err(io(home))?.uid();
+        let owner = nix::unistd::geteuid().as_raw();
+        let home_owner = std::fs::metadata(home).map_err(io(home))?.uid();
+        if home_owner != owner {
+            // Only this process's user may connect: another user who owns
+            // the home must not get this user's powers through the socket.
+            tracing::warn!(home = %home.display(), home_owner, uid = owner, "the home belongs to another user; only uid {owner} may use the control socket");
+        }
         Ok(Bound {
             path: path.to_path_buf(),
             listener,
@@ -129,15 +146,20 @@ impl ControlServer {
 }
 
 impl Bound {
+    /// The socket's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Starts serving `runtime`.
     pub(crate) fn serve(self, runtime: WeakSandvisor) -> ControlServer {
         let (shutdown, stop) = oneshot::channel::<()>();
         let listener = OwnerOnly {
             listener: self.listener,
-            owners: [self.owner, nix::unistd::geteuid().as_raw()],
+            owner: self.owner,
         };
         let path = self.path.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let served = axum::serve(listener, router(runtime))
                 .with_graceful_shutdown(async move {
                     let _ = stop.await;
@@ -150,6 +172,7 @@ impl Bound {
         ControlServer {
             path: self.path,
             shutdown: Some(shutdown),
+            task: Some(task),
             _lock: self.lock,
             lock_path: self.lock_path,
         }
@@ -157,9 +180,10 @@ impl Bound {
 }
 
 impl ControlServer {
-    /// The socket's path.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
+    /// Stops accepting and removes the socket now; the task ends once the
+    /// requests in flight are answered.
+    pub(crate) fn close(mut self) -> Option<tokio::task::JoinHandle<()>> {
+        self.task.take()
     }
 }
 
@@ -180,10 +204,10 @@ impl Drop for ControlServer {
     }
 }
 
-/// Accepts only connections from the home's owner (or this process's user).
+/// Accepts only connections from the user this runtime runs as.
 struct OwnerOnly {
     listener: UnixListener,
-    owners: [u32; 2],
+    owner: u32,
 }
 
 impl axum::serve::Listener for OwnerOnly {
@@ -194,7 +218,7 @@ impl axum::serve::Listener for OwnerOnly {
         loop {
             match self.listener.accept().await {
                 Ok((stream, _)) => match stream.peer_cred() {
-                    Ok(cred) if self.owners.contains(&cred.uid()) => return (stream, ()),
+                    Ok(cred) if cred.uid() == self.owner => return (stream, ()),
                     Ok(cred) => tracing::warn!(
                         uid = cred.uid(),
                         pid = ?cred.pid(),
@@ -232,6 +256,7 @@ fn router(runtime: WeakSandvisor) -> Router {
         .route("/v1/sandboxes/{name}/resume", post(resume))
         .route("/v1/sandboxes/{name}/metrics", get(metrics))
         .route("/v1/sandboxes/{name}/exec", post(exec))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(runtime)
 }
 
@@ -331,20 +356,14 @@ enum End {
     Drain,
 }
 
-async fn end(runtime: &WeakSandvisor, name: &str, how: End, body: &Bytes) -> Reply<Response> {
-    let runtime = live(runtime)?;
+async fn end(weak: &WeakSandvisor, name: &str, how: End, body: &Bytes) -> Reply<Response> {
+    let runtime = live(weak)?;
     let request: EndRequest = parse(body)?;
     let timeout = request.timeout_ms.map(Duration::from_millis);
     let sandbox = match hosted(&runtime, name).await {
         Ok(sandbox) => sandbox,
-        Err(ApiError(ErrorBody::SandboxNotRunning { .. })) => {
-            // Ending a sandbox that has ended is not an error (SPEC §5).
-            let result = runtime.get(name).await?.wait_until_stopped().await;
-            return match result {
-                Ok(result) => Ok(Json(result).into_response()),
-                Err(_) => Ok(StatusCode::NO_CONTENT.into_response()),
-            };
-        }
+        // Ending a sandbox that has ended is not an error (SPEC §5).
+        Err(ApiError(ErrorBody::SandboxNotRunning { .. })) => return stored(&runtime, name).await,
         Err(err) => return Err(err),
     };
     match how {
@@ -355,7 +374,29 @@ async fn end(runtime: &WeakSandvisor, name: &str, how: End, body: &Bytes) -> Rep
     if !request.wait {
         return Ok(StatusCode::ACCEPTED.into_response());
     }
-    Ok(Json(sandbox.wait_until_stopped().await?).into_response())
+    drop(runtime);
+    wait_detached(weak, sandbox).await
+}
+
+/// How the last run of `name` ended, as stored (`204` if it never ran).
+async fn stored(runtime: &Sandvisor, name: &str) -> Reply<Response> {
+    Ok(match runtime.stop_result_from_store(name).await? {
+        Some(result) => Json(result).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+/// Waits for the run's end holding only the supervisor: a waiting client
+/// never keeps the runtime alive (dropping it stops the server).
+async fn wait_detached(weak: &WeakSandvisor, sandbox: Sandbox) -> Reply<Response> {
+    let name = sandbox.name().to_string();
+    let supervisor = sandbox.supervisor().clone();
+    drop(sandbox);
+    match ractor::call!(supervisor, SupervisorMsg::WaitStopped) {
+        Ok(outcome) => Ok(Json(SandboxStopResult::from(outcome)).into_response()),
+        // The supervisor ended first: the store has the outcome.
+        Err(_) => stored(&live(weak)?, &name).await,
+    }
 }
 
 async fn stop(
@@ -386,9 +427,11 @@ async fn wait(
     State(runtime): State<WeakSandvisor>,
     UrlPath(name): UrlPath<String>,
 ) -> Reply<Response> {
-    let runtime = live(&runtime)?;
+    let weak = runtime;
+    let runtime = live(&weak)?;
     let sandbox = hosted(&runtime, &name).await?;
-    Ok(Json(sandbox.wait_until_stopped().await?).into_response())
+    drop(runtime);
+    wait_detached(&weak, sandbox).await
 }
 
 async fn pause(
@@ -442,7 +485,10 @@ async fn exec(
             Ok(upgraded) => {
                 relay(Framed::new(TokioIo::new(upgraded), frame::codec()), handle).await
             }
-            Err(err) => tracing::warn!(sandbox = %name, %err, "exec connection was not upgraded"),
+            Err(err) => {
+                tracing::warn!(sandbox = %name, %err, "exec connection was not upgraded; killing the session");
+                let _ = handle.kill();
+            }
         }
     });
     Response::builder()
@@ -457,7 +503,7 @@ async fn relay<T>(
     framed: Framed<T, tokio_util::codec::LengthDelimitedCodec>,
     mut handle: ExecHandle,
 ) where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sink, mut inbound) = framed.split();
     let started = ExecFrame::Started {
@@ -468,6 +514,23 @@ async fn relay<T>(
         let _ = handle.close_stdin();
         return;
     }
+    // The client's frames are read on a task of their own, so that a client
+    // blocked writing stdin is always read even while its output waits to
+    // be sent: neither side can wait on the other forever.
+    let (frames, mut input) = tokio::sync::mpsc::unbounded_channel();
+    let session = handle.id();
+    tokio::spawn(async move {
+        while let Some(Ok(bytes)) = inbound.next().await {
+            match ExecFrame::decode(bytes.freeze()) {
+                Ok(frame) => {
+                    if frames.send(frame).is_err() {
+                        return;
+                    }
+                }
+                Err(why) => tracing::warn!(session, %why, "bad exec frame ignored"),
+            }
+        }
+    });
     loop {
         tokio::select! {
             output = handle.next() => match output {
@@ -488,10 +551,9 @@ async fn relay<T>(
                     return;
                 }
             },
-            input = inbound.next() => match input.map(|frame| frame.map(|f| ExecFrame::decode(f.freeze()))) {
-                Some(Ok(Ok(frame))) => deliver(&mut handle, frame),
-                Some(Ok(Err(why))) => tracing::warn!(session = handle.id(), %why, "bad exec frame ignored"),
-                None | Some(Err(_)) => break,
+            frame = input.recv() => match frame {
+                Some(frame) => deliver(&mut handle, frame),
+                None => break,
             },
         }
     }

@@ -92,7 +92,11 @@ pub(crate) async fn start(home: Option<PathBuf>, args: NamesArgs) -> Result<Exit
     let runtime = open(Some(home.clone())).await?;
     let daemon = tokio::sync::OnceCell::new();
     Ok(each(&args.names, async |name| {
-        runtime.get(name).await?;
+        let status = runtime.get(name).await?.status_snapshot();
+        if !status.is_terminal() && status != sandvisor::SandboxStatus::Created {
+            // Already running (wherever it is hosted): nothing to do.
+            return Ok(());
+        }
         daemon
             .get_or_try_init(|| ensure_daemon(home.clone()))
             .await?

@@ -71,6 +71,13 @@ async fn dispatch(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // As shells and docker report a command that cannot run.
+        Err(err @ (Error::ExecFailed { errno, .. } | Error::BootFailed { errno, .. }))
+            if errno == libc::ENOENT || errno == libc::EACCES =>
+        {
+            report(&err);
+            ExitCode::from(if errno == libc::ENOENT { 127 } else { 126 })
+        }
         // The reader of our output went away (`| head`): nothing to say.
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
             ExitCode::SUCCESS

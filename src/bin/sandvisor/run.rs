@@ -18,6 +18,9 @@ use crate::{exit_code, open};
 
 /// How long a freshly started daemon may take to listen.
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a process that is about to exit waits for control requests in
+/// flight to be answered.
+const CONTROL_DRAIN: Duration = Duration::from_secs(5);
 /// The daemon's diagnostics, relative to the home.
 const DAEMON_LOG: &str = "sandvisord.log";
 
@@ -112,6 +115,12 @@ pub(crate) async fn run(home: Option<PathBuf>, args: RunArgs) -> Result<ExitCode
     let name = config.name.clone();
     let sandbox = runtime.create(config).await?;
     let ended = foreground(&runtime, &sandbox, &args).await;
+    if ended.is_err() {
+        // The sandbox ends with this process anyway: end it cleanly, so that
+        // its row says Killed rather than Crashed.
+        sandbox.request_kill();
+        sandbox.wait_until_stopped().await?;
+    }
     if args.rm {
         runtime.remove(&name).await?;
     }
@@ -143,11 +152,12 @@ async fn foreground(runtime: &Sandvisor, sandbox: &Sandbox, args: &RunArgs) -> R
     let mut terminate = signal(SignalKind::terminate()).map_err(io_err(Path::new("SIGTERM")))?;
     let mut resized = signal(SignalKind::window_change()).map_err(io_err(Path::new("SIGWINCH")))?;
     let mut interrupts = 0;
+    let mut streaming = true;
     let mut stopped = pin!(sandbox.wait_until_stopped());
     let result = loop {
         tokio::select! {
             result = &mut stopped => break result?,
-            entry = stream.next() => match entry {
+            entry = stream.next(), if streaming => match entry {
                 Some(Ok(entry)) => {
                     write_output(entry.source, &entry.data).await.map_err(io_err(Path::new("stdout")))?;
                     last = Some(entry.cursor);
@@ -157,15 +167,21 @@ async fn foreground(runtime: &Sandvisor, sandbox: &Sandbox, args: &RunArgs) -> R
                     stream = runtime.logs().log_stream(name, &options(LogStreamStart::From(*resume_from))).await?;
                 }
                 Some(Err(err)) => return Err(err),
-                None => {}
+                // A follow stream does not end; if it does, the final drain
+                // below still shows everything.
+                None => streaming = false,
             },
-            chunk = async { input.as_mut()?.recv().await }, if input.is_some() => match chunk.flatten() {
-                Some(data) => sandbox.write_stdin(data).await?,
-                None => {
-                    sandbox.close_stdin().await?;
+            chunk = async { input.as_mut()?.recv().await }, if input.is_some() => {
+                let (sent, at_end) = match chunk.flatten() {
+                    Some(data) => (sandbox.write_stdin(data).await, false),
+                    None => (sandbox.close_stdin().await, true),
+                };
+                // At end of input, or when the command no longer takes any
+                // (it is ending), stop reading ours; its output goes on.
+                if at_end || sent.is_err() {
                     input = None;
                 }
-            },
+            }
             _ = resized.recv(), if args.session.tty => {
                 if let Some((rows, cols)) = terminal_size() {
                     sandbox.resize(rows, cols).await?;
@@ -205,6 +221,8 @@ async fn foreground(runtime: &Sandvisor, sandbox: &Sandbox, args: &RunArgs) -> R
         }
     }
     drop(raw);
+    // A `stop` from another terminal may be waiting for its answer.
+    let _ = tokio::time::timeout(CONTROL_DRAIN, runtime.close_control_socket()).await;
     Ok(exit_code(result.exit_code, result.signal))
 }
 
@@ -235,21 +253,26 @@ pub(crate) async fn exec(home: Option<PathBuf>, args: ExecArgs) -> Result<ExitCo
                 Some(output) => write_output(output.source, &output.data).await.map_err(io_err(Path::new("stdout")))?,
                 None => break,
             },
-            chunk = async { input.as_mut()?.recv().await }, if input.is_some() => match chunk.flatten() {
-                Some(data) => session.write_stdin(data)?,
-                None => {
-                    session.close_stdin()?;
+            chunk = async { input.as_mut()?.recv().await }, if input.is_some() => {
+                let (sent, at_end) = match chunk.flatten() {
+                    Some(data) => (session.write_stdin(data), false),
+                    None => (session.close_stdin(), true),
+                };
+                // At end of input, or when the session takes no more (it is
+                // ending), stop reading ours; its output and exit still come.
+                if at_end || sent.is_err() {
                     input = None;
                 }
-            },
+            }
             _ = resized.recv(), if args.session.tty => {
                 if let Some((rows, cols)) = terminal_size() {
-                    session.resize(rows, cols)?;
+                    // A session that has just ended has no window to size.
+                    let _ = session.resize(rows, cols);
                 }
             }
             _ = interrupt.recv() => {
                 interrupts += 1;
-                session.signal(if interrupts == 1 { libc::SIGINT } else { libc::SIGKILL })?;
+                let _ = session.signal(if interrupts == 1 { libc::SIGINT } else { libc::SIGKILL });
             }
         }
     }
@@ -327,6 +350,8 @@ pub(crate) async fn serve(home: Option<PathBuf>, _: ServeArgs) -> Result<ExitCod
         _ = interrupt.recv() => {}
         _ = terminate.recv() => {}
     }
+    // No new sandboxes while shutting down: `run -d` now starts a new daemon.
+    let closed = runtime.close_control_socket();
     let names = runtime.hosted().await?;
     tracing::info!(count = names.len(), "stopping every sandbox");
     let mut sandboxes = Vec::new();
@@ -348,6 +373,8 @@ pub(crate) async fn serve(home: Option<PathBuf>, _: ServeArgs) -> Result<ExitCod
             all_stopped.await;
         }
     }
+    // Answer the requests still in flight (a `stop` of one of them).
+    let _ = tokio::time::timeout(CONTROL_DRAIN, closed).await;
     tracing::info!("every sandbox stopped; exiting");
     Ok(ExitCode::SUCCESS)
 }

@@ -98,9 +98,15 @@ pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> 
             continue;
         }
         let last = runtime.runs(handle.name()).await?.pop();
-        let metrics = sample(&handle).await;
-        listed.push((handle, last, metrics));
+        listed.push((handle, last));
     }
+    // Sampled all at once: a host that does not answer costs one timeout.
+    let samples = futures::future::join_all(listed.iter().map(|(handle, _)| sample(handle))).await;
+    let listed: Vec<_> = listed
+        .into_iter()
+        .zip(samples)
+        .map(|((handle, last), metrics)| (handle, last, metrics))
+        .collect();
     if args.json {
         let items: Vec<Value> = listed
             .iter()
@@ -235,12 +241,12 @@ pub(crate) async fn metrics(home: Option<PathBuf>, args: MetricsArgs) -> Result<
             Some(name) => vec![runtime.get(name).await?],
             None => runtime.list().await?,
         };
-        let mut samples = Vec::new();
-        for handle in &handles {
-            if let Some(metrics) = sample(handle).await {
-                samples.push((handle.name().to_string(), metrics));
-            }
-        }
+        let sampled = futures::future::join_all(handles.iter().map(sample)).await;
+        let samples: Vec<(String, SandboxMetrics)> = handles
+            .iter()
+            .zip(sampled)
+            .filter_map(|(handle, metrics)| Some((handle.name().to_string(), metrics?)))
+            .collect();
         if args.json {
             let items: Vec<Value> = samples
                 .iter()
