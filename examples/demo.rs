@@ -141,5 +141,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let after = logs.log_stream("noisy", &resume).await?.count().await;
     println!("resuming from the snapshot's cursor yields {after} more entries: nothing was written since");
     println!("cursor: {}", snapshot.cursor);
+    println!();
+    println!("The same from a terminal (the daemon starts on first use):");
+    println!("  target/release/sandvisor run -d --name ticker -- sh -c 'while :; do date; sleep 1; done'");
+    println!("  target/release/sandvisor logs -f ticker      # Ctrl-C to leave; `sandvisor ps` in another terminal");
+    println!("  target/release/sandvisor stop -t 2 ticker && target/release/sandvisor rm ticker");
     Ok(())
 }
