@@ -25,6 +25,8 @@ use sandvisor_actors::metrics::SandboxMetrics;
 
 /// How long connecting may take: a live server accepts at once.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a call that does not wait for a sandbox may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Talks to the runtime listening on one control socket.
 #[derive(Debug, Clone)]
@@ -49,7 +51,8 @@ impl ControlClient {
 
     /// Who listens, and which sandboxes it runs.
     pub async fn host(&self) -> Result<HostInfo> {
-        self.call(Method::GET, "/v1/host".into(), None).await
+        self.quick(self.call(Method::GET, "/v1/host".into(), None))
+            .await
     }
 
     /// Creates and starts a sandbox in that runtime; answers its name.
@@ -95,11 +98,11 @@ impl ControlClient {
             timeout_ms: timeout.map(|t| t.as_millis() as u64),
             wait: false,
         };
-        self.send(
+        self.quick(self.send(
             Method::POST,
             sandbox_path(name, what)?,
             Some(to_json(&request)?),
-        )
+        ))
         .await
         .and_then(expect_success)
     }
@@ -112,21 +115,21 @@ impl ControlClient {
 
     /// Freezes `name`.
     pub async fn pause(&self, name: &str) -> Result<()> {
-        self.send(Method::POST, sandbox_path(name, "pause")?, None)
+        self.quick(self.send(Method::POST, sandbox_path(name, "pause")?, None))
             .await
             .and_then(expect_success)
     }
 
     /// Thaws `name`.
     pub async fn resume(&self, name: &str) -> Result<()> {
-        self.send(Method::POST, sandbox_path(name, "resume")?, None)
+        self.quick(self.send(Method::POST, sandbox_path(name, "resume")?, None))
             .await
             .and_then(expect_success)
     }
 
     /// The latest resource sample of `name`.
     pub async fn metrics(&self, name: &str) -> Result<SandboxMetrics> {
-        self.call(Method::GET, sandbox_path(name, "metrics")?, None)
+        self.quick(self.call(Method::GET, sandbox_path(name, "metrics")?, None))
             .await
     }
 
@@ -205,6 +208,16 @@ impl ControlClient {
             StatusCode::NO_CONTENT => Err(Error::SandboxNotRunning(name.to_string())),
             _ => Err(error_from(status, &body)),
         }
+    }
+
+    /// `request` for a call that answers at once: a host that does not
+    /// answer within [`REQUEST_TIMEOUT`] (stopped, wedged) is unreachable.
+    async fn quick<T>(&self, request: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        tokio::time::timeout(REQUEST_TIMEOUT, request)
+            .await
+            .unwrap_or_else(|_| {
+                Err(self.unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))
+            })
     }
 
     async fn call<T: DeserializeOwned>(
