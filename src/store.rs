@@ -17,6 +17,10 @@ use sandvisor_actors::lifecycle::{
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
+
+mod group_commit;
+use group_commit::Write;
 
 use crate::config::SandboxConfig;
 use crate::error::{Error, Result};
@@ -78,6 +82,8 @@ pub struct Store {
     pool: SqlitePool,
     /// Recorded with each sandbox this store's runtime inserts or starts.
     control_socket: Option<Arc<str>>,
+    /// The per-run writes, committed in groups (see `group_commit`).
+    writes: mpsc::UnboundedSender<Write>,
 }
 
 fn db_err(err: sqlx::Error) -> Error {
@@ -133,6 +139,7 @@ impl Store {
             .await
             .map_err(db_err)?;
         Ok(Self {
+            writes: group_commit::start(writer.clone()),
             writer,
             pool,
             control_socket: None,
@@ -156,20 +163,17 @@ impl Store {
     ) -> Result<()> {
         let json = serde_json::to_string(config).map_err(|e| Error::Internal(e.to_string()))?;
         let now = now_text();
-        let inserted = sqlx::query(
-            "INSERT INTO sandbox (name, config, status, created_at, updated_at, owner_pid, owner_start_ticks, control_socket) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&config.name)
-        .bind(&json)
-        .bind(status.as_str())
-        .bind(&now)
-        .bind(&now)
-        .bind(i64::from(owner.pid))
-        .bind(owner.start_ticks as i64)
-        .bind(self.control_socket.as_deref())
-        .execute(&self.writer)
-        .await;
+        let inserted = self
+            .grouped(|reply| Write::InsertSandbox {
+                name: config.name.clone(),
+                config: json,
+                status: status.as_str(),
+                now,
+                owner,
+                control_socket: self.control_socket.clone(),
+                reply,
+            })
+            .await;
         match inserted {
             Ok(_) => {}
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -271,14 +275,26 @@ impl Store {
     }
 
     async fn update_status(&self, name: &str, status: SandboxStatus) -> Result<()> {
-        sqlx::query("UPDATE sandbox SET status = ?, updated_at = ? WHERE name = ?")
-            .bind(status.as_str())
-            .bind(now_text())
-            .bind(name)
-            .execute(&self.writer)
-            .await
-            .map_err(db_err)?;
-        Ok(())
+        self.grouped(|reply| Write::SetStatus {
+            name: name.to_string(),
+            status: status.as_str(),
+            now: now_text(),
+            reply,
+        })
+        .await
+        .map_err(db_err)
+    }
+
+    /// Queues a write for the next group commit and waits for its commit.
+    async fn grouped<T>(
+        &self,
+        write: impl FnOnce(oneshot::Sender<std::result::Result<T, sqlx::Error>>) -> Write,
+    ) -> std::result::Result<T, sqlx::Error> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(write(reply))
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        answer.await.map_err(|_| sqlx::Error::PoolClosed)?
     }
 
     /// Opens a run row; the `run_opened` trigger marks the sandbox Running in
@@ -290,17 +306,14 @@ impl Store {
         host: HostId,
         at: DateTime<Utc>,
     ) -> Result<i64> {
-        sqlx::query_scalar(
-            "INSERT INTO run (sandbox_id, pid, status, started_at, host_pid, host_start_ticks, pid_start_ticks) \
-             SELECT id, ?, 'Running', ?, ?, ?, ? FROM sandbox WHERE name = ? RETURNING id",
-        )
-        .bind(i64::from(pid))
-        .bind(time_text(at))
-        .bind(i64::from(host.pid))
-        .bind(host.start_ticks as i64)
-        .bind(start_ticks(pid).map(|t| t as i64))
-        .bind(name)
-        .fetch_one(&self.writer)
+        self.grouped(|reply| Write::OpenRun {
+            name: name.to_string(),
+            pid,
+            at: time_text(at),
+            host,
+            pid_start_ticks: start_ticks(pid).map(|t| t as i64),
+            reply,
+        })
         .await
         .map_err(db_err)
     }
@@ -308,20 +321,14 @@ impl Store {
     /// Closes a run row; the `run_closed` trigger gives the sandbox the
     /// run's final status in the same statement.
     async fn close_run(&self, run_id: i64, end: RunEnd) -> Result<()> {
-        sqlx::query(
-            "UPDATE run SET status = ?, exit_code = ?, exit_signal = ?, termination_reason = ?, terminated_at = ? \
-             WHERE id = ? AND terminated_at IS NULL",
-        )
-        .bind(end.status.as_str())
-        .bind(end.exit_code)
-        .bind(end.signal)
-        .bind(end.reason.as_str())
-        .bind(time_text(end.at))
-        .bind(run_id)
-        .execute(&self.writer)
+        self.grouped(|reply| Write::CloseRun {
+            run_id,
+            at: time_text(end.at),
+            end,
+            reply,
+        })
         .await
-        .map_err(db_err)?;
-        Ok(())
+        .map_err(db_err)
     }
 
     /// Settles sandboxes left running by hosts that are gone: open runs whose
