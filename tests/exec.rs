@@ -378,6 +378,27 @@ async fn sessions_end_with_their_leader_and_large_input_and_terminal_eof_work() 
         out.extend_from_slice(&chunk.data);
     }
     assert_eq!(String::from_utf8_lossy(&out).trim(), (5 << 20).to_string());
+    // 40 MiB to a session that starts reading late: more than the agent
+    // could hold; flow control keeps the rest on the host, none is dropped.
+    let mut slow = sandbox
+        .exec(ExecConfig {
+            stdin: true,
+            ..ExecConfig::new("sh", ["-c", "sleep 1; wc -c"])
+        })
+        .await
+        .unwrap();
+    for _ in 0..40 {
+        slow.write_stdin(vec![b'y'; 1 << 20]).unwrap();
+    }
+    slow.close_stdin().unwrap();
+    let mut out = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), slow.next())
+        .await
+        .unwrap()
+    {
+        out.extend_from_slice(&chunk.data);
+    }
+    assert_eq!(String::from_utf8_lossy(&out).trim(), (40 << 20).to_string());
     // Closing a terminal session's input is end of file for its program.
     let mut term = sandbox
         .exec(ExecConfig {

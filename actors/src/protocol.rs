@@ -201,6 +201,15 @@ pub enum Frame {
         /// Its pid inside the sandbox.
         pid: u32,
     },
+    /// agent → host: this many bytes of a session's stdin were written to
+    /// its pipe or terminal (or dropped because its reader is gone): the
+    /// host may send that much more (flow control).
+    StdinConsumed {
+        /// Session id.
+        session: u64,
+        /// Bytes.
+        bytes: u64,
+    },
     /// agent → host: an exec session could not start.
     SessionFailed {
         /// Session id.
@@ -298,6 +307,13 @@ struct ResizeBody {
     cols: u16,
 }
 const SESSION_FAILED: u8 = 0x87;
+const STDIN_CONSUMED: u8 = 0x88;
+
+#[derive(Serialize, Deserialize)]
+struct StdinConsumedBody {
+    session: u64,
+    bytes: u64,
+}
 
 #[derive(Serialize, Deserialize)]
 struct SessionStartedBody {
@@ -361,6 +377,14 @@ impl Frame {
                 out.extend_from_slice(&session.to_be_bytes());
                 out.extend_from_slice(data);
             }
+            Frame::StdinConsumed { session, bytes } => json(
+                out,
+                STDIN_CONSUMED,
+                &StdinConsumedBody {
+                    session: *session,
+                    bytes: *bytes,
+                },
+            ),
             Frame::SessionStarted { session, pid } => json(
                 out,
                 SESSION_STARTED,
@@ -475,6 +499,13 @@ impl Frame {
                 Frame::Stdin {
                     session: u64::from_be_bytes(session),
                     data: body[8..].to_vec(),
+                }
+            }
+            STDIN_CONSUMED => {
+                let b: StdinConsumedBody = json_body(kind, body)?;
+                Frame::StdinConsumed {
+                    session: b.session,
+                    bytes: b.bytes,
                 }
             }
             SESSION_STARTED => {
@@ -621,6 +652,10 @@ mod tests {
                 data: Vec::new(),
             },
             Frame::SessionStarted { session: 2, pid: 7 },
+            Frame::StdinConsumed {
+                session: 2,
+                bytes: 1 << 40,
+            },
             Frame::SessionFailed {
                 session: 3,
                 errno: 2,

@@ -211,6 +211,8 @@ pub type ExecReply = RpcReplyPort<Result<(u64, u32), ExecRefused>>;
 
 /// Stdin bytes per SAP frame.
 const STDIN_FRAME_BYTES: usize = 1 << 20;
+/// Most stdin bytes with the agent per session; the agent buffers 16 MiB.
+const STDIN_WINDOW: usize = 4 << 20;
 
 /// Live routes of exec sessions' output, shared with the reader task.
 type Routes = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<ExecItem>>>>;
@@ -247,6 +249,8 @@ pub struct VmState {
     waiter: Option<JoinHandle<()>>,
     routes: Routes,
     pending_exec: HashMap<u64, ExecReply>,
+    /// Stdin on its way to each session, within the agent's window.
+    stdin: HashMap<u64, StdinFlow>,
     /// Removed (dropped) with the state, after the run has ended.
     _cgroup: Option<Cgroup>,
 }
@@ -262,7 +266,34 @@ impl Drop for VmState {
     }
 }
 
+/// Stdin flow control for one session: at most [`STDIN_WINDOW`] bytes are
+/// with the agent (sent, not yet written to the session's pipe); the rest
+/// waits here, in order, so input a session reads slowly is never dropped.
+#[derive(Debug, Default)]
+struct StdinFlow {
+    in_flight: usize,
+    /// Frames' data not yet sent; an empty one closes stdin.
+    queued: std::collections::VecDeque<Vec<u8>>,
+}
+
 impl VmState {
+    /// Sends the queued stdin of `session` that fits in the window.
+    async fn pump_stdin(&mut self, session: u64) {
+        let mut ready = Vec::new();
+        if let Some(flow) = self.stdin.get_mut(&session) {
+            while let Some(front) = flow.queued.front() {
+                if !front.is_empty() && flow.in_flight + front.len() > STDIN_WINDOW {
+                    break;
+                }
+                flow.in_flight += front.len();
+                ready.extend(flow.queued.pop_front());
+            }
+        }
+        for data in ready {
+            self.send_frame(&Frame::Stdin { session, data }).await;
+        }
+    }
+
     fn emit(&self, event: VmEvent) {
         // A supervisor that is gone has nobody to tell.
         let _ = self.events.send_message(event);
@@ -362,6 +393,7 @@ impl Actor for VmProcess {
             waiter: None,
             routes: Routes::default(),
             pending_exec: HashMap::new(),
+            stdin: HashMap::new(),
             _cgroup: None,
         };
         if state.spec.limits.any() {
@@ -447,15 +479,17 @@ impl Actor for VmProcess {
                 state.send_frame(&Frame::Exec(spec)).await;
             }
             VmProcessMsg::Session { session, input } => match input {
-                SessionInput::Stdin(data) if data.is_empty() => {
-                    state.send_frame(&Frame::Stdin { session, data }).await;
-                }
                 SessionInput::Stdin(data) => {
-                    // Frames stay far below the protocol's limit.
-                    for part in data.chunks(STDIN_FRAME_BYTES) {
-                        let data = part.to_vec();
-                        state.send_frame(&Frame::Stdin { session, data }).await;
+                    let flow = state.stdin.entry(session).or_default();
+                    if data.is_empty() {
+                        // Closing waits behind the bytes queued before it.
+                        flow.queued.push_back(Vec::new());
+                    } else {
+                        // Frames stay far below the protocol's limit.
+                        flow.queued
+                            .extend(data.chunks(STDIN_FRAME_BYTES).map(<[u8]>::to_vec));
                     }
+                    state.pump_stdin(session).await;
                 }
                 SessionInput::Resize { rows, cols } => {
                     let frame = Frame::Resize {
@@ -492,6 +526,7 @@ impl Actor for VmProcess {
                     code,
                     signal,
                 } if session != 1 => {
+                    state.stdin.remove(&session);
                     if let Some(route) = lock(&state.routes).remove(&session) {
                         // A caller that dropped its handle needs no exit.
                         let _ = route.send(ExecItem::Exited { code, signal });
@@ -501,6 +536,14 @@ impl Actor for VmProcess {
                         code,
                         signal,
                     });
+                }
+                Frame::StdinConsumed { session, bytes } => {
+                    if let Some(flow) = state.stdin.get_mut(&session) {
+                        // The agent may count a byte of its own (a terminal's
+                        // end-of-file character).
+                        flow.in_flight = flow.in_flight.saturating_sub(bytes as usize);
+                    }
+                    state.pump_stdin(session).await;
                 }
                 Frame::Hello { init_pid } => {
                     state.init_pid = Some(init_pid);
@@ -604,6 +647,10 @@ async fn read_frames(
                     data,
                     captured_at: Utc::now(),
                 });
+            }
+            consumed @ Frame::StdinConsumed { .. } => {
+                // Flow control only: no output to order it behind.
+                let _ = vm.cast(VmProcessMsg::Frame(consumed));
             }
             other => {
                 // Control frames keep their place after the output before them.

@@ -877,12 +877,11 @@ impl Agent<'_> {
     }
 
     fn stdin(&mut self, id: u64, data: Vec<u8>) {
-        let Some(session) = self.sessions.get_mut(&id) else {
+        let Some(session) = self.sessions.get_mut(&id).filter(|s| s.stdin.is_some()) else {
+            // Nobody reads it any more: the bytes are done with.
+            self.consumed(id, data.len());
             return;
         };
-        if session.stdin.is_none() {
-            return;
-        }
         if data.is_empty() && session.terminal.is_some() {
             // A terminal is not closed: end of input is its EOF character.
             session.stdin_pending.push(0x04);
@@ -891,27 +890,33 @@ impl Agent<'_> {
         } else if session.stdin_pending.len() + data.len() <= STDIN_PENDING_MAX {
             session.stdin_pending.extend_from_slice(&data);
         } else {
+            // The host keeps its window below this; only a host that does
+            // not follow the protocol gets here.
             eprintln!("sandvisor-agent: session {id} does not read its stdin; input dropped");
+            self.consumed(id, data.len());
         }
         self.flush_stdin(id);
     }
 
     /// Writes what the session's stdin pipe accepts now; closes it once
-    /// asked to and drained.
+    /// asked to and drained. Tells the host how much was taken.
     fn flush_stdin(&mut self, id: u64) {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
+        let mut taken = 0;
         if let Some(fd) = &session.stdin {
             while !session.stdin_pending.is_empty() {
                 match nix::unistd::write(fd, &session.stdin_pending) {
                     Ok(n) => {
                         session.stdin_pending.drain(..n);
+                        taken += n;
                     }
                     Err(Errno::EINTR) => continue,
                     Err(Errno::EAGAIN) => break,
                     Err(_) => {
                         // The reader is gone: nothing more can be written.
+                        taken += session.stdin_pending.len();
                         session.stdin_pending.clear();
                         session.stdin = None;
                         break;
@@ -921,6 +926,21 @@ impl Agent<'_> {
         }
         if session.close_stdin && session.stdin_pending.is_empty() {
             session.stdin = None;
+        }
+        self.consumed(id, taken);
+    }
+
+    /// Returns `bytes` of stdin credit to the host.
+    fn consumed(&mut self, session: u64, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let frame = Frame::StdinConsumed {
+            session,
+            bytes: bytes as u64,
+        };
+        if send(self.sock, &frame).is_err() {
+            self.host_gone = true;
         }
     }
 
