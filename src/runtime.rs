@@ -16,7 +16,7 @@ use sandvisor_actors::cgroup::Limits;
 use sandvisor_actors::events::{EventEnvelope, EventSink};
 use sandvisor_actors::lifecycle::{HostId, SandboxStatus};
 use sandvisor_actors::metrics::SandboxMetrics;
-use sandvisor_actors::protocol::{BootStage, StartSpec};
+use sandvisor_actors::protocol::{BootStage, CommandSpec, StartSpec};
 use sandvisor_actors::relay_tap::TapConfig;
 use sandvisor_actors::root::{Root, RootArgs, RootMsg};
 use sandvisor_actors::sandbox::{
@@ -519,20 +519,23 @@ impl Sandvisor {
             vm: VmSpec {
                 start: StartSpec {
                     name: config.name.clone(),
-                    command: config.command.clone(),
-                    args: config.args.clone(),
-                    env: config.effective_env(),
-                    cwd: config.working_dir.clone(),
+                    run: CommandSpec {
+                        command: config.command.clone(),
+                        args: config.args.clone(),
+                        env: config.effective_env(),
+                        cwd: config.working_dir.clone(),
+                        stdin: config.stdin,
+                        tty: config.tty,
+                        // Sized by `Sandbox::resize` once attached.
+                        rows: 0,
+                        cols: 0,
+                    },
                     rootfs: config.rootfs.as_ref().map(|p| p.display().to_string()),
                     pid_namespace: iso.pid,
                     mount_namespace: iso.mount,
                     net_namespace: iso.net,
                     uts_namespace: iso.uts,
                     ipc_namespace: iso.ipc,
-                    stdin: config.stdin,
-                    tty: config.tty,
-                    rows: 0,
-                    cols: 0,
                 },
                 agent: self.inner.agent.clone(),
                 limits: Limits {
@@ -687,14 +690,16 @@ impl Sandbox {
         let (tx, rx) = mpsc::unbounded_channel();
         let spec = ExecSpec {
             session: 0,
-            command: config.command.clone(),
-            args: config.args.clone(),
-            env: config.env_list(),
-            cwd: config.cwd.clone(),
-            stdin: config.stdin,
-            tty: config.tty,
-            rows: config.rows,
-            cols: config.cols,
+            run: CommandSpec {
+                command: config.command.clone(),
+                args: config.args.clone(),
+                env: config.env_list(),
+                cwd: config.cwd.clone(),
+                stdin: config.stdin,
+                tty: config.tty,
+                rows: config.rows,
+                cols: config.cols,
+            },
         };
         let started = ractor::call!(self.supervisor, |reply| SupervisorMsg::Exec {
             spec,
@@ -744,45 +749,35 @@ impl Sandbox {
         if data.is_empty() {
             return Ok(());
         }
-        self.main_input(|io| io.stdin || io.tty, data).await
+        self.to_main(SessionInput::Stdin(data)).await
     }
 
     /// Closes the main command's stdin (on a terminal: sends end-of-file).
     pub async fn close_stdin(&self) -> Result<()> {
-        self.main_input(|io| io.stdin || io.tty, Vec::new()).await
+        self.to_main(SessionInput::Stdin(Vec::new())).await
     }
 
     /// Changes the main command's terminal size (the sandbox needs `tty`).
     pub async fn resize(&self, rows: u16, cols: u16) -> Result<()> {
-        let (session, name) = (MAIN_SESSION, self.name.clone());
-        if !self.main_io().await?.tty {
-            return Err(Error::NotATerminal {
-                sandbox: name,
-                session,
-            });
-        }
-        self.supervisor
-            .cast(SupervisorMsg::Session {
-                session,
-                input: SessionInput::Resize { rows, cols },
-            })
-            .map_err(|_| Error::SandboxNotRunning(name))
+        self.to_main(SessionInput::Resize { rows, cols }).await
     }
 
-    async fn main_input(&self, allowed: fn(MainIo) -> bool, data: Vec<u8>) -> Result<()> {
-        let session = MAIN_SESSION;
-        if !allowed(self.main_io().await?) {
-            return Err(Error::SessionClosed {
-                sandbox: self.name.clone(),
-                session,
-            });
+    /// Delivers input to the main command, if its streams take it.
+    async fn to_main(&self, input: SessionInput) -> Result<()> {
+        let (session, sandbox) = (MAIN_SESSION, self.name.clone());
+        let io = self.main_io().await?;
+        match input {
+            SessionInput::Resize { .. } if !io.tty => {
+                return Err(Error::NotATerminal { sandbox, session })
+            }
+            SessionInput::Stdin(_) if !(io.stdin || io.tty) => {
+                return Err(Error::SessionClosed { sandbox, session })
+            }
+            _ => {}
         }
         self.supervisor
-            .cast(SupervisorMsg::Session {
-                session,
-                input: SessionInput::Stdin(data),
-            })
-            .map_err(|_| Error::SandboxNotRunning(self.name.clone()))
+            .cast(SupervisorMsg::Session { session, input })
+            .map_err(|_| Error::SandboxNotRunning(sandbox))
     }
 
     /// How the main command's standard streams were set up (read once).

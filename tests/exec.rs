@@ -447,3 +447,45 @@ async fn without_a_pid_namespace_stop_still_reaches_exec_sessions() {
         "the session outlived its sandbox"
     );
 }
+
+#[tokio::test]
+async fn the_main_command_takes_input_only_as_configured() {
+    let (_home, rt) = runtime().await;
+    let plain = rt
+        .create(SandboxConfig::new("plain", "sleep").args(["1000"]))
+        .await
+        .unwrap();
+    let refused = plain.write_stdin("x").await;
+    assert!(
+        matches!(refused, Err(Error::SessionClosed { session: 1, .. })),
+        "{refused:?}"
+    );
+    let refused = plain.resize(10, 40).await;
+    assert!(
+        matches!(refused, Err(Error::NotATerminal { session: 1, .. })),
+        "{refused:?}"
+    );
+    plain.kill().await.unwrap();
+
+    let mut config = SandboxConfig::shell("reader", "read line; echo got $line; cat; echo end");
+    config.stdin = true;
+    let reader = rt.create(config).await.unwrap();
+    assert!(matches!(
+        reader.resize(10, 40).await,
+        Err(Error::NotATerminal { .. })
+    ));
+    reader.write_stdin("hello\n").await.unwrap();
+    reader.write_stdin("rest\n").await.unwrap();
+    // Closing ends `cat`; the close waits behind the bytes sent before it.
+    reader.close_stdin().await.unwrap();
+    let result = reader.wait_until_stopped().await.unwrap();
+    assert_eq!(result.exit_code, Some(0));
+    let out: Vec<u8> = reader
+        .logs(&Default::default())
+        .await
+        .unwrap()
+        .iter()
+        .flat_map(|e| e.data.to_vec())
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&out), "got hello\nrest\nend\n");
+}

@@ -36,12 +36,12 @@ pub const MAX_FRAME: usize = 4 << 20;
 /// The agent's end of the socket: its standard input.
 pub const AGENT_FD: i32 = 0;
 
-/// What the host asks the agent to run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StartSpec {
-    /// The sandbox's name (also its hostname with a UTS namespace).
-    pub name: String,
-    /// Program to run as session 1.
+/// A session's command and its standard streams: the same for the main
+/// command (session 1) and for exec sessions. Flattened into [`StartSpec`]
+/// and [`ExecSpec`], so its fields sit directly in their JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandSpec {
+    /// Program (a bare name is looked up in `PATH` of `env`).
     pub command: String,
     /// Its arguments.
     pub args: Vec<String>,
@@ -49,6 +49,28 @@ pub struct StartSpec {
     pub env: Vec<(String, String)>,
     /// Working directory inside the sandbox.
     pub cwd: Option<String>,
+    /// Give it a stdin pipe fed by `Stdin` frames (else `/dev/null`).
+    #[serde(default)]
+    pub stdin: bool,
+    /// Run it on a new pseudo-terminal (its output is then stream 3, merged).
+    #[serde(default)]
+    pub tty: bool,
+    /// The terminal's size (0: 24 rows).
+    #[serde(default)]
+    pub rows: u16,
+    /// The terminal's size (0: 80 columns).
+    #[serde(default)]
+    pub cols: u16,
+}
+
+/// What the host asks the agent to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartSpec {
+    /// The sandbox's name (also its hostname with a UTS namespace).
+    pub name: String,
+    /// The main command (session 1).
+    #[serde(flatten)]
+    pub run: CommandSpec,
     /// Directory to pivot into as `/`.
     pub rootfs: Option<String>,
     /// Unshare a pid namespace (the agent then forks PID 1 into it).
@@ -62,20 +84,6 @@ pub struct StartSpec {
     /// Unshare an IPC namespace.
     #[serde(default)]
     pub ipc_namespace: bool,
-    /// Give the main command a stdin pipe fed by `Stdin` frames for session 1
-    /// (else `/dev/null`).
-    #[serde(default)]
-    pub stdin: bool,
-    /// Run the main command on a new pseudo-terminal (its output is then
-    /// stream 3, merged).
-    #[serde(default)]
-    pub tty: bool,
-    /// The terminal's size.
-    #[serde(default)]
-    pub rows: u16,
-    /// The terminal's size.
-    #[serde(default)]
-    pub cols: u16,
 }
 
 /// Which processes a signal goes to.
@@ -95,25 +103,9 @@ pub enum SignalTarget {
 pub struct ExecSpec {
     /// Session id (2, 3, …; 1 is the main command).
     pub session: u64,
-    /// Program (a bare name is looked up in `PATH` of `env`).
-    pub command: String,
-    /// Its arguments.
-    pub args: Vec<String>,
-    /// Its environment.
-    pub env: Vec<(String, String)>,
-    /// Working directory inside the sandbox.
-    pub cwd: Option<String>,
-    /// Give it a stdin pipe fed by `Stdin` frames (else `/dev/null`).
-    pub stdin: bool,
-    /// Run it on a new pseudo-terminal (its output is then stream 3, merged).
-    #[serde(default)]
-    pub tty: bool,
-    /// The terminal's size.
-    #[serde(default)]
-    pub rows: u16,
-    /// The terminal's size.
-    #[serde(default)]
-    pub cols: u16,
+    /// What it runs.
+    #[serde(flatten)]
+    pub run: CommandSpec,
 }
 
 /// Where a boot failed (SPEC §5 `boot-error.json` stages).
@@ -604,20 +596,20 @@ mod tests {
         let frames = vec![
             Frame::Start(StartSpec {
                 name: "n".into(),
-                command: "sh".into(),
-                args: vec!["-c".into(), "echo hi".into()],
-                env: vec![("A".into(), "1".into())],
-                cwd: None,
+                run: CommandSpec {
+                    command: "sh".into(),
+                    args: vec!["-c".into(), "echo hi".into()],
+                    env: vec![("A".into(), "1".into())],
+                    cwd: None,
+                    stdin: true,
+                    ..CommandSpec::default()
+                },
                 rootfs: Some("/r".into()),
                 pid_namespace: true,
                 mount_namespace: true,
                 net_namespace: false,
                 uts_namespace: true,
                 ipc_namespace: false,
-                stdin: true,
-                tty: false,
-                rows: 0,
-                cols: 0,
             }),
             Frame::Signal {
                 target: SignalTarget::All,
@@ -629,14 +621,16 @@ mod tests {
             },
             Frame::Exec(ExecSpec {
                 session: 2,
-                command: "cat".into(),
-                args: vec![],
-                env: vec![("PATH".into(), "/bin".into())],
-                cwd: Some("/tmp".into()),
-                stdin: true,
-                tty: true,
-                rows: 24,
-                cols: 80,
+                run: CommandSpec {
+                    command: "cat".into(),
+                    args: vec![],
+                    env: vec![("PATH".into(), "/bin".into())],
+                    cwd: Some("/tmp".into()),
+                    stdin: true,
+                    tty: true,
+                    rows: 24,
+                    cols: 80,
+                },
             }),
             Frame::Resize {
                 session: 2,

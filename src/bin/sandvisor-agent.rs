@@ -31,7 +31,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, pipe, ForkResult, Pid};
 use sandvisor::engine::protocol::{
-    stream, BootStage, ExecSpec, Frame, SignalTarget, StartSpec, AGENT_FD,
+    stream, BootStage, CommandSpec, ExecSpec, Frame, SignalTarget, StartSpec, AGENT_FD,
 };
 use std::collections::HashMap;
 
@@ -200,17 +200,17 @@ fn init(mut sock: UnixStream, spec: StartSpec, inbox: Vec<u8>) -> ! {
         // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes no pointers.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     }
-    let (mut child, terminal) = match spawn_session((&spec).into()) {
+    let (mut child, terminal) = match spawn_session(&spec.run) {
         Ok(spawned) => spawned,
         Err(err) => {
             let errno = Errno::from_raw(err.raw_os_error().unwrap_or(0));
             let stage = BootStage::Config;
             let what = match err.kind() {
-                std::io::ErrorKind::NotFound => format!("command not found: {}", spec.command),
+                std::io::ErrorKind::NotFound => format!("command not found: {}", spec.run.command),
                 std::io::ErrorKind::PermissionDenied => {
-                    format!("command not executable: {}", spec.command)
+                    format!("command not executable: {}", spec.run.command)
                 }
-                _ => format!("cannot start {}", spec.command),
+                _ => format!("cannot start {}", spec.run.command),
             };
             boot_failed(&mut sock, stage, errno, &what)
         }
@@ -391,64 +391,22 @@ fn loopback_up() -> Result<(), Errno> {
     Ok(())
 }
 
-/// What a session (the main command or an exec) runs, and on what streams.
-struct SessionCommand<'a> {
-    program: &'a str,
-    args: &'a [String],
-    env: &'a [(String, String)],
-    cwd: Option<&'a str>,
-    stdin: bool,
-    tty: bool,
-    rows: u16,
-    cols: u16,
-}
-
-impl<'a> From<&'a StartSpec> for SessionCommand<'a> {
-    fn from(spec: &'a StartSpec) -> Self {
-        Self {
-            program: &spec.command,
-            args: &spec.args,
-            env: &spec.env,
-            cwd: spec.cwd.as_deref(),
-            stdin: spec.stdin,
-            tty: spec.tty,
-            rows: spec.rows,
-            cols: spec.cols,
-        }
-    }
-}
-
-impl<'a> From<&'a ExecSpec> for SessionCommand<'a> {
-    fn from(spec: &'a ExecSpec) -> Self {
-        Self {
-            program: &spec.command,
-            args: &spec.args,
-            env: &spec.env,
-            cwd: spec.cwd.as_deref(),
-            stdin: spec.stdin,
-            tty: spec.tty,
-            rows: spec.rows,
-            cols: spec.cols,
-        }
-    }
-}
-
 /// Starts a session's leader on a new terminal (whose master is returned)
 /// or on pipes, in a process group of its own.
-fn spawn_session(session: SessionCommand) -> std::io::Result<(Child, Option<OwnedFd>)> {
-    let mut command = Command::new(session.program);
+fn spawn_session(run: &CommandSpec) -> std::io::Result<(Child, Option<OwnedFd>)> {
+    let mut command = Command::new(&run.command);
     command
-        .args(session.args)
+        .args(&run.args)
         .env_clear()
-        .envs(session.env.iter().map(|(k, v)| (k, v)));
-    if let Some(cwd) = session.cwd {
+        .envs(run.env.iter().map(|(k, v)| (k, v)));
+    if let Some(cwd) = &run.cwd {
         command.current_dir(cwd);
     }
-    let terminal = if session.tty {
-        Some(open_terminal(&mut command, session.rows, session.cols)?)
+    let terminal = if run.tty {
+        Some(open_terminal(&mut command, run.rows, run.cols)?)
     } else {
         command
-            .stdin(if session.stdin {
+            .stdin(if run.stdin {
                 Stdio::piped()
             } else {
                 Stdio::null()
@@ -776,7 +734,7 @@ impl Agent<'_> {
             self.exec_failed(&exec, &err);
             return;
         }
-        let (mut child, terminal) = match spawn_session((&exec).into()) {
+        let (mut child, terminal) = match spawn_session(&exec.run) {
             Ok(spawned) => spawned,
             Err(err) => {
                 self.exec_failed(&exec, &err);
@@ -847,8 +805,8 @@ impl Agent<'_> {
 
     fn exec_failed(&mut self, exec: &ExecSpec, err: &std::io::Error) {
         let message = match err.kind() {
-            std::io::ErrorKind::NotFound => format!("command not found: {}", exec.command),
-            _ => format!("cannot start {}: {err}", exec.command),
+            std::io::ErrorKind::NotFound => format!("command not found: {}", exec.run.command),
+            _ => format!("cannot start {}: {err}", exec.run.command),
         };
         let frame = Frame::SessionFailed {
             session: exec.session,
