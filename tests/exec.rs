@@ -361,44 +361,12 @@ async fn sessions_end_with_their_leader_and_large_input_and_terminal_eof_work() 
         .unwrap();
     assert_eq!(status.code, Some(0));
     // 5 MiB of input (more than one protocol frame) goes through whole.
-    let mut cat = sandbox
-        .exec(ExecConfig {
-            stdin: true,
-            ..ExecConfig::new("wc", ["-c"])
-        })
-        .await
-        .unwrap();
-    cat.write_stdin(vec![b'x'; 5 << 20]).unwrap();
-    cat.close_stdin().unwrap();
-    let mut out = Vec::new();
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), cat.next())
-        .await
-        .unwrap()
-    {
-        out.extend_from_slice(&chunk.data);
-    }
-    assert_eq!(String::from_utf8_lossy(&out).trim(), (5 << 20).to_string());
+    let counted = bytes_counted_by(&sandbox, "wc -c", 1, 5 << 20).await;
+    assert_eq!(counted, 5 << 20);
     // 40 MiB to a session that starts reading late: more than the agent
     // could hold; flow control keeps the rest on the host, none is dropped.
-    let mut slow = sandbox
-        .exec(ExecConfig {
-            stdin: true,
-            ..ExecConfig::new("sh", ["-c", "sleep 1; wc -c"])
-        })
-        .await
-        .unwrap();
-    for _ in 0..40 {
-        slow.write_stdin(vec![b'y'; 1 << 20]).unwrap();
-    }
-    slow.close_stdin().unwrap();
-    let mut out = Vec::new();
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), slow.next())
-        .await
-        .unwrap()
-    {
-        out.extend_from_slice(&chunk.data);
-    }
-    assert_eq!(String::from_utf8_lossy(&out).trim(), (40 << 20).to_string());
+    let counted = bytes_counted_by(&sandbox, "sleep 1; wc -c", 40, 1 << 20).await;
+    assert_eq!(counted, 40 << 20);
     // Closing a terminal session's input is end of file for its program.
     let mut term = sandbox
         .exec(ExecConfig {
@@ -488,4 +456,33 @@ async fn the_main_command_takes_input_only_as_configured() {
         .flat_map(|e| e.data.to_vec())
         .collect();
     assert_eq!(String::from_utf8_lossy(&out), "got hello\nrest\nend\n");
+}
+
+/// Writes `writes` × `size` bytes to a session running `script`, closes its
+/// stdin, and returns the number the script printed.
+async fn bytes_counted_by(
+    sandbox: &sandvisor::Sandbox,
+    script: &str,
+    writes: usize,
+    size: usize,
+) -> usize {
+    let mut session = sandbox
+        .exec(ExecConfig {
+            stdin: true,
+            ..ExecConfig::new("sh", ["-c", script])
+        })
+        .await
+        .unwrap();
+    for _ in 0..writes {
+        session.write_stdin(vec![b'x'; size]).unwrap();
+    }
+    session.close_stdin().unwrap();
+    let mut out = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), session.next())
+        .await
+        .unwrap()
+    {
+        out.extend_from_slice(&chunk.data);
+    }
+    String::from_utf8_lossy(&out).trim().parse().unwrap()
 }
