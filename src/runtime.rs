@@ -142,7 +142,7 @@ impl SandvisorBuilder {
                         })?
                     }
                 };
-                let bound = ControlServer::bind(&path, &home)?;
+                let bound = control::Bound::bind(&path, &home)?;
                 store = store.with_control_socket(&path);
                 Some(bound)
             }

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 
 pub use client::ControlClient;
-pub(crate) use server::ControlServer;
+pub(crate) use server::{Bound, ControlServer};
 
 /// The daemon's socket, relative to the home (`sandvisor serve`).
 pub const DAEMON_SOCKET: &str = "sandvisord.sock";

@@ -73,9 +73,9 @@ pub(crate) struct Bound {
     lock_path: PathBuf,
 }
 
-impl ControlServer {
-    /// Binds `path` (see the module contract); `home` names the owner.
-    pub(crate) fn bind(path: &Path, home: &Path) -> Result<Bound> {
+impl Bound {
+    /// Binds `path` (see the module contract) for a runtime over `home`.
+    pub(crate) fn bind(path: &Path, home: &Path) -> Result<Self> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| Error::Io { path, source }
@@ -123,8 +123,8 @@ impl ControlServer {
             Err(err) => return Err(io(path)(err)),
         }
         let listener = std::os::unix::net::UnixListener::bind(path).map_err(io(path))?;
-        // The directory is private, so nobody can connect in the moment
-        // before the mode is narrowed.
+        // Another user who connects in the moment before the mode is
+        // narrowed is still turned away by the peer-credential check.
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io(path))?;
         listener.set_nonblocking(true).map_err(io(path))?;
         let listener = UnixListener::from_std(listener).map_err(io(path))?;
@@ -135,7 +135,7 @@ impl ControlServer {
             // the home must not get this user's powers through the socket.
             tracing::warn!(home = %home.display(), home_owner, uid = owner, "the home belongs to another user; only uid {owner} may use the control socket");
         }
-        Ok(Bound {
+        Ok(Self {
             path: path.to_path_buf(),
             listener,
             owner,
@@ -143,9 +143,7 @@ impl ControlServer {
             lock_path,
         })
     }
-}
 
-impl Bound {
     /// The socket's path.
     pub(crate) fn path(&self) -> &Path {
         &self.path
