@@ -690,21 +690,32 @@ fn tmux_drives_an_interactive_shell_and_the_terminal_is_restored() {
         "-c",
         &script,
     ]);
+    let pane = || tmux(&["capture-pane", "-p"]);
     let wait_for = |what: &dyn Fn() -> bool, why: &str| {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !what() {
-            assert!(Instant::now() < deadline, "{why}");
+            assert!(
+                Instant::now() < deadline,
+                "{why}; the pane shows:\n{}\nsandboxes: {:?}",
+                pane(),
+                cli.ps()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    cli.wait_for_status("tty", "Running");
-    tmux(&["send-keys", "echo h''i", "Enter"]);
+    // The shell's prompt: it runs and reads its terminal.
     wait_for(
         &|| {
-            tmux(&["capture-pane", "-p"])
+            pane()
                 .lines()
-                .any(|l| l.trim() == "hi")
+                .any(|l| l.trim_end() == "#" || l.trim_end() == "$")
         },
+        "the sandboxed shell never prompted",
+    );
+    assert_eq!(cli.sandbox("tty")["status"], "Running");
+    tmux(&["send-keys", "echo h''i", "Enter"]);
+    wait_for(
+        &|| pane().lines().any(|l| l.trim() == "hi"),
         "`hi` never showed in the pane",
     );
     tmux(&["send-keys", "exit", "Enter"]);

@@ -13,7 +13,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::args::{ExecArgs, RunArgs, ServeArgs};
-use crate::session::{raw_terminal, stdin_chunks, terminal_size, write_output};
+use crate::session::{raw_terminal, stdin_chunks, terminal_size, write_output, Input};
 use crate::{exit_code, open};
 
 /// How long a freshly started daemon may take to listen.
@@ -172,9 +172,11 @@ async fn foreground(runtime: &Sandvisor, sandbox: &Sandbox, args: &RunArgs) -> R
                 None => streaming = false,
             },
             chunk = async { input.as_mut()?.recv().await }, if input.is_some() => {
-                let (sent, at_end) = match chunk.flatten() {
-                    Some(data) => (sandbox.write_stdin(data).await, false),
-                    None => (sandbox.close_stdin().await, true),
+                let (sent, at_end) = match chunk {
+                    Some(Input::Data(data)) => (sandbox.write_stdin(data).await, false),
+                    Some(Input::End) => (sandbox.close_stdin().await, true),
+                    // Our stdin failed: no more input, but none closed.
+                    None => (Ok(()), true),
                 };
                 // At end of input, or when the command no longer takes any
                 // (it is ending), stop reading ours; its output goes on.
@@ -254,9 +256,11 @@ pub(crate) async fn exec(home: Option<PathBuf>, args: ExecArgs) -> Result<ExitCo
                 None => break,
             },
             chunk = async { input.as_mut()?.recv().await }, if input.is_some() => {
-                let (sent, at_end) = match chunk.flatten() {
-                    Some(data) => (session.write_stdin(data), false),
-                    None => (session.close_stdin(), true),
+                let (sent, at_end) = match chunk {
+                    Some(Input::Data(data)) => (session.write_stdin(data), false),
+                    Some(Input::End) => (session.close_stdin(), true),
+                    // Our stdin failed: no more input, but none closed.
+                    None => (Ok(()), true),
                 };
                 // At end of input, or when the session takes no more (it is
                 // ending), stop reading ours; its output and exit still come.

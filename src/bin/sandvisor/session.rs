@@ -8,20 +8,35 @@ use sandvisor::logs::LogSource;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-/// Reads this process's stdin on a task; `None` arrives at end of input.
-pub(crate) fn stdin_chunks() -> mpsc::Receiver<Option<Vec<u8>>> {
+/// What this process's stdin gave.
+pub(crate) enum Input {
+    /// Bytes read.
+    Data(Vec<u8>),
+    /// End of input: the session's stdin is to be closed.
+    End,
+}
+
+/// Reads this process's stdin on a task. A read error is not end of input
+/// (on a terminal, closing sends the session an end-of-file): the channel
+/// just closes, and the session's stdin stays open.
+pub(crate) fn stdin_chunks() -> mpsc::Receiver<Input> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match stdin.read(&mut buf).await {
-                Ok(0) | Err(_) => {
-                    let _ = tx.send(None).await;
+                Ok(0) => {
+                    let _ = tx.send(Input::End).await;
+                    return;
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    tracing::warn!(%err, "reading stdin failed; no more input is sent");
                     return;
                 }
                 Ok(n) => {
-                    if tx.send(Some(buf[..n].to_vec())).await.is_err() {
+                    if tx.send(Input::Data(buf[..n].to_vec())).await.is_err() {
                         return;
                     }
                 }
