@@ -161,6 +161,7 @@ impl SandvisorBuilder {
             store: Arc::new(store.clone()),
             host,
             bus: Some(bus.sink()),
+            agent: agent.clone(),
         };
         let (root, _) = Actor::spawn(None, Root, args)
             .await
@@ -537,7 +538,6 @@ impl Sandvisor {
                     uts_namespace: iso.uts,
                     ipc_namespace: iso.ipc,
                 },
-                agent: self.inner.agent.clone(),
                 limits: Limits {
                     memory_bytes: config.memory_limit,
                     pids: config.pids_limit,

@@ -9,6 +9,8 @@
 //! - [`subscriber`]: one per read, merging its tailers and assigning cursors.
 //! - [`watch_hub`]: the one filesystem watcher of the process.
 //! - [`format`]: records, text lines, file identity, cursors.
+//! - [`root`], [`sandbox`], [`vm_process`], [`spawner`]: the runtime's
+//!   actor tree, from the root to each sandbox's agent.
 
 pub mod cgroup;
 pub mod entry;
@@ -18,12 +20,14 @@ pub mod follower;
 pub mod format;
 pub mod lifecycle;
 pub mod metrics;
+pub mod pidfd;
 pub mod protocol;
 pub mod relay_tap;
 pub mod restart;
 pub mod root;
 pub mod runtime_log;
 pub mod sandbox;
+pub mod spawner;
 pub mod stream;
 pub mod subscriber;
 pub mod tailer;

@@ -1,12 +1,13 @@
 //! SAP, the sandvisor agent protocol: what the host's `VmProcess` actor and
-//! the in-sandbox agent (`sandvisor-agent`, PID 1) say to each other.
+//! the in-sandbox agent (`sandvisor-agent`, PID 1) say to each other; and the
+//! [`spawn`] channel, over which the host asks the agent binary's spawner
+//! process for a new agent.
 //!
 //! # Transport
 //! Any reliable byte stream: today a `socketpair(AF_UNIX, SOCK_STREAM)` whose
-//! agent end is the agent's standard input; later a virtio-serial port of a
-//! microVM. No
-//! descriptors are passed, and nothing depends on message boundaries of the
-//! transport.
+//! agent end the spawner hands to the agent it forks; later a virtio-serial
+//! port of a microVM. No descriptors are passed, and nothing depends on
+//! message boundaries of the transport.
 //!
 //! # Framing
 //! `len: u32 (big-endian) | kind: u8 | payload: len - 1 bytes`, at most
@@ -14,10 +15,11 @@
 //! u8 | data`); every other frame carries JSON.
 //!
 //! # Conversation
-//! 1. host → agent `Start(spec)`, first and once.
-//! 2. The agent unshares the namespaces the spec asks for, and forks PID 1
-//!    into the new pid namespace. agent → host `Hello { init_pid }`: the host
-//!    pid of the sandbox's PID 1 (sent by the agent's first stage).
+//! 1. host → agent `Start(spec)`, first and once. The agent is already PID 1
+//!    of its own pid namespace (the spawner created it there) and its host
+//!    pid is known to the host from the spawn reply.
+//! 2. The agent unshares the other namespaces the spec asks for and sets them
+//!    up.
 //! 3. agent → host `Ready { pid }` once the main command runs (session 1), or
 //!    `BootError { stage, errno, message }` and the agent exits.
 //! 4. agent → host `Output` frames, in capture order per stream.
@@ -33,8 +35,194 @@ use serde::{Deserialize, Serialize};
 
 /// Largest frame accepted (output chunks are far smaller).
 pub const MAX_FRAME: usize = 4 << 20;
-/// The agent's end of the socket: its standard input.
-pub const AGENT_FD: i32 = 0;
+/// The spawner's end of the spawn channel: its standard input.
+pub const SPAWNER_FD: i32 = 0;
+
+/// The spawn channel between the host's `Spawner` actor and the spawner
+/// process (`sandvisor-agent` as the host starts it).
+///
+/// # Transport
+/// A `socketpair(AF_UNIX, SOCK_SEQPACKET)`: one request or reply per message,
+/// in order, and end of file when the other side is gone (the spawner then
+/// exits). Descriptors travel as `SCM_RIGHTS`.
+///
+/// # Messages
+/// - host → spawner, [`Request`] (`id: u64 BE | flags: u8`) with one
+///   descriptor: the agent's end of a fresh SAP socket. The spawner forks an
+///   agent (as PID 1 of a new pid namespace when the flags ask) that speaks
+///   SAP on it.
+/// - spawner → host, [`Reply`] (`id: u64 BE | pid: i32 BE | errno: i32 BE`),
+///   in request order: the agent's host pid with a pidfd of it as the one
+///   descriptor, or the errno of the failed fork and no descriptor. The
+///   spawner reaps agents at once; the host watches each through its pidfd.
+pub mod spawn {
+    use std::io::{IoSlice, IoSliceMut};
+    use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+    use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+
+    /// Bytes of a request.
+    pub const REQUEST_LEN: usize = 9;
+    /// Bytes of a reply.
+    pub const REPLY_LEN: usize = 16;
+    /// Request flag: make the agent PID 1 of a new pid namespace.
+    pub const NEW_PID_NAMESPACE: u8 = 1;
+
+    /// One message of the channel and the descriptor that came with it.
+    #[derive(Debug)]
+    pub struct Message {
+        /// Its bytes (one more than asked for when it was longer).
+        pub bytes: Vec<u8>,
+        /// The descriptor it carried, if any (further ones are closed).
+        pub fd: Option<OwnedFd>,
+    }
+
+    /// Sends `bytes` and `fd` (if any) as one message; never raises SIGPIPE.
+    pub fn send(
+        channel: BorrowedFd<'_>,
+        bytes: &[u8],
+        fd: Option<BorrowedFd<'_>>,
+        flags: MsgFlags,
+    ) -> nix::Result<()> {
+        let fds: Vec<RawFd> = fd.iter().map(AsRawFd::as_raw_fd).collect();
+        let rights = [ControlMessage::ScmRights(&fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+        sendmsg::<()>(
+            channel.as_raw_fd(),
+            &[IoSlice::new(bytes)],
+            cmsgs,
+            flags | MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map(|_| ())
+    }
+
+    /// Receives one message of up to `max` bytes; its descriptor is
+    /// close-on-exec. `None` at end of file.
+    pub fn receive(
+        channel: BorrowedFd<'_>,
+        max: usize,
+        flags: MsgFlags,
+    ) -> nix::Result<Option<Message>> {
+        // One byte more, so a longer message shows as malformed.
+        let mut buf = vec![0u8; max + 1];
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let (len, truncated, fds) = {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<()>(
+                channel.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                flags | MsgFlags::MSG_CMSG_CLOEXEC,
+            )?;
+            let mut fds = Vec::new();
+            for cmsg in msg.cmsgs()? {
+                if let ControlMessageOwned::ScmRights(raw) = cmsg {
+                    // SAFETY: descriptors received with SCM_RIGHTS are new and ours.
+                    fds.extend(
+                        raw.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
+                }
+            }
+            (msg.bytes, msg.flags.contains(MsgFlags::MSG_TRUNC), fds)
+        };
+        if len == 0 && fds.is_empty() {
+            return Ok(None);
+        }
+        buf.truncate(if truncated { max + 1 } else { len });
+        Ok(Some(Message {
+            bytes: buf,
+            fd: fds.into_iter().next(),
+        }))
+    }
+
+    /// Fork an agent.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Request {
+        /// Echoed in the reply.
+        pub id: u64,
+        /// Make it PID 1 of a new pid namespace.
+        pub new_pid_namespace: bool,
+    }
+
+    impl Request {
+        /// The request's bytes.
+        pub fn encode(&self) -> [u8; REQUEST_LEN] {
+            let mut out = [0u8; REQUEST_LEN];
+            out[..8].copy_from_slice(&self.id.to_be_bytes());
+            out[8] = if self.new_pid_namespace {
+                NEW_PID_NAMESPACE
+            } else {
+                0
+            };
+            out
+        }
+
+        /// The request in `bytes`; `Err` with the id (when there is one)
+        /// for anything but a whole request with known flags.
+        pub fn decode(bytes: &[u8]) -> Result<Self, Option<u64>> {
+            let id = bytes
+                .get(..8)
+                .and_then(|id| id.try_into().ok())
+                .map(u64::from_be_bytes);
+            match (id, bytes.len(), bytes.get(8)) {
+                (Some(id), REQUEST_LEN, Some(&flags)) if flags & !NEW_PID_NAMESPACE == 0 => {
+                    Ok(Self {
+                        id,
+                        new_pid_namespace: flags & NEW_PID_NAMESPACE != 0,
+                    })
+                }
+                _ => Err(id),
+            }
+        }
+    }
+
+    /// The spawner's answer to the request with the same id.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Reply {
+        /// The request's id.
+        pub id: u64,
+        /// The agent's host pid, or the errno of the failure.
+        pub outcome: Result<u32, i32>,
+    }
+
+    impl Reply {
+        /// The reply's bytes.
+        pub fn encode(&self) -> [u8; REPLY_LEN] {
+            let (pid, errno) = match self.outcome {
+                Ok(pid) => (pid as i32, 0),
+                Err(errno) => (0, errno),
+            };
+            let mut out = [0u8; REPLY_LEN];
+            out[..8].copy_from_slice(&self.id.to_be_bytes());
+            out[8..12].copy_from_slice(&pid.to_be_bytes());
+            out[12..].copy_from_slice(&errno.to_be_bytes());
+            out
+        }
+
+        /// The reply in `bytes`, if they are one.
+        pub fn decode(bytes: &[u8]) -> Option<Self> {
+            let bytes: &[u8; REPLY_LEN] = bytes.try_into().ok()?;
+            let word = |at: usize| {
+                let mut four = [0u8; 4];
+                four.copy_from_slice(&bytes[at..at + 4]);
+                i32::from_be_bytes(four)
+            };
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&bytes[..8]);
+            let outcome = match (word(8), word(12)) {
+                (pid, 0) if pid > 0 => Ok(pid as u32),
+                (0, errno) if errno > 0 => Err(errno),
+                _ => return None,
+            };
+            Some(Self {
+                id: u64::from_be_bytes(id),
+                outcome,
+            })
+        }
+    }
+}
 
 /// A session's command and its standard streams: the same for the main
 /// command (session 1) and for exec sessions. Flattened into [`StartSpec`]
@@ -73,7 +261,8 @@ pub struct StartSpec {
     pub run: CommandSpec,
     /// Directory to pivot into as `/`.
     pub rootfs: Option<String>,
-    /// Unshare a pid namespace (the agent then forks PID 1 into it).
+    /// The agent is PID 1 of its own pid namespace (the host asked the
+    /// spawner for one with the same setting).
     pub pid_namespace: bool,
     /// Unshare a mount namespace (the agent then mounts a fresh `/proc`).
     pub mount_namespace: bool,
@@ -211,11 +400,6 @@ pub enum Frame {
         /// What happened.
         message: String,
     },
-    /// agent → host: the host pid of the sandbox's PID 1.
-    Hello {
-        /// Host pid.
-        init_pid: u32,
-    },
     /// agent → host: the main command runs.
     Ready {
         /// Its pid inside the sandbox.
@@ -257,11 +441,6 @@ struct SignalBody {
 }
 
 #[derive(Serialize, Deserialize)]
-struct HelloBody {
-    init_pid: u32,
-}
-
-#[derive(Serialize, Deserialize)]
 struct ReadyBody {
     pid: u32,
 }
@@ -282,7 +461,6 @@ struct BootErrorBody {
 
 const START: u8 = 1;
 const SIGNAL: u8 = 2;
-const HELLO: u8 = 0x81;
 const READY: u8 = 0x82;
 const OUTPUT: u8 = 0x83;
 const EXITED: u8 = 0x84;
@@ -406,13 +584,6 @@ impl Frame {
                     signo: *signo,
                 },
             ),
-            Frame::Hello { init_pid } => json(
-                out,
-                HELLO,
-                &HelloBody {
-                    init_pid: *init_pid,
-                },
-            ),
             Frame::Ready { pid } => json(out, READY, &ReadyBody { pid: *pid }),
             Frame::Output {
                 session,
@@ -520,12 +691,6 @@ impl Frame {
                 Frame::Signal {
                     target: b.target,
                     signo: b.signo,
-                }
-            }
-            HELLO => {
-                let b: HelloBody = json_body(kind, body)?;
-                Frame::Hello {
-                    init_pid: b.init_pid,
                 }
             }
             READY => {
@@ -655,7 +820,6 @@ mod tests {
                 errno: 2,
                 message: "nope".into(),
             },
-            Frame::Hello { init_pid: 42 },
             Frame::Ready { pid: 2 },
             Frame::Output {
                 session: 1,
@@ -701,6 +865,53 @@ mod tests {
             assert_eq!(got, frames);
             assert!(buf.is_empty());
         }
+    }
+
+    #[test]
+    fn spawn_messages_round_trip_and_bad_ones_are_refused() {
+        for request in [
+            spawn::Request {
+                id: 0,
+                new_pid_namespace: true,
+            },
+            spawn::Request {
+                id: u64::MAX,
+                new_pid_namespace: false,
+            },
+        ] {
+            assert_eq!(spawn::Request::decode(&request.encode()), Ok(request));
+        }
+        let mut unknown_flag = spawn::Request {
+            id: 7,
+            new_pid_namespace: true,
+        }
+        .encode();
+        unknown_flag[8] |= 0x80;
+        assert_eq!(spawn::Request::decode(&unknown_flag), Err(Some(7)));
+        assert_eq!(spawn::Request::decode(&unknown_flag[..8]), Err(Some(7)));
+        assert_eq!(spawn::Request::decode(&[1, 2]), Err(None));
+
+        for reply in [
+            spawn::Reply {
+                id: 3,
+                outcome: Ok(4_194_304),
+            },
+            spawn::Reply {
+                id: 4,
+                outcome: Err(libc::EAGAIN),
+            },
+        ] {
+            assert_eq!(spawn::Reply::decode(&reply.encode()), Some(reply));
+        }
+        let mut both = spawn::Reply {
+            id: 5,
+            outcome: Ok(10),
+        }
+        .encode();
+        both[15] = 1;
+        assert_eq!(spawn::Reply::decode(&both), None);
+        assert_eq!(spawn::Reply::decode(&[0; spawn::REPLY_LEN]), None);
+        assert_eq!(spawn::Reply::decode(&[0; 3]), None);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The root actor of a runtime: supervises one [`SandboxSupervisor`] per
-//! running sandbox and finds them by name.
+//! running sandbox and finds them by name, and the runtime's [`Spawner`].
 //!
 //! # Contract
 //! - Unnamed: several runtimes in one process do not collide (ractor names
@@ -10,6 +10,9 @@
 //!   forgets it. One that fails (panics) left its run open: the root marks the
 //!   sandbox Crashed. Its VmProcess died with it, which closed the agent's
 //!   socket, so the agent killed the sandbox.
+//! - The [`Spawner`] is spawned with the root and restarted by it whenever it
+//!   ends while the root runs; supervisors launched after that use the new
+//!   one (running sandboxes do not need it anymore).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +24,8 @@ use crate::lifecycle::{HostId, LifecycleStore, SandboxStatus};
 use crate::sandbox::{
     BootFailure, SandboxEnded, SandboxSpec, SandboxSupervisor, SupervisorArgs, SupervisorMsg,
 };
+use crate::spawner::{Spawner, SpawnerArgs, SpawnerMsg};
+use std::path::PathBuf;
 use tokio::sync::oneshot;
 
 /// Messages of the [`Root`].
@@ -71,6 +76,8 @@ pub struct RootArgs {
     pub host: HostId,
     /// Gets every event of every sandbox this root supervises.
     pub bus: Option<EventSink>,
+    /// The `sandvisor-agent` binary.
+    pub agent: PathBuf,
 }
 
 /// The root actor. See the module docs.
@@ -83,6 +90,19 @@ pub struct RootState {
     bus: Option<EventSink>,
     by_name: HashMap<String, ActorRef<SupervisorMsg>>,
     by_id: HashMap<ActorId, String>,
+    agent: PathBuf,
+    spawner: ActorRef<SpawnerMsg>,
+}
+
+async fn spawn_spawner(
+    root: &ActorRef<RootMsg>,
+    agent: &std::path::Path,
+) -> Result<ActorRef<SpawnerMsg>, ActorProcessingErr> {
+    let args = SpawnerArgs {
+        agent: agent.to_path_buf(),
+    };
+    let (spawner, _) = Actor::spawn_linked(None, Spawner, args, root.get_cell()).await?;
+    Ok(spawner)
 }
 
 impl Actor for Root {
@@ -92,15 +112,18 @@ impl Actor for Root {
 
     async fn pre_start(
         &self,
-        _: ActorRef<RootMsg>,
+        myself: ActorRef<RootMsg>,
         args: RootArgs,
     ) -> Result<RootState, ActorProcessingErr> {
+        let spawner = spawn_spawner(&myself, &args.agent).await?;
         Ok(RootState {
             store: args.store,
             host: args.host,
             bus: args.bus,
             by_name: HashMap::new(),
             by_id: HashMap::new(),
+            agent: args.agent,
+            spawner,
         })
     }
 
@@ -128,6 +151,7 @@ impl Actor for Root {
                     started: Some(started),
                     ended: Some(myself.get_derived()),
                     events: state.bus.iter().cloned().collect(),
+                    spawner: state.spawner.clone(),
                 };
                 match Actor::spawn_linked(None, SandboxSupervisor, args, myself.get_cell()).await {
                     Ok((supervisor, _)) => {
@@ -159,7 +183,7 @@ impl Actor for Root {
 
     async fn handle_supervisor_evt(
         &self,
-        _: ActorRef<RootMsg>,
+        myself: ActorRef<RootMsg>,
         event: SupervisionEvent,
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
@@ -168,6 +192,11 @@ impl Actor for Root {
             SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
             _ => return Ok(()),
         };
+        if cell.get_id() == state.spawner.get_id() {
+            tracing::warn!(reason = ?failure, "the spawner actor ended; restarting it");
+            state.spawner = spawn_spawner(&myself, &state.agent).await?;
+            return Ok(());
+        }
         let Some(name) = state.by_id.remove(&cell.get_id()) else {
             return Ok(());
         };

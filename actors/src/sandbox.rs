@@ -48,6 +48,7 @@ use crate::protocol::ExecSpec;
 use crate::protocol::{BootStage, SignalTarget};
 use crate::relay_tap::{Chunk, RelayTap, RelayTapMsg, TapArgs, TapConfig, TapEvent};
 use crate::restart::RestartBudget;
+use crate::spawner::SpawnerMsg;
 use crate::vm_process::{ExecItem, ExecRefused, ExecReply, SessionInput};
 use crate::vm_process::{VmArgs, VmEvent, VmProcess, VmProcessMsg, VmSpec};
 use tokio::sync::mpsc;
@@ -227,6 +228,8 @@ pub struct SupervisorArgs {
     pub ended: Option<ractor::DerivedActorRef<SandboxEnded>>,
     /// Subscribers from the start (the runtime's event bus).
     pub events: Vec<EventSink>,
+    /// Forks the sandbox's agent.
+    pub spawner: ActorRef<SpawnerMsg>,
 }
 
 /// The supervisor actor. See the module docs.
@@ -290,6 +293,7 @@ impl Actor for SandboxSupervisor {
             spec: spec.vm.clone(),
             tap: tap_rx,
             events: myself.get_derived(),
+            spawner: args.spawner,
         };
         let (vm, _) = Actor::spawn_linked(None, VmProcess, vm_args, myself.get_cell()).await?;
         myself.send_after(BOOT_TIMEOUT, || SupervisorMsg::BootTimedOut);

@@ -1,9 +1,11 @@
 //! The VM process actor: the host side of one sandbox's process tree.
 //!
 //! # Contract
-//! - Starts `sandvisor-agent` with its end of a socketpair as standard input
-//!   (nothing runs between fork and exec; the agent unshares its own
-//!   namespaces) and speaks [SAP](crate::protocol) with it.
+//! - Asks the runtime's [`Spawner`](crate::spawner) for an agent (PID 1 of a
+//!   new pid namespace unless the sandbox shares the host's) with one end of
+//!   a socketpair, keeps the other and a pidfd of the agent, and speaks
+//!   [SAP](crate::protocol) with it. The agent unshares the other namespaces
+//!   itself.
 //! - A reader task owns the socket's read half. It writes each `Output` frame
 //!   to the sandbox's relay tap with [`RelayTapMsg::Append`] and waits for the
 //!   answer before reading on, so output is written exactly once and in
@@ -14,18 +16,16 @@
 //!   reports `Ready`, so the marker precedes all output of the run.
 //! - Control frames become [`VmEvent`]s for the supervisor, in wire order;
 //!   `Exited` arrives after every output chunk of the run is written, and only
-//!   once the agent's process has exited — its first stage waits for PID 1,
-//!   whose exit ends the whole pid namespace — so when the supervisor hears of
-//!   the end, no process of the sandbox is left.
+//!   once the agent's process has exited (its pidfd says so) — the agent is
+//!   PID 1, whose exit ends the whole pid namespace — so when the supervisor
+//!   hears of the end, no process of the sandbox is left.
 //! - [`VmProcessMsg::Kill`] asks the agent to SIGKILL every process, so the
 //!   main command's real status is still reported; [`VmProcessMsg::KillFromHost`]
-//!   sends SIGKILL to the sandbox's PID 1 from the host, which ends every
-//!   process of its pid namespace at once, for an agent that does not answer.
+//!   sends SIGKILL to the sandbox's PID 1 from the host (through its pidfd, so
+//!   never to a process that reused the pid), which ends every process of its
+//!   pid namespace at once, for an agent that does not answer.
 //! - When this actor's state drops (however it ended) the socket closes, and
 //!   the agent kills every process of the sandbox and exits.
-
-use std::path::PathBuf;
-use std::process::Stdio;
 
 use bytes::BytesMut;
 use chrono::Utc;
@@ -37,8 +37,10 @@ use tokio::sync::watch;
 
 use crate::cgroup::{Cgroup, Limits};
 use crate::format::LogSource;
+use crate::pidfd::Pidfd;
 use crate::protocol::{stream, BootStage, ExecSpec, Frame, SignalTarget, StartSpec};
 use crate::relay_tap::{Chunk, RelayTapMsg};
+use crate::spawner::{SpawnFailed, Spawned, SpawnerMsg};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -51,8 +53,6 @@ pub const STARTED_MARKER: &str = "--- sandbox started ---";
 pub struct VmSpec {
     /// What the agent runs, and in which namespaces.
     pub start: StartSpec,
-    /// The agent binary.
-    pub agent: PathBuf,
     /// Resource limits of the whole tree.
     pub limits: Limits,
     /// The cgroup's name when there are limits (unique per run).
@@ -62,7 +62,7 @@ pub struct VmSpec {
 /// What the VM process tells its supervisor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmEvent {
-    /// The host pid of the sandbox's PID 1.
+    /// The host pid of the sandbox's PID 1 (the agent), once it exists.
     Hello {
         /// Host pid.
         init_pid: u32,
@@ -134,8 +134,8 @@ pub enum VmProcessMsg {
     Frame(Frame),
     /// From the reader task: the socket closed (or broke).
     ReaderDone(Option<String>),
-    /// From the waiter task: the agent's first process exited, so PID 1 and
-    /// with it every process of the sandbox are gone.
+    /// From the waiter task: the agent (PID 1) exited, so every process of
+    /// the sandbox is gone.
     AgentExited,
     /// Run an exec session; answered once the agent started it (or not).
     Exec {
@@ -225,6 +225,8 @@ pub struct VmArgs {
     pub tap: watch::Receiver<ActorRef<RelayTapMsg>>,
     /// The supervisor.
     pub events: DerivedActorRef<VmEvent>,
+    /// Forks the agent.
+    pub spawner: ActorRef<SpawnerMsg>,
 }
 
 /// The VM process actor. See the module docs.
@@ -236,8 +238,8 @@ pub struct VmState {
     /// `None` when the agent could not be started (reported as a boot failure).
     writer: Option<OwnedWriteHalf>,
     events: DerivedActorRef<VmEvent>,
-    agent_pid: Option<u32>,
-    init_pid: Option<u32>,
+    /// The agent, once spawned.
+    agent: Option<Arc<Pidfd>>,
     main_pid: Option<u32>,
     /// The run's end as the agent reported it (or as its silence tells),
     /// held back until the agent's process has exited.
@@ -335,38 +337,55 @@ impl VmState {
 
     fn kill_tree(&self) {
         let sigkill = nix::sys::signal::Signal::SIGKILL;
-        match (self.spec.start.pid_namespace, self.init_pid) {
-            (true, Some(init)) => {
-                // Killing PID 1 of a pid namespace kills every process in it.
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(init as i32), sigkill);
+        if !self.spec.start.pid_namespace {
+            if let Some(main) = self.main_pid {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(main as i32), sigkill);
             }
-            _ => {
-                if let Some(main) = self.main_pid {
-                    let _ =
-                        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(main as i32), sigkill);
-                }
-                if let Some(agent) = self.agent_pid.or(self.init_pid) {
-                    let _ =
-                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent as i32), sigkill);
-                }
+        }
+        // Killing PID 1 of a pid namespace kills every process in it.
+        if let Some(agent) = &self.agent {
+            if let Err(err) = agent.signal(sigkill) {
+                tracing::warn!(pid = agent.pid(), %err, "cannot kill the agent");
             }
         }
     }
 }
 
-/// Starts the agent with its end of a socketpair as standard input; returns
-/// the agent process and the host end. No hook runs between fork and exec,
-/// so the standard library spawns with a vfork-style `posix_spawn`: the agent
-/// unshares its namespaces itself.
-fn spawn_agent(spec: &VmSpec) -> std::io::Result<(tokio::process::Child, tokio::net::UnixStream)> {
-    let (host, agent) = std::os::unix::net::UnixStream::pair()?;
-    let child = tokio::process::Command::new(&spec.agent)
-        .stdin(Stdio::from(std::os::fd::OwnedFd::from(agent)))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    host.set_nonblocking(true)?;
-    Ok((child, tokio::net::UnixStream::from_std(host)?))
+/// Asks the spawner for an agent speaking SAP on a new socketpair; returns
+/// the agent and the host's end.
+async fn spawn_agent(
+    spawner: &ActorRef<SpawnerMsg>,
+    new_pid_namespace: bool,
+) -> Result<(Spawned, tokio::net::UnixStream), SpawnFailed> {
+    let io_failed = |what: &str, err: std::io::Error| SpawnFailed {
+        errno: err.raw_os_error().unwrap_or(0),
+        message: format!("{what}: {err}"),
+    };
+    let (host, agent) =
+        std::os::unix::net::UnixStream::pair().map_err(|e| io_failed("socketpair", e))?;
+    let asked = spawner
+        .call(
+            |reply| SpawnerMsg::Spawn {
+                new_pid_namespace,
+                socket: agent.into(),
+                reply,
+            },
+            None,
+        )
+        .await;
+    let spawned = match asked {
+        Ok(ractor::rpc::CallResult::Success(answer)) => answer?,
+        _ => {
+            return Err(SpawnFailed {
+                errno: 0,
+                message: "the runtime's agent spawner is gone".into(),
+            })
+        }
+    };
+    host.set_nonblocking(true)
+        .map_err(|e| io_failed("socket", e))?;
+    let host = tokio::net::UnixStream::from_std(host).map_err(|e| io_failed("socket", e))?;
+    Ok((spawned, host))
 }
 
 impl Actor for VmProcess {
@@ -383,8 +402,7 @@ impl Actor for VmProcess {
             spec: args.spec,
             writer: None,
             events: args.events,
-            agent_pid: None,
-            init_pid: None,
+            agent: None,
             main_pid: None,
             ending: None,
             ended: false,
@@ -410,20 +428,41 @@ impl Actor for VmProcess {
                 }
             }
         }
-        let (mut child, socket) = match spawn_agent(&state.spec) {
-            Ok(started) => started,
-            Err(err) => {
+        let spawned = spawn_agent(&args.spawner, state.spec.start.pid_namespace).await;
+        let (spawned, socket) = match spawned {
+            Ok(spawned) => spawned,
+            Err(failed) => {
                 state.ended = true;
-                state.emit(spawn_failure(&err, &state.spec));
+                state.emit(VmEvent::BootFailed {
+                    stage: BootStage::BuildVm,
+                    errno: failed.errno,
+                    message: failed.message,
+                });
                 return Ok(state);
             }
         };
-        state.agent_pid = child.id();
+        let agent = match Pidfd::new(spawned.pidfd, spawned.pid) {
+            Ok(agent) => Arc::new(agent),
+            Err(err) => {
+                // Dropping the socket ends the agent.
+                state.ended = true;
+                state.emit(VmEvent::BootFailed {
+                    stage: BootStage::BuildVm,
+                    errno: err.raw_os_error().unwrap_or(0),
+                    message: format!("cannot watch the agent: {err}"),
+                });
+                return Ok(state);
+            }
+        };
+        state.agent = Some(agent.clone());
+        state.emit(VmEvent::Hello {
+            init_pid: spawned.pid,
+        });
         // The agent waits for Start before it forks anything, so moving it
         // now puts the whole tree in the group.
-        if let (Some(group), Some(pid)) = (&state._cgroup, child.id()) {
-            if let Err(err) = group.add(pid) {
-                let _ = child.start_kill();
+        if let Some(group) = &state._cgroup {
+            if let Err(err) = group.add(spawned.pid) {
+                state.kill_tree();
                 state.ended = true;
                 state.emit(VmEvent::BootFailed {
                     stage: BootStage::BuildVm,
@@ -435,9 +474,8 @@ impl Actor for VmProcess {
         }
         let vm = myself.clone();
         state.waiter = Some(tokio::spawn(async move {
-            // Whatever the status, the process is gone; the agent reports the
-            // main command's own status over the socket.
-            let _ = child.wait().await;
+            // The agent reports the main command's own status over the socket.
+            agent.exited().await;
             let _ = vm.cast(VmProcessMsg::AgentExited);
         }));
         let (read, mut writer) = socket.into_split();
@@ -544,10 +582,6 @@ impl Actor for VmProcess {
                         flow.in_flight = flow.in_flight.saturating_sub(bytes as usize);
                     }
                     state.pump_stdin(session).await;
-                }
-                Frame::Hello { init_pid } => {
-                    state.init_pid = Some(init_pid);
-                    state.emit(VmEvent::Hello { init_pid });
                 }
                 Frame::Ready { pid } => {
                     state.main_pid = Some(pid);
@@ -706,21 +740,4 @@ async fn append(tap: &mut watch::Receiver<ActorRef<RelayTapMsg>>, mut chunks: Ve
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Holders only insert and remove; a panic mid-way leaves a usable map.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A boot failure of the host side: the agent could not be started at all.
-fn spawn_failure(err: &std::io::Error, spec: &VmSpec) -> VmEvent {
-    let message = if err.kind() == std::io::ErrorKind::NotFound {
-        format!("agent binary not found at {}", spec.agent.display())
-    } else {
-        format!(
-            "cannot start {} in new namespaces: {err}",
-            spec.agent.display()
-        )
-    };
-    VmEvent::BootFailed {
-        stage: BootStage::BuildVm,
-        errno: err.raw_os_error().unwrap_or(0),
-        message,
-    }
 }

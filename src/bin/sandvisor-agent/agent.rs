@@ -1,10 +1,7 @@
-//! `sandvisor-agent`: PID 1 inside a sandbox.
-//!
-//! The host starts it with its end of a socketpair as standard input and
-//! speaks SAP (`sandvisor::engine::protocol`) over it. The agent:
-//! - unshares the namespaces the host asks for, starts a new session, and
-//!   forks PID 1 into the new pid namespace (a process that unshares a pid
-//!   namespace is not in it; its first child is), and reports its host pid;
+//! The agent: PID 1 of one sandbox, forked by the spawner with its end of
+//! the host's SAP socket (`sandvisor::engine::protocol`). It:
+//! - reads `Start`, starts a new session and unshares the other namespaces
+//!   the host asks for (it is already PID 1 of its pid namespace);
 //! - sets up mounts (a private mount tree, a fresh `/proc`, the rootfs pivot),
 //!   the hostname and `lo`;
 //! - runs the main command as session 1, relays its stdout and stderr;
@@ -29,20 +26,14 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, killpg, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, pipe, ForkResult, Pid};
+use nix::unistd::Pid;
 use sandvisor::engine::protocol::{
-    stream, BootStage, CommandSpec, ExecSpec, Frame, SignalTarget, StartSpec, AGENT_FD,
+    stream, BootStage, CommandSpec, ExecSpec, Frame, SignalTarget, StartSpec,
 };
 use std::collections::HashMap;
 
-fn main() {
-    let mut sock = match take_socket() {
-        Ok(sock) => sock,
-        Err(err) => {
-            eprintln!("sandvisor-agent: standard input must be the host's socket: {err}");
-            std::process::exit(2);
-        }
-    };
+/// Runs the agent on `sock` (the host's SAP socket); never returns.
+pub fn run(mut sock: UnixStream) -> ! {
     let (spec, inbox) = match read_start(&mut sock) {
         Ok(started) => started,
         Err(message) => {
@@ -50,50 +41,27 @@ fn main() {
             std::process::exit(2);
         }
     };
-    // Being spawned without a pre-exec hook lets the host use a cheap
-    // vfork-style spawn; the agent sets up its own session and namespaces.
+    if spec.pid_namespace != (std::process::id() == 1) {
+        boot_failed(
+            &mut sock,
+            BootStage::BuildVm,
+            Errno::EINVAL,
+            "the agent's pid namespace is not the one Start asks for",
+        );
+    }
     if let Err(errno) = nix::unistd::setsid() {
         boot_failed(&mut sock, BootStage::BuildVm, errno, "start a new session");
     }
     if let Err(errno) = nix::sched::unshare(clone_flags(&spec)) {
         boot_failed(&mut sock, BootStage::BuildVm, errno, "unshare namespaces");
     }
-    if spec.pid_namespace {
-        first_stage(sock, spec, inbox)
-    } else {
-        let hello = Frame::Hello {
-            init_pid: std::process::id(),
-        };
-        if send(&mut sock, &hello).is_err() {
-            std::process::exit(2);
-        }
-        init(sock, spec, inbox)
-    }
-}
-
-/// Moves the socket off standard input (to a close-on-exec descriptor) and
-/// puts `/dev/null` there instead.
-fn take_socket() -> std::io::Result<UnixStream> {
-    // SAFETY: plain descriptor calls; the duplicate is owned by nothing else.
-    let fd = unsafe { libc::fcntl(AGENT_FD, libc::F_DUPFD_CLOEXEC, 3) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just duplicated and is owned by nothing else.
-    let sock = unsafe { UnixStream::from_raw_fd(fd) };
-    let null = std::fs::File::open("/dev/null")?;
-    // SAFETY: replaces fd 0, which the agent no longer uses.
-    if unsafe { libc::dup2(null.as_raw_fd(), AGENT_FD) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(sock)
+    init(sock, spec, inbox)
 }
 
 fn clone_flags(spec: &StartSpec) -> nix::sched::CloneFlags {
     use nix::sched::CloneFlags;
     let mut flags = CloneFlags::empty();
     for (wanted, flag) in [
-        (spec.pid_namespace, CloneFlags::CLONE_NEWPID),
         (spec.mount_namespace, CloneFlags::CLONE_NEWNS),
         (spec.net_namespace, CloneFlags::CLONE_NEWNET),
         (spec.uts_namespace, CloneFlags::CLONE_NEWUTS),
@@ -133,52 +101,6 @@ fn send(sock: &mut UnixStream, frame: &Frame) -> std::io::Result<()> {
     let mut buf = Vec::new();
     frame.encode(&mut buf);
     sock.write_all(&buf)
-}
-
-/// Forks PID 1 into the pid namespace just unshared, reports its host pid,
-/// and waits for it, exiting with its status.
-fn first_stage(mut sock: UnixStream, spec: StartSpec, inbox: Vec<u8>) -> ! {
-    let (go_read, go_write) = match pipe() {
-        Ok(pair) => pair,
-        Err(errno) => boot_failed(&mut sock, BootStage::BuildVm, errno, "pipe"),
-    };
-    // SAFETY: the agent is single-threaded, so the child may run anything.
-    match unsafe { fork() } {
-        Err(errno) => boot_failed(
-            &mut sock,
-            BootStage::BuildVm,
-            errno,
-            "fork into the pid namespace",
-        ),
-        Ok(ForkResult::Child) => {
-            drop(go_write);
-            // Wait until the first stage has sent Hello, so frames never interleave.
-            let mut byte = [0u8; 1];
-            let _ = std::fs::File::from(go_read).read(&mut byte);
-            init(sock, spec, inbox)
-        }
-        Ok(ForkResult::Parent { child }) => {
-            drop(go_read);
-            let hello = Frame::Hello {
-                init_pid: child.as_raw() as u32,
-            };
-            if send(&mut sock, &hello).is_err() {
-                let _ = kill(child, Signal::SIGKILL);
-            }
-            let _ = std::fs::File::from(go_write).write_all(b"g");
-            drop(sock);
-            loop {
-                match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
-                    Ok(WaitStatus::Signaled(_, signal, _)) => {
-                        std::process::exit(128 + signal as i32)
-                    }
-                    Err(Errno::EINTR) | Ok(_) => continue,
-                    Err(_) => std::process::exit(1),
-                }
-            }
-        }
-    }
 }
 
 fn boot_failed(sock: &mut UnixStream, stage: BootStage, errno: Errno, what: &str) -> ! {

@@ -1,0 +1,62 @@
+//! A process watched and signalled through a pidfd: safe against pid reuse,
+//! and usable for processes that are not this process's children (agents
+//! are children of the spawner process).
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// A pidfd registered with the tokio reactor.
+#[derive(Debug)]
+pub struct Pidfd {
+    fd: AsyncFd<OwnedFd>,
+    pid: u32,
+}
+
+impl Pidfd {
+    /// Watches the process `fd` refers to (host pid `pid`, for messages).
+    /// Must be called within a tokio runtime.
+    pub fn new(fd: OwnedFd, pid: u32) -> std::io::Result<Self> {
+        // SAFETY: the OwnedFd is moved into the AsyncFd, which keeps it open
+        // and unchanged until both are dropped together.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
+        Ok(Self { fd, pid })
+    }
+
+    /// The process's host pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Resolves once the process has exited (a pidfd becomes readable then).
+    pub async fn exited(&self) {
+        if let Err(err) = self.fd.readable().await {
+            // The reactor is going away with the runtime: nothing waits anymore.
+            tracing::debug!(pid = self.pid, %err, "cannot watch the process");
+        }
+    }
+
+    /// Sends `signal` to the process; a process that has exited is not an
+    /// error (the pidfd never reaches another process that got its pid).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> std::io::Result<()> {
+        // SAFETY: pidfd_send_signal takes a descriptor we own, a signal
+        // number, a null siginfo and no flags.
+        let sent = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.get_ref().as_raw_fd(),
+                signal as libc::c_int,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        match sent {
+            0 => Ok(()),
+            _ => match std::io::Error::last_os_error() {
+                err if err.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+                err => Err(err),
+            },
+        }
+    }
+}

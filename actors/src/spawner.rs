@@ -1,0 +1,392 @@
+//! The spawner actor: starts sandbox agents through one spawner process per
+//! runtime.
+//!
+//! # Why a spawner process
+//! The spawner is `sandvisor-agent` as the host starts it: a small,
+//! single-threaded process. Each agent is a fork of it, created by `clone3`
+//! directly as PID 1 of a new pid namespace, which speaks
+//! [SAP](crate::protocol) on a socket the host passed along. Per sandbox
+//! that saves an exec of the agent (and its dynamic loading), the
+//! intermediate process that would otherwise fork PID 1 into the namespace,
+//! and a fork from the host's large, multi-threaded address space.
+//!
+//! # Contract
+//! - The spawner process is started by the first [`SpawnerMsg::Spawn`] (a
+//!   runtime that never starts a sandbox starts none), and again by the first
+//!   one after it went away; its channel is the
+//!   [spawn channel](crate::protocol::spawn).
+//! - Every `Spawn` is answered exactly once: with the agent's host pid and a
+//!   pidfd of it, or with a [`SpawnFailed`] that says what failed. A request
+//!   the channel refused (the spawner process is gone) is sent once more, to
+//!   a new spawner process. A request that was sent is never sent again (the
+//!   agent may exist): if its spawner process dies before answering, it
+//!   fails; answers it wrote before dying are still read and delivered.
+//! - The spawner process ends when this actor's state drops. Agents do not
+//!   end with it: each lives as long as the host end of its own SAP socket.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use crate::protocol::spawn;
+
+/// An agent the spawner process forked.
+#[derive(Debug)]
+pub struct Spawned {
+    /// Its host pid.
+    pub pid: u32,
+    /// A pidfd of it.
+    pub pidfd: OwnedFd,
+}
+
+/// Why no agent was spawned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpawnFailed {
+    /// OS error number (0 if none).
+    pub errno: i32,
+    /// What failed, naming the agent binary where it matters.
+    pub message: String,
+}
+
+/// Answers a [`SpawnerMsg::Spawn`].
+pub type SpawnReply = RpcReplyPort<Result<Spawned, SpawnFailed>>;
+
+/// Messages of the [`Spawner`].
+#[derive(Debug)]
+pub enum SpawnerMsg {
+    /// Fork an agent that speaks SAP on `socket`.
+    Spawn {
+        /// Make it PID 1 of a new pid namespace.
+        new_pid_namespace: bool,
+        /// The agent's end of its SAP socket (the host keeps the other).
+        socket: OwnedFd,
+        /// The agent, or why not.
+        reply: SpawnReply,
+    },
+    /// From the reader task: the spawner process answered.
+    Replied {
+        /// Which spawner process (a new one gets a new generation).
+        generation: u64,
+        /// The answer.
+        reply: spawn::Reply,
+        /// The pidfd that came with it.
+        pidfd: Option<OwnedFd>,
+    },
+    /// From the reader task: the channel closed or broke.
+    ChannelClosed {
+        /// Which spawner process.
+        generation: u64,
+        /// What was seen.
+        reason: String,
+    },
+}
+
+/// The spawner actor. See the module docs.
+pub struct Spawner;
+
+/// Its state: the spawner process (once started) and the requests it has not
+/// answered yet.
+pub struct SpawnerState {
+    agent: PathBuf,
+    /// Spawner processes by generation: the current one, and any that went
+    /// away whose channel has not been read to its end yet.
+    processes: HashMap<u64, SpawnerProcess>,
+    /// The generation new requests go to.
+    current: Option<u64>,
+    generation: u64,
+    next_id: u64,
+    /// Requests sent and not answered, with the generation they went to.
+    pending: HashMap<u64, (u64, SpawnReply)>,
+}
+
+/// A running spawner process and the host end of its channel.
+struct SpawnerProcess {
+    channel: Arc<AsyncFd<OwnedFd>>,
+    /// Killed when dropped; its agents are not (see the module docs).
+    child: tokio::process::Child,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for SpawnerProcess {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl SpawnerState {
+    /// The current spawner process, started unless one runs.
+    fn ensure_process(
+        &mut self,
+        myself: &ActorRef<SpawnerMsg>,
+    ) -> Result<(u64, Arc<AsyncFd<OwnedFd>>), SpawnFailed> {
+        if let Some(process) = self.current.and_then(|g| self.processes.get(&g)) {
+            return Ok((self.current.unwrap_or_default(), process.channel.clone()));
+        }
+        let (channel, child) =
+            start_process(&self.agent).map_err(|err| self.start_failure(&err))?;
+        let channel = Arc::new(channel);
+        self.generation += 1;
+        let reader = tokio::spawn(read_replies(
+            channel.clone(),
+            self.generation,
+            myself.clone(),
+        ));
+        tracing::debug!(agent = %self.agent.display(), pid = child.id(), "spawner process started");
+        self.processes.insert(
+            self.generation,
+            SpawnerProcess {
+                channel: channel.clone(),
+                child,
+                reader,
+            },
+        );
+        self.current = Some(self.generation);
+        Ok((self.generation, channel))
+    }
+
+    fn start_failure(&self, err: &std::io::Error) -> SpawnFailed {
+        let message = if err.kind() == std::io::ErrorKind::NotFound {
+            format!("agent binary not found at {}", self.agent.display())
+        } else {
+            format!("cannot start {}: {err}", self.agent.display())
+        };
+        SpawnFailed {
+            errno: err.raw_os_error().unwrap_or(0),
+            message,
+        }
+    }
+
+    /// Sends a request for an agent on `socket` to the current spawner
+    /// process; returns its id and the generation it went to. A second try
+    /// goes to a new process, only after the channel refused the first.
+    async fn send(
+        &mut self,
+        myself: &ActorRef<SpawnerMsg>,
+        new_pid_namespace: bool,
+        socket: BorrowedFd<'_>,
+    ) -> Result<(u64, u64), SpawnFailed> {
+        let mut refused = None;
+        for _ in 0..2 {
+            let (generation, channel) = self.ensure_process(myself)?;
+            let id = self.next_id;
+            self.next_id += 1;
+            let request = spawn::Request {
+                id,
+                new_pid_namespace,
+            };
+            // Waits while the channel is full: the spawner drains it.
+            match send_request(&channel, &request.encode(), socket).await {
+                Ok(()) => return Ok((id, generation)),
+                Err(err) => {
+                    // Ended for sure; its reader still delivers what it
+                    // answered before, then reports the end.
+                    if let Some(process) = self.processes.get_mut(&generation) {
+                        let _ = process.child.start_kill();
+                    }
+                    self.current = None;
+                    tracing::warn!(%err, "the agent spawner refused a request");
+                    refused = Some(err);
+                }
+            }
+        }
+        let reason = refused.map_or_else(String::new, |err| format!("writing to it: {err}"));
+        Err(self.gone(&reason))
+    }
+
+    /// Forgets the spawner process of `generation` (which kills it) and fails
+    /// every request it has not answered.
+    fn lose_process(&mut self, generation: u64, reason: &str) {
+        self.processes.remove(&generation);
+        if self.current == Some(generation) {
+            self.current = None;
+            tracing::warn!(%reason, "the agent spawner went away; the next sandbox starts a new one");
+        }
+        let lost: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, (g, _))| *g == generation)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            if let Some((_, reply)) = self.pending.remove(&id) {
+                let _ = reply.send(Err(self.gone(reason)));
+            }
+        }
+    }
+
+    fn gone(&self, reason: &str) -> SpawnFailed {
+        SpawnFailed {
+            errno: libc::EPIPE,
+            message: format!(
+                "the agent spawner ({}) went away: {reason}",
+                self.agent.display()
+            ),
+        }
+    }
+}
+
+/// Arguments to spawn a [`Spawner`].
+pub struct SpawnerArgs {
+    /// The `sandvisor-agent` binary.
+    pub agent: PathBuf,
+}
+
+impl Actor for Spawner {
+    type Msg = SpawnerMsg;
+    type State = SpawnerState;
+    type Arguments = SpawnerArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<SpawnerMsg>,
+        args: SpawnerArgs,
+    ) -> Result<SpawnerState, ActorProcessingErr> {
+        Ok(SpawnerState {
+            agent: args.agent,
+            processes: HashMap::new(),
+            current: None,
+            generation: 0,
+            next_id: 0,
+            pending: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SpawnerMsg>,
+        msg: SpawnerMsg,
+        state: &mut SpawnerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SpawnerMsg::Spawn {
+                new_pid_namespace,
+                socket,
+                reply,
+            } => {
+                match state.send(&myself, new_pid_namespace, socket.as_fd()).await {
+                    // Answered once the reply is read, which is handled after
+                    // this message.
+                    Ok((id, generation)) => {
+                        state.pending.insert(id, (generation, reply));
+                    }
+                    Err(failed) => {
+                        let _ = reply.send(Err(failed));
+                    }
+                }
+            }
+            SpawnerMsg::Replied {
+                generation,
+                reply,
+                pidfd,
+            } => {
+                let Some((sent_to, port)) = state.pending.remove(&reply.id) else {
+                    tracing::warn!(
+                        id = reply.id,
+                        "the agent spawner answered a request it was not sent"
+                    );
+                    return Ok(());
+                };
+                let answer = match (reply.outcome, pidfd) {
+                    (Ok(pid), Some(pidfd)) if sent_to == generation => Ok(Spawned { pid, pidfd }),
+                    (Ok(pid), _) => Err(SpawnFailed {
+                        errno: libc::EPROTO,
+                        message: format!("the agent spawner's answer for agent {pid} is wrong"),
+                    }),
+                    (Err(errno), _) => Err(SpawnFailed {
+                        errno,
+                        message: format!(
+                            "cannot fork a sandbox agent: {}",
+                            nix::errno::Errno::from_raw(errno).desc()
+                        ),
+                    }),
+                };
+                // A VmProcess that is gone drops the agent's socket: it exits.
+                let _ = port.send(answer);
+            }
+            SpawnerMsg::ChannelClosed { generation, reason } => {
+                state.lose_process(generation, &reason);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts `agent` with its end of a new spawn channel as standard input.
+fn start_process(
+    agent: &std::path::Path,
+) -> std::io::Result<(AsyncFd<OwnedFd>, tokio::process::Child)> {
+    let (host, spawner) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    // Only the host's end: the spawner reads its own end blocking.
+    nix::fcntl::fcntl(
+        &host,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    let child = tokio::process::Command::new(agent)
+        .stdin(Stdio::from(spawner))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    // SAFETY: the OwnedFd is moved into the AsyncFd, which keeps it open and
+    // unchanged until both are dropped together.
+    let channel = unsafe { AsyncFd::register(host) }?;
+    Ok((channel, child))
+}
+
+async fn send_request(
+    channel: &AsyncFd<OwnedFd>,
+    request: &[u8],
+    socket: BorrowedFd<'_>,
+) -> std::io::Result<()> {
+    channel
+        .async_io(Interest::WRITABLE, |fd| {
+            spawn::send(fd.as_fd(), request, Some(socket), MsgFlags::MSG_DONTWAIT)
+                .map_err(std::io::Error::from)
+        })
+        .await
+}
+
+/// Reads replies until the channel closes, and tells the actor each one.
+async fn read_replies(
+    channel: Arc<AsyncFd<OwnedFd>>,
+    generation: u64,
+    spawner: ActorRef<SpawnerMsg>,
+) {
+    let reason = loop {
+        let received = channel.async_io(Interest::READABLE, |fd| {
+            spawn::receive(fd.as_fd(), spawn::REPLY_LEN, MsgFlags::MSG_DONTWAIT)
+                .map_err(std::io::Error::from)
+        });
+        match received.await {
+            Ok(None) => break "its channel closed".to_string(),
+            Ok(Some(spawn::Message { bytes, fd: pidfd })) => match spawn::Reply::decode(&bytes) {
+                Some(reply) => {
+                    let replied = SpawnerMsg::Replied {
+                        generation,
+                        reply,
+                        pidfd,
+                    };
+                    if spawner.cast(replied).is_err() {
+                        return;
+                    }
+                }
+                None => break format!("it sent a malformed reply of {} bytes", bytes.len()),
+            },
+            Err(err) => break format!("reading from it: {err}"),
+        }
+    };
+    let _ = spawner.cast(SpawnerMsg::ChannelClosed { generation, reason });
+}
