@@ -12,7 +12,7 @@ use common::runtime;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use sandvisor::engine::protocol::spawn::{self, Reply, Request, REPLY_LEN};
-use sandvisor::{Error, SandboxConfig, SandboxStatus, Sandvisor};
+use sandvisor::{Error, LogOptions, SandboxConfig, SandboxStatus, Sandvisor};
 
 fn send(channel: &OwnedFd, bytes: &[u8], fd: Option<&OwnedFd>) {
     spawn::send(
@@ -302,4 +302,21 @@ async fn sandboxes_starting_while_the_spawner_dies_start_or_fail_cleanly() {
         .await
         .unwrap();
     assert_eq!(after.wait_until_stopped().await.unwrap().exit_code, Some(3));
+}
+
+#[tokio::test]
+async fn a_sandbox_without_a_working_directory_starts_in_root() {
+    let (_home, rt) = runtime().await;
+    let sandbox = rt.create(SandboxConfig::new("where", "pwd")).await.unwrap();
+    assert_eq!(
+        sandbox.wait_until_stopped().await.unwrap().exit_code,
+        Some(0)
+    );
+    let entries = sandbox.logs(&LogOptions::default()).await.unwrap();
+    let out: Vec<u8> = entries
+        .iter()
+        .filter(|e| e.source == sandvisor::LogSource::Stdout)
+        .flat_map(|e| e.data.to_vec())
+        .collect();
+    assert_eq!(out, b"/\n");
 }

@@ -21,6 +21,12 @@ pub fn serve() -> ! {
     // Out of the host's session and process group: a terminal's ^C or hangup
     // meant for the host must not end the spawner.
     let _ = nix::unistd::setsid();
+    // Agents start where this process is: in `/`, the documented default
+    // working directory, and not pinning whatever directory the host was in.
+    if let Err(err) = std::env::set_current_dir("/") {
+        eprintln!("sandvisor-agent: cannot change to /: {err}");
+        std::process::exit(2);
+    }
     // SAFETY: SIG_IGN installs no handler; this process is single-threaded.
     if let Err(errno) = unsafe { signal(Signal::SIGCHLD, SigHandler::SigIgn) } {
         eprintln!("sandvisor-agent: cannot ignore SIGCHLD: {errno}");
