@@ -1,7 +1,7 @@
-//! Spawn benchmark: 500 sandboxes running `true`, spawned concurrently and
+//! Spawn benchmark: first the host memory an idle sandbox costs (200 running
+//! `sleep`); then 500 sandboxes running `true`, spawned concurrently and
 //! reaped, against the floor of the same isolation (`unshare` with the same
-//! namespaces running `true`, 500 at once) and plain `true`; then the host
-//! memory an idle sandbox costs.
+//! namespaces running `true`, 500 at once) and plain `true`.
 //!
 //! Run: `cargo run --release --example bench_spawn` (as root: namespaces).
 
@@ -23,6 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .filter(|path| path.is_file())
         .ok_or("build the agent first: cargo build --release --bin sandvisor-agent")?;
 
+    idle_memory(&agent).await?;
     let mut sandvisor_times = Vec::new();
     let mut tmpfs_times = Vec::new();
     let mut unshare_times = Vec::new();
@@ -101,10 +102,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         p.as_secs_f64() / u.as_secs_f64()
     );
 
+    Ok(())
+}
+
+/// Host memory per idle sandbox, measured first, in a process that has not
+/// yet run (and freed) hundreds of sandboxes: later, the allocator's freed
+/// pages would absorb the idle sandboxes and hide their cost.
+async fn idle_memory(
+    agent: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let home = tempfile::tempdir()?;
     let rt = Sandvisor::builder()
         .home(home.path())
-        .agent_path(&agent)
+        .agent_path(agent)
         .open()
         .await?;
     // Warm up allocator pools, SQLite and the actor runtime before measuring.
@@ -125,7 +135,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     let after = rss_bytes()?;
     let per = after.saturating_sub(before) as f64 / IDLE as f64;
-    println!();
     println!("| idle sandboxes | host RSS before | after | per sandbox | target |");
     println!("| ---: | ---: | ---: | ---: | ---: |");
     println!(
@@ -134,6 +143,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         after as f64 / 1048576.0,
         per / 1024.0
     );
+    println!();
     let kills: Vec<_> = sandboxes.iter().map(|s| s.kill()).collect();
     for result in futures::future::join_all(kills).await {
         result?;

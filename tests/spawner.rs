@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::runtime;
+use common::{ended, parent_of, runtime, sigkill, status_field, wait_until};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use sandvisor::engine::protocol::spawn::{self, Reply, Request, REPLY_LEN};
@@ -36,38 +36,6 @@ fn reply(channel: &OwnedFd) -> (Reply, Option<OwnedFd>) {
         .unwrap()
         .expect("a reply, not the end");
     (Reply::decode(&message.bytes).unwrap(), message.fd)
-}
-
-fn status_field(pid: u32, field: &str) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
-}
-
-fn parent_of(pid: u32) -> u32 {
-    status_field(pid, "PPid:").unwrap().parse().unwrap()
-}
-
-/// Gone, or a zombie nobody has reaped yet: it runs no more.
-fn ended(pid: u32) -> bool {
-    status_field(pid, "State:").is_none_or(|state| state.starts_with('Z'))
-}
-
-fn sigkill(pid: u32) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within 10 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -29,12 +29,29 @@ impl Pidfd {
         self.pid
     }
 
-    /// Resolves once the process has exited (a pidfd becomes readable then).
+    /// Resolves once the process has exited (a pidfd becomes readable then),
+    /// and reaps it if it has become this process's child: an agent whose
+    /// spawner died is reparented to its nearest subreaper, which is this
+    /// process when it is PID 1 of a container or a subreaper itself.
     pub async fn exited(&self) {
         if let Err(err) = self.fd.readable().await {
-            // The reactor is going away with the runtime: nothing waits anymore.
+            // Only when the reactor goes away with the runtime, and then
+            // nobody waits for the answer anymore.
             tracing::debug!(pid = self.pid, %err, "cannot watch the process");
+            return;
         }
+        // SAFETY: siginfo_t is plain data, written by waitid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid on a pidfd we own; WNOHANG, and ECHILD (not our
+        // child: its parent reaps it) is the usual answer.
+        unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                self.fd.get_ref().as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG,
+            )
+        };
     }
 
     /// Sends `signal` to the process; a process that has exited is not an

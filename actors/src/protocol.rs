@@ -16,8 +16,9 @@
 //!
 //! # Conversation
 //! 1. host → agent `Start(spec)`, first and once. The agent is already PID 1
-//!    of its own pid namespace (the spawner created it there) and its host
-//!    pid is known to the host from the spawn reply.
+//!    of its own pid namespace when the spec asks for one (the spawner
+//!    created it there); its host pid is known to the host from the spawn
+//!    reply.
 //! 2. The agent unshares the other namespaces the spec asks for and sets them
 //!    up.
 //! 3. agent → host `Ready { pid }` once the main command runs (session 1), or

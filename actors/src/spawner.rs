@@ -8,7 +8,7 @@
 //! [SAP](crate::protocol) on a socket the host passed along. Per sandbox
 //! that saves an exec of the agent (and its dynamic loading), the
 //! intermediate process that would otherwise fork PID 1 into the namespace,
-//! and a fork from the host's large, multi-threaded address space.
+//! and a spawn from the host's large, multi-threaded process.
 //!
 //! # Contract
 //! - The spawner process is started by the first [`SpawnerMsg::Spawn`] (a
@@ -17,12 +17,14 @@
 //!   [spawn channel](crate::protocol::spawn).
 //! - Every `Spawn` is answered exactly once: with the agent's host pid and a
 //!   pidfd of it, or with a [`SpawnFailed`] that says what failed. A request
-//!   the channel refused (the spawner process is gone) is sent once more, to
-//!   a new spawner process. A request that was sent is never sent again (the
-//!   agent may exist): if its spawner process dies before answering, it
-//!   fails; answers it wrote before dying are still read and delivered.
-//! - The spawner process ends when this actor's state drops. Agents do not
-//!   end with it: each lives as long as the host end of its own SAP socket.
+//!   the channel refused because the spawner process is gone (`EPIPE`,
+//!   `ECONNRESET`) is sent once more, to a new spawner process. A request
+//!   that was sent is never sent again (the agent may exist): if its spawner
+//!   process dies before answering, it fails; answers it wrote before dying
+//!   are still read and delivered.
+//! - When this actor's state drops, the channel closes: the spawner process
+//!   exits once its agents have (each lives as long as the host end of its
+//!   own SAP socket), and is then reaped by tokio.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -110,8 +112,8 @@ pub struct SpawnerState {
 /// A running spawner process and the host end of its channel.
 struct SpawnerProcess {
     channel: Arc<AsyncFd<OwnedFd>>,
-    /// Killed when dropped; its agents are not (see the module docs).
-    child: tokio::process::Child,
+    /// Reaped by tokio once it exits (see the module docs).
+    _child: tokio::process::Child,
     reader: JoinHandle<()>,
 }
 
@@ -144,7 +146,7 @@ impl SpawnerState {
             self.generation,
             SpawnerProcess {
                 channel: channel.clone(),
-                child,
+                _child: child,
                 reader,
             },
         );
@@ -166,7 +168,7 @@ impl SpawnerState {
 
     /// Sends a request for an agent on `socket` to the current spawner
     /// process; returns its id and the generation it went to. A second try
-    /// goes to a new process, only after the channel refused the first.
+    /// goes to a new process, only after the first found the spawner gone.
     async fn send(
         &mut self,
         myself: &ActorRef<SpawnerMsg>,
@@ -185,15 +187,23 @@ impl SpawnerState {
             // Waits while the channel is full: the spawner drains it.
             match send_request(&channel, &request.encode(), socket).await {
                 Ok(()) => return Ok((id, generation)),
-                Err(err) => {
-                    // Ended for sure; its reader still delivers what it
-                    // answered before, then reports the end.
-                    if let Some(process) = self.processes.get_mut(&generation) {
-                        let _ = process.child.start_kill();
-                    }
+                Err(err)
+                    if matches!(
+                        err.raw_os_error(),
+                        Some(libc::EPIPE) | Some(libc::ECONNRESET)
+                    ) =>
+                {
+                    // Its reader still delivers what it answered before,
+                    // then reports the end.
                     self.current = None;
-                    tracing::warn!(%err, "the agent spawner refused a request");
+                    tracing::warn!(%err, "the agent spawner is gone; starting a new one");
                     refused = Some(err);
+                }
+                Err(err) => {
+                    return Err(SpawnFailed {
+                        errno: err.raw_os_error().unwrap_or(0),
+                        message: format!("cannot send a request to the agent spawner: {err}"),
+                    })
                 }
             }
         }
@@ -338,7 +348,6 @@ fn start_process(
         .stdin(Stdio::from(spawner))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()?;
     // SAFETY: the OwnedFd is moved into the AsyncFd, which keeps it open and
     // unchanged until both are dropped together.

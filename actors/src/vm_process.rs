@@ -16,9 +16,12 @@
 //!   reports `Ready`, so the marker precedes all output of the run.
 //! - Control frames become [`VmEvent`]s for the supervisor, in wire order;
 //!   `Exited` arrives after every output chunk of the run is written, and only
-//!   once the agent's process has exited (its pidfd says so) — the agent is
-//!   PID 1, whose exit ends the whole pid namespace — so when the supervisor
-//!   hears of the end, no process of the sandbox is left.
+//!   once the agent's process has exited (its pidfd says so). With a pid
+//!   namespace (the default) the agent is its PID 1, whose exit ends every
+//!   process in it, so when the supervisor hears of the end, no process of
+//!   the sandbox is left. Without one, the agent kills the main command's
+//!   process group before it exits; a process that left the group (`setsid`)
+//!   is not tracked.
 //! - [`VmProcessMsg::Kill`] asks the agent to SIGKILL every process, so the
 //!   main command's real status is still reported; [`VmProcessMsg::KillFromHost`]
 //!   sends SIGKILL to the sandbox's PID 1 from the host (through its pidfd, so
@@ -134,8 +137,8 @@ pub enum VmProcessMsg {
     Frame(Frame),
     /// From the reader task: the socket closed (or broke).
     ReaderDone(Option<String>),
-    /// From the waiter task: the agent (PID 1) exited, so every process of
-    /// the sandbox is gone.
+    /// From the waiter task: the agent exited (and, as PID 1 of a pid
+    /// namespace, every process of the sandbox with it).
     AgentExited,
     /// Run an exec session; answered once the agent started it (or not).
     Exec {
@@ -255,6 +258,14 @@ pub struct VmState {
     stdin: HashMap<u64, StdinFlow>,
     /// Removed (dropped) with the state, after the run has ended.
     _cgroup: Option<Cgroup>,
+    /// What `post_start` needs to boot the agent.
+    boot: Option<Boot>,
+}
+
+/// What `post_start` takes to boot the agent.
+struct Boot {
+    spawner: ActorRef<SpawnerMsg>,
+    tap: watch::Receiver<ActorRef<RelayTapMsg>>,
 }
 
 impl Drop for VmState {
@@ -395,7 +406,7 @@ impl Actor for VmProcess {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<Self::Msg>,
+        _: ActorRef<Self::Msg>,
         args: VmArgs,
     ) -> Result<VmState, ActorProcessingErr> {
         let mut state = VmState {
@@ -413,6 +424,7 @@ impl Actor for VmProcess {
             pending_exec: HashMap::new(),
             stdin: HashMap::new(),
             _cgroup: None,
+            boot: None,
         };
         if state.spec.limits.any() {
             match Cgroup::create(&state.spec.cgroup_id, state.spec.limits) {
@@ -428,7 +440,28 @@ impl Actor for VmProcess {
                 }
             }
         }
-        let spawned = spawn_agent(&args.spawner, state.spec.start.pid_namespace).await;
+        state.boot = Some(Boot {
+            spawner: args.spawner,
+            tap: args.tap,
+        });
+        Ok(state)
+    }
+
+    /// Spawns the agent and sends `Start`. Here rather than in `pre_start`:
+    /// the supervisor (and the root above it) does not wait for the spawner;
+    /// messages still wait until this is done.
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut VmState,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(Boot { spawner, tap }) = state.boot.take() else {
+            return Ok(());
+        };
+        if state.ended {
+            return Ok(());
+        }
+        let spawned = spawn_agent(&spawner, state.spec.start.pid_namespace).await;
         let (spawned, socket) = match spawned {
             Ok(spawned) => spawned,
             Err(failed) => {
@@ -438,7 +471,7 @@ impl Actor for VmProcess {
                     errno: failed.errno,
                     message: failed.message,
                 });
-                return Ok(state);
+                return Ok(());
             }
         };
         let agent = match Pidfd::new(spawned.pidfd, spawned.pid) {
@@ -451,7 +484,7 @@ impl Actor for VmProcess {
                     errno: err.raw_os_error().unwrap_or(0),
                     message: format!("cannot watch the agent: {err}"),
                 });
-                return Ok(state);
+                return Ok(());
             }
         };
         state.agent = Some(agent.clone());
@@ -469,7 +502,7 @@ impl Actor for VmProcess {
                     errno: err.raw_os_error().unwrap_or(0),
                     message: format!("cannot move the sandbox into its cgroup: {err}"),
                 });
-                return Ok(state);
+                return Ok(());
             }
         }
         let vm = myself.clone();
@@ -481,15 +514,23 @@ impl Actor for VmProcess {
         let (read, mut writer) = socket.into_split();
         let mut start = Vec::new();
         Frame::Start(state.spec.start.clone()).encode(&mut start);
-        writer.write_all(&start).await?;
+        if let Err(err) = writer.write_all(&start).await {
+            state.kill_tree();
+            state.end(VmEvent::BootFailed {
+                stage: BootStage::BuildVm,
+                errno: err.raw_os_error().unwrap_or(0),
+                message: format!("cannot send Start to the agent: {err}"),
+            });
+            return Ok(());
+        }
         state.writer = Some(writer);
         state.reader = Some(tokio::spawn(read_frames(
             read,
             myself.clone(),
-            args.tap,
+            tap,
             state.routes.clone(),
         )));
-        Ok(state)
+        Ok(())
     }
 
     async fn handle(

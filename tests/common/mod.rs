@@ -114,3 +114,39 @@ pub async fn runtime() -> (TempDir, sandvisor::Sandvisor) {
         .unwrap();
     (home, rt)
 }
+
+/// A field of `/proc/PID/status`, if the process exists.
+pub fn status_field(pid: u32, field: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
+}
+
+/// The parent pid of a live process.
+pub fn parent_of(pid: u32) -> u32 {
+    status_field(pid, "PPid:").unwrap().parse().unwrap()
+}
+
+/// Gone, or a zombie nobody has reaped yet: it runs no more.
+pub fn ended(pid: u32) -> bool {
+    status_field(pid, "State:").is_none_or(|state| state.starts_with('Z'))
+}
+
+/// SIGKILL to `pid`.
+pub fn sigkill(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+/// Polls `done` (a process state, a file) until it holds; fails after 10 s.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what} within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

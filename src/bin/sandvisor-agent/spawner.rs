@@ -4,8 +4,10 @@
 //! code: each agent is created by `clone3` — as PID 1 of a new pid namespace
 //! when asked — and goes straight on as the agent, without an exec. Agents are
 //! reaped by the kernel at once (SIGCHLD is ignored here); the host watches
-//! each through the pidfd sent with the reply. The spawner exits when the
-//! host's end of the channel closes.
+//! each through the pidfd sent with the reply. When the host's end of the
+//! channel closes, the spawner waits until its agents have exited (each ends
+//! when its own socket closes) and exits: an agent never outlives it, so none
+//! is reparented to a host that would not reap it.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -18,6 +20,7 @@ use sandvisor::engine::protocol::SPAWNER_FD;
 
 /// Serves the channel on standard input until the host closes it.
 pub fn serve() -> ! {
+    clean_inheritance();
     // Out of the host's session and process group: a terminal's ^C or hangup
     // meant for the host must not end the spawner.
     let _ = nix::unistd::setsid();
@@ -37,11 +40,11 @@ pub fn serve() -> ! {
     loop {
         let (bytes, socket) = match spawn::receive(channel, REQUEST_LEN, MsgFlags::empty()) {
             Ok(Some(message)) => (message.bytes, message.fd),
-            Ok(None) => std::process::exit(0),
+            Ok(None) => exit_after_agents(0),
             Err(Errno::EINTR) => continue,
             Err(errno) => {
                 eprintln!("sandvisor-agent: reading the spawn channel: {errno}");
-                std::process::exit(1);
+                exit_after_agents(1)
             }
         };
         let (id, outcome) = match (Request::decode(&bytes), socket) {
@@ -60,7 +63,46 @@ pub fn serve() -> ! {
         if let Err(errno) = spawn::send(channel, &reply, pidfd, MsgFlags::empty()) {
             // The host is gone: its agents see their sockets close and end.
             eprintln!("sandvisor-agent: answering on the spawn channel: {errno}");
-            std::process::exit(0);
+            exit_after_agents(0)
+        }
+    }
+}
+
+/// Leaves nothing of the host's to the agents and their commands: descriptors
+/// it let this process inherit (all but the standard three) are closed, and
+/// signals it ignored (a `nohup`, a shell's background job) are taken by
+/// default again. SIGPIPE stays ignored, as the Rust runtime set it: the agent
+/// wants EPIPE, and the commands it starts get the default back from the
+/// standard library.
+fn clean_inheritance() {
+    // SAFETY: close_range takes no pointers; an old kernel's ENOSYS leaves
+    // the descriptors, which is what happened before.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    for signo in 1..=libc::SIGRTMAX() {
+        if [libc::SIGKILL, libc::SIGSTOP, libc::SIGPIPE].contains(&signo) {
+            continue;
+        }
+        // SAFETY: sigaction is plain data; the calls only read and reset a
+        // disposition of this single-threaded process.
+        unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signo, std::ptr::null(), &mut current) == 0
+                && current.sa_sigaction == libc::SIG_IGN
+            {
+                libc::signal(signo, libc::SIG_DFL);
+            }
+        }
+    }
+}
+
+/// Waits until every agent has exited, then exits with `code`.
+fn exit_after_agents(code: i32) -> ! {
+    // With SIGCHLD ignored, wait returns ECHILD once no child is left.
+    loop {
+        match nix::sys::wait::wait() {
+            Err(Errno::ECHILD) => std::process::exit(code),
+            Err(Errno::EINTR) | Ok(_) => continue,
+            Err(_) => std::process::exit(code),
         }
     }
 }
@@ -68,11 +110,31 @@ pub fn serve() -> ! {
 /// Forks the agent for `request`; in the parent, returns its pid and pidfd.
 /// The child never returns from here: it runs the agent on `socket`.
 fn fork_agent(request: Request, socket: OwnedFd) -> Result<(u32, OwnedFd), Errno> {
-    let mut pidfd: libc::c_int = -1;
     let mut flags = libc::CLONE_PIDFD as u64;
     if request.new_pid_namespace {
         flags |= libc::CLONE_NEWPID as u64;
     }
+    let forked = match clone3_fork(flags) {
+        // Kernels before 5.3, and seccomp profiles that hide clone3.
+        Err(Errno::ENOSYS) => clone_fork(flags),
+        other => other,
+    };
+    match forked? {
+        Forked::Child => become_agent(socket),
+        Forked::Parent { pid, pidfd } => Ok((pid, pidfd)),
+    }
+}
+
+/// Which side of a fork this is.
+#[derive(Debug)]
+enum Forked {
+    Child,
+    Parent { pid: u32, pidfd: OwnedFd },
+}
+
+/// A fork by clone3 with `flags` (which hold CLONE_PIDFD).
+fn clone3_fork(flags: u64) -> Result<Forked, Errno> {
+    let mut pidfd: libc::c_int = -1;
     // SAFETY: clone_args is plain data; zero is "unset" for every field.
     let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
     args.flags = flags;
@@ -87,14 +149,38 @@ fn fork_agent(request: Request, socket: OwnedFd) -> Result<(u32, OwnedFd), Errno
             std::mem::size_of::<libc::clone_args>(),
         )
     };
-    match forked {
+    forked_from(forked, pidfd)
+}
+
+/// The same fork by clone(2), which returns the pidfd where a parent tid
+/// would go.
+fn clone_fork(flags: u64) -> Result<Forked, Errno> {
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: as for clone3: no CLONE_VM and no stack make it a fork. The
+    // argument order (flags, stack, parent tid, child tid, tls) is x86_64's;
+    // the last two are unused, so aarch64's order (tls, child tid) is the same.
+    let forked = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags | libc::SIGCHLD as u64,
+            0usize,
+            std::ptr::addr_of_mut!(pidfd),
+            0usize,
+            0usize,
+        )
+    };
+    forked_from(forked, pidfd)
+}
+
+fn forked_from(returned: libc::c_long, pidfd: libc::c_int) -> Result<Forked, Errno> {
+    match returned {
         -1 => Err(Errno::last()),
-        0 => become_agent(socket),
-        pid => {
-            // SAFETY: clone3 stored a new pidfd that nothing else owns.
-            let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-            Ok((pid as u32, pidfd))
-        }
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent {
+            pid: pid as u32,
+            // SAFETY: the kernel stored a new pidfd that nothing else owns.
+            pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
+        }),
     }
 }
 
@@ -116,4 +202,41 @@ fn become_agent(socket: OwnedFd) -> ! {
         }
     }
     crate::agent::run(UnixStream::from(socket))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Forks with `fork`; the child exits with 7 at once (this test process
+    /// has threads, so it does nothing else); returns the status its pidfd
+    /// reports.
+    fn exit_status_through_pidfd(fork: fn(u64) -> Result<Forked, Errno>) -> i32 {
+        match fork(libc::CLONE_PIDFD as u64).unwrap() {
+            // SAFETY: _exit is async-signal-safe.
+            Forked::Child => unsafe { libc::_exit(7) },
+            Forked::Parent { pid, pidfd } => {
+                assert!(pid > 0);
+                // SAFETY: plain data, written by waitid on a pidfd we own.
+                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                let waited = unsafe {
+                    libc::waitid(
+                        libc::P_PIDFD,
+                        pidfd.as_raw_fd() as libc::id_t,
+                        &mut info,
+                        libc::WEXITED,
+                    )
+                };
+                assert_eq!(waited, 0);
+                // SAFETY: waitid filled in a child's exit.
+                unsafe { info.si_status() }
+            }
+        }
+    }
+
+    #[test]
+    fn both_forks_give_a_pidfd_of_the_child() {
+        assert_eq!(exit_status_through_pidfd(clone3_fork), 7);
+        assert_eq!(exit_status_through_pidfd(clone_fork), 7);
+    }
 }
