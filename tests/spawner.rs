@@ -288,3 +288,42 @@ async fn a_sandbox_without_a_working_directory_starts_in_root() {
         .collect();
     assert_eq!(out, b"/\n");
 }
+
+#[tokio::test]
+async fn a_spawner_that_never_answers_holds_up_nothing_else() {
+    // An "agent binary" that reads its channel to the end and never answers.
+    let home = tempfile::tempdir().unwrap();
+    let silent = home.path().join("silent-agent");
+    std::fs::write(&silent, "#!/bin/sh\nexec cat > /dev/null\n").unwrap();
+    std::fs::set_permissions(&silent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let rt = Sandvisor::builder()
+        .home(home.path().join("home"))
+        .agent_path(&silent)
+        .open()
+        .await
+        .unwrap();
+    let stuck = {
+        let rt = rt.clone();
+        tokio::spawn(async move { rt.create(SandboxConfig::new("stuck", "true")).await })
+    };
+    // The sandbox is launched (Starting) while its agent is never spawned;
+    // the runtime's root still answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let hosted = tokio::time::timeout(Duration::from_secs(10), rt.hosted())
+            .await
+            .expect("the root answers while a spawn hangs")
+            .unwrap();
+        if hosted == ["stuck"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the sandbox is launched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let listed = tokio::time::timeout(Duration::from_secs(10), rt.list())
+        .await
+        .expect("listing answers while a spawn hangs")
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    stuck.abort();
+}
