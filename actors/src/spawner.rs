@@ -129,8 +129,10 @@ impl SpawnerState {
         &mut self,
         myself: &ActorRef<SpawnerMsg>,
     ) -> Result<(u64, Arc<AsyncFd<OwnedFd>>), SpawnFailed> {
-        if let Some(process) = self.current.and_then(|g| self.processes.get(&g)) {
-            return Ok((self.current.unwrap_or_default(), process.channel.clone()));
+        if let Some(generation) = self.current {
+            if let Some(process) = self.processes.get(&generation) {
+                return Ok((generation, process.channel.clone()));
+            }
         }
         let (channel, child) =
             start_process(&self.agent).map_err(|err| self.start_failure(&err))?;
@@ -211,8 +213,8 @@ impl SpawnerState {
         Err(self.gone(&reason))
     }
 
-    /// Forgets the spawner process of `generation` (which kills it) and fails
-    /// every request it has not answered.
+    /// Forgets the spawner process of `generation`, whose channel has
+    /// closed (tokio reaps it), and fails every request it has not answered.
     fn lose_process(&mut self, generation: u64, reason: &str) {
         self.processes.remove(&generation);
         if self.current == Some(generation) {
