@@ -74,16 +74,39 @@ impl Cli {
             .unwrap_or_else(|| panic!("{name} is not listed"))
     }
 
-    /// Polls `ps` until `name` has `status` (processes start asynchronously).
-    fn wait_for_status(&self, name: &str, status: &str) -> Value {
+    /// Polls `ps` until `name` has `status` (processes start asynchronously),
+    /// while `host` (the process that runs it) lives; on failure says what
+    /// was seen, the host's exit and stderr, and the sandbox's runtime.log.
+    fn wait_for_status(&self, name: &str, status: &str, host: &mut Child) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = None;
         loop {
             if let Some(found) = self.ps().into_iter().find(|s| s["name"] == name) {
                 if found["status"] == status {
                     return found;
                 }
+                seen = Some(found);
             }
-            assert!(Instant::now() < deadline, "{name} never became {status}");
+            let exited = host.try_wait().unwrap();
+            if exited.is_some() || Instant::now() > deadline {
+                if exited.is_none() {
+                    let _ = host.kill();
+                }
+                let mut stderr = String::new();
+                if let Some(mut pipe) = host.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+                }
+                let log = self
+                    .home()
+                    .join("sandboxes")
+                    .join(name)
+                    .join("logs/runtime.log");
+                panic!(
+                    "{name} never became {status}; last seen {seen:?}; host exited {exited:?}; \
+                     host stderr: {stderr}; runtime.log: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -406,7 +429,7 @@ fn a_second_terminals_stop_reaches_a_foreground_run() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let running = cli.wait_for_status("fg", "Running");
+    let running = cli.wait_for_status("fg", "Running", &mut foreground);
     // The foreground run hosts it: no daemon was started.
     assert!(!cli.daemon_socket().exists());
     let inspected: Value = serde_json::from_str(&cli.ok(&["inspect", "fg"])).unwrap();
