@@ -118,14 +118,16 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
+        // Two processes opening a new home at once would both switch the new
+        // file to WAL (one of them told "database is locked" at once: SQLite
+        // does not wait where waiting could deadlock) and both apply the same
+        // migrations: a lock file serializes creating, switching and migrating.
+        let lock = migration_lock(home).await?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
             .await
             .map_err(db_err)?;
-        // Two processes opening a new home at once would both apply the
-        // same migration: a lock file serializes them.
-        let lock = migration_lock(home).await?;
         sqlx::migrate!("./migrations")
             .run(&writer)
             .await

@@ -748,3 +748,41 @@ fn tmux_drives_an_interactive_shell_and_the_terminal_is_restored() {
     assert_eq!(before, after, "terminal settings were not restored");
     assert_eq!(cli.sandbox("tty")["exit_code"], 0);
 }
+
+#[test]
+fn many_processes_opening_a_new_home_at_once_all_succeed() {
+    // Each round a fresh home, created by whichever process comes first while
+    // the others open it (a `ps` racing a starting `run` was once told
+    // "database is locked").
+    for _ in 0..10 {
+        let cli = Cli::new();
+        let mut run = cli
+            .command(&["run", "--name", "first", "--", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let children: Vec<Child> = (0..8)
+            .map(|_| {
+                cli.command(&["ps", "-a", "--json"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "ps on a new home failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(run.wait().unwrap().success(), "{:?}", {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut err);
+            err
+        });
+    }
+}
