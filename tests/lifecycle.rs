@@ -742,3 +742,31 @@ async fn pause_freezes_the_tree_and_resume_and_stop_work() {
         Error::SandboxNotRunning(_)
     ));
 }
+
+#[tokio::test]
+async fn runtimes_opening_a_new_home_at_once_all_open() {
+    // Two connections switching a new database to WAL at once: SQLite tells
+    // one "database is locked" without waiting, unless opening is serialized.
+    for _ in 0..20 {
+        let home = tempfile::tempdir().unwrap();
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(6));
+        let opens: Vec<_> = (0..6)
+            .map(|_| {
+                let path = home.path().to_path_buf();
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    Sandvisor::builder()
+                        .home(path)
+                        .agent_path(env!("CARGO_BIN_EXE_sandvisor-agent"))
+                        .open()
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .collect();
+        for open in opens {
+            open.await.unwrap().unwrap();
+        }
+    }
+}
