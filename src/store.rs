@@ -122,7 +122,7 @@ impl Store {
         // file to WAL (one of them told "database is locked" at once: SQLite
         // does not wait where waiting could deadlock) and both apply the same
         // migrations: a lock file serializes creating, switching and migrating.
-        let lock = migration_lock(home).await?;
+        let lock = open_lock(home).await?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
@@ -428,9 +428,9 @@ async fn status_in(
     SandboxStatus::from_str(&status).map_err(Error::Database)
 }
 
-/// Takes the home's migration lock (`sandvisor.db.lock`), waiting for
-/// another process that holds it.
-async fn migration_lock(home: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+/// Takes the home's open lock (`sandvisor.db.lock`), waiting for another
+/// process (or runtime) that holds it.
+async fn open_lock(home: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
     let path = home.join(format!("{DB_FILE}.lock"));
     let file = std::fs::File::options()
         .create(true)
@@ -450,7 +450,7 @@ async fn migration_lock(home: &Path) -> Result<nix::fcntl::Flock<std::fs::File>>
         })
     })
     .await
-    .map_err(|e| Error::Internal(format!("migration lock: {e}")))?
+    .map_err(|e| Error::Internal(format!("home lock: {e}")))?
 }
 
 fn sandbox_row(row: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow> {

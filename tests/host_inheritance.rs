@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::runtime;
-use sandvisor::{LogOptions, LogSource, SandboxConfig};
+use common::{runtime, stdout_of};
+use sandvisor::SandboxConfig;
 
 #[tokio::test]
 async fn stray_descriptors_and_ignored_signals_stay_with_the_host() {
@@ -28,15 +28,7 @@ async fn stray_descriptors_and_ignored_signals_stay_with_the_host() {
         sandbox.wait_until_stopped().await.unwrap().exit_code,
         Some(0)
     );
-    let out: Vec<u8> = sandbox
-        .logs(&LogOptions::default())
-        .await
-        .unwrap()
-        .iter()
-        .filter(|e| e.source == LogSource::Stdout)
-        .flat_map(|e| e.data.to_vec())
-        .collect();
-    let out = String::from_utf8(out).unwrap();
+    let out = stdout_of(&sandbox).await;
     let (fds, ignored) = out.split_once("SigIgn:").unwrap();
     // `ls` holds one more for the directory it reads.
     assert_eq!(fds.trim(), "0 1 2 3", "{out}");

@@ -8,11 +8,11 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{ended, parent_of, runtime, sigkill, status_field, wait_until};
+use common::{ended, parent_of, runtime, sigkill, status_field, stdout_of, wait_until};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use sandvisor::engine::protocol::spawn::{self, Reply, Request, REPLY_LEN};
-use sandvisor::{Error, LogOptions, SandboxConfig, SandboxStatus, Sandvisor};
+use sandvisor::{Error, SandboxConfig, SandboxStatus, Sandvisor};
 
 fn send(channel: &OwnedFd, bytes: &[u8], fd: Option<&OwnedFd>) {
     spawn::send(
@@ -280,13 +280,7 @@ async fn a_sandbox_without_a_working_directory_starts_in_root() {
         sandbox.wait_until_stopped().await.unwrap().exit_code,
         Some(0)
     );
-    let entries = sandbox.logs(&LogOptions::default()).await.unwrap();
-    let out: Vec<u8> = entries
-        .iter()
-        .filter(|e| e.source == sandvisor::LogSource::Stdout)
-        .flat_map(|e| e.data.to_vec())
-        .collect();
-    assert_eq!(out, b"/\n");
+    assert_eq!(stdout_of(&sandbox).await, "/\n");
 }
 
 #[tokio::test]

@@ -150,3 +150,16 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// What a sandbox wrote to its stdout, from its logs.
+pub async fn stdout_of(sandbox: &sandvisor::Sandbox) -> String {
+    let out: Vec<u8> = sandbox
+        .logs(&sandvisor::LogOptions::default())
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.source == LogSource::Stdout)
+        .flat_map(|e| e.data.to_vec())
+        .collect();
+    String::from_utf8(out).unwrap()
+}
