@@ -73,10 +73,9 @@ pub enum SpawnerMsg {
         /// The agent, or why not.
         reply: SpawnReply,
     },
-    /// From the reader task: the spawner process answered.
+    /// From the reader task: a spawner process answered (ids are unique
+    /// across spawner processes).
     Replied {
-        /// Which spawner process (a new one gets a new generation).
-        generation: u64,
         /// The answer.
         reply: spawn::Reply,
         /// The pidfd that came with it.
@@ -294,12 +293,8 @@ impl Actor for Spawner {
                     }
                 }
             }
-            SpawnerMsg::Replied {
-                generation,
-                reply,
-                pidfd,
-            } => {
-                let Some((sent_to, port)) = state.pending.remove(&reply.id) else {
+            SpawnerMsg::Replied { reply, pidfd } => {
+                let Some((_, port)) = state.pending.remove(&reply.id) else {
                     tracing::warn!(
                         id = reply.id,
                         "the agent spawner answered a request it was not sent"
@@ -307,10 +302,10 @@ impl Actor for Spawner {
                     return Ok(());
                 };
                 let answer = match (reply.outcome, pidfd) {
-                    (Ok(pid), Some(pidfd)) if sent_to == generation => Ok(Spawned { pid, pidfd }),
-                    (Ok(pid), _) => Err(SpawnFailed {
+                    (Ok(pid), Some(pidfd)) => Ok(Spawned { pid, pidfd }),
+                    (Ok(pid), None) => Err(SpawnFailed {
                         errno: libc::EPROTO,
-                        message: format!("the agent spawner's answer for agent {pid} is wrong"),
+                        message: format!("the agent spawner sent no pidfd for agent {pid}"),
                     }),
                     (Err(errno), _) => Err(SpawnFailed {
                         errno,
@@ -385,11 +380,7 @@ async fn read_replies(
             Ok(None) => break "its channel closed".to_string(),
             Ok(Some(spawn::Message { bytes, fd: pidfd })) => match spawn::Reply::decode(&bytes) {
                 Some(reply) => {
-                    let replied = SpawnerMsg::Replied {
-                        generation,
-                        reply,
-                        pidfd,
-                    };
+                    let replied = SpawnerMsg::Replied { reply, pidfd };
                     if spawner.cast(replied).is_err() {
                         return;
                     }
