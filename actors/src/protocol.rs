@@ -868,6 +868,113 @@ mod tests {
         }
     }
 
+    /// A frame's exact bytes: length prefix, kind, payload.
+    fn framed(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = ((payload.len() + 1) as u32).to_be_bytes().to_vec();
+        out.push(kind);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn frames_have_pinned_bytes() {
+        let pinned: Vec<(Frame, Vec<u8>)> = vec![
+            (
+                Frame::Start(StartSpec {
+                    name: "n".into(),
+                    run: CommandSpec {
+                        command: "sh".into(),
+                        args: vec!["-c".into(), "echo hi".into()],
+                        env: vec![("A".into(), "1".into())],
+                        cwd: None,
+                        stdin: true,
+                        ..CommandSpec::default()
+                    },
+                    rootfs: Some("/r".into()),
+                    pid_namespace: true,
+                    mount_namespace: true,
+                    net_namespace: false,
+                    uts_namespace: true,
+                    ipc_namespace: false,
+                }),
+                framed(
+                    1,
+                    br#"{"name":"n","command":"sh","args":["-c","echo hi"],"env":[["A","1"]],"cwd":null,"stdin":true,"tty":false,"rows":0,"cols":0,"rootfs":"/r","pid_namespace":true,"mount_namespace":true,"net_namespace":false,"uts_namespace":true,"ipc_namespace":false}"#,
+                ),
+            ),
+            (
+                Frame::Signal {
+                    target: SignalTarget::Session(3),
+                    signo: 9,
+                },
+                framed(2, br#"{"target":{"session":3},"signo":9}"#),
+            ),
+            (
+                Frame::Stdin {
+                    session: 2,
+                    data: b"in".to_vec(),
+                },
+                vec![0, 0, 0, 11, 4, 0, 0, 0, 0, 0, 0, 0, 2, b'i', b'n'],
+            ),
+            (
+                Frame::Output {
+                    session: 1,
+                    stream: stream::STDERR,
+                    data: b"\xff\x00".to_vec(),
+                },
+                vec![0, 0, 0, 12, 0x83, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0xff, 0],
+            ),
+            (
+                Frame::Exited {
+                    session: 1,
+                    code: None,
+                    signal: Some(9),
+                },
+                framed(0x84, br#"{"session":1,"code":null,"signal":9}"#),
+            ),
+            (
+                Frame::Exited {
+                    session: 2,
+                    code: Some(3),
+                    signal: None,
+                },
+                framed(0x84, br#"{"session":2,"code":3,"signal":null}"#),
+            ),
+            (
+                Frame::BootError {
+                    stage: BootStage::BuildVm,
+                    errno: 2,
+                    message: "no such file".into(),
+                },
+                framed(
+                    0x85,
+                    br#"{"stage":"build_vm","errno":2,"message":"no such file"}"#,
+                ),
+            ),
+            (
+                Frame::SessionFailed {
+                    session: 3,
+                    errno: 2,
+                    message: "nope".into(),
+                },
+                framed(0x87, br#"{"session":3,"errno":2,"message":"nope"}"#),
+            ),
+        ];
+        for (frame, bytes) in pinned {
+            let mut wire = Vec::new();
+            frame.encode(&mut wire);
+            assert_eq!(wire, bytes, "{frame:?}");
+            assert_eq!(decode_one(&bytes), frame);
+        }
+    }
+
+    /// The one frame `bytes` hold, all of them.
+    fn decode_one(bytes: &[u8]) -> Frame {
+        let (frame, used) = Frame::decode(bytes).unwrap().unwrap();
+        assert_eq!(used, bytes.len());
+        frame
+    }
+
     #[test]
     fn spawn_messages_round_trip_and_bad_ones_are_refused() {
         for request in [
