@@ -41,7 +41,9 @@ use tokio::sync::watch;
 use crate::cgroup::{Cgroup, Limits};
 use crate::format::LogSource;
 use crate::pidfd::Pidfd;
-use crate::protocol::{stream, BootStage, ExecSpec, Frame, SignalTarget, StartSpec};
+use crate::protocol::{
+    BootError, BootStage, ExecSpec, ExitStatus, Frame, OutputStream, SignalTarget, StartSpec,
+};
 use crate::relay_tap::{Chunk, RelayTapMsg};
 use crate::spawner::{SpawnFailed, Spawned, SpawnerMsg};
 use std::collections::HashMap;
@@ -602,8 +604,7 @@ impl Actor for VmProcess {
                 }
                 Frame::Exited {
                     session,
-                    code,
-                    signal,
+                    status: ExitStatus { code, signal },
                 } if session != 1 => {
                     state.stdin.remove(&session);
                     if let Some(route) = lock(&state.routes).remove(&session) {
@@ -628,19 +629,18 @@ impl Actor for VmProcess {
                     state.main_pid = Some(pid);
                     state.emit(VmEvent::Ready { pid });
                 }
-                Frame::BootError {
+                Frame::BootError(BootError {
                     stage,
                     errno,
                     message,
-                } => state.end(VmEvent::BootFailed {
+                }) => state.end(VmEvent::BootFailed {
                     stage,
                     errno,
                     message,
                 }),
                 Frame::Exited {
                     session: 1,
-                    code,
-                    signal,
+                    status: ExitStatus { code, signal },
                 } => state.end(VmEvent::Exited { code, signal }),
                 other => tracing::debug!(?other, "unexpected frame from the agent"),
             },
@@ -678,11 +678,8 @@ async fn read_frames(
     // Output chunks decoded from what is buffered go to the tap together.
     let mut pending: Vec<Chunk> = Vec::new();
     let problem = loop {
-        let frame = match Frame::decode(&buf) {
-            Ok(Some((frame, used))) => {
-                let _ = buf.split_to(used);
-                frame
-            }
+        let frame = match Frame::decode(&mut buf) {
+            Ok(Some(frame)) => frame,
             Ok(None) => {
                 if !append(&mut tap, std::mem::take(&mut pending)).await {
                     break Some(GONE.to_string());
@@ -702,11 +699,10 @@ async fn read_frames(
                 data,
             } => {
                 let source = match tag {
-                    stream::STDERR => LogSource::Stderr,
-                    stream::OUTPUT => LogSource::Output,
-                    _ => LogSource::Stdout,
+                    OutputStream::Stdout => LogSource::Stdout,
+                    OutputStream::Stderr => LogSource::Stderr,
+                    OutputStream::Output => LogSource::Output,
                 };
-                let data = bytes::Bytes::from(data);
                 if session != 1 {
                     if let Some(route) = lock(&routes).get(&session) {
                         // The caller may have dropped its handle; the log keeps it.

@@ -15,8 +15,7 @@ use std::os::unix::net::UnixStream;
 use nix::errno::Errno;
 use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::sys::socket::MsgFlags;
-use sandvisor::engine::protocol::spawn::{self, Reply, Request, REQUEST_LEN};
-use sandvisor::engine::protocol::SPAWNER_FD;
+use sandvisor_actors::protocol::spawn::{self, Reply, Request, REQUEST_LEN, SPAWNER_FD};
 
 /// Serves the channel on standard input until the host closes it.
 pub fn serve() -> ! {

@@ -1,0 +1,162 @@
+//! The agent: PID 1 of one sandbox, forked by the spawner with its end of
+//! the host's SAP socket ([`sandvisor_actors::protocol::sap`]).
+//!
+//! # Contract
+//! - Reads `Start`, then runs [`setup::enter`]: every step that shapes the
+//!   sandbox (session, namespaces, mounts, rootfs, hostname, `lo`) in one
+//!   ordered sequence, before any user code runs. A failed step is reported
+//!   as one `BootError` frame and the agent exits.
+//! - Runs the main command as session [`MAIN_SESSION`], sends `Ready`, then
+//!   [`relay`] runs the agent's loop: it relays output, delivers the host's
+//!   signals, runs exec sessions ([`session`]) and feeds their stdin.
+//! - Reaps every process that ends in the sandbox, so no zombie stays.
+//! - When the main command exits, kills what is left, drains the output,
+//!   reports the exit status and exits. If the host goes away, it kills
+//!   everything and exits.
+//!
+//! It is single-threaded and uses no async runtime: `poll(2)` over the socket,
+//! the pipes and a signalfd.
+
+mod relay;
+mod session;
+mod setup;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+
+use bytes::BytesMut;
+use nix::errno::Errno;
+use nix::sys::signal::{kill, killpg, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::unistd::Pid;
+use sandvisor_actors::protocol::{BootError, BootStage, Frame, StartSpec, MAIN_SESSION};
+
+/// Runs the agent on `sock` (the host's SAP socket); never returns.
+pub fn run(mut sock: UnixStream) -> ! {
+    let (spec, inbox) = match read_start(&mut sock) {
+        Ok(started) => started,
+        Err(message) => {
+            eprintln!("sandvisor-agent: {message}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(error) = setup::enter(&spec) {
+        boot_failed(&mut sock, error);
+    }
+    init(sock, spec, inbox)
+}
+
+/// Reads the Start frame; returns it and whatever the host sent after it in
+/// the same reads (a stop may follow right behind).
+fn read_start(sock: &mut UnixStream) -> Result<(StartSpec, BytesMut), String> {
+    let mut buf = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(frame) = Frame::decode(&mut buf).map_err(|e| e.to_string())? {
+            return match frame {
+                Frame::Start(spec) => Ok((spec, buf)),
+                other => Err(format!("expected Start, got {other:?}")),
+            };
+        }
+        let n = sock
+            .read(&mut chunk)
+            .map_err(|e| format!("reading Start: {e}"))?;
+        if n == 0 {
+            return Err("host closed the socket before Start".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn send(sock: &mut UnixStream, frame: &Frame) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    frame.encode(&mut buf);
+    sock.write_all(&buf)
+}
+
+/// The boot error of a failed step: `what` it was doing and why it failed.
+fn boot_error(stage: BootStage, errno: Errno, what: &str) -> BootError {
+    BootError {
+        stage,
+        errno: errno as i32,
+        message: format!("{what}: {}", errno.desc()),
+    }
+}
+
+fn boot_failed(sock: &mut UnixStream, error: BootError) -> ! {
+    let _ = send(sock, &Frame::BootError(error));
+    std::process::exit(1)
+}
+
+/// Starts the main command in the set-up sandbox, relays until it has
+/// ended, reports its exit and exits.
+fn init(mut sock: UnixStream, spec: StartSpec, inbox: BytesMut) -> ! {
+    let (mut child, terminal) = match session::spawn_session(&spec.run) {
+        Ok(spawned) => spawned,
+        Err(err) => {
+            let errno = Errno::from_raw(err.raw_os_error().unwrap_or(0));
+            let stage = BootStage::Config;
+            let what = match err.kind() {
+                std::io::ErrorKind::NotFound => format!("command not found: {}", spec.run.command),
+                std::io::ErrorKind::PermissionDenied => {
+                    format!("command not executable: {}", spec.run.command)
+                }
+                _ => format!("cannot start {}", spec.run.command),
+            };
+            boot_failed(&mut sock, boot_error(stage, errno, &what))
+        }
+    };
+    // Signals are blocked (and read from a signalfd) only once the main
+    // command runs: it must not inherit a blocked mask, and spawning without
+    // a pre-exec hook to unblock them lets the standard library use a
+    // vfork-style spawn. A SIGCHLD lost before this is made up for by the
+    // first reap in `supervise`.
+    let signals = agent_signals();
+    if signals.thread_block().is_err() {
+        boot_failed(
+            &mut sock,
+            boot_error(BootStage::Other, Errno::last(), "block signals"),
+        );
+    }
+    let sigfd = match SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+    {
+        Ok(fd) => fd,
+        Err(errno) => boot_failed(&mut sock, boot_error(BootStage::Other, errno, "signalfd")),
+    };
+    let main_pid = Pid::from_raw(child.id() as i32);
+    if send(&mut sock, &Frame::Ready { pid: child.id() }).is_err() {
+        kill_all(&spec, main_pid);
+        std::process::exit(1);
+    }
+    let status = relay::supervise(&mut sock, inbox, &spec, &mut child, terminal, &sigfd);
+    let frame = Frame::Exited {
+        session: MAIN_SESSION,
+        status: status.unwrap_or_default(),
+    };
+    let _ = send(&mut sock, &frame);
+    std::process::exit(0)
+}
+
+fn agent_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        set.add(signal);
+    }
+    set
+}
+
+fn kill_all(spec: &StartSpec, main_pid: Pid) {
+    // Failures mean the processes are gone already.
+    if spec.pid_namespace {
+        // As PID 1, kill(-1) reaches every process of the namespace but the agent.
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    } else {
+        let _ = killpg(main_pid, Signal::SIGKILL);
+    }
+}

@@ -1,0 +1,269 @@
+//! The agent's loop: one `poll(2)` over the host's socket, the signalfd,
+//! every session's output pipe and every stdin pipe with bytes waiting.
+//!
+//! # Contract
+//! - Output is read in chunks of up to 64 KiB and sent as one `Output` frame
+//!   each, in the order read per pipe.
+//! - Frames from the host are acted on in order: `Signal`, `Exec`, `Resize`,
+//!   `Stdin`; anything else is ignored. A frame that does not decode means
+//!   the host is gone.
+//! - A signal sent to the agent itself goes to every process of the sandbox.
+//! - When the main command has exited, everything left is killed; the loop
+//!   ends once every pipe is drained (or quiet for 2 s), every session is
+//!   reported, and returns the main command's status.
+//! - If the host is gone, every process of the sandbox is killed and the
+//!   agent exits at once.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::process::Child;
+
+use bytes::{Bytes, BytesMut};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signalfd::SignalFd;
+use nix::unistd::Pid;
+use sandvisor_actors::protocol::{
+    ExitStatus, Frame, OutputStream, SignalTarget, StartSpec, MAIN_SESSION,
+};
+
+use super::session::Session;
+use super::{kill_all, send};
+
+/// The agent's running state: the host link, the main command, the exec
+/// sessions and every pipe being relayed.
+pub(super) struct Agent<'a> {
+    pub(super) sock: &'a mut UnixStream,
+    pub(super) spec: &'a StartSpec,
+    pub(super) main_pid: Pid,
+    pub(super) main_status: Option<ExitStatus>,
+    pub(super) sessions: HashMap<u64, Session>,
+    /// Output pipes: descriptor, stream tag, session.
+    pub(super) pipes: Vec<(OwnedFd, OutputStream, u64)>,
+    pub(super) inbox: BytesMut,
+    pub(super) host_gone: bool,
+}
+
+/// Relays output, signals, exec sessions and stdin until the main command has
+/// exited and all output is drained; returns its status.
+pub(super) fn supervise(
+    sock: &mut UnixStream,
+    inbox: BytesMut,
+    spec: &StartSpec,
+    child: &mut Child,
+    terminal: Option<OwnedFd>,
+    sigfd: &SignalFd,
+) -> Option<ExitStatus> {
+    let mut agent = Agent {
+        sock,
+        spec,
+        main_pid: Pid::from_raw(child.id() as i32),
+        main_status: None,
+        sessions: HashMap::new(),
+        pipes: Vec::new(),
+        inbox,
+        host_gone: false,
+    };
+    let main = agent.attach_session(MAIN_SESSION, agent.main_pid, child, terminal);
+    agent.sessions.insert(MAIN_SESSION, main);
+    // Frames that came in right behind Start.
+    agent.handle_frames();
+    agent.reap();
+    if agent.main_status.is_some() {
+        kill_all(spec, agent.main_pid);
+    }
+    agent.run(sigfd)
+}
+
+impl Agent<'_> {
+    fn run(&mut self, sigfd: &SignalFd) -> Option<ExitStatus> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if self.main_status.is_some() && self.pipes.is_empty() {
+                self.reap_remaining();
+                return self.main_status;
+            }
+            let stdin_ids: Vec<u64> = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.stdin.is_some() && !s.stdin_pending.is_empty())
+                .map(|(id, _)| *id)
+                .collect();
+            let (ready_sock, ready_sig, ready_pipes, ready_stdin) = {
+                let mut fds = vec![
+                    PollFd::new(self.sock.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+                ];
+                fds.extend(
+                    self.pipes
+                        .iter()
+                        .map(|(fd, _, _)| PollFd::new(fd.as_fd(), PollFlags::POLLIN)),
+                );
+                for id in &stdin_ids {
+                    if let Some(fd) = self.sessions.get(id).and_then(|s| s.stdin.as_ref()) {
+                        fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLOUT));
+                    }
+                }
+                // Once the main command is gone, leftover writers were killed;
+                // give the drain a bound in case one escaped (no pid namespace).
+                let draining_session = self
+                    .sessions
+                    .values()
+                    .any(|s| s.leader_gone.is_some() && s.open_pipes > 0);
+                let timeout = if self.main_status.is_some() || draining_session {
+                    PollTimeout::from(2000u16)
+                } else {
+                    PollTimeout::NONE
+                };
+                match poll(&mut fds, timeout) {
+                    Ok(0) if self.main_status.is_some() => {
+                        self.pipes.clear();
+                        continue;
+                    }
+                    Ok(0) => {
+                        self.end_overdue_sessions();
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(Errno::EINTR) => continue,
+                    Err(_) => return self.main_status,
+                }
+                let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+                let pipes_end = 2 + self.pipes.len();
+                (
+                    ready(&fds[0]),
+                    ready(&fds[1]),
+                    fds[2..pipes_end].iter().map(ready).collect::<Vec<_>>(),
+                    fds[pipes_end..].iter().map(ready).collect::<Vec<_>>(),
+                )
+            };
+            for (i, is_ready) in ready_pipes.iter().enumerate().rev() {
+                if *is_ready {
+                    self.relay(i, &mut buf);
+                }
+            }
+            for (id, is_ready) in stdin_ids.iter().zip(ready_stdin) {
+                if is_ready {
+                    self.flush_stdin(*id);
+                }
+            }
+            if ready_sock && !self.host_gone {
+                match self.sock.read(&mut buf) {
+                    Ok(0) | Err(_) => self.host_gone = true,
+                    Ok(n) => {
+                        self.inbox.extend_from_slice(&buf[..n]);
+                        self.handle_frames();
+                    }
+                }
+            }
+            if self.host_gone {
+                // Nobody is left to report to: a sandbox never outlives its host.
+                self.deliver(SignalTarget::All, Signal::SIGKILL);
+                std::process::exit(1);
+            }
+            if ready_sig {
+                while let Ok(Some(info)) = sigfd.read_signal() {
+                    let signo = info.ssi_signo as i32;
+                    if signo != libc::SIGCHLD {
+                        // A signal sent to the agent itself is meant for the sandbox.
+                        if let Ok(signal) = Signal::try_from(signo) {
+                            self.deliver(SignalTarget::All, signal);
+                        }
+                    }
+                }
+                let had_exited = self.main_status.is_some();
+                self.reap();
+                if !had_exited && self.main_status.is_some() {
+                    // The main command ended: the sandbox ends with it.
+                    self.deliver(SignalTarget::All, Signal::SIGKILL);
+                }
+            }
+        }
+    }
+
+    /// Reads one chunk from pipe `i` and sends it; closes the pipe at EOF.
+    fn relay(&mut self, i: usize, buf: &mut [u8]) {
+        let (fd, tag, session) = &self.pipes[i];
+        let (tag, session) = (*tag, *session);
+        match nix::unistd::read(fd, buf) {
+            Ok(0) | Err(Errno::EBADF) => self.close_pipe(i),
+            Ok(n) => {
+                let frame = Frame::Output {
+                    session,
+                    stream: tag,
+                    data: Bytes::copy_from_slice(&buf[..n]),
+                };
+                if send(self.sock, &frame).is_err() {
+                    self.host_gone = true;
+                }
+            }
+            Err(Errno::EINTR | Errno::EAGAIN) => {}
+            Err(_) => self.close_pipe(i),
+        }
+    }
+
+    fn close_pipe(&mut self, i: usize) {
+        let (_, _, session) = self.pipes.remove(i);
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.open_pipes = s.open_pipes.saturating_sub(1);
+            self.report_if_done(session);
+        }
+    }
+
+    /// Acts on every complete frame in the inbox; a protocol error means the
+    /// host is gone.
+    fn handle_frames(&mut self) {
+        loop {
+            match Frame::decode(&mut self.inbox) {
+                Ok(Some(frame)) => match frame {
+                    Frame::Signal { target, signo } => {
+                        if let Ok(signal) = Signal::try_from(signo) {
+                            self.deliver(target, signal);
+                        }
+                    }
+                    Frame::Exec(exec) => self.exec(exec),
+                    Frame::Resize {
+                        session,
+                        rows,
+                        cols,
+                    } => self.resize(session, rows, cols),
+                    Frame::Stdin { session, data } => self.stdin(session, data),
+                    _ => {}
+                },
+                Ok(None) => return,
+                Err(_) => {
+                    self.host_gone = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, target: SignalTarget, signal: Signal) {
+        // Failures mean the processes are gone already.
+        match target {
+            SignalTarget::Main => {
+                let _ = kill(self.main_pid, signal);
+            }
+            SignalTarget::All if self.spec.pid_namespace => {
+                let _ = kill(Pid::from_raw(-1), signal);
+            }
+            SignalTarget::All => {
+                let _ = killpg(self.main_pid, signal);
+                // Sessions run in groups of their own.
+                for session in self.sessions.values() {
+                    let _ = killpg(session.pid, signal);
+                }
+            }
+            SignalTarget::Session(id) => {
+                // The group may outlive its leader (a background child).
+                if let Some(session) = self.sessions.get(&id) {
+                    let _ = killpg(session.pid, signal);
+                }
+            }
+        }
+    }
+}

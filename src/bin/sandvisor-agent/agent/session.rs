@@ -1,0 +1,420 @@
+//! The sandbox's sessions: the main command (session
+//! [`MAIN_SESSION`]) and exec sessions (2, 3, …), each a process group led by
+//! its command, on pipes or on a pseudo-terminal of its own.
+//!
+//! # Contract
+//! - A session starts with [`spawn_session`] and joins the relay through
+//!   `attach_session`: its output pipes (or terminal master) are read by the
+//!   loop in [`relay`](super::relay), its stdin is written without blocking,
+//!   as the pipe accepts it, and every byte taken is credited back to the
+//!   host (`StdinConsumed`).
+//! - A session ends with its leader: the rest of its group is killed, its
+//!   output drained for at most `SESSION_DRAIN`, and only then is its
+//!   `Exited` sent, so its output always comes first.
+//! - The main session's exit is reported by the agent itself
+//!   ([`init`](super::init)), after every other session.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use sandvisor_actors::protocol::{
+    CommandSpec, ExecSpec, ExitStatus, Frame, OutputStream, MAIN_SESSION,
+};
+
+use super::relay::Agent;
+use super::send;
+
+/// How long a session's output may still flow after its leader exited (a
+/// process that left its group may hold the pipe).
+const SESSION_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+/// Most stdin bytes held for a session that does not read.
+const STDIN_PENDING_MAX: usize = 16 << 20;
+
+/// A session: its leader, its pipes and its stdin.
+pub(super) struct Session {
+    pub(super) pid: Pid,
+    pub(super) open_pipes: u8,
+    pub(super) status: Option<ExitStatus>,
+    /// The pseudo-terminal's master, for terminal sessions (`stdin` is then a
+    /// second handle on it).
+    pub(super) terminal: Option<OwnedFd>,
+    /// When the session's leader was reaped: its output is drained for at
+    /// most `SESSION_DRAIN` more.
+    pub(super) leader_gone: Option<std::time::Instant>,
+    pub(super) stdin: Option<OwnedFd>,
+    /// Bytes for stdin not yet accepted by the pipe (it is non-blocking, so
+    /// a session that does not read cannot stall the agent).
+    pub(super) stdin_pending: Vec<u8>,
+    pub(super) close_stdin: bool,
+}
+
+/// Starts a session's leader on a new terminal (whose master is returned)
+/// or on pipes, in a process group of its own.
+pub(super) fn spawn_session(run: &CommandSpec) -> std::io::Result<(Child, Option<OwnedFd>)> {
+    let mut command = Command::new(&run.command);
+    command
+        .args(&run.args)
+        .env_clear()
+        .envs(run.env.iter().map(|(k, v)| (k, v)));
+    if let Some(cwd) = &run.cwd {
+        command.current_dir(cwd);
+    }
+    let terminal = if run.tty {
+        Some(open_terminal(&mut command, run.rows, run.cols)?)
+    } else {
+        command
+            .stdin(if run.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        None
+    };
+    let spawned = command.spawn();
+    // The terminal's slave ends, held by the command, close with it.
+    drop(command);
+    Ok((spawned?, terminal))
+}
+
+/// Gives `command` a new pseudo-terminal of `rows` x `cols` as its
+/// controlling terminal and standard streams; returns the master.
+fn open_terminal(command: &mut Command, rows: u16, cols: u16) -> std::io::Result<OwnedFd> {
+    let size = nix::pty::Winsize {
+        ws_row: if rows == 0 { 24 } else { rows },
+        ws_col: if cols == 0 { 80 } else { cols },
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(&size, None).map_err(std::io::Error::from)?;
+    // Neither end may leak into the session beyond its standard streams.
+    for fd in [&pty.master, &pty.slave] {
+        // SAFETY: fcntl on a descriptor this process owns.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    command
+        .stdin(Stdio::from(pty.slave.try_clone()?))
+        .stdout(Stdio::from(pty.slave.try_clone()?))
+        .stderr(Stdio::from(pty.slave));
+    // SAFETY: setsid and ioctl are async-signal-safe; they make the terminal
+    // on stdin the new session's controlling terminal.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(pty.master)
+}
+
+impl Agent<'_> {
+    pub(super) fn exec(&mut self, exec: ExecSpec) {
+        if self.main_status.is_some() {
+            // The sandbox is ending: nothing new starts in it.
+            let err = std::io::Error::from_raw_os_error(libc::ESRCH);
+            self.exec_failed(&exec, &err);
+            return;
+        }
+        let (mut child, terminal) = match spawn_session(&exec.run) {
+            Ok(spawned) => spawned,
+            Err(err) => {
+                self.exec_failed(&exec, &err);
+                return;
+            }
+        };
+        let pid = Pid::from_raw(child.id() as i32);
+        let session = self.attach_session(exec.session, pid, &mut child, terminal);
+        self.sessions.insert(exec.session, session);
+        let frame = Frame::SessionStarted {
+            session: exec.session,
+            pid: pid.as_raw() as u32,
+        };
+        if send(self.sock, &frame).is_err() {
+            self.host_gone = true;
+        }
+    }
+
+    /// Takes the standard streams of a session's leader (or its terminal's
+    /// master): output pipes join the relay, stdin becomes non-blocking.
+    pub(super) fn attach_session(
+        &mut self,
+        id: u64,
+        pid: Pid,
+        child: &mut Child,
+        terminal: Option<OwnedFd>,
+    ) -> Session {
+        let mut open_pipes = 0;
+        let mut terminal_master = None;
+        let stdin = match terminal {
+            Some(master) => {
+                // The terminal's master carries input and the merged output.
+                let input = master.try_clone().ok();
+                terminal_master = master.try_clone().ok();
+                self.pipes.push((master, OutputStream::Output, id));
+                open_pipes += 1;
+                input
+            }
+            None => child.stdin.take().map(OwnedFd::from),
+        };
+        if let Some(fd) = &stdin {
+            // SAFETY: fcntl on a descriptor this process owns.
+            unsafe {
+                let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+                libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+        }
+        for (pipe, tag) in [
+            (child.stdout.take().map(OwnedFd::from), OutputStream::Stdout),
+            (child.stderr.take().map(OwnedFd::from), OutputStream::Stderr),
+        ] {
+            if let Some(fd) = pipe {
+                self.pipes.push((fd, tag, id));
+                open_pipes += 1;
+            }
+        }
+        Session {
+            pid,
+            open_pipes,
+            status: None,
+            terminal: terminal_master,
+            leader_gone: None,
+            stdin,
+            stdin_pending: Vec::new(),
+            close_stdin: false,
+        }
+    }
+
+    fn exec_failed(&mut self, exec: &ExecSpec, err: &std::io::Error) {
+        let message = match err.kind() {
+            std::io::ErrorKind::NotFound => format!("command not found: {}", exec.run.command),
+            _ => format!("cannot start {}: {err}", exec.run.command),
+        };
+        let frame = Frame::SessionFailed {
+            session: exec.session,
+            errno: err.raw_os_error().unwrap_or(0),
+            message,
+        };
+        if send(self.sock, &frame).is_err() {
+            self.host_gone = true;
+        }
+    }
+
+    pub(super) fn resize(&mut self, id: u64, rows: u16, cols: u16) {
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        if let Some(master) = &session.terminal {
+            let size = libc::winsize {
+                ws_row: rows,
+                ws_col: cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // SAFETY: TIOCSWINSZ reads a winsize the call does not keep.
+            unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+        }
+    }
+
+    pub(super) fn stdin(&mut self, id: u64, data: Vec<u8>) {
+        let Some(session) = self.sessions.get_mut(&id).filter(|s| s.stdin.is_some()) else {
+            // Nobody reads it any more: the bytes are done with.
+            self.consumed(id, data.len());
+            return;
+        };
+        if data.is_empty() && session.terminal.is_some() {
+            // A terminal is not closed: end of input is its EOF character.
+            session.stdin_pending.push(0x04);
+        } else if data.is_empty() {
+            session.close_stdin = true;
+        } else if session.stdin_pending.len() + data.len() <= STDIN_PENDING_MAX {
+            session.stdin_pending.extend_from_slice(&data);
+        } else {
+            // The host keeps its window below this; only a host that does
+            // not follow the protocol gets here.
+            eprintln!("sandvisor-agent: session {id} does not read its stdin; input dropped");
+            self.consumed(id, data.len());
+        }
+        self.flush_stdin(id);
+    }
+
+    /// Writes what the session's stdin pipe accepts now; closes it once
+    /// asked to and drained. Tells the host how much was taken.
+    pub(super) fn flush_stdin(&mut self, id: u64) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let mut taken = 0;
+        if let Some(fd) = &session.stdin {
+            while !session.stdin_pending.is_empty() {
+                match nix::unistd::write(fd, &session.stdin_pending) {
+                    Ok(n) => {
+                        session.stdin_pending.drain(..n);
+                        taken += n;
+                    }
+                    Err(Errno::EINTR) => continue,
+                    Err(Errno::EAGAIN) => break,
+                    Err(_) => {
+                        // The reader is gone: nothing more can be written.
+                        taken += session.stdin_pending.len();
+                        session.stdin_pending.clear();
+                        session.stdin = None;
+                        break;
+                    }
+                }
+            }
+        }
+        if session.close_stdin && session.stdin_pending.is_empty() {
+            session.stdin = None;
+        }
+        self.consumed(id, taken);
+    }
+
+    /// Returns `bytes` of stdin credit to the host.
+    fn consumed(&mut self, session: u64, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let frame = Frame::StdinConsumed {
+            session,
+            bytes: bytes as u64,
+        };
+        if send(self.sock, &frame).is_err() {
+            self.host_gone = true;
+        }
+    }
+
+    /// Reaps every exited process, recording the main command's and the
+    /// sessions' statuses.
+    pub(super) fn reap(&mut self) {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(status) => self.record(status),
+            }
+        }
+    }
+
+    /// After the main command: every process was killed, so wait for each to
+    /// be gone and report every session.
+    pub(super) fn reap_remaining(&mut self) {
+        // The main command's end is reported by `init`, after everything else.
+        self.sessions.remove(&MAIN_SESSION);
+        // Every session leader was sent SIGKILL with the rest of the
+        // sandbox, so waiting for each cannot last.
+        let leaders: Vec<Pid> = self
+            .sessions
+            .values()
+            .filter(|s| s.status.is_none())
+            .map(|s| s.pid)
+            .collect();
+        for pid in leaders {
+            loop {
+                match waitpid(pid, None) {
+                    Err(Errno::EINTR) => continue,
+                    Ok(status) => self.record(status),
+                    Err(_) => {}
+                }
+                break;
+            }
+        }
+        self.reap();
+        let ids: Vec<u64> = self.sessions.keys().copied().collect();
+        for id in ids {
+            if let Some(session) = self.sessions.get_mut(&id) {
+                session.open_pipes = 0;
+                session.status.get_or_insert(ExitStatus {
+                    code: None,
+                    signal: Some(libc::SIGKILL),
+                });
+            }
+            self.report_if_done(id);
+        }
+    }
+
+    fn record(&mut self, status: WaitStatus) {
+        let (pid, exit) = match status {
+            WaitStatus::Exited(pid, code) => (
+                pid,
+                ExitStatus {
+                    code: Some(code),
+                    signal: None,
+                },
+            ),
+            WaitStatus::Signaled(pid, signal, _core) => (
+                pid,
+                ExitStatus {
+                    code: None,
+                    signal: Some(signal as i32),
+                },
+            ),
+            _ => return,
+        };
+        if pid == self.main_pid {
+            self.main_status = Some(exit);
+            return;
+        }
+        let id = self
+            .sessions
+            .iter()
+            .find(|(_, s)| s.pid == pid && s.status.is_none())
+            .map(|(id, _)| *id);
+        if let Some(id) = id {
+            if let Some(session) = self.sessions.get_mut(&id) {
+                session.status = Some(exit);
+                session.leader_gone = Some(std::time::Instant::now());
+                // A session ends with its leader: what it left running in its
+                // group would otherwise hold the output open forever.
+                let _ = killpg(session.pid, Signal::SIGKILL);
+            }
+            self.report_if_done(id);
+        }
+    }
+
+    /// Stops waiting for output of sessions whose leader exited more than
+    /// `SESSION_DRAIN` ago (a process that left the group holds the pipe).
+    pub(super) fn end_overdue_sessions(&mut self) {
+        let overdue: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.leader_gone.is_some_and(|t| t.elapsed() >= SESSION_DRAIN))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            self.pipes.retain(|(_, _, session)| *session != id);
+            if let Some(session) = self.sessions.get_mut(&id) {
+                session.open_pipes = 0;
+            }
+            self.report_if_done(id);
+        }
+    }
+
+    /// Reports a session's exit once its process is reaped and its output
+    /// drained, so its output always comes before its exit.
+    pub(super) fn report_if_done(&mut self, id: u64) {
+        let done = self
+            .sessions
+            .get(&id)
+            .is_some_and(|s| s.status.is_some() && s.open_pipes == 0);
+        if !done {
+            return;
+        }
+        if let Some(session) = self.sessions.remove(&id) {
+            let frame = Frame::Exited {
+                session: id,
+                status: session.status.unwrap_or_default(),
+            };
+            if send(self.sock, &frame).is_err() {
+                self.host_gone = true;
+            }
+        }
+    }
+}
