@@ -16,20 +16,29 @@
 //!
 //! It is single-threaded and uses no async runtime: `poll(2)` over the socket,
 //! the pipes and a signalfd.
+//!
+//! Files: [`host`] reads `Start` and writes frames; [`setup`] shapes the
+//! sandbox; [`session`] holds the agent's state and its sessions; [`relay`]
+//! is the loop over them. Imports go one way (`relay` → `session` → `host`;
+//! `setup` stands alone): none of them uses this file.
 
+mod host;
 mod relay;
 mod session;
 mod setup;
 
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
 use bytes::BytesMut;
 use nix::errno::Errno;
-use nix::sys::signal::{kill, killpg, SigSet, Signal};
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
 use sandvisor_actors::protocol::{BootError, BootStage, Frame, StartSpec, MAIN_SESSION};
+
+use host::{read_start, send};
+use relay::kill_all;
+use setup::boot_error;
 
 /// Runs the agent on `sock` (the host's SAP socket); never returns.
 pub fn run(mut sock: UnixStream) -> ! {
@@ -44,43 +53,6 @@ pub fn run(mut sock: UnixStream) -> ! {
         boot_failed(&mut sock, error);
     }
     init(sock, spec, inbox)
-}
-
-/// Reads the Start frame; returns it and whatever the host sent after it in
-/// the same reads (a stop may follow right behind).
-fn read_start(sock: &mut UnixStream) -> Result<(StartSpec, BytesMut), String> {
-    let mut buf = BytesMut::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(frame) = Frame::decode(&mut buf).map_err(|e| e.to_string())? {
-            return match frame {
-                Frame::Start(spec) => Ok((spec, buf)),
-                other => Err(format!("expected Start, got {other:?}")),
-            };
-        }
-        let n = sock
-            .read(&mut chunk)
-            .map_err(|e| format!("reading Start: {e}"))?;
-        if n == 0 {
-            return Err("host closed the socket before Start".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn send(sock: &mut UnixStream, frame: &Frame) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    frame.encode(&mut buf);
-    sock.write_all(&buf)
-}
-
-/// The boot error of a failed step: `what` it was doing and why it failed.
-fn boot_error(stage: BootStage, errno: Errno, what: &str) -> BootError {
-    BootError {
-        stage,
-        errno: errno as i32,
-        message: format!("{what}: {}", errno.desc()),
-    }
 }
 
 fn boot_failed(sock: &mut UnixStream, error: BootError) -> ! {
@@ -149,14 +121,4 @@ fn agent_signals() -> SigSet {
         set.add(signal);
     }
     set
-}
-
-fn kill_all(spec: &StartSpec, main_pid: Pid) {
-    // Failures mean the processes are gone already.
-    if spec.pid_namespace {
-        // As PID 1, kill(-1) reaches every process of the namespace but the agent.
-        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
-    } else {
-        let _ = killpg(main_pid, Signal::SIGKILL);
-    }
 }

@@ -26,26 +26,10 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::signalfd::SignalFd;
 use nix::unistd::Pid;
-use sandvisor_actors::protocol::{
-    ExitStatus, Frame, OutputStream, SignalTarget, StartSpec, MAIN_SESSION,
-};
+use sandvisor_actors::protocol::{ExitStatus, Frame, SignalTarget, StartSpec, MAIN_SESSION};
 
-use super::session::Session;
-use super::{kill_all, send};
-
-/// The agent's running state: the host link, the main command, the exec
-/// sessions and every pipe being relayed.
-pub(super) struct Agent<'a> {
-    pub(super) sock: &'a mut UnixStream,
-    pub(super) spec: &'a StartSpec,
-    pub(super) main_pid: Pid,
-    pub(super) main_status: Option<ExitStatus>,
-    pub(super) sessions: HashMap<u64, Session>,
-    /// Output pipes: descriptor, stream tag, session.
-    pub(super) pipes: Vec<(OwnedFd, OutputStream, u64)>,
-    pub(super) inbox: BytesMut,
-    pub(super) host_gone: bool,
-}
+use super::host::send;
+use super::session::Agent;
 
 /// Relays output, signals, exec sessions and stdin until the main command has
 /// exited and all output is drained; returns its status.
@@ -265,5 +249,16 @@ impl Agent<'_> {
                 }
             }
         }
+    }
+}
+
+/// Kills every process of the sandbox but the agent.
+pub(super) fn kill_all(spec: &StartSpec, main_pid: Pid) {
+    // Failures mean the processes are gone already.
+    if spec.pid_namespace {
+        // As PID 1, kill(-1) reaches every process of the namespace but the agent.
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    } else {
+        let _ = killpg(main_pid, Signal::SIGKILL);
     }
 }

@@ -14,20 +14,22 @@
 //! - The main session's exit is reported by the agent itself
 //!   ([`init`](super::init)), after every other session.
 
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
+use bytes::BytesMut;
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use sandvisor_actors::protocol::{
-    CommandSpec, ExecSpec, ExitStatus, Frame, OutputStream, MAIN_SESSION,
+    CommandSpec, ExecSpec, ExitStatus, Frame, OutputStream, StartSpec, MAIN_SESSION,
 };
 
-use super::relay::Agent;
-use super::send;
+use super::host::send;
 
 /// How long a session's output may still flow after its leader exited (a
 /// process that left its group may hold the pipe).
@@ -51,6 +53,20 @@ pub(super) struct Session {
     /// a session that does not read cannot stall the agent).
     pub(super) stdin_pending: Vec<u8>,
     pub(super) close_stdin: bool,
+}
+
+/// The agent's running state: the host link, the main command, the exec
+/// sessions and every pipe being relayed.
+pub(super) struct Agent<'a> {
+    pub(super) sock: &'a mut UnixStream,
+    pub(super) spec: &'a StartSpec,
+    pub(super) main_pid: Pid,
+    pub(super) main_status: Option<ExitStatus>,
+    pub(super) sessions: HashMap<u64, Session>,
+    /// Output pipes: descriptor, stream tag, session.
+    pub(super) pipes: Vec<(OwnedFd, OutputStream, u64)>,
+    pub(super) inbox: BytesMut,
+    pub(super) host_gone: bool,
 }
 
 /// Starts a session's leader on a new terminal (whose master is returned)

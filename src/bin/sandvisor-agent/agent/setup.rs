@@ -17,8 +17,6 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use sandvisor_actors::protocol::{BootError, BootStage, StartSpec};
 
-use super::boot_error;
-
 /// Sets the sandbox up as `spec` asks, in order:
 /// 1. check the agent is PID 1 of a pid namespace exactly when `spec` asks
 ///    for one (the spawner created it there);
@@ -196,4 +194,13 @@ fn loopback_up() -> Result<(), Errno> {
         }
     }
     Ok(())
+}
+
+/// The boot error of a failed step: `what` it was doing and why it failed.
+pub(super) fn boot_error(stage: BootStage, errno: Errno, what: &str) -> BootError {
+    BootError {
+        stage,
+        errno: errno as i32,
+        message: format!("{what}: {}", errno.desc()),
+    }
 }

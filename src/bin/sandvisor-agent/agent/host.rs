@@ -1,0 +1,42 @@
+//! The agent's end of the host's SAP socket: reading the `Start` that opens
+//! the conversation, and writing frames.
+//!
+//! # Contract
+//! Writes are blocking and whole (one `write_all` per frame): the agent is
+//! single-threaded and frames from it must not interleave. A failed write
+//! means the host is gone; each caller decides what that ends.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+
+use bytes::BytesMut;
+use sandvisor_actors::protocol::{Frame, StartSpec};
+
+/// Reads the Start frame; returns it and whatever the host sent after it in
+/// the same reads (a stop may follow right behind).
+pub(super) fn read_start(sock: &mut UnixStream) -> Result<(StartSpec, BytesMut), String> {
+    let mut buf = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(frame) = Frame::decode(&mut buf).map_err(|e| e.to_string())? {
+            return match frame {
+                Frame::Start(spec) => Ok((spec, buf)),
+                other => Err(format!("expected Start, got {other:?}")),
+            };
+        }
+        let n = sock
+            .read(&mut chunk)
+            .map_err(|e| format!("reading Start: {e}"))?;
+        if n == 0 {
+            return Err("host closed the socket before Start".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Writes `frame` whole.
+pub(super) fn send(sock: &mut UnixStream, frame: &Frame) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    frame.encode(&mut buf);
+    sock.write_all(&buf)
+}
