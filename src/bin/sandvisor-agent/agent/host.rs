@@ -14,6 +14,11 @@ use sandvisor_actors::protocol::{Frame, StartSpec};
 
 /// Reads the Start frame; returns it and whatever the host sent after it in
 /// the same reads (a stop may follow right behind).
+///
+/// # Errors
+/// Why there is no `Start` to run, as the line the agent prints before it
+/// exits: the socket failed or closed first, a frame did not decode, or the
+/// first frame was another one.
 pub(super) fn read_start(sock: &mut UnixStream) -> Result<(StartSpec, BytesMut), String> {
     let mut buf = BytesMut::new();
     let mut chunk = [0u8; 4096];
@@ -35,6 +40,9 @@ pub(super) fn read_start(sock: &mut UnixStream) -> Result<(StartSpec, BytesMut),
 }
 
 /// Writes `frame` whole.
+///
+/// # Errors
+/// The socket's write error: the host is gone (or no longer reads).
 pub(super) fn send(sock: &mut UnixStream, frame: &Frame) -> std::io::Result<()> {
     let mut buf = Vec::new();
     frame.encode(&mut buf);
