@@ -1,10 +1,74 @@
-//! The engine's error type.
+//! The log wing: a sandbox's log files, their writer and their readers. It
+//! knows nothing about sandboxes: the sandbox wing reaches it only through
+//! [`tap`] (the `exec.log` writer), [`format`] (the record shapes) and
+//! [`runtime_log`] (sandvisor's own diagnostics).
+//!
+//! - [`format`]: records, text lines, file identity, cursors (the on-disk format).
+//! - [`tap`]: the [`RelayTap`](tap::RelayTap), the one writer of `exec.log`,
+//!   rotating at a size limit.
+//! - [`runtime_log`]: appends to `runtime.log`.
+//! - [`read`]: one [`Subscriber`](read::subscriber::Subscriber) per read,
+//!   one [`Tailer`](read::tailer::Tailer) per log it reads, the process's one
+//!   [watch hub](read::watch_hub); [`open_stream`](read::stream::open_stream)
+//!   and [`collect`](read::stream::collect) are the entry points.
+//!
+//! This module holds what every part shares: [`LogEntry`] (what readers
+//! deliver) and the wing's [`Error`].
+//!
+//! # Decision: blocking file I/O runs inline, in the actor that owns the file
+//! The tap's writes, the followers' reads and `runtime.log` appends are plain
+//! blocking `std::fs` calls made inside the owning actor's handler (the
+//! [`RelayTap`](tap::RelayTap), each [`Tailer`](read::tailer::Tailer), the
+//! sandbox supervisor), on the tokio worker that runs it; neither
+//! `spawn_blocking` nor `block_in_place` is used. Why:
+//! - Every call is bounded per message: one `write(2)` of a message's records
+//!   into the page cache (the tap never fsyncs), at most one 1 MiB read step
+//!   per tailer batch (large chunks are parsed on rayon's pool, not the
+//!   worker), and `runtime.log` notes are rare (start, stop, restarts). A
+//!   handler holds its worker for microseconds to a few milliseconds, which
+//!   `bench_logs` measures end to end (write throughput, full-chain read,
+//!   follow latency).
+//! - The tap's `Append` contract needs it: the tap writes and answers in one
+//!   step that a kill cannot split. Handing the write to `spawn_blocking` and
+//!   awaiting it would open a window where the actor is killed after the
+//!   write and before the answer, and the capture side would replay chunks
+//!   that are already on disk.
+//! - `spawn_blocking` would also cost a thread hand-off and a move of the
+//!   file and state per message on the hot path; `block_in_place` panics on
+//!   a current-thread runtime, which embedders may run us on.
+//!
+//! The cost accepted: a log directory on a stalled filesystem (a hung network
+//! mount) stalls the worker running that actor. The home is expected on a
+//! local disk; revisit (a dedicated I/O thread per tap) if that changes.
+
+pub mod format;
+pub mod read;
+pub mod runtime_log;
+pub mod tap;
 
 use std::path::PathBuf;
 
-use crate::format::LogCursor;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
 
-/// Everything the engine's actors can fail with.
+use self::format::{LogCursor, LogSource};
+
+/// One entry read from a sandbox's logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Capture time (host wall clock).
+    pub timestamp: DateTime<Utc>,
+    /// Which stream it came from.
+    pub source: LogSource,
+    /// Exec session id; `None` for system entries.
+    pub session_id: Option<u64>,
+    /// The captured bytes, exactly as written.
+    pub data: Bytes,
+    /// Resuming from here yields exactly the entries after this one.
+    pub cursor: LogCursor,
+}
+
+/// Everything the log wing can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file or directory operation failed.
@@ -58,5 +122,5 @@ impl Error {
     }
 }
 
-/// The engine's result type.
+/// The log wing's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
