@@ -1,9 +1,9 @@
 //! The log wing: a sandbox's log files, their writer and their readers. It
 //! knows nothing about sandboxes: the sandbox wing reaches it only through
-//! [`tap`] (the `exec.log` writer), [`format`] (the record shapes) and
+//! [`tap`] (the `exec.log` writer), [`format`](mod@format) (the record shapes) and
 //! [`runtime_log`] (sandvisor's own diagnostics).
 //!
-//! - [`format`]: records, text lines, file identity, cursors (the on-disk format).
+//! - [`format`](mod@format): records, text lines, file identity, cursors (the on-disk format).
 //! - [`tap`]: the [`RelayTap`](tap::RelayTap), the one writer of `exec.log`,
 //!   rotating at a size limit.
 //! - [`runtime_log`]: appends to `runtime.log`.

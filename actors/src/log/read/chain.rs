@@ -30,7 +30,7 @@ use crate::log::{Error, Result};
 
 /// One open file of the log.
 #[derive(Debug)]
-pub(super) struct Held {
+pub struct Held {
     /// The descriptor: it keeps reading the same file whatever its name
     /// becomes, and even after it is unlinked.
     pub(super) file: File,
@@ -40,7 +40,7 @@ pub(super) struct Held {
 
 /// What follows the newest file a reader holds.
 #[derive(Debug)]
-pub(super) enum Successor {
+pub enum Successor {
     /// The newest held file is still the live one: nothing rotated.
     Latest,
     /// There is no live file: not created yet, or the directory is gone.
@@ -77,7 +77,7 @@ impl Successor {
 /// The files of one log in one directory: `exec.log`, `exec.log.1`, … for
 /// the rotating `exec.log`, a single file for the others.
 #[derive(Debug, Clone)]
-pub(super) struct Chain {
+pub struct Chain {
     dir: PathBuf,
     stream: StreamKey,
 }
@@ -309,4 +309,63 @@ pub fn check_cursor(dir: &Path, cursor: &LogCursor) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(path: &Path) {
+        std::fs::write(path, b"").unwrap();
+    }
+
+    /// A chain of `stream` in a fresh directory, holding its live file.
+    fn holding(stream: StreamKey) -> (tempfile::TempDir, Chain, Held) {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Chain::new(dir.path(), stream);
+        touch(&chain.path_at(0));
+        let held = chain.open(&chain.path_at(0)).unwrap().unwrap();
+        (dir, chain, held)
+    }
+
+    fn case(chain: &Chain, held: &Held) -> &'static str {
+        chain.successor(held).unwrap().name()
+    }
+
+    #[test]
+    fn every_successor_case_is_reached() {
+        let (_dir, chain, held) = holding(StreamKey::Exec);
+        assert_eq!(case(&chain, &held), "latest");
+
+        std::fs::rename(chain.path_at(0), chain.path_at(1)).unwrap();
+        assert_eq!(case(&chain, &held), "no-live-file");
+
+        touch(&chain.path_at(0));
+        let Successor::Found(next) = chain.successor(&held).unwrap() else {
+            panic!("the new live file follows the rotated one");
+        };
+        assert_eq!(Some(next.id), FileId::of_path(&chain.path_at(0)).unwrap());
+
+        // Half a rotation: the held file moved on to `.2`, the live file has
+        // not reached `.1` yet.
+        std::fs::rename(chain.path_at(1), chain.path_at(2)).unwrap();
+        assert_eq!(case(&chain, &held), "not-yet");
+
+        // The held file left the chain's names while the walk looked.
+        std::fs::rename(chain.path_at(2), chain.dir().join("elsewhere")).unwrap();
+        assert_eq!(case(&chain, &held), "moved");
+
+        std::fs::remove_file(chain.dir().join("elsewhere")).unwrap();
+        assert_eq!(case(&chain, &held), "gone");
+    }
+
+    #[test]
+    fn a_plain_log_replaced_by_a_new_file_is_followed_by_it() {
+        let (_dir, chain, held) = holding(StreamKey::Runtime);
+        assert_eq!(case(&chain, &held), "latest");
+        let new = chain.dir().join("runtime.log.new");
+        touch(&new);
+        std::fs::rename(&new, chain.path_at(0)).unwrap();
+        assert_eq!(case(&chain, &held), "replaced");
+    }
 }
