@@ -21,8 +21,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use ractor::{Actor, ActorRef};
-use sandvisor::engine::format::RecordEncoder;
-use sandvisor::engine::relay_tap::{
+use sandvisor::engine::log::format::RecordEncoder;
+use sandvisor::engine::log::tap::{
     Chunk, RelayTap, RelayTapMsg, TapArgs, TapConfig, TapStats, DEFAULT_KEEP, DEFAULT_MAX_BYTES,
 };
 use sandvisor::{LogOptions, LogSource, LogStreamOptions, Logs};

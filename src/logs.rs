@@ -20,8 +20,8 @@ use std::task::{Context, Poll};
 
 use chrono::{DateTime, Utc};
 use futures::Stream;
-use sandvisor_actors::follower::check_cursor;
-use sandvisor_actors::subscriber::ReadPlan;
+use sandvisor_actors::log::read::chain::check_cursor;
+use sandvisor_actors::log::read::ReadPlan;
 use sandvisor_actors::{FileId, SourceSet, StreamKey};
 
 pub use sandvisor_actors::{LogCursor, LogCursorParseError, LogEntry, LogSource};
@@ -87,7 +87,7 @@ pub struct LogStream {
 
 impl LogStream {
     /// The subscriber actor behind this stream, for actor message probes.
-    pub fn subscriber(&self) -> &ractor::ActorRef<sandvisor_actors::subscriber::SubscriberMsg> {
+    pub fn subscriber(&self) -> &ractor::ActorRef<sandvisor_actors::log::read::SubscriberMsg> {
         self.inner.subscriber()
     }
 }

@@ -15,9 +15,9 @@ use ractor::{Actor, ActorRef};
 use sandvisor_actors::cgroup::Limits;
 use sandvisor_actors::events::{EventEnvelope, EventSink};
 use sandvisor_actors::lifecycle::{HostId, SandboxStatus};
+use sandvisor_actors::log::tap::TapConfig;
 use sandvisor_actors::metrics::SandboxMetrics;
 use sandvisor_actors::protocol::{BootStage, CommandSpec, StartSpec};
-use sandvisor_actors::relay_tap::TapConfig;
 use sandvisor_actors::root::{Root, RootArgs, RootMsg};
 use sandvisor_actors::sandbox::{
     BootFailure, MetricsUnavailable, SandboxSpec, StopOutcome, SupervisorMsg,

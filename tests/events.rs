@@ -138,7 +138,7 @@ async fn the_runtime_stream_carries_every_sandbox_s_events_in_order() {
 
 #[tokio::test]
 async fn a_restarted_tap_and_rotations_are_events() {
-    use sandvisor::engine::relay_tap::RelayTapMsg;
+    use sandvisor::engine::log::tap::RelayTapMsg;
     let (_home, rt) = runtime().await;
     let mut config = SandboxConfig::shell(
         "rot",

@@ -401,7 +401,7 @@ async fn a_boot_failure_writes_boot_error_json_and_a_good_start_removes_it() {
 
 #[tokio::test]
 async fn killing_the_relay_tap_twenty_times_loses_and_repeats_nothing() {
-    use sandvisor::engine::relay_tap::RelayTapMsg;
+    use sandvisor::engine::log::tap::RelayTapMsg;
     let (_home, rt) = runtime().await;
     let script = "i=0; while [ $i -lt 20000 ]; do echo n-$i; i=$((i+1)); [ $((i % 400)) -eq 0 ] && sleep 0.1; done; true";
     let sandbox = rt

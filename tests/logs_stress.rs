@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{next_within, number, text, Home, Tap};
 use futures::StreamExt;
 use ractor::RactorErr;
-use sandvisor::engine::subscriber::SubscriberMsg;
+use sandvisor::engine::log::read::SubscriberMsg;
 use sandvisor::engine::{FileId, Position, StreamKey};
 use sandvisor::{
     Error, LogCursor, LogOptions, LogSource, LogStream, LogStreamOptions, LogStreamStart, Logs,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{Home, Tap};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use sandvisor::engine::relay_tap::{RelayTap, RelayTapMsg, TapArgs, TapConfig, TapEvent};
+use sandvisor::engine::log::tap::{RelayTap, RelayTapMsg, TapArgs, TapConfig, TapEvent};
 use sandvisor::{LogOptions, LogSource};
 use tokio::sync::mpsc;
 
@@ -85,9 +85,11 @@ async fn rotation_tells_the_parent_and_keeps_the_configured_count() {
     };
     let (tap, _) = Actor::spawn(None, RelayTap, args).await.unwrap();
     for i in 0..100 {
-        tap.cast(RelayTapMsg::Chunk(
-            sandvisor::engine::relay_tap::Chunk::now(1, LogSource::Stdout, format!("{i:040}")),
-        ))
+        tap.cast(RelayTapMsg::Chunk(sandvisor::engine::log::tap::Chunk::now(
+            1,
+            LogSource::Stdout,
+            format!("{i:040}"),
+        )))
         .unwrap();
     }
     let stats = ractor::call_t!(tap, RelayTapMsg::Flush, 5_000).unwrap();
@@ -189,7 +191,7 @@ async fn system_markers_carry_no_session_id() {
 
 #[tokio::test]
 async fn a_batch_is_split_at_rotation_and_every_record_stays_whole() {
-    use sandvisor::engine::relay_tap::Chunk;
+    use sandvisor::engine::log::tap::Chunk;
     let home = Home::new();
     let dir = home.sandbox("batch");
     let tap = Tap::spawn(&dir, 16 * 1024, 64).await;
@@ -228,7 +230,7 @@ async fn a_batch_is_split_at_rotation_and_every_record_stays_whole() {
 #[tokio::test]
 async fn a_full_disk_fails_the_tap_without_leaving_a_torn_record() {
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
-    use sandvisor::engine::relay_tap::Chunk;
+    use sandvisor::engine::log::tap::Chunk;
     let dir = tempfile::tempdir().unwrap();
     mount(
         Some("tmpfs"),

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{next_within, text, Home, Tap};
-use sandvisor::engine::watch_hub::{self, HubStats};
+use sandvisor::engine::log::read::watch_hub::{self, HubStats};
 use sandvisor::{LogSource, LogStreamOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

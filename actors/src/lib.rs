@@ -4,39 +4,27 @@
 //! Users reach all of this through the `sandvisor` crate, which re-exports
 //! what they need.
 //!
-//! - [`relay_tap`]: the `exec.log` writer, rotating at a size limit.
-//! - [`tailer`]: one reader per log, following rotation by file identity.
-//! - [`subscriber`]: one per read, merging its tailers and assigning cursors.
-//! - [`watch_hub`]: the one filesystem watcher of the process.
-//! - [`format`]: records, text lines, file identity, cursors.
+//! - [`log`]: the log wing — the `exec.log` writer ([`log::tap`]), the readers
+//!   ([`log::read`]: subscriber, tailers, the process's one watcher) and the
+//!   on-disk format ([`log::format`]). It knows nothing about sandboxes.
 //! - [`root`], [`sandbox`], [`vm_process`], [`spawner`]: the runtime's
 //!   actor tree, from the root to each sandbox's agent.
 
 pub mod cgroup;
-pub mod entry;
-pub mod error;
 pub mod events;
-pub mod follower;
-pub mod format;
 pub mod lifecycle;
+pub mod log;
 pub mod metrics;
 pub mod pidfd;
 pub mod protocol;
-pub mod relay_tap;
 pub mod restart;
 pub mod root;
-pub mod runtime_log;
 pub mod sandbox;
 pub mod spawner;
-pub mod stream;
-pub mod subscriber;
-pub mod tailer;
 pub mod vm_process;
-pub mod watch_hub;
 
-pub use entry::LogEntry;
-pub use error::{Error, Result};
-pub use format::{
+pub use log::format::{
     FileId, LogCursor, LogCursorParseError, LogSource, Position, SourceSet, StreamKey,
 };
-pub use stream::{collect, open_stream, LogStream};
+pub use log::read::stream::{collect, open_stream, LogStream};
+pub use log::{Error, LogEntry, Result};

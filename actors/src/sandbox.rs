@@ -41,12 +41,12 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
 use crate::events::{EscalationStep, EventSink, Publisher, SandboxEvent};
-use crate::format::LogSource;
 use crate::lifecycle::{HostId, LifecycleStore, RunEnd, SandboxStatus, TerminationReason};
+use crate::log::format::LogSource;
+use crate::log::tap::{Chunk, RelayTap, RelayTapMsg, TapArgs, TapConfig, TapEvent};
 use crate::metrics::{Sampler, SandboxMetrics};
 use crate::protocol::ExecSpec;
 use crate::protocol::{BootStage, SignalTarget};
-use crate::relay_tap::{Chunk, RelayTap, RelayTapMsg, TapArgs, TapConfig, TapEvent};
 use crate::restart::RestartBudget;
 use crate::spawner::SpawnerMsg;
 use crate::vm_process::{ExecItem, ExecRefused, ExecReply, SessionInput};
@@ -961,7 +961,7 @@ impl SupervisorState {
 
     fn note_info(&self, message: &str) {
         tracing::info!(sandbox = %self.spec.name, "{message}");
-        crate::runtime_log::append(
+        crate::log::runtime_log::append(
             &self.spec.log_dir,
             tracing::Level::INFO,
             &self.spec.name,
@@ -971,7 +971,7 @@ impl SupervisorState {
 
     fn note_warn(&self, message: &str) {
         tracing::warn!(sandbox = %self.spec.name, "{message}");
-        crate::runtime_log::append(
+        crate::log::runtime_log::append(
             &self.spec.log_dir,
             tracing::Level::WARN,
             &self.spec.name,

@@ -39,12 +39,12 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
 use crate::cgroup::{Cgroup, Limits};
-use crate::format::LogSource;
+use crate::log::format::LogSource;
+use crate::log::tap::{Chunk, RelayTapMsg};
 use crate::pidfd::Pidfd;
 use crate::protocol::{
     BootError, BootStage, ExecSpec, ExitStatus, Frame, OutputStream, SignalTarget, StartSpec,
 };
-use crate::relay_tap::{Chunk, RelayTapMsg};
 use crate::spawner::{SpawnFailed, Spawned, SpawnerMsg};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use ractor::{Actor, ActorRef};
-use sandvisor::engine::relay_tap::{Chunk, RelayTap, RelayTapMsg, TapArgs, TapConfig, TapStats};
+use sandvisor::engine::log::tap::{Chunk, RelayTap, RelayTapMsg, TapArgs, TapConfig, TapStats};
 use sandvisor::{LogEntry, LogSource, LogStream, Logs};
 use tempfile::TempDir;
 

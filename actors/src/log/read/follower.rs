@@ -1,21 +1,14 @@
 //! Reading one log — the `exec.log` chain, `runtime.log` or `kernel.log` — by
 //! file identity, across rotation. This is the synchronous core a
-//! [`Tailer`](crate::tailer::Tailer) drives.
+//! [`Tailer`](super::tailer::Tailer) drives; the rotation walk is in
+//! [`chain`](super::chain), line decoding and filtering in [`parse`](super::parse).
 //!
 //! # Files held
 //! The follower holds the descriptor of the file it is reading (`current`) and
 //! of every newer file it has identified but not read yet (`queued`). Rotation
 //! renames files; an open descriptor keeps reading the same file whatever its
-//! name becomes, and even after it is unlinked.
-//!
-//! # Finding the next file
-//! Rotation shifts `.3`→`.4`, `.2`→`.3`, `.1`→`.2`, `exec.log`→`.1`, oldest first,
-//! then creates a fresh `exec.log`. So a file only ever moves to a higher index,
-//! and the file that follows the one at index `k` is the one at `k - 1`. The
-//! follower finds its newest held file at `k` (scanning upward, the direction
-//! files move, so a moving file cannot be passed over), opens `k - 1`, then
-//! checks the newest held file is still at `k`: if it is, no shift happened in
-//! between and the opened file is its true successor; if not, it scans again.
+//! name becomes, and even after it is unlinked. Newer files are identified by
+//! [`Follower::look_ahead`], one [`Successor`] case at a time.
 //!
 //! # Retention
 //! A reader may finish the file it is reading after that file was unlinked,
@@ -36,19 +29,17 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 
-use crate::entry::LogEntry;
-use crate::error::{Error, Result};
-use crate::format::{
-    FileId, LogCursor, LogSource, Position, RecordData, RecordDecoder, SourceSet, StreamKey,
-    TextDecoder,
-};
+use super::chain::{unlinked, Chain, Held, Successor};
+use super::parse::{Decoders, LineFilter};
+use crate::log::format::{LogCursor, Position, SourceSet, StreamKey};
+use crate::log::{Error, LogEntry, Result};
 
 /// Bytes read from disk per step.
 const READ_CHUNK: usize = 1 << 20;
@@ -82,18 +73,10 @@ pub enum ReadStatus {
     DirGone,
 }
 
-/// One open file of the log.
-#[derive(Debug)]
-struct Held {
-    file: File,
-    id: FileId,
-}
-
 /// Reads one log of one sandbox, following rotation. See the module docs.
 #[derive(Debug)]
 pub struct Follower {
-    dir: PathBuf,
-    stream: StreamKey,
+    chain: Chain,
     sources: SourceSet,
     skip_before: Option<DateTime<Utc>>,
     /// Every entry's cursor is this one with the entry's own position set.
@@ -116,6 +99,11 @@ impl Follower {
     ///
     /// A start position whose file is no longer retained makes the first read
     /// report [`ReadStatus::Missed`].
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the directory cannot be listed or a file of the log
+    /// cannot be opened or identified. A log with no file yet is not an error:
+    /// it is opened when it appears.
     pub fn open(
         dir: &Path,
         stream: StreamKey,
@@ -125,8 +113,7 @@ impl Follower {
         base: LogCursor,
     ) -> Result<Self> {
         let mut follower = Self {
-            dir: dir.to_path_buf(),
-            stream,
+            chain: Chain::new(dir, stream),
             sources,
             skip_before,
             base,
@@ -141,7 +128,11 @@ impl Follower {
             skipped_total: 0,
         };
         match start {
-            Start::Beginning => follower.open_oldest()?,
+            Start::Beginning => {
+                if let Some(held) = follower.chain.open_oldest()? {
+                    follower.start_file(held)?;
+                }
+            }
             Start::At(position) => follower.open_at(position)?,
         }
         Ok(follower)
@@ -162,6 +153,11 @@ impl Follower {
 
     /// Reads up to about `budget` bytes of complete lines, following rotation,
     /// and returns the entries whose source is wanted.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if a held file cannot be read or `fstat`ed, or the chain
+    /// cannot be walked. Entries appended to `out` before the error stand;
+    /// the caller restarts from the last position it delivered.
     pub fn read(&mut self, budget: usize, out: &mut Vec<LogEntry>) -> Result<ReadStatus> {
         let mut consumed = 0usize;
         let mut looked_ahead = false;
@@ -187,7 +183,7 @@ impl Follower {
                 continue;
             }
             if let Some(next) = self.queued.pop_front() {
-                if self.stream.rotates() && unlinked(&next.file, &self.dir)? {
+                if self.chain.stream().rotates() && unlinked(&next.file, self.chain.dir())? {
                     // Rotated past retention before the reader got to it.
                     self.mark_missed();
                     return self.missed_status();
@@ -217,6 +213,10 @@ impl Follower {
 
     /// Identifies files newer than the newest held one, so that rotation cannot
     /// take them away unnoticed. Cheap when nothing rotated: one `stat`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if a file of the chain cannot be identified or opened,
+    /// or the directory listed.
     pub fn look_ahead(&mut self) -> Result<()> {
         if self.missed || self.current.is_none() {
             return Ok(());
@@ -225,53 +225,55 @@ impl Follower {
             self.mark_missed();
             return Ok(());
         }
-        let base = self.path_at(0);
+        let dir = self.chain.dir().display();
+        let log = self.chain.stream().file_name();
         let mut retries = 0;
         loop {
-            let newest = match self.queued.back().or(self.current.as_ref()) {
-                Some(held) => held.id,
-                None => return Ok(()),
+            let Some(newest) = self.queued.back().or(self.current.as_ref()) else {
+                return Ok(());
             };
-            let live = FileId::of_path(&base).map_err(|e| Error::io(&base, e))?;
-            match live {
-                None => {
-                    self.dir_gone = !self.dir.is_dir();
+            let successor = self.chain.successor(newest)?;
+            let case = successor.name();
+            match successor {
+                Successor::Latest => return Ok(()),
+                Successor::NoLiveFile => {
+                    self.dir_gone = !self.chain.dir().is_dir();
+                    tracing::trace!(%dir, log, case, dir_gone = self.dir_gone, "no live file");
                     return Ok(());
                 }
-                Some(live) if live == newest => return Ok(()),
-                Some(_) => {}
-            }
-            if !self.stream.rotates() {
-                // A plain log replaced by a new file: the new file follows.
-                if let Some(held) = self.open_path(&base)? {
-                    if held.id != newest {
-                        self.queued.push_back(held);
-                    }
+                Successor::Replaced(held) => {
+                    tracing::debug!(%dir, log, case, "the log was replaced by a new file; reading it next");
+                    self.queued.push_back(held);
+                    return Ok(());
                 }
-                return Ok(());
-            }
-            match self.find_successor(newest)? {
                 Successor::Found(held) => {
+                    tracing::debug!(%dir, log, case, "next file of the rotation chain identified");
                     self.queued.push_back(held);
                     retries = 0;
                 }
                 Successor::Gone => {
+                    tracing::debug!(%dir, log, case, "the newest held file was rotated past retention before its successor was identified");
                     self.mark_missed();
                     return Ok(());
                 }
-                Successor::NotYet => return Ok(()),
+                Successor::NotYet => {
+                    tracing::trace!(%dir, log, case, "rotation half done; the successor comes with a later wake");
+                    return Ok(());
+                }
                 Successor::Moved => {
                     retries += 1;
                     if retries > SCAN_RETRIES {
+                        tracing::debug!(%dir, log, case, retries, "files kept moving during the search; trying again on the next wake");
                         return Ok(());
                     }
+                    tracing::trace!(%dir, log, case, retries, "files moved during the search; searching again");
                 }
             }
         }
     }
 
     fn missed_status(&mut self) -> Result<ReadStatus> {
-        let resume_from = self.oldest_position()?;
+        let resume_from = self.chain.oldest_position()?;
         Ok(ReadStatus::Missed { resume_from })
     }
 
@@ -283,115 +285,19 @@ impl Follower {
     /// Whether a queued (not yet started) file was unlinked by rotation.
     fn queued_file_unlinked(&self) -> Result<bool> {
         for held in &self.queued {
-            if unlinked(&held.file, &self.dir)? {
+            if unlinked(&held.file, self.chain.dir())? {
                 return Ok(true);
             }
         }
         Ok(false)
     }
 
-    fn find_successor(&self, newest: FileId) -> Result<Successor> {
-        let held_newest = self
-            .queued
-            .back()
-            .or(self.current.as_ref())
-            .map(|h| &h.file);
-        if let Some(file) = held_newest {
-            let meta = file.metadata().map_err(|e| Error::io(&self.dir, e))?;
-            if meta.nlink() == 0 {
-                return Ok(Successor::Gone);
-            }
-        }
-        let max = self.max_generation()?;
-        let mut found = None;
-        for k in 1..=max {
-            let path = self.path_at(k);
-            if FileId::of_path(&path).map_err(|e| Error::io(&path, e))? == Some(newest) {
-                found = Some(k);
-                break;
-            }
-        }
-        let Some(k) = found else {
-            return Ok(Successor::Moved);
-        };
-        let Some(held) = self.open_path(&self.path_at(k - 1))? else {
-            return Ok(Successor::NotYet);
-        };
-        let at_k = self.path_at(k);
-        if FileId::of_path(&at_k).map_err(|e| Error::io(&at_k, e))? != Some(newest) {
-            return Ok(Successor::Moved);
-        }
-        Ok(Successor::Found(held))
-    }
-
-    /// The highest rotated generation present (`exec.log.N`), 0 if none.
-    fn max_generation(&self) -> Result<usize> {
-        if !self.stream.rotates() {
-            return Ok(0);
-        }
-        let prefix = format!("{}.", self.stream.file_name());
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(err) => return Err(Error::io(&self.dir, err)),
-        };
-        let mut max = 0;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
-            let name = entry.file_name();
-            let generation = name
-                .to_str()
-                .and_then(|n| n.strip_prefix(&prefix))
-                .and_then(|n| n.parse::<usize>().ok());
-            if let Some(generation) = generation {
-                max = max.max(generation);
-            }
-        }
-        Ok(max)
-    }
-
-    fn path_at(&self, generation: usize) -> PathBuf {
-        if generation == 0 {
-            self.dir.join(self.stream.file_name())
-        } else {
-            self.dir
-                .join(format!("{}.{generation}", self.stream.file_name()))
-        }
-    }
-
-    fn open_path(&self, path: &Path) -> Result<Option<Held>> {
-        match File::open(path) {
-            Ok(file) => {
-                let id = FileId::of_file(&file).map_err(|e| Error::io(path, e))?;
-                Ok(Some(Held { file, id }))
-            }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(Error::io(path, err)),
-        }
-    }
-
-    fn open_oldest(&mut self) -> Result<()> {
-        for generation in (0..=self.max_generation()?).rev() {
-            if let Some(held) = self.open_path(&self.path_at(generation))? {
-                self.start_file(held)?;
-                return Ok(());
-            }
-        }
-        Ok(())
-    }
-
     fn open_at(&mut self, position: Position) -> Result<()> {
         for _ in 0..SCAN_RETRIES {
-            let mut located = None;
-            for generation in 0..=self.max_generation()? {
-                let path = self.path_at(generation);
-                if FileId::of_path(&path).map_err(|e| Error::io(&path, e))? == Some(position.file) {
-                    located = Some(path);
-                    break;
-                }
-            }
-            let Some(path) = located else { break };
-            if let Some(held) = self.open_path(&path)? {
+            let Some(path) = self.chain.locate(position.file)? else {
+                break;
+            };
+            if let Some(held) = self.chain.open(&path)? {
                 if held.id == position.file {
                     let len = held.file.metadata().map_err(|e| Error::io(&path, e))?.len();
                     self.offset = if position.offset > len {
@@ -411,14 +317,13 @@ impl Follower {
 
     /// Opens the live file when nothing is open yet (it did not exist before).
     fn open_live(&mut self) -> Result<bool> {
-        let base = self.path_at(0);
-        match self.open_path(&base)? {
+        match self.chain.open(&self.chain.path_at(0))? {
             Some(held) => {
                 self.start_file(held)?;
                 Ok(true)
             }
             None => {
-                self.dir_gone = !self.dir.is_dir();
+                self.dir_gone = !self.chain.dir().is_dir();
                 Ok(false)
             }
         }
@@ -433,38 +338,23 @@ impl Follower {
     }
 
     fn start_file(&mut self, held: Held) -> Result<()> {
+        let dir = self.chain.dir();
         if self.skipped_in_file > 1 {
-            tracing::debug!(dir = %self.dir.display(), skipped = self.skipped_in_file, "lines skipped in previous file");
+            tracing::debug!(dir = %dir.display(), skipped = self.skipped_in_file, "lines skipped in previous file");
         }
         self.skipped_in_file = 0;
         self.offset = 0;
         self.partial.clear();
         if let Some(since) = self.skip_before {
-            let meta = held.file.metadata().map_err(|e| Error::io(&self.dir, e))?;
-            let is_live = FileId::of_path(&self.path_at(0)).ok().flatten() == Some(held.id);
-            let mtime: DateTime<Utc> = meta.modified().map_err(|e| Error::io(&self.dir, e))?.into();
+            let meta = held.file.metadata().map_err(|e| Error::io(dir, e))?;
+            let is_live = self.chain.is_live(held.id);
+            let mtime: DateTime<Utc> = meta.modified().map_err(|e| Error::io(dir, e))?.into();
             if !is_live && mtime + SKIP_MARGIN < since {
                 self.offset = meta.len();
             }
         }
         self.current = Some(held);
         Ok(())
-    }
-
-    fn oldest_position(&self) -> Result<Position> {
-        for generation in (0..=self.max_generation()?).rev() {
-            let path = self.path_at(generation);
-            if let Some(file) = FileId::of_path(&path).map_err(|e| Error::io(&path, e))? {
-                return Ok(Position { file, offset: 0 });
-            }
-        }
-        Ok(Position {
-            file: FileId {
-                ino: 0,
-                btime_ns: 0,
-            },
-            offset: 0,
-        })
     }
 
     /// Reads the next bytes after what is consumed and pending; `None` at end of file.
@@ -475,10 +365,10 @@ impl Follower {
         let meta = held
             .file
             .metadata()
-            .map_err(|e| Error::io(self.path_at(0), e))?;
+            .map_err(|e| Error::io(self.chain.path_at(0), e))?;
         let read_pos = self.offset + self.partial.len() as u64;
         if meta.len() < read_pos {
-            tracing::warn!(dir = %self.dir.display(), log = self.stream.file_name(), len = meta.len(), offset = read_pos, "file shrank under the reader: truncated, reading it again from the start");
+            tracing::warn!(dir = %self.chain.dir().display(), log = self.chain.stream().file_name(), len = meta.len(), offset = read_pos, "file shrank under the reader: truncated, reading it again from the start");
             self.offset = 0;
             self.partial.clear();
             return self.read_chunk();
@@ -495,7 +385,7 @@ impl Follower {
         let start = buf.len();
         buf.resize(start + want, 0);
         let got = read_full_at(&held.file, &mut buf[start..], read_pos)
-            .map_err(|e| Error::io(self.path_at(0), e))?;
+            .map_err(|e| Error::io(self.chain.path_at(0), e))?;
         buf.truncate(start + got);
         if got == 0 {
             return Ok(None);
@@ -525,44 +415,14 @@ impl Follower {
             return 0;
         };
         let filter = LineFilter {
-            stream: self.stream,
+            stream: self.chain.stream(),
             sources: self.sources,
             since: self.skip_before,
             base: self.base,
             file,
             mtime,
         };
-        // Large chunks are parsed in two halves on two threads: parsing is
-        // most of a full read's cost.
-        let split = (complete.len() >= PARALLEL_PARSE_BYTES)
-            .then(|| memchr::memchr(b'\n', &complete[complete.len() / 2..]))
-            .flatten()
-            .map(|i| complete.len() / 2 + i + 1)
-            .filter(|&at| at < complete.len());
-        let skipped = match split {
-            Some(at) => {
-                let mut second = Decoders::default();
-                let (mut head, tail) = rayon::join(
-                    || filter.parse(&mut self.decoders, &complete, 0..at, self.offset),
-                    || filter.parse(&mut second, &complete, at..complete.len(), self.offset),
-                );
-                head.entries.extend(tail.entries);
-                head.skipped += tail.skipped;
-                let skipped = head.skipped;
-                out.append(&mut head.entries);
-                skipped
-            }
-            None => {
-                let mut parsed = filter.parse(
-                    &mut self.decoders,
-                    &complete,
-                    0..complete.len(),
-                    self.offset,
-                );
-                out.append(&mut parsed.entries);
-                parsed.skipped
-            }
-        };
+        let skipped = filter.parse_all(&mut self.decoders, &complete, self.offset, out);
         for _ in 0..skipped {
             self.skip_line();
         }
@@ -574,135 +434,9 @@ impl Follower {
         self.skipped_in_file += 1;
         self.skipped_total += 1;
         if self.skipped_in_file == 1 {
-            tracing::warn!(dir = %self.dir.display(), log = self.stream.file_name(), "skipping empty, malformed or unknown-source lines in this file; further ones are only counted");
+            tracing::warn!(dir = %self.chain.dir().display(), log = self.chain.stream().file_name(), "skipping empty, malformed or unknown-source lines in this file; further ones are only counted");
         }
     }
-}
-
-/// Chunks at least this large are parsed on two threads.
-const PARALLEL_PARSE_BYTES: usize = 256 << 10;
-
-/// Per-thread parsing state (timestamp caches).
-#[derive(Debug, Default)]
-struct Decoders {
-    records: RecordDecoder,
-    text: TextDecoder,
-}
-
-/// Entries parsed from part of a chunk, and the lines skipped there.
-struct Parsed {
-    entries: Vec<LogEntry>,
-    skipped: u64,
-}
-
-/// What a chunk's lines are parsed as and filtered by.
-struct LineFilter {
-    stream: StreamKey,
-    sources: SourceSet,
-    since: Option<DateTime<Utc>>,
-    base: LogCursor,
-    file: FileId,
-    mtime: DateTime<Utc>,
-}
-
-impl LineFilter {
-    fn wanted(&self, source: LogSource, timestamp: DateTime<Utc>) -> bool {
-        self.sources.contains(source) && self.since.is_none_or(|since| timestamp >= since)
-    }
-
-    /// Parses the complete lines of `chunk[range]`; `base` is the file offset
-    /// of `chunk[0]`.
-    fn parse(
-        &self,
-        decoders: &mut Decoders,
-        chunk: &Bytes,
-        range: std::ops::Range<usize>,
-        base: u64,
-    ) -> Parsed {
-        let mut parsed = Parsed {
-            entries: Vec::with_capacity(range.len() / 96),
-            skipped: 0,
-        };
-        // Unescaped and base64 bytes of the range share one allocation.
-        let mut arena = Vec::new();
-        let mut in_arena = Vec::new();
-        let mut line_start = range.start;
-        for newline in memchr::memchr_iter(b'\n', &chunk[range.clone()]).map(|i| i + range.start) {
-            let line = &chunk[line_start..newline];
-            line_start = newline + 1;
-            let mut cursor = self.base;
-            cursor.set_position(
-                self.stream,
-                Position {
-                    file: self.file,
-                    offset: base + newline as u64 + 1,
-                },
-            );
-            let entry = if self.stream.is_records() {
-                match decoders.records.decode_into(chunk, line, &mut arena) {
-                    Ok(rec) => self.wanted(rec.source, rec.timestamp).then(|| {
-                        let data = match rec.data {
-                            RecordData::Shared(bytes) => bytes,
-                            RecordData::Arena(range) => {
-                                in_arena.push((parsed.entries.len(), range));
-                                Bytes::new()
-                            }
-                        };
-                        LogEntry {
-                            timestamp: rec.timestamp,
-                            source: rec.source,
-                            session_id: rec.session_id,
-                            data,
-                            cursor,
-                        }
-                    }),
-                    Err(_) => {
-                        parsed.skipped += 1;
-                        None
-                    }
-                }
-            } else {
-                match decoders.text.decode(line, self.mtime) {
-                    Some((timestamp, data)) => {
-                        self.wanted(LogSource::System, timestamp)
-                            .then_some(LogEntry {
-                                timestamp,
-                                source: LogSource::System,
-                                session_id: None,
-                                data,
-                                cursor,
-                            })
-                    }
-                    None => {
-                        parsed.skipped += 1;
-                        None
-                    }
-                }
-            };
-            parsed.entries.extend(entry);
-        }
-        if !in_arena.is_empty() {
-            let arena = Bytes::from(arena);
-            for (index, range) in in_arena {
-                parsed.entries[index].data = arena.slice(range);
-            }
-        }
-        parsed
-    }
-}
-
-enum Successor {
-    Found(Held),
-    /// The newest held file was unlinked before its successor was identified.
-    Gone,
-    /// The successor's name is not there yet (a rotation is half done).
-    NotYet,
-    /// Files moved during the search; search again.
-    Moved,
-}
-
-fn unlinked(file: &File, dir: &Path) -> Result<bool> {
-    Ok(file.metadata().map_err(|e| Error::io(dir, e))?.nlink() == 0)
 }
 
 fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
@@ -718,50 +452,10 @@ fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// Checks, before any reader starts, that `cursor` can be resumed in `dir`.
-///
-/// A cursor is foreign if it names another directory, or if its file is not in
-/// the chain and was born after the live file (so it never was in this chain).
-/// A file that is merely gone (older than everything retained) is not an error
-/// here: the stream reports the missed rotation.
-pub fn check_cursor(dir: &Path, cursor: &LogCursor) -> Result<()> {
-    let dir_id = FileId::of_path(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .ok_or_else(|| Error::LogDirMissing(dir.to_path_buf()))?;
-    if dir_id != cursor.dir() {
-        return Err(Error::InvalidCursor(format!(
-            "the cursor belongs to another log directory than {}",
-            dir.display()
-        )));
-    }
-    for stream in StreamKey::ALL {
-        let Some(position) = cursor.position(stream) else {
-            continue;
-        };
-        let live_path = dir.join(stream.file_name());
-        let live = FileId::of_path(&live_path).map_err(|e| Error::io(&live_path, e))?;
-        if let Some(live) = live {
-            if live == position.file {
-                continue;
-            }
-            if position.file.has_btime()
-                && live.has_btime()
-                && position.file.btime_ns > live.btime_ns
-            {
-                return Err(Error::InvalidCursor(format!(
-                    "the cursor names a file that never was part of {}",
-                    live_path.display()
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::RecordEncoder;
+    use crate::log::format::{FileId, LogSource, RecordEncoder};
     use chrono::TimeZone;
     use std::io::Write;
 

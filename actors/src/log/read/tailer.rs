@@ -1,5 +1,6 @@
 //! The tailer: one actor per log being read (the `exec.log` chain,
-//! `runtime.log` or `kernel.log`), child of a [`Subscriber`](crate::subscriber::Subscriber).
+//! `runtime.log` or `kernel.log`), child of a [`Subscriber`](super::subscriber::Subscriber). Its messages are
+//! [`TailerMsg`] (in [`super`], shared with the subscriber).
 //!
 //! # Contract
 //! - Reads with a [`Follower`] from the position it was spawned with, and
@@ -9,7 +10,7 @@
 //! - Flow control: at most one batch is unacknowledged. The tailer reads the
 //!   next batch only after [`TailerMsg::Ack`]; a slow consumer holds back its
 //!   own tailers and nothing else.
-//! - Wakes ([`TailerMsg::Wake`] from the [watch hub](crate::watch_hub), and
+//! - Wakes ([`TailerMsg::Wake`] from the [watch hub](super::watch_hub), and
 //!   [`TailerMsg::Poll`] every 250 ms as a backstop) always run the cheap
 //!   rotation look-ahead, even while a batch is unacknowledged, so a reader
 //!   that is only briefly behind never loses track of the chain.
@@ -31,26 +32,15 @@ use chrono::{DateTime, Utc};
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::follower::{Follower, ReadStatus, Start};
-use crate::format::{Position, SourceSet, StreamKey};
-use crate::subscriber::{SubscriberMsg, TailEnd};
-use crate::watch_hub::{self, WatchGuard};
+use super::follower::{Follower, ReadStatus, Start};
+use super::watch_hub::{self, WatchGuard};
+use super::{SubscriberMsg, TailEnd, TailerMsg};
+use crate::log::format::{LogCursor, Position, SourceSet, StreamKey};
 
 /// The fallback stat poll's period.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Bytes of log read per batch.
 const BATCH_BYTES: usize = 1 << 20;
-
-/// Messages of the [`Tailer`].
-#[derive(Debug)]
-pub enum TailerMsg {
-    /// Something changed in the log directory.
-    Wake,
-    /// The backstop poll.
-    Poll,
-    /// The subscriber accepted the last batch.
-    Ack,
-}
 
 /// Arguments to spawn a [`Tailer`].
 #[derive(Debug, Clone)]
@@ -69,7 +59,7 @@ pub struct TailerArgs {
     pub follow: bool,
     /// Entries carry this cursor with their own position set; the subscriber
     /// merges in the other logs' positions.
-    pub base: crate::format::LogCursor,
+    pub base: LogCursor,
     /// Who receives the entries.
     pub subscriber: ActorRef<SubscriberMsg>,
     /// This incarnation's number.

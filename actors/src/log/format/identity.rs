@@ -38,6 +38,10 @@ impl FileId {
 
     /// The identity of the file at `path` (following symlinks); `Ok(None)` if
     /// nothing is there.
+    ///
+    /// # Errors
+    /// The `stat` error for anything but a missing file (permission denied,
+    /// a path component that is not a directory, …).
     pub fn of_path(path: &Path) -> io::Result<Option<Self>> {
         match std::fs::metadata(path) {
             Ok(meta) => Ok(Some(Self::from_metadata(&meta))),
@@ -47,6 +51,9 @@ impl FileId {
     }
 
     /// The identity of an open file.
+    ///
+    /// # Errors
+    /// The `fstat` error, if the descriptor cannot be queried.
     pub fn of_file(file: &File) -> io::Result<Self> {
         Ok(Self::from_metadata(&file.metadata()?))
     }

@@ -35,6 +35,29 @@ pub type Waker = Arc<dyn Fn() + Send + Sync>;
 /// Registration id.
 pub type WatchId = u64;
 
+/// Why a directory cannot be watched. Readers of it then rely on polling.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WatchError {
+    /// The directory's path could not be resolved (`canonicalize` failed:
+    /// typically it does not exist).
+    #[error("cannot resolve {dir}: {error}")]
+    Resolve {
+        /// The directory as the reader named it.
+        dir: PathBuf,
+        /// What the OS said.
+        error: String,
+    },
+    /// The watcher refused to watch the directory (for example the inotify
+    /// watch limit was reached).
+    #[error("cannot watch {dir}: {error}")]
+    AddWatch {
+        /// The resolved directory.
+        dir: PathBuf,
+        /// What notify said.
+        error: String,
+    },
+}
+
 /// Messages of the [`WatchHub`].
 pub enum WatchHubMsg {
     /// Wake `waker` on every change in `dir`. Replies with the registration id.
@@ -44,7 +67,7 @@ pub enum WatchHubMsg {
         /// Called on changes.
         waker: Waker,
         /// The registration, or why the directory cannot be watched.
-        reply: RpcReplyPort<Result<WatchId, String>>,
+        reply: RpcReplyPort<Result<WatchId, WatchError>>,
     },
     /// Drop a registration.
     Unwatch(WatchId),
@@ -181,13 +204,19 @@ fn unwatch(state: &mut HubState, id: WatchId) {
     }
 }
 
-fn watch(state: &mut HubState, dir: PathBuf, waker: Waker) -> Result<WatchId, String> {
-    let dir = std::fs::canonicalize(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+fn watch(state: &mut HubState, dir: PathBuf, waker: Waker) -> Result<WatchId, WatchError> {
+    let dir = std::fs::canonicalize(&dir).map_err(|e| WatchError::Resolve {
+        error: e.to_string(),
+        dir,
+    })?;
     if !state.dirs.contains_key(&dir) {
         if let Some(watcher) = state.watcher.as_mut() {
-            watcher
-                .watch(&dir, RecursiveMode::NonRecursive)
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                return Err(WatchError::AddWatch {
+                    dir,
+                    error: e.to_string(),
+                });
+            }
         }
     }
     let id = state.next_id;
@@ -243,8 +272,17 @@ fn start_hub() -> Option<ActorRef<WatchHubMsg>> {
 }
 
 /// Registers `waker` for `dir` with the process's hub; dropping the guard
-/// unregisters it. `None` if the directory cannot be watched (readers then
-/// rely on polling).
+/// unregisters it.
+///
+/// Never fails: `None` if the directory cannot be watched (a
+/// [`WatchError`], logged at debug), or if the hub is not running or does not
+/// answer within 5 s (logged at warn); readers then rely on polling.
+///
+/// # Cancel safety
+/// Not fully cancel-safe. Cancelled before the hub answered, the hub drops
+/// the registration itself; cancelled after it answered but before the
+/// answer was read, the registration stays until the process ends (its
+/// waker then wakes nobody, but the directory stays watched).
 pub async fn watch_dir(dir: &Path, waker: Waker) -> Option<WatchGuard> {
     let hub = hub()?;
     let dir = dir.to_path_buf();
@@ -262,7 +300,8 @@ pub async fn watch_dir(dir: &Path, waker: Waker) -> Option<WatchGuard> {
     }
 }
 
-/// Counts from the process's hub.
+/// Counts from the process's hub; `None` if the hub is not running or does
+/// not answer within 5 s.
 pub async fn stats() -> Option<HubStats> {
     let hub = hub()?;
     ractor::call_t!(hub, WatchHubMsg::Stats, 5_000).ok()

@@ -1,5 +1,6 @@
 //! The subscriber: one actor per read (`read_logs` call or `log_stream`),
-//! supervising one [`Tailer`] per log it reads.
+//! supervising one [`Tailer`] per log it reads. Its messages are
+//! [`SubscriberMsg`] (in [`super`], shared with the tailer).
 //!
 //! # Contract
 //! - Spawns its tailers in `pre_start`; a tailer that cannot open its log makes
@@ -27,101 +28,15 @@
 //!   watches released.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
-use chrono::{DateTime, Utc};
-use ractor::{
-    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
-};
-use tokio::sync::{mpsc, oneshot};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use crate::entry::LogEntry;
-use crate::error::{Error, Result};
-use crate::follower::Start;
-use crate::format::{LogCursor, Position, SourceSet, StreamKey};
+use super::follower::Start;
+use super::tailer::{Tailer, TailerArgs};
+use super::{Collected, ReadPlan, Sink, SubscriberMsg, TailEnd, TailerMsg};
+use crate::log::format::{LogCursor, Position, StreamKey};
+use crate::log::{Error, LogEntry};
 use crate::restart::RestartBudget;
-use crate::tailer::{Tailer, TailerArgs, TailerMsg};
-
-/// What to read.
-#[derive(Debug, Clone)]
-pub struct ReadPlan {
-    /// The log directory.
-    pub dir: PathBuf,
-    /// The logs to read.
-    pub streams: Vec<StreamKey>,
-    /// Sources delivered.
-    pub sources: SourceSet,
-    /// Resume point; logs it has no position for are read from the beginning.
-    pub cursor: LogCursor,
-    /// Entries before this are not delivered.
-    pub since: Option<DateTime<Utc>>,
-    /// The stream ends before the first entry at or after this.
-    pub until: Option<DateTime<Utc>>,
-    /// Keep reading as the logs grow.
-    pub follow: bool,
-}
-
-/// How a tailer's reading ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TailEnd {
-    /// Everything on disk was read (not following).
-    Done,
-    /// The file after the delivered position was rotated past retention.
-    Missed {
-        /// The oldest retained position of that log.
-        resume_from: Position,
-    },
-    /// The log directory was removed.
-    DirGone,
-}
-
-/// Batches sent to a stream's consumer.
-pub type StreamBatch = Result<Vec<LogEntry>>;
-
-/// What `read_logs` collects.
-#[derive(Debug)]
-pub struct Collected {
-    /// Entries in time order, each with the cursor just after it in that order.
-    pub entries: Vec<LogEntry>,
-    /// The cursor after everything read, filtered out or not.
-    pub cursor: LogCursor,
-}
-
-/// Where entries go.
-pub enum Sink {
-    /// A bounded channel behind a [`LogStream`](crate::LogStream).
-    Stream(mpsc::Sender<StreamBatch>),
-    /// Collected and sent once, sorted, for a one-shot read.
-    Collect(oneshot::Sender<Result<Collected>>),
-}
-
-/// Messages of the [`Subscriber`].
-pub enum SubscriberMsg {
-    /// Entries from a tailer, and the position just past what they cover.
-    Batch {
-        /// Which log.
-        stream: StreamKey,
-        /// The sending tailer's epoch.
-        epoch: u64,
-        /// Entries (already filtered by source and `since`).
-        entries: Vec<LogEntry>,
-        /// Position after the batch.
-        end: Option<Position>,
-    },
-    /// A tailer finished.
-    End {
-        /// Which log.
-        stream: StreamKey,
-        /// The sending tailer's epoch.
-        epoch: u64,
-        /// How.
-        end: TailEnd,
-    },
-    /// The current tailers, for probes and fault tests.
-    Tailers(RpcReplyPort<Vec<ActorCell>>),
-    /// The cursor after everything delivered so far.
-    Cursor(RpcReplyPort<LogCursor>),
-}
 
 /// The subscriber actor. See the module docs.
 pub struct Subscriber;

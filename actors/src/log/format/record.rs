@@ -130,6 +130,10 @@ impl RecordDecoder {
     /// Decodes `line` (without its `\n`), a slice of `buf`.
     ///
     /// Text that needed no unescaping is returned as a slice of `buf`, not a copy.
+    ///
+    /// # Errors
+    /// A [`SkipReason`] for a line that is not a record: empty, malformed, or
+    /// of an unknown source. Readers skip such lines.
     pub fn decode(&mut self, buf: &Bytes, line: &[u8]) -> Result<Record, SkipReason> {
         let mut arena = Vec::new();
         let rec = self.decode_into(buf, line, &mut arena)?;
@@ -148,6 +152,10 @@ impl RecordDecoder {
     /// Like [`decode`](Self::decode), but bytes that cannot be a slice of
     /// `buf` (escaped text, base64) are appended to `arena` instead of being
     /// allocated one by one: a reader freezes the arena once per chunk.
+    ///
+    /// # Errors
+    /// As [`decode`](Self::decode); nothing is left in `arena` for a skipped
+    /// line.
     pub fn decode_into(
         &mut self,
         buf: &Bytes,

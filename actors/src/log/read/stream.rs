@@ -7,9 +7,9 @@ use futures::Stream;
 use ractor::{Actor, ActorRef};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::entry::LogEntry;
-use crate::error::{Error, Result};
-use crate::subscriber::{Collected, ReadPlan, Sink, StreamBatch, Subscriber, SubscriberMsg};
+use super::subscriber::Subscriber;
+use super::{Collected, ReadPlan, Sink, StreamBatch, SubscriberMsg};
+use crate::log::{Error, LogEntry, Result};
 
 /// Batches buffered between a subscriber and its consumer.
 const STREAM_BATCHES: usize = 4;
@@ -55,6 +55,18 @@ impl Drop for LogStream {
 }
 
 /// Starts a streaming read.
+///
+/// # Errors
+/// The subscriber's spawn failing, as [`Error::Actor`]: this is how a log
+/// that cannot be opened (its reader's [`Error::Io`], in text) reaches the
+/// caller before the stream exists. Errors met later while reading come
+/// through the stream.
+///
+/// # Cancel safety
+/// Not cancel-safe: dropped after the subscriber was spawned but before the
+/// [`LogStream`] was returned, the read runs on until it next hands over a
+/// batch (finding the receiver gone, it stops), which for a followed log
+/// that never grows is never.
 pub async fn open_stream(plan: ReadPlan) -> Result<LogStream> {
     let (tx, rx) = mpsc::channel(STREAM_BATCHES);
     let (subscriber, _) = Actor::spawn(None, Subscriber, (plan, Sink::Stream(tx)))
@@ -68,6 +80,16 @@ pub async fn open_stream(plan: ReadPlan) -> Result<LogStream> {
 }
 
 /// Reads everything on disk once and returns it sorted by time.
+///
+/// # Errors
+/// - [`Error::Actor`] if the subscriber cannot be spawned (a log cannot be
+///   opened) or stops before answering.
+/// - What ended the read: [`Error::MissedRotation`] (the reader fell behind
+///   retention), [`Error::LogDirRemoved`], [`Error::ReaderGaveUp`].
+///
+/// # Cancel safety
+/// Not cancel-safe: dropped while waiting, the read is not stopped; it runs
+/// to the end of what it reads, finds nobody to answer, and stops.
 pub async fn collect(plan: ReadPlan) -> Result<Collected> {
     let (tx, rx) = oneshot::channel();
     let (subscriber, _) = Actor::spawn(None, Subscriber, (plan, Sink::Collect(tx)))

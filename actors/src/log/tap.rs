@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
 use rayon::prelude::*;
 
-use crate::format::{LogSource, RecordEncoder, StreamKey};
+use crate::log::format::{LogSource, RecordEncoder, StreamKey};
 
 /// Messages carrying at least this much data are encoded on several threads.
 const PARALLEL_ENCODE_BYTES: usize = 64 << 10;
