@@ -9,30 +9,31 @@
 //! - [`subscriber`]: one per read, merging its tailers and assigning cursors.
 //! - [`watch_hub`]: the one filesystem watcher of the process.
 //! - [`format`]: records, text lines, file identity, cursors.
-//! - [`root`], [`sandbox`], [`vm_process`], [`spawner`]: the runtime's
-//!   actor tree, from the root to each sandbox's agent.
+//! - [`root`], [`sandbox`]: the runtime's actor tree, from the root to each
+//!   sandbox's supervisor and its link to the sandbox's agent.
+//! - [`backend`]: how a sandbox's agent is started (namespaces, simulated).
+//! - [`host`]: OS plumbing under the actors (pidfds, cgroups).
 
-pub mod cgroup;
+pub mod backend;
 pub mod entry;
 pub mod error;
-pub mod events;
 pub mod follower;
 pub mod format;
-pub mod lifecycle;
-pub mod metrics;
-pub mod pidfd;
+pub mod host;
 pub mod protocol;
 pub mod relay_tap;
 pub mod restart;
 pub mod root;
 pub mod runtime_log;
 pub mod sandbox;
-pub mod spawner;
 pub mod stream;
 pub mod subscriber;
 pub mod tailer;
-pub mod vm_process;
 pub mod watch_hub;
+
+// The sandbox wing's vocabulary keeps its crate-level paths
+// (`sandvisor::engine::events::SandboxEvent`, …): users and the store name it.
+pub use sandbox::{events, lifecycle, metrics};
 
 pub use entry::LogEntry;
 pub use error::{Error, Result};
