@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::Stream;
 use ractor::ActorRef;
 use sandvisor_actors::sandbox::SupervisorMsg;
-use sandvisor_actors::vm_process::{ExecItem, SessionInput};
+use sandvisor_actors::sandbox::{ExecItem, SessionInput};
 use tokio::sync::mpsc;
 
 use crate::config::DEFAULT_PATH;

@@ -12,17 +12,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorRef};
-use sandvisor_actors::cgroup::Limits;
+use sandvisor_actors::backend::{Backend, NamespaceBackend};
 use sandvisor_actors::events::{EventEnvelope, EventSink};
+use sandvisor_actors::host::cgroup::Limits;
 use sandvisor_actors::lifecycle::{HostId, SandboxStatus};
 use sandvisor_actors::log::tap::TapConfig;
 use sandvisor_actors::metrics::SandboxMetrics;
 use sandvisor_actors::protocol::{BootStage, CommandSpec, StartSpec};
 use sandvisor_actors::root::{Root, RootArgs, RootMsg};
 use sandvisor_actors::sandbox::{
-    BootFailure, MetricsUnavailable, SandboxSpec, StopOutcome, SupervisorMsg,
+    BootFailure, MetricsUnavailable, SandboxSpec, StopOutcome, SupervisorMsg, VmSpec,
 };
-use sandvisor_actors::vm_process::VmSpec;
 use tokio::sync::mpsc;
 
 use crate::config::SandboxConfig;
@@ -34,7 +34,7 @@ use crate::logs::{LogEntry, LogOptions, LogStream, LogStreamOptions, Logs};
 use crate::store::{RunRow, SandboxRow, Store};
 use sandvisor_actors::lifecycle::LifecycleStore;
 use sandvisor_actors::protocol::ExecSpec;
-use sandvisor_actors::vm_process::{ExecRefused, SessionInput};
+use sandvisor_actors::sandbox::{ExecRefused, SessionInput};
 
 /// The agent binary's name.
 pub const AGENT_BINARY: &str = "sandvisor-agent";
@@ -72,6 +72,7 @@ pub struct SandvisorBuilder {
     home: Option<PathBuf>,
     agent: Option<PathBuf>,
     control: Option<ControlSocket>,
+    backend: Option<Arc<dyn Backend>>,
 }
 
 /// Where a runtime's control socket goes.
@@ -94,6 +95,14 @@ impl SandvisorBuilder {
     /// current executable and on `PATH`.
     pub fn agent_path(mut self, agent: impl Into<PathBuf>) -> Self {
         self.agent = Some(agent.into());
+        self
+    }
+
+    /// Starts every sandbox's agent through `backend` instead of forking
+    /// `sandvisor-agent` into new namespaces — e.g. a
+    /// [`SimulatedBackend`](crate::testing::SimulatedBackend) in tests.
+    pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backend = Some(backend);
         self
     }
 
@@ -157,11 +166,14 @@ impl SandvisorBuilder {
         }
         let agent = self.agent.unwrap_or_else(find_agent);
         let bus = EventBus::default();
+        let backend = self
+            .backend
+            .unwrap_or_else(|| Arc::new(NamespaceBackend::new(agent.clone())));
         let args = RootArgs {
             store: Arc::new(store.clone()),
             host,
             bus: Some(bus.sink()),
-            agent: agent.clone(),
+            backend,
         };
         let (root, _) = Actor::spawn(None, Root, args)
             .await
@@ -402,7 +414,7 @@ impl Sandvisor {
             reply
         })
         .map_err(|e| Error::Internal(format!("root actor: {e}")))
-        .and_then(|launched| launched.map_err(Error::Internal));
+        .and_then(|launched| launched.map_err(|refused| Error::Internal(refused.to_string())));
         let supervisor = match launched {
             Ok(supervisor) => supervisor,
             Err(err) => {

@@ -1,5 +1,13 @@
 //! Actor message probes: test code that drives sandvisor by asserting on the
-//! messages sandvisor sends it.
+//! messages sandvisor sends it; and a simulated backend, so such tests need
+//! no root, namespaces or KVM.
+//!
+//! [`SimulatedBackend`] (given to
+//! [`SandvisorBuilder::backend`](crate::SandvisorBuilder::backend)) runs a
+//! scripted agent per sandbox ([`Script`]: output, exit code or signal, boot
+//! failure, an agent that never gets ready or goes away, a stubborn stop)
+//! that speaks the real agent protocol to the real supervisor, relay tap,
+//! store and events.
 //!
 //! A [`Probe<M>`] is a real ractor actor of message type `M` that records
 //! every message it receives, in order. Hand its [`actor`](Probe::actor) (or,
@@ -30,6 +38,10 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use sandvisor_actors::events::{EventEnvelope, EventSink};
 use tokio::sync::mpsc;
+
+pub use sandvisor_actors::backend::simulated::{Script, SimulatedBackend};
+/// Where a scripted boot failure happened (see [`Script::boot_failure`]).
+pub use sandvisor_actors::protocol::BootStage;
 
 /// What a probe expectation ran into.
 #[derive(Debug, thiserror::Error)]

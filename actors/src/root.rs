@@ -1,5 +1,5 @@
 //! The root actor of a runtime: supervises one [`SandboxSupervisor`] per
-//! running sandbox and finds them by name, and the runtime's [`Spawner`].
+//! running sandbox and finds them by name.
 //!
 //! # Contract
 //! - Unnamed: several runtimes in one process do not collide (ractor names
@@ -8,25 +8,34 @@
 //!   is already running is refused.
 //! - A supervisor that ends normally has persisted its outcome; the root only
 //!   forgets it. One that fails (panics) left its run open: the root marks the
-//!   sandbox Crashed. Its VmProcess died with it, which closed the agent's
+//!   sandbox Crashed. Its AgentLink died with it, which closed the agent's
 //!   socket, so the agent killed the sandbox.
-//! - The [`Spawner`] is spawned with the root and restarted by it whenever it
-//!   ends while the root runs; supervisors launched after that use the new
-//!   one (running sandboxes do not need it anymore).
+//! - Every supervisor gets the runtime's [`Backend`] (the namespace backend
+//!   unless the runtime was given another), through which its agent starts.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::events::EventSink;
-use crate::lifecycle::{HostId, LifecycleStore, SandboxStatus};
+use crate::backend::Backend;
+use crate::sandbox::events::EventSink;
+use crate::sandbox::lifecycle::{HostId, LifecycleStore, SandboxStatus};
 use crate::sandbox::{
     BootFailure, SandboxEnded, SandboxSpec, SandboxSupervisor, SupervisorArgs, SupervisorMsg,
 };
-use crate::spawner::{Spawner, SpawnerArgs, SpawnerMsg};
-use std::path::PathBuf;
 use tokio::sync::oneshot;
+
+/// Why [`RootMsg::Launch`] started no supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LaunchRefused {
+    /// A sandbox of that name runs in this runtime already.
+    #[error("sandbox {0} is already running")]
+    AlreadyRunning(String),
+    /// The supervisor actor could not be spawned.
+    #[error("{0}")]
+    Spawn(String),
+}
 
 /// Messages of the [`Root`].
 pub enum RootMsg {
@@ -37,7 +46,7 @@ pub enum RootMsg {
         /// Told once the sandbox runs or failed to boot.
         started: oneshot::Sender<Result<u32, BootFailure>>,
         /// Its supervisor, or why none was started.
-        reply: RpcReplyPort<Result<ActorRef<SupervisorMsg>, String>>,
+        reply: RpcReplyPort<Result<ActorRef<SupervisorMsg>, LaunchRefused>>,
     },
     /// The supervisor of a running sandbox.
     Lookup {
@@ -76,8 +85,8 @@ pub struct RootArgs {
     pub host: HostId,
     /// Gets every event of every sandbox this root supervises.
     pub bus: Option<EventSink>,
-    /// The `sandvisor-agent` binary.
-    pub agent: PathBuf,
+    /// Starts every sandbox's agent.
+    pub backend: Arc<dyn Backend>,
 }
 
 /// The root actor. See the module docs.
@@ -90,19 +99,7 @@ pub struct RootState {
     bus: Option<EventSink>,
     by_name: HashMap<String, ActorRef<SupervisorMsg>>,
     by_id: HashMap<ActorId, String>,
-    agent: PathBuf,
-    spawner: ActorRef<SpawnerMsg>,
-}
-
-async fn spawn_spawner(
-    root: &ActorRef<RootMsg>,
-    agent: &std::path::Path,
-) -> Result<ActorRef<SpawnerMsg>, ActorProcessingErr> {
-    let args = SpawnerArgs {
-        agent: agent.to_path_buf(),
-    };
-    let (spawner, _) = Actor::spawn_linked(None, Spawner, args, root.get_cell()).await?;
-    Ok(spawner)
+    backend: Arc<dyn Backend>,
 }
 
 impl Actor for Root {
@@ -112,18 +109,16 @@ impl Actor for Root {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<RootMsg>,
+        _: ActorRef<RootMsg>,
         args: RootArgs,
     ) -> Result<RootState, ActorProcessingErr> {
-        let spawner = spawn_spawner(&myself, &args.agent).await?;
         Ok(RootState {
             store: args.store,
             host: args.host,
             bus: args.bus,
             by_name: HashMap::new(),
             by_id: HashMap::new(),
-            agent: args.agent,
-            spawner,
+            backend: args.backend,
         })
     }
 
@@ -141,7 +136,7 @@ impl Actor for Root {
             } => {
                 let name = spec.name.clone();
                 if state.by_name.contains_key(&name) {
-                    let _ = reply.send(Err(format!("sandbox {name} is already running")));
+                    let _ = reply.send(Err(LaunchRefused::AlreadyRunning(name)));
                     return Ok(());
                 }
                 let args = SupervisorArgs {
@@ -151,7 +146,7 @@ impl Actor for Root {
                     started: Some(started),
                     ended: Some(myself.get_derived()),
                     events: state.bus.iter().cloned().collect(),
-                    spawner: state.spawner.clone(),
+                    backend: state.backend.clone(),
                 };
                 match Actor::spawn_linked(None, SandboxSupervisor, args, myself.get_cell()).await {
                     Ok((supervisor, _)) => {
@@ -160,7 +155,7 @@ impl Actor for Root {
                         let _ = reply.send(Ok(supervisor));
                     }
                     Err(err) => {
-                        let _ = reply.send(Err(err.to_string()));
+                        let _ = reply.send(Err(LaunchRefused::Spawn(err.to_string())));
                     }
                 }
             }
@@ -183,7 +178,7 @@ impl Actor for Root {
 
     async fn handle_supervisor_evt(
         &self,
-        myself: ActorRef<RootMsg>,
+        _: ActorRef<RootMsg>,
         event: SupervisionEvent,
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
@@ -192,11 +187,6 @@ impl Actor for Root {
             SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
             _ => return Ok(()),
         };
-        if cell.get_id() == state.spawner.get_id() {
-            tracing::warn!(reason = ?failure, "the spawner actor ended; restarting it");
-            state.spawner = spawn_spawner(&myself, &state.agent).await?;
-            return Ok(());
-        }
         let Some(name) = state.by_id.remove(&cell.get_id()) else {
             return Ok(());
         };

@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::header;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use sandvisor_actors::vm_process::{ExecItem, SessionInput};
+use sandvisor_actors::sandbox::{ExecItem, SessionInput};
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;

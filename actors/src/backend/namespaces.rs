@@ -1,5 +1,5 @@
-//! The spawner actor: starts sandbox agents through one spawner process per
-//! runtime.
+//! The namespace backend: sandbox agents forked as PID 1 of new namespaces
+//! by one spawner process per runtime, asked through the spawner actor.
 //!
 //! # Why a spawner process
 //! The spawner is `sandvisor-agent` as the host starts it: a small,
@@ -25,6 +25,13 @@
 //! - When this actor's state drops, the channel closes: the spawner process
 //!   exits once its agents have (each lives as long as the host end of its
 //!   own SAP socket), and is then reaped by tokio.
+//! - [`NamespaceBackend`] starts the spawner actor on first use, and again on
+//!   the first use after it ended; sandboxes started after that use the new
+//!   one (running sandboxes do not need it anymore). Dropping the backend
+//!   stops the actor.
+//! - Each agent's resource limits are a [`Cgroup`] the backend creates before
+//!   the spawn and moves the agent into before `Start` (so the whole tree is
+//!   in it); it is removed when the [`Agent`] handle drops, after the run.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -38,6 +45,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use futures::future::BoxFuture;
+
+use super::{Agent, Backend, SpawnFailed, Started, VmSpec};
+use crate::host::cgroup::Cgroup;
+use crate::host::pidfd::Pidfd;
 use crate::protocol::spawn;
 
 /// An agent the spawner process forked.
@@ -47,15 +59,6 @@ pub struct Spawned {
     pub pid: u32,
     /// A pidfd of it.
     pub pidfd: OwnedFd,
-}
-
-/// Why no agent was spawned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpawnFailed {
-    /// OS error number (0 if none).
-    pub errno: i32,
-    /// What failed, naming the agent binary where it matters.
-    pub message: String,
 }
 
 /// Answers a [`SpawnerMsg::Spawn`].
@@ -315,7 +318,7 @@ impl Actor for Spawner {
                         ),
                     }),
                 };
-                // A VmProcess that is gone drops the agent's socket: it exits.
+                // An agent link that is gone drops the agent's socket: it exits.
                 let _ = port.send(answer);
             }
             SpawnerMsg::ChannelClosed { generation, reason } => {
@@ -391,4 +394,160 @@ async fn read_replies(
         }
     };
     let _ = spawner.cast(SpawnerMsg::ChannelClosed { generation, reason });
+}
+
+/// The default [`Backend`]: agents forked by the spawner process. See the
+/// module docs.
+#[derive(Debug)]
+pub struct NamespaceBackend {
+    agent: PathBuf,
+    /// The spawner actor, once started.
+    spawner: tokio::sync::Mutex<Option<ActorRef<SpawnerMsg>>>,
+}
+
+impl NamespaceBackend {
+    /// A backend forking agents of the `sandvisor-agent` binary at `agent`.
+    pub fn new(agent: PathBuf) -> Self {
+        Self {
+            agent,
+            spawner: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The running spawner actor, started unless one runs.
+    async fn spawner(&self) -> Result<ActorRef<SpawnerMsg>, SpawnFailed> {
+        let mut current = self.spawner.lock().await;
+        if let Some(spawner) = current.as_ref() {
+            match spawner.get_status() {
+                ractor::ActorStatus::Stopping | ractor::ActorStatus::Stopped => {
+                    tracing::warn!("the spawner actor ended; restarting it");
+                }
+                _ => return Ok(spawner.clone()),
+            }
+        }
+        let args = SpawnerArgs {
+            agent: self.agent.clone(),
+        };
+        let (spawner, _) = Actor::spawn(None, Spawner, args)
+            .await
+            .map_err(|err| SpawnFailed {
+                errno: 0,
+                message: format!("cannot start the agent spawner actor: {err}"),
+            })?;
+        *current = Some(spawner.clone());
+        Ok(spawner)
+    }
+
+    /// Asks the spawner for an agent speaking SAP on a new socketpair;
+    /// returns the agent and the host's end.
+    async fn spawn_agent(
+        &self,
+        new_pid_namespace: bool,
+    ) -> Result<(Spawned, tokio::net::UnixStream), SpawnFailed> {
+        let (host, agent) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| SpawnFailed::io("socketpair", &e))?;
+        let spawner = self.spawner().await?;
+        let asked = spawner
+            .call(
+                |reply| SpawnerMsg::Spawn {
+                    new_pid_namespace,
+                    socket: agent.into(),
+                    reply,
+                },
+                None,
+            )
+            .await;
+        let spawned = match asked {
+            Ok(ractor::rpc::CallResult::Success(answer)) => answer?,
+            _ => {
+                return Err(SpawnFailed {
+                    errno: 0,
+                    message: "the runtime's agent spawner is gone".into(),
+                })
+            }
+        };
+        host.set_nonblocking(true)
+            .map_err(|e| SpawnFailed::io("socket", &e))?;
+        let host =
+            tokio::net::UnixStream::from_std(host).map_err(|e| SpawnFailed::io("socket", &e))?;
+        Ok((spawned, host))
+    }
+}
+
+impl Drop for NamespaceBackend {
+    fn drop(&mut self) {
+        if let Some(spawner) = self.spawner.get_mut().take() {
+            spawner.stop(None);
+        }
+    }
+}
+
+impl Backend for NamespaceBackend {
+    fn start<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Started, SpawnFailed>> {
+        Box::pin(async move {
+            let cgroup = if spec.limits.any() {
+                let group = Cgroup::create(&spec.cgroup_id, spec.limits)
+                    .map_err(|e| SpawnFailed::io("cannot set up resource limits (cgroup)", &e))?;
+                Some(group)
+            } else {
+                None
+            };
+            let (spawned, socket) = self.spawn_agent(spec.start.pid_namespace).await?;
+            // Dropping the socket on failure ends the agent.
+            let pidfd = Pidfd::new(spawned.pidfd, spawned.pid)
+                .map_err(|e| SpawnFailed::io("cannot watch the agent", &e))?;
+            let agent = NamespaceAgent {
+                pidfd,
+                pid_namespace: spec.start.pid_namespace,
+                _cgroup: cgroup,
+            };
+            // The agent waits for Start before it forks anything, so moving
+            // it now puts the whole tree in the group.
+            if let Some(group) = &agent._cgroup {
+                if let Err(err) = group.add(spawned.pid) {
+                    if let Err(kill) = agent.kill(None) {
+                        tracing::warn!(pid = spawned.pid, %kill, "cannot kill the agent");
+                    }
+                    return Err(SpawnFailed::io(
+                        "cannot move the sandbox into its cgroup",
+                        &err,
+                    ));
+                }
+            }
+            Ok(Started {
+                socket,
+                agent: Arc::new(agent),
+            })
+        })
+    }
+}
+
+/// An agent forked by the spawner process, watched through a pidfd.
+#[derive(Debug)]
+struct NamespaceAgent {
+    pidfd: Pidfd,
+    pid_namespace: bool,
+    /// Removed (dropped) with the handle, after the run has ended.
+    _cgroup: Option<Cgroup>,
+}
+
+impl Agent for NamespaceAgent {
+    fn pid(&self) -> u32 {
+        self.pidfd.pid()
+    }
+
+    fn exited(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.pidfd.exited())
+    }
+
+    fn kill(&self, main_pid: Option<u32>) -> std::io::Result<()> {
+        let sigkill = nix::sys::signal::Signal::SIGKILL;
+        if !self.pid_namespace {
+            if let Some(main) = main_pid {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(main as i32), sigkill);
+            }
+        }
+        // Killing PID 1 of a pid namespace kills every process in it.
+        self.pidfd.signal(sigkill)
+    }
 }

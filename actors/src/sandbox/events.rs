@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::lifecycle::SandboxStatus;
-use crate::metrics::SandboxMetrics;
+use super::lifecycle::SandboxStatus;
+use super::metrics::SandboxMetrics;
 
 /// The steps of stop escalation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

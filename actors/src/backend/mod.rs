@@ -1,0 +1,131 @@
+//! How a sandbox's agent is started: one trait, one file per kind.
+//!
+//! A [`Backend`] starts the agent that is PID 1 of one sandbox and hands back
+//! the host end of its [SAP](crate::protocol) socket and an [`Agent`] handle
+//! to watch, identify and kill it from the host. Everything else — frames,
+//! output, sessions, the run's phase — is the same for every backend and
+//! lives in [`crate::sandbox`], which knows backends only through this trait
+//! (an `Arc<dyn Backend>` handed down from the [`Root`](crate::root::Root)).
+//!
+//! - [`namespaces`]: forks `sandvisor-agent` as PID 1 of new namespaces,
+//!   through one spawner process per runtime (the default).
+//! - [`simulated`]: a scripted agent speaking SAP from a tokio task, for tests
+//!   without root, namespaces or KVM.
+//!
+//! # Contract
+//! - [`Backend::start`] answers once: a started agent waiting for the `Start`
+//!   frame on `socket`, or why none was started ([`SpawnFailed`], reported as
+//!   a boot failure at stage `build_vm`). On failure nothing is left running.
+//! - The agent lives as long as the host end of its socket: dropping the
+//!   socket ends it (and every process of its sandbox).
+//! - [`Agent::exited`] resolves once the agent is gone for good; only then
+//!   does the agent link report the run's end, so nothing of the sandbox is
+//!   left when the supervisor hears of it.
+//! - [`Agent::kill`] ends the agent from the host without its cooperation.
+//! - [`Agent::pid`] is the host pid recorded in the run row; the store reads
+//!   its start time from `/proc` (pid + start time identify the agent for
+//!   reconcile) and only ever kills a process whose command is
+//!   `sandvisor-agent`.
+
+pub mod namespaces;
+pub mod simulated;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::host::cgroup::Limits;
+use crate::protocol::StartSpec;
+
+pub use namespaces::NamespaceBackend;
+pub use simulated::SimulatedBackend;
+
+/// How long a sandbox may take from spawn to its main command running, unless
+/// its backend says otherwise ([`Backend::boot_timeout`]).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    /// What the agent runs, and in which namespaces.
+    pub start: StartSpec,
+    /// Resource limits of the whole tree.
+    pub limits: Limits,
+    /// The cgroup's name when there are limits (unique per run).
+    pub cgroup_id: String,
+}
+
+/// Why no agent was started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpawnFailed {
+    /// OS error number (0 if none).
+    pub errno: i32,
+    /// What failed, naming the agent binary where it matters.
+    pub message: String,
+}
+
+impl SpawnFailed {
+    /// A failure from an I/O error, with what was being done.
+    pub fn io(what: &str, err: &std::io::Error) -> Self {
+        Self {
+            errno: err.raw_os_error().unwrap_or(0),
+            message: format!("{what}: {err}"),
+        }
+    }
+}
+
+/// An agent a backend started.
+pub struct Started {
+    /// The host end of the agent's SAP socket.
+    pub socket: tokio::net::UnixStream,
+    /// The agent, as the host sees it.
+    pub agent: Arc<dyn Agent>,
+}
+
+/// A started agent, from the host's side.
+pub trait Agent: Debug + Send + Sync + 'static {
+    /// The host pid of the sandbox's PID 1, recorded with the run.
+    fn pid(&self) -> u32;
+
+    /// Resolves once the agent has exited (and, as PID 1 of its sandbox,
+    /// every process of it).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits.
+    fn exited(&self) -> BoxFuture<'_, ()>;
+
+    /// Ends the sandbox from the host: SIGKILL to its PID 1 (never to a
+    /// process that reused its pid), and to the main command's process group
+    /// `main_pid` (as the agent reported it) when the agent is not PID 1 of a
+    /// pid namespace.
+    ///
+    /// # Errors
+    /// The OS error of the signal; an agent that has already exited is not
+    /// an error.
+    fn kill(&self, main_pid: Option<u32>) -> std::io::Result<()>;
+}
+
+/// Starts sandboxes' agents. Object-safe: the runtime holds an
+/// `Arc<dyn Backend>`.
+pub trait Backend: Debug + Send + Sync + 'static {
+    /// Starts an agent for `spec`; it waits for the `Start` frame on the
+    /// returned socket.
+    ///
+    /// # Errors
+    /// [`SpawnFailed`] when no agent could be started (nothing is left
+    /// running then).
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: dropping the future after the agent exists drops its
+    /// socket, which ends it, but a backend may have resources (a cgroup)
+    /// it releases only when the returned handle drops.
+    fn start<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Started, SpawnFailed>>;
+
+    /// How long an agent may take to report Ready before the run fails
+    /// with a boot timeout.
+    fn boot_timeout(&self) -> Duration {
+        BOOT_TIMEOUT
+    }
+}

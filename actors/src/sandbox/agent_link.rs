@@ -1,0 +1,385 @@
+//! The agent link actor: the host side of one sandbox's agent.
+//!
+//! # Contract
+//! - Asks the runtime's [`Backend`] for an agent (PID 1 of the sandbox) and
+//!   gets the host end of its socket and an [`Agent`] handle, then speaks
+//!   [SAP](crate::protocol) with it: `Start` first, then signals, exec
+//!   sessions and stdin. It knows backends only through the trait.
+//! - Output goes through the [capture task](super::capture), which owns the
+//!   socket's read half and hands control frames back here in wire order.
+//! - Control frames become [`VmEvent`]s for the supervisor, in wire order;
+//!   `Exited` arrives after every output chunk of the run is written, and only
+//!   once the agent has exited ([`Agent::exited`]). With a pid namespace (the
+//!   default) the agent is its PID 1, whose exit ends every process in it, so
+//!   when the supervisor hears of the end, no process of the sandbox is left.
+//!   Without one, the agent kills the main command's process group before it
+//!   exits; a process that left the group (`setsid`) is not tracked.
+//! - A backend that cannot start the agent is reported as
+//!   [`VmEvent::BootFailed`] at stage `build_vm`, at once.
+//! - [`AgentLinkMsg::Kill`] asks the agent to SIGKILL every process, so the
+//!   main command's real status is still reported;
+//!   [`AgentLinkMsg::KillFromHost`] kills the agent from the host
+//!   ([`Agent::kill`]), for an agent that does not answer.
+//! - When this actor's state drops (however it ended) the socket closes, and
+//!   the agent kills every process of the sandbox and exits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::watch;
+
+use super::capture::read_frames;
+use super::session::Routes;
+use super::stdin::StdinFlow;
+use super::{AgentLinkMsg, ExecItem, ExecRefused, ExecReply, SessionInput, VmEvent};
+use crate::backend::{Agent, Backend, VmSpec};
+use crate::protocol::{BootError, BootStage, ExitStatus, Frame, SignalTarget};
+use crate::log::tap::RelayTapMsg;
+
+/// The marker written when a run's main command has started.
+pub const STARTED_MARKER: &str = "--- sandbox started ---";
+
+/// Arguments to spawn an [`AgentLink`].
+pub struct AgentLinkArgs {
+    /// What to start.
+    pub spec: VmSpec,
+    /// The current relay tap.
+    pub tap: watch::Receiver<ActorRef<RelayTapMsg>>,
+    /// The supervisor.
+    pub events: DerivedActorRef<VmEvent>,
+    /// Starts the agent.
+    pub backend: Arc<dyn Backend>,
+}
+
+/// The agent link actor. See the module docs.
+pub struct AgentLink;
+
+/// Its state: the write half of the socket and what the agent reported.
+pub struct AgentLinkState {
+    spec: VmSpec,
+    /// `None` when the agent could not be started (reported as a boot failure).
+    writer: Option<OwnedWriteHalf>,
+    events: DerivedActorRef<VmEvent>,
+    /// The agent, once started.
+    agent: Option<Arc<dyn Agent>>,
+    main_pid: Option<u32>,
+    /// The run's end as the agent reported it (or as its silence tells),
+    /// held back until the agent's process has exited.
+    ending: Option<VmEvent>,
+    /// Set once the end was told to the supervisor.
+    ended: bool,
+    agent_gone: bool,
+    reader: Option<JoinHandle<()>>,
+    waiter: Option<JoinHandle<()>>,
+    routes: Routes,
+    pending_exec: HashMap<u64, ExecReply>,
+    /// Stdin on its way to each session, within the agent's window.
+    stdin: HashMap<u64, StdinFlow>,
+    /// What `post_start` needs to boot the agent.
+    boot: Option<Boot>,
+}
+
+/// What `post_start` takes to boot the agent.
+struct Boot {
+    backend: Arc<dyn Backend>,
+    tap: watch::Receiver<ActorRef<RelayTapMsg>>,
+}
+
+impl Drop for AgentLinkState {
+    fn drop(&mut self) {
+        for task in [self.reader.take(), self.waiter.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl AgentLinkState {
+    /// Sends the queued stdin of `session` that fits in the window.
+    async fn pump_stdin(&mut self, session: u64) {
+        let ready = match self.stdin.get_mut(&session) {
+            Some(flow) => flow.ready(),
+            None => return,
+        };
+        for data in ready {
+            self.send_frame(&Frame::Stdin { session, data }).await;
+        }
+    }
+
+    fn emit(&self, event: VmEvent) {
+        // A supervisor that is gone has nobody to tell.
+        let _ = self.events.send_message(event);
+    }
+
+    /// Records how the run ended (the first word wins) and tells the
+    /// supervisor once the agent's process is gone too, so that nothing of
+    /// the sandbox is left when the supervisor hears of the end.
+    fn end(&mut self, event: VmEvent) {
+        if self.ending.is_none() {
+            self.ending = Some(event);
+        }
+        self.end_if_gone();
+    }
+
+    fn end_if_gone(&mut self) {
+        if self.agent_gone && !self.ended {
+            if let Some(event) = self.ending.take() {
+                self.ended = true;
+                self.emit(event);
+            }
+        }
+    }
+
+    async fn signal(&mut self, target: SignalTarget, signo: i32) {
+        self.send_frame(&Frame::Signal { target, signo }).await;
+    }
+
+    async fn send_frame(&mut self, frame: &Frame) {
+        let mut buf = Vec::new();
+        frame.encode(&mut buf);
+        if let Some(writer) = self.writer.as_mut() {
+            if let Err(err) = writer.write_all(&buf).await {
+                // The agent is gone or going; its exit is reported separately.
+                tracing::debug!(%err, "frame not delivered to the agent");
+            }
+        }
+    }
+
+    fn kill_from_host(&self) {
+        if let Some(agent) = &self.agent {
+            if let Err(err) = agent.kill(self.main_pid) {
+                tracing::warn!(pid = agent.pid(), %err, "cannot kill the agent");
+            }
+        }
+    }
+
+    /// Handles a control frame from the capture task.
+    async fn on_frame(&mut self, frame: Frame) {
+        match frame {
+            Frame::SessionStarted { session, pid } => {
+                if let Some(reply) = self.pending_exec.remove(&session) {
+                    let _ = reply.send(Ok((session, pid)));
+                }
+                self.emit(VmEvent::SessionStarted { id: session });
+            }
+            Frame::SessionFailed {
+                session,
+                errno,
+                message,
+            } => {
+                self.routes.remove(session);
+                if let Some(reply) = self.pending_exec.remove(&session) {
+                    let _ = reply.send(Err(ExecRefused::Failed { errno, message }));
+                }
+                self.emit(VmEvent::SessionFailed { id: session });
+            }
+            Frame::Exited {
+                session,
+                status: ExitStatus { code, signal },
+            } if session != 1 => {
+                self.stdin.remove(&session);
+                if let Some(route) = self.routes.remove(session) {
+                    // A caller that dropped its handle needs no exit.
+                    let _ = route.send(ExecItem::Exited { code, signal });
+                }
+                self.emit(VmEvent::SessionExited {
+                    id: session,
+                    code,
+                    signal,
+                });
+            }
+            Frame::StdinConsumed { session, bytes } => {
+                if let Some(flow) = self.stdin.get_mut(&session) {
+                    flow.consumed(bytes as usize);
+                }
+                self.pump_stdin(session).await;
+            }
+            Frame::Ready { pid } => {
+                self.main_pid = Some(pid);
+                self.emit(VmEvent::Ready { pid });
+            }
+            Frame::BootError(BootError {
+                stage,
+                errno,
+                message,
+            }) => self.end(VmEvent::BootFailed {
+                stage,
+                errno,
+                message,
+            }),
+            Frame::Exited {
+                session: 1,
+                status: ExitStatus { code, signal },
+            } => self.end(VmEvent::Exited { code, signal }),
+            other => tracing::debug!(?other, "unexpected frame from the agent"),
+        }
+    }
+
+    /// Handles input for a running exec session.
+    async fn on_session(&mut self, session: u64, input: SessionInput) {
+        match input {
+            SessionInput::Stdin(data) => {
+                self.stdin.entry(session).or_default().push(&data);
+                self.pump_stdin(session).await;
+            }
+            SessionInput::Resize { rows, cols } => {
+                let frame = Frame::Resize {
+                    session,
+                    rows,
+                    cols,
+                };
+                self.send_frame(&frame).await;
+            }
+            SessionInput::Signal(signo) => {
+                self.signal(SignalTarget::Session(session), signo).await;
+            }
+        }
+    }
+
+    /// Reports that no agent runs (nothing to wait for).
+    fn boot_failed(&mut self, errno: i32, message: String) {
+        self.ended = true;
+        self.emit(VmEvent::BootFailed {
+            stage: BootStage::BuildVm,
+            errno,
+            message,
+        });
+    }
+}
+
+impl Actor for AgentLink {
+    type Msg = AgentLinkMsg;
+    type State = AgentLinkState;
+    type Arguments = AgentLinkArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        args: AgentLinkArgs,
+    ) -> Result<AgentLinkState, ActorProcessingErr> {
+        Ok(AgentLinkState {
+            spec: args.spec,
+            writer: None,
+            events: args.events,
+            agent: None,
+            main_pid: None,
+            ending: None,
+            ended: false,
+            agent_gone: false,
+            reader: None,
+            waiter: None,
+            routes: Routes::default(),
+            pending_exec: HashMap::new(),
+            stdin: HashMap::new(),
+            boot: Some(Boot {
+                backend: args.backend,
+                tap: args.tap,
+            }),
+        })
+    }
+
+    /// Starts the agent and sends `Start`. Here rather than in `pre_start`:
+    /// the supervisor (and the root above it) does not wait for the backend;
+    /// messages still wait until this is done.
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut AgentLinkState,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(Boot { backend, tap }) = state.boot.take() else {
+            return Ok(());
+        };
+        let started = match backend.start(&state.spec).await {
+            Ok(started) => started,
+            Err(failed) => {
+                state.boot_failed(failed.errno, failed.message);
+                return Ok(());
+            }
+        };
+        let agent = started.agent;
+        state.agent = Some(agent.clone());
+        state.emit(VmEvent::Hello {
+            init_pid: agent.pid(),
+        });
+        let link = myself.clone();
+        state.waiter = Some(tokio::spawn(async move {
+            // The agent reports the main command's own status over the socket.
+            agent.exited().await;
+            let _ = link.cast(AgentLinkMsg::AgentExited);
+        }));
+        let (read, mut writer) = started.socket.into_split();
+        let mut start = Vec::new();
+        Frame::Start(state.spec.start.clone()).encode(&mut start);
+        if let Err(err) = writer.write_all(&start).await {
+            state.kill_from_host();
+            state.end(VmEvent::BootFailed {
+                stage: BootStage::BuildVm,
+                errno: err.raw_os_error().unwrap_or(0),
+                message: format!("cannot send Start to the agent: {err}"),
+            });
+            return Ok(());
+        }
+        state.writer = Some(writer);
+        state.reader = Some(tokio::spawn(read_frames(
+            read,
+            myself.clone(),
+            tap,
+            state.routes.clone(),
+        )));
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut AgentLinkState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AgentLinkMsg::Signal { target, signo } => state.signal(target, signo).await,
+            AgentLinkMsg::Kill => state.signal(SignalTarget::All, libc::SIGKILL).await,
+            AgentLinkMsg::KillFromHost => state.kill_from_host(),
+            AgentLinkMsg::Exec {
+                spec,
+                output,
+                reply,
+            } => {
+                let session = spec.session;
+                if state.writer.is_none() || state.ended {
+                    let _ = reply.send(Err(ExecRefused::NotRunning));
+                    return Ok(());
+                }
+                state.routes.insert(session, output);
+                state.pending_exec.insert(session, reply);
+                state.send_frame(&Frame::Exec(spec)).await;
+            }
+            AgentLinkMsg::Session { session, input } => state.on_session(session, input).await,
+            AgentLinkMsg::Frame(frame) => state.on_frame(frame).await,
+            AgentLinkMsg::ReaderDone(problem) => {
+                let reason = match problem {
+                    Some(problem) => {
+                        // The agent may still run but can no longer be heard
+                        // (a protocol error, a broken socket): end it from
+                        // here, since its output can no longer be captured.
+                        state.writer = None;
+                        state.kill_from_host();
+                        problem
+                    }
+                    None => "the agent closed its socket without reporting an exit".into(),
+                };
+                state.end(VmEvent::Lost { reason });
+            }
+            AgentLinkMsg::AgentExited => {
+                state.agent_gone = true;
+                state.end_if_gone();
+            }
+        }
+        Ok(())
+    }
+}

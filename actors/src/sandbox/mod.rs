@@ -1,0 +1,384 @@
+//! One sandbox: its supervisor, the supervisor's link to the sandbox's agent,
+//! and the events, metrics and lifecycle vocabulary they publish.
+//!
+//! This module holds the messages that cross between its files; each file
+//! below holds one concern.
+//!
+//! | file | holds |
+//! |------|-------|
+//! | [`supervisor`] | the [`SandboxSupervisor`] actor: executes the phase machine's actions |
+//! | [`phase`] | the run's [`Phase`] and its transitions, as plain functions returning [`Action`]s |
+//! | [`agent_link`] | the [`AgentLink`] actor: starts the agent through a [`Backend`](crate::backend::Backend), frames in and out |
+//! | [`capture`] | the output reader task: socket → relay tap, in wire order |
+//! | [`stdin`] | stdin flow control per exec session |
+//! | [`session`] | exec sessions' live output routes |
+//! | [`boot_error`] | `boot-error.json` |
+//! | [`events`], [`metrics`], [`lifecycle`] | what a supervisor publishes and persists |
+//!
+//! # Messages (sender → receiver)
+//! - [`SupervisorMsg`]: the runtime (`Sandbox`, the control server) → the
+//!   supervisor; its own timers (`Escalate`, `KillTimedOut`, `BootTimedOut`,
+//!   `DrainTimedOut`, `SampleMetrics`) → itself; `Vm` from the agent link,
+//!   `Tap` from the relay tap.
+//! - [`AgentLinkMsg`]: the supervisor → the agent link (`Signal`, `Kill`,
+//!   `KillFromHost`, `Exec`, `Session`); the capture task → the agent link
+//!   (`Frame`, `ReaderDone`); the agent's exit watcher → the agent link
+//!   (`AgentExited`).
+//! - [`VmEvent`]: the agent link → the supervisor (wrapped in
+//!   [`SupervisorMsg::Vm`]), in wire order.
+//! - [`SandboxEnded`]: the supervisor → its parent (the root), once, before any
+//!   waiter is answered.
+//! - [`ExecItem`]: the agent link and the capture task → an exec session's
+//!   caller, live.
+
+pub mod agent_link;
+pub mod boot_error;
+pub mod capture;
+pub mod events;
+pub mod lifecycle;
+pub mod metrics;
+pub mod phase;
+pub mod session;
+pub mod stdin;
+pub mod supervisor;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ractor::RpcReplyPort;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::log::format::LogSource;
+use crate::protocol::{BootStage, ExecSpec, Frame, SignalTarget};
+use crate::log::tap::{TapConfig, TapEvent};
+
+pub use crate::backend::VmSpec;
+pub use agent_link::{AgentLink, AgentLinkArgs, STARTED_MARKER};
+pub use boot_error::BOOT_ERROR_FILE;
+pub use lifecycle::{SandboxStatus, TerminationReason};
+pub use phase::{Action, Phase};
+pub use supervisor::{SandboxSupervisor, SupervisorArgs, SupervisorState};
+
+/// Everything a supervisor needs to run one sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// The sandbox's name.
+    pub name: String,
+    /// Its log directory.
+    pub log_dir: PathBuf,
+    /// The process to start.
+    pub vm: VmSpec,
+    /// How `exec.log` rotates.
+    pub tap: TapConfig,
+    /// Signal sent to the whole tree on stop.
+    pub stop_signal: i32,
+    /// Default time between the stop signal and SIGKILL.
+    pub stop_timeout: Duration,
+    /// Time allowed after SIGKILL before the run is declared lost.
+    pub kill_timeout: Duration,
+    /// Resource sampling period; `None` disables metrics.
+    pub metrics_interval: Option<Duration>,
+}
+
+/// Why a sandbox did not start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BootFailure {
+    /// Where.
+    pub stage: BootStage,
+    /// OS error number (0 if none).
+    pub errno: i32,
+    /// What happened.
+    pub message: String,
+}
+
+/// How a run ended, for waiters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopOutcome {
+    /// The sandbox.
+    pub name: String,
+    /// `Stopped` or `Crashed`.
+    pub status: SandboxStatus,
+    /// Exit code of the main command.
+    pub exit_code: Option<i32>,
+    /// Signal that killed it.
+    pub signal: Option<i32>,
+    /// Why it ended.
+    pub reason: TerminationReason,
+    /// When the supervisor saw it end.
+    pub observed_at: DateTime<Utc>,
+}
+
+/// Messages of the [`SandboxSupervisor`].
+pub enum SupervisorMsg {
+    /// Stop: the stop signal to the whole tree, SIGKILL after `timeout`
+    /// (`None`: the sandbox's default; zero: at once).
+    Stop {
+        /// Grace period.
+        timeout: Option<Duration>,
+    },
+    /// SIGKILL the whole tree now.
+    Kill,
+    /// Freeze every process (SIGSTOP through the agent); status Paused.
+    Pause(RpcReplyPort<Result<(), FreezeRefused>>),
+    /// Thaw a paused sandbox; status Running.
+    Resume(RpcReplyPort<Result<(), FreezeRefused>>),
+    /// Timer: the stop grace period of escalation `epoch` ran out.
+    Escalate {
+        /// Which stop armed it.
+        epoch: u64,
+    },
+    /// Timer: SIGKILL was sent `kill_timeout` ago.
+    KillTimedOut,
+    /// Timer: the backend's boot timeout
+    /// ([`BOOT_TIMEOUT`](crate::backend::BOOT_TIMEOUT) by default) after spawn.
+    BootTimedOut,
+    /// From the agent link.
+    Vm(VmEvent),
+    /// From the RelayTap.
+    Tap(TapEvent),
+    /// The current status.
+    Status(RpcReplyPort<SandboxStatus>),
+    /// Answer when the run has ended.
+    WaitStopped(RpcReplyPort<StopOutcome>),
+    /// Deliver every event from now on to this sink.
+    Subscribe(events::EventSink),
+    /// Timer: sample resource use.
+    SampleMetrics,
+    /// Run an exec session (its `session` is assigned here).
+    Exec {
+        /// What to run.
+        spec: ExecSpec,
+        /// Where its output and exit go, live.
+        output: mpsc::UnboundedSender<ExecItem>,
+        /// Session id and pid, or why not.
+        reply: ExecReply,
+    },
+    /// Input for a running exec session (stdin, window size, a signal).
+    Session {
+        /// Session id.
+        session: u64,
+        /// What to deliver.
+        input: SessionInput,
+    },
+    /// Drain: refuse new exec sessions, let running ones finish, then stop
+    /// (termination reason DrainRequested); past `timeout` stop anyway.
+    Drain {
+        /// How long sessions may take (`None`: the stop timeout).
+        timeout: Option<Duration>,
+    },
+    /// Timer: the drain's sessions did not finish in time.
+    DrainTimedOut,
+    /// The latest resource sample.
+    Metrics(RpcReplyPort<Result<metrics::SandboxMetrics, MetricsUnavailable>>),
+}
+
+/// Why a pause or resume was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FreezeRefused {
+    /// The sandbox has not started yet.
+    #[error("the sandbox is starting")]
+    Starting,
+    /// It is draining, stopping or being killed.
+    #[error("the sandbox is stopping")]
+    Stopping,
+    /// Its run has ended.
+    #[error("the sandbox has ended")]
+    Ended,
+}
+
+/// Why a sandbox has no metrics to give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsUnavailable {
+    /// Its `metrics_interval` is `None`.
+    Disabled,
+    /// It does not run (yet, or any more).
+    NotRunning,
+}
+
+/// `From` / `TryFrom` between a child's event type and [`SupervisorMsg`], as a
+/// `DerivedActorRef` handed to the child needs.
+macro_rules! child_event {
+    ($variant:ident, $event:ty) => {
+        impl From<$event> for SupervisorMsg {
+            fn from(event: $event) -> Self {
+                Self::$variant(event)
+            }
+        }
+
+        impl TryFrom<SupervisorMsg> for $event {
+            type Error = ();
+            fn try_from(msg: SupervisorMsg) -> Result<Self, ()> {
+                match msg {
+                    SupervisorMsg::$variant(event) => Ok(event),
+                    _ => Err(()),
+                }
+            }
+        }
+    };
+}
+
+child_event!(Vm, VmEvent);
+child_event!(Tap, TapEvent);
+
+/// A supervisor tells its parent its run has ended, before it answers any
+/// waiter: whoever hears of the end and looks the sandbox up again finds it
+/// no longer hosted.
+#[derive(Debug, Clone)]
+pub struct SandboxEnded {
+    /// The sandbox.
+    pub name: String,
+    /// The supervisor that ran it.
+    pub supervisor: ractor::ActorId,
+}
+
+/// What the agent link tells its supervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmEvent {
+    /// The host pid of the sandbox's PID 1 (the agent), once it exists.
+    Hello {
+        /// Host pid.
+        init_pid: u32,
+    },
+    /// The main command runs.
+    Ready {
+        /// Its pid inside the sandbox.
+        pid: u32,
+    },
+    /// The sandbox could not start.
+    BootFailed {
+        /// Where.
+        stage: BootStage,
+        /// OS error number (0 if none).
+        errno: i32,
+        /// What happened.
+        message: String,
+    },
+    /// The main command exited; every process is gone and all output written.
+    Exited {
+        /// Exit code, if it exited.
+        code: Option<i32>,
+        /// Signal, if one killed it.
+        signal: Option<i32>,
+    },
+    /// An exec session's process started.
+    SessionStarted {
+        /// Session id.
+        id: u64,
+    },
+    /// An exec session could not start.
+    SessionFailed {
+        /// Session id.
+        id: u64,
+    },
+    /// An exec session's process exited (after all its output).
+    SessionExited {
+        /// Session id.
+        id: u64,
+        /// Exit code, if it exited.
+        code: Option<i32>,
+        /// Signal, if one killed it.
+        signal: Option<i32>,
+    },
+    /// The agent went away without reporting an exit.
+    Lost {
+        /// What was seen.
+        reason: String,
+    },
+}
+
+/// Messages of the [`AgentLink`].
+#[derive(Debug)]
+pub enum AgentLinkMsg {
+    /// Deliver a signal inside the sandbox (through the agent).
+    Signal {
+        /// To whom.
+        target: SignalTarget,
+        /// Signal number.
+        signo: i32,
+    },
+    /// SIGKILL every process of the sandbox, through the agent (which then
+    /// reports the main command's real exit status).
+    Kill,
+    /// SIGKILL the sandbox's PID 1 from the host (through the backend), which
+    /// ends its whole pid namespace; for an agent that does not answer.
+    KillFromHost,
+    /// From the capture task: a control frame, in wire order.
+    Frame(Frame),
+    /// From the capture task: the socket closed (or broke).
+    ReaderDone(Option<String>),
+    /// From the exit watcher: the agent exited (and, as PID 1 of a pid
+    /// namespace, every process of the sandbox with it).
+    AgentExited,
+    /// Run an exec session; answered once the agent started it (or not).
+    Exec {
+        /// What to run (with its session id).
+        spec: ExecSpec,
+        /// Where the session's output and exit go, live.
+        output: mpsc::UnboundedSender<ExecItem>,
+        /// Session id and pid inside the sandbox, or why not.
+        reply: ExecReply,
+    },
+    /// Input for a running exec session.
+    Session {
+        /// Session id.
+        session: u64,
+        /// What to deliver.
+        input: SessionInput,
+    },
+}
+
+/// Input for a running exec session, as its caller sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionInput {
+    /// Bytes for its stdin; empty closes it (end of file on a terminal).
+    Stdin(Vec<u8>),
+    /// Its terminal's new window size.
+    Resize {
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// A signal to its process group.
+    Signal(i32),
+}
+
+/// What an exec session's caller receives, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecItem {
+    /// A chunk of output (also written to `exec.log`).
+    Output {
+        /// `stdout` or `stderr`.
+        source: LogSource,
+        /// The bytes.
+        data: bytes::Bytes,
+    },
+    /// The session's process exited; nothing follows.
+    Exited {
+        /// Exit code, if it exited.
+        code: Option<i32>,
+        /// Signal, if one killed it.
+        signal: Option<i32>,
+    },
+}
+
+/// Why an exec session did not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecRefused {
+    /// The sandbox does not run.
+    NotRunning,
+    /// The sandbox is draining (or stopping): no new sessions.
+    Draining,
+    /// The agent could not start the command.
+    Failed {
+        /// OS error number.
+        errno: i32,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// Answers an exec request: session id and pid inside the sandbox, or why not.
+pub type ExecReply = RpcReplyPort<Result<(u64, u32), ExecRefused>>;

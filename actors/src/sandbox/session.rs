@@ -1,0 +1,44 @@
+//! Exec sessions' live output routes, shared by the agent link (which adds
+//! and removes them) and the capture task (which sends output along them).
+//!
+//! # Contract
+//! - A route exists from the `Exec` request until the session's exit (or its
+//!   failure to start); its `ExecItem::Exited` is the last item sent on it.
+//! - A caller that dropped its receiver loses nothing of the log: output is
+//!   written to `exec.log` regardless.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::mpsc;
+
+use super::ExecItem;
+
+/// Live routes of exec sessions' output, by session id.
+#[derive(Debug, Clone, Default)]
+pub struct Routes(Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<ExecItem>>>>);
+
+impl Routes {
+    /// Routes `session`'s output to `output` from now on.
+    pub fn insert(&self, session: u64, output: mpsc::UnboundedSender<ExecItem>) {
+        self.lock().insert(session, output);
+    }
+
+    /// Forgets `session`'s route; returns it.
+    pub fn remove(&self, session: u64) -> Option<mpsc::UnboundedSender<ExecItem>> {
+        self.lock().remove(&session)
+    }
+
+    /// Sends `item` to `session`'s caller, if it has a route.
+    pub fn send(&self, session: u64, item: ExecItem) {
+        if let Some(route) = self.lock().get(&session) {
+            // The caller may have dropped its handle; the log keeps it.
+            let _ = route.send(item);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<ExecItem>>> {
+        // Holders only insert and remove; a panic mid-way leaves a usable map.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

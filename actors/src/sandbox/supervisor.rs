@@ -1,0 +1,433 @@
+//! The sandbox supervisor: one actor per running sandbox, owning its
+//! [`AgentLink`] and its [`RelayTap`].
+//!
+//! # Lifecycle as messages
+//! ```text
+//! spawn ─ Starting ─ Vm(Hello) ─ Vm(Ready) ─ Running ─ Vm(Exited) ─ Stopped
+//!                └─ Vm(BootFailed) ─ Stopped (boot-error.json; no run row)
+//! Running ─ Stop{timeout} ─ Draining ─ stop signal to the whole tree
+//!            ├─ Vm(Exited) before the timer ─ Stopped (ShutdownRequested)
+//!            └─ Escalate (send_after timeout) ─ AgentLink Kill (the agent SIGKILLs every process)
+//!                 ─ Vm(Exited) ─ Stopped (Killed, signal 9)
+//!                 └─ KillTimedOut ─ AgentLink KillFromHost (SIGKILL to PID 1 from the host)
+//!                      ─ Vm(Lost) ─ Stopped (Killed, signal 9)
+//!                      └─ KillTimedOut again ─ Crashed (InternalError)
+//! Running ─ Kill ─ Draining ─ AgentLink Kill ─ … as above
+//! Vm(Lost) ─ Crashed (InternalError)
+//! ```
+//! Which message does what is decided by the [phase machine](super::phase);
+//! this actor turns messages into its inputs and executes the actions it
+//! returns, in order, before it handles the next message.
+//!
+//! The runtime records `Starting` before it spawns the supervisor. Every
+//! transition after that is persisted through the [`LifecycleStore`] before
+//! the supervisor handles its next message; waiters are answered after the run
+//! row is closed, so what they observe is durable.
+//!
+//! # Children
+//! - The RelayTap is restarted when it fails or stops (at most 5 times in
+//!   10 s; then the sandbox is killed and ends Crashed); the new tap is
+//!   published on a `watch` channel the agent link's capture task follows, so
+//!   no output is lost or duplicated. Each restart is noted in `runtime.log`.
+//! - The AgentLink is not restarted: if it fails, the sandbox's socket closes,
+//!   the agent kills the sandbox, and the run ends Crashed (InternalError).
+//!
+//! Once the run has ended, the supervisor writes the `--- sandbox stopped … ---`
+//! marker, answers waiters and stops; its children stop with it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::{oneshot, watch};
+
+use super::events::{EventSink, Publisher, SandboxEvent};
+use super::lifecycle::{HostId, LifecycleStore, SandboxStatus};
+use super::metrics::{Sampler, SandboxMetrics};
+use super::phase::{self, Context, Input, Phase};
+use super::{
+    AgentLink, AgentLinkArgs, AgentLinkMsg, BootFailure, ExecRefused, FreezeRefused,
+    MetricsUnavailable, SandboxEnded, SandboxSpec, StopOutcome, SupervisorMsg, VmEvent,
+};
+use crate::backend::Backend;
+use crate::log::tap::{RelayTap, RelayTapMsg, TapArgs, TapEvent};
+use crate::restart::RestartBudget;
+
+mod actions;
+
+/// Arguments to spawn a [`SandboxSupervisor`].
+pub struct SupervisorArgs {
+    /// What to run.
+    pub spec: SandboxSpec,
+    /// Where transitions are persisted.
+    pub store: Arc<dyn LifecycleStore>,
+    /// The host process that owns the run.
+    pub host: HostId,
+    /// Told once the sandbox runs (the main command's pid inside it) or failed
+    /// to boot. Given at spawn, so a run that ends at once cannot race it.
+    pub started: Option<oneshot::Sender<Result<u32, BootFailure>>>,
+    /// Told when the run has ended (the parent forgets the supervisor).
+    pub ended: Option<ractor::DerivedActorRef<SandboxEnded>>,
+    /// Subscribers from the start (the runtime's event bus).
+    pub events: Vec<EventSink>,
+    /// Starts the sandbox's agent.
+    pub backend: Arc<dyn Backend>,
+}
+
+/// The supervisor actor. See the module docs.
+pub struct SandboxSupervisor;
+
+/// Its state: the run's [`Phase`] and what the actions need.
+pub struct SupervisorState {
+    spec: SandboxSpec,
+    store: Arc<dyn LifecycleStore>,
+    host: HostId,
+    phase: Phase,
+    boot_timeout: Duration,
+    tap: ActorRef<RelayTapMsg>,
+    tap_tx: watch::Sender<ActorRef<RelayTapMsg>>,
+    tap_budget: RestartBudget,
+    generation: u64,
+    link: Option<ActorRef<AgentLinkMsg>>,
+    init_pid: Option<u32>,
+    run_id: Option<i64>,
+    started: Option<oneshot::Sender<Result<u32, BootFailure>>>,
+    ended: Option<ractor::DerivedActorRef<SandboxEnded>>,
+    events: Publisher,
+    /// Exec sessions whose processes run.
+    sessions: HashSet<u64>,
+    next_session: u64,
+    sampler: Option<Sampler>,
+    metrics: Option<SandboxMetrics>,
+    metrics_timer: Option<ractor::concurrency::JoinHandle<()>>,
+    stop_waiters: Vec<RpcReplyPort<StopOutcome>>,
+}
+
+impl Actor for SandboxSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let spec = args.spec;
+        // The runtime recorded Starting before spawning this supervisor; the
+        // tap creates the log directory.
+        let tap = spawn_tap(&myself, &spec, 0).await?;
+        let (tap_tx, tap_rx) = watch::channel(tap.clone());
+        let boot_timeout = args.backend.boot_timeout();
+        let link_args = AgentLinkArgs {
+            spec: spec.vm.clone(),
+            tap: tap_rx,
+            events: myself.get_derived(),
+            backend: args.backend,
+        };
+        let (link, _) = Actor::spawn_linked(None, AgentLink, link_args, myself.get_cell()).await?;
+        myself.send_after(boot_timeout, || SupervisorMsg::BootTimedOut);
+        Ok(SupervisorState {
+            spec,
+            store: args.store,
+            host: args.host,
+            phase: Phase::Starting { stop: None },
+            boot_timeout,
+            tap,
+            tap_tx,
+            tap_budget: RestartBudget::default(),
+            generation: 0,
+            link: Some(link),
+            init_pid: None,
+            run_id: None,
+            started: args.started,
+            ended: args.ended,
+            events: Publisher::new(args.events),
+            sessions: HashSet::new(),
+            next_session: 1,
+            sampler: None,
+            metrics: None,
+            metrics_timer: None,
+            stop_waiters: Vec::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let input = match msg {
+            SupervisorMsg::Status(reply) => {
+                let _ = reply.send(state.phase.status());
+                return Ok(());
+            }
+            SupervisorMsg::WaitStopped(reply) => {
+                match state.outcome() {
+                    Some(outcome) => {
+                        let _ = reply.send(outcome);
+                    }
+                    None => state.stop_waiters.push(reply),
+                }
+                return Ok(());
+            }
+            SupervisorMsg::Pause(reply) => return state.freeze(&myself, true, reply).await,
+            SupervisorMsg::Resume(reply) => return state.freeze(&myself, false, reply).await,
+            SupervisorMsg::Stop { timeout } => Input::Stop(timeout),
+            SupervisorMsg::Kill => Input::Kill,
+            SupervisorMsg::Drain { timeout } => Input::Drain(timeout),
+            SupervisorMsg::Escalate { epoch } => Input::Escalate(epoch),
+            SupervisorMsg::KillTimedOut => Input::KillTimedOut,
+            SupervisorMsg::BootTimedOut => Input::BootTimedOut,
+            SupervisorMsg::DrainTimedOut => Input::DrainTimedOut,
+            SupervisorMsg::Vm(event) => match state.on_vm(event) {
+                Some(input) => input,
+                None => return Ok(()),
+            },
+            SupervisorMsg::Tap(TapEvent::Rotated { generation }) => {
+                state.generation = generation;
+                state.publish(SandboxEvent::Rotated { generation });
+                return Ok(());
+            }
+            SupervisorMsg::Subscribe(sink) => {
+                state.events.subscribe(sink);
+                return Ok(());
+            }
+            SupervisorMsg::Exec {
+                mut spec,
+                output,
+                reply,
+            } => {
+                let refused = match state.phase.status() {
+                    _ if state.phase.is_ended() => Some(ExecRefused::NotRunning),
+                    SandboxStatus::Running => None,
+                    SandboxStatus::Draining => Some(ExecRefused::Draining),
+                    _ => Some(ExecRefused::NotRunning),
+                };
+                match (refused, &state.link) {
+                    (None, Some(link)) => {
+                        state.next_session += 1;
+                        spec.session = state.next_session;
+                        // Counted from now: a drain must wait for it too.
+                        state.sessions.insert(spec.session);
+                        link.cast(AgentLinkMsg::Exec {
+                            spec,
+                            output,
+                            reply,
+                        })?;
+                    }
+                    (refused, _) => {
+                        let _ = reply.send(Err(refused.unwrap_or(ExecRefused::NotRunning)));
+                    }
+                }
+                return Ok(());
+            }
+            SupervisorMsg::Session { session, input } => {
+                if let Some(link) = &state.link {
+                    link.cast(AgentLinkMsg::Session { session, input })?;
+                }
+                return Ok(());
+            }
+            SupervisorMsg::SampleMetrics => {
+                if let Some(metrics) = state.sample() {
+                    state.publish(SandboxEvent::MetricsSampled(metrics));
+                }
+                return Ok(());
+            }
+            SupervisorMsg::Metrics(reply) => {
+                let answer = if state.spec.metrics_interval.is_none() {
+                    Err(MetricsUnavailable::Disabled)
+                } else {
+                    state
+                        .metrics
+                        .or_else(|| state.sample())
+                        .ok_or(MetricsUnavailable::NotRunning)
+                };
+                let _ = reply.send(answer);
+                return Ok(());
+            }
+        };
+        state.apply(&myself, input).await
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason, failed) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string(), true),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()), false)
+            }
+            _ => return Ok(()),
+        };
+        if state.phase.is_ended() {
+            return Ok(());
+        }
+        if cell.get_id() == state.tap.get_id() {
+            // Only failures spend the budget: a tap stopped or killed from
+            // outside is not crash-looping.
+            if failed && !state.tap_budget.allow() {
+                state.note(
+                    true,
+                    &format!("relay tap keeps failing ({reason}); killing the sandbox"),
+                );
+                if let Some(link) = &state.link {
+                    let _ = link.cast(AgentLinkMsg::KillFromHost);
+                }
+                return state.apply(&myself, Input::Abandon).await;
+            }
+            state.note(true, &format!("relay tap ended ({reason}); restarting it"));
+            state.publish(SandboxEvent::ChildRestarted {
+                actor: "relay_tap",
+                reason: reason.clone(),
+            });
+            let tap = spawn_tap(&myself, &state.spec, state.generation).await?;
+            state.tap = tap.clone();
+            // The capture task waits on this to resume writing.
+            let _ = state.tap_tx.send(tap);
+        } else if state
+            .link
+            .as_ref()
+            .is_some_and(|link| link.get_id() == cell.get_id())
+        {
+            state.link = None;
+            state.note(
+                true,
+                &format!("agent link actor ended ({reason}); the sandbox is lost"),
+            );
+            state.apply(&myself, Input::Abandon).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn spawn_tap(
+    myself: &ActorRef<SupervisorMsg>,
+    spec: &SandboxSpec,
+    generation: u64,
+) -> Result<ActorRef<RelayTapMsg>, ActorProcessingErr> {
+    let args = TapArgs {
+        config: spec.tap.clone(),
+        generation,
+        events: Some(myself.get_derived()),
+    };
+    let (tap, _) = Actor::spawn_linked(None, RelayTap, args, myself.get_cell()).await?;
+    Ok(tap)
+}
+
+impl SupervisorState {
+    fn context(&self) -> Context {
+        Context {
+            stop_signal: self.spec.stop_signal,
+            stop_timeout: self.spec.stop_timeout,
+            kill_timeout: self.spec.kill_timeout,
+            boot_timeout: self.boot_timeout,
+            sessions: self.sessions.len(),
+            now: Instant::now(),
+            at: Utc::now(),
+        }
+    }
+
+    /// Feeds `input` to the phase machine and executes what it says.
+    async fn apply(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        input: Input,
+    ) -> Result<(), ActorProcessingErr> {
+        let (phase, actions) = phase::step(&self.phase, input, &self.context());
+        self.phase = phase;
+        self.execute(myself, actions).await
+    }
+
+    /// Pauses (`true`) or resumes every process of the sandbox and answers
+    /// `reply`.
+    async fn freeze(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        pause: bool,
+        reply: RpcReplyPort<Result<(), FreezeRefused>>,
+    ) -> Result<(), ActorProcessingErr> {
+        match phase::freeze(&self.phase, pause) {
+            Ok((phase, actions)) => {
+                self.phase = phase;
+                self.execute(myself, actions).await?;
+                let _ = reply.send(Ok(()));
+            }
+            Err(refused) => {
+                let _ = reply.send(Err(refused));
+            }
+        }
+        Ok(())
+    }
+
+    /// How the run ended, once it has.
+    fn outcome(&self) -> Option<StopOutcome> {
+        let Phase::Ended(ending) = &self.phase else {
+            return None;
+        };
+        Some(StopOutcome {
+            name: self.spec.name.clone(),
+            status: ending.status,
+            exit_code: ending.exit_code,
+            signal: ending.signal,
+            reason: ending.reason,
+            observed_at: ending.at,
+        })
+    }
+
+    /// Samples the tree while the sandbox runs.
+    fn sample(&mut self) -> Option<SandboxMetrics> {
+        if self.phase.is_ended() {
+            return None;
+        }
+        let metrics = self.sampler.as_mut()?.sample().ok()?;
+        self.metrics = Some(metrics);
+        Some(metrics)
+    }
+
+    fn publish(&mut self, event: SandboxEvent) {
+        self.events.publish(&self.spec.name, event);
+    }
+
+    /// Handles what needs no phase transition; returns the input for the
+    /// rest.
+    fn on_vm(&mut self, event: VmEvent) -> Option<Input> {
+        match event {
+            VmEvent::Hello { init_pid } => {
+                self.init_pid = Some(init_pid);
+                None
+            }
+            VmEvent::SessionStarted { id } => {
+                self.publish(SandboxEvent::SessionStarted { id });
+                None
+            }
+            VmEvent::SessionFailed { id } => {
+                self.sessions.remove(&id);
+                Some(Input::SessionEnded)
+            }
+            VmEvent::SessionExited { id, code, signal } => {
+                self.sessions.remove(&id);
+                self.publish(SandboxEvent::SessionExited { id, code, signal });
+                Some(Input::SessionEnded)
+            }
+            VmEvent::Ready { pid } => Some(Input::Ready(pid)),
+            VmEvent::BootFailed {
+                stage,
+                errno,
+                message,
+            } => Some(Input::BootFailed(BootFailure {
+                stage,
+                errno,
+                message,
+            })),
+            VmEvent::Exited { code, signal } => Some(Input::Exited { code, signal }),
+            VmEvent::Lost { reason } => Some(Input::Lost(reason)),
+        }
+    }
+}
