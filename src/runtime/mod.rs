@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 pub use builder::{SandvisorBuilder, AGENT_BINARY};
 pub use handle::SandboxHandle;
 pub use outcome::SandboxStopResult;
+pub(crate) use route::End;
 pub use sandbox::Sandbox;
 
 use crate::config::SandboxConfig;

@@ -69,8 +69,8 @@ pub(crate) trait SandboxControl: Send + Sync {
 }
 
 impl Sandbox {
-    /// Sends an end request to the supervisor.
-    fn request(&self, how: End) {
+    /// Sends an end request to the supervisor without waiting.
+    pub(crate) fn request(&self, how: End) {
         match how {
             End::Stop(timeout) => self.request_stop(timeout),
             End::Kill => self.request_kill(),
