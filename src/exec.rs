@@ -53,6 +53,10 @@ impl ExecConfig {
         }
     }
 
+    /// Checks the fields, before anything is sent.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the first field that cannot work.
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |field: &str, reason: &str| Error::InvalidConfig {
             field: field.to_string(),

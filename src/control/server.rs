@@ -75,6 +75,12 @@ pub(crate) struct Bound {
 
 impl Bound {
     /// Binds `path` (see the module contract) for a runtime over `home`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] (`control_socket`) if `path` is too long for
+    /// a unix socket or holds something that is not a socket;
+    /// [`Error::ControlSocketInUse`] if a live server holds its lock;
+    /// [`Error::Io`] if the directory, lock file or socket cannot be made.
     pub(crate) fn bind(path: &Path, home: &Path) -> Result<Self> {
         let io = |path: &Path| {
             let path = path.to_path_buf();

@@ -395,6 +395,10 @@ impl Sandvisor {
 
     /// How the last run of `name` ended, as stored; `None` unless it is in a
     /// terminal status.
+    ///
+    /// # Errors
+    /// [`Error::SandboxNotFound`] if no such sandbox is recorded;
+    /// [`Error::Database`] if the store cannot be read.
     pub(crate) async fn stop_result_from_store(
         &self,
         name: &str,
