@@ -20,6 +20,10 @@ pub struct RawTerminal {
 impl RawTerminal {
     /// Switches the terminal on `fd` to raw mode. `fd` must stay open for the
     /// guard's life (it is usually standard input).
+    ///
+    /// # Errors
+    /// [`Error::Io`] (path `terminal`) if `fd` is not a terminal or its
+    /// settings cannot be read or changed.
     pub fn enable(fd: impl AsFd) -> Result<Self> {
         let fd = fd.as_fd();
         let saved = tcgetattr(fd).map_err(|errno| Error::Io {

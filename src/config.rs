@@ -177,6 +177,10 @@ impl SandboxConfig {
     }
 
     /// Checks every field; the error names the first bad one.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] for a bad name; [`Error::InvalidConfig`]
+    /// naming the first other field that cannot work.
     pub fn validate(&self) -> Result<()> {
         validate_name(&self.name)?;
         let bad = |field: &str, reason: String| Error::InvalidConfig {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::logs::LogCursor;
+use sandvisor_actors::LogCursor;
 
 /// Everything the public API can fail with.
 #[derive(Debug, thiserror::Error)]

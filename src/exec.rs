@@ -53,6 +53,10 @@ impl ExecConfig {
         }
     }
 
+    /// Checks the fields, before anything is sent.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the first field that cannot work.
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |field: &str, reason: &str| Error::InvalidConfig {
             field: field.to_string(),
@@ -175,7 +179,11 @@ impl ExecHandle {
         self.pid
     }
 
-    /// Writes to the session's stdin.
+    /// Writes to the session's stdin; an empty write does nothing.
+    ///
+    /// # Errors
+    /// [`Error::SessionClosed`] if the session has no stdin, closed it, or
+    /// has exited (or its sandbox is gone).
     pub fn write_stdin(&mut self, data: impl Into<Vec<u8>>) -> Result<()> {
         let data = data.into();
         if data.is_empty() {
@@ -185,6 +193,9 @@ impl ExecHandle {
     }
 
     /// Closes the session's stdin (the process sees end of file).
+    ///
+    /// # Errors
+    /// As [`Self::write_stdin`].
     pub fn close_stdin(&mut self) -> Result<()> {
         self.send_stdin(Vec::new())?;
         self.stdin_open = false;
@@ -206,6 +217,11 @@ impl ExecHandle {
     }
 
     /// Changes a terminal session's window size.
+    ///
+    /// # Errors
+    /// [`Error::NotATerminal`] if the session has no terminal;
+    /// [`Error::SandboxNotRunning`] if its sandbox (or, remote, the control
+    /// connection) is gone.
     pub fn resize(&self, rows: u16, cols: u16) -> Result<()> {
         if !self.tty {
             return Err(Error::NotATerminal {
@@ -222,11 +238,18 @@ impl ExecHandle {
     }
 
     /// Sends SIGKILL to the session's processes.
+    ///
+    /// # Errors
+    /// As [`Self::signal`].
     pub fn kill(&self) -> Result<()> {
         self.signal(libc::SIGKILL)
     }
 
     /// Sends `signo` to the session's processes (its process group).
+    ///
+    /// # Errors
+    /// [`Error::SandboxNotRunning`] if its sandbox (or, remote, the control
+    /// connection) is gone.
     pub fn signal(&self, signo: i32) -> Result<()> {
         self.send(SessionInput::Signal(signo))
     }
@@ -247,6 +270,14 @@ impl ExecHandle {
     }
 
     /// Waits for the process to exit (output not yet read is discarded).
+    ///
+    /// # Errors
+    /// [`Error::SandboxNotRunning`] if the sandbox (or the control
+    /// connection) went away before the session's exit was reported.
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops the handle: the session runs on, and its
+    /// exit status can no longer be observed here.
     pub async fn wait(mut self) -> Result<ExecStatus> {
         loop {
             if let Some(status) = self.status {

@@ -15,6 +15,9 @@ pub const HOME_ENV: &str = "SANDVISOR_HOME";
 pub const MAX_NAME_LEN: usize = 128;
 
 /// The home named by the environment: `SANDVISOR_HOME`, else `$HOME/.sandvisor`.
+///
+/// # Errors
+/// [`Error::NoHome`] if neither is set (or both are empty).
 pub fn home_from_env() -> Result<PathBuf> {
     if let Some(home) = std::env::var_os(HOME_ENV).filter(|h| !h.is_empty()) {
         return Ok(PathBuf::from(home));
@@ -27,6 +30,9 @@ pub fn home_from_env() -> Result<PathBuf> {
 
 /// Checks a sandbox name: 1–128 bytes, first character ASCII alphanumeric, the
 /// rest ASCII alphanumeric, `.`, `-` or `_`.
+///
+/// # Errors
+/// [`Error::InvalidName`] if `name` breaks the rules.
 pub fn validate_name(name: &str) -> Result<()> {
     let bytes = name.as_bytes();
     let valid = !bytes.is_empty()
@@ -43,12 +49,18 @@ pub fn validate_name(name: &str) -> Result<()> {
 }
 
 /// `<home>/sandboxes/<name>`, after checking the name.
+///
+/// # Errors
+/// [`Error::InvalidName`] if `name` breaks the rules.
 pub fn sandbox_dir(home: &Path, name: &str) -> Result<PathBuf> {
     validate_name(name)?;
     Ok(home.join("sandboxes").join(name))
 }
 
 /// `<home>/sandboxes/<name>/logs`, after checking the name.
+///
+/// # Errors
+/// [`Error::InvalidName`] if `name` breaks the rules.
 pub fn log_dir(home: &Path, name: &str) -> Result<PathBuf> {
     Ok(sandbox_dir(home, name)?.join("logs"))
 }

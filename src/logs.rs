@@ -116,6 +116,9 @@ impl Logs {
     }
 
     /// Reads under the home the environment names.
+    ///
+    /// # Errors
+    /// [`Error::NoHome`] if neither `SANDVISOR_HOME` nor `HOME` is set.
     pub fn from_env() -> Result<Self> {
         Ok(Self::at(home::home_from_env()?))
     }
@@ -126,16 +129,32 @@ impl Logs {
     }
 
     /// The sandbox's log directory (whether or not it exists).
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] if `name` breaks the naming rules.
     pub fn log_dir_for(&self, name: &str) -> Result<PathBuf> {
         home::log_dir(&self.home, name)
     }
 
     /// Everything on disk, in strict time order; see [`read_logs`].
+    ///
+    /// # Errors
+    /// As [`Self::read_logs_snapshot`].
     pub async fn read_logs(&self, name: &str, options: &LogOptions) -> Result<Vec<LogEntry>> {
         Ok(self.read_logs_snapshot(name, options).await?.entries)
     }
 
     /// Everything on disk and the cursor after it; see [`read_logs_snapshot`].
+    ///
+    /// # Errors
+    /// - [`Error::InvalidName`]; [`Error::SandboxNotFound`] if the sandbox
+    ///   has no log directory.
+    /// - [`Error::Io`] if a log file cannot be read.
+    /// - [`Error::MissedRotation`] if a file was rotated past retention
+    ///   while being read; [`Error::SandboxRemoved`] if the log directory
+    ///   went away meanwhile.
+    /// - [`Error::LogReaderFailed`] / [`Error::Internal`] if a reader actor
+    ///   failed.
     pub async fn read_logs_snapshot(
         &self,
         name: &str,
@@ -169,6 +188,15 @@ impl Logs {
     }
 
     /// A stream of entries; see [`log_stream`].
+    ///
+    /// # Errors
+    /// Those known up front: [`Error::InvalidName`],
+    /// [`Error::SandboxNotFound`] (no log directory),
+    /// [`Error::InvalidCursor`] (a cursor from another sandbox or a file
+    /// never in this rotation chain), [`Error::Io`], and [`Error::Internal`]
+    /// if the reader actors cannot start. Later failures end the stream:
+    /// [`Error::MissedRotation`], [`Error::SandboxRemoved`],
+    /// [`Error::LogReaderFailed`].
     pub async fn log_stream(&self, name: &str, options: &LogStreamOptions) -> Result<LogStream> {
         let (dir, dir_id) = self.existing_dir(name)?;
         let (cursor, since) = match &options.start {
@@ -216,18 +244,27 @@ fn streams_for(sources: &[LogSource]) -> Vec<StreamKey> {
 }
 
 /// The log directory of sandbox `name`: `<home>/sandboxes/<name>/logs`.
+///
+/// # Errors
+/// [`Error::NoHome`]; [`Error::InvalidName`].
 pub fn log_dir_for(name: &str) -> Result<PathBuf> {
     Logs::from_env()?.log_dir_for(name)
 }
 
 /// Reads everything on disk for `name`, sorted by time across sources, then
 /// filtered by `since` (inclusive), `until` (exclusive) and `tail`.
+///
+/// # Errors
+/// [`Error::NoHome`]; otherwise as [`Logs::read_logs_snapshot`].
 pub async fn read_logs(name: &str, options: &LogOptions) -> Result<Vec<LogEntry>> {
     Logs::from_env()?.read_logs(name, options).await
 }
 
 /// Like [`read_logs`], plus the cursor after everything read (including
 /// entries filtered out), for [`LogStreamStart::From`].
+///
+/// # Errors
+/// [`Error::NoHome`]; otherwise as [`Logs::read_logs_snapshot`].
 pub async fn read_logs_snapshot(name: &str, options: &LogOptions) -> Result<LogSnapshot> {
     Logs::from_env()?.read_logs_snapshot(name, options).await
 }
@@ -235,6 +272,9 @@ pub async fn read_logs_snapshot(name: &str, options: &LogOptions) -> Result<LogS
 /// Streams the logs of `name`. Errors known up front (bad name, no such
 /// sandbox, a cursor from elsewhere) are returned here; the stream itself may
 /// end with [`Error::MissedRotation`] or [`Error::SandboxRemoved`].
+///
+/// # Errors
+/// [`Error::NoHome`]; otherwise as [`Logs::log_stream`].
 pub async fn log_stream(name: &str, options: &LogStreamOptions) -> Result<LogStream> {
     Logs::from_env()?.log_stream(name, options).await
 }

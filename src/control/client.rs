@@ -1,4 +1,20 @@
 //! The control socket's client: one HTTP/1.1 connection per call.
+//!
+//! # Errors, for every call
+//! - [`Error::ControlUnreachable`]: the socket does not accept within 5 s,
+//!   the connection breaks, or (for calls that answer at once) no answer
+//!   comes within 30 s.
+//! - The [`Error`] the serving runtime answered with, shape kept for the
+//!   variants of [`ErrorBody`] (e.g. [`Error::SandboxNotRunning`]); any other
+//!   failure there, or an answer that does not parse, is [`Error::Internal`].
+//! - [`Error::InvalidName`] for a sandbox name that is not valid (nothing is
+//!   sent).
+//!
+//! # Cancel safety
+//! Calls that act (all but `host`, `wait` and `metrics`) are not
+//! cancel-safe: a request may have reached the server when the future is
+//! dropped, and the server carries it out (a stop, a create, an exec) with
+//! no one to hear the answer.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -50,12 +66,22 @@ impl ControlClient {
     }
 
     /// Who listens, and which sandboxes it runs.
+    ///
+    /// # Errors
+    /// As every call (see the module docs).
     pub async fn host(&self) -> Result<HostInfo> {
         self.quick(self.call(Method::GET, "/v1/host".into(), None))
             .await
     }
 
     /// Creates and starts a sandbox in that runtime; answers its name.
+    ///
+    /// # Errors
+    /// As every call; the runtime's [`crate::Sandvisor::create`] errors (e.g.
+    /// [`Error::SandboxExists`], [`Error::InvalidConfig`], [`Error::BootFailed`]).
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: see the module docs.
     pub async fn create(&self, config: &SandboxConfig) -> Result<String> {
         let body = to_json(config)?;
         let started: Started = self
@@ -65,6 +91,12 @@ impl ControlClient {
     }
 
     /// Starts a stopped sandbox in that runtime.
+    ///
+    /// # Errors
+    /// As every call; the runtime's [`crate::Sandvisor::start`] errors.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: see the module docs.
     pub async fn start(&self, name: &str) -> Result<()> {
         let _: Started = self
             .call(Method::POST, sandbox_path(name, "start")?, None)
@@ -73,21 +105,47 @@ impl ControlClient {
     }
 
     /// Stops `name` (grace period `timeout`, else its own) and waits.
+    ///
+    /// # Errors
+    /// As every call; [`Error::SandboxNotRunning`] if it never ran;
+    /// [`Error::SandboxNotHosted`] if that runtime does not host it.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: see the module docs.
     pub async fn stop(&self, name: &str, timeout: Option<Duration>) -> Result<SandboxStopResult> {
         self.end(name, "stop", timeout).await
     }
 
     /// Kills `name` and waits.
+    ///
+    /// # Errors
+    /// As [`Self::stop`].
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: see the module docs.
     pub async fn kill(&self, name: &str) -> Result<SandboxStopResult> {
         self.end(name, "kill", None).await
     }
 
     /// Drains `name` and waits.
+    ///
+    /// # Errors
+    /// As [`Self::stop`].
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: see the module docs.
     pub async fn drain(&self, name: &str, timeout: Option<Duration>) -> Result<SandboxStopResult> {
         self.end(name, "drain", timeout).await
     }
 
     /// Sends a stop, kill or drain request (`what`) without waiting.
+    ///
+    /// # Errors
+    /// As every call; [`Error::SandboxNotHosted`] if that runtime does not
+    /// host it.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: see the module docs.
     pub async fn request_end(
         &self,
         name: &str,
@@ -108,12 +166,21 @@ impl ControlClient {
     }
 
     /// Waits until `name` has stopped.
+    ///
+    /// # Errors
+    /// As every call; [`Error::SandboxNotRunning`] if it is not running there.
     pub async fn wait(&self, name: &str) -> Result<SandboxStopResult> {
         self.call(Method::POST, sandbox_path(name, "wait")?, None)
             .await
     }
 
     /// Freezes `name`.
+    ///
+    /// # Errors
+    /// As every call; [`Error::SandboxNotRunning`] if it is not running there.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: see the module docs.
     pub async fn pause(&self, name: &str) -> Result<()> {
         self.quick(self.send(Method::POST, sandbox_path(name, "pause")?, None))
             .await
@@ -121,6 +188,12 @@ impl ControlClient {
     }
 
     /// Thaws `name`.
+    ///
+    /// # Errors
+    /// As every call; [`Error::SandboxNotRunning`] if it is not paused there.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: see the module docs.
     pub async fn resume(&self, name: &str) -> Result<()> {
         self.quick(self.send(Method::POST, sandbox_path(name, "resume")?, None))
             .await
@@ -128,12 +201,21 @@ impl ControlClient {
     }
 
     /// The latest resource sample of `name`.
+    ///
+    /// # Errors
+    /// As every call; [`Error::MetricsDisabled`], [`Error::SandboxNotRunning`].
     pub async fn metrics(&self, name: &str) -> Result<SandboxMetrics> {
         self.quick(self.call(Method::GET, sandbox_path(name, "metrics")?, None))
             .await
     }
 
     /// Runs an exec session in `name`; the handle works as a local one.
+    ///
+    /// # Errors
+    /// As every call; as [`crate::Sandbox::exec`] there.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: see the module docs.
     pub async fn exec(&self, name: &str, config: &ExecConfig) -> Result<ExecHandle> {
         let mut sender = self.connect(true).await?;
         let request = self.request(

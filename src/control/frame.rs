@@ -107,7 +107,11 @@ impl ExecFrame {
         out.freeze()
     }
 
-    /// Parses one frame; the error says what was wrong with it.
+    /// Parses one frame.
+    ///
+    /// # Errors
+    /// What was wrong with it: empty, an unknown tag, or a payload that does
+    /// not fit its tag.
     pub(crate) fn decode(mut frame: Bytes) -> Result<Self, String> {
         if frame.is_empty() {
             return Err("empty frame".into());

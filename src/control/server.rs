@@ -35,7 +35,7 @@ use super::frame::{self, ExecFrame};
 use super::{EndRequest, ErrorBody, HostInfo, Started, EXEC_PROTOCOL};
 use crate::error::{Error, Result};
 use crate::exec::{ExecConfig, ExecHandle};
-use crate::runtime::{Sandbox, SandboxStopResult, Sandvisor, WeakSandvisor};
+use crate::runtime::{End, Sandbox, SandboxStopResult, Sandvisor, WeakSandvisor};
 use sandvisor_actors::sandbox::SupervisorMsg;
 
 /// Largest request body (a sandbox config with a large environment).
@@ -75,6 +75,12 @@ pub(crate) struct Bound {
 
 impl Bound {
     /// Binds `path` (see the module contract) for a runtime over `home`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] (`control_socket`) if `path` is too long for
+    /// a unix socket or holds something that is not a socket;
+    /// [`Error::ControlSocketInUse`] if a live server holds its lock;
+    /// [`Error::Io`] if the directory, lock file or socket cannot be made.
     pub(crate) fn bind(path: &Path, home: &Path) -> Result<Self> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -346,29 +352,23 @@ async fn start(
     }))
 }
 
-/// How an end request ends the sandbox.
-#[derive(Clone, Copy)]
-enum End {
-    Stop,
-    Kill,
-    Drain,
-}
-
-async fn end(weak: &WeakSandvisor, name: &str, how: End, body: &Bytes) -> Reply<Response> {
+/// Ends `name` as `how` says, given the request's grace period.
+async fn end(
+    weak: &WeakSandvisor,
+    name: &str,
+    how: fn(Option<Duration>) -> End,
+    body: &Bytes,
+) -> Reply<Response> {
     let runtime = live(weak)?;
     let request: EndRequest = parse(body)?;
-    let timeout = request.timeout_ms.map(Duration::from_millis);
+    let how = how(request.timeout_ms.map(Duration::from_millis));
     let sandbox = match hosted(&runtime, name).await {
         Ok(sandbox) => sandbox,
         // Ending a sandbox that has ended is not an error (SPEC §5).
         Err(ApiError(ErrorBody::SandboxNotRunning { .. })) => return stored(&runtime, name).await,
         Err(err) => return Err(err),
     };
-    match how {
-        End::Stop => sandbox.request_stop(timeout),
-        End::Kill => sandbox.request_kill(),
-        End::Drain => sandbox.request_drain(timeout),
-    }
+    sandbox.request(how);
     if !request.wait {
         return Ok(StatusCode::ACCEPTED.into_response());
     }
@@ -410,7 +410,7 @@ async fn kill(
     UrlPath(name): UrlPath<String>,
     body: Bytes,
 ) -> Reply<Response> {
-    end(&runtime, &name, End::Kill, &body).await
+    end(&runtime, &name, |_| End::Kill, &body).await
 }
 
 async fn drain(

@@ -4,6 +4,13 @@
 //! 5 s busy timeout, so several processes (a daemon, CLI invocations) share
 //! it. Read-then-write transactions start with `BEGIN IMMEDIATE`, so two
 //! writers never both read a state and then both act on it.
+//!
+//! # Files
+//! - `mod.rs`: the rows, opening, reads, and the transactions that read then
+//!   write (`claim_start`, `delete_sandbox`).
+//! - `group_commit.rs`: the per-run writes, committed in groups by one task.
+//! - `host.rs`: host identity and liveness, and reconciling the runs of
+//!   hosts that are gone.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -20,7 +27,10 @@ use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 mod group_commit;
+mod host;
+
 use group_commit::Write;
+pub use host::this_host;
 
 use crate::config::SandboxConfig;
 use crate::error::{Error, Result};
@@ -106,6 +116,11 @@ fn time_text(t: DateTime<Utc>) -> String {
 
 impl Store {
     /// Opens (creating if needed) the database under `home` and migrates it.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the home or its lock file cannot be created or
+    /// locked; [`Error::Database`] if the database cannot be opened or
+    /// migrated; [`Error::Internal`] if the lock's blocking task fails.
     pub async fn open(home: &Path) -> Result<Self> {
         std::fs::create_dir_all(home).map_err(|source| Error::Io {
             path: home.to_path_buf(),
@@ -157,6 +172,14 @@ impl Store {
 
     /// Inserts a new sandbox with `status` (`Created`, or `Starting` when it
     /// is started right away).
+    ///
+    /// # Errors
+    /// [`Error::SandboxExists`] if the name is taken; [`Error::Database`] if
+    /// the write fails; [`Error::Internal`] if `config` does not serialize.
+    ///
+    /// # Cancel safety
+    /// Once queued (on the first poll) the insert is committed whether or
+    /// not the future is still there to hear it.
     pub async fn insert_sandbox(
         &self,
         config: &SandboxConfig,
@@ -187,6 +210,10 @@ impl Store {
     }
 
     /// The sandbox row of `name`.
+    ///
+    /// # Errors
+    /// [`Error::Database`] if the store cannot be read or a row does not
+    /// parse.
     pub async fn sandbox(&self, name: &str) -> Result<Option<SandboxRow>> {
         let row = sqlx::query(
             "SELECT id, name, config, status, created_at, updated_at, control_socket FROM sandbox WHERE name = ?",
@@ -199,6 +226,9 @@ impl Store {
     }
 
     /// Every sandbox, by name.
+    ///
+    /// # Errors
+    /// As [`Self::sandbox`].
     pub async fn sandboxes(&self) -> Result<Vec<SandboxRow>> {
         let rows = sqlx::query(
             "SELECT id, name, config, status, created_at, updated_at, control_socket FROM sandbox ORDER BY name",
@@ -210,6 +240,9 @@ impl Store {
     }
 
     /// The runs of `name`, oldest first.
+    ///
+    /// # Errors
+    /// As [`Self::sandbox`].
     pub async fn runs(&self, name: &str) -> Result<Vec<RunRow>> {
         let rows = sqlx::query(
             "SELECT run.id, run.pid, run.status, run.exit_code, run.exit_signal, run.termination_reason, \
@@ -234,6 +267,10 @@ impl Store {
 
     /// Deletes a sandbox and its runs, if it is Created, Stopped or Crashed.
     /// Returns the status that refused it otherwise.
+    ///
+    /// # Errors
+    /// [`Error::SandboxNotFound`] if no such sandbox is recorded;
+    /// [`Error::Database`] if the transaction fails (nothing is deleted).
     pub async fn delete_sandbox(&self, name: &str) -> Result<Option<SandboxStatus>> {
         let mut tx = self.begin_immediate().await?;
         let status = status_in(&mut tx, name).await?;
@@ -251,6 +288,9 @@ impl Store {
 
     /// Moves a sandbox to `Starting` if it is not running; returns the status
     /// that refused it otherwise.
+    ///
+    /// # Errors
+    /// As [`Self::delete_sandbox`] (nothing is changed).
     pub async fn claim_start(
         &self,
         name: &str,
@@ -313,7 +353,7 @@ impl Store {
             pid,
             at: time_text(at),
             host,
-            pid_start_ticks: start_ticks(pid).map(|t| t as i64),
+            pid_start_ticks: host::start_ticks(pid).map(|t| t as i64),
             reply,
         })
         .await
@@ -331,86 +371,6 @@ impl Store {
         })
         .await
         .map_err(db_err)
-    }
-
-    /// Settles sandboxes left running by hosts that are gone: open runs whose
-    /// host process is dead are closed as Crashed (InternalError) and any of
-    /// their processes still alive are killed. Runs of live hosts other than
-    /// `me` are left alone. Returns the names reconciled.
-    pub async fn reconcile(&self, me: HostId) -> Result<Vec<String>> {
-        let mut tx = self.begin_immediate().await?;
-        let rows = sqlx::query(
-            "SELECT sandbox.name, run.id, run.pid, run.host_pid, run.host_start_ticks, run.pid_start_ticks \
-             FROM run JOIN sandbox ON sandbox.id = run.sandbox_id WHERE run.terminated_at IS NULL",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let mut settled = Vec::new();
-        let now = now_text();
-        for row in rows {
-            let name: String = row.get(0);
-            let run_id: i64 = row.get(1);
-            let pid: i64 = row.get(2);
-            let host = HostId {
-                pid: row.get::<i64, _>(3) as u32,
-                start_ticks: row.get::<i64, _>(4) as u64,
-            };
-            // A live host owns its runs; so does this process while the run's
-            // PID 1 lives (another runtime here may host it). A run of this
-            // process whose PID 1 is gone belongs to a runtime dropped earlier.
-            if host_alive(host) && (host != me || process_alive(pid as u32)) {
-                continue;
-            }
-            let pid_start: Option<i64> = row.get(5);
-            let killed = kill_orphan(pid as u32, pid_start.map(|t| t as u64));
-            tracing::warn!(sandbox = %name, pid, killed, "reconciling a run left open by a host that is gone");
-            sqlx::query(
-                "UPDATE run SET status = 'Crashed', termination_reason = 'InternalError', terminated_at = ?, \
-                 exit_signal = CASE WHEN ? THEN 9 ELSE NULL END WHERE id = ?",
-            )
-            .bind(&now)
-            .bind(killed)
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            sqlx::query("UPDATE sandbox SET status = 'Crashed', updated_at = ? WHERE name = ?")
-                .bind(&now)
-                .bind(&name)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            settled.push(name);
-        }
-        // A sandbox caught between states with no open run cannot be running
-        // once the host that claimed it is gone.
-        let stuck = sqlx::query(
-            "SELECT name, owner_pid, owner_start_ticks FROM sandbox WHERE status IN ('Starting', 'Running', 'Draining', 'Paused') \
-             AND NOT EXISTS (SELECT 1 FROM run WHERE run.sandbox_id = sandbox.id AND run.terminated_at IS NULL)",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        for row in stuck {
-            let name: String = row.get(0);
-            let owner = HostId {
-                pid: row.get::<Option<i64>, _>(1).unwrap_or(0) as u32,
-                start_ticks: row.get::<Option<i64>, _>(2).unwrap_or(0) as u64,
-            };
-            if host_alive(owner) {
-                continue;
-            }
-            sqlx::query("UPDATE sandbox SET status = 'Crashed', updated_at = ? WHERE name = ?")
-                .bind(&now)
-                .bind(&name)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            settled.push(name);
-        }
-        tx.commit().await.map_err(db_err)?;
-        Ok(settled)
     }
 }
 
@@ -485,51 +445,6 @@ fn run_row(row: &sqlx::sqlite::SqliteRow) -> Result<RunRow> {
             start_ticks: row.get::<i64, _>(9) as u64,
         },
     })
-}
-
-/// This process's identity as a host.
-pub fn this_host() -> HostId {
-    let pid = std::process::id();
-    HostId {
-        pid,
-        start_ticks: start_ticks(pid).unwrap_or(0),
-    }
-}
-
-/// Field 22 of `/proc/PID/stat`: start time in clock ticks since boot.
-fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces; fields resume after its ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-fn host_alive(host: HostId) -> bool {
-    host.pid != 0 && start_ticks(host.pid) == Some(host.start_ticks)
-}
-
-fn process_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Kills the sandbox whose PID 1 had host pid `pid` and started at
-/// `start_ticks`, if that process still is a sandvisor agent (and not a
-/// recycled pid). Returns whether it was killed.
-fn kill_orphan(pid: u32, started: Option<u64>) -> bool {
-    if started.is_none() || start_ticks(pid) != started {
-        return false;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let is_agent = cmdline
-        .split(|&b| b == 0)
-        .next()
-        .is_some_and(|argv0| argv0.ends_with(b"sandvisor-agent"));
-    is_agent
-        && nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .is_ok()
 }
 
 impl LifecycleStore for Store {

@@ -1,0 +1,414 @@
+//! The runtime: open a home, create and start sandboxes, act on them.
+//!
+//! A [`Sandvisor`] owns the SQLite store and a root actor that supervises one
+//! `SandboxSupervisor` per running sandbox. Opening it reconciles what a dead
+//! host left behind. Dropping the last clone stops its root: every sandbox it
+//! hosts loses its supervisor, whose socket closes, and the sandbox's agent
+//! kills the sandbox (the next open records those runs as Crashed).
+//!
+//! # Files
+//! - `builder.rs`: [`SandvisorBuilder`], opening a home.
+//! - `spec.rs`: the SDK's configs turned into the engine's specs.
+//! - `sandbox.rs`: [`Sandbox`], a sandbox running in this runtime.
+//! - `handle.rs`: [`SandboxHandle`], a recorded sandbox wherever it runs.
+//! - `route.rs`: the one control interface behind a handle (here, through a
+//!   control socket, or nowhere).
+//! - `outcome.rs`: [`SandboxStopResult`], how a run ended, and boot failures.
+
+mod builder;
+mod handle;
+mod outcome;
+mod route;
+mod sandbox;
+mod spec;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ractor::ActorRef;
+use sandvisor_actors::events::{EventEnvelope, EventSink};
+use sandvisor_actors::lifecycle::{HostId, SandboxStatus};
+use sandvisor_actors::root::RootMsg;
+use tokio::sync::mpsc;
+
+pub use builder::{SandvisorBuilder, AGENT_BINARY};
+pub use handle::SandboxHandle;
+pub use outcome::SandboxStopResult;
+pub(crate) use route::End;
+pub use sandbox::Sandbox;
+
+use crate::config::SandboxConfig;
+use crate::control::ControlServer;
+use crate::error::{Error, Result};
+use crate::home;
+use crate::logs::Logs;
+use crate::store::{RunRow, Store};
+use sandvisor_actors::lifecycle::LifecycleStore;
+
+struct Inner {
+    bus: EventBus,
+    home: PathBuf,
+    store: Store,
+    root: ActorRef<RootMsg>,
+    agent: PathBuf,
+    host: HostId,
+    logs: Logs,
+    /// Dropped with the runtime (or by `close_control_socket`): the server
+    /// stops, the socket file goes.
+    control: std::sync::Mutex<Option<ControlServer>>,
+    control_path: Option<PathBuf>,
+}
+
+/// A runtime held without keeping it alive (the control server's hold).
+#[derive(Clone)]
+pub(crate) struct WeakSandvisor {
+    inner: std::sync::Weak<Inner>,
+}
+
+impl WeakSandvisor {
+    /// The runtime, unless it has been dropped.
+    pub(crate) fn upgrade(&self) -> Option<Sandvisor> {
+        self.inner.upgrade().map(|inner| Sandvisor { inner })
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.root.stop(None);
+    }
+}
+
+/// The subscribers of [`Sandvisor::events`].
+#[derive(Clone, Default)]
+struct EventBus {
+    subscribers: Arc<std::sync::Mutex<Vec<mpsc::UnboundedSender<EventEnvelope>>>>,
+}
+
+impl EventBus {
+    fn sink(&self) -> EventSink {
+        let subscribers = self.subscribers.clone();
+        Arc::new(move |event| {
+            // A poisoned lock means a subscriber panicked mid-send; the
+            // list itself is still sound.
+            let mut subscribers = subscribers.lock().unwrap_or_else(|e| e.into_inner());
+            subscribers.retain(|tx| tx.send(event.clone()).is_ok());
+            true
+        })
+    }
+
+    fn subscribe(&self) -> mpsc::UnboundedReceiver<EventEnvelope> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
+        rx
+    }
+}
+
+/// A sandvisor runtime over one home. Cheap to clone.
+#[derive(Clone)]
+pub struct Sandvisor {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Sandvisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandvisor")
+            .field("home", &self.inner.home)
+            .finish()
+    }
+}
+
+impl Sandvisor {
+    /// A builder; `Sandvisor::builder().home(path).open().await`.
+    pub fn builder() -> SandvisorBuilder {
+        SandvisorBuilder::default()
+    }
+
+    /// The home directory.
+    pub fn home(&self) -> &Path {
+        &self.inner.home
+    }
+
+    /// The control socket this runtime listens on (or listened on, before
+    /// [`Self::close_control_socket`]), if it was opened with one.
+    pub fn control_socket(&self) -> Option<&Path> {
+        self.inner.control_path.as_deref()
+    }
+
+    /// Stops listening on the control socket and removes it, at once:
+    /// nothing new reaches this runtime from outside (a daemon shutting down
+    /// takes no more sandboxes). The returned future ends once every request
+    /// already in flight has been answered — await it before the process
+    /// exits, so that a `stop` from another process gets its answer.
+    pub fn close_control_socket(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let server = self
+            .inner
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let task = server.and_then(ControlServer::close);
+        async move {
+            if let Some(task) = task {
+                // A server task that panicked has nothing left to answer.
+                let _ = task.await;
+            }
+        }
+    }
+
+    /// This runtime's host identity (recorded with each run).
+    pub fn host(&self) -> HostId {
+        self.inner.host
+    }
+
+    /// The agent binary this runtime starts.
+    pub fn agent_path(&self) -> &Path {
+        &self.inner.agent
+    }
+
+    /// Every event of every sandbox this runtime hosts, from now on, in
+    /// order per sandbox, none lost while the stream is held.
+    pub fn events(&self) -> impl futures::Stream<Item = EventEnvelope> + Send + 'static {
+        let mut rx = self.inner.bus.subscribe();
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+
+    /// Log reading under this runtime's home.
+    pub fn logs(&self) -> &Logs {
+        &self.inner.logs
+    }
+
+    /// Validates `config`, records the sandbox and starts it. Bad input is
+    /// refused before anything is written.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidName`] / [`Error::InvalidConfig`] for bad input
+    ///   (nothing is written).
+    /// - [`Error::SandboxExists`] if the name is taken.
+    /// - [`Error::Io`] if its log directory cannot be created (the row is
+    ///   removed again).
+    /// - [`Error::BootFailed`] if the sandbox failed before it was ready
+    ///   (also in `boot-error.json`); the sandbox stays recorded.
+    /// - [`Error::Database`] if the store fails; [`Error::Internal`] if an
+    ///   actor does.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: dropped once the supervisor is launched, the sandbox
+    /// runs on in this runtime (reach it with [`Self::connect`]); dropped
+    /// before, the sandbox may stay recorded as `Starting` until a runtime
+    /// opened later reconciles it.
+    pub async fn create(&self, config: SandboxConfig) -> Result<Sandbox> {
+        config.validate()?;
+        self.inner
+            .store
+            .insert_sandbox(&config, SandboxStatus::Starting, self.inner.host)
+            .await?;
+        let log_dir = self.inner.logs.log_dir_for(&config.name)?;
+        if let Err(source) = std::fs::create_dir_all(&log_dir) {
+            // Leave nothing behind for a sandbox that cannot have a directory.
+            let _ = self
+                .inner
+                .store
+                .set_status(&config.name, SandboxStatus::Stopped)
+                .await;
+            let _ = self.inner.store.delete_sandbox(&config.name).await;
+            return Err(Error::Io {
+                path: log_dir,
+                source,
+            });
+        }
+        self.launch(&config).await
+    }
+
+    /// Starts a stopped (or never started) sandbox; a sandbox already
+    /// running here is answered as is.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidName`]; [`Error::SandboxNotFound`] if no such
+    ///   sandbox is recorded.
+    /// - [`Error::SandboxNotHosted`] if it is running (or starting) in
+    ///   another runtime.
+    /// - [`Error::BootFailed`] if it failed before it was ready.
+    /// - [`Error::Database`] if the store fails or its stored config does
+    ///   not parse; [`Error::Internal`] if an actor fails.
+    ///
+    /// # Cancel safety
+    /// As [`Self::create`].
+    pub async fn start(&self, name: &str) -> Result<Sandbox> {
+        home::validate_name(name)?;
+        if let Some(sandbox) = self.connect(name).await? {
+            return Ok(sandbox);
+        }
+        let row = self
+            .inner
+            .store
+            .sandbox(name)
+            .await?
+            .ok_or_else(|| Error::SandboxNotFound(name.to_string()))?;
+        let config: SandboxConfig = serde_json::from_str(&row.config_json)
+            .map_err(|e| Error::Database(format!("stored config of {name} does not parse: {e}")))?;
+        if let Err(status) = self.inner.store.claim_start(name, self.inner.host).await? {
+            tracing::debug!(sandbox = name, %status, "start refused");
+            return Err(Error::SandboxNotHosted(name.to_string()));
+        }
+        self.launch(&config).await
+    }
+
+    /// Spawns the supervisor of a sandbox already marked Starting and waits
+    /// for it to run.
+    async fn launch(&self, config: &SandboxConfig) -> Result<Sandbox> {
+        let name = config.name.as_str();
+        let log_dir = self.inner.logs.log_dir_for(name)?;
+        let spec = spec::sandbox_spec(config, log_dir, self.inner.host, unique_suffix());
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let launched = ractor::call!(self.inner.root, |reply| RootMsg::Launch {
+            spec: Box::new(spec),
+            started: started_tx,
+            reply
+        })
+        .map_err(|e| Error::Internal(format!("root actor: {e}")))
+        .and_then(|launched| launched.map_err(|refused| Error::Internal(refused.to_string())));
+        let supervisor = match launched {
+            Ok(supervisor) => supervisor,
+            Err(err) => {
+                // No supervisor will ever settle the row: do it here, so the
+                // sandbox can be started or removed again.
+                self.inner
+                    .store
+                    .set_status(name, SandboxStatus::Stopped)
+                    .await
+                    .map_err(Error::Database)?;
+                return Err(err);
+            }
+        };
+        // A supervisor always answers (it is told at spawn and answers from
+        // its end at the latest); a closed channel means it failed outright,
+        // and the Root has recorded the sandbox as Crashed.
+        let started = started_rx.await.map_err(|_| {
+            Error::Internal(format!(
+                "the supervisor of {name} ended before it reported the start"
+            ))
+        })?;
+        match started {
+            Ok(_) => Ok(Sandbox::new(name, supervisor, self.clone())),
+            Err(failure) => Err(outcome::boot_failed(failure)),
+        }
+    }
+
+    /// A live handle on `name` if it runs in this runtime.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] if the root actor is gone.
+    pub async fn connect(&self, name: &str) -> Result<Option<Sandbox>> {
+        let supervisor = ractor::call!(self.inner.root, |reply| RootMsg::Lookup {
+            name: name.to_string(),
+            reply
+        })
+        .map_err(|e| Error::Internal(format!("root actor: {e}")))?;
+        Ok(supervisor.map(|supervisor| Sandbox::new(name, supervisor, self.clone())))
+    }
+
+    /// The names of the sandboxes running in this runtime, sorted.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] if the root actor is gone.
+    pub async fn hosted(&self) -> Result<Vec<String>> {
+        ractor::call!(self.inner.root, RootMsg::Hosted)
+            .map_err(|e| Error::Internal(format!("root actor: {e}")))
+    }
+
+    /// The sandbox `name` as recorded.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`]; [`Error::SandboxNotFound`] if no such sandbox
+    /// is recorded; [`Error::Database`] if the store cannot be read.
+    pub async fn get(&self, name: &str) -> Result<SandboxHandle> {
+        home::validate_name(name)?;
+        let row = self
+            .inner
+            .store
+            .sandbox(name)
+            .await?
+            .ok_or_else(|| Error::SandboxNotFound(name.to_string()))?;
+        Ok(SandboxHandle::new(row, self.clone()))
+    }
+
+    /// Every recorded sandbox, by name.
+    ///
+    /// # Errors
+    /// [`Error::Database`] if the store cannot be read.
+    pub async fn list(&self) -> Result<Vec<SandboxHandle>> {
+        Ok(self
+            .inner
+            .store
+            .sandboxes()
+            .await?
+            .into_iter()
+            .map(|row| SandboxHandle::new(row, self.clone()))
+            .collect())
+    }
+
+    /// The runs of `name`, oldest first (none for an unknown name).
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`]; [`Error::Database`] if the store cannot be
+    /// read.
+    pub async fn runs(&self, name: &str) -> Result<Vec<RunRow>> {
+        home::validate_name(name)?;
+        self.inner.store.runs(name).await
+    }
+
+    /// Deletes a Stopped, Crashed or never started sandbox: its rows and its
+    /// directory. A running one is refused with [`Error::SandboxStillRunning`].
+    ///
+    /// # Errors
+    /// - [`Error::InvalidName`]; [`Error::SandboxNotFound`] if no such
+    ///   sandbox is recorded.
+    /// - [`Error::SandboxStillRunning`] if it runs, here or elsewhere.
+    /// - [`Error::Io`] if its directory cannot be deleted (its rows are gone
+    ///   by then).
+    /// - [`Error::Database`] if the store fails; [`Error::Internal`] if the
+    ///   root actor is gone.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: dropped after the rows are deleted, the directory
+    /// stays behind.
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        home::validate_name(name)?;
+        if self.connect(name).await?.is_some() {
+            return Err(Error::SandboxStillRunning(name.to_string()));
+        }
+        if self.inner.store.delete_sandbox(name).await?.is_some() {
+            return Err(Error::SandboxStillRunning(name.to_string()));
+        }
+        let dir = home::sandbox_dir(&self.inner.home, name)?;
+        match std::fs::remove_dir_all(&dir) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
+                path: dir,
+                source: err,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// How the last run of `name` ended, as stored; `None` unless it is in a
+    /// terminal status.
+    ///
+    /// # Errors
+    /// [`Error::SandboxNotFound`] if no such sandbox is recorded;
+    /// [`Error::Database`] if the store cannot be read.
+    pub(crate) async fn stop_result_from_store(
+        &self,
+        name: &str,
+    ) -> Result<Option<SandboxStopResult>> {
+        outcome::from_store(&self.inner.store, name).await
+    }
+}
+
+/// Distinguishes runs of the same sandbox from this host.
+fn unique_suffix() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}

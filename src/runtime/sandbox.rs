@@ -1,0 +1,363 @@
+//! [`Sandbox`]: a running sandbox of this runtime, driven through its
+//! supervisor actor.
+//!
+//! # Contract
+//! - Every request is one message to the sandbox's `SandboxSupervisor`:
+//!   requests that wait (`stop`, `kill`, `drain`, `wait_until_stopped`) are
+//!   answered from the supervisor's exit message; the `request_*` methods
+//!   cast and return.
+//! - A supervisor that is gone means the run has ended: stop and kill
+//!   requests are then no-ops, status and the end come from the store, and
+//!   everything else fails with [`Error::SandboxNotRunning`].
+//! - Input to the main command (session [`MAIN_SESSION`]) is checked against
+//!   the sandbox's stored `stdin` / `tty`, read once per handle.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::ActorRef;
+use sandvisor_actors::events::EventSink;
+use sandvisor_actors::lifecycle::SandboxStatus;
+use sandvisor_actors::metrics::SandboxMetrics;
+use sandvisor_actors::sandbox::{MetricsUnavailable, SupervisorMsg};
+use sandvisor_actors::sandbox::{ExecRefused, SessionInput};
+use tokio::sync::mpsc;
+
+use super::outcome::SandboxStopResult;
+use super::{spec, Sandvisor};
+use crate::error::{Error, Result};
+use crate::exec::{ExecConfig, ExecHandle, SessionLink};
+use crate::logs::{LogEntry, LogOptions, LogStream, LogStreamOptions};
+
+/// The main command's session id (exec sessions count on from 2).
+const MAIN_SESSION: u64 = 1;
+
+/// Whether the main command reads stdin / runs on a terminal.
+#[derive(Debug, Clone, Copy)]
+struct MainIo {
+    stdin: bool,
+    tty: bool,
+}
+
+/// A running sandbox of this runtime.
+#[derive(Clone)]
+pub struct Sandbox {
+    name: String,
+    supervisor: ActorRef<SupervisorMsg>,
+    runtime: Sandvisor,
+    main_io: Arc<tokio::sync::OnceCell<MainIo>>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox").field("name", &self.name).finish()
+    }
+}
+
+impl Sandbox {
+    /// The sandbox `name` of `runtime`, supervised by `supervisor`.
+    pub(super) fn new(name: &str, supervisor: ActorRef<SupervisorMsg>, runtime: Sandvisor) -> Self {
+        Self {
+            name: name.to_string(),
+            supervisor,
+            runtime,
+            main_io: Arc::default(),
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The supervisor actor, for actor message probes.
+    pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
+        &self.supervisor
+    }
+
+    /// Delivers every event of this sandbox from now on to `sink` (see
+    /// [`crate::testing::Probe::sink`] to assert on them).
+    ///
+    /// # Errors
+    /// [`Error::Internal`] if the supervisor has stopped (the run has ended:
+    /// there are no more events).
+    pub fn subscribe(&self, sink: EventSink) -> Result<()> {
+        self.supervisor
+            .cast(SupervisorMsg::Subscribe(sink))
+            .map_err(|_| Error::Internal(format!("{} has stopped: no more events", self.name)))
+    }
+
+    /// The current status.
+    ///
+    /// # Errors
+    /// Only once the supervisor is gone, when the status is read from the
+    /// store: [`Error::SandboxNotFound`] if the sandbox was removed
+    /// meanwhile, [`Error::Database`] if the store cannot be read.
+    pub async fn status(&self) -> Result<SandboxStatus> {
+        match ractor::call!(self.supervisor, SupervisorMsg::Status) {
+            Ok(status) => Ok(status),
+            // The supervisor is gone: the run ended and the store knows how.
+            Err(_) => Ok(self.runtime.get(&self.name).await?.status_snapshot()),
+        }
+    }
+
+    /// Stops with the sandbox's stop timeout and waits until it has stopped.
+    ///
+    /// # Errors
+    /// As [`Self::wait_until_stopped`].
+    ///
+    /// # Cancel safety
+    /// The stop is requested on the first poll; dropping the future then
+    /// stops only the waiting, not the stop.
+    pub async fn stop(&self) -> Result<SandboxStopResult> {
+        self.request_stop(None);
+        self.wait_until_stopped().await
+    }
+
+    /// Stops with `timeout` before SIGKILL (zero kills at once) and waits.
+    ///
+    /// # Errors
+    /// As [`Self::wait_until_stopped`].
+    ///
+    /// # Cancel safety
+    /// As [`Self::stop`].
+    pub async fn stop_with_timeout(&self, timeout: Duration) -> Result<SandboxStopResult> {
+        self.request_stop(Some(timeout));
+        self.wait_until_stopped().await
+    }
+
+    /// Sends the stop request without waiting.
+    pub fn request_stop(&self, timeout: Option<Duration>) {
+        // A supervisor that is gone has stopped already.
+        let _ = self.supervisor.cast(SupervisorMsg::Stop { timeout });
+    }
+
+    /// Runs a command in the running sandbox as a new exec session.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidConfig`] if `config` cannot work (nothing is sent).
+    /// - [`Error::SandboxDraining`] if the sandbox is draining.
+    /// - [`Error::SandboxNotRunning`] if it is not running (starting,
+    ///   stopping, or ended).
+    /// - [`Error::ExecFailed`] if the command could not start inside it.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: dropped after the supervisor has started the
+    /// session, the session runs on with nobody holding its stdin or reading
+    /// its live output (which still goes to `exec.log`).
+    pub async fn exec(&self, config: ExecConfig) -> Result<ExecHandle> {
+        config.validate()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let started = ractor::call!(self.supervisor, |reply| SupervisorMsg::Exec {
+            spec: spec::exec_spec(&config),
+            output: tx,
+            reply
+        })
+        .map_err(|_| Error::SandboxNotRunning(self.name.clone()))?;
+        match started {
+            Ok((id, pid)) => Ok(ExecHandle::new(
+                config.tty,
+                id,
+                pid,
+                rx,
+                SessionLink::Local(self.supervisor.clone()),
+                self.name.clone(),
+                config.stdin,
+            )),
+            Err(ExecRefused::Draining) => Err(Error::SandboxDraining(self.name.clone())),
+            Err(ExecRefused::NotRunning) => Err(Error::SandboxNotRunning(self.name.clone())),
+            Err(ExecRefused::Failed { errno, message }) => Err(Error::ExecFailed {
+                sandbox: self.name.clone(),
+                errno,
+                message,
+            }),
+        }
+    }
+
+    /// Drains: refuses new exec sessions, lets running ones finish, then
+    /// stops (reason DrainRequested); past `timeout` it stops anyway, with
+    /// the usual escalation. Waits until the sandbox has stopped.
+    ///
+    /// # Errors
+    /// As [`Self::wait_until_stopped`].
+    ///
+    /// # Cancel safety
+    /// As [`Self::stop`]: the drain goes on without the waiter.
+    pub async fn drain(&self, timeout: Option<Duration>) -> Result<SandboxStopResult> {
+        self.request_drain(timeout);
+        self.wait_until_stopped().await
+    }
+
+    /// Sends the drain request without waiting.
+    pub fn request_drain(&self, timeout: Option<Duration>) {
+        // A supervisor that is gone has stopped already.
+        let _ = self.supervisor.cast(SupervisorMsg::Drain { timeout });
+    }
+
+    /// Writes to the main command's stdin (the sandbox needs `stdin` or
+    /// `tty` in its config); an empty write does nothing (to close, use
+    /// [`Sandbox::close_stdin`]).
+    ///
+    /// # Errors
+    /// - [`Error::SessionClosed`] if the main command has no stdin.
+    /// - [`Error::SandboxNotRunning`] if the run has ended.
+    /// - [`Error::SandboxNotFound`] / [`Error::Database`] if the sandbox's
+    ///   config cannot be read (first input of this handle only).
+    pub async fn write_stdin(&self, data: impl Into<Vec<u8>>) -> Result<()> {
+        let data = data.into();
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.to_main(SessionInput::Stdin(data)).await
+    }
+
+    /// Closes the main command's stdin (on a terminal: sends end-of-file).
+    ///
+    /// # Errors
+    /// As [`Self::write_stdin`].
+    pub async fn close_stdin(&self) -> Result<()> {
+        self.to_main(SessionInput::Stdin(Vec::new())).await
+    }
+
+    /// Changes the main command's terminal size (the sandbox needs `tty`).
+    ///
+    /// # Errors
+    /// [`Error::NotATerminal`] if the main command has no terminal;
+    /// otherwise as [`Self::write_stdin`].
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        self.to_main(SessionInput::Resize { rows, cols }).await
+    }
+
+    /// Delivers input to the main command, if its streams take it.
+    async fn to_main(&self, input: SessionInput) -> Result<()> {
+        let (session, sandbox) = (MAIN_SESSION, self.name.clone());
+        let io = self.main_io().await?;
+        match input {
+            SessionInput::Resize { .. } if !io.tty => {
+                return Err(Error::NotATerminal { sandbox, session })
+            }
+            SessionInput::Stdin(_) if !(io.stdin || io.tty) => {
+                return Err(Error::SessionClosed { sandbox, session })
+            }
+            _ => {}
+        }
+        self.supervisor
+            .cast(SupervisorMsg::Session { session, input })
+            .map_err(|_| Error::SandboxNotRunning(sandbox))
+    }
+
+    /// How the main command's standard streams were set up (read once).
+    async fn main_io(&self) -> Result<MainIo> {
+        self.main_io
+            .get_or_try_init(|| async {
+                let config = self.runtime.get(&self.name).await?.config()?;
+                Ok(MainIo {
+                    stdin: config.stdin,
+                    tty: config.tty,
+                })
+            })
+            .await
+            .copied()
+    }
+
+    /// Freezes every process of the sandbox (SIGSTOP); status Paused. Stop
+    /// and kill work while paused.
+    ///
+    /// # Errors
+    /// [`Error::SandboxNotRunning`] if the supervisor refused (the sandbox is
+    /// not running: still starting, stopping, or ended).
+    ///
+    /// # Cancel safety
+    /// The request is sent on the first poll; dropped then, the sandbox is
+    /// paused all the same.
+    pub async fn pause(&self) -> Result<()> {
+        let result = ractor::call!(self.supervisor, SupervisorMsg::Pause)
+            .map_err(|_| Error::SandboxNotRunning(self.name.clone()))?;
+        result.map_err(|_| Error::SandboxNotRunning(self.name.clone()))
+    }
+
+    /// The latest resource sample of the whole tree (taken every
+    /// `metrics_interval` by the supervisor).
+    ///
+    /// # Errors
+    /// [`Error::MetricsDisabled`] if the sandbox's `metrics_interval` is
+    /// `None`; [`Error::SandboxNotRunning`] if it is not running.
+    pub async fn metrics(&self) -> Result<SandboxMetrics> {
+        match ractor::call!(self.supervisor, SupervisorMsg::Metrics) {
+            Ok(Ok(metrics)) => Ok(metrics),
+            Ok(Err(MetricsUnavailable::Disabled)) => Err(Error::MetricsDisabled(self.name.clone())),
+            Ok(Err(MetricsUnavailable::NotRunning)) | Err(_) => {
+                Err(Error::SandboxNotRunning(self.name.clone()))
+            }
+        }
+    }
+
+    /// Thaws a paused sandbox (SIGCONT); status Running.
+    ///
+    /// # Errors
+    /// [`Error::SandboxNotRunning`] if the sandbox is not paused.
+    ///
+    /// # Cancel safety
+    /// As [`Self::pause`].
+    pub async fn resume(&self) -> Result<()> {
+        let result = ractor::call!(self.supervisor, SupervisorMsg::Resume)
+            .map_err(|_| Error::SandboxNotRunning(self.name.clone()))?;
+        result.map_err(|_| Error::SandboxNotRunning(self.name.clone()))
+    }
+
+    /// Kills at once (SIGKILL to every process) and waits.
+    ///
+    /// # Errors
+    /// As [`Self::wait_until_stopped`].
+    ///
+    /// # Cancel safety
+    /// As [`Self::stop`].
+    pub async fn kill(&self) -> Result<SandboxStopResult> {
+        self.request_kill();
+        self.wait_until_stopped().await
+    }
+
+    /// Sends the kill request without waiting.
+    pub fn request_kill(&self) {
+        let _ = self.supervisor.cast(SupervisorMsg::Kill);
+    }
+
+    /// Waits for the run to end; driven by the supervisor's exit message.
+    ///
+    /// # Errors
+    /// Only once the supervisor is gone, when the end is read from the
+    /// store: [`Error::SandboxNotFound`] if the sandbox was removed,
+    /// [`Error::Database`] if the store cannot be read, [`Error::Internal`]
+    /// if the store records no end.
+    pub async fn wait_until_stopped(&self) -> Result<SandboxStopResult> {
+        match ractor::call!(self.supervisor, SupervisorMsg::WaitStopped) {
+            Ok(outcome) => Ok(outcome.into()),
+            Err(_) => self
+                .runtime
+                .stop_result_from_store(&self.name)
+                .await?
+                .ok_or_else(|| {
+                    Error::Internal(format!(
+                        "supervisor of {} ended without a result",
+                        self.name
+                    ))
+                }),
+        }
+    }
+
+    /// Reads its logs; see [`crate::Logs::read_logs`].
+    ///
+    /// # Errors
+    /// As [`crate::Logs::read_logs`].
+    pub async fn logs(&self, options: &LogOptions) -> Result<Vec<LogEntry>> {
+        self.runtime.logs().read_logs(&self.name, options).await
+    }
+
+    /// Streams its logs; see [`crate::Logs::log_stream`].
+    ///
+    /// # Errors
+    /// As [`crate::Logs::log_stream`].
+    pub async fn log_stream(&self, options: &LogStreamOptions) -> Result<LogStream> {
+        self.runtime.logs().log_stream(&self.name, options).await
+    }
+}

@@ -1,0 +1,155 @@
+//! The hosts behind the store's rows: which process a runtime is, whether
+//! the host of a run is still alive, and settling the runs of hosts that are
+//! gone.
+//!
+//! # Contract
+//! - A host is a process identified by its pid *and* its start time (field
+//!   22 of `/proc/PID/stat`), so a recycled pid is never taken for the host
+//!   that recorded a run.
+//! - [`Store::reconcile`] runs when a runtime opens, inside one
+//!   `BEGIN IMMEDIATE` transaction: two runtimes opening at once never both
+//!   settle (or both keep) the same run.
+//! - A process is only ever killed when its pid and start time match the
+//!   run's record and its `argv[0]` ends in `sandvisor-agent`.
+
+use sandvisor_actors::lifecycle::HostId;
+use sqlx::Row;
+
+use super::{db_err, now_text, Store};
+use crate::error::Result;
+
+impl Store {
+    /// Settles sandboxes left running by hosts that are gone: open runs whose
+    /// host process is dead are closed as Crashed (InternalError) and any of
+    /// their processes still alive are killed. Runs of live hosts other than
+    /// `me` are left alone. Returns the names reconciled.
+    ///
+    /// # Errors
+    /// [`crate::Error::Database`] if the store cannot be read or written;
+    /// nothing is then recorded (orphans found so far may have been killed:
+    /// the next reconcile finds their runs again and settles them).
+    ///
+    /// # Cancel safety
+    /// As for an error: the transaction is rolled back, kills already made
+    /// stay made.
+    pub async fn reconcile(&self, me: HostId) -> Result<Vec<String>> {
+        let mut tx = self.begin_immediate().await?;
+        let rows = sqlx::query(
+            "SELECT sandbox.name, run.id, run.pid, run.host_pid, run.host_start_ticks, run.pid_start_ticks \
+             FROM run JOIN sandbox ON sandbox.id = run.sandbox_id WHERE run.terminated_at IS NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let mut settled = Vec::new();
+        let now = now_text();
+        for row in rows {
+            let name: String = row.get(0);
+            let run_id: i64 = row.get(1);
+            let pid: i64 = row.get(2);
+            let host = HostId {
+                pid: row.get::<i64, _>(3) as u32,
+                start_ticks: row.get::<i64, _>(4) as u64,
+            };
+            // A live host owns its runs; so does this process while the run's
+            // PID 1 lives (another runtime here may host it). A run of this
+            // process whose PID 1 is gone belongs to a runtime dropped earlier.
+            if host_alive(host) && (host != me || process_alive(pid as u32)) {
+                continue;
+            }
+            let pid_start: Option<i64> = row.get(5);
+            let killed = kill_orphan(pid as u32, pid_start.map(|t| t as u64));
+            tracing::warn!(sandbox = %name, pid, killed, "reconciling a run left open by a host that is gone");
+            sqlx::query(
+                "UPDATE run SET status = 'Crashed', termination_reason = 'InternalError', terminated_at = ?, \
+                 exit_signal = CASE WHEN ? THEN 9 ELSE NULL END WHERE id = ?",
+            )
+            .bind(&now)
+            .bind(killed)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            sqlx::query("UPDATE sandbox SET status = 'Crashed', updated_at = ? WHERE name = ?")
+                .bind(&now)
+                .bind(&name)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            settled.push(name);
+        }
+        // A sandbox caught between states with no open run cannot be running
+        // once the host that claimed it is gone.
+        let stuck = sqlx::query(
+            "SELECT name, owner_pid, owner_start_ticks FROM sandbox WHERE status IN ('Starting', 'Running', 'Draining', 'Paused') \
+             AND NOT EXISTS (SELECT 1 FROM run WHERE run.sandbox_id = sandbox.id AND run.terminated_at IS NULL)",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        for row in stuck {
+            let name: String = row.get(0);
+            let owner = HostId {
+                pid: row.get::<Option<i64>, _>(1).unwrap_or(0) as u32,
+                start_ticks: row.get::<Option<i64>, _>(2).unwrap_or(0) as u64,
+            };
+            if host_alive(owner) {
+                continue;
+            }
+            sqlx::query("UPDATE sandbox SET status = 'Crashed', updated_at = ? WHERE name = ?")
+                .bind(&now)
+                .bind(&name)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            settled.push(name);
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(settled)
+    }
+}
+
+/// This process's identity as a host.
+pub fn this_host() -> HostId {
+    let pid = std::process::id();
+    HostId {
+        pid,
+        start_ticks: start_ticks(pid).unwrap_or(0),
+    }
+}
+
+/// Field 22 of `/proc/PID/stat`: start time in clock ticks since boot.
+pub(super) fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields resume after its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn host_alive(host: HostId) -> bool {
+    host.pid != 0 && start_ticks(host.pid) == Some(host.start_ticks)
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Kills the sandbox whose PID 1 had host pid `pid` and started at
+/// `start_ticks`, if that process still is a sandvisor agent (and not a
+/// recycled pid). Returns whether it was killed.
+fn kill_orphan(pid: u32, started: Option<u64>) -> bool {
+    if started.is_none() || start_ticks(pid) != started {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let is_agent = cmdline
+        .split(|&b| b == 0)
+        .next()
+        .is_some_and(|argv0| argv0.ends_with(b"sandvisor-agent"));
+    is_agent
+        && nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .is_ok()
+}
