@@ -13,6 +13,10 @@ use crate::home::validate_name;
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Time between the stop signal and SIGKILL.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `stop_timeout` and `kill_timeout` (and a stop or drain
+/// timeout given over the control socket) may be: 365 days. Longer cannot be
+/// meant, and would overflow the supervisor's clock arithmetic.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// Time allowed after SIGKILL.
 pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Metrics sampling period.
@@ -244,6 +248,14 @@ impl SandboxConfig {
         }
         if self.kill_timeout.is_zero() {
             return Err(bad("kill_timeout", "must be more than zero".into()));
+        }
+        for (field, timeout) in [
+            ("stop_timeout", self.stop_timeout),
+            ("kill_timeout", self.kill_timeout),
+        ] {
+            if timeout > MAX_TIMEOUT {
+                return Err(bad(field, format!("{timeout:?} is longer than 365 days")));
+            }
         }
         if self.log.max_bytes < 1024 {
             return Err(bad(

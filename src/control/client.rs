@@ -153,7 +153,7 @@ impl ControlClient {
         timeout: Option<Duration>,
     ) -> Result<()> {
         let request = EndRequest {
-            timeout_ms: timeout.map(|t| t.as_millis() as u64),
+            timeout_ms: timeout.map(millis),
             wait: false,
         };
         self.quick(self.send(
@@ -274,7 +274,7 @@ impl ControlClient {
         timeout: Option<Duration>,
     ) -> Result<SandboxStopResult> {
         let request = EndRequest {
-            timeout_ms: timeout.map(|t| t.as_millis() as u64),
+            timeout_ms: timeout.map(millis),
             wait: true,
         };
         let (status, body) = self
@@ -441,6 +441,12 @@ async fn bridge<T>(
             return;
         }
     }
+}
+
+/// `timeout` in whole milliseconds; one too long for a `u64` saturates (the
+/// server refuses it) rather than wrapping to a short one.
+fn millis(timeout: Duration) -> u64 {
+    u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn sandbox_path(name: &str, action: &str) -> Result<String> {

@@ -14,6 +14,7 @@
 //! whose peer credentials name another user.
 
 mod client;
+mod connections;
 pub(crate) mod frame;
 mod server;
 

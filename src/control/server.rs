@@ -11,6 +11,11 @@
 //! - The server holds the runtime weakly: it never keeps a runtime alive.
 //!   Dropping the runtime stops the server and removes the socket file.
 //! - Handlers act only on sandboxes this runtime hosts; they never forward.
+//! - Connections are capped, and idle or slow clients timed out, as
+//!   [`connections`] says; `create` and `start` refuse with a capacity error
+//!   while fewer than [`FD_RESERVE`] descriptors are left to this process.
+//! - A stop or drain may wait at most [`MAX_TIMEOUT`]; a longer
+//!   `timeout_ms` is refused as invalid, never truncated.
 
 use std::fs::File;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -27,12 +32,14 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use nix::fcntl::{Flock, FlockArg};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio::sync::oneshot;
 use tokio_util::codec::Framed;
 
+use super::connections::{self, connection_cap, open_file_limit, Limits, OwnerOnly};
 use super::frame::{self, ExecFrame};
 use super::{EndRequest, ErrorBody, HostInfo, Started, EXEC_PROTOCOL};
+use crate::config::MAX_TIMEOUT;
 use crate::error::{Error, Result};
 use crate::exec::{ExecConfig, ExecHandle};
 use crate::runtime::{End, Sandbox, SandboxStopResult, Sandvisor, WeakSandvisor};
@@ -40,6 +47,9 @@ use sandvisor_actors::sandbox::SupervisorMsg;
 
 /// Largest request body (a sandbox config with a large environment).
 const MAX_BODY: usize = 4 << 20;
+/// Descriptors kept free for a new sandbox (its pipes, pidfd, log files and
+/// their watches in this process), and for the store and the socket.
+const FD_RESERVE: u64 = 64;
 /// `sun_path` holds 108 bytes with the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -162,17 +172,12 @@ impl Bound {
             listener: self.listener,
             owner: self.owner,
         };
-        let path = self.path.clone();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, router(runtime))
-                .with_graceful_shutdown(async move {
-                    let _ = stop.await;
-                })
-                .await;
-            if let Err(err) = served {
-                tracing::warn!(socket = %path.display(), %err, "control socket server ended");
-            }
-        });
+        let limits = Limits {
+            cap: connection_cap(),
+            max_body: MAX_BODY,
+        };
+        tracing::debug!(socket = %self.path.display(), cap = limits.cap, "control socket serving");
+        let task = tokio::spawn(connections::serve(listener, router(runtime), stop, limits));
         ControlServer {
             path: self.path,
             shutdown: Some(shutdown),
@@ -205,45 +210,6 @@ impl Drop for ControlServer {
         if self.path.parent().and_then(Path::file_name) == Some(super::SOCKET_DIR.as_ref()) {
             let _ = std::fs::remove_file(&self.lock_path);
         }
-    }
-}
-
-/// Accepts only connections from the user this runtime runs as.
-struct OwnerOnly {
-    listener: UnixListener,
-    owner: u32,
-}
-
-impl axum::serve::Listener for OwnerOnly {
-    type Io = UnixStream;
-    type Addr = ();
-
-    async fn accept(&mut self) -> (UnixStream, ()) {
-        loop {
-            match self.listener.accept().await {
-                Ok((stream, _)) => match stream.peer_cred() {
-                    Ok(cred) if cred.uid() == self.owner => return (stream, ()),
-                    Ok(cred) => tracing::warn!(
-                        uid = cred.uid(),
-                        pid = ?cred.pid(),
-                        "refused a control connection from another user"
-                    ),
-                    Err(err) => {
-                        tracing::warn!(%err, "refused a control connection without credentials")
-                    }
-                },
-                Err(err) => {
-                    // Out of descriptors or memory: back off instead of
-                    // spinning; connections wait in the backlog meanwhile.
-                    tracing::warn!(%err, "control socket accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -327,8 +293,33 @@ async fn host(State(runtime): State<WeakSandvisor>) -> Reply<Json<HostInfo>> {
     }))
 }
 
+/// Refuses a new sandbox while this process is short of descriptors: a
+/// clear capacity error rather than a sandbox failing half-started.
+fn room_for_a_sandbox() -> Result<()> {
+    let limit = open_file_limit();
+    let at_capacity = |open: String| {
+        Err(Error::Internal(format!(
+            "this sandvisor process is at capacity: {open} of its {limit} open files are in use; \
+             stop some sandboxes, or raise its limit (ulimit -n, or LimitNOFILE= in its unit)"
+        )))
+    };
+    match std::fs::read_dir("/proc/self/fd") {
+        Ok(open) => {
+            let open = open.count() as u64;
+            if open.saturating_add(FD_RESERVE) > limit {
+                return at_capacity(open.to_string());
+            }
+            Ok(())
+        }
+        Err(err) if err.raw_os_error() == Some(libc::EMFILE) => at_capacity("all".into()),
+        // Without /proc the sandbox's own start reports any shortage.
+        Err(_) => Ok(()),
+    }
+}
+
 async fn create(State(runtime): State<WeakSandvisor>, body: Bytes) -> Reply<Response> {
     let runtime = live(&runtime)?;
+    room_for_a_sandbox()?;
     let config: crate::SandboxConfig = serde_json::from_slice(&body).map_err(|e| {
         ApiError(ErrorBody::BadRequest {
             message: format!("sandbox config: {e}"),
@@ -346,6 +337,7 @@ async fn start(
     UrlPath(name): UrlPath<String>,
 ) -> Reply<Json<Started>> {
     let runtime = live(&runtime)?;
+    room_for_a_sandbox()?;
     let sandbox = runtime.start(&name).await?;
     Ok(Json(Started {
         name: sandbox.name().to_string(),
@@ -361,7 +353,17 @@ async fn end(
 ) -> Reply<Response> {
     let runtime = live(weak)?;
     let request: EndRequest = parse(body)?;
-    let how = how(request.timeout_ms.map(Duration::from_millis));
+    let timeout = request.timeout_ms.map(Duration::from_millis);
+    if let Some(timeout) = timeout.filter(|timeout| *timeout > MAX_TIMEOUT) {
+        return Err(Error::InvalidConfig {
+            field: "timeout_ms".into(),
+            reason: format!(
+                "{timeout:?} is longer than {MAX_TIMEOUT:?}, the longest a sandbox may be given to stop"
+            ),
+        }
+        .into());
+    }
+    let how = how(timeout);
     let sandbox = match hosted(&runtime, name).await {
         Ok(sandbox) => sandbox,
         // Ending a sandbox that has ended is not an error (SPEC §5).

@@ -59,7 +59,7 @@ impl Store {
             }
             let pid_start: Option<i64> = row.get(5);
             let killed = kill_orphan(pid as u32, pid_start.map(|t| t as u64));
-            tracing::warn!(sandbox = %name, pid, killed, "reconciling a run left open by a host that is gone");
+            tracing::info!(sandbox = %name, pid, killed, "reconciling a run left open by a host that is gone");
             sqlx::query(
                 "UPDATE run SET status = 'Crashed', termination_reason = 'InternalError', terminated_at = ?, \
                  exit_signal = CASE WHEN ? THEN 9 ELSE NULL END WHERE id = ?",

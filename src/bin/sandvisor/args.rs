@@ -92,13 +92,14 @@ pub(crate) struct RunArgs {
     /// A directory to use as the sandbox's `/`.
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
-    /// Memory limit: bytes, or with a suffix k, m, g (binary units).
-    #[arg(short, long, value_name = "SIZE", value_parser = parse_size)]
+    /// Memory limit: bytes, or with a suffix k, m, g, t (binary units); from
+    /// 1m to 1024t.
+    #[arg(short, long, value_name = "SIZE", value_parser = parse_memory)]
     pub memory: Option<u64>,
-    /// Limit on the number of processes.
-    #[arg(long, value_name = "N")]
+    /// Limit on the number of processes: 1 to 4194304 (the kernel's most).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_PIDS))]
     pub pids_limit: Option<u64>,
-    /// Time between the stop signal and SIGKILL (10s, 1m, …).
+    /// Time between the stop signal and SIGKILL (10s, 1m, …; at most 1 year).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub stop_timeout: Option<Duration>,
     /// Remove the sandbox once it has stopped (foreground only).
@@ -180,8 +181,8 @@ pub(crate) struct LogsArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct StopArgs {
-    /// Seconds (or a duration: 500ms, 1m) before SIGKILL; default the
-    /// sandbox's stop timeout.
+    /// Seconds (or a duration: 500ms, 1m; at most 1 year) before SIGKILL;
+    /// default the sandbox's stop timeout.
     #[arg(short = 't', long = "time", value_name = "SECS", value_parser = parse_seconds)]
     pub timeout: Option<Duration>,
     /// The sandboxes.
@@ -221,6 +222,28 @@ pub(crate) struct MetricsArgs {
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {}
 
+/// The longest duration any option takes; longer cannot be meant, and
+/// would overflow the clock arithmetic of whoever waits that long.
+const MAX_DURATION: Duration = sandvisor::config::MAX_TIMEOUT;
+/// The smallest memory limit (as `SandboxConfig::validate` requires).
+const MIN_MEMORY: u64 = 1 << 20;
+/// The largest memory limit: 1 PiB, more than any machine this runs on.
+const MAX_MEMORY: u64 = 1 << 50;
+/// The largest pids limit: the kernel's `PID_MAX_LIMIT` on 64-bit.
+const MAX_PIDS: u64 = 1 << 22;
+
+/// A memory limit: a size within [`MIN_MEMORY`]..=[`MAX_MEMORY`].
+fn parse_memory(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if bytes < MIN_MEMORY {
+        return Err(format!("{text:?} is below the minimum of 1m"));
+    }
+    if bytes > MAX_MEMORY {
+        return Err(format!("{text:?} is above the maximum of 1024t"));
+    }
+    Ok(bytes)
+}
+
 /// `256M`, `1g`, `4096`: bytes with an optional binary suffix.
 pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
@@ -244,17 +267,27 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-/// `10s`, `1m30s`, `500ms`.
+/// `10s`, `1m30s`, `500ms`: at most [`MAX_DURATION`].
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e} (try 10s or 1m)"))
+    let duration =
+        humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e} (try 10s or 1m)"))?;
+    within_max(text, duration)
 }
 
-/// A plain number of seconds, as docker takes it, or a duration.
+/// A plain number of seconds, as docker takes it, or a duration; at most
+/// [`MAX_DURATION`].
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     match text.parse::<u64>() {
-        Ok(seconds) => Ok(Duration::from_secs(seconds)),
+        Ok(seconds) => within_max(text, Duration::from_secs(seconds)),
         Err(_) => parse_duration(text),
     }
+}
+
+fn within_max(text: &str, duration: Duration) -> Result<Duration, String> {
+    if duration > MAX_DURATION {
+        return Err(format!("{text:?} is longer than the maximum of 1 year"));
+    }
+    Ok(duration)
 }
 
 /// RFC 3339, or a duration before now (`30s`, `5m`, `2h`, `1d`).
@@ -308,5 +341,20 @@ mod tests {
         assert_eq!(parse_seconds("1"), Ok(Duration::from_secs(1)));
         assert_eq!(parse_seconds("500ms"), Ok(Duration::from_millis(500)));
         assert!(parse_seconds("soon").is_err());
+    }
+
+    #[test]
+    fn durations_and_sizes_are_range_checked() {
+        assert_eq!(parse_duration("365d"), Ok(MAX_DURATION));
+        assert_eq!(parse_seconds("31536000"), Ok(MAX_DURATION));
+        for text in ["366d", "18446744073709551615s", "18446744073709552s"] {
+            assert!(parse_duration(text).is_err(), "{text}");
+            assert!(parse_seconds(text).is_err(), "{text}");
+        }
+        assert!(parse_seconds("18446744073709552").is_err());
+        assert_eq!(parse_memory("1m"), Ok(MIN_MEMORY));
+        assert_eq!(parse_memory("1024t"), Ok(MAX_MEMORY));
+        assert!(parse_memory("1023k").is_err());
+        assert!(parse_memory("1025t").is_err());
     }
 }

@@ -5,9 +5,16 @@
 //! `pause`, `resume`, `metrics`) reach the process hosting it through its
 //! control socket. `run` hosts its sandbox itself (foreground) or hands it to
 //! the daemon (`-d`, which starts `sandvisor serve` when none runs).
+//!
+//! A process that hosts sandboxes (`serve`, a foreground `run`) first raises
+//! its soft open-file limit to the hard one: each sandbox holds descriptors
+//! here (pipes, a pidfd, log files), and the usual soft 1,024 ran out at a
+//! few hundred sandboxes. Its sandboxes inherit the raised limit, as docker's
+//! containers inherit the daemon's.
 
 mod act;
 mod args;
+mod out;
 mod run;
 mod session;
 mod show;
@@ -18,17 +25,26 @@ use clap::Parser;
 use sandvisor::{Error, Sandvisor};
 
 use args::{Cli, Command};
+use out::errln;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(matches!(cli.command, Command::Serve(_)));
+    let hosts = match &cli.command {
+        Command::Serve(_) => true,
+        Command::Run(args) => !args.detach,
+        _ => false,
+    };
+    if hosts {
+        raise_open_file_limit();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("sandvisor: cannot start the async runtime: {err}");
+            errln!("sandvisor: cannot start the async runtime: {err}");
             return ExitCode::from(1);
         }
     };
@@ -37,6 +53,39 @@ fn main() -> ExitCode {
     // exit up.
     runtime.shutdown_background();
     code
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (see the module doc);
+/// a process that cannot goes on with what it has, and says so.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only fills the rlimit it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!(err = %std::io::Error::last_os_error(), "cannot read the open-file limit");
+        return;
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        return;
+    }
+    let soft = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit only reads the rlimit it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+        tracing::debug!(
+            from = soft,
+            to = limit.rlim_max,
+            "raised the open-file limit"
+        );
+    } else {
+        tracing::warn!(
+            err = %std::io::Error::last_os_error(),
+            soft,
+            "cannot raise the open-file limit; this process may host fewer sandboxes"
+        );
+    }
 }
 
 /// Logs go to stderr: `SANDVISOR_LOG` (or `RUST_LOG`) filters, default
@@ -92,8 +141,8 @@ async fn dispatch(cli: Cli) -> ExitCode {
 /// Prints one line: the error and what to try.
 pub(crate) fn report(err: &Error) {
     match hint(err) {
-        Some(hint) => eprintln!("sandvisor: {err} (hint: {hint})"),
-        None => eprintln!("sandvisor: {err}"),
+        Some(hint) => errln!("sandvisor: {err} (hint: {hint})"),
+        None => errln!("sandvisor: {err}"),
     }
 }
 

@@ -13,7 +13,8 @@ use tokio::io::AsyncBufReadExt;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::args::{ExecArgs, RunArgs, ServeArgs};
-use crate::session::{raw_terminal, stdin_chunks, terminal_size, write_output, Input};
+use crate::out::{errln, outln, write_output};
+use crate::session::{raw_terminal, stdin_chunks, terminal_size, Input};
 use crate::{exit_code, open};
 
 /// How long a freshly started daemon may take to listen.
@@ -104,7 +105,7 @@ pub(crate) async fn run(home: Option<PathBuf>, args: RunArgs) -> Result<ExitCode
             });
         }
         let daemon = ensure_daemon(resolve_home(home)?).await?;
-        println!("{}", daemon.create(&config).await?);
+        outln!("{}", daemon.create(&config).await?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut builder = Sandvisor::builder().control_socket(true);
@@ -192,7 +193,7 @@ async fn foreground(runtime: &Sandvisor, sandbox: &Sandbox, args: &RunArgs) -> R
             _ = interrupt.recv() => {
                 interrupts += 1;
                 if interrupts == 1 {
-                    eprintln!("sandvisor: stopping {name} (Ctrl-C again to kill it)");
+                    errln!("sandvisor: stopping {name} (Ctrl-C again to kill it)");
                     sandbox.request_stop(None);
                 } else {
                     sandbox.request_kill();
@@ -348,7 +349,7 @@ pub(crate) async fn serve(home: Option<PathBuf>, _: ServeArgs) -> Result<ExitCod
     let mut interrupt = signal(SignalKind::interrupt()).map_err(io_err(Path::new("SIGINT")))?;
     let mut terminate = signal(SignalKind::terminate()).map_err(io_err(Path::new("SIGTERM")))?;
     // `run -d` waits for this line.
-    println!("ready {}", socket.display());
+    outln!("ready {}", socket.display())?;
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "serving");
     tokio::select! {
         _ = interrupt.recv() => {}

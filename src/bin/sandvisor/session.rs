@@ -1,11 +1,10 @@
-//! The local end of an attached session: stdin, the terminal, output.
+//! The local end of an attached session: stdin and the terminal.
 
 use std::io::IsTerminal;
 use std::os::fd::AsRawFd;
 
 use sandvisor::attach::RawTerminal;
-use sandvisor::logs::LogSource;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 /// What this process's stdin gave.
@@ -71,18 +70,4 @@ pub(crate) fn terminal_size() -> Option<(u16, u16)> {
             let ok = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) } == 0;
             (ok && size.ws_row > 0 && size.ws_col > 0).then_some((size.ws_row, size.ws_col))
         })
-}
-
-/// Writes captured output where it came from: stderr to stderr, the rest to
-/// stdout.
-pub(crate) async fn write_output(source: LogSource, data: &[u8]) -> std::io::Result<()> {
-    if source == LogSource::Stderr {
-        let mut err = tokio::io::stderr();
-        err.write_all(data).await?;
-        err.flush().await
-    } else {
-        let mut out = tokio::io::stdout();
-        out.write_all(data).await?;
-        out.flush().await
-    }
 }

@@ -13,11 +13,11 @@ use sandvisor::{
     Error, LogCursor, LogEntry, Result, SandboxHandle, SandboxMetrics, SandboxStatus, Sandvisor,
 };
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::args::{LogsArgs, MetricsArgs, NamesArgs, PsArgs};
 use crate::open;
+use crate::out::{outln, stdout_closed, write_output};
 use crate::run::resolve_home;
 
 /// How long `ps` and `metrics` wait for a hosting process to answer.
@@ -32,8 +32,7 @@ fn to_stdout_err(source: std::io::Error) -> Error {
 
 fn print_json(value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| Error::Internal(e.to_string()))?;
-    println!("{text}");
-    Ok(())
+    outln!("{text}")
 }
 
 /// A sample from wherever the sandbox runs, or `None` if none can be had.
@@ -68,7 +67,7 @@ fn since(start: DateTime<Utc>) -> String {
 }
 
 /// Prints rows as columns padded to their widest cell.
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
+fn print_table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -81,12 +80,13 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
-        println!("{}", padded.join("   ").trim_end());
+        outln!("{}", padded.join("   ").trim_end())
     };
-    line(header.to_vec());
+    line(header.to_vec())?;
     for row in rows {
-        line(row.iter().map(String::as_str).collect());
+        line(row.iter().map(String::as_str).collect())?;
     }
+    Ok(())
 }
 
 /// `sandvisor ps`.
@@ -163,7 +163,7 @@ pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> 
     print_table(
         &["NAME", "STATUS", "PID", "UPTIME", "CPU", "MEM", "EXIT"],
         &rows,
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -273,12 +273,13 @@ pub(crate) async fn metrics(home: Option<PathBuf>, args: MetricsArgs) -> Result<
                     ]
                 })
                 .collect();
-            print_table(&["NAME", "CPU", "MEM", "PIDS"], &rows);
+            print_table(&["NAME", "CPU", "MEM", "PIDS"], &rows)?;
         }
-        if !args.watch {
+        // Watching for a reader who has gone shows nothing to anyone.
+        if !args.watch || stdout_closed() {
             return Ok(ExitCode::SUCCESS);
         }
-        println!();
+        outln!("")?;
     }
 }
 
@@ -311,6 +312,9 @@ struct Printer {
     timestamps: bool,
     /// Per source: the next byte starts a line (for timestamp prefixes).
     at_line_start: [bool; 4],
+    /// What went to stdout last ended a line (every source but stderr goes
+    /// there).
+    stdout_at_line_start: bool,
 }
 
 impl Printer {
@@ -335,34 +339,49 @@ impl Printer {
             if let Some(encoding) = encoding {
                 line["e"] = json!(encoding);
             }
-            let mut out = tokio::io::stdout();
-            out.write_all(format!("{line}\n").as_bytes())
+            return write_output(LogSource::Stdout, format!("{line}\n").as_bytes())
                 .await
-                .map_err(to_stdout_err)?;
-            return out.flush().await.map_err(to_stdout_err);
+                .map_err(to_stdout_err);
         }
-        let data: std::borrow::Cow<[u8]> = if self.timestamps {
-            let slot = entry.source as usize % 4;
-            let prefix = format!(
-                "{} ",
-                entry.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true)
-            );
-            let mut out = Vec::with_capacity(entry.data.len() + prefix.len());
-            for &byte in entry.data.iter() {
-                if self.at_line_start[slot] {
-                    out.extend_from_slice(prefix.as_bytes());
-                }
-                out.push(byte);
-                self.at_line_start[slot] = byte == b'\n';
+        let system = entry.source == LogSource::System;
+        let mut out = Vec::with_capacity(entry.data.len() + 32);
+        // A system record is a line of its own: it ends the line output
+        // left open, and ends with a newline of its own.
+        if system && !self.stdout_at_line_start {
+            out.push(b'\n');
+            self.at_line_start[slot(LogSource::Stdout)] = true;
+            self.at_line_start[slot(LogSource::Output)] = true;
+        }
+        let prefix = format!(
+            "{} ",
+            entry.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true)
+        );
+        let at_line_start = &mut self.at_line_start[slot(entry.source)];
+        for &byte in entry.data.iter() {
+            if self.timestamps && *at_line_start {
+                out.extend_from_slice(prefix.as_bytes());
             }
-            out.into()
-        } else {
-            entry.data.as_ref().into()
-        };
-        crate::session::write_output(entry.source, &data)
+            out.push(byte);
+            *at_line_start = byte == b'\n';
+        }
+        if system && !*at_line_start {
+            out.push(b'\n');
+            *at_line_start = true;
+        }
+        if entry.source != LogSource::Stderr {
+            if let Some(&last) = out.last() {
+                self.stdout_at_line_start = last == b'\n';
+            }
+        }
+        write_output(entry.source, &out)
             .await
             .map_err(to_stdout_err)
     }
+}
+
+/// The index of `source` in [`Printer::at_line_start`].
+fn slot(source: LogSource) -> usize {
+    source as usize % 4
 }
 
 /// `sandvisor logs`.
@@ -374,6 +393,7 @@ pub(crate) async fn logs(home: Option<PathBuf>, args: LogsArgs) -> Result<ExitCo
         json: args.json,
         timestamps: args.timestamps,
         at_line_start: [true; 4],
+        stdout_at_line_start: true,
     };
     let start = match &args.cursor {
         Some(cursor) => {

@@ -1,0 +1,367 @@
+//! Issue 14, the CLI and control-server faults: the open-file limit, idle
+//! and slow connections, absurd durations, closed pipes, many names at
+//! once, and what `logs`, `resume` and `ps` print. Real daemons, real
+//! limits (`setrlimit` before the daemon starts), real sockets.
+
+#[path = "common/faults.rs"]
+mod faults;
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use faults::{stderr, stdout, Cli};
+
+/// A command that ignores SIGTERM (and so do its children: an ignored
+/// signal stays ignored across exec).
+const TERM_IGNORING: &[&str] = &["sh", "-c", "trap '' TERM; while :; do sleep 0.2; done"];
+
+/// D3: the daemon raises its soft open-file limit to the hard one, so 400
+/// `run -d` against a daemon started at the common soft limit of 1,024 all
+/// succeed (or, where the hard limit is that low too, fail with a clear
+/// capacity error); none panics.
+#[test]
+fn d3_the_daemon_raises_its_fd_limit_and_hosts_400_sandboxes() {
+    let mut cli = Cli::new();
+    let (_, hard) = faults::nofile();
+    let pid = cli.serve(Some((1024, hard)));
+    let (soft_now, hard_now) = faults::nofile_of(pid);
+    assert_eq!(soft_now, hard_now, "the daemon raised its soft limit");
+
+    let outputs = cli.run_many("many", 400, &["sleep", "1000"]);
+    let mut failed = Vec::new();
+    for (i, out) in outputs.iter().enumerate() {
+        let err = stderr(out);
+        assert!(
+            !err.contains("panicked") && out.status.code() != Some(101),
+            "run -d many{i} panicked: {err}"
+        );
+        if !out.status.success() {
+            failed.push(format!("many{i}: {err}"));
+        }
+    }
+    if hard >= 8192 {
+        assert!(failed.is_empty(), "{} failed: {failed:#?}", failed.len());
+    } else {
+        for failure in &failed {
+            assert!(failure.contains("capacity"), "{failure}");
+        }
+    }
+    let running = cli.ps().iter().filter(|s| s["status"] == "Running").count();
+    assert_eq!(running, 400 - failed.len());
+
+    let names: Vec<String> = (0..400).map(|i| format!("many{i}")).collect();
+    let mut args = vec!["rm", "-f"];
+    args.extend(names.iter().map(String::as_str));
+    let (out, _) = cli.run_within(&args, Duration::from_secs(120));
+    assert!(
+        out.status.code() == Some(0) || !failed.is_empty(),
+        "{}",
+        stderr(&out)
+    );
+    assert!(cli.ps().is_empty());
+}
+
+/// Opens `count` connections to `socket` that never send a byte, on a
+/// thread (a server that stops accepting cannot block the test); they stay
+/// open until the returned sender is dropped.
+fn idle_connections(socket: std::path::PathBuf, count: usize) -> std::sync::mpsc::Sender<()> {
+    let (keep, until) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for _ in 0..count {
+            match UnixStream::connect(&socket) {
+                Ok(stream) => held.push(stream),
+                Err(err) => eprintln!("idle connection refused: {err}"),
+            }
+        }
+        let _ = until.recv();
+    });
+    keep
+}
+
+/// D3: 1,100 idle connections to the control socket of a daemon whose
+/// hard limit is 1,024 (so the raise cannot help: the connection cap and
+/// the idle timeout must) delay neither `run -d` nor `stop`.
+#[test]
+fn d3_idle_connections_do_not_delay_run_or_stop() {
+    faults::raise_own_nofile();
+    let mut cli = Cli::new();
+    cli.serve(Some((1024, 1024)));
+    let keep = idle_connections(cli.socket(), 1100);
+    // Let them pile up against the server first.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let limit = Duration::from_secs(10);
+    let (out, took) = cli.run_within(
+        &["run", "-d", "--name", "late", "--", "sleep", "1000"],
+        limit,
+    );
+    assert!(out.status.success(), "run -d: {}", stderr(&out));
+    assert!(took < limit, "run -d took {took:?}");
+    let (out, took) = cli.run_within(&["stop", "late"], limit);
+    assert!(out.status.success(), "stop: {}", stderr(&out));
+    assert!(took < limit, "stop took {took:?}");
+    assert_eq!(cli.status("late"), "Stopped");
+    drop(keep);
+}
+
+/// Reads until the server closes `stream`; how long that took (`None`: not
+/// within `limit`).
+fn closed_within(stream: &mut UnixStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(started.elapsed())
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// D3: a client that connects and says nothing, one that sends half a
+/// request head, and one that keeps an answered connection open are all
+/// disconnected by the server.
+#[test]
+fn d3_idle_and_slow_clients_are_disconnected() {
+    let mut cli = Cli::new();
+    cli.serve(None);
+    let limit = Duration::from_secs(30);
+    let mut silent = UnixStream::connect(cli.socket()).unwrap();
+    let mut slow = UnixStream::connect(cli.socket()).unwrap();
+    slow.write_all(b"GET /v1/host HTTP/1.1\r\nHost: sandvisor\r\n")
+        .unwrap();
+    let mut kept = UnixStream::connect(cli.socket()).unwrap();
+    kept.write_all(b"GET /v1/host HTTP/1.1\r\nHost: sandvisor\r\n\r\n")
+        .unwrap();
+    let mut slow_body = UnixStream::connect(cli.socket()).unwrap();
+    slow_body
+        .write_all(
+            b"POST /v1/sandboxes HTTP/1.1\r\nHost: sandvisor\r\nContent-Length: 100\r\n\r\n{",
+        )
+        .unwrap();
+    for (what, stream) in [
+        ("a silent client", &mut silent),
+        ("a client sending half a head", &mut slow),
+        ("an idle keep-alive connection", &mut kept),
+        ("a client sending half a body", &mut slow_body),
+    ] {
+        let took = closed_within(stream, limit);
+        assert!(
+            took.is_some(),
+            "{what} was not disconnected within {limit:?}"
+        );
+    }
+    // The server still serves.
+    assert!(faults::daemon_pid(&cli.socket()).is_some());
+}
+
+/// D6: absurd durations and sizes are usage errors (exit 2), never accepted
+/// and later truncated or overflowed.
+#[test]
+fn d6_durations_and_sizes_are_range_checked_at_parse_time() {
+    let cli = Cli::new();
+    for args in [
+        &[
+            "run",
+            "--stop-timeout",
+            "18446744073709551615s",
+            "--",
+            "true",
+        ][..],
+        &["run", "--stop-timeout", "366d", "--", "true"],
+        &["stop", "-t", "18446744073709552s", "x"],
+        &["stop", "-t", "18446744073709552", "x"],
+        &["run", "--memory", "4096T", "--", "true"],
+        &["run", "--memory", "1k", "--", "true"],
+        &["run", "--pids-limit", "0", "--", "true"],
+        &["run", "--pids-limit", "18446744073709551615", "--", "true"],
+        &["logs", "--since", "999999999y", "x"],
+    ] {
+        let out = cli.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("invalid value"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    // The limits are documented.
+    assert!(cli.ok(&["run", "--help"]).contains("at most 1 year"));
+    assert!(cli.ok(&["stop", "--help"]).contains("at most 1 year"));
+    assert!(cli.ps().is_empty());
+}
+
+/// D6, the library: a huge stop timeout sent over the control socket is
+/// refused, not truncated to a few hundred milliseconds.
+#[test]
+fn d6_a_huge_stop_timeout_over_the_socket_is_refused_not_truncated() {
+    let cli = Cli::new();
+    let mut args = vec!["run", "-d", "--name", "stubborn", "--"];
+    args.extend_from_slice(TERM_IGNORING);
+    cli.ok(&args);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = sandvisor::control::ControlClient::new(cli.socket());
+    for huge in [Duration::from_secs(18446744073709552), Duration::MAX] {
+        let refused = runtime.block_on(client.stop("stubborn", Some(huge)));
+        assert!(
+            matches!(refused, Err(sandvisor::Error::InvalidConfig { .. })),
+            "{refused:?}"
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(cli.status("stubborn"), "Running");
+    cli.ok(&["rm", "-f", "stubborn"]);
+}
+
+/// Runs `args` with stdout a pipe whose reading end is already closed (as
+/// `… | true` once `true` has exited).
+fn with_closed_stdout(cli: &Cli, args: &[&str]) -> std::process::Output {
+    let (read, write): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
+    drop(read);
+    cli.command(args)
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+/// D7: verbs end quietly on a closed stdout with their own exit code.
+#[test]
+fn d7_a_closed_stdout_ends_quietly_with_the_commands_exit_code() {
+    let cli = Cli::new();
+    let out = with_closed_stdout(
+        &cli,
+        &["run", "-d", "--name", "piped", "--", "sleep", "1000"],
+    );
+    assert_eq!(out.status.code(), Some(0), "run -d: {}", stderr(&out));
+    assert_eq!(cli.status("piped"), "Running", "run -d created it");
+    cli.ok(&["run", "-d", "--name", "other", "--", "sleep", "1000"]);
+    for args in [
+        &["ps"][..],
+        &["ps", "--json"],
+        &["ps", "-a"],
+        &["inspect", "piped"],
+        &["metrics"],
+        &["metrics", "--json"],
+        &["logs", "piped"],
+        &["stop", "other", "piped"],
+    ] {
+        let out = with_closed_stdout(&cli, args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).is_empty(), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(cli.status("piped"), "Stopped");
+    assert_eq!(cli.status("other"), "Stopped");
+    // A failure is still one: the exit code is the command's.
+    let out = with_closed_stdout(&cli, &["stop", "piped", "ghost"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no such sandbox: ghost"));
+}
+
+/// D14: `stop -t 1` of 50 sandboxes that ignore SIGTERM stops them all at
+/// once: about one second, not fifty.
+#[test]
+fn d14_stop_of_50_term_ignoring_sandboxes_is_concurrent() {
+    let cli = Cli::new();
+    for (i, out) in cli.run_many("deaf", 50, TERM_IGNORING).iter().enumerate() {
+        assert!(out.status.success(), "deaf{i}: {}", stderr(out));
+    }
+    let names: Vec<String> = (0..50).map(|i| format!("deaf{i}")).collect();
+    let mut args = vec!["stop", "-t", "1"];
+    args.extend(names.iter().map(String::as_str));
+    let (out, took) = cli.run_within(&args, Duration::from_secs(90));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(took < Duration::from_secs(5), "stop took {took:?}");
+    // Each name printed once, in the order given.
+    assert_eq!(stdout(&out), names.join("\n") + "\n");
+    let ps = cli.ps();
+    assert!(ps.iter().all(|s| s["status"] == "Stopped"), "{ps:#?}");
+    let mut args = vec!["rm"];
+    args.extend(names.iter().map(String::as_str));
+    cli.ok(&args);
+    assert!(cli.ps().is_empty());
+}
+
+/// D12: system records are lines of their own, whatever the output around
+/// them ended with.
+#[test]
+fn d12_logs_print_each_system_record_on_its_own_line() {
+    let cli = Cli::new();
+    cli.ok(&["run", "--name", "sys", "--", "printf", "out1"]);
+    let all = cli.ok(&["logs", "--source", "all", "sys"]);
+    let system = cli.ok(&["logs", "--source", "system", "sys"]);
+    let lines: Vec<&str> = all.lines().collect();
+    assert!(lines.contains(&"out1"), "{all:?}");
+    assert!(all.ends_with('\n'), "{all:?}");
+    for line in lines.iter().filter(|l| **l != "out1") {
+        assert!(system.lines().any(|s| s == *line), "{line:?} in {all:?}");
+    }
+    assert!(
+        system.lines().count() >= 1 && system.ends_with('\n'),
+        "{system:?}"
+    );
+    for line in system.lines() {
+        assert!(
+            line.starts_with("---") && line.ends_with("---"),
+            "{system:?}"
+        );
+    }
+    let stamped = cli.ok(&["logs", "--source", "all", "--timestamps", "sys"]);
+    assert_eq!(stamped.lines().count(), lines.len(), "{stamped:?}");
+}
+
+/// D12: `resume` of a sandbox that is not paused and `pause` of one that
+/// is fail as docker's `unpause`/`pause` do.
+#[test]
+fn d12_resume_of_a_running_sandbox_fails_clearly() {
+    let cli = Cli::new();
+    cli.ok(&["run", "-d", "--name", "p", "--", "sleep", "1000"]);
+    let out = cli.run(&["resume", "p"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("p is not paused"), "{}", stderr(&out));
+    cli.ok(&["pause", "p"]);
+    let out = cli.run(&["pause", "p"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("p is already paused"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(cli.ok(&["resume", "p"]), "p\n");
+    assert_eq!(cli.status("p"), "Running");
+    cli.ok(&["rm", "-f", "p"]);
+}
+
+/// D12: `ps` after a host died does not print a warning per sandbox it
+/// settles.
+#[test]
+fn d12_ps_does_not_warn_per_reconciled_sandbox() {
+    let mut cli = Cli::new();
+    cli.serve(None);
+    for out in cli.run_many("orphan", 3, &["sleep", "1000"]) {
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    cli.kill_daemon();
+    let out = cli.run(&["ps", "-a"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let warnings: Vec<&str> = std::str::from_utf8(&out.stderr)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("orphan"))
+        .collect();
+    assert!(warnings.len() <= 1, "{warnings:#?}");
+    for name in ["orphan0", "orphan1", "orphan2"] {
+        assert_eq!(cli.status(name), "Crashed");
+    }
+}
