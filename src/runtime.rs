@@ -239,6 +239,9 @@ impl WeakSandvisor {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.root.stop(None);
+        // The process may exit right after: what this runtime committed goes
+        // into the database file now, not only into its WAL.
+        crate::store::checkpoint::checkpoint_blocking(&self.home.join(crate::store::DB_FILE));
     }
 }
 
@@ -353,7 +356,15 @@ impl Sandvisor {
             .insert_sandbox(&config, SandboxStatus::Starting, self.inner.host)
             .await?;
         let log_dir = self.inner.logs.log_dir_for(&config.name)?;
-        if let Err(source) = std::fs::create_dir_all(&log_dir) {
+        // A directory left without a row is not this sandbox's: set aside.
+        let prepared = crate::store::integrity::set_aside_orphan(&self.inner.home, &config.name)
+            .and_then(|()| {
+                std::fs::create_dir_all(&log_dir).map_err(|source| Error::Io {
+                    path: log_dir.clone(),
+                    source,
+                })
+            });
+        if let Err(err) = prepared {
             // Leave nothing behind for a sandbox that cannot have a directory.
             let _ = self
                 .inner
@@ -361,10 +372,7 @@ impl Sandvisor {
                 .set_status(&config.name, SandboxStatus::Stopped)
                 .await;
             let _ = self.inner.store.delete_sandbox(&config.name).await;
-            return Err(Error::Io {
-                path: log_dir,
-                source,
-            });
+            return Err(err);
         }
         self.launch(&config).await
     }
@@ -381,8 +389,11 @@ impl Sandvisor {
             .sandbox(name)
             .await?
             .ok_or_else(|| Error::SandboxNotFound(name.to_string()))?;
-        let config: SandboxConfig = serde_json::from_str(&row.config_json)
-            .map_err(|e| Error::Database(format!("stored config of {name} does not parse: {e}")))?;
+        let config: SandboxConfig =
+            serde_json::from_str(&row.config_json).map_err(|e| Error::BadRow {
+                name: name.to_string(),
+                reason: format!("its config does not parse: {e}"),
+            })?;
         if let Err(status) = self.inner.store.claim_start(name, self.inner.host).await? {
             tracing::debug!(sandbox = name, %status, "start refused");
             return Err(Error::SandboxNotHosted(name.to_string()));
@@ -492,7 +503,19 @@ impl Sandvisor {
     /// # Errors
     /// The database cannot be read.
     pub async fn list_checked(&self) -> Result<Vec<Result<SandboxHandle>>> {
-        Ok(self.list().await?.into_iter().map(Ok).collect())
+        Ok(self
+            .inner
+            .store
+            .sandboxes_checked()
+            .await?
+            .into_iter()
+            .map(|row| {
+                row.map(|row| SandboxHandle {
+                    row,
+                    runtime: self.clone(),
+                })
+            })
+            .collect())
     }
 
     /// The runs of `name`, oldest first.
@@ -508,16 +531,19 @@ impl Sandvisor {
         if self.connect(name).await?.is_some() {
             return Err(Error::SandboxStillRunning(name.to_string()));
         }
-        if self.inner.store.delete_sandbox(name).await?.is_some() {
-            return Err(Error::SandboxStillRunning(name.to_string()));
-        }
+        // The files go before the row: on a full disk, deleting the row
+        // needs the space they free.
         let dir = home::sandbox_dir(&self.inner.home, name)?;
-        match std::fs::remove_dir_all(&dir) {
+        let free = || match std::fs::remove_dir_all(&dir) {
             Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
-                path: dir,
+                path: dir.clone(),
                 source: err,
             }),
             _ => Ok(()),
+        };
+        match self.inner.store.delete_sandbox_freeing(name, free).await? {
+            Some(_) => Err(Error::SandboxStillRunning(name.to_string())),
+            None => Ok(()),
         }
     }
 
@@ -917,11 +943,9 @@ impl SandboxHandle {
 
     /// Its configuration.
     pub fn config(&self) -> Result<SandboxConfig> {
-        serde_json::from_str(&self.row.config_json).map_err(|e| {
-            Error::Database(format!(
-                "stored config of {} does not parse: {e}",
-                self.row.name
-            ))
+        serde_json::from_str(&self.row.config_json).map_err(|e| Error::BadRow {
+            name: self.row.name.clone(),
+            reason: format!("its config does not parse: {e}"),
         })
     }
 

@@ -19,7 +19,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
+pub(crate) mod checkpoint;
 mod group_commit;
+pub(crate) mod integrity;
+mod liveness;
+mod recovery;
+mod remove;
+mod rows;
 use group_commit::Write;
 
 use crate::config::SandboxConfig;
@@ -123,11 +129,15 @@ impl Store {
         // does not wait where waiting could deadlock) and both apply the same
         // migrations: a lock file serializes creating, switching and migrating.
         let lock = open_lock(home).await?;
+        let db = home.join(DB_FILE);
+        integrity::check_before_open(home, &db)?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .before_acquire(recovery::outside_transaction)
             .connect_with(options.clone())
             .await
-            .map_err(db_err)?;
+            .map_err(|e| integrity::open_error(&db, e))?;
+        integrity::check_opened(&writer, home, &db).await?;
         sqlx::migrate!("./migrations")
             .run(&writer)
             .await
@@ -195,21 +205,17 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err)?;
-        row.map(|r| sandbox_row(&r)).transpose()
+        row.map(|r| rows::sandbox(&r)).transpose()
     }
 
-    /// Every sandbox, by name.
+    /// Every sandbox whose row parses, by name (a WARN names each other
+    /// one; see [`Self::sandboxes_checked`]).
     pub async fn sandboxes(&self) -> Result<Vec<SandboxRow>> {
-        let rows = sqlx::query(
-            "SELECT id, name, config, status, created_at, updated_at, control_socket FROM sandbox ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter().map(sandbox_row).collect()
+        Ok(rows::reported(self.sandboxes_checked().await?))
     }
 
-    /// The runs of `name`, oldest first.
+    /// The runs of `name` whose rows parse, oldest first (a WARN names each
+    /// other one).
     pub async fn runs(&self, name: &str) -> Result<Vec<RunRow>> {
         let rows = sqlx::query(
             "SELECT run.id, run.pid, run.status, run.exit_code, run.exit_signal, run.termination_reason, \
@@ -220,7 +226,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        rows.iter().map(run_row).collect()
+        Ok(rows::good_runs(name, &rows))
     }
 
     /// A write transaction that holds SQLite's write lock from its start, for
@@ -497,11 +503,9 @@ pub fn this_host() -> HostId {
 }
 
 /// Field 22 of `/proc/PID/stat`: start time in clock ticks since boot.
+/// `None` for a process that is gone or has exited (a zombie).
 fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces; fields resume after its ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    liveness::live_start_ticks(pid)
 }
 
 fn host_alive(host: HostId) -> bool {
@@ -509,7 +513,7 @@ fn host_alive(host: HostId) -> bool {
 }
 
 fn process_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+    liveness::is_live(pid)
 }
 
 /// Kills the sandbox whose PID 1 had host pid `pid` and started at
