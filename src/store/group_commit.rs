@@ -142,13 +142,15 @@ async fn commit(writer: &SqlitePool, group: Vec<Write>) {
         }
     };
     let mut done = Vec::with_capacity(group.len());
-    for write in group {
+    let mut group = group.into_iter();
+    while let Some(write) = group.next() {
         let result = run(&mut tx, write).await;
         if let Some(why) = result.broken() {
-            // The transaction may be gone: fail the whole group (dropping
-            // `tx` rolls back what is left of it).
+            // The transaction may be gone: fail the whole group, the writes
+            // not run yet too (dropping `tx` rolls back what is left of it).
             let why = format!("a write failed: {why}");
             done.push(result);
+            done.extend(group.map(done_without_running));
             done.into_iter().for_each(|d| d.answer(Some(&why)));
             return;
         }
