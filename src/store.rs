@@ -431,7 +431,10 @@ async fn status_in(
         .await
         .map_err(db_err)?;
     let status = status.ok_or_else(|| Error::SandboxNotFound(name.to_string()))?;
-    SandboxStatus::from_str(&status).map_err(Error::Database)
+    SandboxStatus::from_str(&status).map_err(|reason| Error::BadRow {
+        name: name.to_string(),
+        reason,
+    })
 }
 
 /// Takes the home's open lock (`sandvisor.db.lock`), waiting for another

@@ -433,6 +433,7 @@ async fn a_row_that_does_not_parse_is_reported_alone() {
         other => panic!("expected BadRow for b, got {other:?}"),
     }
     assert!(matches!(rt.get("b").await, Err(Error::BadRow { .. })));
+    assert!(matches!(rt.remove("b").await, Err(Error::BadRow { .. })));
     assert!(matches!(
         rt.get("c").await.unwrap().config(),
         Err(Error::BadRow { .. })
