@@ -199,12 +199,18 @@ async fn remove_frees_a_full_disk() {
 }
 
 /// D2, through the CLI: `rm -f` on a full disk succeeds and frees it.
-#[test]
-fn rm_f_frees_a_full_disk() {
+///
+/// The home stays open in this process, as a daemon would hold it: once the
+/// last connection to a home closes, SQLite deletes its `-shm`, and creating
+/// that again on a full disk fails before any command runs (a limit this
+/// test does not cover).
+#[tokio::test]
+async fn rm_f_frees_a_full_disk() {
     let fs = Tmpfs::mount(4 * 1024 * 1024);
     let home = fs.path().join("home");
     let out = cli(&home, &["run", "--name", "big", "true"]);
     assert!(out.status.success(), "{out:?}");
+    let held = Store::open(&home).await.unwrap();
     fs.fill(&home.join("sandboxes/big/logs/exec.log.1"));
     let out = cli(&home, &["rm", "-f", "big"]);
     assert!(
@@ -214,6 +220,7 @@ fn rm_f_frees_a_full_disk() {
     );
     assert!(free_bytes(fs.path()) > 2 * 1024 * 1024);
     assert_eq!(status_in_ps(&home, "big"), None);
+    drop(held);
 }
 
 /// D4: a host that is a zombie (SIGKILLed, not reaped by its parent) is
