@@ -130,6 +130,24 @@ pub enum Error {
     /// The SQLite store failed.
     #[error("database error: {0}")]
     Database(String),
+    /// The database is missing, truncated or damaged while the home holds
+    /// sandboxes: opening it would show an empty home that is not empty.
+    #[error("the sandvisor database {path} is missing or damaged: {reason}; hint: restore it, or move the home's sandboxes/ directory aside to start with an empty home")]
+    DatabaseDamaged {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A stored row that does not parse (an unknown status, a config that is
+    /// not valid JSON); the other rows are unaffected.
+    #[error("the stored row of sandbox {name} does not parse: {reason}")]
+    BadRow {
+        /// The sandbox.
+        name: String,
+        /// What does not parse.
+        reason: String,
+    },
     /// Neither `SANDVISOR_HOME` nor `HOME` is set.
     #[error("no sandvisor home: set SANDVISOR_HOME (or HOME)")]
     NoHome,

@@ -63,13 +63,11 @@ impl SandboxHandle {
     /// Its configuration.
     ///
     /// # Errors
-    /// [`Error::Database`] if the stored configuration does not parse.
+    /// [`Error::BadRow`] if the stored configuration does not parse.
     pub fn config(&self) -> Result<SandboxConfig> {
-        serde_json::from_str(&self.row.config_json).map_err(|e| {
-            Error::Database(format!(
-                "stored config of {} does not parse: {e}",
-                self.row.name
-            ))
+        serde_json::from_str(&self.row.config_json).map_err(|e| Error::BadRow {
+            name: self.row.name.clone(),
+            reason: format!("its config does not parse: {e}"),
         })
     }
 

@@ -75,6 +75,9 @@ impl WeakSandvisor {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.root.stop(None);
+        // The process may exit right after: what this runtime committed goes
+        // into the database file now, not only into its WAL.
+        crate::store::checkpoint::checkpoint_blocking(&self.home.join(crate::store::DB_FILE));
     }
 }
 
@@ -206,7 +209,15 @@ impl Sandvisor {
             .insert_sandbox(&config, SandboxStatus::Starting, self.inner.host)
             .await?;
         let log_dir = self.inner.logs.log_dir_for(&config.name)?;
-        if let Err(source) = std::fs::create_dir_all(&log_dir) {
+        // A directory left without a row is not this sandbox's: set aside.
+        let prepared = crate::store::integrity::set_aside_orphan(&self.inner.home, &config.name)
+            .and_then(|()| {
+                std::fs::create_dir_all(&log_dir).map_err(|source| Error::Io {
+                    path: log_dir.clone(),
+                    source,
+                })
+            });
+        if let Err(err) = prepared {
             // Leave nothing behind for a sandbox that cannot have a directory.
             let _ = self
                 .inner
@@ -214,10 +225,7 @@ impl Sandvisor {
                 .set_status(&config.name, SandboxStatus::Stopped)
                 .await;
             let _ = self.inner.store.delete_sandbox(&config.name).await;
-            return Err(Error::Io {
-                path: log_dir,
-                source,
-            });
+            return Err(err);
         }
         self.launch(&config).await
     }
@@ -247,8 +255,11 @@ impl Sandvisor {
             .sandbox(name)
             .await?
             .ok_or_else(|| Error::SandboxNotFound(name.to_string()))?;
-        let config: SandboxConfig = serde_json::from_str(&row.config_json)
-            .map_err(|e| Error::Database(format!("stored config of {name} does not parse: {e}")))?;
+        let config: SandboxConfig =
+            serde_json::from_str(&row.config_json).map_err(|e| Error::BadRow {
+                name: name.to_string(),
+                reason: format!("its config does not parse: {e}"),
+            })?;
         if let Err(status) = self.inner.store.claim_start(name, self.inner.host).await? {
             tracing::debug!(sandbox = name, %status, "start refused");
             return Err(Error::SandboxNotHosted(name.to_string()));
@@ -350,6 +361,22 @@ impl Sandvisor {
             .collect())
     }
 
+    /// Every recorded sandbox, by name, a row that does not parse as
+    /// [`Error::BadRow`] in its place.
+    ///
+    /// # Errors
+    /// [`Error::Database`] if the store cannot be read.
+    pub async fn list_checked(&self) -> Result<Vec<Result<SandboxHandle>>> {
+        Ok(self
+            .inner
+            .store
+            .sandboxes_checked()
+            .await?
+            .into_iter()
+            .map(|row| row.map(|row| SandboxHandle::new(row, self.clone())))
+            .collect())
+    }
+
     /// The runs of `name`, oldest first (none for an unknown name).
     ///
     /// # Errors
@@ -367,29 +394,32 @@ impl Sandvisor {
     /// - [`Error::InvalidName`]; [`Error::SandboxNotFound`] if no such
     ///   sandbox is recorded.
     /// - [`Error::SandboxStillRunning`] if it runs, here or elsewhere.
-    /// - [`Error::Io`] if its directory cannot be deleted (its rows are gone
-    ///   by then).
+    /// - [`Error::Io`] if its directory cannot be deleted (its rows stay, so
+    ///   removing again can finish the job).
     /// - [`Error::Database`] if the store fails; [`Error::Internal`] if the
     ///   root actor is gone.
     ///
     /// # Cancel safety
-    /// Not cancel-safe: dropped after the rows are deleted, the directory
-    /// stays behind.
+    /// Not cancel-safe: dropped after the files are deleted, the rows stay
+    /// (removing again finishes).
     pub async fn remove(&self, name: &str) -> Result<()> {
         home::validate_name(name)?;
         if self.connect(name).await?.is_some() {
             return Err(Error::SandboxStillRunning(name.to_string()));
         }
-        if self.inner.store.delete_sandbox(name).await?.is_some() {
-            return Err(Error::SandboxStillRunning(name.to_string()));
-        }
+        // The files go before the row: on a full disk, deleting the row
+        // needs the space they free.
         let dir = home::sandbox_dir(&self.inner.home, name)?;
-        match std::fs::remove_dir_all(&dir) {
+        let free = || match std::fs::remove_dir_all(&dir) {
             Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
-                path: dir,
+                path: dir.clone(),
                 source: err,
             }),
             _ => Ok(()),
+        };
+        match self.inner.store.delete_sandbox_freeing(name, free).await? {
+            Some(_) => Err(Error::SandboxStillRunning(name.to_string())),
+            None => Ok(()),
         }
     }
 

@@ -10,7 +10,9 @@
 //!
 //! A statement that fails (a name already taken) fails alone: SQLite undoes
 //! that statement, not the transaction. If the transaction cannot begin or
-//! commit, every write in it gets that error.
+//! commit, or a statement fails in a way that may have ended it (a full
+//! disk), every write in it gets that error (see `recovery`). The task also
+//! checkpoints the WAL (see `checkpoint`).
 
 use std::sync::Arc;
 
@@ -63,6 +65,16 @@ enum Done {
 }
 
 impl Done {
+    /// The error of a write that broke its group's transaction, if it did.
+    fn broken(&self) -> Option<String> {
+        let err = match self {
+            Self::Unit(_, Err(err)) => err,
+            Self::Id(_, Err(err)) => err,
+            _ => return None,
+        };
+        super::recovery::breaks_group(err).then(|| err.to_string())
+    }
+
     fn answer(self, failed: Option<&str>) {
         let failure = || sqlx::Error::Protocol(failed.unwrap_or_default().to_string());
         // A caller that stopped waiting needs no answer.
@@ -91,9 +103,29 @@ pub(super) fn start(writer: SqlitePool) -> mpsc::UnboundedSender<Write> {
     let (queue, mut writes) = mpsc::unbounded_channel::<Write>();
     tokio::spawn(async move {
         let mut group = Vec::with_capacity(MAX_GROUP);
-        while writes.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let mut checkpoints = super::checkpoint::Schedule::default();
+        loop {
+            let received = writes.recv_many(&mut group, MAX_GROUP);
+            let received = match checkpoints.idle_wait() {
+                None => received.await,
+                // `recv_many` is cancel safe: nothing is lost on timeout.
+                Some(idle) => match tokio::time::timeout(idle, received).await {
+                    Ok(received) => received,
+                    Err(_) => {
+                        checkpoints.checkpoint(&writer).await;
+                        continue;
+                    }
+                },
+            };
+            if received == 0 {
+                break;
+            }
             commit(&writer, std::mem::take(&mut group)).await;
+            if checkpoints.committed() {
+                checkpoints.checkpoint(&writer).await;
+            }
         }
+        checkpoints.checkpoint(&writer).await;
     });
     queue
 }
@@ -110,8 +142,19 @@ async fn commit(writer: &SqlitePool, group: Vec<Write>) {
         }
     };
     let mut done = Vec::with_capacity(group.len());
-    for write in group {
-        done.push(run(&mut tx, write).await);
+    let mut group = group.into_iter();
+    while let Some(write) = group.next() {
+        let result = run(&mut tx, write).await;
+        if let Some(why) = result.broken() {
+            // The transaction may be gone: fail the whole group, the writes
+            // not run yet too (dropping `tx` rolls back what is left of it).
+            let why = format!("a write failed: {why}");
+            done.push(result);
+            done.extend(group.map(done_without_running));
+            done.into_iter().for_each(|d| d.answer(Some(&why)));
+            return;
+        }
+        done.push(result);
     }
     match tx.commit().await {
         Ok(()) => done.into_iter().for_each(|d| d.answer(None)),

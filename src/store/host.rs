@@ -118,12 +118,10 @@ pub fn this_host() -> HostId {
     }
 }
 
-/// Field 22 of `/proc/PID/stat`: start time in clock ticks since boot.
+/// Field 22 of `/proc/PID/stat`: start time in clock ticks since boot;
+/// `None` for a process that is gone or has exited (a zombie).
 pub(super) fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces; fields resume after its ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    super::liveness::live_start_ticks(pid)
 }
 
 fn host_alive(host: HostId) -> bool {
@@ -131,7 +129,7 @@ fn host_alive(host: HostId) -> bool {
 }
 
 fn process_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+    super::liveness::is_live(pid)
 }
 
 /// Kills the sandbox whose PID 1 had host pid `pid` and started at

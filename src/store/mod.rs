@@ -26,8 +26,14 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
+pub(crate) mod checkpoint;
 mod group_commit;
 mod host;
+pub(crate) mod integrity;
+mod liveness;
+mod recovery;
+mod remove;
+mod rows;
 
 use group_commit::Write;
 pub use host::this_host;
@@ -138,11 +144,15 @@ impl Store {
         // does not wait where waiting could deadlock) and both apply the same
         // migrations: a lock file serializes creating, switching and migrating.
         let lock = open_lock(home).await?;
+        let db = home.join(DB_FILE);
+        integrity::check_before_open(home, &db)?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .before_acquire(recovery::outside_transaction)
             .connect_with(options.clone())
             .await
-            .map_err(db_err)?;
+            .map_err(|e| integrity::open_error(&db, e))?;
+        integrity::check_opened(&writer, home, &db).await?;
         sqlx::migrate!("./migrations")
             .run(&writer)
             .await
@@ -222,24 +232,20 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err)?;
-        row.map(|r| sandbox_row(&r)).transpose()
+        row.map(|r| rows::sandbox(&r)).transpose()
     }
 
-    /// Every sandbox, by name.
+    /// Every sandbox whose row parses, by name (a WARN names each other
+    /// one; see [`Self::sandboxes_checked`]).
     ///
     /// # Errors
     /// As [`Self::sandbox`].
     pub async fn sandboxes(&self) -> Result<Vec<SandboxRow>> {
-        let rows = sqlx::query(
-            "SELECT id, name, config, status, created_at, updated_at, control_socket FROM sandbox ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter().map(sandbox_row).collect()
+        Ok(rows::reported(self.sandboxes_checked().await?))
     }
 
-    /// The runs of `name`, oldest first.
+    /// The runs of `name` whose rows parse, oldest first (a WARN names each
+    /// other one).
     ///
     /// # Errors
     /// As [`Self::sandbox`].
@@ -253,7 +259,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        rows.iter().map(run_row).collect()
+        Ok(rows::good_runs(name, &rows))
     }
 
     /// A write transaction that holds SQLite's write lock from its start, for
@@ -385,7 +391,10 @@ async fn status_in(
         .await
         .map_err(db_err)?;
     let status = status.ok_or_else(|| Error::SandboxNotFound(name.to_string()))?;
-    SandboxStatus::from_str(&status).map_err(Error::Database)
+    SandboxStatus::from_str(&status).map_err(|reason| Error::BadRow {
+        name: name.to_string(),
+        reason,
+    })
 }
 
 /// Takes the home's open lock (`sandvisor.db.lock`), waiting for another
