@@ -19,8 +19,8 @@ use ractor::ActorRef;
 use sandvisor_actors::events::EventSink;
 use sandvisor_actors::lifecycle::SandboxStatus;
 use sandvisor_actors::metrics::SandboxMetrics;
-use sandvisor_actors::sandbox::{MetricsUnavailable, SupervisorMsg};
 use sandvisor_actors::sandbox::{ExecRefused, SessionInput};
+use sandvisor_actors::sandbox::{MetricsUnavailable, SupervisorMsg};
 use tokio::sync::mpsc;
 
 use super::outcome::SandboxStopResult;

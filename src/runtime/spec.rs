@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use sandvisor_actors::host::cgroup::Limits;
 use sandvisor_actors::lifecycle::HostId;
-use sandvisor_actors::protocol::{CommandSpec, ExecSpec, StartSpec};
 use sandvisor_actors::log::tap::TapConfig;
+use sandvisor_actors::protocol::{CommandSpec, ExecSpec, StartSpec};
 use sandvisor_actors::sandbox::SandboxSpec;
 use sandvisor_actors::sandbox::VmSpec;
 

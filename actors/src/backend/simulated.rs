@@ -62,7 +62,10 @@ enum Boot {
 
 #[derive(Debug, Clone)]
 enum Step {
-    Output { stream: OutputStream, data: bytes::Bytes },
+    Output {
+        stream: OutputStream,
+        data: bytes::Bytes,
+    },
     Sleep(Duration),
 }
 

@@ -37,8 +37,8 @@ use super::session::Routes;
 use super::stdin::StdinFlow;
 use super::{AgentLinkMsg, ExecItem, ExecRefused, ExecReply, SessionInput, VmEvent};
 use crate::backend::{Agent, Backend, VmSpec};
-use crate::protocol::{BootError, BootStage, ExitStatus, Frame, SignalTarget};
 use crate::log::tap::RelayTapMsg;
+use crate::protocol::{BootError, BootStage, ExitStatus, Frame, SignalTarget};
 
 /// The marker written when a run's main command has started.
 pub const STARTED_MARKER: &str = "--- sandbox started ---";

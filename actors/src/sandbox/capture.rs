@@ -26,8 +26,8 @@ use tokio::sync::watch;
 use super::session::Routes;
 use super::{AgentLinkMsg, ExecItem, STARTED_MARKER};
 use crate::log::format::LogSource;
-use crate::protocol::{Frame, OutputStream};
 use crate::log::tap::{Chunk, RelayTapMsg};
+use crate::protocol::{Frame, OutputStream};
 
 /// Reads frames until the socket closes; see the module docs.
 pub async fn read_frames(

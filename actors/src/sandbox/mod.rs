@@ -51,8 +51,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::log::format::LogSource;
-use crate::protocol::{BootStage, ExecSpec, Frame, SignalTarget};
 use crate::log::tap::{TapConfig, TapEvent};
+use crate::protocol::{BootStage, ExecSpec, Frame, SignalTarget};
 
 pub use crate::backend::VmSpec;
 pub use agent_link::{AgentLink, AgentLinkArgs, STARTED_MARKER};

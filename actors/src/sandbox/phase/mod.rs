@@ -32,7 +32,7 @@ use super::events::EscalationStep;
 use super::lifecycle::{SandboxStatus, TerminationReason};
 use super::BootFailure;
 
-pub use step::{freeze, step};
+pub use step::{freeze, step, LONGEST_GRACE};
 
 /// Where a run is.
 #[derive(Debug, Clone, PartialEq, Eq)]

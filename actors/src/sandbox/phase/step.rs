@@ -4,6 +4,10 @@
 use std::time::Duration;
 
 use super::{Action, Context, Ending, Input, Phase};
+
+/// The longest grace period a stop waits before SIGKILL: one year, the
+/// longest the CLI and the control socket accept.
+pub const LONGEST_GRACE: Duration = Duration::from_secs(365 * 24 * 3600);
 use crate::protocol::BootStage;
 use crate::sandbox::events::EscalationStep;
 use crate::sandbox::lifecycle::{SandboxStatus, TerminationReason};
@@ -335,6 +339,9 @@ fn stop(phase: &Phase, timeout: Duration, cx: &Context, mut actions: Vec<Action>
     // A paused tree must run to act on the stop signal.
     actions.push(Action::SignalAll(cx.stop_signal));
     actions.push(Action::SignalAll(libc::SIGCONT));
+    // A grace period past any real one (`Duration::MAX` from an embedder)
+    // waits as long as the longest the CLI accepts instead of overflowing.
+    let timeout = timeout.min(LONGEST_GRACE);
     let deadline = cx.now + timeout;
     if let Some((armed, epoch)) = armed {
         if armed <= deadline {

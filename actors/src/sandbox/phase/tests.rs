@@ -383,6 +383,20 @@ fn repeated_stop_brings_the_deadline_closer_never_later() {
 }
 
 #[test]
+fn an_endless_grace_period_waits_a_year_instead_of_overflowing() {
+    let now = Instant::now();
+    let (phase, actions) = step(&running(), Input::Stop(Some(Duration::MAX)), &cx(now, 0));
+    assert!(actions.contains(&Action::ArmEscalation {
+        epoch: 1,
+        after: LONGEST_GRACE
+    }));
+    match phase {
+        Phase::Stopping { deadline, .. } => assert_eq!(deadline, now + LONGEST_GRACE),
+        other => panic!("expected Stopping, got {other:?}"),
+    }
+}
+
+#[test]
 fn drain_with_sessions_waits_then_stops_when_the_last_ends() {
     let now = Instant::now();
     let (phase, actions) = step(

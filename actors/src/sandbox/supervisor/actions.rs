@@ -7,8 +7,8 @@ use ractor::ActorRef;
 
 use super::SupervisorState;
 use crate::log::format::LogSource;
-use crate::protocol::SignalTarget;
 use crate::log::tap::{Chunk, RelayTapMsg};
+use crate::protocol::SignalTarget;
 use crate::sandbox::events::SandboxEvent;
 use crate::sandbox::lifecycle::{RunEnd, SandboxStatus};
 use crate::sandbox::metrics::Sampler;
