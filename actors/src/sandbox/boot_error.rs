@@ -13,7 +13,6 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::BootFailure;
-use crate::protocol::BootStage;
 
 /// The boot error record's file name in the log directory.
 pub const BOOT_ERROR_FILE: &str = "boot-error.json";
@@ -21,18 +20,15 @@ pub const BOOT_ERROR_FILE: &str = "boot-error.json";
 #[derive(Serialize)]
 struct BootErrorRecord<'a> {
     t: String,
-    stage: BootStage,
-    errno: i32,
-    message: &'a str,
+    #[serde(flatten)]
+    failure: &'a BootFailure,
 }
 
 /// Writes `boot-error.json` atomically (temp file, then rename).
 pub fn write(log_dir: &Path, failure: &BootFailure) {
     let record = BootErrorRecord {
         t: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        stage: failure.stage,
-        errno: failure.errno,
-        message: &failure.message,
+        failure,
     };
     let result = serde_json::to_vec_pretty(&record)
         .map_err(std::io::Error::other)

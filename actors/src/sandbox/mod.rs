@@ -47,7 +47,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ractor::RpcReplyPort;
-use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::log::format::LogSource;
@@ -82,16 +81,9 @@ pub struct SandboxSpec {
     pub metrics_interval: Option<Duration>,
 }
 
-/// Why a sandbox did not start.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BootFailure {
-    /// Where.
-    pub stage: BootStage,
-    /// OS error number (0 if none).
-    pub errno: i32,
-    /// What happened.
-    pub message: String,
-}
+/// Why a sandbox did not start: the protocol's one definition of
+/// `{stage, errno, message}`.
+pub use crate::protocol::BootError as BootFailure;
 
 /// How a run ended, for waiters.
 #[derive(Debug, Clone, PartialEq, Eq)]
