@@ -278,18 +278,7 @@ impl Store {
     /// [`Error::SandboxNotFound`] if no such sandbox is recorded;
     /// [`Error::Database`] if the transaction fails (nothing is deleted).
     pub async fn delete_sandbox(&self, name: &str) -> Result<Option<SandboxStatus>> {
-        let mut tx = self.begin_immediate().await?;
-        let status = status_in(&mut tx, name).await?;
-        if !(status.is_terminal() || status == SandboxStatus::Created) {
-            return Ok(Some(status));
-        }
-        sqlx::query("DELETE FROM sandbox WHERE name = ?")
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(None)
+        self.delete_sandbox_freeing(name, || Ok(())).await
     }
 
     /// Moves a sandbox to `Starting` if it is not running; returns the status
