@@ -249,17 +249,7 @@ impl Sandvisor {
         if let Some(sandbox) = self.connect(name).await? {
             return Ok(sandbox);
         }
-        let row = self
-            .inner
-            .store
-            .sandbox(name)
-            .await?
-            .ok_or_else(|| Error::SandboxNotFound(name.to_string()))?;
-        let config: SandboxConfig =
-            serde_json::from_str(&row.config_json).map_err(|e| Error::BadRow {
-                name: name.to_string(),
-                reason: format!("its config does not parse: {e}"),
-            })?;
+        let config = self.get(name).await?.config()?;
         if let Err(status) = self.inner.store.claim_start(name, self.inner.host).await? {
             tracing::debug!(sandbox = name, %status, "start refused");
             return Err(Error::SandboxNotHosted(name.to_string()));
