@@ -531,6 +531,22 @@ struct NamespaceAgent {
     _cgroup: Option<Cgroup>,
 }
 
+/// Whether `pid` is a child of `parent` that leads its own process group
+/// (fields 4 and 5 of `/proc/PID/stat`).
+fn leads_group_under(parent: u32, pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The command name (field 2) may hold spaces; fields resume after its ')'.
+    let Some(rest) = stat.rfind(')').map(|at| &stat[at + 1..]) else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace().skip(1);
+    let ppid = fields.next().and_then(|f| f.parse::<u32>().ok());
+    let pgrp = fields.next().and_then(|f| f.parse::<u32>().ok());
+    pid > 1 && ppid == Some(parent) && pgrp == Some(pid)
+}
+
 impl Agent for NamespaceAgent {
     fn pid(&self) -> u32 {
         self.pidfd.pid()
@@ -543,11 +559,47 @@ impl Agent for NamespaceAgent {
     fn kill(&self, main_pid: Option<u32>) -> std::io::Result<()> {
         let sigkill = nix::sys::signal::Signal::SIGKILL;
         if !self.pid_namespace {
-            if let Some(main) = main_pid {
+            // The main pid comes from the agent, which the sandbox may control:
+            // only a group led by a child of the agent is signalled, never
+            // whatever group a forged `Ready` names (0 would be our own).
+            if let Some(main) = main_pid.filter(|&main| leads_group_under(self.pid(), main)) {
                 let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(main as i32), sigkill);
             }
         }
         // Killing PID 1 of a pid namespace kills every process in it.
         self.pidfd.signal(sigkill)
+    }
+}
+
+#[cfg(test)]
+mod group_tests {
+    use std::os::unix::process::CommandExt;
+
+    use super::leads_group_under;
+
+    #[test]
+    fn only_a_group_led_by_a_child_of_the_agent_is_killed_from_the_host() {
+        let me = std::process::id();
+        let mut leader = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut member = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert!(leads_group_under(me, leader.id()));
+        // Forged pids from a `Ready` frame: ours, init, 0, not a group leader,
+        // and a real leader whose parent is not the agent.
+        assert!(!leads_group_under(me, me));
+        assert!(!leads_group_under(me, 1));
+        assert!(!leads_group_under(me, 0));
+        assert!(!leads_group_under(me, member.id()));
+        assert!(!leads_group_under(me + 1, leader.id()));
+        for child in [&mut leader, &mut member] {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
     }
 }
