@@ -12,6 +12,7 @@ use common::{ended, parent_of, runtime, sigkill, status_field, stdout_of, wait_u
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use sandvisor::engine::protocol::spawn::{self, Reply, Request, REPLY_LEN};
+use sandvisor::engine::protocol::SpawnPlan;
 use sandvisor::{Error, SandboxConfig, SandboxStatus, Sandvisor};
 
 fn send(channel: &OwnedFd, bytes: &[u8], fd: Option<&OwnedFd>) {
@@ -51,10 +52,13 @@ fn the_spawner_answers_every_request_in_order_and_exits_when_the_host_goes() {
         .stdin(Stdio::from(spawner_end))
         .spawn()
         .unwrap();
-    let request = |id, new_pid_namespace| {
+    let request = |id, pid_namespace| {
         Request {
             id,
-            new_pid_namespace,
+            plan: SpawnPlan {
+                pid_namespace,
+                ..SpawnPlan::default()
+            },
         }
         .encode()
     };
@@ -63,9 +67,10 @@ fn the_spawner_answers_every_request_in_order_and_exits_when_the_host_goes() {
 
     // Too short to carry an id: nobody to answer, so ignored.
     send(&host, &[1, 2, 3], Some(&theirs));
-    // Unknown flags, and a request without its socket: refused by id.
+    // A plan that does not parse, and a request without its socket:
+    // refused by id.
     let mut unknown = request(7, true);
-    unknown[8] = 0x80;
+    unknown.truncate(unknown.len() - 1);
     send(&host, &unknown, Some(&theirs));
     send(&host, &request(8, true), None);
     // Good ones, with and without a new pid namespace.

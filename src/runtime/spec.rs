@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use sandvisor_actors::host::cgroup::Limits;
 use sandvisor_actors::lifecycle::HostId;
 use sandvisor_actors::log::tap::TapConfig;
-use sandvisor_actors::protocol::{CommandSpec, ExecSpec, StartSpec};
+use sandvisor_actors::protocol::{CommandSpec, ExecSpec, SpawnPlan, StartSpec};
 use sandvisor_actors::sandbox::SandboxSpec;
 use sandvisor_actors::sandbox::VmSpec;
 
@@ -41,13 +41,20 @@ pub(super) fn sandbox_spec(
                     // Sized by `Sandbox::resize` once attached.
                     rows: 0,
                     cols: 0,
+                    user: None,
                 },
-                rootfs: config.rootfs.as_ref().map(|p| p.display().to_string()),
                 pid_namespace: iso.pid,
                 mount_namespace: iso.mount,
                 net_namespace: iso.net,
                 uts_namespace: iso.uts,
                 ipc_namespace: iso.ipc,
+                cgroup_namespace: false,
+                confine: None,
+            },
+            plan: SpawnPlan {
+                pid_namespace: iso.pid,
+                user_namespace: None,
+                root: None,
             },
             limits: Limits {
                 memory_bytes: config.memory_limit,
@@ -81,6 +88,7 @@ pub(super) fn exec_spec(config: &ExecConfig) -> ExecSpec {
             tty: config.tty,
             rows: config.rows,
             cols: config.cols,
+            user: None,
         },
     }
 }

@@ -37,7 +37,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use crate::host::cgroup::Limits;
-use crate::protocol::StartSpec;
+use crate::protocol::{SpawnPlan, StartSpec};
 
 pub use namespaces::NamespaceBackend;
 pub use simulated::SimulatedBackend;
@@ -51,6 +51,9 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct VmSpec {
     /// What the agent runs, and in which namespaces.
     pub start: StartSpec,
+    /// What the spawner sets up before the agent runs (user namespace,
+    /// root filesystem).
+    pub plan: SpawnPlan,
     /// Resource limits of the whole tree.
     pub limits: Limits,
     /// The cgroup's name when there are limits (unique per run).

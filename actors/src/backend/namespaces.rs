@@ -51,6 +51,7 @@ use super::{Agent, Backend, SpawnFailed, Started, VmSpec};
 use crate::host::cgroup::Cgroup;
 use crate::host::pidfd::Pidfd;
 use crate::protocol::spawn;
+use crate::protocol::SpawnPlan;
 
 /// An agent the spawner process forked.
 #[derive(Debug)]
@@ -69,8 +70,8 @@ pub type SpawnReply = RpcReplyPort<Result<Spawned, SpawnFailed>>;
 pub enum SpawnerMsg {
     /// Fork an agent that speaks SAP on `socket`.
     Spawn {
-        /// Make it PID 1 of a new pid namespace.
-        new_pid_namespace: bool,
+        /// Its namespaces and root filesystem.
+        plan: SpawnPlan,
         /// The agent's end of its SAP socket (the host keeps the other).
         socket: OwnedFd,
         /// The agent, or why not.
@@ -176,7 +177,7 @@ impl SpawnerState {
     async fn send(
         &mut self,
         myself: &ActorRef<SpawnerMsg>,
-        new_pid_namespace: bool,
+        plan: &SpawnPlan,
         socket: BorrowedFd<'_>,
     ) -> Result<(u64, u64), SpawnFailed> {
         let mut refused = None;
@@ -186,7 +187,7 @@ impl SpawnerState {
             self.next_id += 1;
             let request = spawn::Request {
                 id,
-                new_pid_namespace,
+                plan: plan.clone(),
             };
             // Waits while the channel is full: the spawner drains it.
             match send_request(&channel, &request.encode(), socket).await {
@@ -281,11 +282,11 @@ impl Actor for Spawner {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SpawnerMsg::Spawn {
-                new_pid_namespace,
+                plan,
                 socket,
                 reply,
             } => {
-                match state.send(&myself, new_pid_namespace, socket.as_fd()).await {
+                match state.send(&myself, &plan, socket.as_fd()).await {
                     // Answered once the reply is read, which is handled after
                     // this message.
                     Ok((id, generation)) => {
@@ -442,7 +443,7 @@ impl NamespaceBackend {
     /// returns the agent and the host's end.
     async fn spawn_agent(
         &self,
-        new_pid_namespace: bool,
+        plan: &SpawnPlan,
     ) -> Result<(Spawned, tokio::net::UnixStream), SpawnFailed> {
         let (host, agent) = std::os::unix::net::UnixStream::pair()
             .map_err(|e| SpawnFailed::io("socketpair", &e))?;
@@ -450,7 +451,7 @@ impl NamespaceBackend {
         let asked = spawner
             .call(
                 |reply| SpawnerMsg::Spawn {
-                    new_pid_namespace,
+                    plan: plan.clone(),
                     socket: agent.into(),
                     reply,
                 },
@@ -492,7 +493,7 @@ impl Backend for NamespaceBackend {
             } else {
                 None
             };
-            let (spawned, socket) = self.spawn_agent(spec.start.pid_namespace).await?;
+            let (spawned, socket) = self.spawn_agent(&spec.plan).await?;
             // Dropping the socket on failure ends the agent.
             let pidfd = Pidfd::new(spawned.pidfd, spawned.pid)
                 .map_err(|e| SpawnFailed::io("cannot watch the agent", &e))?;

@@ -11,6 +11,8 @@
 //!   the order of its conversation.
 //! - [`spawn`]: the spawn channel, over which the host's `Spawner` actor asks
 //!   the agent binary's spawner process for a new agent.
+//! - [`isolation`]: what isolates a sandbox — the [`SpawnPlan`] the spawner
+//!   carries out and the [`Confinement`] the agent applies to every session.
 //! - [`spec`]: what the host asks the agent to run ([`StartSpec`],
 //!   [`ExecSpec`], both built on [`CommandSpec`]) and whom a signal is for
 //!   ([`SignalTarget`]).
@@ -18,6 +20,7 @@
 //!   [`MAIN_SESSION`], [`ExitStatus`], [`BootError`] and its [`BootStage`],
 //!   [`OutputStream`].
 
+pub mod isolation;
 pub mod sap;
 pub mod spawn;
 pub mod spec;
@@ -25,6 +28,7 @@ pub mod spec;
 use serde::{Deserialize, Serialize};
 
 pub use sap::{Frame, FrameError, MAX_FRAME};
+pub use isolation::{BindMount, Confinement, IdRange, Ids, RootPlan, Rlimit, SpawnPlan};
 pub use spawn::SPAWNER_FD;
 pub use spec::{CommandSpec, ExecSpec, SignalTarget, StartSpec};
 

@@ -8,29 +8,30 @@
 //! standard input ([`SPAWNER_FD`]).
 //!
 //! # Messages
-//! - host → spawner, [`Request`] (`id: u64 BE | flags: u8`) with one
+//! - host → spawner, [`Request`] (`id: u64 BE | plan: JSON`) with one
 //!   descriptor: the agent's end of a fresh SAP socket. The spawner forks an
-//!   agent (as PID 1 of a new pid namespace when the flags ask) that speaks
-//!   SAP on it.
+//!   agent set up as the [`SpawnPlan`] says (namespaces, user ids, root
+//!   filesystem) that speaks SAP on it.
 //! - spawner → host, [`Reply`] (`id: u64 BE | pid: i32 BE | errno: i32 BE`),
-//!   in request order: the agent's host pid with a pidfd of it as the one
-//!   descriptor, or the errno of the failed fork and no descriptor. The
-//!   spawner reaps agents at once; the host watches each through its pidfd.
+//!   in any order (each is answered as soon as its agent exists): the
+//!   agent's host pid with a pidfd of it as the one descriptor, or the errno
+//!   of the failed fork and no descriptor. The spawner reaps agents at once;
+//!   the host watches each through its pidfd.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
+use super::isolation::SpawnPlan;
+
 /// The spawner's end of the spawn channel: its standard input.
 pub const SPAWNER_FD: i32 = 0;
 
-/// Bytes of a request.
-pub const REQUEST_LEN: usize = 9;
+/// Most bytes of a request (its plan is JSON: mounts make it grow).
+pub const MAX_REQUEST: usize = 64 * 1024;
 /// Bytes of a reply.
 pub const REPLY_LEN: usize = 16;
-/// Request flag: make the agent PID 1 of a new pid namespace.
-pub const NEW_PID_NAMESPACE: u8 = 1;
 
 /// One message of the channel and the descriptor that came with it.
 #[derive(Debug)]
@@ -109,25 +110,21 @@ pub fn receive(
     }))
 }
 
-/// Fork an agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Fork an agent set up as `plan` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     /// Echoed in the reply.
     pub id: u64,
-    /// Make it PID 1 of a new pid namespace.
-    pub new_pid_namespace: bool,
+    /// Its namespaces and root filesystem.
+    pub plan: SpawnPlan,
 }
 
 impl Request {
-    /// The request's bytes.
-    pub fn encode(&self) -> [u8; REQUEST_LEN] {
-        let mut out = [0u8; REQUEST_LEN];
-        out[..8].copy_from_slice(&self.id.to_be_bytes());
-        out[8] = if self.new_pid_namespace {
-            NEW_PID_NAMESPACE
-        } else {
-            0
-        };
+    /// The request's bytes: `id: u64 BE | plan: JSON`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.id.to_be_bytes().to_vec();
+        // A plan is plain data: serializing it cannot fail.
+        out.extend(serde_json::to_vec(&self.plan).unwrap_or_default());
         out
     }
 
@@ -135,20 +132,19 @@ impl Request {
     ///
     /// # Errors
     /// The request's id (`None` when not even that is there) for anything
-    /// but a whole request with known flags, so the spawner can still
-    /// answer it.
+    /// but a whole request with a plan that parses, so the spawner can
+    /// still answer it.
     pub fn decode(bytes: &[u8]) -> Result<Self, Option<u64>> {
         let id = bytes
             .get(..8)
             .and_then(|id| id.try_into().ok())
-            .map(u64::from_be_bytes);
-        match (id, bytes.len(), bytes.get(8)) {
-            (Some(id), REQUEST_LEN, Some(&flags)) if flags & !NEW_PID_NAMESPACE == 0 => Ok(Self {
-                id,
-                new_pid_namespace: flags & NEW_PID_NAMESPACE != 0,
-            }),
-            _ => Err(id),
+            .map(u64::from_be_bytes)
+            .ok_or(None)?;
+        if bytes.len() > MAX_REQUEST {
+            return Err(Some(id));
         }
+        let plan = serde_json::from_slice(&bytes[8..]).map_err(|_| Some(id))?;
+        Ok(Self { id, plan })
     }
 }
 
@@ -203,26 +199,29 @@ mod tests {
 
     #[test]
     fn spawn_messages_round_trip_and_bad_ones_are_refused() {
+        let plan = SpawnPlan {
+            pid_namespace: true,
+            user_namespace: Some(super::super::IdRange {
+                first: 1 << 30,
+                count: 65536,
+            }),
+            root: None,
+        };
         for request in [
             Request {
                 id: 0,
-                new_pid_namespace: true,
+                plan: plan.clone(),
             },
             Request {
                 id: u64::MAX,
-                new_pid_namespace: false,
+                plan: SpawnPlan::default(),
             },
         ] {
             assert_eq!(Request::decode(&request.encode()), Ok(request));
         }
-        let mut unknown_flag = Request {
-            id: 7,
-            new_pid_namespace: true,
-        }
-        .encode();
-        unknown_flag[8] |= 0x80;
-        assert_eq!(Request::decode(&unknown_flag), Err(Some(7)));
-        assert_eq!(Request::decode(&unknown_flag[..8]), Err(Some(7)));
+        let whole = Request { id: 7, plan }.encode();
+        assert_eq!(Request::decode(&whole[..whole.len() - 1]), Err(Some(7)));
+        assert_eq!(Request::decode(&whole[..8]), Err(Some(7)));
         assert_eq!(Request::decode(&[1, 2]), Err(None));
 
         for reply in [

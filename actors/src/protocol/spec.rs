@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::isolation::{Confinement, Ids};
+
 /// A session's command and its standard streams: the same for the main
 /// command (session 1) and for exec sessions. Flattened into [`StartSpec`]
 /// and [`ExecSpec`], so its fields sit directly in their JSON.
@@ -34,6 +36,10 @@ pub struct CommandSpec {
     /// The terminal's size (0: 80 columns).
     #[serde(default)]
     pub cols: u16,
+    /// Run as this user and group inside the sandbox (`None`: root, or the
+    /// sandbox's default user).
+    #[serde(default)]
+    pub user: Option<Ids>,
 }
 
 /// What the host asks the agent to run.
@@ -44,8 +50,6 @@ pub struct StartSpec {
     /// The main command (session 1).
     #[serde(flatten)]
     pub run: CommandSpec,
-    /// Directory to pivot into as `/`.
-    pub rootfs: Option<String>,
     /// The agent is PID 1 of its own pid namespace (the host asked the
     /// spawner for one with the same setting).
     pub pid_namespace: bool,
@@ -58,6 +62,14 @@ pub struct StartSpec {
     /// Unshare an IPC namespace.
     #[serde(default)]
     pub ipc_namespace: bool,
+    /// Unshare a cgroup namespace (after the host moved the agent into the
+    /// sandbox's cgroup, which becomes its root).
+    #[serde(default)]
+    pub cgroup_namespace: bool,
+    /// What every session's process gets before exec; `None` for an
+    /// unconfined sandbox.
+    #[serde(default)]
+    pub confine: Option<Confinement>,
 }
 
 /// Which processes a signal goes to.

@@ -15,7 +15,7 @@ use std::os::unix::net::UnixStream;
 use nix::errno::Errno;
 use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::sys::socket::MsgFlags;
-use sandvisor_actors::protocol::spawn::{self, Reply, Request, REQUEST_LEN, SPAWNER_FD};
+use sandvisor_actors::protocol::spawn::{self, Reply, Request, MAX_REQUEST, SPAWNER_FD};
 
 /// Serves the channel on standard input until the host closes it.
 pub fn serve() -> ! {
@@ -37,7 +37,7 @@ pub fn serve() -> ! {
     // SAFETY: standard input is the channel, owned by nothing else here.
     let channel = unsafe { BorrowedFd::borrow_raw(SPAWNER_FD) };
     loop {
-        let (bytes, socket) = match spawn::receive(channel, REQUEST_LEN, MsgFlags::empty()) {
+        let (bytes, socket) = match spawn::receive(channel, MAX_REQUEST, MsgFlags::empty()) {
             Ok(Some(message)) => (message.bytes, message.fd),
             Ok(None) => exit_after_agents(0),
             Err(Errno::EINTR) => continue,
@@ -110,7 +110,7 @@ fn exit_after_agents(code: i32) -> ! {
 /// The child never returns from here: it runs the agent on `socket`.
 fn fork_agent(request: Request, socket: OwnedFd) -> Result<(u32, OwnedFd), Errno> {
     let mut flags = libc::CLONE_PIDFD as u64;
-    if request.new_pid_namespace {
+    if request.plan.pid_namespace {
         flags |= libc::CLONE_NEWPID as u64;
     }
     let forked = match clone3_fork(flags) {

@@ -1,7 +1,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::*;
-use crate::protocol::{BootStage, CommandSpec};
+use crate::protocol::{BootStage, CommandSpec, Confinement, Rlimit};
 
 /// A frame's exact bytes: length prefix, kind, payload.
 fn framed(kind: u8, payload: &[u8]) -> Vec<u8> {
@@ -30,12 +30,21 @@ fn start() -> Frame {
             stdin: true,
             ..CommandSpec::default()
         },
-        rootfs: Some("/r".into()),
         pid_namespace: true,
         mount_namespace: true,
         net_namespace: false,
         uts_namespace: true,
         ipc_namespace: false,
+        cgroup_namespace: true,
+        confine: Some(Confinement {
+            capabilities: 0x3,
+            seccomp: Some(vec![1, 2, 3]),
+            rlimits: vec![Rlimit {
+                resource: 4,
+                soft: 0,
+                hard: 0,
+            }],
+        }),
     })
 }
 
@@ -142,7 +151,7 @@ fn frames_have_pinned_bytes() {
             start(),
             framed(
                 1,
-                br#"{"name":"n","command":"sh","args":["-c","echo hi"],"env":[["A","1"]],"cwd":null,"stdin":true,"tty":false,"rows":0,"cols":0,"rootfs":"/r","pid_namespace":true,"mount_namespace":true,"net_namespace":false,"uts_namespace":true,"ipc_namespace":false}"#,
+                br#"{"name":"n","command":"sh","args":["-c","echo hi"],"env":[["A","1"]],"cwd":null,"stdin":true,"tty":false,"rows":0,"cols":0,"user":null,"pid_namespace":true,"mount_namespace":true,"net_namespace":false,"uts_namespace":true,"ipc_namespace":false,"cgroup_namespace":true,"confine":{"capabilities":3,"seccomp":"AQID","rlimits":[{"resource":4,"soft":0,"hard":0}]}}"#,
             ),
         ),
         (

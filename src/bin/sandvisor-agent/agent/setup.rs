@@ -13,7 +13,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{mount, MsFlags};
 use nix::sched::CloneFlags;
 use sandvisor_actors::protocol::{BootError, BootStage, StartSpec};
 
@@ -90,9 +90,6 @@ fn mounts(spec: &StartSpec) -> Result<(), BootError> {
         None::<&str>,
     )
     .map_err(|e| boot_error(BootStage::Mount, e, "make the mount tree private"))?;
-    if let Some(rootfs) = &spec.rootfs {
-        pivot_into(rootfs)?;
-    }
     let kernel_fs = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     if spec.pid_namespace {
         mount(Some("proc"), "/proc", Some("proc"), kernel_fs, None::<&str>)
@@ -109,67 +106,6 @@ fn mounts(spec: &StartSpec) -> Result<(), BootError> {
         )
         .map_err(|e| boot_error(BootStage::Mount, e, "mount /sys"))?;
     }
-    Ok(())
-}
-
-/// Makes `rootfs` the new `/`, with a private `/dev` and `/tmp`.
-fn pivot_into(rootfs: &str) -> Result<(), BootError> {
-    let image = |e: Errno, what: &str| boot_error(BootStage::Image, e, &format!("{what} {rootfs}"));
-    let meta = std::fs::metadata(rootfs)
-        .map_err(|e| image(Errno::from_raw(e.raw_os_error().unwrap_or(0)), "rootfs"))?;
-    if !meta.is_dir() {
-        return Err(image(Errno::ENOTDIR, "rootfs"));
-    }
-    mount(
-        Some(rootfs),
-        rootfs,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| boot_error(BootStage::Mount, e, &format!("bind-mount {rootfs}")))?;
-    std::env::set_current_dir(rootfs)
-        .map_err(|e| image(Errno::from_raw(e.raw_os_error().unwrap_or(0)), "enter"))?;
-    for dir in ["proc", "sys", "dev", "tmp"] {
-        // An existing directory is fine; a read-only image just lacks the mount point.
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let dev_flags = MsFlags::MS_NOSUID;
-    mount(
-        Some("tmpfs"),
-        "dev",
-        Some("tmpfs"),
-        dev_flags,
-        Some("mode=755,size=64k"),
-    )
-    .map_err(|e| boot_error(BootStage::Mount, e, "mount /dev"))?;
-    for node in ["null", "zero", "full", "random", "urandom", "tty"] {
-        let target = format!("dev/{node}");
-        if std::fs::File::create(&target).is_ok() {
-            mount(
-                Some(format!("/dev/{node}").as_str()),
-                target.as_str(),
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| boot_error(BootStage::Mount, e, &format!("bind /dev/{node}")))?;
-        }
-    }
-    mount(
-        Some("tmpfs"),
-        "tmp",
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        None::<&str>,
-    )
-    .map_err(|e| boot_error(BootStage::Mount, e, "mount /tmp"))?;
-    nix::unistd::pivot_root(".", ".").map_err(|e| boot_error(BootStage::Mount, e, "pivot_root"))?;
-    // The old root is stacked under the new one at `/`: detach it.
-    umount2(".", MntFlags::MNT_DETACH)
-        .map_err(|e| boot_error(BootStage::Mount, e, "detach the old root"))?;
-    std::env::set_current_dir("/")
-        .map_err(|e| image(Errno::from_raw(e.raw_os_error().unwrap_or(0)), "chdir / in"))?;
     Ok(())
 }
 

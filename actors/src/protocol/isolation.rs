@@ -1,0 +1,131 @@
+//! What isolates a sandbox, as the host asks for it: the [`SpawnPlan`] the
+//! spawner carries out before the agent runs (user namespace, the staged
+//! root filesystem), and the [`Confinement`] the agent applies to every
+//! session's process before it executes the command (capabilities,
+//! `no_new_privs`, seccomp, user, resource limits).
+//!
+//! # Contract
+//! - The host validates and resolves everything here (paths absolute, ids
+//!   in range, the seccomp filter already compiled); the spawner and the
+//!   agent still refuse what they cannot carry out, as a boot error.
+//! - Paths are host paths, except [`BindMount::target`], which is a path
+//!   inside the sandbox's root, resolved there without leaving it.
+//! - A field added later needs `#[serde(default)]` (see [`super::spec`]).
+
+use serde::{Deserialize, Serialize};
+
+/// Ids in a sandbox's user namespace: `0 .. count` inside are
+/// `first .. first + count` on the host, for users and groups alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IdRange {
+    /// The host id that root inside maps to.
+    pub first: u32,
+    /// How many ids are mapped (65,536 per sandbox).
+    pub count: u32,
+}
+
+/// A host path made visible inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    /// Absolute host path (a directory or a file).
+    pub source: String,
+    /// Absolute path inside the sandbox; created (in the writable layer)
+    /// when missing.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// The sandbox's own root filesystem, staged by the spawner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootPlan {
+    /// The sandbox's filesystem directory on the host
+    /// (`<home>/sandboxes/<name>/fs`): its writable layer (`upper/`,
+    /// `work/`) and the mount point of its root (`root/`) live there.
+    pub dir: String,
+    /// The read-only lower layer: this directory, or the host base (the
+    /// host's system directories, read-only, secrets masked) when `None`.
+    pub rootfs: Option<String>,
+    /// No writable layer: only the fresh tmpfs mounts can be written.
+    pub read_only: bool,
+    /// Host paths bound inside, in order.
+    pub mounts: Vec<BindMount>,
+    /// Size in bytes of each fresh tmpfs (`/tmp`, `/run`, `/var/tmp`,
+    /// `/dev/shm`).
+    pub tmpfs_bytes: u64,
+}
+
+/// What the spawner sets up for one agent before it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnPlan {
+    /// Make the agent PID 1 of a new pid namespace.
+    pub pid_namespace: bool,
+    /// A new user namespace with this range mapped (setgroups denied);
+    /// `None` keeps the host's ids.
+    pub user_namespace: Option<IdRange>,
+    /// The root filesystem to stage; `None` leaves the host's `/`
+    /// (unconfined sandboxes).
+    pub root: Option<RootPlan>,
+}
+
+/// A user and group inside the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Ids {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// A resource limit (`setrlimit(2)`) every session's process gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// The resource (`RLIMIT_*` number).
+    pub resource: u32,
+    /// Soft limit.
+    pub soft: u64,
+    /// Hard limit.
+    pub hard: u64,
+}
+
+/// What the agent applies to each session's process between fork and exec,
+/// in this order: resource limits, groups and user, capabilities,
+/// `no_new_privs`, seccomp (last, so the filter never sees the setup).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confinement {
+    /// Capabilities kept in the bounding, permitted and effective sets
+    /// (bit `n` is capability `n`); the inheritable and ambient sets are
+    /// empty.
+    pub capabilities: u64,
+    /// The seccomp filter: a classic BPF program (8-byte `sock_filter`
+    /// instructions in the host's byte order), base64 in JSON; `None`
+    /// installs none.
+    #[serde(with = "base64_opt")]
+    pub seccomp: Option<Vec<u8>>,
+    /// Resource limits.
+    pub rlimits: Vec<Rlimit>,
+}
+
+mod base64_opt {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, out: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(bytes) => {
+                out.serialize_some(&base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+            None => out.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(input: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let text: Option<String> = Option::deserialize(input)?;
+        text.map(|text| {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(serde::de::Error::custom)
+        })
+        .transpose()
+    }
+}
