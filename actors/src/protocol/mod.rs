@@ -27,8 +27,8 @@ pub mod spec;
 
 use serde::{Deserialize, Serialize};
 
+pub use isolation::{BindMount, Confinement, IdRange, Ids, Rlimit, RootPlan, SpawnPlan};
 pub use sap::{Frame, FrameError, MAX_FRAME};
-pub use isolation::{BindMount, Confinement, IdRange, Ids, RootPlan, Rlimit, SpawnPlan};
 pub use spawn::SPAWNER_FD;
 pub use spec::{CommandSpec, ExecSpec, SignalTarget, StartSpec};
 

@@ -71,6 +71,10 @@ fn frames_round_trip_and_split_anywhere() {
                 tty: true,
                 rows: 24,
                 cols: 80,
+                user: Some(crate::protocol::Ids {
+                    uid: 1000,
+                    gid: 100,
+                }),
             },
         }),
         Frame::Resize {
