@@ -48,13 +48,26 @@ pub(super) fn sandbox_spec(
                 net_namespace: iso.net,
                 uts_namespace: iso.uts,
                 ipc_namespace: iso.ipc,
-                cgroup_namespace: false,
-                confine: None,
+                cgroup_namespace: true,
+                confine: Some(sandvisor_actors::protocol::Confinement {
+                    capabilities: 0xa80425fb,
+                    seccomp: None,
+                    rlimits: vec![],
+                }),
             },
             plan: SpawnPlan {
                 pid_namespace: iso.pid,
-                user_namespace: None,
-                root: None,
+                user_namespace: Some(sandvisor_actors::protocol::IdRange {
+                    first: 0x4000_0000,
+                    count: 65536,
+                }),
+                root: Some(sandvisor_actors::protocol::RootPlan {
+                    dir: log_dir.parent().unwrap().join("fs").display().to_string(),
+                    rootfs: config.rootfs.as_ref().map(|p| p.display().to_string()),
+                    read_only: false,
+                    mounts: vec![],
+                    tmpfs_bytes: 64 << 20,
+                }),
             },
             limits: Limits {
                 memory_bytes: config.memory_limit,

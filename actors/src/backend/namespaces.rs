@@ -345,7 +345,10 @@ fn start_process(
         &host,
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
     )?;
+    // Nothing of the host's environment reaches PID 1 of a sandbox, where
+    // the sandbox could read it.
     let child = tokio::process::Command::new(agent)
+        .env_clear()
         .stdin(Stdio::from(spawner))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
