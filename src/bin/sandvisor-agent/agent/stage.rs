@@ -52,7 +52,8 @@ pub(crate) fn fork(
     socket: OwnedFd,
     channel: BorrowedFd<'_>,
 ) -> Result<(), (u64, Errno)> {
-    match clone3_fork(0) {
+    // With a pidfd, as every fork here (the spawner does not need it).
+    match clone3_fork(libc::CLONE_PIDFD as u64) {
         Ok(Forked::Child) => {
             let id = request.id;
             let outcome = stage(request, socket);
