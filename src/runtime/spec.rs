@@ -72,6 +72,7 @@ pub(super) fn sandbox_spec(
             limits: Limits {
                 memory_bytes: config.memory_limit,
                 pids: config.pids_limit,
+                cpu_quota_us: None,
             },
             cgroup_id: format!("{}-{}-{}", config.name, host.pid, run),
         },
