@@ -50,8 +50,14 @@ pub(super) fn sandbox_spec(
                 ipc_namespace: iso.ipc,
                 cgroup_namespace: true,
                 confine: Some(sandvisor_actors::protocol::Confinement {
-                    capabilities: 0xa80425fb,
-                    seccomp: None,
+                    capabilities: crate::isolation::caps::DOCKER_DEFAULT,
+                    seccomp: crate::isolation::seccomp::compile(
+                        &crate::isolation::seccomp::Seccomp::Default,
+                        crate::isolation::caps::DOCKER_DEFAULT,
+                    )
+                    .ok()
+                    .flatten()
+                    .map(|bpf| bpf.as_ref().clone()),
                     rlimits: vec![],
                 }),
             },
