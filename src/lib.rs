@@ -25,7 +25,7 @@ pub use logs::{
     LogStreamOptions, LogStreamStart, Logs,
 };
 
-pub use config::{Isolation, LogConfig, SandboxConfig};
+pub use config::{Isolation, Limit, LogConfig, Mount, SandboxConfig};
 pub use exec::{ExecConfig, ExecHandle, ExecOutput, ExecStatus};
 pub use runtime::{Sandbox, SandboxHandle, SandboxStopResult, Sandvisor, SandvisorBuilder};
 pub use sandvisor_actors::events::{EscalationStep, EventEnvelope, SandboxEvent};
