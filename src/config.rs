@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::home::validate_name;
-use crate::isolation::{caps, seccomp, Seccomp};
+use crate::isolation::caps;
+use crate::isolation::seccomp::{self, Seccomp};
 
 /// `PATH` given to the sandbox when its config sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -560,8 +561,8 @@ impl SandboxConfig {
                     format!("{}: {err}", source.display()),
                 ));
             }
-            let target =
-                mount_target(&mount.target).map_err(|reason| bad(&format!("mounts[{i}].target"), reason))?;
+            let target = mount_target(&mount.target)
+                .map_err(|reason| bad(&format!("mounts[{i}].target"), reason))?;
             if let Some(j) = targets.iter().position(|t| *t == target) {
                 return Err(bad(
                     &format!("mounts[{i}].target"),
@@ -570,7 +571,8 @@ impl SandboxConfig {
             }
             targets.push(target);
         }
-        caps::resolve(&self.cap_add, &self.cap_drop).map_err(|(field, reason)| bad(&field, reason))?;
+        caps::resolve(&self.cap_add, &self.cap_drop)
+            .map_err(|(field, reason)| bad(&field, reason))?;
         seccomp::check(&self.seccomp).map_err(|reason| bad("seccomp", reason))?;
         if let Some(user) = &self.user {
             check_user(user, iso.user).map_err(|reason| bad("user", reason))?;

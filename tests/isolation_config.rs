@@ -14,9 +14,7 @@ use sandvisor::engine::backend::{Backend, SpawnFailed, Started, VmSpec};
 use sandvisor::engine::protocol::{IdRange, Ids};
 use sandvisor::isolation::caps;
 use sandvisor::testing::SimulatedBackend;
-use sandvisor::{
-    Error, ExecConfig, Isolation, Limit, Mount, SandboxConfig, Sandvisor, Seccomp,
-};
+use sandvisor::{Error, ExecConfig, Isolation, Limit, Mount, SandboxConfig, Sandvisor, Seccomp};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -70,7 +68,10 @@ async fn refused(config: SandboxConfig) -> String {
     let rt = open(home.path(), &backend).await;
     let err = rt.create(config).await.unwrap_err();
     assert!(rt.list().await.unwrap().is_empty(), "a row was written");
-    assert!(backend.specs.lock().unwrap().is_empty(), "something started");
+    assert!(
+        backend.specs.lock().unwrap().is_empty(),
+        "something started"
+    );
     assert!(
         !home.path().join("sandboxes").exists(),
         "a sandbox directory was made"
@@ -105,15 +106,33 @@ async fn bad_isolation_settings_are_refused_naming_the_field_before_anything_is_
     let bad_json = tmp.path().join("bad.json");
     std::fs::write(&bad_json, "{ not json").unwrap();
     let cases: Vec<(&str, Box<dyn Fn(&mut SandboxConfig)>)> = vec![
-        ("cap_add[1]", Box::new(|c| c.cap_add = vec!["NET_ADMIN".into(), "NOT_A_CAP".into()])),
-        ("cap_drop[0]", Box::new(|c| c.cap_drop = vec!["CAP_WHATEVER".into()])),
-        ("seccomp", Box::new(|c| c.seccomp = Seccomp::Profile("/nonexistent/profile.json".into()))),
-        ("seccomp", Box::new(move |c| c.seccomp = Seccomp::Profile(bad_json.clone()))),
-        ("mounts[0].source", Box::new(|c| c.mounts = vec![mount(Path::new("relative/dir"), "/data")])),
+        (
+            "cap_add[1]",
+            Box::new(|c| c.cap_add = vec!["NET_ADMIN".into(), "NOT_A_CAP".into()]),
+        ),
+        (
+            "cap_drop[0]",
+            Box::new(|c| c.cap_drop = vec!["CAP_WHATEVER".into()]),
+        ),
+        (
+            "seccomp",
+            Box::new(|c| c.seccomp = Seccomp::Profile("/nonexistent/profile.json".into())),
+        ),
+        (
+            "seccomp",
+            Box::new(move |c| c.seccomp = Seccomp::Profile(bad_json.clone())),
+        ),
+        (
+            "mounts[0].source",
+            Box::new(|c| c.mounts = vec![mount(Path::new("relative/dir"), "/data")]),
+        ),
         ("mounts[1].source", {
             let dir = dir.clone();
             Box::new(move |c| {
-                c.mounts = vec![mount(&dir, "/a"), mount(Path::new("/nonexistent/source"), "/b")]
+                c.mounts = vec![
+                    mount(&dir, "/a"),
+                    mount(Path::new("/nonexistent/source"), "/b"),
+                ]
             })
         }),
         ("mounts[0].target", {
@@ -145,15 +164,22 @@ async fn bad_isolation_settings_are_refused_naming_the_field_before_anything_is_
         ("cpus", Box::new(|c| c.cpus = Some(1e12))),
         ("isolation.mount", Box::new(|c| c.isolation.mount = false)),
         ("rootfs", Box::new(move |c| c.rootfs = Some(file.clone()))),
-        ("read_only", Box::new(|c| {
-            c.isolation = Isolation::unconfined();
-            c.read_only = true;
-        })),
+        (
+            "read_only",
+            Box::new(|c| {
+                c.isolation = Isolation::unconfined();
+                c.read_only = true;
+            }),
+        ),
     ];
     for (i, (field, set)) in cases.iter().enumerate() {
         let mut config = config(&format!("bad{i}"));
         set(&mut config);
-        assert_eq!(&refused(config.clone()).await, field, "case {i}: {config:?}");
+        assert_eq!(
+            &refused(config.clone()).await,
+            field,
+            "case {i}: {config:?}"
+        );
     }
 }
 
@@ -195,7 +221,10 @@ async fn runtime_default_limits_out_of_range_are_refused() {
             Sandvisor::builder().default_memory(Limit::Value(0)),
             "default_memory",
         ),
-        (Sandvisor::builder().default_pids(Limit::Value(0)), "default_pids"),
+        (
+            Sandvisor::builder().default_pids(Limit::Value(0)),
+            "default_pids",
+        ),
     ] {
         match builder.home(home.path()).open().await {
             Err(Error::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
@@ -209,7 +238,12 @@ async fn a_default_run_is_fully_confined_and_limited() {
     let home = tempfile::tempdir().unwrap();
     let backend = Arc::new(Recording::default());
     let rt = open(home.path(), &backend).await;
-    rt.create(config("plain")).await.unwrap().kill().await.unwrap();
+    rt.create(config("plain"))
+        .await
+        .unwrap()
+        .kill()
+        .await
+        .unwrap();
     let spec = backend.last("plain");
     let range = IdRange {
         first: FIRST_RANGE,
@@ -228,7 +262,10 @@ async fn a_default_run_is_fully_confined_and_limited() {
     assert!(spec.start.cgroup_namespace && spec.start.mount_namespace && spec.start.net_namespace);
     let confine = spec.start.confine.as_ref().expect("confined");
     assert_eq!(confine.capabilities, caps::DOCKER_DEFAULT);
-    assert!(confine.seccomp.as_ref().is_some_and(|bpf| !bpf.is_empty() && bpf.len() % 8 == 0));
+    assert!(confine
+        .seccomp
+        .as_ref()
+        .is_some_and(|bpf| !bpf.is_empty() && bpf.len() % 8 == 0));
     let rlimit = |resource| {
         confine
             .rlimits
@@ -241,7 +278,6 @@ async fn a_default_run_is_fully_confined_and_limited() {
     assert_eq!(spec.start.run.user, None);
     assert_eq!(spec.limits.memory_bytes, Some(1 << 30));
     assert_eq!(spec.limits.pids, Some(1024));
-    assert_eq!(spec.limits.cpu_quota_us, None);
 }
 
 #[tokio::test]
@@ -281,7 +317,13 @@ async fn settings_reach_the_run_and_runtime_defaults_fill_in() {
         1 << caps::parse("NET_BIND_SERVICE").unwrap()
     );
     assert_eq!(confine.seccomp, None);
-    assert_eq!(spec.start.run.user, Some(Ids { uid: 1000, gid: 100 }));
+    assert_eq!(
+        spec.start.run.user,
+        Some(Ids {
+            uid: 1000,
+            gid: 100
+        })
+    );
     let root = spec.plan.root.unwrap();
     assert!(root.read_only);
     assert_eq!(root.mounts.len(), 1);
@@ -290,7 +332,6 @@ async fn settings_reach_the_run_and_runtime_defaults_fill_in() {
     assert!(root.mounts[0].read_only);
     assert_eq!(spec.limits.memory_bytes, None);
     assert_eq!(spec.limits.pids, Some(50));
-    assert_eq!(spec.limits.cpu_quota_us, Some(150_000));
 
     let mut unconfined = config("unconfined");
     unconfined.isolation = Isolation::unconfined();
@@ -362,7 +403,11 @@ async fn exec_users_are_checked_before_anything_is_sent() {
 
 /// The mode bits of `path` (not following a last symlink).
 fn mode(path: &Path) -> u32 {
-    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
 }
 
 /// Every directory under `dir` (and itself) is 0700, every other entry 0600.
@@ -440,7 +485,10 @@ fn the_cli_refuses_bad_isolation_settings_naming_the_field() {
         (vec!["--security-opt", &profile], "seccomp"),
         (vec!["--security-opt", "apparmor=x"], "--security-opt"),
         (vec!["-v", "relative:/data"], "mounts[0].source"),
-        (vec!["-v", dir_arg(dir), "--volume", &missing_volume], "mounts[1].source"),
+        (
+            vec!["-v", dir_arg(dir), "--volume", &missing_volume],
+            "mounts[1].source",
+        ),
         (vec!["-v", &inside], "mounts[0].target"),
         (vec!["--user", "nobody"], "user"),
         (vec!["-u", "70000"], "user"),

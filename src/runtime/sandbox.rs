@@ -26,8 +26,8 @@ use tokio::sync::mpsc;
 use sandvisor_actors::protocol::Ids;
 
 use super::outcome::SandboxStopResult;
-use crate::config::{check_user, parse_user};
 use super::{spec, Sandvisor};
+use crate::config::{check_user, parse_user};
 use crate::error::{Error, Result};
 use crate::exec::{ExecConfig, ExecHandle, SessionLink};
 use crate::logs::{LogEntry, LogOptions, LogStream, LogStreamOptions};

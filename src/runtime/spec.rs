@@ -144,7 +144,6 @@ pub(super) fn sandbox_spec(config: &SandboxConfig, context: RunContext<'_>) -> R
             limits: Limits {
                 memory_bytes: config.memory.resolve(context.defaults.memory),
                 pids: config.pids.resolve(context.defaults.pids),
-                cpu_quota_us: config.cpus.map(cpu_quota_us),
             },
             cgroup_id: format!("{}-{}-{}", config.name, context.host.pid, context.run),
         },
@@ -205,8 +204,8 @@ fn confinement(config: &SandboxConfig) -> Result<Option<Confinement>> {
     if config.isolation.privileged {
         return Ok(None);
     }
-    let capabilities =
-        caps::resolve(&config.cap_add, &config.cap_drop).map_err(|(field, reason)| invalid(&field, reason))?;
+    let capabilities = caps::resolve(&config.cap_add, &config.cap_drop)
+        .map_err(|(field, reason)| invalid(&field, reason))?;
     let seccomp = seccomp::compile(&config.seccomp, capabilities)
         .map_err(|reason| invalid("seccomp", reason))?
         .map(|program| program.as_ref().clone());

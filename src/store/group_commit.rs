@@ -181,8 +181,9 @@ fn done_without_running(write: Write) -> Done {
     match write {
         Write::OpenRun { reply, .. } => Done::Id(reply, Err(sqlx::Error::PoolClosed)),
         Write::InsertSandbox { reply, .. } => Done::Slot(reply, Err(sqlx::Error::PoolClosed)),
-        Write::CloseRun { reply, .. }
-        | Write::SetStatus { reply, .. } => Done::Unit(reply, Err(sqlx::Error::PoolClosed)),
+        Write::CloseRun { reply, .. } | Write::SetStatus { reply, .. } => {
+            Done::Unit(reply, Err(sqlx::Error::PoolClosed))
+        }
     }
 }
 

@@ -315,11 +315,7 @@ fn parse_volume(text: &str) -> Result<Mount, String> {
         [source, target] => (source, target, false),
         [source, target, "ro"] => (source, target, true),
         [source, target, "rw"] => (source, target, false),
-        _ => {
-            return Err(format!(
-                "{text:?} is not SRC:DST, SRC:DST:ro or SRC:DST:rw"
-            ))
-        }
+        _ => return Err(format!("{text:?} is not SRC:DST, SRC:DST:ro or SRC:DST:rw")),
     };
     if source.is_empty() || target.is_empty() {
         return Err(format!("{text:?}: SRC and DST must not be empty"));

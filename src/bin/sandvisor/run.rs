@@ -127,12 +127,14 @@ fn apply_security_opt(config: &mut SandboxConfig, option: &str) -> Result<()> {
         field: "--security-opt".into(),
         reason,
     };
-    let (key, value) = option
-        .split_once(['=', ':'])
-        .unwrap_or((option, ""));
+    let (key, value) = option.split_once(['=', ':']).unwrap_or((option, ""));
     match (key, value) {
         ("seccomp", "unconfined") => config.seccomp = Seccomp::Unconfined,
-        ("seccomp", "") => return Err(bad("seccomp needs a value: unconfined or a profile's path".into())),
+        ("seccomp", "") => {
+            return Err(bad(
+                "seccomp needs a value: unconfined or a profile's path".into()
+            ))
+        }
         ("seccomp", path) => config.seccomp = Seccomp::Profile(PathBuf::from(path)),
         ("no-new-privileges", "" | "true") => {}
         _ => {

@@ -9,8 +9,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 use sandvisor::home;
 use sandvisor::isolation::caps;
-use sandvisor::Seccomp;
 use sandvisor::logs::{LogOptions, LogSource, LogStreamOptions, LogStreamStart, Logs};
+use sandvisor::Seccomp;
 use sandvisor::{
     Error, LogCursor, LogEntry, Result, SandboxHandle, SandboxMetrics, SandboxStatus, Sandvisor,
 };
@@ -170,7 +170,16 @@ pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> 
         })
         .collect();
     print_table(
-        &["NAME", "STATUS", "PID", "UPTIME", "CPU", "MEM", "EXIT", "ISOLATION"],
+        &[
+            "NAME",
+            "STATUS",
+            "PID",
+            "UPTIME",
+            "CPU",
+            "MEM",
+            "EXIT",
+            "ISOLATION",
+        ],
         &rows,
     )?;
     Ok(ExitCode::SUCCESS)
