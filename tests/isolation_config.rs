@@ -278,6 +278,7 @@ async fn a_default_run_is_fully_confined_and_limited() {
     assert_eq!(spec.start.run.user, None);
     assert_eq!(spec.limits.memory_bytes, Some(1 << 30));
     assert_eq!(spec.limits.pids, Some(1024));
+    assert_eq!(spec.limits.cpu_quota_us, None);
 }
 
 #[tokio::test]
@@ -332,6 +333,7 @@ async fn settings_reach_the_run_and_runtime_defaults_fill_in() {
     assert!(root.mounts[0].read_only);
     assert_eq!(spec.limits.memory_bytes, None);
     assert_eq!(spec.limits.pids, Some(50));
+    assert_eq!(spec.limits.cpu_quota_us, Some(150_000));
 
     let mut unconfined = config("unconfined");
     unconfined.isolation = Isolation::unconfined();

@@ -17,7 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sandvisor_actors::host::cgroup::Limits;
+use sandvisor_actors::host::cgroup::{Limits, CPU_PERIOD_US};
 use sandvisor_actors::lifecycle::HostId;
 use sandvisor_actors::log::tap::TapConfig;
 use sandvisor_actors::protocol::{
@@ -38,8 +38,6 @@ pub const TMPFS_BYTES: u64 = 64 << 20;
 /// The open-files limit of every session: Docker's (what programs written
 /// for containers expect).
 pub const NOFILE: u64 = 1 << 20;
-/// The CFS period the CPU limit's quota is a share of, in microseconds.
-const CPU_PERIOD_US: f64 = 100_000.0;
 
 /// The limits a runtime gives sandboxes that leave theirs at
 /// [`Limit::Default`].
@@ -144,6 +142,7 @@ pub(super) fn sandbox_spec(config: &SandboxConfig, context: RunContext<'_>) -> R
             limits: Limits {
                 memory_bytes: config.memory.resolve(context.defaults.memory),
                 pids: config.pids.resolve(context.defaults.pids),
+                cpu_quota_us: config.cpus.map(cpu_quota_us),
             },
             cgroup_id: format!("{}-{}-{}", config.name, context.host.pid, context.run),
         },
@@ -163,7 +162,7 @@ pub(super) fn sandbox_spec(config: &SandboxConfig, context: RunContext<'_>) -> R
 /// The CFS quota of `cpus` CPUs per [`CPU_PERIOD_US`] (validated: at least
 /// 1,000 µs, far below `u64::MAX`).
 fn cpu_quota_us(cpus: f64) -> u64 {
-    (cpus * CPU_PERIOD_US).round() as u64
+    (cpus * CPU_PERIOD_US as f64).round() as u64
 }
 
 /// The root filesystem to stage: none for a privileged sandbox without a

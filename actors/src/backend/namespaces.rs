@@ -557,6 +557,12 @@ impl Agent for NamespaceAgent {
         Box::pin(self.pidfd.exited())
     }
 
+    fn oom_killed(&self) -> bool {
+        self._cgroup
+            .as_ref()
+            .is_some_and(|group| group.oom_kills() > 0)
+    }
+
     fn kill(&self, main_pid: Option<u32>) -> std::io::Result<()> {
         let sigkill = nix::sys::signal::Signal::SIGKILL;
         if !self.pid_namespace {

@@ -129,7 +129,11 @@ impl AgentLinkState {
 
     fn end_if_gone(&mut self) {
         if self.agent_gone && !self.ended {
-            if let Some(event) = self.ending.take() {
+            if let Some(mut event) = self.ending.take() {
+                // Read now: every process is gone, so the count is final.
+                if let VmEvent::Exited { oom_killed, .. } = &mut event {
+                    *oom_killed = self.agent.as_ref().is_some_and(|agent| agent.oom_killed());
+                }
                 self.ended = true;
                 self.emit(event);
             }
@@ -216,7 +220,11 @@ impl AgentLinkState {
             Frame::Exited {
                 session: 1,
                 status: ExitStatus { code, signal },
-            } => self.end(VmEvent::Exited { code, signal }),
+            } => self.end(VmEvent::Exited {
+                code,
+                signal,
+                oom_killed: false,
+            }),
             other => tracing::debug!(?other, "unexpected frame from the agent"),
         }
     }
