@@ -100,12 +100,15 @@ fn mount(source: &Path, target: &str) -> Mount {
     }
 }
 
+/// A change to a config.
+type Edit = Box<dyn Fn(&mut SandboxConfig)>;
+
 #[tokio::test]
 async fn bad_isolation_settings_are_refused_naming_the_field_before_anything_is_created() {
     let (tmp, file, dir) = paths();
     let bad_json = tmp.path().join("bad.json");
     std::fs::write(&bad_json, "{ not json").unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut SandboxConfig)>)> = vec![
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "cap_add[1]",
             Box::new(|c| c.cap_add = vec!["NET_ADMIN".into(), "NOT_A_CAP".into()]),
@@ -266,11 +269,11 @@ async fn a_default_run_is_fully_confined_and_limited() {
         .seccomp
         .as_ref()
         .is_some_and(|bpf| !bpf.is_empty() && bpf.len() % 8 == 0));
-    let rlimit = |resource| {
+    let rlimit = |resource: u32| {
         confine
             .rlimits
             .iter()
-            .find(|r| r.resource == resource as u32)
+            .find(|r| r.resource == resource)
             .map(|r| (r.soft, r.hard))
     };
     assert_eq!(rlimit(libc::RLIMIT_CORE), Some((0, 0)));

@@ -213,12 +213,12 @@ fn confinement(config: &SandboxConfig) -> Result<Option<Confinement>> {
         seccomp,
         rlimits: vec![
             Rlimit {
-                resource: libc::RLIMIT_CORE as u32,
+                resource: libc::RLIMIT_CORE,
                 soft: 0,
                 hard: 0,
             },
             Rlimit {
-                resource: libc::RLIMIT_NOFILE as u32,
+                resource: libc::RLIMIT_NOFILE,
                 soft: NOFILE,
                 hard: NOFILE,
             },

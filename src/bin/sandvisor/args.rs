@@ -31,7 +31,7 @@ pub(crate) enum Command {
     #[command(
         after_help = "Examples:\n  sandvisor run -- echo hello\n  sandvisor run --name build -e CI=1 -w /tmp -- make -C /src\n  sandvisor run -it -- sh\n  sandvisor run -d --name worker --memory 256M --stop-timeout 30s -- ./worker"
     )]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run a command in a running sandbox; exits with its exit code.
     #[command(
         after_help = "Examples:\n  sandvisor exec worker -- ps aux\n  sandvisor exec -it worker -- sh\n  echo data | sandvisor exec -i worker -- wc -c"
