@@ -6,13 +6,14 @@
 //! child may run any code; it still only makes system calls), in this order:
 //! 1. resource limits (a hard limit above the host's is lowered to it: only
 //!    the host's root may raise one);
-//! 2. supplementary groups cleared (where the user namespace allows it),
+//! 2. the bounding set cut to the kept capabilities, the ambient set
+//!    cleared;
+//! 3. supplementary groups cleared (where the user namespace allows it),
 //!    then group and user — switching away from root clears the permitted
-//!    and effective capabilities, as the kernel does for any setuid;
-//! 3. the bounding set cut to the kept capabilities, the ambient set
-//!    cleared, then the permitted and effective sets cut to the kept ones
-//!    and the inheritable set emptied (so no capability comes back at exec,
-//!    whatever file capabilities the command has);
+//!    and effective capabilities, as the kernel does for any setuid — then
+//!    the permitted and effective sets cut to the kept ones and the
+//!    inheritable set emptied (so no capability comes back at exec, whatever
+//!    file capabilities the command has);
 //! 4. `no_new_privs` (setuid bits and file capabilities grant nothing);
 //! 5. the seccomp filter, last: the steps before it are not filtered, and
 //!    the filter allows `execve`.
@@ -105,6 +106,18 @@ pub(super) fn apply(prepared: &Prepared, user: Option<Ids>) -> io::Result<()> {
             check(unsafe { libc::setrlimit(limit.resource as _, &value) })?;
         }
     }
+    let keep = prepared.confine.capabilities;
+    let kept = |cap: &Capability| cap.index() < 64 && keep & (1 << cap.index()) != 0;
+    for cap in caps::all().iter().filter(|cap| !kept(cap)) {
+        // EINVAL: a capability this kernel does not have.
+        match caps::drop(None, CapSet::Bounding, *cap) {
+            Err(_) if u32::from(cap.index()) > prepared.last_cap => {}
+            other => other.map_err(caps_error)?,
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(caps_error)?;
+    // After the bounding set (dropping from it takes CAP_SETPCAP, which a
+    // switch away from root loses).
     if let Some(ids) = user {
         // Denied in a user namespace whose setgroups is "deny"; there the
         // process has no supplementary groups to drop anyway.
@@ -117,16 +130,6 @@ pub(super) fn apply(prepared: &Prepared, user: Option<Ids>) -> io::Result<()> {
         check(unsafe { libc::setresgid(ids.gid, ids.gid, ids.gid) })?;
         check(unsafe { libc::setresuid(ids.uid, ids.uid, ids.uid) })?;
     }
-    let keep = prepared.confine.capabilities;
-    let kept = |cap: &Capability| cap.index() < 64 && keep & (1 << cap.index()) != 0;
-    for cap in caps::all().iter().filter(|cap| !kept(cap)) {
-        // EINVAL: a capability this kernel does not have.
-        match caps::drop(None, CapSet::Bounding, *cap) {
-            Err(_) if u32::from(cap.index()) > prepared.last_cap => {}
-            other => other.map_err(caps_error)?,
-        }
-    }
-    caps::clear(None, CapSet::Ambient).map_err(caps_error)?;
     // Effective first: it must stay within permitted at every step.
     for set in [CapSet::Effective, CapSet::Permitted] {
         let now = caps::read(None, set).map_err(caps_error)?;
@@ -157,6 +160,11 @@ pub(super) fn apply(prepared: &Prepared, user: Option<Ids>) -> io::Result<()> {
     Ok(())
 }
 
-fn caps_error(err: caps::errors::CapsError) -> io::Error {
-    io::Error::new(io::ErrorKind::PermissionDenied, err.to_string())
+/// The OS error behind a `caps` failure: the standard library reports a
+/// pre-exec failure to the agent by its errno alone.
+fn caps_error(_: caps::errors::CapsError) -> io::Error {
+    match io::Error::last_os_error() {
+        err if err.raw_os_error().is_some_and(|e| e != 0) => err,
+        _ => io::Error::from_raw_os_error(libc::EPERM),
+    }
 }

@@ -125,14 +125,27 @@ pub(super) fn stage(plan: &RootPlan, userns: Option<(IdRange, &OwnedFd)>) -> Res
     tmpfs("dev", "755", 1 << 20, MsFlags::MS_NOEXEC)?;
     dev(&root_fd, owner)?;
     tmpfs("dev/shm", "1777", plan.tmpfs_bytes, MsFlags::MS_NOEXEC)?;
+    // A read-only rootfs is never written: its volumes' targets must exist.
+    let create = !(plan.read_only && plan.rootfs.is_some());
     for (i, volume) in plan.mounts.iter().enumerate() {
-        bind_volume(&root_fd, volume, owner).map_err(|e| {
+        bind_volume(&root_fd, volume, owner, create).map_err(|e| {
             boot_error(
                 BootStage::Mount,
                 e,
                 &format!("mounts[{i}] {}", volume.target),
             )
         })?;
+    }
+    if plan.read_only && plan.rootfs.is_none() {
+        // Only now: the volumes' mount points were made in the skeleton.
+        mount(
+            None::<&str>,
+            &root,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| boot_error(BootStage::Mount, e, "make the root read-only"))?;
     }
     // Last, since it hides the host's `/tmp` (which may hold the home).
     mount(
@@ -232,11 +245,6 @@ fn host_base(layers: &Layers<'_>, dir: &Path, root: &Path) -> Result<(), BootErr
             dirs.push((host, name));
         }
     }
-    let flags = if layers.read_only {
-        MsFlags::MS_RDONLY
-    } else {
-        MsFlags::empty()
-    };
     mount(
         Some(&skeleton),
         root,
@@ -249,7 +257,7 @@ fn host_base(layers: &Layers<'_>, dir: &Path, root: &Path) -> Result<(), BootErr
         None::<&str>,
         root,
         None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV | flags,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV,
         None::<&str>,
     )
     .map_err(|e| boot_error(BootStage::Mount, e, "make the root layer nodev"))?;
@@ -318,7 +326,7 @@ fn dev(root: &OwnedFd, owner: u32) -> Result<(), BootError> {
 }
 
 /// Binds `volume`'s host source at its target inside the root.
-fn bind_volume(root: &OwnedFd, volume: &BindMount, owner: u32) -> Result<(), Errno> {
+fn bind_volume(root: &OwnedFd, volume: &BindMount, owner: u32, create: bool) -> Result<(), Errno> {
     let source = Path::new(&volume.source);
     let kind = if source.is_dir() {
         Kind::Dir
@@ -341,7 +349,7 @@ fn bind_volume(root: &OwnedFd, volume: &BindMount, owner: u32) -> Result<(), Err
     }
     set_attrs(&tree, attrs, None, true)?;
     let target = volume.target.trim_start_matches('/');
-    let at = inside(root, target, kind, true, owner).map_err(|e| Errno::from_raw(e.errno))?;
+    let at = inside(root, target, kind, create, owner).map_err(|e| Errno::from_raw(e.errno))?;
     attach(&tree, &at)
 }
 
