@@ -47,7 +47,7 @@ const DEV_REQUIRED: &[&str] = &[
 /// base, busybox ash in the busybox root).
 const PRELUDE: &str = r#"
 flat() { tr '\n' '|'; }
-val() { k=$1; shift; printf '%s=%s\n' "$k" "$("$@" 2>&1 | flat)"; }
+val() { k=$1; shift; o=$("$@" 2>&1); printf '%s=%s\n' "$k" "$(printf '%s' "$o" | flat)"; }
 try() { k=$1; shift; o=$("$@" 2>&1); c=$?; printf '%s.rc=%s\n%s.out=%s\n' "$k" "$c" "$k" "$(printf '%s' "$o" | flat)"; }
 "#;
 
@@ -108,9 +108,10 @@ impl Cli {
             .cloned()
     }
 
+    /// `inspect`'s object for `name`; `Null` when there is none.
     fn inspect(&self, name: &str) -> Value {
-        let all: Value = serde_json::from_str(&self.ok(&["inspect", name])).unwrap();
-        all[0].clone()
+        let out = self.run(&["inspect", name]);
+        serde_json::from_slice::<Value>(&out.stdout).map_or(Value::Null, |all| all[0].clone())
     }
 
     /// Polls `ps` until `name` has `status`; on failure says what was seen
@@ -977,14 +978,14 @@ try sys_kernel rewrite /sys/kernel/profiling
 for f in kcore keys timer_list sched_debug latency_stats timer_stats interrupts; do val read_$f sh -c "head -c 64 /proc/$f 2>/dev/null | wc -c"; done
 for d in acpi scsi asound; do val ls_$d sh -c "ls -A /proc/$d 2>/dev/null"; done
 val proc_mount sh -c "grep ' /proc proc ' /proc/self/mounts | head -1"
-try umount_proc umount /proc
-try umount_proc_lazy umount -l /proc
 val pid1 sh -c "tr '\0' ' ' < /proc/1/cmdline"
-try remount_sys mount -o remount,rw /sys
-try touch_sys touch /sys/x
 val sys_mount sh -c "grep ' /sys sysfs ' /proc/self/mounts | head -1"
 val firmware sh -c "ls -A /sys/firmware 2>/dev/null"
 val powercap sh -c "ls -A /sys/devices/virtual/powercap 2>/dev/null"
+try remount_sys mount -o remount,rw /sys
+try touch_sys touch /sys/x
+try umount_proc umount /proc
+try umount_proc_lazy umount -l /proc
 rm -f /tmp/rewrite.$$
 "#,
         );
@@ -1148,6 +1149,11 @@ def call(nr, *args):
     return r, ctypes.get_errno()
 r, e = call(101, 16, 1, 0, 0)
 print("ptrace=%d" % r)
+if r == 0:
+    # Attached: the attach stopped PID 1; let it go again.
+    os.waitpid(1, 0x40000000)
+    call(101, 17, 1, 0, 0)
+    os.kill(1, 18)
 r, e = call(434, 1, 0)
 got = 0
 if r >= 0:
@@ -1427,7 +1433,7 @@ fn the_environment_and_descriptors_are_only_what_was_asked() {
         command.env("SANDVISOR_PROBE_HOST_SECRET", &leak);
         let script = format!(
             "{PRELUDE}\nval env sh -c \"tr '\\0' '\\n' < /proc/$$/environ | cut -d= -f1 | sort\"\n\
-             val fds ls /proc/self/fd\nval shell_fds ls /proc/$$/fd\nval leak sh -c 'env | grep -c {leak}'"
+             val fds ls /proc/self/fd\nval leak sh -c 'env | grep -c {leak}'"
         );
         let mut args = vec!["run", "--name", &name, "-e", "ASKED=1"];
         args.extend(target.args());
@@ -1452,12 +1458,6 @@ fn the_environment_and_descriptors_are_only_what_was_asked() {
             &probe,
             fds.iter().all(|fd| ["0", "1", "2", "3"].contains(fd)),
             format_args!("descriptors beyond 0 1 2 (and ls's own): {fds:?}"),
-        );
-        let shell_fds = probe.lines("shell_fds");
-        verdict.check(
-            &probe,
-            shell_fds == ["0", "1", "2"],
-            format_args!("the command started with descriptors beyond 0 1 2: {shell_fds:?}"),
         );
     }
     verdict.finish();
@@ -1587,7 +1587,7 @@ fn exec_and_terminal_sessions_are_confined_like_the_main_one() {
                     "{STATUS_SCRIPT}\nval view sh -c '{same_root}'\nval main_view cat /tmp/main-view\n\
                      val main_status cat /tmp/main-status\nval tty tty\n\
                      val env sh -c \"tr '\\0' '\\n' < /proc/$$/environ | cut -d= -f1 | sort\"\n\
-                     val shell_fds ls /proc/$$/fd"
+                     val fds ls /proc/self/fd"
                 ),
             );
             check_confinement(&mut verdict, &probe);
@@ -1634,10 +1634,13 @@ fn exec_and_terminal_sessions_are_confined_like_the_main_one() {
             if extra.is_empty() {
                 verdict.check(
                     &probe,
-                    probe.lines("shell_fds") == ["0", "1", "2"],
+                    probe
+                        .lines("fds")
+                        .iter()
+                        .all(|fd| ["0", "1", "2", "3"].contains(fd)),
                     format_args!(
-                        "the session has descriptors beyond 0 1 2: {:?}",
-                        probe.val("shell_fds")
+                        "the session has descriptors beyond 0 1 2 (and ls's own): {:?}",
+                        probe.val("fds")
                     ),
                 );
             } else {
