@@ -4,6 +4,7 @@
 //!   them, wait for them; lifecycle state in SQLite ([`store`]).
 //! - [`logs`]: read a sandbox's logs once or as a live, resumable stream.
 //! - [`home`]: where state lives and which sandbox names are valid.
+//! - [`isolation`]: capability sets and the seccomp filter ([`Seccomp`]).
 //! - [`testing`]: actor message probes, to test code that drives sandvisor.
 //! - [`engine`]: the actors themselves (relay tap, tailers, subscribers, the
 //!   watch hub) and their messages, for embedding and for actor message probes.
@@ -14,6 +15,7 @@ pub mod control;
 pub mod error;
 pub mod exec;
 pub mod home;
+pub mod isolation;
 pub mod logs;
 pub mod runtime;
 pub mod store;
@@ -27,6 +29,7 @@ pub use logs::{
 
 pub use config::{Isolation, LogConfig, SandboxConfig};
 pub use exec::{ExecConfig, ExecHandle, ExecOutput, ExecStatus};
+pub use isolation::seccomp::Seccomp;
 pub use runtime::{Sandbox, SandboxHandle, SandboxStopResult, Sandvisor, SandvisorBuilder};
 pub use sandvisor_actors::events::{EscalationStep, EventEnvelope, SandboxEvent};
 pub use sandvisor_actors::lifecycle::{SandboxStatus, TerminationReason};

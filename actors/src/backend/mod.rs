@@ -108,6 +108,13 @@ pub trait Agent: Debug + Send + Sync + 'static {
     /// The OS error of the signal; an agent that has already exited is not
     /// an error.
     fn kill(&self, main_pid: Option<u32>) -> std::io::Result<()>;
+
+    /// Whether the kernel's OOM killer killed any process of the sandbox
+    /// during this run (read once the run has ended). Backends without
+    /// memory accounting say `false`.
+    fn oom_killed(&self) -> bool {
+        false
+    }
 }
 
 /// Starts sandboxes' agents. Object-safe: the runtime holds an

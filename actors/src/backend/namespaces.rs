@@ -345,7 +345,10 @@ fn start_process(
         &host,
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
     )?;
+    // Nothing of the host's environment reaches PID 1 of a sandbox, where
+    // the sandbox could read it.
     let child = tokio::process::Command::new(agent)
+        .env_clear()
         .stdin(Stdio::from(spawner))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -555,6 +558,12 @@ impl Agent for NamespaceAgent {
 
     fn exited(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.pidfd.exited())
+    }
+
+    fn oom_killed(&self) -> bool {
+        self._cgroup
+            .as_ref()
+            .is_some_and(|group| group.oom_kills() > 0)
     }
 
     fn kill(&self, main_pid: Option<u32>) -> std::io::Result<()> {

@@ -3,8 +3,14 @@
 //! The agent is moved into the sandbox's cgroup before it is told to start,
 //! so everything it forks (PID 1, the main command, their children) is
 //! accounted and limited there. cgroup v2 (a unified hierarchy) is used when
-//! the host has one; otherwise the v1 `memory` and `pids` hierarchies.
-//! The groups are removed when the run has ended (they are empty by then).
+//! the host has one; otherwise the v1 `memory`, `pids` and `cpu`
+//! hierarchies. The groups are removed when the run has ended (they are
+//! empty by then).
+//! - CPU: a quota of `cpu_quota_us` per [`CPU_PERIOD_US`] (`cpus 1.5` is
+//!   150,000 µs every 100,000 µs), `cpu.max` (v2) or
+//!   `cpu.cfs_quota_us` / `cpu.cfs_period_us` (v1).
+//! - OOM kills inside the group are counted by the kernel
+//!   ([`Cgroup::oom_kills`]), so the run's end can say it ran out of memory.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -16,14 +22,34 @@ pub struct Limits {
     pub memory_bytes: Option<u64>,
     /// Most processes (and threads) at once.
     pub pids: Option<u64>,
+    /// CPU time allowed per [`CPU_PERIOD_US`], in microseconds.
+    pub cpu_quota_us: Option<u64>,
 }
 
 impl Limits {
     /// Whether any limit is set.
     pub fn any(&self) -> bool {
-        self.memory_bytes.is_some() || self.pids.is_some()
+        self.memory_bytes.is_some() || self.pids.is_some() || self.cpu_quota_us.is_some()
     }
 }
+
+/// The CPU quota's period: 100 ms, the kernel's default.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// The quota for `cpus` CPUs (`1.5` → 150,000 µs per period), at least the
+/// kernel's minimum of 1 ms; `None` for a value that is not a positive
+/// finite number.
+pub fn cpu_quota_us(cpus: f64) -> Option<u64> {
+    if !cpus.is_finite() || cpus <= 0.0 {
+        return None;
+    }
+    // Rounded to whole microseconds; the float-to-int cast saturates.
+    let quota = (cpus * CPU_PERIOD_US as f64).round() as u64;
+    Some(quota.max(MIN_CPU_QUOTA_US))
+}
+
+/// The smallest quota the kernel accepts.
+const MIN_CPU_QUOTA_US: u64 = 1_000;
 
 const ROOT: &str = "/sys/fs/cgroup";
 const PARENT: &str = "sandvisor";
@@ -32,6 +58,10 @@ const PARENT: &str = "sandvisor";
 #[derive(Debug)]
 pub struct Cgroup {
     dirs: Vec<PathBuf>,
+    /// The file whose `oom_kill` line counts the group's OOM kills
+    /// (`memory.events` in v2, `memory.oom_control` in v1), when the memory
+    /// controller is on.
+    oom_counter: Option<PathBuf>,
 }
 
 impl Cgroup {
@@ -41,7 +71,10 @@ impl Cgroup {
     }
 
     fn create_under(root: &Path, id: &str, limits: Limits) -> io::Result<Self> {
-        let mut group = Self { dirs: Vec::new() };
+        let mut group = Self {
+            dirs: Vec::new(),
+            oom_counter: None,
+        };
         let result = if root.join("cgroup.controllers").exists() {
             group.create_v2(root, id, limits)
         } else {
@@ -61,6 +94,9 @@ impl Cgroup {
         if limits.pids.is_some() {
             wanted.push("+pids");
         }
+        if limits.cpu_quota_us.is_some() {
+            wanted.push("+cpu");
+        }
         for level in [root, parent.as_path()] {
             std::fs::write(level.join("cgroup.subtree_control"), wanted.join(" "))?;
         }
@@ -71,9 +107,13 @@ impl Cgroup {
             std::fs::write(dir.join("memory.max"), bytes.to_string())?;
             // Swap would let the tree pass its limit quietly.
             let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+            self.oom_counter = Some(dir.join("memory.events"));
         }
         if let Some(pids) = limits.pids {
             std::fs::write(dir.join("pids.max"), pids.to_string())?;
+        }
+        if let Some(quota) = limits.cpu_quota_us {
+            std::fs::write(dir.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}"))?;
         }
         Ok(())
     }
@@ -82,6 +122,7 @@ impl Cgroup {
         let controllers = [
             ("memory", "memory.limit_in_bytes", limits.memory_bytes),
             ("pids", "pids.max", limits.pids),
+            ("cpu", "cpu.cfs_quota_us", limits.cpu_quota_us),
         ];
         for (controller, file, limit) in controllers {
             let Some(limit) = limit else { continue };
@@ -98,9 +139,35 @@ impl Cgroup {
             let dir = hierarchy.join(PARENT).join(id);
             std::fs::create_dir_all(&dir)?;
             self.dirs.push(dir.clone());
+            match controller {
+                // The period first: the quota is checked against it.
+                "cpu" => std::fs::write(dir.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())?,
+                "memory" => self.oom_counter = Some(dir.join("memory.oom_control")),
+                _ => {}
+            }
             std::fs::write(dir.join(file), limit.to_string())?;
         }
         Ok(())
+    }
+
+    /// The directories of the group, one per hierarchy.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// How many processes the kernel's OOM killer has killed in the group
+    /// (0 without a memory limit, or when the count cannot be read).
+    pub fn oom_kills(&self) -> u64 {
+        let Some(file) = &self.oom_counter else {
+            return 0;
+        };
+        let Ok(text) = std::fs::read_to_string(file) else {
+            return 0;
+        };
+        text.lines()
+            .filter_map(|line| line.strip_prefix("oom_kill "))
+            .find_map(|count| count.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// Moves process `pid` (and its future children) into the group.

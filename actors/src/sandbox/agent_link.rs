@@ -30,7 +30,7 @@ use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::capture::read_frames;
 use super::session::Routes;
@@ -61,8 +61,9 @@ pub struct AgentLink;
 /// Its state: the write half of the socket and what the agent reported.
 pub struct AgentLinkState {
     spec: VmSpec,
-    /// `None` when the agent could not be started (reported as a boot failure).
-    writer: Option<OwnedWriteHalf>,
+    /// Frames for the writer task; `None` when the agent could not be
+    /// started (reported as a boot failure) or stopped reading.
+    writer: Option<mpsc::Sender<Vec<u8>>>,
     events: DerivedActorRef<VmEvent>,
     /// The agent, once started.
     agent: Option<Arc<dyn Agent>>,
@@ -75,6 +76,9 @@ pub struct AgentLinkState {
     agent_gone: bool,
     reader: Option<JoinHandle<()>>,
     waiter: Option<JoinHandle<()>>,
+    /// Writes queued frames to the socket, so that an agent that stops
+    /// reading never blocks this actor (and its kill from the host).
+    write_task: Option<JoinHandle<()>>,
     routes: Routes,
     pending_exec: HashMap<u64, ExecReply>,
     /// Stdin on its way to each session, within the agent's window.
@@ -89,11 +93,31 @@ struct Boot {
     tap: watch::Receiver<ActorRef<RelayTapMsg>>,
 }
 
+/// Frames queued for the agent at most: far more than a well-behaved agent
+/// ever leaves unread (stdin is bounded by its window, the rest are small
+/// control frames).
+const WRITE_QUEUE: usize = 1024;
+
+/// Writes each queued frame in order until the queue closes or the socket
+/// breaks (the agent is gone; its exit is reported separately).
+async fn write_frames(mut writer: OwnedWriteHalf, mut frames: mpsc::Receiver<Vec<u8>>) {
+    while let Some(frame) = frames.recv().await {
+        if let Err(err) = writer.write_all(&frame).await {
+            tracing::debug!(%err, "frame not delivered to the agent");
+            return;
+        }
+    }
+}
+
 impl Drop for AgentLinkState {
     fn drop(&mut self) {
-        for task in [self.reader.take(), self.waiter.take()]
-            .into_iter()
-            .flatten()
+        for task in [
+            self.reader.take(),
+            self.waiter.take(),
+            self.write_task.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             task.abort();
         }
@@ -129,7 +153,11 @@ impl AgentLinkState {
 
     fn end_if_gone(&mut self) {
         if self.agent_gone && !self.ended {
-            if let Some(event) = self.ending.take() {
+            if let Some(mut event) = self.ending.take() {
+                // Read now: every process is gone, so the count is final.
+                if let VmEvent::Exited { oom_killed, .. } = &mut event {
+                    *oom_killed = self.agent.as_ref().is_some_and(|agent| agent.oom_killed());
+                }
                 self.ended = true;
                 self.emit(event);
             }
@@ -140,13 +168,27 @@ impl AgentLinkState {
         self.send_frame(&Frame::Signal { target, signo }).await;
     }
 
+    /// Queues `frame` for the agent. The agent is untrusted: one that lets
+    /// [`WRITE_QUEUE`] frames pile up has stopped reading, and is ended from
+    /// the host.
     async fn send_frame(&mut self, frame: &Frame) {
+        let Some(queue) = &self.writer else {
+            return;
+        };
         let mut buf = Vec::new();
         frame.encode(&mut buf);
-        if let Some(writer) = self.writer.as_mut() {
-            if let Err(err) = writer.write_all(&buf).await {
-                // The agent is gone or going; its exit is reported separately.
-                tracing::debug!(%err, "frame not delivered to the agent");
+        match queue.try_send(buf) {
+            // Closed: the agent is gone or going; its exit is reported
+            // separately.
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.writer = None;
+                self.kill_from_host();
+                self.end(VmEvent::Lost {
+                    reason: format!(
+                        "the agent stopped reading from the host ({WRITE_QUEUE} frames unsent)"
+                    ),
+                });
             }
         }
     }
@@ -216,7 +258,11 @@ impl AgentLinkState {
             Frame::Exited {
                 session: 1,
                 status: ExitStatus { code, signal },
-            } => self.end(VmEvent::Exited { code, signal }),
+            } => self.end(VmEvent::Exited {
+                code,
+                signal,
+                oom_killed: false,
+            }),
             other => tracing::debug!(?other, "unexpected frame from the agent"),
         }
     }
@@ -274,6 +320,7 @@ impl Actor for AgentLink {
             agent_gone: false,
             reader: None,
             waiter: None,
+            write_task: None,
             routes: Routes::default(),
             pending_exec: HashMap::new(),
             stdin: HashMap::new(),
@@ -325,7 +372,9 @@ impl Actor for AgentLink {
             });
             return Ok(());
         }
-        state.writer = Some(writer);
+        let (queue, frames) = mpsc::channel(WRITE_QUEUE);
+        state.writer = Some(queue);
+        state.write_task = Some(tokio::spawn(write_frames(writer, frames)));
         state.reader = Some(tokio::spawn(read_frames(
             read,
             myself.clone(),

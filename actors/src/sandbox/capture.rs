@@ -71,7 +71,13 @@ pub async fn read_frames(
                         source,
                         data: data.clone(),
                     };
-                    routes.send(session, item);
+                    // The agent is not trusted to name sessions: output for
+                    // one the host is not running is a protocol error.
+                    if !routes.send(session, item) {
+                        break Some(format!(
+                            "agent protocol error: output for session {session}, which is not running"
+                        ));
+                    }
                 }
                 pending.push(Chunk {
                     session_id: session,

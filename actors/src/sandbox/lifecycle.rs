@@ -89,6 +89,9 @@ pub enum TerminationReason {
     Killed,
     /// sandvisor lost track of it (host or agent died).
     InternalError,
+    /// The kernel's OOM killer killed a process of the sandbox (its memory
+    /// limit was reached) and the main command did not complete.
+    OutOfMemory,
 }
 
 impl TerminationReason {
@@ -102,6 +105,7 @@ impl TerminationReason {
             Self::DrainRequested => "DrainRequested",
             Self::Killed => "Killed",
             Self::InternalError => "InternalError",
+            Self::OutOfMemory => "OutOfMemory",
         }
     }
 }
@@ -124,6 +128,7 @@ impl FromStr for TerminationReason {
             Self::DrainRequested,
             Self::Killed,
             Self::InternalError,
+            Self::OutOfMemory,
         ]
         .into_iter()
         .find(|reason| reason.as_str() == s)

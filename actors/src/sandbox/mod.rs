@@ -253,6 +253,9 @@ pub enum VmEvent {
         code: Option<i32>,
         /// Signal, if one killed it.
         signal: Option<i32>,
+        /// The OOM killer killed a process of the sandbox during the run
+        /// ([`Agent::oom_killed`](crate::backend::Agent::oom_killed)).
+        oom_killed: bool,
     },
     /// An exec session's process started.
     SessionStarted {

@@ -29,11 +29,16 @@ impl Routes {
         self.lock().remove(&session)
     }
 
-    /// Sends `item` to `session`'s caller, if it has a route.
-    pub fn send(&self, session: u64, item: ExecItem) {
-        if let Some(route) = self.lock().get(&session) {
-            // The caller may have dropped its handle; the log keeps it.
-            let _ = route.send(item);
+    /// Sends `item` to `session`'s caller; whether `session` has a route
+    /// (a session the host never started, or that ended, has none).
+    pub fn send(&self, session: u64, item: ExecItem) -> bool {
+        match self.lock().get(&session) {
+            Some(route) => {
+                // The caller may have dropped its handle; the log keeps it.
+                let _ = route.send(item);
+                true
+            }
+            None => false,
         }
     }
 

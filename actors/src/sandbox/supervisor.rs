@@ -426,7 +426,15 @@ impl SupervisorState {
                 errno,
                 message,
             })),
-            VmEvent::Exited { code, signal } => Some(Input::Exited { code, signal }),
+            VmEvent::Exited {
+                code,
+                signal,
+                oom_killed,
+            } => Some(Input::Exited {
+                code,
+                signal,
+                oom_killed,
+            }),
             VmEvent::Lost { reason } => Some(Input::Lost(reason)),
         }
     }

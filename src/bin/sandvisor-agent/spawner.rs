@@ -16,6 +16,9 @@ use nix::errno::Errno;
 use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::sys::socket::MsgFlags;
 use sandvisor_actors::protocol::spawn::{self, Reply, Request, MAX_REQUEST, SPAWNER_FD};
+use sandvisor_actors::protocol::{BootError, SpawnPlan};
+
+use crate::agent::stage;
 
 /// Serves the channel on standard input until the host closes it.
 pub fn serve() -> ! {
@@ -47,24 +50,44 @@ pub fn serve() -> ! {
             }
         };
         let (id, outcome) = match (Request::decode(&bytes), socket) {
+            (Ok(request), Some(socket)) if stage::needed(&request.plan) => {
+                // A staging child answers for itself, once the agent exists.
+                match stage::fork(request, socket, channel) {
+                    Ok(()) => continue,
+                    Err((id, errno)) => (id, Err(errno)),
+                }
+            }
             (Ok(request), Some(socket)) => (request.id, fork_agent(request, socket)),
             (Ok(request), None) => (request.id, Err(Errno::EBADF)),
             (Err(Some(id)), _) => (id, Err(Errno::EINVAL)),
             // Not even an id to answer to.
             (Err(None), _) => continue,
         };
-        let (outcome, pidfd) = match outcome {
-            Ok((pid, pidfd)) => (Ok(pid), Some(pidfd)),
-            Err(errno) => (Err(errno as i32), None),
-        };
-        let reply = Reply { id, outcome }.encode();
-        let pidfd = pidfd.as_ref().map(AsFd::as_fd);
-        if let Err(errno) = spawn::send(channel, &reply, pidfd, MsgFlags::empty()) {
+        if let Err(errno) = answer(channel, id, outcome) {
             // The host is gone: its agents see their sockets close and end.
             eprintln!("sandvisor-agent: answering on the spawn channel: {errno}");
             exit_after_agents(0)
         }
     }
+}
+
+/// Answers request `id` with the agent's pid and pidfd, or the errno of the
+/// failure.
+///
+/// # Errors
+/// The errno of sending it: the host is gone.
+pub(crate) fn answer(
+    channel: BorrowedFd<'_>,
+    id: u64,
+    outcome: Result<(u32, OwnedFd), Errno>,
+) -> Result<(), Errno> {
+    let (outcome, pidfd) = match outcome {
+        Ok((pid, pidfd)) => (Ok(pid), Some(pidfd)),
+        Err(errno) => (Err(errno as i32), None),
+    };
+    let reply = Reply { id, outcome }.encode();
+    let pidfd = pidfd.as_ref().map(AsFd::as_fd);
+    spawn::send(channel, &reply, pidfd, MsgFlags::empty())
 }
 
 /// Leaves nothing of the host's to the agents and their commands: descriptors
@@ -119,26 +142,30 @@ fn fork_agent(request: Request, socket: OwnedFd) -> Result<(u32, OwnedFd), Errno
         other => other,
     };
     match forked? {
-        Forked::Child => become_agent(socket),
+        Forked::Child => become_agent(socket, request.plan, Ok(())),
         Forked::Parent { pid, pidfd } => Ok((pid, pidfd)),
     }
 }
 
 /// Which side of a fork this is.
 #[derive(Debug)]
-enum Forked {
+pub(crate) enum Forked {
     Child,
     Parent { pid: u32, pidfd: OwnedFd },
 }
 
 /// A fork by clone3 with `flags` (which hold CLONE_PIDFD).
-fn clone3_fork(flags: u64) -> Result<Forked, Errno> {
+pub(crate) fn clone3_fork(flags: u64) -> Result<Forked, Errno> {
     let mut pidfd: libc::c_int = -1;
     // SAFETY: clone_args is plain data; zero is "unset" for every field.
     let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
     args.flags = flags;
     args.pidfd = std::ptr::addr_of_mut!(pidfd) as u64;
-    args.exit_signal = libc::SIGCHLD as u64;
+    // A sibling (CLONE_PARENT) signals its parent as the caller does; clone3
+    // wants no exit signal of its own then.
+    if flags & libc::CLONE_PARENT as u64 == 0 {
+        args.exit_signal = libc::SIGCHLD as u64;
+    }
     // SAFETY: without CLONE_VM and with no stack given, clone3 is a fork: the
     // child gets a copy of this single-threaded process and returns here.
     let forked = unsafe {
@@ -184,8 +211,8 @@ fn forked_from(returned: libc::c_long, pidfd: libc::c_int) -> Result<Forked, Err
 }
 
 /// In a freshly forked child: drops what belongs to the spawner and runs the
-/// agent.
-fn become_agent(socket: OwnedFd) -> ! {
+/// agent, which reports `staged` (how the spawner's setup went) at `Start`.
+pub(crate) fn become_agent(socket: OwnedFd, plan: SpawnPlan, staged: Result<(), BootError>) -> ! {
     // SAFETY: SIG_DFL installs no handler; this process is single-threaded.
     // The agent reaps its own children.
     let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) };
@@ -200,7 +227,7 @@ fn become_agent(socket: OwnedFd) -> ! {
             unsafe { libc::close(SPAWNER_FD) };
         }
     }
-    crate::agent::run(UnixStream::from(socket))
+    crate::agent::run(UnixStream::from(socket), plan, staged)
 }
 
 #[cfg(test)]

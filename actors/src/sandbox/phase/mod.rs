@@ -120,6 +120,8 @@ pub enum Input {
         code: Option<i32>,
         /// Signal.
         signal: Option<i32>,
+        /// The OOM killer killed a process of the sandbox during the run.
+        oom_killed: bool,
     },
     /// The agent went away without reporting an exit.
     Lost(String),

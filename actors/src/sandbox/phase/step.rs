@@ -139,14 +139,25 @@ pub fn step(phase: &Phase, input: Input, cx: &Context) -> Step {
             );
             finish(phase, end, cx, Some(failure), actions)
         }
-        Input::Exited { code, signal } => {
-            let reason = phase.stop_reason().unwrap_or(if signal.is_some() {
-                TerminationReason::Signal
-            } else if code == Some(0) {
-                TerminationReason::Completed
-            } else {
-                TerminationReason::Failed
-            });
+        Input::Exited {
+            code,
+            signal,
+            oom_killed,
+        } => {
+            // A requested stop explains the end whatever else happened; an
+            // OOM kill explains any end but a successful one (a command that
+            // survived a child's OOM kill completed).
+            let reason = phase
+                .stop_reason()
+                .unwrap_or(if oom_killed && code != Some(0) {
+                    TerminationReason::OutOfMemory
+                } else if signal.is_some() {
+                    TerminationReason::Signal
+                } else if code == Some(0) {
+                    TerminationReason::Completed
+                } else {
+                    TerminationReason::Failed
+                });
             finish(
                 phase,
                 (SandboxStatus::Stopped, code, signal, reason),

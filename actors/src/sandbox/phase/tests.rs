@@ -70,6 +70,7 @@ fn start_then_exit_completes() {
             Input::Exited {
                 code: Some(0),
                 signal: None,
+                oom_killed: false,
             },
         ],
         &cx(now, 0),
@@ -91,9 +92,46 @@ fn exits_on_their_own_are_completed_failed_or_signal() {
         (Some(3), None, TerminationReason::Failed),
         (None, Some(11), TerminationReason::Signal),
     ] {
-        let (_, actions) = step(&running(), Input::Exited { code, signal }, &cx(now, 0));
+        let (_, actions) = step(
+            &running(),
+            Input::Exited {
+                code,
+                signal,
+                oom_killed: false,
+            },
+            &cx(now, 0),
+        );
         assert_eq!(ending(&actions).reason, reason);
     }
+}
+
+#[test]
+fn an_oom_kill_ends_the_run_out_of_memory_unless_it_completed_or_was_stopped() {
+    let now = Instant::now();
+    for (code, signal, reason) in [
+        (None, Some(libc::SIGKILL), TerminationReason::OutOfMemory),
+        (Some(137), None, TerminationReason::OutOfMemory),
+        (Some(0), None, TerminationReason::Completed),
+    ] {
+        let exited = Input::Exited {
+            code,
+            signal,
+            oom_killed: true,
+        };
+        let (_, actions) = step(&running(), exited, &cx(now, 0));
+        assert_eq!(ending(&actions).reason, reason);
+    }
+    let (stopping, _) = step(&running(), Input::Stop(None), &cx(now, 0));
+    let exited = Input::Exited {
+        code: None,
+        signal: Some(libc::SIGKILL),
+        oom_killed: true,
+    };
+    let (_, actions) = step(&stopping, exited, &cx(now, 0));
+    assert_eq!(
+        ending(&actions).reason,
+        TerminationReason::ShutdownRequested
+    );
 }
 
 #[test]
@@ -134,6 +172,7 @@ fn stop_while_starting_is_carried_out_at_ready_with_the_shortest_timeout() {
         Input::Exited {
             code: None,
             signal: Some(libc::SIGTERM),
+            oom_killed: false,
         },
         &cx,
     );
@@ -161,6 +200,7 @@ fn stop_with_zero_timeout_while_starting_kills_without_a_status_change() {
         Input::Exited {
             code: None,
             signal: Some(9),
+            oom_killed: false,
         },
         &cx(now, 0),
     );
@@ -179,6 +219,7 @@ fn killed_before_ready_ends_as_a_boot_failure() {
             Input::Exited {
                 code: None,
                 signal: Some(9),
+                oom_killed: false,
             },
         ],
         &cx(now, 0),
@@ -432,6 +473,7 @@ fn drain_with_sessions_waits_then_stops_when_the_last_ends() {
         Input::Exited {
             code: Some(0),
             signal: None,
+            oom_killed: false,
         },
         &cx(now, 0),
     );
@@ -542,6 +584,7 @@ fn ended_ignores_everything() {
         Input::Exited {
             code: Some(0),
             signal: None,
+            oom_killed: false,
         },
         Input::KillTimedOut,
         Input::BootTimedOut,

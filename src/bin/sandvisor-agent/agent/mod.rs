@@ -22,10 +22,13 @@
 //! is the loop over them. Imports go one way (`relay` → `session` → `host`;
 //! `setup` stands alone): none of them uses this file.
 
+mod confine;
 mod host;
 mod relay;
+mod root;
 mod session;
 mod setup;
+pub(crate) mod stage;
 
 use std::os::unix::net::UnixStream;
 
@@ -34,14 +37,14 @@ use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
-use sandvisor_actors::protocol::{BootError, BootStage, Frame, StartSpec, MAIN_SESSION};
+use sandvisor_actors::protocol::{BootError, BootStage, Frame, SpawnPlan, StartSpec, MAIN_SESSION};
 
 use host::{read_start, send};
 use relay::kill_all;
 use setup::boot_error;
 
 /// Runs the agent on `sock` (the host's SAP socket); never returns.
-pub fn run(mut sock: UnixStream) -> ! {
+pub fn run(mut sock: UnixStream, plan: SpawnPlan, staged: Result<(), BootError>) -> ! {
     let (spec, inbox) = match read_start(&mut sock) {
         Ok(started) => started,
         Err(message) => {
@@ -49,7 +52,7 @@ pub fn run(mut sock: UnixStream) -> ! {
             std::process::exit(2);
         }
     };
-    if let Err(error) = setup::enter(&spec) {
+    if let Err(error) = setup::enter(&spec, &plan, staged) {
         boot_failed(&mut sock, error);
     }
     init(sock, spec, inbox)
@@ -63,7 +66,7 @@ fn boot_failed(sock: &mut UnixStream, error: BootError) -> ! {
 /// Starts the main command in the set-up sandbox, relays until it has
 /// ended, reports its exit and exits.
 fn init(mut sock: UnixStream, spec: StartSpec, inbox: BytesMut) -> ! {
-    let (mut child, terminal) = match session::spawn_session(&spec.run) {
+    let (mut child, terminal) = match session::spawn_session(&spec.run, spec.confine.as_ref()) {
         Ok(spawned) => spawned,
         Err(err) => {
             let errno = Errno::from_raw(err.raw_os_error().unwrap_or(0));

@@ -26,7 +26,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use sandvisor_actors::protocol::{
-    CommandSpec, ExecSpec, ExitStatus, Frame, OutputStream, StartSpec, MAIN_SESSION,
+    CommandSpec, Confinement, ExecSpec, ExitStatus, Frame, OutputStream, StartSpec, MAIN_SESSION,
 };
 
 use super::host::send;
@@ -70,8 +70,12 @@ pub(super) struct Agent<'a> {
 }
 
 /// Starts a session's leader on a new terminal (whose master is returned)
-/// or on pipes, in a process group of its own.
-pub(super) fn spawn_session(run: &CommandSpec) -> std::io::Result<(Child, Option<OwnedFd>)> {
+/// or on pipes, in a process group of its own, confined by `confine` (see
+/// [`confine`](super::confine)).
+pub(super) fn spawn_session(
+    run: &CommandSpec,
+    confine: Option<&Confinement>,
+) -> std::io::Result<(Child, Option<OwnedFd>)> {
     let mut command = Command::new(&run.command);
     command
         .args(&run.args)
@@ -94,6 +98,18 @@ pub(super) fn spawn_session(run: &CommandSpec) -> std::io::Result<(Child, Option
             .process_group(0);
         None
     };
+    if let (None, Some(ids)) = (confine, run.user) {
+        command.uid(ids.uid).gid(ids.gid);
+    }
+    if let Some(confine) = confine {
+        let prepared = super::confine::prepare(confine)?;
+        let user = run.user;
+        // SAFETY: the agent is single-threaded, so the forked child may run
+        // this; it only makes system calls on its own process.
+        unsafe {
+            command.pre_exec(move || super::confine::apply(&prepared, user));
+        }
+    }
     let spawned = command.spawn();
     // The terminal's slave ends, held by the command, close with it.
     drop(command);
@@ -140,7 +156,7 @@ impl Agent<'_> {
             self.exec_failed(&exec, &err);
             return;
         }
-        let (mut child, terminal) = match spawn_session(&exec.run) {
+        let (mut child, terminal) = match spawn_session(&exec.run, self.spec.confine.as_ref()) {
             Ok(spawned) => spawned,
             Err(err) => {
                 self.exec_failed(&exec, &err);

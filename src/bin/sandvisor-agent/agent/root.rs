@@ -1,0 +1,587 @@
+//! The sandbox's root filesystem, staged by the staging child (host root,
+//! in its own mount namespace; see [`super::stage`]) at `<fs dir>/root`,
+//! and bound at [`STAGED_AT`] for the agent.
+//!
+//! # Layout
+//! - With a rootfs: an overlay of the rootfs (read-only lower) and the
+//!   writable layer `<fs dir>/upper/root` (`work/root` its work directory).
+//! - Without one, the *host base*: the writable layer `upper/root` itself as
+//!   `/` (a skeleton: the mount points, and the host's links such as
+//!   `bin -> usr/bin`), with one overlay per host system directory (`/usr`,
+//!   `/etc`, `/lib*`, `/bin`, `/sbin` where they are directories) of that
+//!   directory and `upper/<dir>`. Host secrets in `/etc` are masked.
+//! - `read_only`: the same lowers (or the skeleton) bound read-only, no
+//!   writable layer.
+//! - Always: fresh tmpfs `/tmp`, `/run`, `/var/tmp`, `/dev` (nosuid, noexec,
+//!   nodev, with binds of the host's null, zero, full, random, urandom and
+//!   tty), `/dev/shm`; then the volumes.
+//!
+//! Lower layers are mounted id-mapped to the sandbox's user namespace, so
+//! files root owns on the host are root's inside (and nobody else's ids
+//! shift). Every writable mount is nodev: a device node made inside (with
+//! `CAP_MKNOD` and host ids) cannot be opened.
+//!
+//! Paths inside the root are resolved with `openat2(RESOLVE_IN_ROOT)`, so a
+//! symbolic link in a rootfs or made by the sandbox never leads a mount out
+//! of it; mounts then target the descriptor (`/proc/self/fd/N`).
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
+use sandvisor_actors::protocol::{BindMount, BootError, BootStage, IdRange, RootPlan};
+
+use super::setup::boot_error;
+use super::stage::{errno_of, fd_path, owned};
+
+/// Where the agent finds the staged root: the home (and so `<fs dir>`) is
+/// the host's root only, and the agent is root of its user namespace, not
+/// of the host — it could not reach `<fs dir>/root`. `/tmp` exists on every
+/// host and anyone may pass through it; the mount hides it only in the
+/// sandbox's mount namespace, which detaches all of the host's at
+/// `pivot_root`.
+pub(super) const STAGED_AT: &str = "/tmp";
+/// Host directories the host base shows (read-only lowers).
+const HOST_BASE: [&str; 8] = [
+    "usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32",
+];
+/// Mount points every root gets (created in the writable layer if missing).
+const MOUNT_POINTS: [&str; 6] = ["proc", "sys", "dev", "tmp", "run", "var/tmp"];
+/// More empty directories of the host base's skeleton.
+const SKELETON: [&str; 3] = ["root", "home", "mnt"];
+/// Host secrets under `/etc` the host base hides: files read empty, and
+/// directories show empty.
+const MASKED_ETC_FILES: [&str; 7] = [
+    "shadow",
+    "shadow-",
+    "gshadow",
+    "gshadow-",
+    "sudoers",
+    "security/opasswd",
+    "krb5.keytab",
+];
+const MASKED_ETC_DIRS: [&str; 3] = ["sudoers.d", "ssl/private", "ssh"];
+/// Host devices bound into `/dev`.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Stages `plan` at `<plan.dir>/root`; `userns` is the sandbox's user
+/// namespace (its ids, and a descriptor of it for id-mapped mounts).
+///
+/// # Errors
+/// The first step that failed, as the agent's boot error (stage `mount`, or
+/// `image` for what the rootfs lacks).
+pub(super) fn stage(plan: &RootPlan, userns: Option<(IdRange, &OwnedFd)>) -> Result<(), BootError> {
+    let dir = Path::new(&plan.dir);
+    let owner = userns.map_or(0, |(ids, _)| ids.first);
+    let mapping = userns.map(|(_, fd)| fd);
+    for path in std::iter::once(&plan.dir).chain(plan.rootfs.iter()) {
+        if path.contains([',', ':', '\\']) {
+            return Err(boot_error(
+                BootStage::Mount,
+                Errno::EINVAL,
+                &format!("{path}: a layer's path may not hold ',', ':' or '\\'"),
+            ));
+        }
+    }
+    make_dir(dir, 0o700, 0)?;
+    let root = dir.join("root");
+    make_dir(&root, 0o700, 0)?;
+    let layers = Layers {
+        upper: dir.join("upper"),
+        work: dir.join("work"),
+        owner,
+        mapping,
+        read_only: plan.read_only,
+    };
+    if !plan.read_only {
+        make_dir(&layers.upper, 0o700, 0)?;
+        make_dir(&layers.work, 0o700, 0)?;
+    }
+    match &plan.rootfs {
+        Some(rootfs) => layers.mount(Path::new(rootfs), "root", &root)?,
+        None => host_base(&layers, dir, &root)?,
+    }
+    let root_fd = open_path(&root, true)?;
+    for point in MOUNT_POINTS {
+        inside(&root_fd, point, Kind::Dir, !plan.read_only, owner)?;
+    }
+    let tmpfs = |target: &str, mode: &str, size: u64, extra: MsFlags| {
+        let at = inside(&root_fd, target, Kind::Dir, false, owner)?;
+        let data = format!("mode={mode},size={size},uid={owner},gid={owner}");
+        mount(
+            Some("tmpfs"),
+            fd_path(&at).as_str(),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | extra,
+            Some(data.as_str()),
+        )
+        .map_err(|e| boot_error(BootStage::Mount, e, &format!("mount a tmpfs at /{target}")))
+    };
+    tmpfs("tmp", "1777", plan.tmpfs_bytes, MsFlags::empty())?;
+    tmpfs("run", "755", plan.tmpfs_bytes, MsFlags::empty())?;
+    tmpfs("var/tmp", "1777", plan.tmpfs_bytes, MsFlags::empty())?;
+    tmpfs("dev", "755", 1 << 20, MsFlags::MS_NOEXEC)?;
+    dev(&root_fd, owner)?;
+    tmpfs("dev/shm", "1777", plan.tmpfs_bytes, MsFlags::MS_NOEXEC)?;
+    for (i, volume) in plan.mounts.iter().enumerate() {
+        bind_volume(&root_fd, volume, owner).map_err(|e| {
+            boot_error(
+                BootStage::Mount,
+                e,
+                &format!("mounts[{i}] {}", volume.target),
+            )
+        })?;
+    }
+    // Last, since it hides the host's `/tmp` (which may hold the home).
+    mount(
+        Some(&root),
+        STAGED_AT,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        boot_error(
+            BootStage::Mount,
+            e,
+            &format!("bind the root at {STAGED_AT}"),
+        )
+    })
+}
+
+/// How the layers of this root are made.
+struct Layers<'a> {
+    upper: PathBuf,
+    work: PathBuf,
+    /// Host id of root inside.
+    owner: u32,
+    /// The user namespace lowers are id-mapped to.
+    mapping: Option<&'a OwnedFd>,
+    read_only: bool,
+}
+
+impl Layers<'_> {
+    /// Mounts `lower` at `target`: bound read-only, or as the lower layer of
+    /// an overlay whose writable layer is `upper/<name>`.
+    fn mount(&self, lower: &Path, name: &str, target: &Path) -> Result<(), BootError> {
+        let what = |e: Errno, doing: &str| {
+            boot_error(BootStage::Mount, e, &format!("{doing} {}", lower.display()))
+        };
+        let tree = detached(lower, self.mapping).map_err(|e| what(e, "open the layer"))?;
+        if self.read_only {
+            let onto = open_path(target, true)?;
+            return attach(&tree, &onto).map_err(|e| what(e, "mount the read-only layer"));
+        }
+        let upper = self.upper.join(name);
+        let work = self.work.join(name);
+        make_dir(&upper, 0o755, self.owner)?;
+        make_dir(&work, 0o700, 0)?;
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            fd_path(&tree),
+            upper.display(),
+            work.display()
+        );
+        mount(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            MsFlags::MS_NODEV,
+            Some(options.as_str()),
+        )
+        .map_err(|e| what(e, "mount the writable layer over"))
+    }
+}
+
+/// The host base at `root`: the skeleton (the writable layer's root, or a
+/// read-only one), the host's system directories, their secrets masked.
+fn host_base(layers: &Layers<'_>, dir: &Path, root: &Path) -> Result<(), BootError> {
+    let skeleton = if layers.read_only {
+        dir.join("base")
+    } else {
+        layers.upper.join("root")
+    };
+    make_dir(&skeleton, 0o755, layers.owner)?;
+    // The skeleton is the sandbox's own `/` when writable: resolve in it.
+    let skeleton_fd = open_path(&skeleton, true)?;
+    for name in MOUNT_POINTS.iter().chain(SKELETON.iter()) {
+        inside(&skeleton_fd, name, Kind::Dir, true, layers.owner)?;
+    }
+    let mut dirs = Vec::new();
+    for name in HOST_BASE {
+        let host = Path::new("/").join(name);
+        let Ok(meta) = std::fs::symlink_metadata(&host) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            if resolve_here(&skeleton_fd, name).is_err() {
+                let link = std::fs::read_link(&host).map_err(|e| {
+                    boot_error(
+                        BootStage::Mount,
+                        errno_of(&e),
+                        &format!("read {}", host.display()),
+                    )
+                })?;
+                nix::unistd::symlinkat(&link, &skeleton_fd, name)
+                    .map_err(|e| boot_error(BootStage::Mount, e, &format!("link /{name}")))?;
+            }
+        } else if meta.is_dir() {
+            inside(&skeleton_fd, name, Kind::Dir, true, layers.owner)?;
+            dirs.push((host, name));
+        }
+    }
+    let flags = if layers.read_only {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
+    mount(
+        Some(&skeleton),
+        root,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| boot_error(BootStage::Mount, e, "bind the root layer"))?;
+    mount(
+        None::<&str>,
+        root,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV | flags,
+        None::<&str>,
+    )
+    .map_err(|e| boot_error(BootStage::Mount, e, "make the root layer nodev"))?;
+    let root_fd = open_path(root, true)?;
+    for (host, name) in dirs {
+        let at = inside(&root_fd, name, Kind::Dir, false, layers.owner)?;
+        layers.mount(&host, name, Path::new(&fd_path(&at)))?;
+    }
+    mask_secrets(&root_fd)
+}
+
+/// Hides the host's secrets under `/etc` of the host base.
+fn mask_secrets(root: &OwnedFd) -> Result<(), BootError> {
+    let null = detached(Path::new("/dev/null"), None)
+        .map_err(|e| boot_error(BootStage::Mount, e, "open /dev/null"))?;
+    for file in MASKED_ETC_FILES {
+        let Ok(at) = resolve(root, &format!("etc/{file}")) else {
+            continue;
+        };
+        let null =
+            clone_tree(&null).map_err(|e| boot_error(BootStage::Mount, e, "clone /dev/null"))?;
+        attach(&null, &at)
+            .map_err(|e| boot_error(BootStage::Mount, e, &format!("mask /etc/{file}")))?;
+    }
+    for dir in MASKED_ETC_DIRS {
+        let Ok(at) = resolve(root, &format!("etc/{dir}")) else {
+            continue;
+        };
+        mount(
+            Some("tmpfs"),
+            fd_path(&at).as_str(),
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("size=4k,mode=755"),
+        )
+        .map_err(|e| boot_error(BootStage::Mount, e, &format!("mask /etc/{dir}")))?;
+    }
+    Ok(())
+}
+
+/// `/dev`'s contents (its tmpfs is mounted): the host's harmless devices,
+/// and the mount points and links the agent completes.
+fn dev(root: &OwnedFd, owner: u32) -> Result<(), BootError> {
+    for name in DEVICES {
+        let host = detached(&Path::new("/dev").join(name), None)
+            .map_err(|e| boot_error(BootStage::Mount, e, &format!("open /dev/{name}")))?;
+        let at = inside(root, &format!("dev/{name}"), Kind::File, true, owner)?;
+        attach(&host, &at)
+            .map_err(|e| boot_error(BootStage::Mount, e, &format!("bind /dev/{name}")))?;
+    }
+    for name in ["pts", "shm", "mqueue"] {
+        inside(root, &format!("dev/{name}"), Kind::Dir, true, owner)?;
+    }
+    let dev = resolve(root, "dev").map_err(|e| boot_error(BootStage::Mount, e, "open /dev"))?;
+    for (name, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        nix::unistd::symlinkat(target, &dev, name)
+            .map_err(|e| boot_error(BootStage::Mount, e, &format!("link /dev/{name}")))?;
+    }
+    Ok(())
+}
+
+/// Binds `volume`'s host source at its target inside the root.
+fn bind_volume(root: &OwnedFd, volume: &BindMount, owner: u32) -> Result<(), Errno> {
+    let source = Path::new(&volume.source);
+    let kind = if source.is_dir() {
+        Kind::Dir
+    } else {
+        Kind::File
+    };
+    let tree = owned(unsafe {
+        // SAFETY: open_tree takes a NUL-terminated path and flags.
+        let path = std::ffi::CString::new(volume.source.as_str()).map_err(|_| Errno::EINVAL)?;
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32,
+        )
+    })?;
+    let mut attrs = libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOSUID;
+    if volume.read_only {
+        attrs |= libc::MOUNT_ATTR_RDONLY;
+    }
+    set_attrs(&tree, attrs, None, true)?;
+    let target = volume.target.trim_start_matches('/');
+    let at = inside(root, target, kind, true, owner).map_err(|e| Errno::from_raw(e.errno))?;
+    attach(&tree, &at)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+}
+
+/// An `O_PATH` descriptor of `path` inside the root `root`, created (as
+/// `kind`, owned by `owner`, with its missing parents) when `create`.
+///
+/// # Errors
+/// A boot error naming the path.
+fn inside(
+    root: &OwnedFd,
+    path: &str,
+    kind: Kind,
+    create: bool,
+    owner: u32,
+) -> Result<OwnedFd, BootError> {
+    let failed = |e: Errno, doing: &str| {
+        boot_error(BootStage::Image, e, &format!("{doing} /{path} in the root"))
+    };
+    match resolve(root, path) {
+        Ok(fd) => return Ok(fd),
+        Err(Errno::ENOENT) if create => {}
+        Err(e) => return Err(failed(e, "find")),
+    }
+    let mut parent = String::new();
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    for (i, part) in parts.iter().enumerate() {
+        let here = if parent.is_empty() {
+            (*part).to_string()
+        } else {
+            format!("{parent}/{part}")
+        };
+        if resolve(root, &here).is_err() {
+            let dir = if parent.is_empty() {
+                resolve(root, ".")
+            } else {
+                resolve(root, &parent)
+            }
+            .map_err(|e| failed(e, "find the parent of"))?;
+            let dir = reopen_dir(&dir).map_err(|e| failed(e, "open the parent of"))?;
+            let last = i + 1 == parts.len();
+            let made = if last && kind == Kind::File {
+                nix::fcntl::openat(
+                    &dir,
+                    *part,
+                    nix::fcntl::OFlag::O_CREAT
+                        | nix::fcntl::OFlag::O_EXCL
+                        | nix::fcntl::OFlag::O_CLOEXEC
+                        | nix::fcntl::OFlag::O_WRONLY,
+                    nix::sys::stat::Mode::from_bits_truncate(0o644),
+                )
+                .map(drop)
+            } else {
+                nix::sys::stat::mkdirat(
+                    &dir,
+                    *part,
+                    nix::sys::stat::Mode::from_bits_truncate(0o755),
+                )
+            };
+            match made {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(failed(e, "create")),
+            }
+            nix::unistd::fchownat(
+                &dir,
+                *part,
+                Some(owner.into()),
+                Some(owner.into()),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| failed(e, "own"))?;
+        }
+        parent = here;
+    }
+    resolve(root, path).map_err(|e| failed(e, "find"))
+}
+
+/// Whether `name` exists right in the directory `dir` (a link is not
+/// followed).
+fn resolve_here(dir: &OwnedFd, name: &str) -> Result<(), Errno> {
+    nix::sys::stat::fstatat(&dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).map(|_| ())
+}
+
+/// `openat2(root, path, O_PATH, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`.
+fn resolve(root: &OwnedFd, path: &str) -> Result<OwnedFd, Errno> {
+    let path = std::ffi::CString::new(path).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: open_how is plain data; zero is "unset" for every field.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    owned(unsafe {
+        // SAFETY: a NUL-terminated path and an open_how of the size given.
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            path.as_ptr(),
+            std::ptr::addr_of!(how),
+            std::mem::size_of::<libc::open_how>(),
+        )
+    })
+}
+
+/// A directory descriptor (not `O_PATH`) of the `O_PATH` descriptor `fd`.
+fn reopen_dir(fd: &OwnedFd) -> Result<OwnedFd, Errno> {
+    nix::fcntl::open(
+        fd_path(fd).as_str(),
+        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+}
+
+/// An `O_PATH` descriptor of the host path `path`.
+fn open_path(path: &Path, dir: bool) -> Result<OwnedFd, BootError> {
+    let mut flags = nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC;
+    if dir {
+        flags |= nix::fcntl::OFlag::O_DIRECTORY;
+    }
+    nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty())
+        .map_err(|e| boot_error(BootStage::Mount, e, &format!("open {}", path.display())))
+}
+
+/// A detached, read-only copy of the mount at `path` (not its submounts),
+/// id-mapped to `mapping` if given.
+fn detached(path: &Path, mapping: Option<&OwnedFd>) -> Result<OwnedFd, Errno> {
+    let c_path =
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
+    let tree = owned(unsafe {
+        // SAFETY: open_tree takes a NUL-terminated path and flags.
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
+        )
+    })?;
+    let mut attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID;
+    if mapping.is_some() {
+        attrs |= libc::MOUNT_ATTR_IDMAP;
+    }
+    set_attrs(&tree, attrs, mapping, false)?;
+    Ok(tree)
+}
+
+/// Another detached copy of the detached tree `tree`.
+fn clone_tree(tree: &OwnedFd) -> Result<OwnedFd, Errno> {
+    owned(unsafe {
+        // SAFETY: open_tree on a descriptor with an empty path.
+        libc::syscall(
+            libc::SYS_open_tree,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32,
+        )
+    })
+}
+
+/// `mount_setattr` on the detached tree `tree`.
+fn set_attrs(
+    tree: &OwnedFd,
+    attrs: u64,
+    mapping: Option<&OwnedFd>,
+    recursive: bool,
+) -> Result<(), Errno> {
+    // SAFETY: mount_attr is plain data; zero is "unset" for every field.
+    let mut attr: libc::mount_attr = unsafe { std::mem::zeroed() };
+    attr.attr_set = attrs;
+    if let Some(userns) = mapping {
+        attr.userns_fd = userns.as_raw_fd() as u64;
+    }
+    let mut flags = libc::AT_EMPTY_PATH as u32;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as u32;
+    }
+    // SAFETY: an empty path on a descriptor, and a mount_attr of its size.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            std::ptr::addr_of!(attr),
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// Mounts the detached tree `tree` on what the `O_PATH` descriptor `onto`
+/// refers to.
+fn attach(tree: &OwnedFd, onto: &OwnedFd) -> Result<(), Errno> {
+    // SAFETY: empty paths on two descriptors.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            onto.as_raw_fd(),
+            c"".as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// Creates `path` (and its parents) if missing; sets its mode and owner.
+fn make_dir(path: &Path, mode: u32, owner: u32) -> Result<(), BootError> {
+    let failed = |e: std::io::Error, doing: &str| {
+        boot_error(
+            BootStage::Mount,
+            errno_of(&e),
+            &format!("{doing} {}", path.display()),
+        )
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|e| failed(e, "create"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| failed(e, "set the mode of"))?;
+    lchown(path, owner)
+}
+
+fn lchown(path: &Path, owner: u32) -> Result<(), BootError> {
+    std::os::unix::fs::lchown(path, Some(owner), Some(owner)).map_err(|e| {
+        boot_error(
+            BootStage::Mount,
+            errno_of(&e),
+            &format!("own {}", path.display()),
+        )
+    })
+}
