@@ -1,13 +1,17 @@
 //! Sandbox configuration: what users write, stored as JSON in the `sandbox` row.
 
 use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sandvisor_actors::protocol::IdRange;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::home::validate_name;
+use crate::isolation::caps;
+use crate::isolation::seccomp::{self, Seccomp};
 
 /// `PATH` given to the sandbox when its config sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -29,13 +33,19 @@ pub const DEFAULT_LOG_KEEP: usize = 4;
 /// own limit is of the same order, and the agent protocol carries them).
 pub const MAX_COMMAND_BYTES: usize = 1 << 20;
 
-/// Which namespaces a sandbox gets. All on by default.
+/// How a sandbox is isolated from the host. Everything on by default (SPEC §7).
+///
+/// The namespace flags choose the sandbox's own namespaces; `privileged`
+/// turns off the confinement applied inside them (capabilities cut to
+/// Docker's default set, `no_new_privs`, seccomp). [`Isolation::unconfined`]
+/// is the one switch back to the host's root, `/` and namespaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Isolation {
     /// Own pid namespace: the agent is PID 1, `ps` shows only the sandbox.
     pub pid: bool,
-    /// Own mount namespace (and a fresh `/proc`).
+    /// Own mount namespace: its own root filesystem, fresh `/proc`, `/sys`
+    /// and `/dev`. Only a privileged sandbox may go without.
     pub mount: bool,
     /// Own network namespace: only `lo`.
     pub net: bool,
@@ -43,6 +53,14 @@ pub struct Isolation {
     pub uts: bool,
     /// Own System V IPC and POSIX message queues.
     pub ipc: bool,
+    /// Own user namespace: root inside is an unprivileged host id of the
+    /// sandbox's own range of 65,536 ids. Off keeps the host's ids.
+    pub user: bool,
+    /// Own cgroup namespace: the sandbox sees its cgroup as the root.
+    pub cgroup: bool,
+    /// No confinement: every capability, no seccomp filter, no
+    /// `no_new_privs`; without a `rootfs`, the host's `/` itself.
+    pub privileged: bool,
 }
 
 impl Default for Isolation {
@@ -53,7 +71,199 @@ impl Default for Isolation {
             net: true,
             uts: true,
             ipc: true,
+            user: true,
+            cgroup: true,
+            privileged: false,
         }
+    }
+}
+
+impl Isolation {
+    /// Today's behaviour before isolation by default, as an explicit choice:
+    /// host root with every capability, the host's `/` and every host
+    /// namespace (CLI `--privileged`).
+    pub fn unconfined() -> Self {
+        Self {
+            pid: false,
+            mount: false,
+            net: false,
+            uts: false,
+            ipc: false,
+            user: false,
+            cgroup: false,
+            privileged: true,
+        }
+    }
+}
+
+/// A host path made visible inside the sandbox (CLI `-v SRC:DST[:ro]`): the
+/// only way host paths enter a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Absolute host path of an existing file or directory.
+    pub source: PathBuf,
+    /// Absolute path inside the sandbox (created when missing); resolved
+    /// inside the sandbox's root, never outside it.
+    pub target: String,
+    /// Mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A resource limit that has a runtime-wide default.
+///
+/// In JSON: a number (the value), `"default"` (or `null`) and
+/// `"unlimited"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Limit {
+    /// The runtime's default ([`crate::SandvisorBuilder::default_memory`],
+    /// [`crate::SandvisorBuilder::default_pids`]).
+    #[default]
+    Default,
+    /// This value.
+    Value(u64),
+    /// No limit.
+    Unlimited,
+}
+
+impl Limit {
+    /// The limit in force: `default` stands in for [`Limit::Default`];
+    /// `None` is no limit.
+    pub fn resolve(self, default: Limit) -> Option<u64> {
+        match self {
+            Self::Value(value) => Some(value),
+            Self::Unlimited => None,
+            Self::Default => match default {
+                Self::Value(value) => Some(value),
+                Self::Unlimited | Self::Default => None,
+            },
+        }
+    }
+}
+
+impl Serialize for Limit {
+    fn serialize<S: serde::Serializer>(&self, out: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Self::Default => out.serialize_str("default"),
+            Self::Value(value) => out.serialize_u64(*value),
+            Self::Unlimited => out.serialize_str("unlimited"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: serde::Deserializer<'de>>(input: D) -> std::result::Result<Self, D::Error> {
+        // Configs stored before limits had defaults hold a number or null
+        // (`memory_limit`, `pids_limit`): null was "none set", now the default.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Value(u64),
+            Word(String),
+            Null(()),
+        }
+        match Stored::deserialize(input)? {
+            Stored::Value(value) => Ok(Self::Value(value)),
+            Stored::Null(()) => Ok(Self::Default),
+            Stored::Word(word) => match word.as_str() {
+                "default" => Ok(Self::Default),
+                "unlimited" => Ok(Self::Unlimited),
+                _ => Err(serde::de::Error::custom(format!(
+                    "{word:?} is not a limit: a number, \"default\" or \"unlimited\""
+                ))),
+            },
+        }
+    }
+}
+
+/// The default memory limit of a runtime's sandboxes: 1 GiB.
+pub const DEFAULT_MEMORY: Limit = Limit::Value(1 << 30);
+/// The default limit on a sandbox's processes: 1,024.
+pub const DEFAULT_PIDS: Limit = Limit::Value(1024);
+/// The smallest memory limit: 1 MiB.
+pub const MIN_MEMORY: u64 = 1 << 20;
+/// The largest memory limit: 1 PiB, more than any machine this runs on.
+pub const MAX_MEMORY: u64 = 1 << 50;
+/// The largest pids limit: the kernel's `PID_MAX_LIMIT` on 64-bit.
+pub const MAX_PIDS: u64 = 1 << 22;
+/// Ids in a sandbox's user namespace (uids and gids `0..65536`).
+pub const USER_NAMESPACE_IDS: u32 = 65_536;
+/// The host id root inside the sandbox of slot 0 maps to: far above the
+/// ids of real users and of other tools' subordinate ranges.
+pub const ID_RANGE_BASE: u32 = 0x4000_0000;
+/// How many sandboxes can have a user namespace at once: the ranges fill
+/// the host ids from [`ID_RANGE_BASE`] up to, not including, 4294967295.
+pub const ID_RANGE_SLOTS: u32 = 49_151;
+
+/// The host ids of id-range slot `slot` (`< ID_RANGE_SLOTS`, as the store
+/// hands them out).
+pub fn id_range(slot: u32) -> IdRange {
+    IdRange {
+        first: ID_RANGE_BASE + slot * USER_NAMESPACE_IDS,
+        count: USER_NAMESPACE_IDS,
+    }
+}
+
+/// `"uid[:gid]"` as numeric ids; the gid is the uid when left out (no
+/// `/etc/passwd` lookup: the sandbox's files are not the host's to trust).
+/// `None` if it does not parse or names the invalid id 4294967295.
+pub fn parse_user(text: &str) -> Option<(u32, u32)> {
+    let number = |part: &str| -> Option<u32> {
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        part.parse::<u32>().ok().filter(|&id| id != u32::MAX)
+    };
+    match text.split_once(':') {
+        Some((uid, gid)) => Some((number(uid)?, number(gid)?)),
+        None => number(text).map(|uid| (uid, uid)),
+    }
+}
+
+/// Checks a `user` string: it parses, and with a user namespace its ids are
+/// among the 65,536 mapped ones.
+pub(crate) fn check_user(text: &str, user_namespace: bool) -> std::result::Result<(), String> {
+    let (uid, gid) = parse_user(text).ok_or_else(|| {
+        format!("{text:?} is not \"uid\" or \"uid:gid\" (numbers only, no names)")
+    })?;
+    if user_namespace && (uid >= USER_NAMESPACE_IDS || gid >= USER_NAMESPACE_IDS) {
+        return Err(format!(
+            "{text:?}: ids inside a user namespace are 0 to {}",
+            USER_NAMESPACE_IDS - 1
+        ));
+    }
+    Ok(())
+}
+
+/// `target` without `.` and `..`, or why it cannot be a mount target: it is
+/// relative, holds a NUL, climbs above `/`, is `/` itself, or lies in
+/// `/proc` or `/sys` (whose masks a mount would undo).
+pub fn mount_target(target: &str) -> std::result::Result<String, String> {
+    if !target.starts_with('/') {
+        return Err(format!("{target:?} is not an absolute path"));
+    }
+    if target.contains('\0') {
+        return Err(format!("{target:?} contains a NUL byte"));
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(format!("{target:?} leaves the sandbox's root"));
+                }
+            }
+            part => parts.push(part),
+        }
+    }
+    match parts.first() {
+        None => Err(format!("{target:?} is the root itself")),
+        Some(&("proc" | "sys")) => Err(format!(
+            "{target:?} is under /{}, whose masked paths a mount would undo",
+            parts[0]
+        )),
+        Some(_) => Ok(format!("/{}", parts.join("/"))),
     }
 }
 
@@ -77,7 +287,7 @@ impl Default for LogConfig {
 }
 
 /// Everything about one sandbox that outlives a run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SandboxConfig {
     /// Unique name (SPEC §1 rules).
@@ -91,14 +301,38 @@ pub struct SandboxConfig {
     pub env: BTreeMap<String, String>,
     /// Working directory inside the sandbox (absolute).
     pub working_dir: Option<String>,
-    /// Namespaces.
+    /// Namespaces and confinement.
     pub isolation: Isolation,
-    /// A directory to use as `/` (needs the mount namespace).
+    /// A directory to use as the read-only lower layer of the sandbox's root
+    /// filesystem (never written); `None`: the host base (the host's system
+    /// directories, read-only, secrets masked).
     pub rootfs: Option<PathBuf>,
-    /// Memory limit in bytes.
-    pub memory_limit: Option<u64>,
+    /// No writable layer over the root: only the fresh tmpfs mounts (`/tmp`,
+    /// `/run`, `/var/tmp`, `/dev/shm`) and read-write `mounts` can be written.
+    pub read_only: bool,
+    /// Host paths bound inside, in order.
+    pub mounts: Vec<Mount>,
+    /// Capabilities added to Docker's default set (names with or without
+    /// `CAP_`, any case, or `ALL`); applied after `cap_drop`.
+    pub cap_add: Vec<String>,
+    /// Capabilities dropped from Docker's default set (or `ALL`).
+    pub cap_drop: Vec<String>,
+    /// The seccomp filter: Docker's default semantics, none, or a profile in
+    /// Docker's JSON format.
+    pub seccomp: Seccomp,
+    /// The user and group of the main command (and of exec sessions that set
+    /// none): `"uid"` or `"uid:gid"`, numbers only (the gid is the uid when
+    /// left out); `None`: root (0:0) inside.
+    pub user: Option<String>,
+    /// Memory limit in bytes (at least 1 MiB).
+    #[serde(alias = "memory_limit")]
+    pub memory: Limit,
     /// Limit on the number of processes.
-    pub pids_limit: Option<u64>,
+    #[serde(alias = "pids_limit")]
+    pub pids: Limit,
+    /// CPU limit in CPUs (`1.5`: 150 ms of CPU time every 100 ms); `None`:
+    /// no limit.
+    pub cpus: Option<f64>,
     /// Signal sent to every process on stop (default SIGTERM).
     pub stop_signal: i32,
     /// Time between the stop signal and SIGKILL.
@@ -128,8 +362,15 @@ impl Default for SandboxConfig {
             working_dir: None,
             isolation: Isolation::default(),
             rootfs: None,
-            memory_limit: None,
-            pids_limit: None,
+            read_only: false,
+            mounts: Vec::new(),
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            seccomp: Seccomp::Default,
+            user: None,
+            memory: Limit::Default,
+            pids: Limit::Default,
+            cpus: None,
             stop_signal: libc::SIGTERM,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             kill_timeout: DEFAULT_KILL_TIMEOUT,
@@ -187,10 +428,6 @@ impl SandboxConfig {
     /// naming the first other field that cannot work.
     pub fn validate(&self) -> Result<()> {
         validate_name(&self.name)?;
-        let bad = |field: &str, reason: String| Error::InvalidConfig {
-            field: field.to_string(),
-            reason,
-        };
         if self.command.is_empty() {
             return Err(bad("command", "is empty".into()));
         }
@@ -226,20 +463,7 @@ impl SandboxConfig {
                 ));
             }
         }
-        if let Some(rootfs) = &self.rootfs {
-            if !self.isolation.mount {
-                return Err(bad(
-                    "rootfs",
-                    "needs the mount namespace (isolation.mount)".into(),
-                ));
-            }
-            if !rootfs.is_absolute() || !rootfs.is_dir() {
-                return Err(bad(
-                    "rootfs",
-                    format!("{} is not an existing absolute directory", rootfs.display()),
-                ));
-            }
-        }
+        self.validate_isolation()?;
         if nix::sys::signal::Signal::try_from(self.stop_signal).is_err() {
             return Err(bad(
                 "stop_signal",
@@ -269,12 +493,7 @@ impl SandboxConfig {
                 format!("{} is outside 1..=64", self.log.keep),
             ));
         }
-        if self.memory_limit.is_some_and(|m| m < 1 << 20) {
-            return Err(bad("memory_limit", "must be at least 1 MiB".into()));
-        }
-        if self.pids_limit == Some(0) {
-            return Err(bad("pids_limit", "must be at least 1".into()));
-        }
+        self.validate_limits()?;
         if self
             .metrics_interval
             .is_some_and(|i| i < Duration::from_millis(10))
@@ -289,10 +508,105 @@ impl SandboxConfig {
         })
     }
 
+    /// Checks the root filesystem, volumes, capabilities, seccomp and user.
+    fn validate_isolation(&self) -> Result<()> {
+        let iso = self.isolation;
+        if !iso.mount && !iso.privileged {
+            return Err(bad(
+                "isolation.mount",
+                "the sandbox's own root filesystem needs the mount namespace; only a privileged sandbox may share the host's".into(),
+            ));
+        }
+        if let Some(rootfs) = &self.rootfs {
+            if !iso.mount {
+                return Err(bad(
+                    "rootfs",
+                    "needs the mount namespace (isolation.mount)".into(),
+                ));
+            }
+            if !rootfs.is_absolute() || !rootfs.is_dir() {
+                return Err(bad(
+                    "rootfs",
+                    format!("{} is not an existing absolute directory", rootfs.display()),
+                ));
+            }
+        }
+        // A privileged sandbox without a rootfs runs in the host's `/`: there
+        // is no root of its own to make read-only or to mount into.
+        let own_root = !iso.privileged || self.rootfs.is_some();
+        if self.read_only && !own_root {
+            return Err(bad(
+                "read_only",
+                "needs the sandbox's own root filesystem (a privileged sandbox has one only with a rootfs)".into(),
+            ));
+        }
+        if !self.mounts.is_empty() && !own_root {
+            return Err(bad(
+                "mounts",
+                "need the sandbox's own root filesystem (a privileged sandbox has one only with a rootfs)".into(),
+            ));
+        }
+        let mut targets = Vec::with_capacity(self.mounts.len());
+        for (i, mount) in self.mounts.iter().enumerate() {
+            let source = &mount.source;
+            if !source.is_absolute() || source.as_os_str().as_bytes().contains(&0) {
+                return Err(bad(
+                    &format!("mounts[{i}].source"),
+                    format!("{} is not an absolute path", source.display()),
+                ));
+            }
+            if let Err(err) = std::fs::metadata(source) {
+                return Err(bad(
+                    &format!("mounts[{i}].source"),
+                    format!("{}: {err}", source.display()),
+                ));
+            }
+            let target = mount_target(&mount.target)
+                .map_err(|reason| bad(&format!("mounts[{i}].target"), reason))?;
+            if let Some(j) = targets.iter().position(|t| *t == target) {
+                return Err(bad(
+                    &format!("mounts[{i}].target"),
+                    format!("{target} is also the target of mounts[{j}]"),
+                ));
+            }
+            targets.push(target);
+        }
+        caps::resolve(&self.cap_add, &self.cap_drop)
+            .map_err(|(field, reason)| bad(&field, reason))?;
+        seccomp::check(&self.seccomp).map_err(|reason| bad("seccomp", reason))?;
+        if let Some(user) = &self.user {
+            check_user(user, iso.user).map_err(|reason| bad("user", reason))?;
+        }
+        Ok(())
+    }
+
+    /// Checks memory, pids and cpus.
+    fn validate_limits(&self) -> Result<()> {
+        check_limit("memory", self.memory)?;
+        check_limit("pids", self.pids)?;
+        if let Some(cpus) = self.cpus {
+            check_cpus(cpus)?;
+        }
+        Ok(())
+    }
+
     /// Where the main command is, as seen from inside the sandbox.
     fn resolve_command(&self) -> Option<PathBuf> {
         let root = self.rootfs.as_deref().unwrap_or(Path::new("/"));
-        let inside = |path: &Path| root.join(path.strip_prefix("/").unwrap_or(path));
+        // The host path of a path inside: through the deepest mount over it,
+        // else in the root.
+        let inside = |path: &Path| {
+            let path = path.strip_prefix("/").unwrap_or(path);
+            self.mounts
+                .iter()
+                .filter_map(|mount| {
+                    let target = mount_target(&mount.target).ok()?;
+                    let rest = path.strip_prefix(target.trim_start_matches('/')).ok()?;
+                    Some((target.len(), mount.source.join(rest)))
+                })
+                .max_by_key(|(depth, _)| *depth)
+                .map_or_else(|| root.join(path), |(_, host)| host)
+        };
         let is_executable = |path: &Path| {
             use std::os::unix::fs::PermissionsExt;
             std::fs::metadata(path)
@@ -320,4 +634,48 @@ impl SandboxConfig {
             .map(|dir| Path::new(dir).join(&self.command))
             .find(|candidate| is_executable(&inside(candidate)))
     }
+}
+
+fn bad(field: &str, reason: String) -> Error {
+    Error::InvalidConfig {
+        field: field.to_string(),
+        reason,
+    }
+}
+
+/// Checks a memory (`memory`) or pids (`pids`) limit, or a runtime default
+/// of one (`default_memory`, `default_pids`).
+pub(crate) fn check_limit(field: &str, limit: Limit) -> Result<()> {
+    let Limit::Value(value) = limit else {
+        return Ok(());
+    };
+    let memory = field.ends_with("memory");
+    if memory && !(MIN_MEMORY..=MAX_MEMORY).contains(&value) {
+        return Err(bad(
+            field,
+            format!("{value} bytes is outside 1 MiB..=1 PiB"),
+        ));
+    }
+    if !memory && !(1..=MAX_PIDS).contains(&value) {
+        return Err(bad(field, format!("{value} is outside 1..={MAX_PIDS}")));
+    }
+    Ok(())
+}
+
+/// The smallest CPU limit: the kernel takes a CFS quota of at least 1 ms
+/// per 100 ms period.
+const MIN_CPUS: f64 = 0.01;
+
+fn check_cpus(cpus: f64) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    // Far above any real need, yet it keeps the quota in microseconds
+    // (cpus × 100,000) well inside the cgroup files' range.
+    let most = cores as f64 * 1000.0;
+    if cpus.is_nan() || cpus < MIN_CPUS || cpus > most {
+        return Err(bad(
+            "cpus",
+            format!("{cpus} is outside {MIN_CPUS}..={most} ({cores} host cores × 1000)"),
+        ));
+    }
+    Ok(())
 }

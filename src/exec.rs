@@ -37,6 +37,9 @@ pub struct ExecConfig {
     pub cols: u16,
     /// Give the session a stdin to write to ([`ExecHandle::write_stdin`]).
     pub stdin: bool,
+    /// The session's user and group, `"uid"` or `"uid:gid"` (numbers only;
+    /// see [`crate::SandboxConfig::user`]); `None`: the sandbox's `user`.
+    pub user: Option<String>,
 }
 
 impl ExecConfig {
@@ -93,6 +96,14 @@ impl ExecConfig {
         }
         if self.cwd.as_ref().is_some_and(|c| !c.starts_with('/')) {
             return Err(bad("cwd", "must be absolute"));
+        }
+        if let Some(user) = &self.user {
+            if crate::config::parse_user(user).is_none() {
+                return Err(bad(
+                    "user",
+                    "is not \"uid\" or \"uid:gid\" (numbers only, no names)",
+                ));
+            }
         }
         Ok(())
     }

@@ -2,14 +2,55 @@
 //!
 //! Layout under the home: `sandvisor.db`, and `sandboxes/<name>/logs/` holding
 //! `exec.log`, `exec.log.1` … `exec.log.4`, `runtime.log`, `kernel.log`,
-//! `boot-error.json`.
+//! `boot-error.json`; `sandboxes/<name>/fs/` holds the sandbox's writable
+//! layer and the mount point of its root.
+//!
+//! # Contract
+//! Only the home's owner can see into it: directories are created 0700
+//! ([`create_private_dir`]), files 0600 ([`PRIVATE_FILE_MODE`]) — the
+//! database and its WAL, logs, control sockets and their locks. A home that
+//! exists already is narrowed to 0700 when a runtime opens it.
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
 /// The environment variable naming the home directory.
 pub const HOME_ENV: &str = "SANDVISOR_HOME";
+
+/// The mode of every file sandvisor creates in the home.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+/// The mode of every directory sandvisor creates in the home.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// A sandbox's filesystem directory (writable layer, root mount point),
+/// beside `logs/` in its directory.
+pub const FS_DIR: &str = "fs";
+
+/// Creates `dir` and any missing parents, each 0700 (the umask can only
+/// narrow that further). A directory that exists is left as it is.
+///
+/// # Errors
+/// What the OS said, as [`std::io::Error`].
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+}
+
+/// Creates the home (0700) if missing, else narrows it to 0700.
+///
+/// # Errors
+/// [`Error::Io`] naming the home.
+pub fn create_home(home: &Path) -> Result<()> {
+    let io = |source| Error::Io {
+        path: home.to_path_buf(),
+        source,
+    };
+    create_private_dir(home).map_err(io)?;
+    std::fs::set_permissions(home, std::fs::Permissions::from_mode(PRIVATE_DIR_MODE)).map_err(io)
+}
 
 /// Longest sandbox name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;

@@ -27,7 +27,7 @@ pub use logs::{
     LogStreamOptions, LogStreamStart, Logs,
 };
 
-pub use config::{Isolation, LogConfig, SandboxConfig};
+pub use config::{Isolation, Limit, LogConfig, Mount, SandboxConfig};
 pub use exec::{ExecConfig, ExecHandle, ExecOutput, ExecStatus};
 pub use isolation::seccomp::Seccomp;
 pub use runtime::{Sandbox, SandboxHandle, SandboxStopResult, Sandvisor, SandvisorBuilder};

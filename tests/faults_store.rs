@@ -145,7 +145,7 @@ async fn a_failed_commit_on_a_full_disk_leaves_the_writer_usable() {
     let mut failures = Vec::new();
     for i in 0..100 {
         match insert(format!("full{i}")).await {
-            Ok(()) => {}
+            Ok(_) => {}
             Err(err) => failures.push(err.to_string()),
         }
         if failures.len() >= 3 {

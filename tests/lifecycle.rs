@@ -589,7 +589,7 @@ async fn memory_and_process_limits_are_enforced() {
         "mem",
         "x=$(head -c 64000000 /dev/zero | tr '\\0' a); echo ${#x}",
     );
-    config.memory_limit = Some(16 << 20);
+    config.memory = sandvisor::Limit::Value(16 << 20);
     let result = rt
         .create(config)
         .await
@@ -615,7 +615,7 @@ async fn memory_and_process_limits_are_enforced() {
         "pids",
         "for i in $(seq 1 20); do sleep 2 & done; wait; echo finished",
     );
-    config.pids_limit = Some(8);
+    config.pids = sandvisor::Limit::Value(8);
     let sandbox = rt.create(config).await.unwrap();
     sandbox.wait_until_stopped().await.unwrap();
     let out = texts(&sandbox.logs(&LogOptions::default()).await.unwrap()).concat();

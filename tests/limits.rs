@@ -23,7 +23,7 @@ async fn an_oom_kill_ends_the_run_out_of_memory() {
         "-c".into(),
         "x = bytearray(512 << 20); print('allocated')".into(),
     ];
-    config.memory_limit = Some(32 << 20);
+    config.memory = sandvisor::Limit::Value(32 << 20);
     let sandbox = rt.create(config).await.unwrap();
     let result = sandbox.wait_until_stopped().await.unwrap();
     assert_eq!(result.status, SandboxStatus::Stopped);
@@ -45,7 +45,7 @@ async fn an_oom_kill_ends_the_run_out_of_memory() {
         "-c".into(),
         "x = bytearray(1 << 20); print('allocated')".into(),
     ];
-    config.memory_limit = Some(32 << 20);
+    config.memory = sandvisor::Limit::Value(32 << 20);
     let sandbox = rt.create(config).await.unwrap();
     let result = sandbox.wait_until_stopped().await.unwrap();
     assert_eq!(result.exit_code, Some(0), "{result:?}");
@@ -63,7 +63,7 @@ async fn a_pids_limit_makes_forks_fail() {
         "pids",
         "for i in $(seq 50); do sleep 2 & done; wait; echo finished",
     );
-    config.pids_limit = Some(20);
+    config.pids = sandvisor::Limit::Value(20);
     let sandbox = rt.create(config).await.unwrap();
     sandbox.wait_until_stopped().await.unwrap();
     let out = output_of(&sandbox.logs(&LogOptions::default()).await.unwrap());

@@ -18,7 +18,7 @@
 //!   `timeout_ms` is refused as invalid, never truncated.
 
 use std::fs::File;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -107,7 +107,7 @@ impl Bound {
         }
         let dir = path.parent().unwrap_or(home);
         if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            crate::home::create_private_dir(dir).map_err(io(dir))?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(io(dir))?;
         }
@@ -116,6 +116,7 @@ impl Bound {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(crate::home::PRIVATE_FILE_MODE)
             .open(&lock_path)
             .map_err(io(&lock_path))?;
         let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {

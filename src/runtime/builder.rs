@@ -17,7 +17,9 @@ use ractor::Actor;
 use sandvisor_actors::backend::{Backend, NamespaceBackend};
 use sandvisor_actors::root::{Root, RootArgs};
 
+use super::spec::Defaults;
 use super::{unique_suffix, EventBus, Inner, Sandvisor, WeakSandvisor};
+use crate::config::{check_limit, Limit, DEFAULT_MEMORY, DEFAULT_PIDS};
 use crate::control;
 use crate::error::{Error, Result};
 use crate::home;
@@ -34,6 +36,8 @@ pub struct SandvisorBuilder {
     agent: Option<PathBuf>,
     control: Option<ControlSocket>,
     backend: Option<Arc<dyn Backend>>,
+    default_memory: Option<Limit>,
+    default_pids: Option<Limit>,
 }
 
 /// Where a runtime's control socket goes.
@@ -83,10 +87,28 @@ impl SandvisorBuilder {
         self
     }
 
+    /// The memory limit of sandboxes whose config leaves it at
+    /// [`Limit::Default`]: 1 GiB unless set here ([`Limit::Unlimited`]
+    /// lifts it; [`Limit::Default`] keeps 1 GiB).
+    pub fn default_memory(mut self, limit: Limit) -> Self {
+        self.default_memory = Some(limit);
+        self
+    }
+
+    /// The pids limit of sandboxes whose config leaves it at
+    /// [`Limit::Default`]: 1,024 unless set here (as
+    /// [`Self::default_memory`]).
+    pub fn default_pids(mut self, limit: Limit) -> Self {
+        self.default_pids = Some(limit);
+        self
+    }
+
     /// Opens the home: store, migrations, reconciliation, root actor, and the
     /// control socket if asked for.
     ///
     /// # Errors
+    /// - [`Error::InvalidConfig`] (`default_memory`, `default_pids`) for a
+    ///   default limit out of range, before anything is opened.
     /// - [`Error::NoHome`] if no home was set and neither `SANDVISOR_HOME`
     ///   nor `HOME` is.
     /// - [`Error::Io`] if the home, its lock file or the control socket
@@ -102,6 +124,12 @@ impl SandvisorBuilder {
     /// Not cancel-safe: dropped after reconciliation, the runs of dead hosts
     /// are settled (their orphans killed) but no runtime is returned.
     pub async fn open(self) -> Result<Sandvisor> {
+        let defaults = Defaults {
+            memory: pick(self.default_memory, DEFAULT_MEMORY),
+            pids: pick(self.default_pids, DEFAULT_PIDS),
+        };
+        check_limit("default_memory", defaults.memory)?;
+        check_limit("default_pids", defaults.pids)?;
         let home = match self.home {
             Some(home) => home,
             None => home::home_from_env()?,
@@ -164,6 +192,7 @@ impl SandvisorBuilder {
             agent,
             host,
             control_path: bound.as_ref().map(|bound| bound.path().to_path_buf()),
+            defaults,
             control: std::sync::Mutex::new(bound.map(|bound| {
                 bound.serve(WeakSandvisor {
                     inner: weak.clone(),
@@ -171,6 +200,15 @@ impl SandvisorBuilder {
             })),
         });
         Ok(Sandvisor { inner })
+    }
+}
+
+/// The runtime default `set`, with `Limit::Default` (or nothing) meaning
+/// sandvisor's own `builtin`.
+fn pick(set: Option<Limit>, builtin: Limit) -> Limit {
+    match set {
+        None | Some(Limit::Default) => builtin,
+        Some(limit) => limit,
     }
 }
 

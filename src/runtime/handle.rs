@@ -76,6 +76,13 @@ impl SandboxHandle {
         &self.row.config_json
     }
 
+    /// The host ids its user namespace maps to (kept across runs, freed by
+    /// `remove`); `None` without a user namespace (or before the first start
+    /// of a sandbox created by an older sandvisor).
+    pub fn id_range(&self) -> Option<sandvisor_actors::protocol::IdRange> {
+        self.row.id_slot.map(crate::config::id_range)
+    }
+
     /// When it was created.
     pub fn created_at(&self) -> DateTime<Utc> {
         self.row.created_at

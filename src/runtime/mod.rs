@@ -57,6 +57,8 @@ struct Inner {
     /// stops, the socket file goes.
     control: std::sync::Mutex<Option<ControlServer>>,
     control_path: Option<PathBuf>,
+    /// The limits of sandboxes that leave them at [`crate::config::Limit::Default`].
+    defaults: spec::Defaults,
 }
 
 /// A runtime held without keeping it alive (the control server's hold).
@@ -161,6 +163,18 @@ impl Sandvisor {
         }
     }
 
+    /// The memory limit of sandboxes that leave theirs at
+    /// [`Limit::Default`](crate::config::Limit::Default).
+    pub fn default_memory(&self) -> crate::config::Limit {
+        self.inner.defaults.memory
+    }
+
+    /// The pids limit of sandboxes that leave theirs at
+    /// [`Limit::Default`](crate::config::Limit::Default).
+    pub fn default_pids(&self) -> crate::config::Limit {
+        self.inner.defaults.pids
+    }
+
     /// This runtime's host identity (recorded with each run).
     pub fn host(&self) -> HostId {
         self.inner.host
@@ -204,7 +218,8 @@ impl Sandvisor {
     /// opened later reconciles it.
     pub async fn create(&self, config: SandboxConfig) -> Result<Sandbox> {
         config.validate()?;
-        self.inner
+        let id_slot = self
+            .inner
             .store
             .insert_sandbox(&config, SandboxStatus::Starting, self.inner.host)
             .await?;
@@ -212,7 +227,7 @@ impl Sandvisor {
         // A directory left without a row is not this sandbox's: set aside.
         let prepared = crate::store::integrity::set_aside_orphan(&self.inner.home, &config.name)
             .and_then(|()| {
-                std::fs::create_dir_all(&log_dir).map_err(|source| Error::Io {
+                home::create_private_dir(&log_dir).map_err(|source| Error::Io {
                     path: log_dir.clone(),
                     source,
                 })
@@ -227,7 +242,7 @@ impl Sandvisor {
             let _ = self.inner.store.delete_sandbox(&config.name).await;
             return Err(err);
         }
-        self.launch(&config).await
+        self.launch(&config, id_slot).await
     }
 
     /// Starts a stopped (or never started) sandbox; a sandbox already
@@ -250,19 +265,46 @@ impl Sandvisor {
             return Ok(sandbox);
         }
         let config = self.get(name).await?.config()?;
-        if let Err(status) = self.inner.store.claim_start(name, self.inner.host).await? {
-            tracing::debug!(sandbox = name, %status, "start refused");
-            return Err(Error::SandboxNotHosted(name.to_string()));
-        }
-        self.launch(&config).await
+        let claimed = self
+            .inner
+            .store
+            .claim_start(name, self.inner.host, config.isolation.user)
+            .await?;
+        let id_slot = match claimed {
+            Ok(slot) => slot,
+            Err(status) => {
+                tracing::debug!(sandbox = name, %status, "start refused");
+                return Err(Error::SandboxNotHosted(name.to_string()));
+            }
+        };
+        self.launch(&config, id_slot).await
     }
 
-    /// Spawns the supervisor of a sandbox already marked Starting and waits
-    /// for it to run.
-    async fn launch(&self, config: &SandboxConfig) -> Result<Sandbox> {
+    /// Spawns the supervisor of a sandbox already marked Starting (with
+    /// id-range slot `id_slot`) and waits for it to run.
+    async fn launch(&self, config: &SandboxConfig, id_slot: Option<u32>) -> Result<Sandbox> {
         let name = config.name.as_str();
         let log_dir = self.inner.logs.log_dir_for(name)?;
-        let spec = spec::sandbox_spec(config, log_dir, self.inner.host, unique_suffix());
+        let context = spec::RunContext {
+            home: &self.inner.home,
+            log_dir,
+            host: self.inner.host,
+            run: unique_suffix(),
+            id_slot,
+            defaults: self.inner.defaults,
+        };
+        let spec = match spec::sandbox_spec(config, context) {
+            Ok(spec) => spec,
+            Err(err) => {
+                // Nothing was launched: the row must not stay Starting.
+                self.inner
+                    .store
+                    .set_status(name, SandboxStatus::Stopped)
+                    .await
+                    .map_err(Error::Database)?;
+                return Err(err);
+            }
+        };
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         let launched = ractor::call!(self.inner.root, |reply| RootMsg::Launch {
             spec: Box::new(spec),

@@ -23,8 +23,11 @@ use sandvisor_actors::sandbox::{ExecRefused, SessionInput};
 use sandvisor_actors::sandbox::{MetricsUnavailable, SupervisorMsg};
 use tokio::sync::mpsc;
 
+use sandvisor_actors::protocol::Ids;
+
 use super::outcome::SandboxStopResult;
 use super::{spec, Sandvisor};
+use crate::config::{check_user, parse_user};
 use crate::error::{Error, Result};
 use crate::exec::{ExecConfig, ExecHandle, SessionLink};
 use crate::logs::{LogEntry, LogOptions, LogStream, LogStreamOptions};
@@ -32,11 +35,16 @@ use crate::logs::{LogEntry, LogOptions, LogStream, LogStreamOptions};
 /// The main command's session id (exec sessions count on from 2).
 const MAIN_SESSION: u64 = 1;
 
-/// Whether the main command reads stdin / runs on a terminal.
+/// Whether the main command reads stdin / runs on a terminal, and the
+/// user exec sessions run as by default.
 #[derive(Debug, Clone, Copy)]
 struct MainIo {
     stdin: bool,
     tty: bool,
+    /// The sandbox's `user`.
+    user: Option<Ids>,
+    /// Whether it has a user namespace (exec users must be mapped in it).
+    user_namespace: bool,
 }
 
 /// A running sandbox of this runtime.
@@ -147,9 +155,17 @@ impl Sandbox {
     /// its live output (which still goes to `exec.log`).
     pub async fn exec(&self, config: ExecConfig) -> Result<ExecHandle> {
         config.validate()?;
+        let main = self.main_io().await?;
+        if let Some(user) = &config.user {
+            check_user(user, main.user_namespace).map_err(|reason| Error::InvalidConfig {
+                field: "user".into(),
+                reason,
+            })?;
+        }
+        let spec = spec::exec_spec(&config, main.user)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let started = ractor::call!(self.supervisor, |reply| SupervisorMsg::Exec {
-            spec: spec::exec_spec(&config),
+            spec,
             output: tx,
             reply
         })
@@ -251,9 +267,16 @@ impl Sandbox {
         self.main_io
             .get_or_try_init(|| async {
                 let config = self.runtime.get(&self.name).await?.config()?;
+                let user = config
+                    .user
+                    .as_deref()
+                    .and_then(parse_user)
+                    .map(|(uid, gid)| Ids { uid, gid });
                 Ok(MainIo {
                     stdin: config.stdin,
                     tty: config.tty,
+                    user,
+                    user_namespace: config.isolation.user,
                 })
             })
             .await

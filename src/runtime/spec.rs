@@ -4,29 +4,112 @@
 //! root actor launches a supervisor with; an [`ExecConfig`] becomes the
 //! `ExecSpec` of one exec session. These are the only places where the SDK's
 //! names meet the engine's, so a field added to a config is wired here.
+//!
+//! # Contract
+//! - The isolation settings become the run's [`SpawnPlan`] (user namespace
+//!   with the sandbox's id range, the root filesystem to stage) and the
+//!   [`Confinement`] every session gets; a privileged sandbox gets no
+//!   confinement, and without a rootfs no root of its own.
+//! - Limits left at [`Limit::Default`] take the runtime's defaults.
+//! - Anything that cannot be carried out (a seccomp profile that no longer
+//!   compiles, a path the wire cannot carry) is an [`Error::InvalidConfig`]
+//!   naming the field; nothing has been started then.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use sandvisor_actors::host::cgroup::Limits;
+use sandvisor_actors::host::cgroup::{Limits, CPU_PERIOD_US};
 use sandvisor_actors::lifecycle::HostId;
 use sandvisor_actors::log::tap::TapConfig;
-use sandvisor_actors::protocol::{CommandSpec, ExecSpec, SpawnPlan, StartSpec};
+use sandvisor_actors::protocol::{
+    BindMount, CommandSpec, Confinement, ExecSpec, Ids, Rlimit, RootPlan, SpawnPlan, StartSpec,
+};
 use sandvisor_actors::sandbox::SandboxSpec;
 use sandvisor_actors::sandbox::VmSpec;
 
-use crate::config::SandboxConfig;
+use crate::config::{id_range, mount_target, parse_user, Limit, SandboxConfig};
+use crate::error::{Error, Result};
 use crate::exec::ExecConfig;
+use crate::home;
+use crate::isolation::{caps, seccomp};
 
-/// The spec of a run of `config`, logging under `log_dir`, hosted by `host`.
-/// `run` tells this run's cgroup apart from other runs of the same sandbox.
-pub(super) fn sandbox_spec(
-    config: &SandboxConfig,
-    log_dir: PathBuf,
-    host: HostId,
-    run: u64,
-) -> SandboxSpec {
+/// Size of each fresh tmpfs (`/tmp`, `/run`, `/var/tmp`, `/dev/shm`): it
+/// counts against the sandbox's memory limit, so it is kept small.
+pub const TMPFS_BYTES: u64 = 64 << 20;
+/// The open-files limit of every session: Docker's (what programs written
+/// for containers expect).
+pub const NOFILE: u64 = 1 << 20;
+
+/// The limits a runtime gives sandboxes that leave theirs at
+/// [`Limit::Default`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Defaults {
+    /// Memory, in bytes.
+    pub memory: Limit,
+    /// Processes.
+    pub pids: Limit,
+}
+
+/// Where and how one run happens.
+pub(super) struct RunContext<'a> {
+    /// The runtime's home.
+    pub home: &'a Path,
+    /// The sandbox's log directory.
+    pub log_dir: PathBuf,
+    /// The hosting process.
+    pub host: HostId,
+    /// Tells this run's cgroup apart from other runs of the same sandbox.
+    pub run: u64,
+    /// The sandbox's id-range slot, if it has a user namespace.
+    pub id_slot: Option<u32>,
+    /// The runtime's default limits.
+    pub defaults: Defaults,
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> Error {
+    Error::InvalidConfig {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// `path` as the wire carries it (UTF-8).
+fn wire_path(field: &str, path: &Path) -> Result<String> {
+    path.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| invalid(field, format!("{} is not UTF-8", path.display())))
+}
+
+/// `"uid[:gid]"` as ids (validated already; checked again, as stored
+/// configs are read back).
+fn user_ids(field: &str, user: Option<&str>) -> Result<Option<Ids>> {
+    user.map(|text| {
+        parse_user(text)
+            .map(|(uid, gid)| Ids { uid, gid })
+            .ok_or_else(|| invalid(field, format!("{text:?} is not \"uid\" or \"uid:gid\"")))
+    })
+    .transpose()
+}
+
+/// The spec of a run of `config` in `context`.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] if a setting cannot be carried out (the seccomp
+/// profile does not compile, a path is not UTF-8); [`Error::Internal`] if a
+/// sandbox with a user namespace has no id range.
+pub(super) fn sandbox_spec(config: &SandboxConfig, context: RunContext<'_>) -> Result<SandboxSpec> {
     let iso = config.isolation;
-    SandboxSpec {
+    let user_namespace = match (iso.user, context.id_slot) {
+        (false, _) => None,
+        (true, Some(slot)) => Some(id_range(slot)),
+        (true, None) => {
+            return Err(Error::Internal(format!(
+                "{} has a user namespace but no id range",
+                config.name
+            )))
+        }
+    };
+    let log_dir = context.log_dir;
+    Ok(SandboxSpec {
         name: config.name.clone(),
         vm: VmSpec {
             start: StartSpec {
@@ -41,40 +124,27 @@ pub(super) fn sandbox_spec(
                     // Sized by `Sandbox::resize` once attached.
                     rows: 0,
                     cols: 0,
-                    user: None,
+                    user: user_ids("user", config.user.as_deref())?,
                 },
                 pid_namespace: iso.pid,
                 mount_namespace: iso.mount,
                 net_namespace: iso.net,
                 uts_namespace: iso.uts,
                 ipc_namespace: iso.ipc,
-                cgroup_namespace: true,
-                confine: Some(sandvisor_actors::protocol::Confinement {
-                    capabilities: 0xa80425fb,
-                    seccomp: None,
-                    rlimits: vec![],
-                }),
+                cgroup_namespace: iso.cgroup,
+                confine: confinement(config)?,
             },
             plan: SpawnPlan {
                 pid_namespace: iso.pid,
-                user_namespace: Some(sandvisor_actors::protocol::IdRange {
-                    first: 0x4000_0000,
-                    count: 65536,
-                }),
-                root: Some(sandvisor_actors::protocol::RootPlan {
-                    dir: log_dir.parent().unwrap().join("fs").display().to_string(),
-                    rootfs: config.rootfs.as_ref().map(|p| p.display().to_string()),
-                    read_only: false,
-                    mounts: vec![],
-                    tmpfs_bytes: 64 << 20,
-                }),
+                user_namespace,
+                root: root_plan(config, context.home)?,
             },
             limits: Limits {
-                memory_bytes: config.memory_limit,
-                pids: config.pids_limit,
-                cpu_quota_us: None,
+                memory_bytes: config.memory.resolve(context.defaults.memory),
+                pids: config.pids.resolve(context.defaults.pids),
+                cpu_quota_us: config.cpus.map(cpu_quota_us),
             },
-            cgroup_id: format!("{}-{}-{}", config.name, host.pid, run),
+            cgroup_id: format!("{}-{}-{}", config.name, context.host.pid, context.run),
         },
         tap: TapConfig {
             dir: log_dir.clone(),
@@ -86,12 +156,87 @@ pub(super) fn sandbox_spec(
         stop_timeout: config.stop_timeout,
         kill_timeout: config.kill_timeout,
         metrics_interval: config.metrics_interval,
-    }
+    })
 }
 
-/// The spec of an exec session running `config` (the supervisor numbers it).
-pub(super) fn exec_spec(config: &ExecConfig) -> ExecSpec {
-    ExecSpec {
+/// The CFS quota of `cpus` CPUs per [`CPU_PERIOD_US`] (validated: at least
+/// 1,000 µs, far below `u64::MAX`).
+fn cpu_quota_us(cpus: f64) -> u64 {
+    (cpus * CPU_PERIOD_US as f64).round() as u64
+}
+
+/// The root filesystem to stage: none for a privileged sandbox without a
+/// rootfs (it runs in the host's `/`).
+fn root_plan(config: &SandboxConfig, home: &Path) -> Result<Option<RootPlan>> {
+    if config.isolation.privileged && config.rootfs.is_none() {
+        return Ok(None);
+    }
+    let dir = home::sandbox_dir(home, &config.name)?.join(home::FS_DIR);
+    let mounts = config
+        .mounts
+        .iter()
+        .enumerate()
+        .map(|(i, mount)| {
+            Ok(BindMount {
+                source: wire_path(&format!("mounts[{i}].source"), &mount.source)?,
+                target: mount_target(&mount.target)
+                    .map_err(|reason| invalid(&format!("mounts[{i}].target"), reason))?,
+                read_only: mount.read_only,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(RootPlan {
+        dir: wire_path("home", &dir)?,
+        rootfs: config
+            .rootfs
+            .as_deref()
+            .map(|rootfs| wire_path("rootfs", rootfs))
+            .transpose()?,
+        read_only: config.read_only,
+        mounts,
+        tmpfs_bytes: TMPFS_BYTES,
+    }))
+}
+
+/// What every session of `config` gets: none when privileged.
+fn confinement(config: &SandboxConfig) -> Result<Option<Confinement>> {
+    if config.isolation.privileged {
+        return Ok(None);
+    }
+    let capabilities = caps::resolve(&config.cap_add, &config.cap_drop)
+        .map_err(|(field, reason)| invalid(&field, reason))?;
+    let seccomp = seccomp::compile(&config.seccomp, capabilities)
+        .map_err(|reason| invalid("seccomp", reason))?
+        .map(|program| program.as_ref().clone());
+    Ok(Some(Confinement {
+        capabilities,
+        seccomp,
+        rlimits: vec![
+            Rlimit {
+                resource: libc::RLIMIT_CORE,
+                soft: 0,
+                hard: 0,
+            },
+            Rlimit {
+                resource: libc::RLIMIT_NOFILE,
+                soft: NOFILE,
+                hard: NOFILE,
+            },
+        ],
+    }))
+}
+
+/// The spec of an exec session running `config` (the supervisor numbers
+/// it); a session that names no user runs as the sandbox's `user`.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] (`user`) if the session's user does not parse.
+pub(super) fn exec_spec(config: &ExecConfig, sandbox_user: Option<Ids>) -> Result<ExecSpec> {
+    let user = match user_ids("user", config.user.as_deref())? {
+        Some(ids) => Some(ids),
+        None => sandbox_user,
+    };
+    Ok(ExecSpec {
         session: 0,
         run: CommandSpec {
             command: config.command.clone(),
@@ -102,7 +247,7 @@ pub(super) fn exec_spec(config: &ExecConfig) -> ExecSpec {
             tty: config.tty,
             rows: config.rows,
             cols: config.cols,
-            user: None,
+            user,
         },
-    }
+    })
 }

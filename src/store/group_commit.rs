@@ -34,7 +34,9 @@ pub(super) enum Write {
         now: String,
         owner: HostId,
         control_socket: Option<Arc<str>>,
-        reply: Reply<()>,
+        /// Allocate an id range (the sandbox has a user namespace).
+        id_slot: bool,
+        reply: Reply<Option<i64>>,
     },
     OpenRun {
         name: String,
@@ -62,6 +64,7 @@ pub(super) enum Write {
 enum Done {
     Unit(Reply<()>, Result<(), sqlx::Error>),
     Id(Reply<i64>, Result<i64, sqlx::Error>),
+    Slot(Reply<Option<i64>>, Result<Option<i64>, sqlx::Error>),
 }
 
 impl Done {
@@ -70,6 +73,7 @@ impl Done {
         let err = match self {
             Self::Unit(_, Err(err)) => err,
             Self::Id(_, Err(err)) => err,
+            Self::Slot(_, Err(err)) => err,
             _ => return None,
         };
         super::recovery::breaks_group(err).then(|| err.to_string())
@@ -87,6 +91,13 @@ impl Done {
                 });
             }
             Self::Id(reply, result) => {
+                let _ = reply.send(if failed.is_some() {
+                    Err(failure())
+                } else {
+                    result
+                });
+            }
+            Self::Slot(reply, result) => {
                 let _ = reply.send(if failed.is_some() {
                     Err(failure())
                 } else {
@@ -169,9 +180,10 @@ fn done_without_running(write: Write) -> Done {
     // The answer is replaced by the group's failure.
     match write {
         Write::OpenRun { reply, .. } => Done::Id(reply, Err(sqlx::Error::PoolClosed)),
-        Write::InsertSandbox { reply, .. }
-        | Write::CloseRun { reply, .. }
-        | Write::SetStatus { reply, .. } => Done::Unit(reply, Err(sqlx::Error::PoolClosed)),
+        Write::InsertSandbox { reply, .. } => Done::Slot(reply, Err(sqlx::Error::PoolClosed)),
+        Write::CloseRun { reply, .. } | Write::SetStatus { reply, .. } => {
+            Done::Unit(reply, Err(sqlx::Error::PoolClosed))
+        }
     }
 }
 
@@ -184,12 +196,15 @@ async fn run(tx: &mut Transaction<'static, Sqlite>, write: Write) -> Done {
             now,
             owner,
             control_socket,
+            id_slot,
             reply,
         } => {
-            let result = sqlx::query(
-                "INSERT INTO sandbox (name, config, status, created_at, updated_at, owner_pid, owner_start_ticks, control_socket) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            )
+            let result = sqlx::query_scalar(concat!(
+                "INSERT INTO sandbox (name, config, status, created_at, updated_at, owner_pid, owner_start_ticks, control_socket, id_slot) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN ? THEN ",
+                super::lowest_free_slot!(),
+                " END) RETURNING id_slot",
+            ))
             .bind(name)
             .bind(config)
             .bind(status)
@@ -198,10 +213,10 @@ async fn run(tx: &mut Transaction<'static, Sqlite>, write: Write) -> Done {
             .bind(i64::from(owner.pid))
             .bind(owner.start_ticks as i64)
             .bind(control_socket.as_deref())
-            .execute(&mut **tx)
-            .await
-            .map(drop);
-            Done::Unit(reply, result)
+            .bind(id_slot)
+            .fetch_one(&mut **tx)
+            .await;
+            Done::Slot(reply, result)
         }
         Write::OpenRun {
             name,

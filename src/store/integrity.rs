@@ -124,7 +124,7 @@ pub(crate) fn set_aside_orphan(home: &Path, name: &str) -> Result<()> {
         Ok(_) => {}
     }
     let aside_root = home.join("sandboxes").join(ORPHANED_DIR);
-    std::fs::create_dir_all(&aside_root).map_err(|source| Error::Io {
+    home::create_private_dir(&aside_root).map_err(|source| Error::Io {
         path: aside_root.clone(),
         source,
     })?;

@@ -12,6 +12,7 @@
 //! - `host.rs`: host identity and liveness, and reconciling the runs of
 //!   hosts that are gone.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -44,6 +45,19 @@ use crate::error::{Error, Result};
 /// The database file's name in the home.
 pub const DB_FILE: &str = "sandvisor.db";
 
+/// The lowest id-range slot no sandbox holds, as an SQL expression (a
+/// literal, so that statements built with it stay `&'static str`). With
+/// every slot taken it is one past the last, which the column's CHECK
+/// refuses.
+macro_rules! lowest_free_slot {
+    () => {
+        "(SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM sandbox WHERE id_slot = 0) THEN 0 \
+         ELSE (SELECT MIN(a.id_slot) + 1 FROM sandbox a WHERE a.id_slot IS NOT NULL \
+         AND NOT EXISTS (SELECT 1 FROM sandbox b WHERE b.id_slot = a.id_slot + 1)) END)"
+    };
+}
+pub(crate) use lowest_free_slot;
+
 /// A `sandbox` row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxRow {
@@ -62,6 +76,9 @@ pub struct SandboxRow {
     /// The control socket of the runtime that last started it, if that
     /// runtime listens on one.
     pub control_socket: Option<PathBuf>,
+    /// Its user-namespace id range's slot (see [`crate::config::id_range`]),
+    /// if it has one.
+    pub id_slot: Option<u32>,
 }
 
 /// A `run` row.
@@ -106,6 +123,23 @@ fn db_err(err: sqlx::Error) -> Error {
     Error::Database(err.to_string())
 }
 
+/// [`db_err`], but the id-range slot's CHECK refusing a slot past the last
+/// means every range is taken.
+fn slot_err(err: sqlx::Error) -> Error {
+    match &err {
+        sqlx::Error::Database(e) if e.kind() == sqlx::error::ErrorKind::CheckViolation => {
+            Error::InvalidConfig {
+                field: "isolation.user".into(),
+                reason: format!(
+                    "all {} user id ranges are taken: remove a sandbox, or run without a user namespace",
+                    crate::config::ID_RANGE_SLOTS
+                ),
+            }
+        }
+        _ => db_err(err),
+    }
+}
+
 fn parse_time(text: &str) -> Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
@@ -128,10 +162,11 @@ impl Store {
     /// locked; [`Error::Database`] if the database cannot be opened or
     /// migrated; [`Error::Internal`] if the lock's blocking task fails.
     pub async fn open(home: &Path) -> Result<Self> {
-        std::fs::create_dir_all(home).map_err(|source| Error::Io {
-            path: home.to_path_buf(),
-            source,
-        })?;
+        crate::home::create_home(home)?;
+        let db = home.join(DB_FILE);
+        // SQLite gives the WAL and shared-memory files the database file's
+        // mode: creating it 0600 here makes all three 0600.
+        create_private_file(&db)?;
         let options = SqliteConnectOptions::new()
             .filename(home.join(DB_FILE))
             .create_if_missing(true)
@@ -144,7 +179,6 @@ impl Store {
         // does not wait where waiting could deadlock) and both apply the same
         // migrations: a lock file serializes creating, switching and migrating.
         let lock = open_lock(home).await?;
-        let db = home.join(DB_FILE);
         integrity::check_before_open(home, &db)?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -181,10 +215,12 @@ impl Store {
     }
 
     /// Inserts a new sandbox with `status` (`Created`, or `Starting` when it
-    /// is started right away).
+    /// is started right away), with the lowest free id-range slot if it has
+    /// a user namespace; returns that slot.
     ///
     /// # Errors
-    /// [`Error::SandboxExists`] if the name is taken; [`Error::Database`] if
+    /// [`Error::SandboxExists`] if the name is taken; [`Error::InvalidConfig`]
+    /// (`isolation.user`) if every id range is taken; [`Error::Database`] if
     /// the write fails; [`Error::Internal`] if `config` does not serialize.
     ///
     /// # Cancel safety
@@ -195,7 +231,7 @@ impl Store {
         config: &SandboxConfig,
         status: SandboxStatus,
         owner: HostId,
-    ) -> Result<()> {
+    ) -> Result<Option<u32>> {
         let json = serde_json::to_string(config).map_err(|e| Error::Internal(e.to_string()))?;
         let now = now_text();
         let inserted = self
@@ -206,17 +242,17 @@ impl Store {
                 now,
                 owner,
                 control_socket: self.control_socket.clone(),
+                id_slot: config.isolation.user,
                 reply,
             })
             .await;
         match inserted {
-            Ok(_) => {}
+            Ok(slot) => Ok(slot.map(|slot| slot as u32)),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                return Err(Error::SandboxExists(config.name.clone()));
+                Err(Error::SandboxExists(config.name.clone()))
             }
-            Err(e) => return Err(db_err(e)),
+            Err(e) => Err(slot_err(e)),
         }
-        Ok(())
     }
 
     /// The sandbox row of `name`.
@@ -226,7 +262,7 @@ impl Store {
     /// parse.
     pub async fn sandbox(&self, name: &str) -> Result<Option<SandboxRow>> {
         let row = sqlx::query(
-            "SELECT id, name, config, status, created_at, updated_at, control_socket FROM sandbox WHERE name = ?",
+            "SELECT id, name, config, status, created_at, updated_at, control_socket, id_slot FROM sandbox WHERE name = ?",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -282,33 +318,42 @@ impl Store {
     }
 
     /// Moves a sandbox to `Starting` if it is not running; returns the status
-    /// that refused it otherwise.
+    /// that refused it otherwise, else its id-range slot. A sandbox with a
+    /// user namespace (`id_slot`) that has no slot yet (created before slots
+    /// were kept) gets the lowest free one.
     ///
     /// # Errors
-    /// As [`Self::delete_sandbox`] (nothing is changed).
+    /// As [`Self::delete_sandbox`] (nothing is changed), and
+    /// [`Error::InvalidConfig`] (`isolation.user`) if it needs a slot and
+    /// every one is taken.
     pub async fn claim_start(
         &self,
         name: &str,
         owner: HostId,
-    ) -> Result<std::result::Result<(), SandboxStatus>> {
+        id_slot: bool,
+    ) -> Result<std::result::Result<Option<u32>, SandboxStatus>> {
         let mut tx = self.begin_immediate().await?;
         let status = status_in(&mut tx, name).await?;
         if !(status.is_terminal() || status == SandboxStatus::Created) {
             return Ok(Err(status));
         }
-        sqlx::query(
-            "UPDATE sandbox SET status = 'Starting', updated_at = ?, owner_pid = ?, owner_start_ticks = ?, control_socket = ? WHERE name = ?",
-        )
-            .bind(now_text())
-            .bind(i64::from(owner.pid))
-            .bind(owner.start_ticks as i64)
-            .bind(self.control_socket.as_deref())
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        let slot: Option<i64> = sqlx::query_scalar(concat!(
+            "UPDATE sandbox SET status = 'Starting', updated_at = ?, owner_pid = ?, owner_start_ticks = ?, control_socket = ?, \
+             id_slot = CASE WHEN ? AND id_slot IS NULL THEN ",
+            lowest_free_slot!(),
+            " ELSE id_slot END WHERE name = ? RETURNING id_slot",
+        ))
+        .bind(now_text())
+        .bind(i64::from(owner.pid))
+        .bind(owner.start_ticks as i64)
+        .bind(self.control_socket.as_deref())
+        .bind(id_slot)
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(slot_err)?;
         tx.commit().await.map_err(db_err)?;
-        Ok(Ok(()))
+        Ok(Ok(slot.map(|slot| slot as u32)))
     }
 
     async fn update_status(&self, name: &str, status: SandboxStatus) -> Result<()> {
@@ -386,6 +431,22 @@ async fn status_in(
     })
 }
 
+/// Creates `path` empty with mode 0600 unless it exists.
+fn create_private_file(path: &Path) -> Result<()> {
+    let created = std::fs::File::options()
+        .create_new(true)
+        .write(true)
+        .mode(crate::home::PRIVATE_FILE_MODE)
+        .open(path);
+    match created {
+        Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => Err(Error::Io {
+            path: path.to_path_buf(),
+            source: err,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Takes the home's open lock (`sandvisor.db.lock`), waiting for another
 /// process (or runtime) that holds it.
 async fn open_lock(home: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
@@ -394,6 +455,7 @@ async fn open_lock(home: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(crate::home::PRIVATE_FILE_MODE)
         .open(&path)
         .map_err(|source| Error::Io {
             path: path.clone(),
@@ -420,6 +482,7 @@ fn sandbox_row(row: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow> {
         created_at: parse_time(row.get(4))?,
         updated_at: parse_time(row.get(5))?,
         control_socket: row.get::<Option<String>, _>(6).map(PathBuf::from),
+        id_slot: row.get::<Option<i64>, _>(7).map(|slot| slot as u32),
     })
 }
 

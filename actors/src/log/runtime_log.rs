@@ -7,6 +7,7 @@
 //! restarts) and idle sandboxes should cost the host nothing.
 
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -17,9 +18,11 @@ pub const RUNTIME_LOG: &str = "runtime.log";
 
 /// Appends one event to `<log_dir>/runtime.log`.
 pub fn append(log_dir: &Path, level: Level, sandbox: &str, message: &str) {
+    // 0600, as every file in the home.
     let file = match OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(log_dir.join(RUNTIME_LOG))
     {
         Ok(file) => file,

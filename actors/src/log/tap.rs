@@ -19,6 +19,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -318,8 +319,14 @@ fn rename_if_present(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
+/// Opens a log for appending, creating it 0600: only the home's owner may
+/// read what sandboxes print.
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
 }
 
 impl Actor for RelayTap {
@@ -332,7 +339,10 @@ impl Actor for RelayTap {
         _: ActorRef<Self::Msg>,
         args: TapArgs,
     ) -> Result<TapState, ActorProcessingErr> {
-        std::fs::create_dir_all(&args.config.dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&args.config.dir)?;
         let live = args.config.dir.join(StreamKey::Exec.file_name());
         let file = open_append(&live)?;
         let size = file.metadata()?.len();

@@ -7,6 +7,8 @@
 //! - Failing to write or remove it is logged, never fatal: the run's outcome
 //!   is in the store either way.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use chrono::Utc;
@@ -34,7 +36,14 @@ pub fn write(log_dir: &Path, failure: &BootFailure) {
         .map_err(std::io::Error::other)
         .and_then(|json| {
             let tmp = log_dir.join(".boot-error.json.tmp");
-            std::fs::write(&tmp, json)?;
+            // 0600, as every file in the home.
+            std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?
+                .write_all(&json)?;
             std::fs::rename(&tmp, log_dir.join(BOOT_ERROR_FILE))
         });
     if let Err(err) = result {

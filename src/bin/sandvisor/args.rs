@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
+use sandvisor::config::{Limit, Mount, MAX_MEMORY, MAX_PIDS, MIN_MEMORY};
 
 /// Supervise many sandboxes at once: run commands in fresh Linux namespaces,
 /// capture their output, stop them cleanly.
@@ -30,7 +31,7 @@ pub(crate) enum Command {
     #[command(
         after_help = "Examples:\n  sandvisor run -- echo hello\n  sandvisor run --name build -e CI=1 -w /tmp -- make -C /src\n  sandvisor run -it -- sh\n  sandvisor run -d --name worker --memory 256M --stop-timeout 30s -- ./worker"
     )]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run a command in a running sandbox; exits with its exit code.
     #[command(
         after_help = "Examples:\n  sandvisor exec worker -- ps aux\n  sandvisor exec -it worker -- sh\n  echo data | sandvisor exec -i worker -- wc -c"
@@ -55,7 +56,7 @@ pub(crate) enum Command {
     Rm(RmArgs),
     /// Show sandboxes as JSON: config, status, runs, paths.
     #[command(after_help = "Example:\n  sandvisor inspect worker | jq '.[0].runs'")]
-    Inspect(NamesArgs),
+    Inspect(InspectArgs),
     /// Freeze every process of sandboxes.
     #[command(after_help = "Example:\n  sandvisor pause worker")]
     Pause(NamesArgs),
@@ -89,16 +90,50 @@ pub(crate) struct RunArgs {
     /// Share the host's network instead of an isolated one (only `lo`).
     #[arg(long)]
     pub net: bool,
-    /// A directory to use as the sandbox's `/`.
+    /// A directory to use as the read-only lower layer of the sandbox's `/`
+    /// (never written; writes go to the sandbox's own layer).
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
-    /// Memory limit: bytes, or with a suffix k, m, g, t (binary units); from
-    /// 1m to 1024t.
+    /// No isolation at all: host root with every capability, the host's `/`
+    /// (or the --rootfs) and the host's namespaces. Only for trusted
+    /// commands.
+    #[arg(long)]
+    pub privileged: bool,
+    /// `host`: keep the host's user ids (no user namespace; root inside is
+    /// host root, confined by capabilities and seccomp).
+    #[arg(long, value_name = "MODE", value_parser = ["host"])]
+    pub userns: Option<String>,
+    /// Nothing but the tmpfs mounts (/tmp, /run, /var/tmp, /dev/shm) and
+    /// read-write volumes can be written.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Bind a host path inside: SRC:DST[:ro|rw], SRC an absolute host path
+    /// (repeatable).
+    #[arg(short, long = "volume", value_name = "SRC:DST[:ro]", value_parser = parse_volume)]
+    pub volume: Vec<Mount>,
+    /// Add capabilities to the default set: names (NET_ADMIN or
+    /// CAP_NET_ADMIN) or ALL (repeatable, or comma-separated).
+    #[arg(long, value_name = "CAP", value_delimiter = ',')]
+    pub cap_add: Vec<String>,
+    /// Drop capabilities from the default set (names or ALL; repeatable, or
+    /// comma-separated).
+    #[arg(long, value_name = "CAP", value_delimiter = ',')]
+    pub cap_drop: Vec<String>,
+    /// Security options: seccomp=unconfined, seccomp=PATH (a profile in
+    /// Docker's JSON format); no-new-privileges is always on.
+    #[arg(long, value_name = "OPT")]
+    pub security_opt: Vec<String>,
+    /// CPU limit in CPUs (1.5: one and a half CPUs' time).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<f64>,
+    /// Memory limit: bytes, or with a suffix k, m, g, t (binary units), from
+    /// 1m to 1024t; or `unlimited`. Default 1g.
     #[arg(short, long, value_name = "SIZE", value_parser = parse_memory)]
-    pub memory: Option<u64>,
-    /// Limit on the number of processes: 1 to 4194304 (the kernel's most).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_PIDS))]
-    pub pids_limit: Option<u64>,
+    pub memory: Option<Limit>,
+    /// Limit on the number of processes: 1 to 4194304 (the kernel's most),
+    /// or `unlimited`. Default 1024.
+    #[arg(long, value_name = "N", value_parser = parse_pids)]
+    pub pids_limit: Option<Limit>,
     /// Time between the stop signal and SIGKILL (10s, 1m, …; at most 1 year).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub stop_timeout: Option<Duration>,
@@ -125,6 +160,10 @@ pub(crate) struct SessionArgs {
     /// Working directory inside the sandbox (absolute).
     #[arg(short, long, value_name = "DIR")]
     pub workdir: Option<String>,
+    /// The user and group to run as: uid or uid:gid, numbers only (the gid
+    /// is the uid when left out). Default: root inside the sandbox.
+    #[arg(short, long, value_name = "UID[:GID]")]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -198,6 +237,17 @@ pub(crate) struct NamesArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct InspectArgs {
+    /// Print JSON (what inspect always prints; accepted for scripts that
+    /// say so).
+    #[arg(long)]
+    pub json: bool,
+    /// The sandboxes.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct RmArgs {
     /// Kill running sandboxes first.
     #[arg(short, long)]
@@ -225,15 +275,15 @@ pub(crate) struct ServeArgs {}
 /// The longest duration any option takes; longer cannot be meant, and
 /// would overflow the clock arithmetic of whoever waits that long.
 const MAX_DURATION: Duration = sandvisor::config::MAX_TIMEOUT;
-/// The smallest memory limit (as `SandboxConfig::validate` requires).
-const MIN_MEMORY: u64 = 1 << 20;
-/// The largest memory limit: 1 PiB, more than any machine this runs on.
-const MAX_MEMORY: u64 = 1 << 50;
-/// The largest pids limit: the kernel's `PID_MAX_LIMIT` on 64-bit.
-const MAX_PIDS: u64 = 1 << 22;
+/// The word that lifts a limit.
+const UNLIMITED: &str = "unlimited";
 
-/// A memory limit: a size within [`MIN_MEMORY`]..=[`MAX_MEMORY`].
-fn parse_memory(text: &str) -> Result<u64, String> {
+/// A memory limit: `unlimited`, or a size within
+/// [`MIN_MEMORY`]..=[`MAX_MEMORY`].
+fn parse_memory(text: &str) -> Result<Limit, String> {
+    if text.eq_ignore_ascii_case(UNLIMITED) {
+        return Ok(Limit::Unlimited);
+    }
     let bytes = parse_size(text)?;
     if bytes < MIN_MEMORY {
         return Err(format!("{text:?} is below the minimum of 1m"));
@@ -241,7 +291,40 @@ fn parse_memory(text: &str) -> Result<u64, String> {
     if bytes > MAX_MEMORY {
         return Err(format!("{text:?} is above the maximum of 1024t"));
     }
-    Ok(bytes)
+    Ok(Limit::Value(bytes))
+}
+
+/// A pids limit: `unlimited`, or 1..=[`MAX_PIDS`].
+fn parse_pids(text: &str) -> Result<Limit, String> {
+    if text.eq_ignore_ascii_case(UNLIMITED) {
+        return Ok(Limit::Unlimited);
+    }
+    match text.parse::<u64>() {
+        Ok(pids) if (1..=MAX_PIDS).contains(&pids) => Ok(Limit::Value(pids)),
+        _ => Err(format!(
+            "{text:?} is neither a number from 1 to {MAX_PIDS} nor {UNLIMITED:?}"
+        )),
+    }
+}
+
+/// `SRC:DST`, `SRC:DST:ro` or `SRC:DST:rw`, as docker's `-v`. The paths are
+/// checked by `SandboxConfig::validate`, which names the volume.
+fn parse_volume(text: &str) -> Result<Mount, String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let (source, target, read_only) = match parts.as_slice() {
+        [source, target] => (source, target, false),
+        [source, target, "ro"] => (source, target, true),
+        [source, target, "rw"] => (source, target, false),
+        _ => return Err(format!("{text:?} is not SRC:DST, SRC:DST:ro or SRC:DST:rw")),
+    };
+    if source.is_empty() || target.is_empty() {
+        return Err(format!("{text:?}: SRC and DST must not be empty"));
+    }
+    Ok(Mount {
+        source: PathBuf::from(source),
+        target: target.to_string(),
+        read_only,
+    })
 }
 
 /// `256M`, `1g`, `4096`: bytes with an optional binary suffix.
@@ -352,9 +435,27 @@ mod tests {
             assert!(parse_seconds(text).is_err(), "{text}");
         }
         assert!(parse_seconds("18446744073709552").is_err());
-        assert_eq!(parse_memory("1m"), Ok(MIN_MEMORY));
-        assert_eq!(parse_memory("1024t"), Ok(MAX_MEMORY));
+        assert_eq!(parse_memory("1m"), Ok(Limit::Value(MIN_MEMORY)));
+        assert_eq!(parse_memory("1024t"), Ok(Limit::Value(MAX_MEMORY)));
+        assert_eq!(parse_memory("unlimited"), Ok(Limit::Unlimited));
         assert!(parse_memory("1023k").is_err());
         assert!(parse_memory("1025t").is_err());
+        assert_eq!(parse_pids("20"), Ok(Limit::Value(20)));
+        assert_eq!(parse_pids("unlimited"), Ok(Limit::Unlimited));
+        assert!(parse_pids("0").is_err());
+        assert!(parse_pids("4194305").is_err());
+    }
+
+    #[test]
+    fn volumes_are_src_dst_and_a_mode() {
+        let volume = parse_volume("/data:/mnt/data:ro").unwrap();
+        assert_eq!(volume.source, PathBuf::from("/data"));
+        assert_eq!(volume.target, "/mnt/data");
+        assert!(volume.read_only);
+        assert!(!parse_volume("/data:/mnt").unwrap().read_only);
+        assert!(!parse_volume("/data:/mnt:rw").unwrap().read_only);
+        for bad in ["/data", "/data:/mnt:rx", ":/mnt", "/a:/b:ro:x"] {
+            assert!(parse_volume(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -104,7 +104,7 @@ fn init_tracing(serve: bool) {
 async fn dispatch(cli: Cli) -> ExitCode {
     let home = cli.home.clone();
     let result = match cli.command {
-        Command::Run(args) => run::run(home, args).await,
+        Command::Run(args) => run::run(home, *args).await,
         Command::Serve(args) => run::serve(home, args).await,
         Command::Start(args) => act::start(home, args).await,
         Command::Exec(args) => run::exec(home, args).await,

@@ -1,5 +1,6 @@
 //! `run`, `exec` and `serve`: the verbs that host or attach to commands.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::process::{ExitCode, Stdio};
@@ -8,7 +9,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use sandvisor::control::{daemon_socket, ControlClient};
 use sandvisor::logs::{LogSource, LogStreamOptions, LogStreamStart};
-use sandvisor::{Error, ExecConfig, LogCursor, Result, Sandbox, SandboxConfig, Sandvisor};
+use sandvisor::{
+    Error, ExecConfig, Isolation, LogCursor, Result, Sandbox, SandboxConfig, Sandvisor, Seccomp,
+};
 use tokio::io::AsyncBufReadExt;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -81,10 +84,33 @@ fn config_from(args: &RunArgs) -> Result<SandboxConfig> {
         config = config.env(key, value);
     }
     config.working_dir = args.session.workdir.clone();
-    config.isolation.net = !args.net;
+    if args.privileged {
+        config.isolation = Isolation::unconfined();
+        // A rootfs is a root of its own: that needs the mount namespace.
+        config.isolation.mount = args.rootfs.is_some();
+    }
+    if args.net {
+        config.isolation.net = false;
+    }
+    if args.userns.is_some() {
+        config.isolation.user = false;
+    }
     config.rootfs = args.rootfs.clone();
-    config.memory_limit = args.memory;
-    config.pids_limit = args.pids_limit;
+    config.read_only = args.read_only;
+    config.mounts = args.volume.clone();
+    config.cap_add = args.cap_add.clone();
+    config.cap_drop = args.cap_drop.clone();
+    for option in &args.security_opt {
+        apply_security_opt(&mut config, option)?;
+    }
+    config.user = args.session.user.clone();
+    config.cpus = args.cpus;
+    if let Some(memory) = args.memory {
+        config.memory = memory;
+    }
+    if let Some(pids) = args.pids_limit {
+        config.pids = pids;
+    }
     if let Some(timeout) = args.stop_timeout {
         config.stop_timeout = timeout;
     }
@@ -92,6 +118,32 @@ fn config_from(args: &RunArgs) -> Result<SandboxConfig> {
     config.tty = args.session.tty;
     config.validate()?;
     Ok(config)
+}
+
+/// One `--security-opt`: `seccomp=unconfined`, `seccomp=PATH`, or
+/// `no-new-privileges[:true]` (always on).
+fn apply_security_opt(config: &mut SandboxConfig, option: &str) -> Result<()> {
+    let bad = |reason: String| Error::InvalidConfig {
+        field: "--security-opt".into(),
+        reason,
+    };
+    let (key, value) = option.split_once(['=', ':']).unwrap_or((option, ""));
+    match (key, value) {
+        ("seccomp", "unconfined") => config.seccomp = Seccomp::Unconfined,
+        ("seccomp", "") => {
+            return Err(bad(
+                "seccomp needs a value: unconfined or a profile's path".into()
+            ))
+        }
+        ("seccomp", path) => config.seccomp = Seccomp::Profile(PathBuf::from(path)),
+        ("no-new-privileges", "" | "true") => {}
+        _ => {
+            return Err(bad(format!(
+                "{option:?} is not seccomp=unconfined, seccomp=PATH or no-new-privileges"
+            )))
+        }
+    }
+    Ok(())
 }
 
 /// `sandvisor run`.
@@ -238,6 +290,7 @@ pub(crate) async fn exec(home: Option<PathBuf>, args: ExecArgs) -> Result<ExitCo
     let io = &args.session;
     config.env = env_pairs(&io.env)?.into_iter().collect();
     config.cwd = io.workdir.clone();
+    config.user = io.user.clone();
     config.tty = io.tty;
     config.stdin = io.interactive;
     if let Some((rows, cols)) = terminal_size().filter(|_| args.session.tty) {
@@ -295,11 +348,12 @@ pub(crate) async fn ensure_daemon(home: PathBuf) -> Result<ControlClient> {
     if client.host().await.is_ok() {
         return Ok(client);
     }
-    std::fs::create_dir_all(&home).map_err(io_err(&home))?;
+    sandvisor::home::create_home(&home)?;
     let log_path = home.join(DAEMON_LOG);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(sandvisor::home::PRIVATE_FILE_MODE)
         .open(&log_path)
         .map_err(io_err(&log_path))?;
     let exe = std::env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))?;

@@ -8,14 +8,16 @@ use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 use sandvisor::home;
+use sandvisor::isolation::caps;
 use sandvisor::logs::{LogOptions, LogSource, LogStreamOptions, LogStreamStart, Logs};
+use sandvisor::Seccomp;
 use sandvisor::{
     Error, LogCursor, LogEntry, Result, SandboxHandle, SandboxMetrics, SandboxStatus, Sandvisor,
 };
 use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::args::{LogsArgs, MetricsArgs, NamesArgs, PsArgs};
+use crate::args::{InspectArgs, LogsArgs, MetricsArgs, PsArgs};
 use crate::open;
 use crate::out::{outln, stdout_closed, write_output};
 use crate::run::resolve_home;
@@ -100,6 +102,10 @@ pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> 
         let last = runtime.runs(handle.name()).await?.pop();
         listed.push((handle, last));
     }
+    let isolation: Vec<&str> = listed
+        .iter()
+        .map(|(handle, _)| isolation_word(handle))
+        .collect();
     // Sampled all at once: a host that does not answer costs one timeout.
     let samples = futures::future::join_all(listed.iter().map(|(handle, _)| sample(handle))).await;
     let listed: Vec<_> = listed
@@ -125,6 +131,7 @@ pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> 
                     "exit_signal": last.as_ref().and_then(|r| r.exit_signal),
                     "termination_reason": last.as_ref().and_then(|r| r.termination_reason),
                     "created_at": handle.created_at(),
+                    "privileged": handle.config().is_ok_and(|c| c.isolation.privileged),
                 })
             })
             .collect();
@@ -134,7 +141,8 @@ pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> 
     let dash = || "-".to_string();
     let rows: Vec<Vec<String>> = listed
         .iter()
-        .map(|(handle, last, metrics)| {
+        .zip(&isolation)
+        .map(|((handle, last, metrics), isolation)| {
             let status = handle.status_snapshot();
             let running = !status.is_terminal() && status != SandboxStatus::Created;
             let exit = match last.as_ref().filter(|_| status.is_terminal()) {
@@ -157,18 +165,99 @@ pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> 
                 metrics.map_or_else(dash, |m| format!("{:.1}%", m.cpu_percent)),
                 metrics.map_or_else(dash, |m| human_bytes(m.memory_bytes)),
                 exit,
+                isolation.to_string(),
             ]
         })
         .collect();
     print_table(
-        &["NAME", "STATUS", "PID", "UPTIME", "CPU", "MEM", "EXIT"],
+        &[
+            "NAME",
+            "STATUS",
+            "PID",
+            "UPTIME",
+            "CPU",
+            "MEM",
+            "EXIT",
+            "ISOLATION",
+        ],
         &rows,
     )?;
     Ok(ExitCode::SUCCESS)
 }
 
+/// How isolated a sandbox is, in a word for `ps`: `privileged` (no
+/// isolation), `host-ids` (confined, without a user namespace), `confined`.
+fn isolation_word(handle: &SandboxHandle) -> &'static str {
+    match handle.config() {
+        Ok(config) if config.isolation.privileged => "privileged",
+        Ok(config) if !config.isolation.user => "host-ids",
+        Ok(_) => "confined",
+        Err(_) => "-",
+    }
+}
+
+/// The isolation a sandbox gets, as `inspect` shows it: every setting in
+/// force, the runtime's defaults filled in.
+fn effective_isolation(runtime: &Sandvisor, handle: &SandboxHandle) -> Value {
+    let config = match handle.config() {
+        Ok(config) => config,
+        Err(err) => return json!({ "error": err.to_string() }),
+    };
+    let iso = config.isolation;
+    let confined = !iso.privileged;
+    let capabilities = if confined {
+        match caps::resolve(&config.cap_add, &config.cap_drop) {
+            Ok(mask) => json!(caps::names(mask)),
+            Err((field, reason)) => json!({ "error": format!("{field}: {reason}") }),
+        }
+    } else {
+        json!(["ALL"])
+    };
+    let seccomp = match (&config.seccomp, confined) {
+        (_, false) | (Seccomp::Unconfined, true) => json!("unconfined"),
+        (Seccomp::Default, true) => json!("default"),
+        (Seccomp::Profile(path), true) => json!(path),
+    };
+    let own_root = confined || config.rootfs.is_some();
+    json!({
+        "privileged": iso.privileged,
+        "namespaces": {
+            "pid": iso.pid,
+            "mount": iso.mount,
+            "net": iso.net,
+            "uts": iso.uts,
+            "ipc": iso.ipc,
+            "user": iso.user,
+            "cgroup": iso.cgroup,
+        },
+        "user_namespace": handle.id_range().map(|range| json!({
+            "first": range.first,
+            "count": range.count,
+        })),
+        "root": if own_root {
+            json!({
+                "lower": config.rootfs.as_ref().map_or_else(|| json!("host base"), |rootfs| json!(rootfs)),
+                "read_only": config.read_only,
+            })
+        } else {
+            json!("host /")
+        },
+        "read_only": config.read_only,
+        "mounts": config.mounts,
+        "capabilities": capabilities,
+        "seccomp": seccomp,
+        "no_new_privs": confined,
+        "user": config.user.as_deref().unwrap_or("0:0"),
+        "limits": {
+            "memory": config.memory.resolve(runtime.default_memory()),
+            "pids": config.pids.resolve(runtime.default_pids()),
+            "cpus": config.cpus,
+        },
+    })
+}
+
 /// `sandvisor inspect`: a JSON array, one object per name, as docker prints.
-pub(crate) async fn inspect(home: Option<PathBuf>, args: NamesArgs) -> Result<ExitCode> {
+pub(crate) async fn inspect(home: Option<PathBuf>, args: InspectArgs) -> Result<ExitCode> {
     let runtime = open(home).await?;
     let mut items = Vec::new();
     for name in &args.names {
@@ -208,6 +297,7 @@ async fn describe(runtime: &Sandvisor, name: &str) -> Result<Value> {
         "created_at": handle.created_at(),
         "updated_at": handle.updated_at(),
         "config": config,
+        "isolation": effective_isolation(runtime, &handle),
         "runs": runs,
         "paths": {
             "home": runtime.home(),
