@@ -257,7 +257,8 @@ fn busybox_rootfs() -> Option<(TempDir, PathBuf)> {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let root = dir.path().join("rootfs");
     for sub in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "root", "mnt",
+        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "run", "var/tmp",
+        "root", "mnt",
     ] {
         std::fs::create_dir_all(root.join(sub)).unwrap();
     }
