@@ -4,7 +4,8 @@
 //! # Contract
 //! [`apply`] runs in the forked child (the agent is single-threaded, so the
 //! child may run any code; it still only makes system calls), in this order:
-//! 1. resource limits;
+//! 1. resource limits (a hard limit above the host's is lowered to it: only
+//!    the host's root may raise one);
 //! 2. supplementary groups cleared (where the user namespace allows it),
 //!    then group and user — switching away from root clears the permitted
 //!    and effective capabilities, as the kernel does for any setuid;
@@ -84,12 +85,25 @@ pub(super) fn apply(prepared: &Prepared, user: Option<Ids>) -> io::Result<()> {
         }
     };
     for limit in &prepared.confine.rlimits {
-        let value = libc::rlimit {
+        let mut value = libc::rlimit {
             rlim_cur: limit.soft,
             rlim_max: limit.hard,
         };
         // SAFETY: a plain struct of the right type.
-        check(unsafe { libc::setrlimit(limit.resource as _, &value) })?;
+        if unsafe { libc::setrlimit(limit.resource as _, &value) } < 0 {
+            // Raising a hard limit takes CAP_SYS_RESOURCE of the host's user
+            // namespace: keep the host's ceiling instead.
+            let mut current = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: as above.
+            check(unsafe { libc::getrlimit(limit.resource as _, &mut current) })?;
+            value.rlim_max = value.rlim_max.min(current.rlim_max);
+            value.rlim_cur = value.rlim_cur.min(value.rlim_max);
+            // SAFETY: as above.
+            check(unsafe { libc::setrlimit(limit.resource as _, &value) })?;
+        }
     }
     if let Some(ids) = user {
         // Denied in a user namespace whose setgroups is "deny"; there the

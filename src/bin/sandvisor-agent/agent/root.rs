@@ -427,7 +427,7 @@ fn inside(
 /// Whether `name` exists right in the directory `dir` (a link is not
 /// followed).
 fn resolve_here(dir: &OwnedFd, name: &str) -> Result<(), Errno> {
-    nix::sys::stat::fstatat(&dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).map(|_| ())
+    nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).map(|_| ())
 }
 
 /// `openat2(root, path, O_PATH, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`.
