@@ -1,7 +1,12 @@
 //! Spawn benchmark: first the host memory an idle sandbox costs (200 running
-//! `sleep`); then 500 sandboxes running `true`, spawned concurrently and
-//! reaped, against the floor of the same isolation (`unshare` with the same
-//! namespaces running `true`, 500 at once) and plain `true`.
+//! `sleep`); then 500 sandboxes with the full default isolation (user, pid,
+//! mount, net, uts, ipc and cgroup namespaces, their own root, dropped
+//! capabilities, seccomp, cgroup limits) running `true`, started at once and
+//! reaped, against `bwrap` doing the equivalent (every namespace including
+//! user, read-only binds of the system directories, fresh `/proc`, `/dev`
+//! and `/tmp`, every capability dropped; 500 at once; the row says so when
+//! bwrap is missing), the `unshare` floor (the namespaces without user or
+//! root, 500 at once) and plain `true`.
 //!
 //! Run: `cargo run --release --example bench_spawn` (as root: namespaces).
 
@@ -27,7 +32,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut sandvisor_times = Vec::new();
     let mut tmpfs_times = Vec::new();
     let mut unshare_times = Vec::new();
+    let mut bwrap_times = Vec::new();
     let mut plain_times = Vec::new();
+    let bwrap = bwrap_available();
     // Homes are kept to the end: deleting thousands of directories between
     // rounds makes ext4's inode allocator slow for the next round's mkdirs.
     let mut homes = Vec::new();
@@ -66,6 +73,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             })
             .await?,
         );
+        if bwrap {
+            bwrap_times.push(spawn_commands(bwrap_command).await?);
+        }
         plain_times.push(spawn_commands(|| tokio::process::Command::new("true")).await?);
         homes.push(home);
     }
@@ -79,7 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!("| what | total ms | per sandbox µs | vs unshare floor |");
     println!("| --- | ---: | ---: | ---: |");
     println!(
-        "| sandvisor create+start+wait (`true`) | {:.0} | {:.0} | {:.2}x (target <= 1.25x) |",
+        "| sandvisor, full default isolation, create+start+wait (`true`) | {:.0} | {:.0} | {:.2}x |",
         ms(s),
         us(s) / N as f64,
         s.as_secs_f64() / u.as_secs_f64()
@@ -95,14 +105,90 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         ms(u),
         us(u) / N as f64
     );
+    let b = bwrap.then(|| median(&mut bwrap_times));
+    if let Some(b) = b {
+        println!(
+            "| bwrap --unshare-all --uid 0, system dirs ro, fresh /proc /dev /tmp, --cap-drop ALL | {:.0} | {:.0} | {:.2}x |",
+            ms(b),
+            us(b) / N as f64,
+            b.as_secs_f64() / u.as_secs_f64()
+        );
+    } else {
+        println!("| bwrap | - | - | missing (apt-get install bubblewrap) |");
+    }
     println!(
         "| plain true (no namespaces) | {:.0} | {:.0} | {:.2}x |",
         ms(p),
         us(p) / N as f64,
         p.as_secs_f64() / u.as_secs_f64()
     );
+    println!();
+    println!(
+        "sandvisor (full isolation) / unshare floor: {:.2}x",
+        s.as_secs_f64() / u.as_secs_f64()
+    );
+    if let Some(b) = b {
+        println!(
+            "sandvisor (full isolation) / bwrap: {:.2}x (target <= 0.60x)",
+            s.as_secs_f64() / b.as_secs_f64()
+        );
+    } else {
+        println!("sandvisor / bwrap: not measured, bwrap is missing (apt-get install bubblewrap)");
+    }
 
     Ok(())
+}
+
+/// `bwrap` runs here (installed, and allowed to make its namespaces).
+fn bwrap_available() -> bool {
+    std::process::Command::new("bwrap")
+        .args(["--ro-bind", "/", "/", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// bwrap doing what a default sandbox gets: every namespace including user
+/// (root inside), read-only system directories, fresh `/proc`, `/dev` and
+/// `/tmp`, no capabilities.
+fn bwrap_command() -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("bwrap");
+    c.args([
+        "--unshare-all",
+        "--uid",
+        "0",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--symlink",
+        "usr/bin",
+        "/bin",
+        "--symlink",
+        "usr/lib",
+        "/lib",
+        "--symlink",
+        "usr/lib64",
+        "/lib64",
+        "--symlink",
+        "usr/sbin",
+        "/sbin",
+        "--ro-bind",
+        "/etc",
+        "/etc",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "--cap-drop",
+        "ALL",
+        "--",
+        "/bin/true",
+    ]);
+    c
 }
 
 /// Host memory per idle sandbox, measured first, in a process that has not
