@@ -543,6 +543,7 @@ fn identity_root_inside_is_an_unprivileged_host_range() {
     let cli = Cli::new();
     let mut verdict = Verdict::default();
     let mut firsts = Vec::new();
+    let mut detached = Vec::new();
     for target in targets() {
         let probe = cli.probe(
             &target,
@@ -606,15 +607,19 @@ fn identity_root_inside_is_an_unprivileged_host_range() {
                 firsts.push(first);
             }
         }
-        cli.ok(&["rm", "-f", &name]);
+        detached.push(name);
     }
-    // Sandboxes that exist together have ranges of their own.
+    // Sandboxes that exist together (none was removed yet: rm frees a
+    // range for the next one) have ranges of their own.
     let distinct: BTreeSet<u64> = firsts.iter().copied().collect();
     verdict.host(
         "every sandbox",
         distinct.len() == firsts.len(),
         format_args!("sandboxes share a host id range: {firsts:?}"),
     );
+    for name in detached {
+        cli.ok(&["rm", "-f", &name]);
+    }
     verdict.finish();
 }
 
