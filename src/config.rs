@@ -421,6 +421,25 @@ impl SandboxConfig {
         env.into_iter().collect()
     }
 
+    /// Replaces each mount's source by its canonical path, as it is now —
+    /// before the sandbox ever ran. The spawner refuses a source that holds
+    /// a symbolic link at start, so a link put there later (by a sandbox
+    /// sharing a parent directory) is never followed.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming `mounts[i].source` if it cannot be
+    /// resolved.
+    pub fn canonicalize_mounts(&mut self) -> Result<()> {
+        for (i, mount) in self.mounts.iter_mut().enumerate() {
+            mount.source =
+                std::fs::canonicalize(&mount.source).map_err(|err| Error::InvalidConfig {
+                    field: format!("mounts[{i}].source"),
+                    reason: format!("{}: {err}", mount.source.display()),
+                })?;
+        }
+        Ok(())
+    }
+
     /// Checks every field; the error names the first bad one.
     ///
     /// # Errors

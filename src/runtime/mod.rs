@@ -216,8 +216,9 @@ impl Sandvisor {
     /// runs on in this runtime (reach it with [`Self::connect`]); dropped
     /// before, the sandbox may stay recorded as `Starting` until a runtime
     /// opened later reconciles it.
-    pub async fn create(&self, config: SandboxConfig) -> Result<Sandbox> {
+    pub async fn create(&self, mut config: SandboxConfig) -> Result<Sandbox> {
         config.validate()?;
+        config.canonicalize_mounts()?;
         let id_slot = self
             .inner
             .store

@@ -37,6 +37,8 @@ pub fn serve() -> ! {
         eprintln!("sandvisor-agent: cannot ignore SIGCHLD: {errno}");
         std::process::exit(2);
     }
+    // Once, before any fork: every staging child inherits it.
+    crate::agent::root::private_etc();
     // SAFETY: standard input is the channel, owned by nothing else here.
     let channel = unsafe { BorrowedFd::borrow_raw(SPAWNER_FD) };
     loop {

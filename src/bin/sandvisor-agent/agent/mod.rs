@@ -25,7 +25,7 @@
 mod confine;
 mod host;
 mod relay;
-mod root;
+pub(crate) mod root;
 mod session;
 mod setup;
 pub(crate) mod stage;

@@ -53,7 +53,10 @@ const MOUNT_POINTS: [&str; 6] = ["proc", "sys", "dev", "tmp", "run", "var/tmp"];
 const SKELETON: [&str; 3] = ["root", "home", "mnt"];
 /// Host secrets under `/etc` the host base hides: files read empty, and
 /// directories show empty.
-const MASKED_ETC_FILES: [&str; 7] = [
+const MASKED_ETC_FILES: [&str; 10] = [
+    "ipsec.secrets",
+    "ppp/chap-secrets",
+    "ppp/pap-secrets",
     "shadow",
     "shadow-",
     "gshadow",
@@ -62,7 +65,22 @@ const MASKED_ETC_FILES: [&str; 7] = [
     "security/opasswd",
     "krb5.keytab",
 ];
-const MASKED_ETC_DIRS: [&str; 3] = ["sudoers.d", "ssl/private", "ssh"];
+const MASKED_ETC_DIRS: [&str; 14] = [
+    "sudoers.d",
+    "ssl/private",
+    "ssh",
+    "wireguard",
+    "NetworkManager/system-connections",
+    "letsencrypt",
+    "credstore",
+    "credstore.encrypted",
+    "docker",
+    "openvpn",
+    "sssd",
+    "libvirt",
+    "ipsec.d/private",
+    "polkit-1/rules.d",
+];
 /// Host devices bound into `/dev`.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
@@ -106,6 +124,20 @@ pub(super) fn stage(plan: &RootPlan, userns: Option<(IdRange, &OwnedFd)>) -> Res
     let root_fd = open_path(&root, true)?;
     for point in MOUNT_POINTS {
         inside(&root_fd, point, Kind::Dir, !plan.read_only, owner)?;
+        // The agent mounts on these by path: a link (`proc -> .`) would
+        // move its mounts elsewhere.
+        open_at(
+            &root_fd,
+            point,
+            libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_SYMLINKS,
+        )
+        .map_err(|e| {
+            boot_error(
+                BootStage::Image,
+                e,
+                &format!("/{point} in the root must be a directory"),
+            )
+        })?;
     }
     let tmpfs = |target: &str, mode: &str, size: u64, extra: MsFlags| {
         let at = inside(&root_fd, target, Kind::Dir, false, owner)?;
@@ -182,7 +214,8 @@ impl Layers<'_> {
         let what = |e: Errno, doing: &str| {
             boot_error(BootStage::Mount, e, &format!("{doing} {}", lower.display()))
         };
-        let tree = detached(lower, self.mapping).map_err(|e| what(e, "open the layer"))?;
+        let tree = detached(lower, self.mapping, libc::MOUNT_ATTR_NODEV)
+            .map_err(|e| what(e, "open the layer"))?;
         if self.read_only {
             let onto = open_path(target, true)?;
             return attach(&tree, &onto).map_err(|e| what(e, "mount the read-only layer"));
@@ -269,9 +302,48 @@ fn host_base(layers: &Layers<'_>, dir: &Path, root: &Path) -> Result<(), BootErr
     mask_secrets(&root_fd)
 }
 
+/// What under the host's `/etc` others may not read (paths relative to
+/// it; `true` for a directory, whose contents are not listed): the host
+/// base hides all of it, since id-mapping makes the host's service users
+/// (and root, with `CAP_DAC_OVERRIDE`) the sandbox's own. Read once per
+/// spawner process, before it forks anything.
+pub(crate) fn private_etc() -> &'static [(String, bool)] {
+    static PRIVATE: std::sync::OnceLock<Vec<(String, bool)>> = std::sync::OnceLock::new();
+    PRIVATE.get_or_init(|| {
+        let mut found = Vec::new();
+        walk_private(Path::new("/etc"), "", &mut found);
+        found
+    })
+}
+
+fn walk_private(dir: &Path, prefix: &str, found: &mut Vec<(String, bool)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let readable = meta.permissions().mode() & 0o004 != 0;
+        if meta.is_dir() {
+            if readable && meta.permissions().mode() & 0o001 != 0 {
+                walk_private(&entry.path(), &rel, found);
+            } else {
+                found.push((rel, true));
+            }
+        } else if meta.is_file() && !readable {
+            found.push((rel, false));
+        }
+    }
+}
+
 /// Hides the host's secrets under `/etc` of the host base.
 fn mask_secrets(root: &OwnedFd) -> Result<(), BootError> {
-    let null = detached(Path::new("/dev/null"), None)
+    let null = detached(Path::new("/dev/null"), None, 0)
         .map_err(|e| boot_error(BootStage::Mount, e, "open /dev/null"))?;
     for file in MASKED_ETC_FILES {
         let Ok(at) = resolve(root, &format!("etc/{file}")) else {
@@ -282,7 +354,24 @@ fn mask_secrets(root: &OwnedFd) -> Result<(), BootError> {
         attach(&null, &at)
             .map_err(|e| boot_error(BootStage::Mount, e, &format!("mask /etc/{file}")))?;
     }
-    for dir in MASKED_ETC_DIRS {
+    let private = private_etc()
+        .iter()
+        .filter(|(_, dir)| *dir)
+        .map(|(p, _)| p.as_str());
+    for file in private_etc()
+        .iter()
+        .filter(|(_, dir)| !*dir)
+        .map(|(p, _)| p)
+    {
+        let Ok(at) = resolve(root, &format!("etc/{file}")) else {
+            continue;
+        };
+        let null =
+            clone_tree(&null).map_err(|e| boot_error(BootStage::Mount, e, "clone /dev/null"))?;
+        attach(&null, &at)
+            .map_err(|e| boot_error(BootStage::Mount, e, &format!("mask /etc/{file}")))?;
+    }
+    for dir in MASKED_ETC_DIRS.into_iter().chain(private) {
         let Ok(at) = resolve(root, &format!("etc/{dir}")) else {
             continue;
         };
@@ -302,7 +391,7 @@ fn mask_secrets(root: &OwnedFd) -> Result<(), BootError> {
 /// and the mount points and links the agent completes.
 fn dev(root: &OwnedFd, owner: u32) -> Result<(), BootError> {
     for name in DEVICES {
-        let host = detached(&Path::new("/dev").join(name), None)
+        let host = detached(&Path::new("/dev").join(name), None, 0)
             .map_err(|e| boot_error(BootStage::Mount, e, &format!("open /dev/{name}")))?;
         let at = inside(root, &format!("dev/{name}"), Kind::File, true, owner)?;
         attach(&host, &at)
@@ -327,27 +416,27 @@ fn dev(root: &OwnedFd, owner: u32) -> Result<(), BootError> {
 
 /// Binds `volume`'s host source at its target inside the root.
 fn bind_volume(root: &OwnedFd, volume: &BindMount, owner: u32, create: bool) -> Result<(), Errno> {
-    let source = Path::new(&volume.source);
-    let kind = if source.is_dir() {
+    // The runtime stored the source's canonical path when the sandbox was
+    // created: a link in it now was put there later (perhaps by a sandbox
+    // sharing a parent directory), so it is refused, not followed.
+    let root_dir = open_path(Path::new("/"), true).map_err(|e| Errno::from_raw(e.errno))?;
+    let source = open_at(
+        &root_dir,
+        volume.source.trim_start_matches('/'),
+        libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH,
+    )?;
+    let kind = if nix::sys::stat::fstat(&source)?.st_mode & libc::S_IFMT == libc::S_IFDIR {
         Kind::Dir
     } else {
         Kind::File
     };
-    let tree = owned(unsafe {
-        // SAFETY: open_tree takes a NUL-terminated path and flags.
-        let path = std::ffi::CString::new(volume.source.as_str()).map_err(|_| Errno::EINVAL)?;
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32,
-        )
-    })?;
+    // Not recursive: mounts under the source (a host /proc) stay out.
+    let tree = clone_tree(&source)?;
     let mut attrs = libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOSUID;
     if volume.read_only {
         attrs |= libc::MOUNT_ATTR_RDONLY;
     }
-    set_attrs(&tree, attrs, None, true)?;
+    set_attrs(&tree, attrs, None, false)?;
     let target = volume.target.trim_start_matches('/');
     let at = inside(root, target, kind, create, owner).map_err(|e| Errno::from_raw(e.errno))?;
     attach(&tree, &at)
@@ -440,11 +529,21 @@ fn resolve_here(dir: &OwnedFd, name: &str) -> Result<(), Errno> {
 
 /// `openat2(root, path, O_PATH, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`.
 fn resolve(root: &OwnedFd, path: &str) -> Result<OwnedFd, Errno> {
+    open_at(
+        root,
+        path,
+        libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    )
+}
+
+/// `openat2(dir, path, O_PATH, resolve)`.
+fn open_at(dir: &OwnedFd, path: &str, resolve: u64) -> Result<OwnedFd, Errno> {
+    let root = dir;
     let path = std::ffi::CString::new(path).map_err(|_| Errno::EINVAL)?;
     // SAFETY: open_how is plain data; zero is "unset" for every field.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    how.resolve = resolve;
     owned(unsafe {
         // SAFETY: a NUL-terminated path and an open_how of the size given.
         libc::syscall(
@@ -476,9 +575,11 @@ fn open_path(path: &Path, dir: bool) -> Result<OwnedFd, BootError> {
         .map_err(|e| boot_error(BootStage::Mount, e, &format!("open {}", path.display())))
 }
 
-/// A detached, read-only copy of the mount at `path` (not its submounts),
-/// id-mapped to `mapping` if given.
-fn detached(path: &Path, mapping: Option<&OwnedFd>) -> Result<OwnedFd, Errno> {
+/// A detached, read-only, nosuid copy of the mount at `path` (not its
+/// submounts), with the mount attributes `extra` (`MOUNT_ATTR_NODEV` for
+/// every layer: only the device binds may open devices), id-mapped to
+/// `mapping` if given.
+fn detached(path: &Path, mapping: Option<&OwnedFd>, extra: u64) -> Result<OwnedFd, Errno> {
     let c_path =
         std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
     let tree = owned(unsafe {
@@ -490,7 +591,7 @@ fn detached(path: &Path, mapping: Option<&OwnedFd>) -> Result<OwnedFd, Errno> {
             libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
         )
     })?;
-    let mut attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID;
+    let mut attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | extra;
     if mapping.is_some() {
         attrs |= libc::MOUNT_ATTR_IDMAP;
     }

@@ -212,7 +212,7 @@ fn enter_root(
         "dev/pts",
         Some("devpts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5,max=1024"),
     )
     .map_err(fail("mount /dev/pts"))?;
     if spec.ipc_namespace {

@@ -1,0 +1,135 @@
+//! Escapes a security review found in the first isolation build, tried
+//! again from inside real sandboxes: a volume's source swapped for a link
+//! to the host's `/` between runs, device nodes in a read-only rootfs, and
+//! host `/etc` files only their owners may read.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn sandvisor(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sandvisor"))
+        .args(args)
+        .env("SANDVISOR_HOME", home)
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn a_volume_source_swapped_for_a_link_is_refused_at_the_next_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir_all(shared.join("sub")).unwrap();
+    // Shared with the sandbox's root, as a work directory would be.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let outer = format!("{}:/shared", shared.display());
+    let inner = format!("{}:/sub", shared.join("sub").display());
+    let swap = "mv /shared/sub /shared/old && ln -s / /shared/sub && echo swapped";
+    let first = sandvisor(
+        &home,
+        &[
+            "run", "--name", "v", "-v", &outer, "-v", &inner, "--", "sh", "-c", swap,
+        ],
+    );
+    assert!(text(&first).contains("swapped"), "{}", text(&first));
+    assert!(shared.join("sub").is_symlink());
+    let again = sandvisor(&home, &["start", "v"]);
+    assert!(!again.status.success(), "{}", text(&again));
+    assert!(
+        text(&again).contains("mounts[1]"),
+        "the start names the volume: {}",
+        text(&again)
+    );
+}
+
+#[test]
+fn device_nodes_in_a_read_only_rootfs_cannot_be_opened() {
+    let Ok(busybox) = std::fs::canonicalize("/bin/busybox") else {
+        eprintln!("skipped: no /bin/busybox (apt-get install busybox-static)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let rootfs = tmp.path().join("rootfs");
+    for dir in ["bin", "proc", "sys", "dev", "tmp", "run", "var/tmp"] {
+        std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+    }
+    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+    // /dev/null's numbers: harmless if the probe failed, but a device all
+    // the same.
+    nix::sys::stat::mknod(
+        &rootfs.join("null-device"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
+    for read_only in [true, false] {
+        let mut args = vec!["run", "--rm", "--rootfs", rootfs.to_str().unwrap()];
+        if read_only {
+            args.push("--read-only");
+        }
+        args.extend([
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo x > /null-device && echo OPENED",
+        ]);
+        let out = sandvisor(&home, &args);
+        assert!(
+            !text(&out).contains("OPENED"),
+            "read_only {read_only}: {}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
+fn host_etc_files_others_may_not_read_are_hidden() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    // Files and directories under the host's /etc that others may not
+    // read, as the host sees them now.
+    let mut private = Vec::new();
+    let mut dirs = vec![std::path::PathBuf::from("/etc")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode();
+            if meta.is_dir() && mode & 0o005 == 0o005 {
+                dirs.push(entry.path());
+            } else if (meta.is_file() || meta.is_dir()) && mode & 0o004 == 0 {
+                private.push((entry.path(), meta.is_dir()));
+            }
+        }
+    }
+    let script = private
+        .iter()
+        .map(|(path, dir)| match dir {
+            true => format!("ls -A {} 2>/dev/null;", path.display()),
+            false => format!("cat {} 2>/dev/null;", path.display()),
+        })
+        .collect::<String>()
+        + "echo end";
+    let out = sandvisor(&home, &["run", "--rm", "--", "sh", "-c", &script]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "end",
+        "private host files showed through: {private:?}"
+    );
+}
