@@ -10,54 +10,14 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sandvisor");
+#[path = "common/cli.rs"]
+mod cli_home;
+use cli_home::{Cli, BIN};
 /// Set when this test binary is re-run as another user to try the socket.
 const PROBE_SOCKET_ENV: &str = "SANDVISOR_TEST_PROBE_SOCKET";
 
-struct Cli {
-    home: TempDir,
-}
-
 impl Cli {
-    fn new() -> Self {
-        Self {
-            home: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn home(&self) -> &Path {
-        self.home.path()
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(BIN);
-        command
-            .args(args)
-            .env("SANDVISOR_HOME", self.home())
-            .env_remove("RUST_LOG")
-            .env_remove("SANDVISOR_LOG")
-            .stdin(Stdio::null());
-        command
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-
-    /// Runs and expects success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "sandvisor {args:?} failed with {:?}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
     fn ps(&self) -> Vec<Value> {
         let text = self.ok(&["ps", "-a", "--json"]);
         serde_json::from_str::<Value>(&text)

@@ -15,13 +15,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sandvisor");
+#[path = "common/cli.rs"]
+mod cli_home;
+use cli_home::Cli;
 const BUSYBOX: &str = "/bin/busybox";
 /// Docker's default capability set (CHOWN DAC_OVERRIDE FSETID FOWNER MKNOD
 /// NET_RAW SETGID SETUID SETFCAP SETPCAP NET_BIND_SERVICE SYS_CHROOT KILL
@@ -54,49 +56,7 @@ try() { k=$1; shift; o=$("$@" 2>&1); c=$?; printf '%s.rc=%s\n%s.out=%s\n' "$k" "
 // ---------------------------------------------------------------------------
 // The CLI against a temp home, the targets, the probes' output.
 
-struct Cli {
-    home: TempDir,
-}
-
 impl Cli {
-    fn new() -> Self {
-        Self {
-            home: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn home(&self) -> &Path {
-        self.home.path()
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(BIN);
-        command
-            .args(args)
-            .env("SANDVISOR_HOME", self.home())
-            .env_remove("RUST_LOG")
-            .env_remove("SANDVISOR_LOG")
-            .stdin(Stdio::null());
-        command
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-
-    /// Runs and expects success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "sandvisor {args:?} failed with {:?}: {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
     fn sandbox(&self, name: &str) -> Option<Value> {
         let text = self.ok(&["ps", "-a", "--json"]);
         serde_json::from_str::<Value>(&text)

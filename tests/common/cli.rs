@@ -1,0 +1,55 @@
+#![allow(dead_code)]
+//! The CLI against a temp home of its own, as a user runs it.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use tempfile::TempDir;
+
+/// The built `sandvisor` binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_sandvisor");
+
+/// The CLI with its own `SANDVISOR_HOME`.
+pub struct Cli {
+    pub home: TempDir,
+}
+
+impl Cli {
+    pub fn new() -> Self {
+        Self {
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .env("SANDVISOR_HOME", self.home())
+            .env_remove("RUST_LOG")
+            .env_remove("SANDVISOR_LOG")
+            .stdin(Stdio::null());
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Runs and expects success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "sandvisor {args:?} failed with {:?}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
