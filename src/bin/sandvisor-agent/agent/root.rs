@@ -345,7 +345,11 @@ fn walk_private(dir: &Path, prefix: &str, found: &mut Vec<(String, bool)>) {
 fn mask_secrets(root: &OwnedFd) -> Result<(), BootError> {
     let null = detached(Path::new("/dev/null"), None, 0)
         .map_err(|e| boot_error(BootStage::Mount, e, "open /dev/null"))?;
-    for file in MASKED_ETC_FILES {
+    let private_files = private_etc()
+        .iter()
+        .filter(|(_, dir)| !*dir)
+        .map(|(p, _)| p.as_str());
+    for file in MASKED_ETC_FILES.into_iter().chain(private_files) {
         let Ok(at) = resolve(root, &format!("etc/{file}")) else {
             continue;
         };
@@ -354,24 +358,11 @@ fn mask_secrets(root: &OwnedFd) -> Result<(), BootError> {
         attach(&null, &at)
             .map_err(|e| boot_error(BootStage::Mount, e, &format!("mask /etc/{file}")))?;
     }
-    let private = private_etc()
+    let private_dirs = private_etc()
         .iter()
         .filter(|(_, dir)| *dir)
         .map(|(p, _)| p.as_str());
-    for file in private_etc()
-        .iter()
-        .filter(|(_, dir)| !*dir)
-        .map(|(p, _)| p)
-    {
-        let Ok(at) = resolve(root, &format!("etc/{file}")) else {
-            continue;
-        };
-        let null =
-            clone_tree(&null).map_err(|e| boot_error(BootStage::Mount, e, "clone /dev/null"))?;
-        attach(&null, &at)
-            .map_err(|e| boot_error(BootStage::Mount, e, &format!("mask /etc/{file}")))?;
-    }
-    for dir in MASKED_ETC_DIRS.into_iter().chain(private) {
+    for dir in MASKED_ETC_DIRS.into_iter().chain(private_dirs) {
         let Ok(at) = resolve(root, &format!("etc/{dir}")) else {
             continue;
         };
