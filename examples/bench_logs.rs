@@ -148,6 +148,7 @@ async fn spawn_tap(dir: &Path, max_bytes: u64, keep: usize) -> BenchResult<Actor
             dir: dir.to_path_buf(),
             max_bytes,
             keep,
+            ..TapConfig::new(dir)
         },
         generation: 0,
         events: None,

@@ -79,6 +79,7 @@ async fn rotation_tells_the_parent_and_keeps_the_configured_count() {
             dir: dir.clone(),
             max_bytes: 1000,
             keep: 2,
+            ..TapConfig::new(&dir)
         },
         generation: 7,
         events: Some(parent.get_derived()),

@@ -10,20 +10,34 @@
 //!   forgets it. One that fails (panics) left its run open: the root marks the
 //!   sandbox Crashed. Its AgentLink died with it, which closed the agent's
 //!   socket, so the agent killed the sandbox.
+//! - An end the store refused (a full disk) comes with
+//!   [`SandboxEnded::unrecorded`]; the root keeps it and writes it again,
+//!   first after 100 ms, then twice as long each time up to 2 s, until the
+//!   store takes it — so once space returns the rows are right without a
+//!   restart. The same holds for the Crashed status of a failed supervisor.
 //! - Every supervisor gets the runtime's [`Backend`] (the namespace backend
 //!   unless the runtime was given another), through which its agent starts.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::backend::Backend;
 use crate::sandbox::events::EventSink;
-use crate::sandbox::lifecycle::{HostId, LifecycleStore, SandboxStatus};
+use crate::sandbox::lifecycle::{HostId, LifecycleStore, RunEnd, SandboxStatus, TerminationReason};
 use crate::sandbox::{
     BootFailure, SandboxEnded, SandboxSpec, SandboxSupervisor, SupervisorArgs, SupervisorMsg,
+    UnrecordedEnd,
 };
+
+/// The first wait before an unrecorded end is written again; it doubles
+/// up to [`LONGEST_RECORD_PAUSE`].
+const FIRST_RECORD_PAUSE: Duration = Duration::from_millis(100);
+const LONGEST_RECORD_PAUSE: Duration = Duration::from_secs(2);
 use tokio::sync::oneshot;
 
 /// Why [`RootMsg::Launch`] started no supervisor.
@@ -59,6 +73,8 @@ pub enum RootMsg {
     Hosted(RpcReplyPort<Vec<String>>),
     /// A supervisor's run has ended.
     Ended(SandboxEnded),
+    /// Write the ends the store refused so far (the root's own timer).
+    RecordPending,
 }
 
 impl From<SandboxEnded> for RootMsg {
@@ -100,6 +116,47 @@ pub struct RootState {
     by_name: HashMap<String, ActorRef<SupervisorMsg>>,
     by_id: HashMap<ActorId, String>,
     backend: Arc<dyn Backend>,
+    /// Ends not yet recorded, oldest first, and the pause before the next
+    /// try (`None`: no try is scheduled).
+    unrecorded: Vec<(String, UnrecordedEnd)>,
+    record_pause: Option<Duration>,
+}
+
+impl RootState {
+    /// Keeps `end` of `name` to record later, and schedules a try.
+    fn keep_unrecorded(&mut self, myself: &ActorRef<RootMsg>, name: String, end: UnrecordedEnd) {
+        self.unrecorded.push((name, end));
+        if self.record_pause.is_none() {
+            self.record_pause = Some(FIRST_RECORD_PAUSE);
+            myself.send_after(FIRST_RECORD_PAUSE, || RootMsg::RecordPending);
+        }
+    }
+
+    /// Tries every kept end, in order; schedules the next try if some are
+    /// still refused.
+    async fn record_pending(&mut self, myself: &ActorRef<RootMsg>) {
+        let mut still = Vec::new();
+        for (name, end) in std::mem::take(&mut self.unrecorded) {
+            match end.record(self.store.as_ref(), &name).await {
+                Ok(()) => tracing::info!(sandbox = %name, "the end of its run is recorded now"),
+                Err(err) => {
+                    tracing::debug!(sandbox = %name, %err, "the end of its run is still not recorded");
+                    still.push((name, end));
+                }
+            }
+        }
+        self.unrecorded = still;
+        self.record_pause = match (self.unrecorded.is_empty(), self.record_pause) {
+            (true, _) => None,
+            (false, pause) => {
+                let pause = pause
+                    .map_or(FIRST_RECORD_PAUSE, |p| p * 2)
+                    .min(LONGEST_RECORD_PAUSE);
+                myself.send_after(pause, || RootMsg::RecordPending);
+                Some(pause)
+            }
+        };
+    }
 }
 
 impl Actor for Root {
@@ -119,6 +176,8 @@ impl Actor for Root {
             by_name: HashMap::new(),
             by_id: HashMap::new(),
             backend: args.backend,
+            unrecorded: Vec::new(),
+            record_pause: None,
         })
     }
 
@@ -171,14 +230,18 @@ impl Actor for Root {
                 if state.by_id.remove(&ended.supervisor).is_some() {
                     state.by_name.remove(&ended.name);
                 }
+                if let Some(end) = ended.unrecorded {
+                    state.keep_unrecorded(&myself, ended.name, end);
+                }
             }
+            RootMsg::RecordPending => state.record_pending(&myself).await,
         }
         Ok(())
     }
 
     async fn handle_supervisor_evt(
         &self,
-        _: ActorRef<RootMsg>,
+        myself: ActorRef<RootMsg>,
         event: SupervisionEvent,
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
@@ -193,8 +256,19 @@ impl Actor for Root {
         state.by_name.remove(&name);
         if let Some(reason) = failure {
             tracing::error!(sandbox = %name, %reason, "sandbox supervisor failed; marking the sandbox crashed");
-            if let Err(err) = state.store.set_status(&name, SandboxStatus::Crashed).await {
-                tracing::error!(sandbox = %name, %err, "cannot record the crash");
+            let end = UnrecordedEnd {
+                run_id: None,
+                end: RunEnd {
+                    status: SandboxStatus::Crashed,
+                    exit_code: None,
+                    signal: None,
+                    reason: TerminationReason::InternalError,
+                    at: Utc::now(),
+                },
+            };
+            if let Err(err) = end.record(state.store.as_ref(), &name).await {
+                tracing::error!(sandbox = %name, %err, "cannot record the crash yet; retrying");
+                state.keep_unrecorded(&myself, name, end);
             }
         }
         Ok(())

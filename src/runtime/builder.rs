@@ -12,9 +12,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::Actor;
 use sandvisor_actors::backend::{Backend, NamespaceBackend};
+use sandvisor_actors::log::tap::DEFAULT_DISK_FULL_WAIT;
 use sandvisor_actors::root::{Root, RootArgs};
 
 use super::spec::Defaults;
@@ -38,6 +40,7 @@ pub struct SandvisorBuilder {
     backend: Option<Arc<dyn Backend>>,
     default_memory: Option<Limit>,
     default_pids: Option<Limit>,
+    disk_full_wait: Option<Duration>,
 }
 
 /// Where a runtime's control socket goes.
@@ -103,6 +106,16 @@ impl SandvisorBuilder {
         self
     }
 
+    /// How long a sandbox's output may wait for space when the home's disk
+    /// is full: 60 s unless set here. Meanwhile its writer retries and the
+    /// sandbox's pipes fill, so its processes block on writing; nothing is
+    /// dropped. Past it the sandbox is killed and ends Crashed, the reason
+    /// in its `runtime.log`.
+    pub fn disk_full_wait(mut self, wait: Duration) -> Self {
+        self.disk_full_wait = Some(wait);
+        self
+    }
+
     /// Opens the home: store, migrations, reconciliation, root actor, and the
     /// control socket if asked for.
     ///
@@ -127,6 +140,7 @@ impl SandvisorBuilder {
         let defaults = Defaults {
             memory: pick(self.default_memory, DEFAULT_MEMORY),
             pids: pick(self.default_pids, DEFAULT_PIDS),
+            disk_full_wait: self.disk_full_wait.unwrap_or(DEFAULT_DISK_FULL_WAIT),
         };
         check_limit("default_memory", defaults.memory)?;
         check_limit("default_pids", defaults.pids)?;

@@ -47,6 +47,8 @@ pub(crate) struct Defaults {
     pub memory: Limit,
     /// Processes.
     pub pids: Limit,
+    /// How long a sandbox's output may wait for space on a full disk.
+    pub disk_full_wait: std::time::Duration,
 }
 
 /// Where and how one run happens.
@@ -150,6 +152,7 @@ pub(super) fn sandbox_spec(config: &SandboxConfig, context: RunContext<'_>) -> R
             dir: log_dir.clone(),
             max_bytes: config.log.max_bytes,
             keep: config.log.keep,
+            disk_full_wait: context.defaults.disk_full_wait,
         },
         log_dir,
         stop_signal: config.stop_signal,

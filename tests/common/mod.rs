@@ -47,7 +47,8 @@ impl Tap {
                 dir: dir.to_path_buf(),
                 max_bytes,
                 keep,
-            },
+            ..TapConfig::new(dir)
+        },
             generation: 0,
             events: None,
         };

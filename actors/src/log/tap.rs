@@ -13,7 +13,14 @@
 //! - Restart-safe: a new incarnation reopens `exec.log` in append mode and
 //!   counts from its current size, so a crash costs at most the chunk being
 //!   written, and a supervisor that replays unacknowledged chunks loses none.
-//! - A write or rotation error fails the actor (its supervisor restarts it).
+//! - A full disk (`ENOSPC`, `EDQUOT`) is waited out: the tap retries the
+//!   records not yet written, pausing 10 ms, then twice as long each time
+//!   up to 1 s, for at most [`TapConfig::disk_full_wait`]. Meanwhile it
+//!   answers nothing, so the capture side waits and the sandbox's pipes fill
+//!   (back-pressure, nothing dropped). Past that wait the tap fails with
+//!   [`DiskFull`], which its supervisor does not retry.
+//! - Any other write or rotation error fails the actor (its supervisor
+//!   restarts it).
 //! - [`RelayTapMsg::Flush`] answers once every earlier message is on disk
 //!   (in the page cache: the tap does not fsync).
 
@@ -21,6 +28,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -36,6 +44,12 @@ const PARALLEL_ENCODE_BYTES: usize = 64 << 10;
 pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
 /// Default number of rotated files kept.
 pub const DEFAULT_KEEP: usize = 4;
+/// Default longest wait for disk space before a tap gives up: 60 s.
+pub const DEFAULT_DISK_FULL_WAIT: Duration = Duration::from_secs(60);
+/// The first pause before a write is retried on a full disk; each next one
+/// doubles, up to [`LONGEST_DISK_FULL_PAUSE`].
+const FIRST_DISK_FULL_PAUSE: Duration = Duration::from_millis(10);
+const LONGEST_DISK_FULL_PAUSE: Duration = Duration::from_secs(1);
 
 /// Where and how a tap writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,17 +60,37 @@ pub struct TapConfig {
     pub max_bytes: u64,
     /// Rotated files kept (`exec.log.1` … `exec.log.{keep}`).
     pub keep: usize,
+    /// How long a write may wait for space on a full disk before the tap
+    /// gives up with [`DiskFull`].
+    pub disk_full_wait: Duration,
 }
 
 impl TapConfig {
-    /// A tap writing into `dir` with the default rotation (10 MiB × 4).
+    /// A tap writing into `dir` with the default rotation (10 MiB × 4) and
+    /// the default wait on a full disk (60 s).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
             max_bytes: DEFAULT_MAX_BYTES,
             keep: DEFAULT_KEEP,
+            disk_full_wait: DEFAULT_DISK_FULL_WAIT,
         }
     }
+}
+
+/// Why a tap failed for good: `exec.log` stayed unwritable for lack of
+/// space for the whole [`TapConfig::disk_full_wait`]. Restarting it would
+/// only wait again; the run cannot keep its output.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: the disk stayed full for {waited:?}: {source}")]
+pub struct DiskFull {
+    /// The log being written.
+    pub path: PathBuf,
+    /// How long the tap waited.
+    pub waited: Duration,
+    /// The last write's error.
+    #[source]
+    pub source: io::Error,
 }
 
 /// One captured chunk of output.
@@ -160,6 +194,17 @@ struct WriteFailure {
     error: io::Error,
 }
 
+impl WriteFailure {
+    /// What fails the tap: a [`DiskFull`] as itself (so the supervisor can
+    /// tell it apart), any other error as the I/O error.
+    fn into_error(self) -> ActorProcessingErr {
+        match self.error.downcast::<DiskFull>() {
+            Ok(full) => Box::new(full),
+            Err(error) => Box::new(error),
+        }
+    }
+}
+
 /// The `exec.log` writer actor. See the module docs.
 pub struct RelayTap;
 
@@ -175,6 +220,8 @@ pub struct TapState {
     batch_records: usize,
     /// Chunks of the current message written so far.
     written: usize,
+    /// `file` is a rotated log: open `exec.log` before writing.
+    reopen: bool,
     events: Option<DerivedActorRef<TapEvent>>,
 }
 
@@ -205,7 +252,6 @@ impl TapState {
             self.write_out(before)?;
             self.rotate()?;
         }
-        self.stats.records += 1;
         self.batch_records += 1;
         Ok(())
     }
@@ -228,6 +274,7 @@ impl TapState {
             self.batch_records - 1
         };
         self.written += records;
+        self.stats.records += records as u64;
         self.batch_records -= records;
         self.stats.size += upto as u64;
         self.stats.bytes += upto as u64;
@@ -241,10 +288,70 @@ impl TapState {
         self.batch.clear();
         self.batch_records = 0;
         self.written = 0;
-        self.write_all_chunks(chunks).map_err(|error| WriteFailure {
+        let result = self.reopen().and_then(|()| self.write_all_chunks(chunks));
+        result.map_err(|error| WriteFailure {
             written: self.written,
             error,
         })
+    }
+
+    /// [`Self::write_chunks`], waiting out a full disk (see the module
+    /// docs).
+    ///
+    /// # Errors
+    /// How many chunks are on disk, whole, and why the rest are not; a
+    /// [`DiskFull`] error once the wait is over.
+    async fn write_patiently(&mut self, chunks: &[Chunk]) -> Result<(), WriteFailure> {
+        let mut done = 0;
+        let mut waited = Duration::ZERO;
+        let mut pause = FIRST_DISK_FULL_PAUSE;
+        loop {
+            let failure = match self.write_chunks(&chunks[done..]) {
+                Ok(()) => {
+                    if !waited.is_zero() {
+                        tracing::info!(dir = %self.config.dir.display(), ?waited, "disk space is back; exec.log written");
+                    }
+                    return Ok(());
+                }
+                Err(failure) => failure,
+            };
+            done += failure.written;
+            if !is_disk_full(&failure.error) {
+                return Err(WriteFailure {
+                    written: done,
+                    error: failure.error,
+                });
+            }
+            if waited >= self.config.disk_full_wait {
+                return Err(WriteFailure {
+                    written: done,
+                    error: io::Error::other(DiskFull {
+                        path: self.live.clone(),
+                        waited,
+                        source: failure.error,
+                    }),
+                });
+            }
+            if waited.is_zero() {
+                tracing::warn!(dir = %self.config.dir.display(), "disk full: exec.log writes wait for space");
+            }
+            let nap = pause.min(self.config.disk_full_wait - waited);
+            // No event tells of freed space: poll, backing off.
+            tokio::time::sleep(nap).await;
+            waited += nap;
+            pause = (pause * 2).min(LONGEST_DISK_FULL_PAUSE);
+        }
+    }
+
+    /// Opens `exec.log` again if a rotation renamed it but could not open
+    /// its successor.
+    fn reopen(&mut self) -> io::Result<()> {
+        if self.reopen {
+            self.file = open_append(&self.live)?;
+            self.stats.size = self.file.metadata()?.len();
+            self.reopen = false;
+        }
+        Ok(())
     }
 
     fn write_all_chunks(&mut self, chunks: &[Chunk]) -> io::Result<()> {
@@ -293,12 +400,16 @@ impl TapState {
                 &dir.join(format!("{name}.{}", generation + 1)),
             )?;
         }
+        // From here until the new file is open, `file` is the rotated one:
+        // the next write must not land in it.
+        self.reopen = true;
         if self.config.keep == 0 {
             std::fs::remove_file(&self.live)?;
         } else {
             rename_if_present(&self.live, &dir.join(format!("{name}.1")))?;
         }
         self.file = open_append(&self.live)?;
+        self.reopen = false;
         self.stats.size = 0;
         self.stats.generation += 1;
         tracing::debug!(dir = %dir.display(), generation = self.stats.generation, "exec.log rotated");
@@ -310,6 +421,11 @@ impl TapState {
         }
         Ok(())
     }
+}
+
+/// Out of space or quota: a condition that may pass.
+fn is_disk_full(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 fn rename_if_present(from: &Path, to: &Path) -> io::Result<()> {
@@ -359,6 +475,7 @@ impl Actor for RelayTap {
             batch: Vec::new(),
             batch_records: 0,
             written: 0,
+            reopen: false,
             events: args.events,
         })
     }
@@ -371,19 +488,30 @@ impl Actor for RelayTap {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RelayTapMsg::Chunk(chunk) => state
-                .write_chunks(std::slice::from_ref(&chunk))
-                .map_err(|f| f.error)?,
-            RelayTapMsg::Chunks(chunks) => state.write_chunks(&chunks).map_err(|f| f.error)?,
+                .write_patiently(std::slice::from_ref(&chunk))
+                .await
+                .map_err(WriteFailure::into_error)?,
+            RelayTapMsg::Chunks(chunks) => state
+                .write_patiently(&chunks)
+                .await
+                .map_err(WriteFailure::into_error)?,
             RelayTapMsg::Append(chunks, reply) => {
-                let result = state.write_chunks(&chunks);
+                let result = state.write_patiently(&chunks).await;
                 // A caller that stopped waiting still got its chunks written.
                 let _ = reply.send(result.as_ref().map(|_| ()).map_err(|f| f.written));
-                result.map_err(|f| f.error)?;
+                result.map_err(WriteFailure::into_error)?;
             }
             RelayTapMsg::System { text, at } => {
-                state.batch.clear();
-                state.push_record(at, LogSource::System, None, text.as_bytes())?;
-                state.write_out(state.batch.len())?;
+                let marker = Chunk {
+                    session_id: 0,
+                    source: LogSource::System,
+                    data: text.into(),
+                    captured_at: at,
+                };
+                state
+                    .write_patiently(std::slice::from_ref(&marker))
+                    .await
+                    .map_err(WriteFailure::into_error)?;
             }
             RelayTapMsg::Flush(reply) => {
                 // The caller may have stopped waiting; the writes stand either way.

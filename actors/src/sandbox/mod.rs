@@ -104,6 +104,9 @@ pub struct StopOutcome {
 
 /// Messages of the [`SandboxSupervisor`].
 pub enum SupervisorMsg {
+    /// The run cannot go on (its record could not be written): SIGKILL
+    /// from the host, end Crashed; the text (why) goes to `runtime.log`.
+    Abandon(String),
     /// Stop: the stop signal to the whole tree, SIGKILL after `timeout`
     /// (`None`: the sandbox's default; zero: at once).
     Stop {
@@ -223,6 +226,36 @@ pub struct SandboxEnded {
     pub name: String,
     /// The supervisor that ran it.
     pub supervisor: ractor::ActorId,
+    /// The end, if the store refused it (a full disk): the parent records
+    /// it once the store takes writes again.
+    pub unrecorded: Option<UnrecordedEnd>,
+}
+
+/// A run's end the store did not take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnrecordedEnd {
+    /// The run row to close; `None` when the run never got one (only the
+    /// sandbox's status is set).
+    pub run_id: Option<i64>,
+    /// How it ended.
+    pub end: lifecycle::RunEnd,
+}
+
+impl UnrecordedEnd {
+    /// Writes it to `store`.
+    ///
+    /// # Errors
+    /// The store's, when it still refuses.
+    pub async fn record(
+        &self,
+        store: &dyn lifecycle::LifecycleStore,
+        name: &str,
+    ) -> Result<(), String> {
+        match self.run_id {
+            Some(run_id) => store.run_ended(name, run_id, self.end).await,
+            None => store.set_status(name, self.end.status).await,
+        }
+    }
 }
 
 /// What the agent link tells its supervisor.

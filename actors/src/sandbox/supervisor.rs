@@ -52,7 +52,7 @@ use super::{
     MetricsUnavailable, SandboxEnded, SandboxSpec, StopOutcome, SupervisorMsg, VmEvent,
 };
 use crate::backend::Backend;
-use crate::log::tap::{RelayTap, RelayTapMsg, TapArgs, TapEvent};
+use crate::log::tap::{DiskFull, RelayTap, RelayTapMsg, TapArgs, TapEvent};
 use crate::restart::RestartBudget;
 
 mod actions;
@@ -176,6 +176,7 @@ impl Actor for SandboxSupervisor {
             }
             SupervisorMsg::Pause(reply) => return state.freeze(&myself, true, reply).await,
             SupervisorMsg::Resume(reply) => return state.freeze(&myself, false, reply).await,
+            SupervisorMsg::Abandon(why) => return state.abandon(&myself, &why).await,
             SupervisorMsg::Stop { timeout } => Input::Stop(timeout),
             SupervisorMsg::Kill => Input::Kill,
             SupervisorMsg::Drain { timeout } => Input::Drain(timeout),
@@ -259,10 +260,13 @@ impl Actor for SandboxSupervisor {
         event: SupervisionEvent,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason, failed) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string(), true),
+        let (cell, reason, failed, disk_full) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                let disk_full = err.downcast_ref::<DiskFull>().is_some();
+                (cell, err.to_string(), true, disk_full)
+            }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()), false)
+                (cell, reason.unwrap_or_else(|| "stopped".into()), false, false)
             }
             _ => return Ok(()),
         };
@@ -270,17 +274,25 @@ impl Actor for SandboxSupervisor {
             return Ok(());
         }
         if cell.get_id() == state.tap.get_id() {
+            // A tap that waited out its whole patience for disk space would
+            // only wait again: the run cannot keep its output.
+            if disk_full {
+                return state
+                    .abandon(
+                        &myself,
+                        &format!("exec.log cannot be written ({reason}); killing the sandbox"),
+                    )
+                    .await;
+            }
             // Only failures spend the budget: a tap stopped or killed from
             // outside is not crash-looping.
             if failed && !state.tap_budget.allow() {
-                state.note(
-                    true,
-                    &format!("relay tap keeps failing ({reason}); killing the sandbox"),
-                );
-                if let Some(link) = &state.link {
-                    let _ = link.cast(AgentLinkMsg::KillFromHost);
-                }
-                return state.apply(&myself, Input::Abandon).await;
+                return state
+                    .abandon(
+                        &myself,
+                        &format!("relay tap keeps failing ({reason}); killing the sandbox"),
+                    )
+                    .await;
             }
             state.note(true, &format!("relay tap ended ({reason}); restarting it"));
             state.publish(SandboxEvent::ChildRestarted {
@@ -343,6 +355,21 @@ impl SupervisorState {
         let (phase, actions) = phase::step(&self.phase, input, &self.context());
         self.phase = phase;
         self.execute(myself, actions).await
+    }
+
+    /// Ends a run that cannot go on (its output or its record cannot be
+    /// written): notes `why` in `runtime.log`, SIGKILLs PID 1 from the host
+    /// and ends Crashed.
+    async fn abandon(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        why: &str,
+    ) -> Result<(), ActorProcessingErr> {
+        self.note(true, why);
+        if let Some(link) = &self.link {
+            let _ = link.cast(AgentLinkMsg::KillFromHost);
+        }
+        self.apply(myself, Input::Abandon).await
     }
 
     /// Pauses (`true`) or resumes every process of the sandbox and answers

@@ -13,7 +13,10 @@ use crate::sandbox::events::SandboxEvent;
 use crate::sandbox::lifecycle::{RunEnd, SandboxStatus};
 use crate::sandbox::metrics::Sampler;
 use crate::sandbox::phase::{Action, Ending};
-use crate::sandbox::{boot_error, AgentLinkMsg, SandboxEnded, SupervisorMsg};
+use crate::protocol::BootStage;
+use crate::sandbox::{
+    boot_error, AgentLinkMsg, BootFailure, SandboxEnded, SupervisorMsg, UnrecordedEnd,
+};
 
 impl SupervisorState {
     pub(super) async fn execute(
@@ -24,7 +27,11 @@ impl SupervisorState {
         for action in actions {
             match action {
                 Action::SetStatus { from, to } => {
-                    self.store.set_status(&self.spec.name, to).await?;
+                    // A status between start and end (Stopping, Paused) is
+                    // advisory: the run goes on without it.
+                    if let Err(err) = self.store.set_status(&self.spec.name, to).await {
+                        self.note(true, &format!("cannot record the status {to}: {err}"));
+                    }
                     self.publish(SandboxEvent::StatusChanged { from, to });
                 }
                 Action::SignalAll(signo) => self.to_link(AgentLinkMsg::Signal {
@@ -68,11 +75,27 @@ impl SupervisorState {
         pid: u32,
     ) -> Result<(), ActorProcessingErr> {
         let host_pid = self.init_pid.unwrap_or(pid);
-        self.run_id = Some(
-            self.store
-                .run_started(&self.spec.name, host_pid, self.host, Utc::now())
-                .await?,
-        );
+        match self
+            .store
+            .run_started(&self.spec.name, host_pid, self.host, Utc::now())
+            .await
+        {
+            Ok(run_id) => self.run_id = Some(run_id),
+            Err(err) => {
+                // A run nobody could find again (no row says it runs) must
+                // not go on: it ends Crashed, which is recorded later.
+                let why = format!("cannot record the run: {err}");
+                if let Some(started) = self.started.take() {
+                    let _ = started.send(Err(BootFailure {
+                        stage: BootStage::Other,
+                        errno: 0,
+                        message: why.clone(),
+                    }));
+                }
+                myself.cast(SupervisorMsg::Abandon(format!("{why}; killing the sandbox")))?;
+                return Ok(());
+            }
+        }
         // `run_started` recorded Running with the run row.
         self.publish(SandboxEvent::StatusChanged {
             from: SandboxStatus::Starting,
@@ -136,10 +159,20 @@ impl SupervisorState {
             reason,
             at,
         };
-        match self.run_id {
-            Some(run_id) => self.store.run_ended(&self.spec.name, run_id, end).await?,
-            None => self.store.set_status(&self.spec.name, status).await?,
-        }
+        let ended = UnrecordedEnd {
+            run_id: self.run_id,
+            end,
+        };
+        let unrecorded = match ended.record(self.store.as_ref(), &self.spec.name).await {
+            Ok(()) => None,
+            Err(err) => {
+                self.note(
+                    true,
+                    &format!("cannot record the end of the run yet ({err}); the runtime retries"),
+                );
+                Some(ended)
+            }
+        };
         if self.run_id.is_some() && failure.is_none() {
             // Sessions still counted here were not reported by the agent
             // (it was lost or killed from the host): they ended with it.
@@ -172,6 +205,7 @@ impl SupervisorState {
             let _ = ended.send_message(SandboxEnded {
                 name: self.spec.name.clone(),
                 supervisor: myself.get_id(),
+                unrecorded,
             });
         }
         for waiter in self.stop_waiters.drain(..) {
