@@ -121,6 +121,15 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// `run -d` started `sandvisor serve` for the home and it did not come
+    /// up.
+    #[error("the sandvisor daemon could not start: {reason}; its log: {log}")]
+    DaemonNotStarted {
+        /// Why, as the daemon said (or what was seen of it).
+        reason: String,
+        /// The daemon's log file.
+        log: PathBuf,
+    },
     /// Another live runtime listens on this control socket.
     #[error("control socket {socket} is in use by another sandvisor process")]
     ControlSocketInUse {

@@ -66,7 +66,10 @@ impl Drop for Tmpfs {
 fn writer(name: &str, gate: &Path) -> SandboxConfig {
     let mut config = SandboxConfig::shell(
         name,
-        &format!("while [ ! -e /gate/go ]; do sleep 0.02; done; seq 0 {}", LINES - 1),
+        &format!(
+            "while [ ! -e /gate/go ]; do sleep 0.02; done; seq 0 {}",
+            LINES - 1
+        ),
     );
     config.mounts = vec![Mount {
         source: gate.to_path_buf(),
@@ -82,7 +85,12 @@ async fn stdout_lines(rt: &Sandvisor, home: &Path, name: &str) -> Vec<String> {
     let dir = home.join("sandboxes").join(name);
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.file_name().unwrap().to_string_lossy().starts_with("exec.log") {
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("exec.log")
+        {
             let text = std::fs::read_to_string(&path).unwrap();
             for line in text.lines() {
                 serde_json::from_str::<serde_json::Value>(line)
@@ -228,4 +236,26 @@ async fn d1_a_run_that_cannot_write_ends_crashed_and_is_recorded_when_space_retu
     let end = after.wait_until_stopped().await.unwrap();
     assert_eq!(end.exit_code, Some(0), "{end:?}");
     rt.remove("stuck").await.unwrap();
+}
+
+/// D13: `run -d` on a home whose disk is full says why the daemon could
+/// not start (it said "cannot reach … sandvisord.sock: No such file").
+#[test]
+fn d13_run_d_says_why_the_daemon_could_not_start() {
+    let fs = Tmpfs::mount(4 << 20);
+    let home = fs.path().join("home");
+    fs.fill(&fs.path().join("filler"));
+    let out = Command::new(BIN)
+        .args(["run", "-d", "--name", "x", "true"])
+        .env("SANDVISOR_HOME", &home)
+        .env_remove("RUST_LOG")
+        .env_remove("SANDVISOR_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("daemon could not start") && stderr.contains("full"),
+        "{stderr}"
+    );
 }

@@ -47,8 +47,8 @@ impl Tap {
                 dir: dir.to_path_buf(),
                 max_bytes,
                 keep,
-            ..TapConfig::new(dir)
-        },
+                ..TapConfig::new(dir)
+            },
             generation: 0,
             events: None,
         };

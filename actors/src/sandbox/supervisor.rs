@@ -265,9 +265,12 @@ impl Actor for SandboxSupervisor {
                 let disk_full = err.downcast_ref::<DiskFull>().is_some();
                 (cell, err.to_string(), true, disk_full)
             }
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()), false, false)
-            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (
+                cell,
+                reason.unwrap_or_else(|| "stopped".into()),
+                false,
+                false,
+            ),
             _ => return Ok(()),
         };
         if state.phase.is_ended() {

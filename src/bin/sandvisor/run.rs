@@ -378,28 +378,43 @@ pub(crate) async fn ensure_daemon(home: PathBuf) -> Result<ControlClient> {
     let mut line = String::new();
     if let Some(stdout) = child.stdout.take() {
         let mut stdout = tokio::io::BufReader::new(stdout);
-        // A daemon that fails says why in its log; a lost race leaves the
-        // winner listening.
+        // The daemon says `ready …`, or why it failed (its log may be on
+        // the very disk that is full); a lost race leaves the winner
+        // listening.
         let _ = tokio::time::timeout(DAEMON_START_TIMEOUT, stdout.read_line(&mut line)).await;
     }
     match client.host().await {
         Ok(_) => Ok(client),
-        Err(err) => Err(Error::Internal(format!(
-            "the daemon did not start ({err}); see {}",
-            log_path.display()
-        ))),
+        Err(err) => Err(Error::DaemonNotStarted {
+            reason: match line.trim_end().strip_prefix(DAEMON_FAILED) {
+                Some(why) => why.to_string(),
+                None => format!("it does not answer ({err})"),
+            },
+            log: log_path,
+        }),
     }
 }
+
+/// How `serve` starts the line that tells `run -d` why it could not start.
+const DAEMON_FAILED: &str = "failed: ";
 
 /// `sandvisor serve`.
 pub(crate) async fn serve(home: Option<PathBuf>, _: ServeArgs) -> Result<ExitCode> {
     let home = resolve_home(home)?;
     let socket = daemon_socket(&home);
-    let runtime = Sandvisor::builder()
+    let opened = Sandvisor::builder()
         .home(&home)
         .control_socket_at(&socket)
         .open()
-        .await?;
+        .await;
+    let runtime = match opened {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            // For `run -d`, which reads this line; stdout may be closed.
+            let _ = outln!("{DAEMON_FAILED}{err}");
+            return Err(err);
+        }
+    };
     let mut interrupt = signal(SignalKind::interrupt()).map_err(io_err(Path::new("SIGINT")))?;
     let mut terminate = signal(SignalKind::terminate()).map_err(io_err(Path::new("SIGTERM")))?;
     // `run -d` waits for this line.

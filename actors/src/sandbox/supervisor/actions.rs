@@ -8,12 +8,12 @@ use ractor::ActorRef;
 use super::SupervisorState;
 use crate::log::format::LogSource;
 use crate::log::tap::{Chunk, RelayTapMsg};
+use crate::protocol::BootStage;
 use crate::protocol::SignalTarget;
 use crate::sandbox::events::SandboxEvent;
 use crate::sandbox::lifecycle::{RunEnd, SandboxStatus};
 use crate::sandbox::metrics::Sampler;
 use crate::sandbox::phase::{Action, Ending};
-use crate::protocol::BootStage;
 use crate::sandbox::{
     boot_error, AgentLinkMsg, BootFailure, SandboxEnded, SupervisorMsg, UnrecordedEnd,
 };
@@ -92,7 +92,9 @@ impl SupervisorState {
                         message: why.clone(),
                     }));
                 }
-                myself.cast(SupervisorMsg::Abandon(format!("{why}; killing the sandbox")))?;
+                myself.cast(SupervisorMsg::Abandon(format!(
+                    "{why}; killing the sandbox"
+                )))?;
                 return Ok(());
             }
         }
