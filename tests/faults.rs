@@ -539,3 +539,74 @@ fn d5_logs_follow_ends_when_the_host_dies() {
     );
     assert_eq!(cli.status("ticker"), "Crashed");
 }
+
+/// D11: a command that cannot run exits as shells and docker say — 127 not
+/// found, 126 found but not executable — with a message saying which; a
+/// working directory that cannot be entered is named with its errno and is
+/// not reported as the command's fault (exit 1, sandvisor's own failure).
+/// The same for the main command (`run`, `run -d`) and exec sessions.
+#[test]
+fn d11_commands_that_cannot_run_exit_127_or_126_and_a_bad_workdir_says_so() {
+    let cli = Cli::new();
+    let expect = |args: &[&str], code: i32, says: &[&str]| {
+        let out = cli.run(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        for text in says {
+            assert!(err.contains(text), "{args:?} should say {text:?}: {err}");
+        }
+        assert!(
+            code == 127 || !err.contains("not found:"),
+            "{args:?}: {err}"
+        );
+    };
+    expect(
+        &["run", "--", "no-such-command"],
+        127,
+        &["command not found: no-such-command"],
+    );
+    expect(
+        &["run", "-d", "--", "no-such-command"],
+        127,
+        &["command not found: no-such-command"],
+    );
+    expect(
+        &["run", "--", "/etc/passwd"],
+        126,
+        &["permission denied: /etc/passwd"],
+    );
+    expect(&["run", "--", "/usr"], 126, &["cannot execute: /usr"]);
+    expect(
+        &["run", "-w", "/nonexistent", "--", "true"],
+        1,
+        &["/nonexistent", "ENOENT"],
+    );
+    expect(
+        &["run", "-w", "/etc/passwd", "--", "true"],
+        1,
+        &["/etc/passwd", "ENOTDIR"],
+    );
+
+    cli.ok(&["run", "-d", "--name", "box", "--", "sleep", "1000"]);
+    expect(
+        &["exec", "box", "--", "no-such-command"],
+        127,
+        &["command not found: no-such-command"],
+    );
+    expect(
+        &["exec", "box", "--", "/etc/passwd"],
+        126,
+        &["permission denied: /etc/passwd"],
+    );
+    expect(
+        &["exec", "-w", "/nonexistent", "box", "--", "true"],
+        1,
+        &["/nonexistent", "ENOENT"],
+    );
+    // The sandbox is unharmed, and a good working directory works.
+    assert_eq!(
+        cli.ok(&["exec", "-w", "/usr", "box", "--", "pwd"]),
+        "/usr\n"
+    );
+    cli.ok(&["rm", "-f", "box"]);
+}
