@@ -444,7 +444,9 @@ impl SandboxConfig {
     ///
     /// # Errors
     /// [`Error::InvalidName`] for a bad name; [`Error::InvalidConfig`]
-    /// naming the first other field that cannot work.
+    /// naming the first other field that cannot work;
+    /// [`Error::CommandNotFound`] or [`Error::CommandNotExecutable`] if the
+    /// command cannot run in the sandbox.
     pub fn validate(&self) -> Result<()> {
         validate_name(&self.name)?;
         if self.command.is_empty() {
@@ -519,12 +521,7 @@ impl SandboxConfig {
         {
             return Err(bad("metrics_interval", "must be at least 10 ms".into()));
         }
-        self.resolve_command().map(|_| ()).ok_or_else(|| {
-            bad(
-                "command",
-                format!("{} not found in the sandbox's PATH", self.command),
-            )
-        })
+        self.resolve_command().map(|_| ())
     }
 
     /// Checks the root filesystem, volumes, capabilities, seccomp and user.
@@ -609,8 +606,17 @@ impl SandboxConfig {
         Ok(())
     }
 
-    /// Where the main command is, as seen from inside the sandbox.
-    fn resolve_command(&self) -> Option<PathBuf> {
+    /// Where the main command is, as seen from inside the sandbox, found as
+    /// a shell finds it: a name with a `/` is that path (relative to the
+    /// working directory), any other is the first executable file of that
+    /// name in the sandbox's `PATH`.
+    ///
+    /// # Errors
+    /// [`Error::CommandNotFound`] if there is no such file;
+    /// [`Error::CommandNotExecutable`] if there is one but it cannot be
+    /// executed (no execute bit, or a directory) and nothing executable of
+    /// that name comes later in `PATH`.
+    fn resolve_command(&self) -> Result<PathBuf> {
         let root = self.rootfs.as_deref().unwrap_or(Path::new("/"));
         // The host path of a path inside: through the deepest mount over it,
         // else in the root.
@@ -626,32 +632,55 @@ impl SandboxConfig {
                 .max_by_key(|(depth, _)| *depth)
                 .map_or_else(|| root.join(path), |(_, host)| host)
         };
-        let is_executable = |path: &Path| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::metadata(path)
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        };
-        if self.command.contains('/') {
+        let candidates: Vec<PathBuf> = if self.command.contains('/') {
             let path = Path::new(&self.command);
-            let host_path = if path.is_absolute() {
-                inside(path)
-            } else {
-                let cwd = Path::new(self.working_dir.as_deref().unwrap_or("/"));
-                inside(&cwd.join(path))
+            let cwd = Path::new(self.working_dir.as_deref().unwrap_or("/"));
+            vec![cwd.join(path)]
+        } else {
+            let env = self.effective_env();
+            let path_var = env
+                .iter()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| v.as_str())
+                .unwrap_or(DEFAULT_PATH);
+            path_var
+                .split(':')
+                .filter(|dir| dir.starts_with('/'))
+                .map(|dir| Path::new(dir).join(&self.command))
+                .collect()
+        };
+        let mut unusable = None;
+        for candidate in candidates {
+            use std::os::unix::fs::PermissionsExt;
+            let Ok(meta) = std::fs::metadata(inside(&candidate)) else {
+                continue;
             };
-            return is_executable(&host_path).then(|| path.to_path_buf());
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                return Ok(if self.command.contains('/') {
+                    PathBuf::from(&self.command)
+                } else {
+                    candidate
+                });
+            }
+            // As a shell: a directory named like the command is skipped in
+            // a PATH search, but is the command when named by its path.
+            if meta.is_file() || self.command.contains('/') {
+                unusable.get_or_insert(if meta.is_dir() {
+                    "cannot execute"
+                } else {
+                    "permission denied"
+                });
+            }
         }
-        let env = self.effective_env();
-        let path_var = env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.as_str())
-            .unwrap_or(DEFAULT_PATH);
-        path_var
-            .split(':')
-            .filter(|dir| dir.starts_with('/'))
-            .map(|dir| Path::new(dir).join(&self.command))
-            .find(|candidate| is_executable(&inside(candidate)))
+        Err(match unusable {
+            Some(reason) => Error::CommandNotExecutable {
+                command: self.command.clone(),
+                reason: reason.to_string(),
+            },
+            None => Error::CommandNotFound {
+                command: self.command.clone(),
+            },
+        })
     }
 }
 

@@ -74,6 +74,28 @@ pub enum Error {
         errno: i32,
         /// What happened.
         message: String,
+        /// `exec(2)` of the command itself failed, and `errno` is its error
+        /// (`ENOENT`: not found; anything else: not executable). `false`
+        /// when the session failed before (its working directory, its
+        /// confinement).
+        exec_failed: bool,
+    },
+    /// The command is not in the sandbox (by its path, or in its `PATH`);
+    /// found when the sandbox is created. The CLI exits 127, as shells do.
+    #[error("command not found: {command}")]
+    CommandNotFound {
+        /// The command as given.
+        command: String,
+    },
+    /// The command is in the sandbox but cannot be executed (no execute
+    /// permission, or a directory); found when the sandbox is created. The
+    /// CLI exits 126, as shells do.
+    #[error("{reason}: {command}")]
+    CommandNotExecutable {
+        /// The command as given.
+        command: String,
+        /// `permission denied` or `cannot execute`.
+        reason: String,
     },
     /// A window size for a session that has no terminal.
     #[error("session {session} of {sandbox} has no terminal")]
@@ -112,6 +134,10 @@ pub enum Error {
         message: String,
         /// What to check.
         hint: String,
+        /// `exec(2)` of the main command failed, and `errno` is its error
+        /// (`ENOENT`: not found; anything else: not executable). `false`
+        /// for every failure before it (the working directory included).
+        exec_failed: bool,
     },
     /// The runtime hosting a sandbox did not answer on its control socket.
     #[error("cannot reach the sandvisor process on control socket {socket}: {reason}; hint: is the process that runs the sandbox alive, and are you its user?")]

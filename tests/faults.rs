@@ -365,3 +365,248 @@ fn d12_ps_does_not_warn_per_reconciled_sandbox() {
         assert_eq!(cli.status(name), "Crashed");
     }
 }
+
+/// Polls `check` every 50 ms until it holds or `limit` passes; whether it held.
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// D8: a torn last line in exec.log (bytes after the last `\n`) does not
+/// swallow the next run's first record: the tap ends the torn line before
+/// it appends, so the torn bytes stay one skipped line and every record of
+/// the new run reads back.
+#[test]
+fn d8_a_torn_last_line_does_not_swallow_the_next_runs_first_record() {
+    let cli = Cli::new();
+    cli.ok(&["run", "--name", "torn", "--", "echo", "hello"]);
+    let log = cli.home().join("sandboxes/torn/logs/exec.log");
+    let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    file.write_all(br#"{"t":"2026-05-01T10:00:00.000Z","s":"stdout","d":"tor"#)
+        .unwrap();
+    drop(file);
+
+    cli.ok(&["start", "torn"]);
+    assert!(
+        eventually(Duration::from_secs(20), || cli.status("torn") == "Stopped"),
+        "the second run did not end"
+    );
+    let all = cli.ok(&["logs", "--source", "all", "torn"]);
+    let lines: Vec<&str> = all.lines().collect();
+    let count = |text: &str| lines.iter().filter(|l| **l == text).count();
+    assert_eq!(count("--- sandbox started ---"), 2, "{all:?}");
+    assert_eq!(count("hello"), 2, "{all:?}");
+    assert_eq!(count("--- sandbox stopped (exit 0) ---"), 2, "{all:?}");
+    assert!(!all.contains("tor\n"), "{all:?}");
+    // The torn bytes are a line of their own, ended by the tap.
+    let raw = std::fs::read_to_string(&log).unwrap();
+    assert!(raw.contains("\"d\":\"tor\n{"), "{raw:?}");
+}
+
+/// The host pid of the running sandbox `name`'s PID 1 (its agent), as `ps`
+/// reports it.
+fn agent_pid(cli: &Cli, name: &str) -> u32 {
+    let ps = cli.ps();
+    let row = ps.iter().find(|s| s["name"] == name).unwrap();
+    row["pid"].as_u64().unwrap_or_else(|| panic!("{row:#?}")) as u32
+}
+
+/// The lifecycle markers among `name`'s `system` records (runtime.log's
+/// lines are system records too).
+fn markers(cli: &Cli, name: &str) -> Vec<String> {
+    cli.ok(&["logs", "--source", "system", name])
+        .lines()
+        .filter(|line| line.starts_with("--- "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// D12: every run that started ends with a `--- sandbox stopped … ---`
+/// marker: one whose agent is SIGKILLed from outside (the supervisor sees
+/// it lost), and one whose host process is SIGKILLed (the next CLI call
+/// settles it and writes the marker the host could not).
+#[test]
+fn d12_a_crashed_run_gets_a_stopped_marker() {
+    let mut cli = Cli::new();
+    cli.serve(None);
+    cli.ok(&["run", "-d", "--name", "lost", "--", "sleep", "1000"]);
+    faults::signal(agent_pid(&cli, "lost"), nix::sys::signal::Signal::SIGKILL);
+    assert!(
+        eventually(Duration::from_secs(20), || cli.status("lost") == "Crashed"),
+        "{:?}",
+        cli.status("lost")
+    );
+    assert_eq!(
+        markers(&cli, "lost"),
+        [
+            "--- sandbox started ---",
+            "--- sandbox stopped (InternalError) ---"
+        ]
+    );
+
+    cli.ok(&["run", "-d", "--name", "orphaned", "--", "sleep", "1000"]);
+    cli.kill_daemon();
+    assert_eq!(cli.status("orphaned"), "Crashed");
+    let records = markers(&cli, "orphaned");
+    assert_eq!(records.len(), 2, "{records:#?}");
+    assert_eq!(records[0], "--- sandbox started ---");
+    assert!(
+        records[1].starts_with("--- sandbox stopped (InternalError: host process ")
+            && records[1].ends_with("is gone; its processes were killed) ---")
+            || records[1].ends_with("is gone; its processes were gone) ---"),
+        "{records:#?}"
+    );
+    // Settled once: later calls add nothing.
+    assert_eq!(cli.status("orphaned"), "Crashed");
+    assert_eq!(markers(&cli, "orphaned").len(), 2);
+}
+
+/// D5: `logs -f` on a sandbox whose host process dies ends by itself, having
+/// printed everything the sandbox wrote, and settles the sandbox's row.
+#[test]
+fn d5_logs_follow_ends_when_the_host_dies() {
+    let cli = Cli::new();
+    let mut host = cli
+        .command(&[
+            "run",
+            "--name",
+            "ticker",
+            "--",
+            "sh",
+            "-c",
+            "i=0; while :; do i=$((i+1)); echo tick-$i; sleep 0.1; done",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            cli.run(&["logs", "ticker"]).stdout.starts_with(b"tick-1\n")
+        }),
+        "the sandbox did not print"
+    );
+    let mut follower = cli
+        .command(&["logs", "-f", "ticker"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut follower_out = follower.stdout.take().unwrap();
+    let (first, printed) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut told = false;
+        while let Ok(n @ 1..) = follower_out.read(&mut buf) {
+            all.extend_from_slice(&buf[..n]);
+            // Three lines followed live before the host dies.
+            if !told && all.iter().filter(|b| **b == b'\n').count() >= 3 {
+                told = first.send(()).is_ok();
+            }
+        }
+        all
+    });
+    printed
+        .recv_timeout(Duration::from_secs(20))
+        .expect("logs -f did not print three lines");
+
+    host.kill().unwrap();
+    host.wait().unwrap();
+    let ended = eventually(Duration::from_secs(20), || {
+        follower.try_wait().unwrap().is_some()
+    });
+    if !ended {
+        let _ = follower.kill();
+    }
+    let status = follower.wait().unwrap();
+    let printed = String::from_utf8(reader.join().unwrap()).unwrap();
+    assert!(ended, "logs -f still follows a sandbox whose host died");
+    assert!(status.success(), "{status:?}");
+    // Everything on disk was printed, in order, once.
+    assert_eq!(printed, cli.ok(&["logs", "ticker"]));
+    assert!(
+        printed.starts_with("tick-1\ntick-2\ntick-3\n"),
+        "{printed:?}"
+    );
+    assert_eq!(cli.status("ticker"), "Crashed");
+}
+
+/// D11: a command that cannot run exits as shells and docker say — 127 not
+/// found, 126 found but not executable — with a message saying which; a
+/// working directory that cannot be entered is named with its errno and is
+/// not reported as the command's fault (exit 1, sandvisor's own failure).
+/// The same for the main command (`run`, `run -d`) and exec sessions.
+#[test]
+fn d11_commands_that_cannot_run_exit_127_or_126_and_a_bad_workdir_says_so() {
+    let cli = Cli::new();
+    let expect = |args: &[&str], code: i32, says: &[&str]| {
+        let out = cli.run(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        for text in says {
+            assert!(err.contains(text), "{args:?} should say {text:?}: {err}");
+        }
+        assert!(
+            code == 127 || !err.contains("not found:"),
+            "{args:?}: {err}"
+        );
+    };
+    expect(
+        &["run", "--", "no-such-command"],
+        127,
+        &["command not found: no-such-command"],
+    );
+    expect(
+        &["run", "-d", "--", "no-such-command"],
+        127,
+        &["command not found: no-such-command"],
+    );
+    expect(
+        &["run", "--", "/etc/passwd"],
+        126,
+        &["permission denied: /etc/passwd"],
+    );
+    expect(&["run", "--", "/usr"], 126, &["cannot execute: /usr"]);
+    expect(
+        &["run", "-w", "/nonexistent", "--", "true"],
+        1,
+        &["/nonexistent", "ENOENT"],
+    );
+    expect(
+        &["run", "-w", "/etc/passwd", "--", "true"],
+        1,
+        &["/etc/passwd", "ENOTDIR"],
+    );
+
+    cli.ok(&["run", "-d", "--name", "box", "--", "sleep", "1000"]);
+    expect(
+        &["exec", "box", "--", "no-such-command"],
+        127,
+        &["command not found: no-such-command"],
+    );
+    expect(
+        &["exec", "box", "--", "/etc/passwd"],
+        126,
+        &["permission denied: /etc/passwd"],
+    );
+    expect(
+        &["exec", "-w", "/nonexistent", "box", "--", "true"],
+        1,
+        &["/nonexistent", "ENOENT"],
+    );
+    // The sandbox is unharmed, and a good working directory works.
+    assert_eq!(
+        cli.ok(&["exec", "-w", "/usr", "box", "--", "pwd"]),
+        "/usr\n"
+    );
+    cli.ok(&["rm", "-f", "box"]);
+}

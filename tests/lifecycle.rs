@@ -337,7 +337,7 @@ async fn bad_names_configs_and_missing_commands_leave_nothing() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::InvalidConfig { ref field, .. } if field == "command"),
+        matches!(err, Error::CommandNotFound { ref command } if command == "definitely-not-a-command"),
         "{err:?}"
     );
     let mut config = SandboxConfig::new("badkeep", "true");

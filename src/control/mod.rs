@@ -98,13 +98,21 @@ pub enum ErrorBody {
         sandbox: String,
         errno: i32,
         message: String,
+        #[serde(default)]
+        exec_failed: bool,
     },
+    /// [`Error::CommandNotFound`].
+    CommandNotFound { command: String },
+    /// [`Error::CommandNotExecutable`].
+    CommandNotExecutable { command: String, reason: String },
     /// [`Error::BootFailed`].
     BootFailed {
         stage: String,
         errno: i32,
         message: String,
         hint: String,
+        #[serde(default)]
+        exec_failed: bool,
     },
     /// A request the server could not read.
     BadRequest { message: String },
@@ -126,7 +134,10 @@ impl ErrorBody {
             | Self::SandboxNotHosted { .. }
             | Self::SandboxDraining { .. }
             | Self::MetricsDisabled { .. } => StatusCode::CONFLICT,
-            Self::ExecFailed { .. } | Self::BootFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::ExecFailed { .. }
+            | Self::BootFailed { .. }
+            | Self::CommandNotFound { .. }
+            | Self::CommandNotExecutable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -148,21 +159,29 @@ impl From<Error> for ErrorBody {
                 sandbox,
                 errno,
                 message,
+                exec_failed,
             } => Self::ExecFailed {
                 sandbox,
                 errno,
                 message,
+                exec_failed,
             },
+            Error::CommandNotFound { command } => Self::CommandNotFound { command },
+            Error::CommandNotExecutable { command, reason } => {
+                Self::CommandNotExecutable { command, reason }
+            }
             Error::BootFailed {
                 stage,
                 errno,
                 message,
                 hint,
+                exec_failed,
             } => Self::BootFailed {
                 stage,
                 errno,
                 message,
                 hint,
+                exec_failed,
             },
             other => Self::Internal {
                 message: other.to_string(),
@@ -187,21 +206,29 @@ impl From<ErrorBody> for Error {
                 sandbox,
                 errno,
                 message,
+                exec_failed,
             } => Self::ExecFailed {
                 sandbox,
                 errno,
                 message,
+                exec_failed,
             },
+            ErrorBody::CommandNotFound { command } => Self::CommandNotFound { command },
+            ErrorBody::CommandNotExecutable { command, reason } => {
+                Self::CommandNotExecutable { command, reason }
+            }
             ErrorBody::BootFailed {
                 stage,
                 errno,
                 message,
                 hint,
+                exec_failed,
             } => Self::BootFailed {
                 stage,
                 errno,
                 message,
                 hint,
+                exec_failed,
             },
             ErrorBody::BadRequest { message } | ErrorBody::Internal { message } => {
                 Self::Internal(message)

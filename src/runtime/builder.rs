@@ -176,7 +176,7 @@ impl SandvisorBuilder {
             }
         };
         let host = crate::store::this_host();
-        let reconciled = store.reconcile(host).await?;
+        let reconciled = super::reconcile(&store, &home, host).await?;
         if !reconciled.is_empty() {
             tracing::warn!(
                 ?reconciled,

@@ -103,6 +103,26 @@ impl SandboxHandle {
         Ok(())
     }
 
+    /// Whether, as of its last refresh, the store records it running but
+    /// the process hosting its open run is gone (crashed, killed, or a
+    /// zombie): it runs nowhere, and [`Sandvisor::reconcile`] settles it.
+    /// `false` while that host lives, and for a sandbox that is not running
+    /// or has no run yet.
+    ///
+    /// # Errors
+    /// [`Error::Database`] if the store cannot be read.
+    pub async fn host_gone(&self) -> Result<bool> {
+        if self.row.status.is_terminal() || self.row.status == SandboxStatus::Created {
+            return Ok(false);
+        }
+        let runs = self.runtime.runs(&self.row.name).await?;
+        Ok(runs
+            .iter()
+            .rev()
+            .find(|run| run.terminated_at.is_none())
+            .is_some_and(|run| !crate::store::host_alive(run.host)))
+    }
+
     /// Reads its logs.
     ///
     /// # Errors

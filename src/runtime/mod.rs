@@ -410,6 +410,20 @@ impl Sandvisor {
             .collect())
     }
 
+    /// Settles sandboxes whose hosting process is gone, as opening a runtime
+    /// does: each open run of a dead host is closed as Crashed
+    /// (InternalError), its processes still running are killed, and its
+    /// `exec.log` gets the `--- sandbox stopped (InternalError: …) ---`
+    /// marker the host could not write. A follower of a sandbox hosted by
+    /// another process calls it once [`SandboxHandle::host_gone`] says so.
+    /// Returns the names settled.
+    ///
+    /// # Errors
+    /// [`Error::Database`] if the store cannot be read or written.
+    pub async fn reconcile(&self) -> Result<Vec<String>> {
+        reconcile(&self.inner.store, &self.inner.home, self.inner.host).await
+    }
+
     /// The runs of `name`, oldest first (none for an unknown name).
     ///
     /// # Errors
@@ -474,4 +488,28 @@ impl Sandvisor {
 fn unique_suffix() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// [`Sandvisor::reconcile`] on `store` and `home` as `me`. A marker that
+/// cannot be written is a warning: the row is settled either way.
+async fn reconcile(store: &Store, home: &Path, me: HostId) -> Result<Vec<String>> {
+    let settled = store.reconcile(me).await?;
+    for sandbox in &settled {
+        let (Some(marker), Some(run)) = (sandbox.marker(), sandbox.run) else {
+            continue;
+        };
+        // The dead host's tap is gone with it: nothing else writes this log.
+        let written = home::log_dir(home, &sandbox.name).and_then(|dir| {
+            sandvisor_actors::log::tap::append_system_record(&dir, &marker, run.at).map_err(
+                |source| Error::Io {
+                    path: dir.join("exec.log"),
+                    source,
+                },
+            )
+        });
+        if let Err(err) = written {
+            tracing::warn!(sandbox = %sandbox.name, %err, "cannot write the stopped marker");
+        }
+    }
+    Ok(settled.into_iter().map(|sandbox| sandbox.name).collect())
 }

@@ -100,5 +100,6 @@ pub(super) fn boot_failed(failure: BootFailure) -> Error {
         errno: failure.errno,
         message: failure.message,
         hint: hint.to_string(),
+        exec_failed: failure.exec_failed,
     }
 }

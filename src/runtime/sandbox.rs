@@ -182,10 +182,15 @@ impl Sandbox {
             )),
             Err(ExecRefused::Draining) => Err(Error::SandboxDraining(self.name.clone())),
             Err(ExecRefused::NotRunning) => Err(Error::SandboxNotRunning(self.name.clone())),
-            Err(ExecRefused::Failed { errno, message }) => Err(Error::ExecFailed {
+            Err(ExecRefused::Failed {
+                errno,
+                message,
+                exec_failed,
+            }) => Err(Error::ExecFailed {
                 sandbox: self.name.clone(),
                 errno,
                 message,
+                exec_failed,
             }),
         }
     }

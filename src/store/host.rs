@@ -12,17 +12,57 @@
 //! - A process is only ever killed when its pid and start time match the
 //!   run's record and its `argv[0]` ends in `sandvisor-agent`.
 
+use chrono::{DateTime, Utc};
 use sandvisor_actors::lifecycle::HostId;
 use sqlx::Row;
 
-use super::{db_err, now_text, Store};
+use super::{db_err, time_text, Store};
 use crate::error::Result;
+
+/// A sandbox [`Store::reconcile`] settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// Its name.
+    pub name: String,
+    /// The run its host left open, now closed as Crashed; `None` for a
+    /// sandbox whose claimer died before it had a run.
+    pub run: Option<SettledRun>,
+}
+
+/// A run [`Store::reconcile`] closed as Crashed (InternalError).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettledRun {
+    /// The host process that ran it, found gone.
+    pub host_pid: u32,
+    /// Whether its PID 1 still ran and was killed.
+    pub killed: bool,
+    /// When it was closed (its `terminated_at`).
+    pub at: DateTime<Utc>,
+}
+
+impl Settled {
+    /// The `--- sandbox stopped … ---` marker its run's `exec.log` gets in
+    /// place of the one its host could not write: the reason, and why.
+    pub fn marker(&self) -> Option<String> {
+        let run = self.run?;
+        let what = if run.killed {
+            "its processes were killed"
+        } else {
+            "its processes were gone"
+        };
+        Some(format!(
+            "--- sandbox stopped (InternalError: host process {} is gone; {what}) ---",
+            run.host_pid
+        ))
+    }
+}
 
 impl Store {
     /// Settles sandboxes left running by hosts that are gone: open runs whose
     /// host process is dead are closed as Crashed (InternalError) and any of
     /// their processes still alive are killed. Runs of live hosts other than
-    /// `me` are left alone. Returns the names reconciled.
+    /// `me` are left alone. Returns what was settled (the caller writes the
+    /// runs' stopped markers: the store knows no log directories).
     ///
     /// # Errors
     /// [`crate::Error::Database`] if the store cannot be read or written;
@@ -32,7 +72,7 @@ impl Store {
     /// # Cancel safety
     /// As for an error: the transaction is rolled back, kills already made
     /// stay made.
-    pub async fn reconcile(&self, me: HostId) -> Result<Vec<String>> {
+    pub async fn reconcile(&self, me: HostId) -> Result<Vec<Settled>> {
         let mut tx = self.begin_immediate().await?;
         let rows = sqlx::query(
             "SELECT sandbox.name, run.id, run.pid, run.host_pid, run.host_start_ticks, run.pid_start_ticks \
@@ -42,7 +82,8 @@ impl Store {
         .await
         .map_err(db_err)?;
         let mut settled = Vec::new();
-        let now = now_text();
+        let at = Utc::now();
+        let now = time_text(at);
         for row in rows {
             let name: String = row.get(0);
             let run_id: i64 = row.get(1);
@@ -76,7 +117,14 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-            settled.push(name);
+            settled.push(Settled {
+                name,
+                run: Some(SettledRun {
+                    host_pid: host.pid,
+                    killed,
+                    at,
+                }),
+            });
         }
         // A sandbox caught between states with no open run cannot be running
         // once the host that claimed it is gone.
@@ -102,7 +150,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-            settled.push(name);
+            settled.push(Settled { name, run: None });
         }
         tx.commit().await.map_err(db_err)?;
         Ok(settled)
@@ -124,7 +172,9 @@ pub(super) fn start_ticks(pid: u32) -> Option<u64> {
     super::liveness::live_start_ticks(pid)
 }
 
-fn host_alive(host: HostId) -> bool {
+/// Whether the host process `host` still runs (same pid, same start time,
+/// not a zombie).
+pub(crate) fn host_alive(host: HostId) -> bool {
     host.pid != 0 && start_ticks(host.pid) == Some(host.start_ticks)
 }
 

@@ -37,7 +37,8 @@ mod remove;
 mod rows;
 
 use group_commit::Write;
-pub use host::this_host;
+pub(crate) use host::host_alive;
+pub use host::{this_host, Settled, SettledRun};
 
 use crate::config::SandboxConfig;
 use crate::error::{Error, Result};

@@ -371,6 +371,7 @@ async fn run(socket: tokio::net::UnixStream, script: Script, _alive: watch::Send
                 stage,
                 errno,
                 message,
+                exec_failed: false,
             }))
             .await;
             return;

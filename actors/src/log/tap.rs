@@ -13,6 +13,10 @@
 //! - Restart-safe: a new incarnation reopens `exec.log` in append mode and
 //!   counts from its current size, so a crash costs at most the chunk being
 //!   written, and a supervisor that replays unacknowledged chunks loses none.
+//! - A torn last line (bytes after the last `\n`: a host that died mid-write,
+//!   or anyone appending to the file) is ended with `\n` whenever the tap
+//!   opens a file, so it stays one malformed line that readers skip, and the
+//!   next record starts a line of its own instead of merging into it.
 //! - A full disk (`ENOSPC`, `EDQUOT`) is waited out: the tap retries the
 //!   records not yet written, pausing 10 ms, then twice as long each time
 //!   up to 1 s, for at most [`TapConfig::disk_full_wait`]. Meanwhile it
@@ -26,7 +30,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -435,14 +439,60 @@ fn rename_if_present(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
-/// Opens a log for appending, creating it 0600: only the home's owner may
-/// read what sandboxes print.
+/// Opens a log for appending, creating it 0600 (only the home's owner may
+/// read what sandboxes print), and ends a torn last line first (see
+/// [`end_torn_line`]).
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
+    // Read access only to look at the last byte.
+    let mut file = OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .mode(0o600)
-        .open(path)
+        .open(path)?;
+    end_torn_line(&mut file)?;
+    Ok(file)
+}
+
+/// Writes `\n` after the file's last byte unless the file is empty or
+/// already ends in one: bytes after the last `\n` are a record whose writer
+/// died mid-write (or someone else's), and whatever is appended next must
+/// not merge into that line and be skipped with it as malformed. A write
+/// that fails leaves the file as it was (one byte cannot be torn).
+fn end_torn_line(file: &mut File) -> io::Result<()> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)?;
+    if last[0] != b'\n' {
+        file.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// Appends one `system` record (a lifecycle marker) to the `exec.log` in
+/// `dir`, ending a torn last line first, for a run whose tap is gone with its
+/// host process (the run is settled by whoever finds the host dead). It does
+/// not rotate: the record may take `exec.log` past `max_bytes` by its size,
+/// and the next tap rotates before its first record as usual. Only call it
+/// when no tap writes this log.
+///
+/// # Errors
+/// The I/O error opening or writing `exec.log` (the record is then absent,
+/// never torn: a failed write is cut back).
+pub fn append_system_record(dir: &Path, text: &str, at: DateTime<Utc>) -> io::Result<()> {
+    let mut file = open_append(&dir.join(StreamKey::Exec.file_name()))?;
+    let size = file.metadata()?.len();
+    let mut record = Vec::with_capacity(text.len() + 64);
+    RecordEncoder::default().encode(&mut record, at, LogSource::System, None, text.as_bytes());
+    if let Err(err) = file.write_all(&record) {
+        // Best effort: the error that matters is the write's.
+        let _ = file.set_len(size);
+        return Err(err);
+    }
+    Ok(())
 }
 
 impl Actor for RelayTap {

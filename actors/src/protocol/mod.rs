@@ -55,6 +55,11 @@ pub struct BootError {
     pub errno: i32,
     /// What happened.
     pub message: String,
+    /// `exec(2)` of the main command failed, and `errno` is its error: the
+    /// command itself could not run (not found, not executable), as opposed
+    /// to any step before it. Not part of `boot-error.json`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exec_failed: bool,
 }
 
 /// Where a boot failed (SPEC §5 `boot-error.json` stages).

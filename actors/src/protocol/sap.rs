@@ -103,6 +103,9 @@ pub enum Frame {
         errno: i32,
         /// What happened.
         message: String,
+        /// `exec(2)` of the command failed (`errno` is its error), rather
+        /// than a step before it (working directory, confinement).
+        exec_failed: bool,
     },
     /// agent → host: the main command runs.
     Ready {
@@ -208,6 +211,8 @@ struct SessionFailedBody {
     session: u64,
     errno: i32,
     message: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    exec_failed: bool,
 }
 
 impl Frame {
@@ -260,6 +265,7 @@ impl Frame {
                 session,
                 errno,
                 message,
+                exec_failed,
             } => json(
                 out,
                 SESSION_FAILED,
@@ -267,6 +273,7 @@ impl Frame {
                     session: *session,
                     errno: *errno,
                     message: message.clone(),
+                    exec_failed: *exec_failed,
                 },
             ),
             Frame::Signal { target, signo } => json(
@@ -377,6 +384,7 @@ impl Frame {
                     session: b.session,
                     errno: b.errno,
                     message: b.message,
+                    exec_failed: b.exec_failed,
                 }
             }
             SIGNAL => {

@@ -214,10 +214,15 @@ impl AgentLinkState {
                 session,
                 errno,
                 message,
+                exec_failed,
             } => {
                 self.routes.remove(session);
                 if let Some(reply) = self.pending_exec.remove(&session) {
-                    let _ = reply.send(Err(ExecRefused::Failed { errno, message }));
+                    let _ = reply.send(Err(ExecRefused::Failed {
+                        errno,
+                        message,
+                        exec_failed,
+                    }));
                 }
                 self.emit(VmEvent::SessionFailed { id: session });
             }
@@ -250,10 +255,12 @@ impl AgentLinkState {
                 stage,
                 errno,
                 message,
+                exec_failed,
             }) => self.end(VmEvent::BootFailed {
                 stage,
                 errno,
                 message,
+                exec_failed,
             }),
             Frame::Exited {
                 session: 1,
@@ -295,6 +302,7 @@ impl AgentLinkState {
             stage: BootStage::BuildVm,
             errno,
             message,
+            exec_failed: false,
         });
     }
 }
@@ -369,6 +377,7 @@ impl Actor for AgentLink {
                 stage: BootStage::BuildVm,
                 errno: err.raw_os_error().unwrap_or(0),
                 message: format!("cannot send Start to the agent: {err}"),
+                exec_failed: false,
             });
             return Ok(());
         }

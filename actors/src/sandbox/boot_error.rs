@@ -19,18 +19,23 @@ use super::BootFailure;
 /// The boot error record's file name in the log directory.
 pub const BOOT_ERROR_FILE: &str = "boot-error.json";
 
+/// SPEC §5's fields, exactly: what else a [`BootFailure`] carries is for
+/// the host.
 #[derive(Serialize)]
 struct BootErrorRecord<'a> {
     t: String,
-    #[serde(flatten)]
-    failure: &'a BootFailure,
+    stage: crate::protocol::BootStage,
+    errno: i32,
+    message: &'a str,
 }
 
 /// Writes `boot-error.json` atomically (temp file, then rename).
 pub fn write(log_dir: &Path, failure: &BootFailure) {
     let record = BootErrorRecord {
         t: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        failure,
+        stage: failure.stage,
+        errno: failure.errno,
+        message: &failure.message,
     };
     let result = serde_json::to_vec_pretty(&record)
         .map_err(std::io::Error::other)

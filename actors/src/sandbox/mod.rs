@@ -279,6 +279,8 @@ pub enum VmEvent {
         errno: i32,
         /// What happened.
         message: String,
+        /// `exec(2)` of the main command failed (see [`BootFailure`]).
+        exec_failed: bool,
     },
     /// The main command exited; every process is gone and all output written.
     Exited {
@@ -405,6 +407,9 @@ pub enum ExecRefused {
         errno: i32,
         /// What happened.
         message: String,
+        /// `exec(2)` of the command failed (`errno` is its error), rather
+        /// than a step before it (working directory, confinement).
+        exec_failed: bool,
     },
 }
 

@@ -451,10 +451,12 @@ impl SupervisorState {
                 stage,
                 errno,
                 message,
+                exec_failed,
             } => Some(Input::BootFailed(BootFailure {
                 stage,
                 errno,
                 message,
+                exec_failed,
             })),
             VmEvent::Exited {
                 code,

@@ -120,12 +120,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(code) => code,
-        // As shells and docker report a command that cannot run.
-        Err(err @ (Error::ExecFailed { errno, .. } | Error::BootFailed { errno, .. }))
-            if errno == libc::ENOENT || errno == libc::EACCES =>
-        {
+        Err(err) if cannot_run(&err).is_some() => {
             report(&err);
-            ExitCode::from(if errno == libc::ENOENT { 127 } else { 126 })
+            ExitCode::from(cannot_run(&err).unwrap_or(1))
         }
         // The reader of our output went away (`| head`): nothing to say.
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
@@ -135,6 +132,28 @@ async fn dispatch(cli: Cli) -> ExitCode {
             report(&err);
             ExitCode::from(1)
         }
+    }
+}
+
+/// The exit code of an error that says the command itself could not run,
+/// as shells and docker report it: 127 not found, 126 found but not
+/// executable. `None` for every other error (a working directory that
+/// cannot be entered included: the command was never tried).
+fn cannot_run(err: &Error) -> Option<u8> {
+    match err {
+        Error::CommandNotFound { .. } => Some(127),
+        Error::CommandNotExecutable { .. } => Some(126),
+        Error::ExecFailed {
+            errno,
+            exec_failed: true,
+            ..
+        }
+        | Error::BootFailed {
+            errno,
+            exec_failed: true,
+            ..
+        } => Some(if *errno == libc::ENOENT { 127 } else { 126 }),
+        _ => None,
     }
 }
 
@@ -164,6 +183,12 @@ fn hint(err: &Error) -> Option<String> {
         ),
         Error::InvalidCursor(_) => "cursors come from `sandvisor logs --json` of the same sandbox".into(),
         Error::Database(_) => "is the home writable, and not on a network filesystem?".into(),
+        Error::CommandNotFound { .. } => {
+            "is it in the sandbox's root (--rootfs, or the host's system directories) and on its PATH (-e PATH=…)?".into()
+        }
+        Error::CommandNotExecutable { command, .. } => {
+            format!("{command} must be a file with execute permission")
+        }
         _ => return None,
     })
 }

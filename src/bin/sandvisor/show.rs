@@ -525,8 +525,8 @@ pub(crate) async fn logs(home: Option<PathBuf>, args: LogsArgs) -> Result<ExitCo
     follow(&home, &logs, &args.name, options, stream, &mut printer).await
 }
 
-/// Prints entries as they come until the sandbox has stopped (then the rest
-/// on disk) or Ctrl-C.
+/// Prints entries as they come until the sandbox has stopped or its host
+/// process is found gone (then the rest on disk), or Ctrl-C.
 async fn follow(
     home: &std::path::Path,
     logs: &Logs,
@@ -554,8 +554,14 @@ async fn follow(
                 None => return Ok(ExitCode::SUCCESS),
             },
             _ = checks.tick() => {
-                let status = runtime.get(name).await?.status_snapshot();
-                if status.is_terminal() {
+                let mut sandbox = runtime.get(name).await?;
+                // A host that died (crashed, SIGKILLed) never records the
+                // end: settle its run here, or this would follow forever.
+                if sandbox.host_gone().await? {
+                    runtime.reconcile().await?;
+                    sandbox.refresh().await?;
+                }
+                if sandbox.status_snapshot().is_terminal() {
                     break;
                 }
             }

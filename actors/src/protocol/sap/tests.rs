@@ -99,6 +99,7 @@ fn frames_round_trip_and_split_anywhere() {
             session: 3,
             errno: 2,
             message: "nope".into(),
+            exec_failed: true,
         },
         Frame::Ready { pid: 2 },
         Frame::Output {
@@ -122,6 +123,7 @@ fn frames_round_trip_and_split_anywhere() {
             stage: BootStage::Config,
             errno: 2,
             message: "no such file".into(),
+            exec_failed: true,
         }),
     ];
     let mut wire = Vec::new();
@@ -205,6 +207,7 @@ fn frames_have_pinned_bytes() {
                 stage: BootStage::BuildVm,
                 errno: 2,
                 message: "no such file".into(),
+                exec_failed: false,
             }),
             framed(
                 0x85,
@@ -216,6 +219,7 @@ fn frames_have_pinned_bytes() {
                 session: 3,
                 errno: 2,
                 message: "nope".into(),
+                exec_failed: false,
             },
             framed(0x87, br#"{"session":3,"errno":2,"message":"nope"}"#),
         ),

@@ -107,6 +107,7 @@ pub fn step(phase: &Phase, input: Input, cx: &Context) -> Step {
                     "the agent did not report ready within {:?}",
                     cx.boot_timeout
                 ),
+                exec_failed: false,
             };
             let actions = vec![
                 Action::WriteBootError(failure.clone()),
@@ -269,6 +270,7 @@ fn finish(
             stage: BootStage::Other,
             errno: 0,
             message: format!("the sandbox ended before it was ready ({reason})"),
+            exec_failed: false,
         })
     });
     let ending = Ending {

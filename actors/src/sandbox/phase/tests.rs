@@ -366,6 +366,7 @@ fn boot_failure_is_recorded_and_fails() {
         stage: BootStage::Mount,
         errno: 1,
         message: "no".into(),
+        exec_failed: false,
     };
     let (_, actions) = step(&starting(), Input::BootFailed(failure.clone()), &cx(now, 0));
     assert_eq!(actions[0], Action::WriteBootError(failure.clone()));

@@ -90,6 +90,7 @@ impl SupervisorState {
                         stage: BootStage::Other,
                         errno: 0,
                         message: why.clone(),
+                        exec_failed: false,
                     }));
                 }
                 myself.cast(SupervisorMsg::Abandon(format!(

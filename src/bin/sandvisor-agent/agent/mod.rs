@@ -68,17 +68,14 @@ fn boot_failed(sock: &mut UnixStream, error: BootError) -> ! {
 fn init(mut sock: UnixStream, spec: StartSpec, inbox: BytesMut) -> ! {
     let (mut child, terminal) = match session::spawn_session(&spec.run, spec.confine.as_ref()) {
         Ok(spawned) => spawned,
-        Err(err) => {
-            let errno = Errno::from_raw(err.raw_os_error().unwrap_or(0));
-            let stage = BootStage::Config;
-            let what = match err.kind() {
-                std::io::ErrorKind::NotFound => format!("command not found: {}", spec.run.command),
-                std::io::ErrorKind::PermissionDenied => {
-                    format!("command not executable: {}", spec.run.command)
-                }
-                _ => format!("cannot start {}", spec.run.command),
+        Err(failure) => {
+            let error = BootError {
+                stage: BootStage::Config,
+                errno: failure.errno(),
+                message: failure.message(&spec.run.command),
+                exec_failed: failure.exec_failed(),
             };
-            boot_failed(&mut sock, boot_error(stage, errno, &what))
+            boot_failed(&mut sock, error)
         }
     };
     // Signals are blocked (and read from a signalfd) only once the main

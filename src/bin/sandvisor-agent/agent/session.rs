@@ -13,9 +13,13 @@
 //!   `Exited` sent, so its output always comes first.
 //! - The main session's exit is reported by the agent itself
 //!   ([`init`](super::init)), after every other session.
+//! - A session that cannot start says which step failed ([`SpawnFailure`]):
+//!   its working directory, `exec(2)` of its command (not found, not
+//!   executable), or anything before (terminal, confinement, the fork).
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -69,23 +73,65 @@ pub(super) struct Agent<'a> {
     pub(super) host_gone: bool,
 }
 
+/// Why a session's command did not start.
+#[derive(Debug)]
+pub(super) enum SpawnFailure {
+    /// Its working directory could not be entered (`chdir(2)`).
+    WorkingDir(String, std::io::Error),
+    /// `exec(2)` of the command failed: the command itself cannot run.
+    Exec(std::io::Error),
+    /// A step before: the terminal, the confinement, the fork.
+    Setup(std::io::Error),
+}
+
+impl SpawnFailure {
+    /// The OS error number.
+    pub(super) fn errno(&self) -> i32 {
+        let (Self::WorkingDir(_, err) | Self::Exec(err) | Self::Setup(err)) = self;
+        err.raw_os_error().unwrap_or(0)
+    }
+
+    /// Whether `exec(2)` itself failed.
+    pub(super) fn exec_failed(&self) -> bool {
+        matches!(self, Self::Exec(_))
+    }
+
+    /// What happened, as a shell would say it for `exec(2)`'s failures.
+    pub(super) fn message(&self, command: &str) -> String {
+        let errno = Errno::from_raw(self.errno());
+        match self {
+            Self::WorkingDir(dir, _) => {
+                format!("cannot enter the working directory {dir} (to run {command}): {errno}")
+            }
+            Self::Exec(_) if errno == Errno::ENOENT => format!("command not found: {command}"),
+            Self::Exec(_) if matches!(errno, Errno::EACCES | Errno::EPERM) => {
+                format!("permission denied: {command}")
+            }
+            Self::Exec(_) => format!("cannot execute: {command}: {errno}"),
+            Self::Setup(err) => format!("cannot start {command}: {err}"),
+        }
+    }
+}
+
+/// The steps between fork and exec that report themselves on a pipe (the
+/// standard library hands back only an errno): a byte per step reached.
+const STEP_WORKING_DIR: u8 = b'w';
+const STEP_EXEC: u8 = b'x';
+
 /// Starts a session's leader on a new terminal (whose master is returned)
 /// or on pipes, in a process group of its own, confined by `confine` (see
-/// [`confine`](super::confine)).
+/// [`confine`](super::confine)), in its working directory.
 pub(super) fn spawn_session(
     run: &CommandSpec,
     confine: Option<&Confinement>,
-) -> std::io::Result<(Child, Option<OwnedFd>)> {
+) -> Result<(Child, Option<OwnedFd>), SpawnFailure> {
     let mut command = Command::new(&run.command);
     command
         .args(&run.args)
         .env_clear()
         .envs(run.env.iter().map(|(k, v)| (k, v)));
-    if let Some(cwd) = &run.cwd {
-        command.current_dir(cwd);
-    }
     let terminal = if run.tty {
-        Some(open_terminal(&mut command, run.rows, run.cols)?)
+        Some(open_terminal(&mut command, run.rows, run.cols).map_err(SpawnFailure::Setup)?)
     } else {
         command
             .stdin(if run.stdin {
@@ -101,8 +147,38 @@ pub(super) fn spawn_session(
     if let (None, Some(ids)) = (confine, run.user) {
         command.uid(ids.uid).gid(ids.gid);
     }
+    // Hooks between fork and exec make the standard library fork instead of
+    // posix_spawn; without any, its errno is exec's (or the spawn's own).
+    let hooked = run.tty || run.cwd.is_some() || confine.is_some();
+    let steps = if hooked {
+        Some(
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| SpawnFailure::Setup(e.into()))?,
+        )
+    } else {
+        None
+    };
+    let step_fd = steps.as_ref().map(|(_, write)| write.as_raw_fd());
+    if let (Some(cwd), Some(fd)) = (&run.cwd, step_fd) {
+        // chdir here rather than through `current_dir`, whose failure comes
+        // back as the same errno as exec's (ENOENT: "command not found").
+        let dir = CString::new(cwd.as_str())
+            .map_err(|e| SpawnFailure::WorkingDir(cwd.clone(), std::io::Error::other(e)))?;
+        // SAFETY: chdir and write are async-signal-safe; `dir` is owned by
+        // the closure.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::chdir(dir.as_ptr()) < 0 {
+                    let err = std::io::Error::last_os_error();
+                    step_reached(fd, STEP_WORKING_DIR);
+                    return Err(err);
+                }
+                Ok(())
+            });
+        }
+    }
     if let Some(confine) = confine {
-        let prepared = super::confine::prepare(confine)?;
+        let prepared = super::confine::prepare(confine).map_err(SpawnFailure::Setup)?;
         let user = run.user;
         // SAFETY: the agent is single-threaded, so the forked child may run
         // this; it only makes system calls on its own process.
@@ -110,10 +186,48 @@ pub(super) fn spawn_session(
             command.pre_exec(move || super::confine::apply(&prepared, user));
         }
     }
+    if let Some(fd) = step_fd {
+        // SAFETY: write is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                step_reached(fd, STEP_EXEC);
+                Ok(())
+            });
+        }
+    }
     let spawned = command.spawn();
     // The terminal's slave ends, held by the command, close with it.
     drop(command);
-    Ok((spawned?, terminal))
+    match spawned {
+        Ok(child) => Ok((child, terminal)),
+        Err(err) => Err(match steps {
+            None if matches!(err.raw_os_error(), Some(libc::EAGAIN | libc::ENOMEM)) => {
+                SpawnFailure::Setup(err)
+            }
+            None => SpawnFailure::Exec(err),
+            Some((read, write)) => {
+                // The child is gone (the standard library reaped it after its
+                // report): with our end closed, the pipe ends after its bytes.
+                drop(write);
+                let mut reached = [0u8; 4];
+                let n = nix::unistd::read(&read, &mut reached).unwrap_or(0);
+                match reached[..n].last() {
+                    Some(&STEP_EXEC) => SpawnFailure::Exec(err),
+                    Some(&STEP_WORKING_DIR) => {
+                        SpawnFailure::WorkingDir(run.cwd.clone().unwrap_or_default(), err)
+                    }
+                    _ => SpawnFailure::Setup(err),
+                }
+            }
+        }),
+    }
+}
+
+/// Between fork and exec: tells the parent that step `step` was reached.
+fn step_reached(fd: RawFd, step: u8) {
+    // SAFETY: write of one byte from a local; async-signal-safe. A pipe
+    // that cannot take it only costs the precision of the report.
+    unsafe { libc::write(fd, (&step as *const u8).cast(), 1) };
 }
 
 /// Gives `command` a new pseudo-terminal of `rows` x `cols` as its
@@ -153,7 +267,7 @@ impl Agent<'_> {
         if self.main_status.is_some() {
             // The sandbox is ending: nothing new starts in it.
             let err = std::io::Error::from_raw_os_error(libc::ESRCH);
-            self.exec_failed(&exec, &err);
+            self.exec_failed(&exec, &SpawnFailure::Setup(err));
             return;
         }
         let (mut child, terminal) = match spawn_session(&exec.run, self.spec.confine.as_ref()) {
@@ -225,15 +339,12 @@ impl Agent<'_> {
         }
     }
 
-    fn exec_failed(&mut self, exec: &ExecSpec, err: &std::io::Error) {
-        let message = match err.kind() {
-            std::io::ErrorKind::NotFound => format!("command not found: {}", exec.run.command),
-            _ => format!("cannot start {}: {err}", exec.run.command),
-        };
+    fn exec_failed(&mut self, exec: &ExecSpec, failure: &SpawnFailure) {
         let frame = Frame::SessionFailed {
             session: exec.session,
-            errno: err.raw_os_error().unwrap_or(0),
-            message,
+            errno: failure.errno(),
+            message: failure.message(&exec.run.command),
+            exec_failed: failure.exec_failed(),
         };
         if send(self.sock, &frame).is_err() {
             self.host_gone = true;

@@ -386,5 +386,6 @@ pub(super) fn boot_error(stage: BootStage, errno: Errno, what: &str) -> BootErro
         stage,
         errno: errno as i32,
         message: format!("{what}: {}", errno.desc()),
+        exec_failed: false,
     }
 }
