@@ -4,7 +4,6 @@
 //! stays unwritable ends Crashed; ends the store refused are recorded once
 //! space returns, without restarting anything.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -14,52 +13,14 @@ use sandvisor::{LogOptions, LogSource, Mount, SandboxConfig, SandboxStatus, Sand
 use sqlx::Connection;
 use tempfile::TempDir;
 
+#[path = "common/tmpfs.rs"]
+mod tmpfs;
+use tmpfs::Tmpfs;
+
 const AGENT: &str = env!("CARGO_BIN_EXE_sandvisor-agent");
 const BIN: &str = env!("CARGO_BIN_EXE_sandvisor");
 /// Lines the writing sandbox prints.
 const LINES: u32 = 300_000;
-
-/// A tmpfs of `bytes` on a temp directory, unmounted (lazily) on drop.
-struct Tmpfs {
-    dir: TempDir,
-}
-
-impl Tmpfs {
-    fn mount(bytes: u64) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount tmpfs: {status:?}");
-        Self { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Writes `file` until the file system has no byte left.
-    fn fill(&self, file: &Path) {
-        let mut out = std::fs::File::create(file).unwrap();
-        let block = vec![0u8; 64 * 1024];
-        while out.write(&block).is_ok_and(|n| n > 0) {}
-        while out.write(&[0u8; 512]).is_ok_and(|n| n > 0) {}
-        while out.write(&[0u8; 1]).is_ok_and(|n| n > 0) {}
-        let stat = nix::sys::statvfs::statvfs(self.path()).unwrap();
-        assert_eq!(stat.blocks_available(), 0, "the tmpfs is not full");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
 
 /// A sandbox that waits for `<gate>/go` (a directory outside the full
 /// disk, bound read-only), then prints `LINES` numbered lines.

@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 use faults::{stderr, stdout, Cli};
 
+#[path = "common/tmpfs.rs"]
+mod tmpfs;
+use tmpfs::{free_bytes, Tmpfs};
+
 /// A command that ignores SIGTERM (and so do its children: an ignored
 /// signal stays ignored across exec).
 const TERM_IGNORING: &[&str] = &["sh", "-c", "trap '' TERM; while :; do sleep 0.2; done"];
@@ -609,4 +613,79 @@ fn d11_commands_that_cannot_run_exit_127_or_126_and_a_bad_workdir_says_so() {
         "/usr\n"
     );
     cli.ok(&["rm", "-f", "box"]);
+}
+
+/// Polls `check` every 100 ms until it holds; panics with `what` after
+/// `limit`.
+fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The `tick N` numbers in `name`'s stdout, in order.
+fn ticks(cli: &Cli, name: &str) -> Vec<u64> {
+    cli.ok(&["logs", name])
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick "))
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
+/// D1 and D13 as found: a daemon whose home is a 20 MiB tmpfs, one sandbox
+/// ticking every 100 ms and one writing ~100 MiB. The disk fills; the
+/// writers wait (the daemon's actors stay up). `rm -f` of the flood frees
+/// the space; then, without restarting anything, `ps` is right, the ticker
+/// goes on with no tick lost or repeated, `stop`, `rm -f` and `run -d`
+/// work, and no record in any exec.log is torn.
+#[test]
+fn d1_a_full_disk_does_not_wedge_the_daemon() {
+    let fs = Tmpfs::mount(20 << 20);
+    let mut cli = Cli::in_dir(fs.path());
+    cli.serve(None);
+    let ticker = "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.1; done";
+    cli.ok(&["run", "-d", "--name", "ticker", "--", "sh", "-c", ticker]);
+    cli.ok(&["run", "-d", "--name", "flood", "--", "seq", "0", "14000000"]);
+    wait_for(Duration::from_secs(120), "the disk to fill", || {
+        free_bytes(fs.path()) < 64 * 1024
+    });
+    // Long enough for the taps of old to spend their restart budgets.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(cli.status("ticker"), "Running", "{:#?}", cli.ps());
+    cli.ok(&["rm", "-f", "flood"]);
+    let ps = cli.ps();
+    assert!(ps.iter().all(|s| s["name"] != "flood"), "{ps:#?}");
+    assert_eq!(cli.status("ticker"), "Running", "{ps:#?}");
+    let before = ticks(&cli, "ticker").len();
+    wait_for(Duration::from_secs(30), "the ticker to go on", || {
+        ticks(&cli, "ticker").len() > before + 3
+    });
+    cli.ok(&["stop", "ticker"]);
+    assert_eq!(cli.status("ticker"), "Stopped");
+    let ticks = ticks(&cli, "ticker");
+    let expected: Vec<u64> = (0..ticks.len() as u64).collect();
+    assert_eq!(ticks, expected, "ticks lost or repeated");
+    let dir = cli.home().join("sandboxes").join("ticker");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("exec.log")
+        {
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|e| panic!("torn record in {}: {e}: {line}", path.display()));
+            }
+        }
+    }
+    cli.ok(&["rm", "-f", "ticker"]);
+    cli.ok(&["run", "-d", "--name", "again", "--", "echo", "fine"]);
+    wait_for(Duration::from_secs(30), "again to end", || {
+        cli.status("again") == "Stopped"
+    });
+    assert_eq!(cli.ok(&["logs", "again"]), "fine\n");
 }

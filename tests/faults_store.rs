@@ -11,63 +11,12 @@ use sandvisor::{Error, SandboxConfig, SandboxStatus, Sandvisor};
 use sqlx::Connection;
 use tempfile::TempDir;
 
+#[path = "common/tmpfs.rs"]
+mod tmpfs;
+use tmpfs::{free_bytes, Tmpfs};
+
 const BIN: &str = env!("CARGO_BIN_EXE_sandvisor");
 const AGENT: &str = env!("CARGO_BIN_EXE_sandvisor-agent");
-
-/// A tmpfs of `bytes` mounted on a temp directory, unmounted on drop.
-struct Tmpfs {
-    dir: TempDir,
-}
-
-impl Tmpfs {
-    fn mount(bytes: u64) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount tmpfs: {status:?}");
-        Self { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Writes `file` until the file system is full.
-    fn fill(&self, file: &Path) {
-        use std::io::Write;
-        let mut out = std::fs::File::create(file).unwrap();
-        let block = vec![0u8; 64 * 1024];
-        loop {
-            match out.write(&block) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(err) if err.raw_os_error() == Some(libc::ENOSPC) => break,
-                Err(err) => panic!("filling {}: {err}", file.display()),
-            }
-        }
-        // The last partial block too.
-        while out.write(&[0u8; 512]).is_ok_and(|n| n > 0) {}
-        assert_eq!(free_bytes(self.path()), 0, "the tmpfs is not full");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazily: a process of the test may still hold a file open.
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-fn free_bytes(path: &Path) -> u64 {
-    let stat = nix::sys::statvfs::statvfs(path).unwrap();
-    stat.blocks_available() as u64 * stat.fragment_size() as u64
-}
 
 async fn runtime(home: &Path) -> Sandvisor {
     Sandvisor::builder()

@@ -33,6 +33,14 @@ impl Cli {
         }
     }
 
+    /// A home in a new directory under `parent` (e.g. a small tmpfs).
+    pub fn in_dir(parent: &Path) -> Self {
+        Self {
+            home: tempfile::tempdir_in(parent).unwrap(),
+            daemon: None,
+        }
+    }
+
     pub fn home(&self) -> &Path {
         self.home.path()
     }

@@ -383,10 +383,20 @@ pub(crate) async fn ensure_daemon(home: PathBuf) -> Result<ControlClient> {
         // listening.
         let _ = tokio::time::timeout(DAEMON_START_TIMEOUT, stdout.read_line(&mut line)).await;
     }
+    if line.starts_with(DAEMON_BUSY) {
+        // Another `run -d` started the daemon first: wait until it listens.
+        let deadline = tokio::time::Instant::now() + DAEMON_START_TIMEOUT;
+        while client.host().await.is_err() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     match client.host().await {
         Ok(_) => Ok(client),
         Err(err) => Err(Error::DaemonNotStarted {
-            reason: match line.trim_end().strip_prefix(DAEMON_FAILED) {
+            reason: match DAEMON_FAILED
+                .iter()
+                .find_map(|prefix| line.trim_end().strip_prefix(prefix))
+            {
                 Some(why) => why.to_string(),
                 None => format!("it does not answer ({err})"),
             },
@@ -395,8 +405,11 @@ pub(crate) async fn ensure_daemon(home: PathBuf) -> Result<ControlClient> {
     }
 }
 
-/// How `serve` starts the line that tells `run -d` why it could not start.
-const DAEMON_FAILED: &str = "failed: ";
+/// How `serve` starts the line that tells `run -d` why it could not start:
+/// another daemon holds the home's socket ([`DAEMON_BUSY`]), or anything
+/// else.
+const DAEMON_FAILED: [&str; 2] = [DAEMON_BUSY, "failed: "];
+const DAEMON_BUSY: &str = "busy: ";
 
 /// `sandvisor serve`.
 pub(crate) async fn serve(home: Option<PathBuf>, _: ServeArgs) -> Result<ExitCode> {
@@ -411,7 +424,11 @@ pub(crate) async fn serve(home: Option<PathBuf>, _: ServeArgs) -> Result<ExitCod
         Ok(runtime) => runtime,
         Err(err) => {
             // For `run -d`, which reads this line; stdout may be closed.
-            let _ = outln!("{DAEMON_FAILED}{err}");
+            let prefix = match err {
+                Error::ControlSocketInUse { .. } => DAEMON_BUSY,
+                _ => DAEMON_FAILED[1],
+            };
+            let _ = outln!("{prefix}{err}");
             return Err(err);
         }
     };

@@ -3,11 +3,11 @@
 
 use chrono::Utc;
 use ractor::ActorProcessingErr;
-use ractor::ActorRef;
+use ractor::{ActorRef, ActorStatus};
 
 use super::SupervisorState;
 use crate::log::format::LogSource;
-use crate::log::tap::{Chunk, RelayTapMsg};
+use crate::log::tap::{append_system_record, Chunk, RelayTapMsg};
 use crate::protocol::BootStage;
 use crate::protocol::SignalTarget;
 use crate::sandbox::events::SandboxEvent;
@@ -144,14 +144,19 @@ impl SupervisorState {
             // The marker goes after every chunk of the run: the agent link
             // reports the exit only once all output is written. Waiting for
             // it makes the marker visible to whoever hears of the end.
-            let marker = Chunk {
+            let chunk = Chunk {
                 session_id: 0,
                 source: LogSource::System,
-                data: marker.into(),
+                data: marker.clone().into(),
                 captured_at: at,
             };
-            let written = ractor::call_t!(self.tap, RelayTapMsg::Append, 5_000, vec![marker]);
-            if !matches!(written, Ok(Ok(()))) {
+            let written = ractor::call_t!(self.tap, RelayTapMsg::Append, 5_000, vec![chunk]);
+            let written = matches!(written, Ok(Ok(())))
+                // A tap that gave up (its restart budget spent) is gone and
+                // no other writes the file: write the marker directly.
+                || (matches!(self.tap.get_status(), ActorStatus::Stopped | ActorStatus::Stopping)
+                    && append_system_record(&self.spec.log_dir, &marker, at).is_ok());
+            if !written {
                 self.note(true, "could not write the stopped marker to exec.log");
             }
         }

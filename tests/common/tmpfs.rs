@@ -1,0 +1,57 @@
+//! A small tmpfs for the full-disk tests: mounted on a temp directory,
+//! filled to the last byte on demand, unmounted (lazily) on drop.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+use tempfile::TempDir;
+
+pub struct Tmpfs {
+    dir: TempDir,
+}
+
+impl Tmpfs {
+    /// A tmpfs of `bytes`.
+    pub fn mount(bytes: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs: {status:?}");
+        Self { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `file` until the file system has no byte left.
+    #[allow(dead_code)] // not every test crate fills its tmpfs
+    pub fn fill(&self, file: &Path) {
+        let mut out = std::fs::File::create(file).unwrap();
+        for size in [64 * 1024, 512, 1] {
+            let block = vec![0u8; size];
+            while out.write(&block).is_ok_and(|n| n > 0) {}
+        }
+        assert_eq!(free_bytes(self.path()), 0, "the tmpfs is not full");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazily: a process of the test may still hold a file open.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Bytes an unprivileged writer could still write under `path`.
+pub fn free_bytes(path: &Path) -> u64 {
+    let stat = nix::sys::statvfs::statvfs(path).unwrap();
+    stat.blocks_available() as u64 * stat.fragment_size() as u64
+}
