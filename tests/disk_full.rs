@@ -27,7 +27,7 @@ const LINES: u32 = 300_000;
 fn writer(name: &str, gate: &Path) -> SandboxConfig {
     let mut config = SandboxConfig::shell(
         name,
-        &format!(
+        format!(
             "while [ ! -e /gate/go ]; do sleep 0.02; done; seq 0 {}",
             LINES - 1
         ),

@@ -38,7 +38,7 @@ pub(crate) use route::End;
 pub use sandbox::Sandbox;
 
 use crate::config::SandboxConfig;
-use crate::control::ControlServer;
+use crate::control::{ControlClient, ControlServer};
 use crate::error::{Error, Result};
 use crate::home;
 use crate::logs::Logs;
@@ -434,6 +434,34 @@ impl Sandvisor {
         self.inner.store.runs(name).await
     }
 
+    /// The open run of `name` that no runtime hosts any more — it ended,
+    /// but the store refused its end (a full disk) and its runtime is still
+    /// trying to record it — if there is one: here (not hosted by this
+    /// runtime's root) or in the live process that started it (asked on its
+    /// control socket).
+    async fn ended_but_open(&self, name: &str) -> Result<Option<i64>> {
+        let row = self.get(name).await?;
+        let Some(run) = self.inner.store.runs(name).await?.pop() else {
+            return Ok(None);
+        };
+        if run.terminated_at.is_some() {
+            return Ok(None);
+        }
+        let hosted = if run.host == self.inner.host {
+            self.connect(name).await?.is_some()
+        } else {
+            match row.control_socket() {
+                // A host that does not answer is left to reconciliation.
+                Some(socket) => ControlClient::new(socket)
+                    .host()
+                    .await
+                    .map_or(true, |host| host.sandboxes.iter().any(|s| s == name)),
+                None => true,
+            }
+        };
+        Ok((!hosted).then_some(run.id))
+    }
+
     /// Deletes a Stopped, Crashed or never started sandbox: its rows and its
     /// directory. A running one is refused with [`Error::SandboxStillRunning`].
     ///
@@ -464,7 +492,13 @@ impl Sandvisor {
             }),
             _ => Ok(()),
         };
-        match self.inner.store.delete_sandbox_freeing(name, free).await? {
+        let ended_run = self.ended_but_open(name).await?;
+        match self
+            .inner
+            .store
+            .delete_sandbox_freeing(name, ended_run, free)
+            .await?
+        {
             Some(_) => Err(Error::SandboxStillRunning(name.to_string())),
             None => Ok(()),
         }

@@ -315,7 +315,7 @@ impl Store {
     /// [`Error::SandboxNotFound`] if no such sandbox is recorded;
     /// [`Error::Database`] if the transaction fails (nothing is deleted).
     pub async fn delete_sandbox(&self, name: &str) -> Result<Option<SandboxStatus>> {
-        self.delete_sandbox_freeing(name, || Ok(())).await
+        self.delete_sandbox_freeing(name, None, || Ok(())).await
     }
 
     /// Moves a sandbox to `Starting` if it is not running; returns the status

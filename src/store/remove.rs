@@ -13,9 +13,13 @@ use crate::error::Result;
 use sandvisor_actors::lifecycle::SandboxStatus;
 
 impl Store {
-    /// Deletes a sandbox and its runs if it is Created, Stopped or Crashed,
-    /// running `free` (removing its files) first, under the write lock;
-    /// returns the status that refused it otherwise (`free` not run).
+    /// Deletes a sandbox and its runs if it is Created, Stopped or Crashed
+    /// — or if its newest run is `ended_run`, still open in the store: a run
+    /// whose host said it ended but whose end the store could not take yet
+    /// (a full disk) — running `free` (removing its files) first, under the
+    /// write lock; returns the status that refused it otherwise (`free` not
+    /// run). Comparing run ids under the lock keeps a newer run from being
+    /// deleted in its place.
     ///
     /// # Errors
     /// [`crate::Error::SandboxNotFound`] without a row, what `free` returns,
@@ -23,11 +27,15 @@ impl Store {
     pub async fn delete_sandbox_freeing(
         &self,
         name: &str,
+        ended_run: Option<i64>,
         free: impl FnOnce() -> Result<()>,
     ) -> Result<Option<SandboxStatus>> {
         let mut tx = self.begin_immediate().await?;
         let status = status_in(&mut tx, name).await?;
-        if !(status.is_terminal() || status == SandboxStatus::Created) {
+        let removable = status.is_terminal()
+            || status == SandboxStatus::Created
+            || (ended_run.is_some() && open_run_in(&mut tx, name).await? == ended_run);
+        if !removable {
             return Ok(Some(status));
         }
         free()?;
@@ -39,4 +47,20 @@ impl Store {
         tx.commit().await.map_err(db_err)?;
         Ok(None)
     }
+}
+
+/// The id of `name`'s newest run if it has no end recorded.
+async fn open_run_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    name: &str,
+) -> Result<Option<i64>> {
+    sqlx::query_scalar(
+        "SELECT run.id FROM run JOIN sandbox ON sandbox.id = run.sandbox_id \
+         WHERE sandbox.name = ? AND run.terminated_at IS NULL \
+         AND run.id = (SELECT MAX(r.id) FROM run r WHERE r.sandbox_id = sandbox.id)",
+    )
+    .bind(name)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db_err)
 }
