@@ -15,7 +15,7 @@ use tempfile::TempDir;
 
 #[path = "common/tmpfs.rs"]
 mod tmpfs;
-use tmpfs::Tmpfs;
+use tmpfs::{assert_whole_records, Tmpfs};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_sandvisor-agent");
 const BIN: &str = env!("CARGO_BIN_EXE_sandvisor");
@@ -44,21 +44,7 @@ fn writer(name: &str, gate: &Path) -> SandboxConfig {
 /// valid JSON (a torn record).
 async fn stdout_lines(rt: &Sandvisor, home: &Path, name: &str) -> Vec<String> {
     let dir = home.join("sandboxes").join(name);
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("exec.log")
-        {
-            let text = std::fs::read_to_string(&path).unwrap();
-            for line in text.lines() {
-                serde_json::from_str::<serde_json::Value>(line)
-                    .unwrap_or_else(|e| panic!("torn record in {}: {e}: {line}", path.display()));
-            }
-        }
-    }
+    assert_whole_records(&dir);
     let entries = rt
         .logs()
         .read_logs(name, &LogOptions::default())

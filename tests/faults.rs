@@ -16,7 +16,7 @@ use faults::{stderr, stdout, Cli};
 
 #[path = "common/tmpfs.rs"]
 mod tmpfs;
-use tmpfs::{free_bytes, Tmpfs};
+use tmpfs::{assert_whole_records, free_bytes, Tmpfs};
 
 /// A command that ignores SIGTERM (and so do its children: an ignored
 /// signal stays ignored across exec).
@@ -105,9 +105,13 @@ fn d3_idle_connections_do_not_delay_run_or_stop() {
     );
     assert!(out.status.success(), "run -d: {}", stderr(&out));
     assert!(took < limit, "run -d took {took:?}");
+    // The figure for the target (under a second); bounded loosely
+    // here, since a loaded CI machine is no place for timing asserts.
+    eprintln!("run -d with 1,100 idle connections: {took:?}");
     let (out, took) = cli.run_within(&["stop", "late"], limit);
     assert!(out.status.success(), "stop: {}", stderr(&out));
     assert!(took < limit, "stop took {took:?}");
+    eprintln!("stop with 1,100 idle connections: {took:?}");
     assert_eq!(cli.status("late"), "Stopped");
     drop(keep);
 }
@@ -668,20 +672,7 @@ fn d1_a_full_disk_does_not_wedge_the_daemon() {
     let expected: Vec<u64> = (0..ticks.len() as u64).collect();
     assert_eq!(ticks, expected, "ticks lost or repeated");
     let dir = cli.home().join("sandboxes").join("ticker");
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("exec.log")
-        {
-            for line in std::fs::read_to_string(&path).unwrap().lines() {
-                serde_json::from_str::<serde_json::Value>(line)
-                    .unwrap_or_else(|e| panic!("torn record in {}: {e}: {line}", path.display()));
-            }
-        }
-    }
+    assert_whole_records(&dir);
     cli.ok(&["rm", "-f", "ticker"]);
     cli.ok(&["run", "-d", "--name", "again", "--", "echo", "fine"]);
     wait_for(Duration::from_secs(30), "again to end", || {

@@ -228,8 +228,10 @@ async fn a_batch_is_split_at_rotation_and_every_record_stays_whole() {
     assert_eq!(got, want);
 }
 
+/// A disk that stays full past `disk_full_wait`: the append answers how
+/// many records landed, whole, and the tap fails with `DiskFull`.
 #[tokio::test]
-async fn a_full_disk_fails_the_tap_without_leaving_a_torn_record() {
+async fn a_disk_full_past_the_wait_fails_the_tap_without_leaving_a_torn_record() {
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
     use sandvisor::engine::log::tap::Chunk;
     let dir = tempfile::tempdir().unwrap();
@@ -248,7 +250,11 @@ async fn a_full_disk_fails_the_tap_without_leaving_a_torn_record() {
         }
     }
     let _unmount = Unmount(dir.path().to_path_buf());
-    let tap = Tap::spawn(dir.path(), 10 << 20, 4).await;
+    let tap = Tap::spawn_with(TapConfig {
+        disk_full_wait: Duration::from_millis(300),
+        ..TapConfig::new(dir.path())
+    })
+    .await;
     let chunk = |i: usize| {
         Chunk::now(
             1,
@@ -265,6 +271,11 @@ async fn a_full_disk_fails_the_tap_without_leaving_a_torn_record() {
     let Err(written) = answer else {
         panic!("a full disk must fail the append")
     };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tap.actor.get_status() != ractor::ActorStatus::Stopped {
+        assert!(std::time::Instant::now() < deadline, "the tap did not fail");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let text = std::fs::read_to_string(dir.path().join("exec.log")).unwrap();
     assert!(
         text.is_empty() || text.ends_with('\n'),

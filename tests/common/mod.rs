@@ -42,21 +42,24 @@ pub struct Tap {
 
 impl Tap {
     pub async fn spawn(dir: &Path, max_bytes: u64, keep: usize) -> Self {
+        Self::spawn_with(TapConfig {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            keep,
+            ..TapConfig::new(dir)
+        })
+        .await
+    }
+
+    pub async fn spawn_with(config: TapConfig) -> Self {
+        let dir = config.dir.clone();
         let args = TapArgs {
-            config: TapConfig {
-                dir: dir.to_path_buf(),
-                max_bytes,
-                keep,
-                ..TapConfig::new(dir)
-            },
+            config,
             generation: 0,
             events: None,
         };
         let (actor, _) = Actor::spawn(None, RelayTap, args).await.unwrap();
-        Self {
-            actor,
-            dir: dir.to_path_buf(),
-        }
+        Self { actor, dir }
     }
 
     pub fn chunk(&self, session: u64, source: LogSource, data: impl Into<bytes::Bytes>) {

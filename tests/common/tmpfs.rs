@@ -55,3 +55,19 @@ pub fn free_bytes(path: &Path) -> u64 {
     let stat = nix::sys::statvfs::statvfs(path).unwrap();
     stat.blocks_available() as u64 * stat.fragment_size() as u64
 }
+
+/// Panics unless every line of every `exec.log*` in `dir` is a whole JSON
+/// record (none torn).
+#[allow(dead_code)] // not every test crate reads logs
+pub fn assert_whole_records(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("exec.log") {
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|e| panic!("torn record in {}: {e}: {line}", path.display()));
+            }
+        }
+    }
+}

@@ -10,7 +10,8 @@ use futures::StreamExt;
 use sandvisor::control::{daemon_socket, ControlClient};
 use sandvisor::logs::{LogSource, LogStreamOptions, LogStreamStart};
 use sandvisor::{
-    Error, ExecConfig, Isolation, LogCursor, Result, Sandbox, SandboxConfig, Sandvisor, Seccomp,
+    Error, ExecConfig, Isolation, LogCursor, Result, Sandbox, SandboxConfig, SandboxStatus,
+    Sandvisor, Seccomp,
 };
 use tokio::io::AsyncBufReadExt;
 use tokio::signal::unix::{signal, SignalKind};
@@ -278,6 +279,13 @@ async fn foreground(runtime: &Sandvisor, sandbox: &Sandbox, args: &RunArgs) -> R
     drop(raw);
     // A `stop` from another terminal may be waiting for its answer.
     let _ = tokio::time::timeout(CONTROL_DRAIN, runtime.close_control_socket()).await;
+    if result.status == SandboxStatus::Crashed {
+        // The last line says so: the WARN lines before it may be many.
+        let log = sandvisor::home::log_dir(runtime.home(), name)
+            .map(|dir| dir.join("runtime.log").display().to_string())
+            .unwrap_or_default();
+        errln!("sandvisor: sandbox {name} crashed; why: {log}");
+    }
     Ok(exit_code(result.exit_code, result.signal))
 }
 
