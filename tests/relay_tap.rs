@@ -232,6 +232,18 @@ async fn a_batch_is_split_at_rotation_and_every_record_stays_whole() {
 /// many records landed, whole, and the tap fails with `DiskFull`.
 #[tokio::test]
 async fn a_disk_full_past_the_wait_fails_the_tap_without_leaving_a_torn_record() {
+    disk_full_past_the_wait(TapConfig::new("").max_bytes, 4).await;
+}
+
+/// The same with rotations inside the failing append: the count still
+/// matches what is on disk, and no record is written twice (a retry after
+/// a rotation once started again from the message's first record).
+#[tokio::test]
+async fn a_disk_full_past_the_wait_across_rotations_counts_exactly() {
+    disk_full_past_the_wait(8 << 10, 64).await;
+}
+
+async fn disk_full_past_the_wait(max_bytes: u64, keep: usize) {
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
     use sandvisor::engine::log::tap::Chunk;
     let dir = tempfile::tempdir().unwrap();
@@ -251,6 +263,8 @@ async fn a_disk_full_past_the_wait_fails_the_tap_without_leaving_a_torn_record()
     }
     let _unmount = Unmount(dir.path().to_path_buf());
     let tap = Tap::spawn_with(TapConfig {
+        max_bytes,
+        keep,
         disk_full_wait: Duration::from_millis(300),
         ..TapConfig::new(dir.path())
     })
@@ -276,17 +290,28 @@ async fn a_disk_full_past_the_wait_fails_the_tap_without_leaving_a_torn_record()
         assert!(std::time::Instant::now() < deadline, "the tap did not fail");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let text = std::fs::read_to_string(dir.path().join("exec.log")).unwrap();
+    let mut text = String::new();
+    for generation in (1..=keep).rev() {
+        let rotated = dir.path().join(format!("exec.log.{generation}"));
+        text += &std::fs::read_to_string(rotated).unwrap_or_default();
+    }
+    let live = std::fs::read_to_string(dir.path().join("exec.log")).unwrap();
     assert!(
-        text.is_empty() || text.ends_with('\n'),
+        live.is_empty() || live.ends_with('\n'),
         "a torn record was left behind"
     );
+    text += &live;
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(
-        text.lines().count(),
+        records.len(),
         20 + written,
         "the answer must count exactly what is on disk"
     );
-    assert!(text
-        .lines()
-        .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+    for (i, record) in records.iter().enumerate() {
+        let data = record["d"].as_str().unwrap_or_default();
+        assert!(data.starts_with(&format!("{i:05}")), "record {i}: {record}");
+    }
 }

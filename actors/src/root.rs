@@ -75,6 +75,8 @@ pub enum RootMsg {
     Ended(SandboxEnded),
     /// Write the ends the store refused so far (the root's own timer).
     RecordPending,
+    /// The runs whose ends the root keeps (name, run id), oldest first.
+    Unrecorded(RpcReplyPort<Vec<(String, i64)>>),
 }
 
 impl From<SandboxEnded> for RootMsg {
@@ -140,6 +142,7 @@ impl RootState {
             match end.record(self.store.as_ref(), &name).await {
                 Ok(()) => tracing::info!(sandbox = %name, "the end of its run is recorded now"),
                 Err(err) => {
+                    // The first refusal was a WARN (runtime.log and tracing).
                     tracing::debug!(sandbox = %name, %err, "the end of its run is still not recorded");
                     still.push((name, end));
                 }
@@ -235,6 +238,29 @@ impl Actor for Root {
                 }
             }
             RootMsg::RecordPending => state.record_pending(&myself).await,
+            RootMsg::Unrecorded(reply) => {
+                let runs = state
+                    .unrecorded
+                    .iter()
+                    .filter_map(|(name, end)| Some((name.clone(), end.run_id?)))
+                    .collect();
+                let _ = reply.send(runs);
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<RootMsg>,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        // One last try: what is still refused is settled as Crashed by the
+        // next runtime's reconciliation, not as it really ended.
+        for (name, end) in std::mem::take(&mut state.unrecorded) {
+            if let Err(err) = end.record(state.store.as_ref(), &name).await {
+                tracing::warn!(sandbox = %name, %err, ?end, "the runtime stops with the end of this run unrecorded");
+            }
         }
         Ok(())
     }

@@ -51,6 +51,10 @@ pub struct HostInfo {
     pub version: String,
     /// The sandboxes it runs now.
     pub sandboxes: Vec<String>,
+    /// Runs that ended here but whose end the store has not taken yet (a
+    /// full disk): `[name, run id]`.
+    #[serde(default)]
+    pub unrecorded: Vec<(String, i64)>,
 }
 
 /// The body of `stop`, `drain` and `kill` requests.

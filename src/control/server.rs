@@ -291,6 +291,7 @@ async fn host(State(runtime): State<WeakSandvisor>) -> Reply<Json<HostInfo>> {
         home: runtime.home().to_path_buf(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         sandboxes: runtime.hosted().await?,
+        unrecorded: runtime.unrecorded_runs().await?,
     }))
 }
 

@@ -354,6 +354,16 @@ impl Sandvisor {
         Ok(supervisor.map(|supervisor| Sandbox::new(name, supervisor, self.clone())))
     }
 
+    /// The runs that ended in this runtime but whose ends the store has not
+    /// taken yet (a full disk; the root retries): name and run id.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] if the root actor is gone.
+    pub async fn unrecorded_runs(&self) -> Result<Vec<(String, i64)>> {
+        ractor::call!(self.inner.root, RootMsg::Unrecorded)
+            .map_err(|e| Error::Internal(format!("root actor: {e}")))
+    }
+
     /// The names of the sandboxes running in this runtime, sorted.
     ///
     /// # Errors
@@ -434,11 +444,11 @@ impl Sandvisor {
         self.inner.store.runs(name).await
     }
 
-    /// The open run of `name` that no runtime hosts any more — it ended,
-    /// but the store refused its end (a full disk) and its runtime is still
-    /// trying to record it — if there is one: here (not hosted by this
-    /// runtime's root) or in the live process that started it (asked on its
-    /// control socket).
+    /// The open run of `name` that ended but whose end the store refused
+    /// (a full disk), if its runtime says so: the runtime that started it
+    /// keeps the end to record later (asked on its control socket, or this
+    /// runtime's root when it has none). Positive evidence only: several
+    /// runtimes may share a process, so "not hosted here" proves nothing.
     async fn ended_but_open(&self, name: &str) -> Result<Option<i64>> {
         let row = self.get(name).await?;
         let Some(run) = self.inner.store.runs(name).await?.pop() else {
@@ -447,19 +457,18 @@ impl Sandvisor {
         if run.terminated_at.is_some() {
             return Ok(None);
         }
-        let hosted = if run.host == self.inner.host {
-            self.connect(name).await?.is_some()
-        } else {
-            match row.control_socket() {
-                // A host that does not answer is left to reconciliation.
-                Some(socket) => ControlClient::new(socket)
-                    .host()
-                    .await
-                    .map_or(true, |host| host.sandboxes.iter().any(|s| s == name)),
-                None => true,
-            }
+        let kept = match row.control_socket() {
+            // A host that does not answer is left to reconciliation.
+            Some(socket) => ControlClient::new(socket)
+                .host()
+                .await
+                .map(|host| host.unrecorded)
+                .unwrap_or_default(),
+            None if run.host == self.inner.host => self.unrecorded_runs().await?,
+            None => Vec::new(),
         };
-        Ok((!hosted).then_some(run.id))
+        let wanted = (name.to_string(), run.id);
+        Ok(kept.contains(&wanted).then_some(run.id))
     }
 
     /// Deletes a Stopped, Crashed or never started sandbox: its rows and its

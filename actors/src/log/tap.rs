@@ -192,6 +192,17 @@ pub struct TapArgs {
     pub events: Option<DerivedActorRef<TapEvent>>,
 }
 
+/// What `file` needs before the next write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reopen {
+    /// Nothing: it is `exec.log`, ending in a whole line.
+    No,
+    /// It is the file a rotation renamed: open the new `exec.log`.
+    Rotated,
+    /// Its torn tail could not be ended (a full disk): end it first.
+    TornTail,
+}
+
 /// A failed write: how many chunks of the message are on disk, and why.
 struct WriteFailure {
     written: usize,
@@ -224,8 +235,8 @@ pub struct TapState {
     batch_records: usize,
     /// Chunks of the current message written so far.
     written: usize,
-    /// `file` is a rotated log: open `exec.log` before writing.
-    reopen: bool,
+    /// What to do with `file` before the next write.
+    reopen: Reopen,
     events: Option<DerivedActorRef<TapEvent>>,
 }
 
@@ -251,12 +262,13 @@ impl TapState {
     fn settle_last(&mut self, before: usize) -> io::Result<()> {
         let len = (self.batch.len() - before) as u64;
         let pending = before as u64;
+        // Counted first: `write_out(before)` leaves out the last one pushed.
+        self.batch_records += 1;
         if self.stats.size + pending > 0 && self.stats.size + pending + len > self.config.max_bytes
         {
             self.write_out(before)?;
             self.rotate()?;
         }
-        self.batch_records += 1;
         Ok(())
     }
 
@@ -347,14 +359,30 @@ impl TapState {
         }
     }
 
-    /// Opens `exec.log` again if a rotation renamed it but could not open
-    /// its successor.
+    /// Opens `exec.log` (again) if [`Self::reopen`] says so: finishing a
+    /// rotation (counted and told once the new file is open), or ending a
+    /// torn tail the first open could not end (a full disk).
     fn reopen(&mut self) -> io::Result<()> {
-        if self.reopen {
-            self.file = open_append(&self.live)?;
-            self.stats.size = self.file.metadata()?.len();
-            self.reopen = false;
+        match self.reopen {
+            Reopen::No => return Ok(()),
+            Reopen::Rotated => {
+                self.file = open_append(&self.live)?;
+                self.stats.size = 0;
+                self.stats.generation += 1;
+                tracing::debug!(dir = %self.config.dir.display(), generation = self.stats.generation, "exec.log rotated");
+                if let Some(events) = &self.events {
+                    // A parent that stopped listening does not stop the writing.
+                    let _ = events.send_message(TapEvent::Rotated {
+                        generation: self.stats.generation,
+                    });
+                }
+            }
+            Reopen::TornTail => {
+                end_torn_line(&mut self.file)?;
+                self.stats.size = self.file.metadata()?.len();
+            }
         }
+        self.reopen = Reopen::No;
         Ok(())
     }
 
@@ -406,24 +434,13 @@ impl TapState {
         }
         // From here until the new file is open, `file` is the rotated one:
         // the next write must not land in it.
-        self.reopen = true;
+        self.reopen = Reopen::Rotated;
         if self.config.keep == 0 {
             std::fs::remove_file(&self.live)?;
         } else {
             rename_if_present(&self.live, &dir.join(format!("{name}.1")))?;
         }
-        self.file = open_append(&self.live)?;
-        self.reopen = false;
-        self.stats.size = 0;
-        self.stats.generation += 1;
-        tracing::debug!(dir = %dir.display(), generation = self.stats.generation, "exec.log rotated");
-        if let Some(events) = &self.events {
-            // A parent that stopped listening does not stop the writing.
-            let _ = events.send_message(TapEvent::Rotated {
-                generation: self.stats.generation,
-            });
-        }
-        Ok(())
+        self.reopen()
     }
 }
 
@@ -443,15 +460,20 @@ fn rename_if_present(from: &Path, to: &Path) -> io::Result<()> {
 /// read what sandboxes print), and ends a torn last line first (see
 /// [`end_torn_line`]).
 fn open_append(path: &Path) -> io::Result<File> {
+    let mut file = open_log(path)?;
+    end_torn_line(&mut file)?;
+    Ok(file)
+}
+
+/// Opens a log for appending as it is, creating it 0600.
+fn open_log(path: &Path) -> io::Result<File> {
     // Read access only to look at the last byte.
-    let mut file = OpenOptions::new()
+    OpenOptions::new()
         .create(true)
         .read(true)
         .append(true)
         .mode(0o600)
-        .open(path)?;
-    end_torn_line(&mut file)?;
-    Ok(file)
+        .open(path)
 }
 
 /// Writes `\n` after the file's last byte unless the file is empty or
@@ -510,7 +532,12 @@ impl Actor for RelayTap {
             .mode(0o700)
             .create(&args.config.dir)?;
         let live = args.config.dir.join(StreamKey::Exec.file_name());
-        let file = open_append(&live)?;
+        // On a full disk the torn tail is ended by the first write, which
+        // waits for space; failing here would fail the supervisor.
+        let (file, reopen) = match open_append(&live) {
+            Err(err) if is_disk_full(&err) => (open_log(&live)?, Reopen::TornTail),
+            opened => (opened?, Reopen::No),
+        };
         let size = file.metadata()?.len();
         Ok(TapState {
             config: args.config,
@@ -525,7 +552,7 @@ impl Actor for RelayTap {
             batch: Vec::new(),
             batch_records: 0,
             written: 0,
-            reopen: false,
+            reopen,
             events: args.events,
         })
     }
