@@ -680,3 +680,29 @@ fn d1_a_full_disk_does_not_wedge_the_daemon() {
     });
     assert_eq!(cli.ok(&["logs", "again"]), "fine\n");
 }
+
+/// D13: a foreground `run` whose sandbox crashed (here its agent is
+/// SIGKILLed from outside) ends with an error line saying so, after
+/// whatever WARN lines came before.
+#[test]
+fn d13_a_foreground_run_that_crashed_ends_with_an_error_line() {
+    let cli = Cli::new();
+    let run = cli
+        .command(&["run", "--name", "fg", "--", "sleep", "1000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(20), "fg to run", || {
+        cli.status("fg") == "Running"
+    });
+    faults::signal(agent_pid(&cli, "fg"), nix::sys::signal::Signal::SIGKILL);
+    let out = run.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("sandbox fg crashed") && last.contains("runtime.log"),
+        "{stderr}"
+    );
+}
