@@ -451,6 +451,11 @@ impl Sandvisor {
     /// runtimes may share a process, so "not hosted here" proves nothing.
     async fn ended_but_open(&self, name: &str) -> Result<Option<i64>> {
         let row = self.get(name).await?;
+        let status = row.status_snapshot();
+        if status.is_terminal() || status == SandboxStatus::Created {
+            // Removable as it is: no need to ask anyone.
+            return Ok(None);
+        }
         let Some(run) = self.inner.store.runs(name).await?.pop() else {
             return Ok(None);
         };

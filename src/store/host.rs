@@ -14,6 +14,7 @@
 
 use chrono::{DateTime, Utc};
 use sandvisor_actors::lifecycle::HostId;
+use sandvisor_actors::sandbox::stopped_marker;
 use sqlx::Row;
 
 use super::{db_err, time_text, Store};
@@ -50,10 +51,10 @@ impl Settled {
         } else {
             "its processes were gone"
         };
-        Some(format!(
-            "--- sandbox stopped (InternalError: host process {} is gone; {what}) ---",
+        Some(stopped_marker(&format!(
+            "InternalError: host process {} is gone; {what}",
             run.host_pid
-        ))
+        )))
     }
 }
 

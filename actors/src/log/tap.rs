@@ -111,6 +111,17 @@ pub struct Chunk {
 }
 
 impl Chunk {
+    /// A `system` record (a lifecycle marker) stamped `at`; system records
+    /// carry no session.
+    pub fn system(text: impl Into<Bytes>, at: DateTime<Utc>) -> Self {
+        Self {
+            session_id: 0,
+            source: LogSource::System,
+            data: text.into(),
+            captured_at: at,
+        }
+    }
+
     /// A chunk captured now.
     pub fn now(session_id: u64, source: LogSource, data: impl Into<Bytes>) -> Self {
         Self {
@@ -579,12 +590,7 @@ impl Actor for RelayTap {
                 result.map_err(WriteFailure::into_error)?;
             }
             RelayTapMsg::System { text, at } => {
-                let marker = Chunk {
-                    session_id: 0,
-                    source: LogSource::System,
-                    data: text.into(),
-                    captured_at: at,
-                };
+                let marker = Chunk::system(text, at);
                 state
                     .write_patiently(std::slice::from_ref(&marker))
                     .await

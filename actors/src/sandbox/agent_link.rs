@@ -43,6 +43,12 @@ use crate::protocol::{BootError, BootStage, ExitStatus, Frame, SignalTarget};
 /// The marker written when a run's main command has started.
 pub const STARTED_MARKER: &str = "--- sandbox started ---";
 
+/// The `system` record that ends a run in `exec.log`: `how` it ended (`exit
+/// 3`, `signal 9`, a termination reason and why).
+pub fn stopped_marker(how: &str) -> String {
+    format!("--- sandbox stopped ({how}) ---")
+}
+
 /// Arguments to spawn an [`AgentLink`].
 pub struct AgentLinkArgs {
     /// What to start.

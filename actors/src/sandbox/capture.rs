@@ -96,12 +96,7 @@ pub async fn read_frames(
                     break Some(GONE.to_string());
                 }
                 if let Frame::Ready { .. } = other {
-                    let marker = Chunk {
-                        session_id: 0,
-                        source: LogSource::System,
-                        data: STARTED_MARKER.into(),
-                        captured_at: Utc::now(),
-                    };
+                    let marker = Chunk::system(STARTED_MARKER, Utc::now());
                     if !append(&mut tap, vec![marker]).await {
                         break Some(GONE.to_string());
                     }

@@ -54,7 +54,7 @@ use crate::log::tap::{TapConfig, TapEvent};
 use crate::protocol::{BootStage, ExecSpec, Frame, SignalTarget};
 
 pub use crate::backend::VmSpec;
-pub use agent_link::{AgentLink, AgentLinkArgs, STARTED_MARKER};
+pub use agent_link::{stopped_marker, AgentLink, AgentLinkArgs, STARTED_MARKER};
 pub use boot_error::BOOT_ERROR_FILE;
 pub use lifecycle::{SandboxStatus, TerminationReason};
 pub use phase::{Action, Phase};

@@ -120,17 +120,13 @@ async fn dispatch(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(code) => code,
-        Err(err) if cannot_run(&err).is_some() => {
-            report(&err);
-            ExitCode::from(cannot_run(&err).unwrap_or(1))
-        }
         // The reader of our output went away (`| head`): nothing to say.
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
             ExitCode::SUCCESS
         }
         Err(err) => {
             report(&err);
-            ExitCode::from(1)
+            ExitCode::from(cannot_run(&err).unwrap_or(1))
         }
     }
 }

@@ -6,7 +6,6 @@ use ractor::ActorProcessingErr;
 use ractor::{ActorRef, ActorStatus};
 
 use super::SupervisorState;
-use crate::log::format::LogSource;
 use crate::log::tap::{append_system_record, Chunk, RelayTapMsg};
 use crate::protocol::BootStage;
 use crate::protocol::SignalTarget;
@@ -15,7 +14,8 @@ use crate::sandbox::lifecycle::{RunEnd, SandboxStatus};
 use crate::sandbox::metrics::Sampler;
 use crate::sandbox::phase::{Action, Ending};
 use crate::sandbox::{
-    boot_error, AgentLinkMsg, BootFailure, SandboxEnded, SupervisorMsg, UnrecordedEnd,
+    boot_error, stopped_marker, AgentLinkMsg, BootFailure, SandboxEnded, SupervisorMsg,
+    UnrecordedEnd,
 };
 
 impl SupervisorState {
@@ -136,20 +136,15 @@ impl SupervisorState {
             at,
         } = ending;
         if failure.is_none() {
-            let marker = match (exit_code, signal) {
-                (_, Some(signal)) => format!("--- sandbox stopped (signal {signal}) ---"),
-                (Some(code), None) => format!("--- sandbox stopped (exit {code}) ---"),
-                (None, None) => format!("--- sandbox stopped ({reason}) ---"),
-            };
+            let marker = stopped_marker(&match (exit_code, signal) {
+                (_, Some(signal)) => format!("signal {signal}"),
+                (Some(code), None) => format!("exit {code}"),
+                (None, None) => reason.to_string(),
+            });
             // The marker goes after every chunk of the run: the agent link
             // reports the exit only once all output is written. Waiting for
             // it makes the marker visible to whoever hears of the end.
-            let chunk = Chunk {
-                session_id: 0,
-                source: LogSource::System,
-                data: marker.clone().into(),
-                captured_at: at,
-            };
+            let chunk = Chunk::system(marker.clone(), at);
             let written = ractor::call_t!(self.tap, RelayTapMsg::Append, 5_000, vec![chunk]);
             let written = matches!(written, Ok(Ok(())))
                 // A tap that gave up (its restart budget spent) is gone and

@@ -152,7 +152,9 @@ pub(super) fn spawn_session(
     let hooked = run.tty || run.cwd.is_some() || confine.is_some();
     let steps = if hooked {
         Some(
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            // Non-blocking: PID 1 reads it only after the child is gone,
+            // and must never wait on it whoever else held the write end.
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
                 .map_err(|e| SpawnFailure::Setup(e.into()))?,
         )
     } else {
