@@ -16,6 +16,7 @@ use std::ops::Range;
 
 use serde::de::{Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
+use super::scan::{scan, Scan};
 use super::source::LogSource;
 use super::timestamp::{TimestampFormatter, TimestampParser};
 
@@ -98,16 +99,7 @@ pub enum SkipReason {
     UnknownSource,
 }
 
-/// Where a decoded record's bytes are.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RecordData {
-    /// A slice of the line's buffer (text that needed no unescaping).
-    Shared(Bytes),
-    /// A range of the caller's arena (unescaped or base64-decoded bytes).
-    Arena(Range<usize>),
-}
-
-/// One decoded record whose bytes may still sit in the decoder's arena.
+/// One decoded record whose bytes sit in the caller's arena.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArenaRecord {
     /// Capture time.
@@ -116,31 +108,31 @@ pub struct ArenaRecord {
     pub source: LogSource,
     /// Exec session id (`None` on system records).
     pub session_id: Option<u64>,
-    /// The bytes.
-    pub data: RecordData,
+    /// Where its bytes are in the arena.
+    pub data: Range<usize>,
 }
 
 /// Decodes records, reusing timestamp work across lines.
+///
+/// Lines in the shape sandvisor writes take the [fast path](super::scan);
+/// every other line is decoded by serde_json (the exact path). Both give the
+/// same record or the same [`SkipReason`] for every line.
 #[derive(Debug, Default)]
 pub struct RecordDecoder {
     timestamps: TimestampParser,
 }
 
 impl RecordDecoder {
-    /// Decodes `line` (without its `\n`), a slice of `buf`.
-    ///
-    /// Text that needed no unescaping is returned as a slice of `buf`, not a copy.
+    /// Decodes `line` (without its `\n`) into a record that owns its bytes.
     ///
     /// # Errors
     /// A [`SkipReason`] for a line that is not a record: empty, malformed, or
     /// of an unknown source. Readers skip such lines.
-    pub fn decode(&mut self, buf: &Bytes, line: &[u8]) -> Result<Record, SkipReason> {
+    pub fn decode(&mut self, line: &[u8]) -> Result<Record, SkipReason> {
         let mut arena = Vec::new();
-        let rec = self.decode_into(buf, line, &mut arena)?;
-        let data = match rec.data {
-            RecordData::Shared(bytes) => bytes,
-            RecordData::Arena(range) => Bytes::copy_from_slice(&arena[range]),
-        };
+        let rec = self.decode_into(line, &mut arena)?;
+        arena.truncate(rec.data.end);
+        let data = Bytes::from(arena).slice(rec.data.start..);
         Ok(Record {
             timestamp: rec.timestamp,
             source: rec.source,
@@ -149,16 +141,41 @@ impl RecordDecoder {
         })
     }
 
-    /// Like [`decode`](Self::decode), but bytes that cannot be a slice of
-    /// `buf` (escaped text, base64) are appended to `arena` instead of being
-    /// allocated one by one: a reader freezes the arena once per chunk.
+    /// Decodes `line` (without its `\n`), appending its bytes to `arena`: a
+    /// reader decodes a whole batch into one arena and freezes it once, so
+    /// entries cost no allocation each.
     ///
     /// # Errors
     /// As [`decode`](Self::decode); nothing is left in `arena` for a skipped
     /// line.
     pub fn decode_into(
         &mut self,
-        buf: &Bytes,
+        line: &[u8],
+        arena: &mut Vec<u8>,
+    ) -> Result<ArenaRecord, SkipReason> {
+        match scan(line, &mut self.timestamps, arena) {
+            Scan::Record {
+                timestamp,
+                source,
+                session_id,
+                data,
+            } => Ok(ArenaRecord {
+                timestamp,
+                source,
+                session_id,
+                data,
+            }),
+            Scan::Other => self.decode_exact_into(line, arena),
+        }
+    }
+
+    /// Like [`decode_into`](Self::decode_into), through serde_json only: the
+    /// reference the fast path is held to.
+    ///
+    /// # Errors
+    /// As [`decode`](Self::decode).
+    pub fn decode_exact_into(
+        &mut self,
         line: &[u8],
         arena: &mut Vec<u8>,
     ) -> Result<ArenaRecord, SkipReason> {
@@ -192,22 +209,24 @@ impl RecordDecoder {
         };
         let data = match raw.e.as_deref() {
             None => match d {
-                Text::Borrowed(text) => RecordData::Shared(buf.slice_ref(text.as_bytes())),
-                Text::Arena(range) => RecordData::Arena(range),
+                Text::Borrowed(text) => {
+                    let start = arena.len();
+                    arena.extend_from_slice(text.as_bytes());
+                    start..arena.len()
+                }
+                Text::Arena(range) => range,
             },
             Some("b64") => {
-                let start = arena.len();
-                let decoded = match &d {
-                    Text::Borrowed(text) => BASE64.decode_vec(text.as_bytes(), arena),
-                    Text::Arena(range) => {
-                        let encoded = arena[range.clone()].to_vec();
-                        BASE64.decode_vec(&encoded, arena)
-                    }
+                let encoded = match &d {
+                    Text::Borrowed(text) => text.as_bytes().to_vec(),
+                    Text::Arena(range) => arena[range.clone()].to_vec(),
                 };
-                if decoded.is_err() {
+                // Only the decoded bytes stay: the encoded text goes.
+                arena.truncate(mark);
+                if BASE64.decode_vec(&encoded, arena).is_err() {
                     return fail(arena, SkipReason::Malformed);
                 }
-                RecordData::Arena(start..arena.len())
+                mark..arena.len()
             }
             Some(_) => return fail(arena, SkipReason::Malformed),
         };
@@ -354,8 +373,7 @@ mod tests {
     use chrono::TimeZone;
 
     fn decode(line: &[u8]) -> Result<Record, SkipReason> {
-        let buf = Bytes::copy_from_slice(line);
-        RecordDecoder::default().decode(&buf, &buf)
+        RecordDecoder::default().decode(line)
     }
 
     #[test]
@@ -447,16 +465,5 @@ mod tests {
             SkipReason::UnknownSource
         );
         assert_eq!(decode(b"\xff\xfe").unwrap_err(), SkipReason::Malformed);
-    }
-
-    #[test]
-    fn unescaped_text_is_not_copied() {
-        let buf = Bytes::from_static(
-            br#"{"t":"2026-05-01T10:00:00.000Z","s":"stdout","d":"zero copy","id":1}"#,
-        );
-        let rec = RecordDecoder::default().decode(&buf, &buf).unwrap();
-        let base = buf.as_ptr() as usize;
-        let ptr = rec.data.as_ptr() as usize;
-        assert!(ptr >= base && ptr < base + buf.len());
     }
 }

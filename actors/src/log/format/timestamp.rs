@@ -4,7 +4,7 @@
 //! second, and all of them within one second share their first 19 bytes, so
 //! the calendar arithmetic (done by chrono) runs once per second, not per record.
 
-use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Timelike, Utc};
 
 /// `YYYY-MM-DDTHH:MM:SS` — the part of a canonical timestamp shared within a second.
 const SECOND_PREFIX_LEN: usize = 19;
@@ -42,7 +42,8 @@ impl TimestampFormatter {
 #[derive(Debug, Default)]
 pub struct TimestampParser {
     prefix: [u8; SECOND_PREFIX_LEN],
-    second: Option<i64>,
+    /// The second `prefix` names, when it has been parsed.
+    second: Option<NaiveDateTime>,
 }
 
 impl TimestampParser {
@@ -52,7 +53,9 @@ impl TimestampParser {
             .or_else(|| parse_rfc3339(text))
     }
 
-    fn parse_canonical(&mut self, b: &[u8]) -> Option<DateTime<Utc>> {
+    /// Parses the canonical form (`YYYY-MM-DDTHH:MM:SS.mmmZ`) only; `None`
+    /// for anything else. Within one second it only reads the milliseconds.
+    pub fn parse_canonical(&mut self, b: &[u8]) -> Option<DateTime<Utc>> {
         if b.len() != CANONICAL_LEN || b[SECOND_PREFIX_LEN] != b'.' || b[CANONICAL_LEN - 1] != b'Z'
         {
             return None;
@@ -65,18 +68,20 @@ impl TimestampParser {
             millis = millis * 10 + u32::from(digit - b'0');
         }
         let prefix = &b[..SECOND_PREFIX_LEN];
-        let secs = match self.second {
-            Some(secs) if self.prefix == prefix => secs,
+        let second = match self.second {
+            Some(second) if self.prefix == prefix => second,
             _ => {
                 let text = std::str::from_utf8(prefix).ok()?;
                 let naive = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S").ok()?;
-                let secs = naive.and_utc().timestamp();
+                // A leap second (`:60`) counts as the second before it, with
+                // its milliseconds: the time a reader can compare and print.
+                let second = DateTime::from_timestamp(naive.and_utc().timestamp(), 0)?.naive_utc();
                 self.prefix.copy_from_slice(prefix);
-                self.second = Some(secs);
-                secs
+                self.second = Some(second);
+                second
             }
         };
-        Utc.timestamp_opt(secs, millis * 1_000_000).single()
+        Some(second.with_nanosecond(millis * 1_000_000)?.and_utc())
     }
 }
 
@@ -90,6 +95,7 @@ pub fn parse_rfc3339(text: &str) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone;
 
     #[test]
     fn canonical_round_trip_and_cache() {

@@ -21,6 +21,7 @@
 //! (line filter and decoders).
 
 pub mod chain;
+pub mod entries;
 pub mod follower;
 pub mod parse;
 pub mod stream;
@@ -34,6 +35,7 @@ use chrono::{DateTime, Utc};
 use ractor::{ActorCell, RpcReplyPort};
 use tokio::sync::{mpsc, oneshot};
 
+use self::entries::Entries;
 use crate::log::format::{LogCursor, Position, SourceSet, StreamKey};
 use crate::log::{LogEntry, Result};
 
@@ -71,7 +73,7 @@ pub enum TailEnd {
 }
 
 /// Batches sent to a stream's consumer.
-pub type StreamBatch = Result<Vec<LogEntry>>;
+pub type StreamBatch = Result<Entries>;
 
 /// What `read_logs` collects.
 #[derive(Debug)]
@@ -99,7 +101,7 @@ pub enum SubscriberMsg {
         /// The sending tailer's epoch.
         epoch: u64,
         /// Entries (already filtered by source and `since`).
-        entries: Vec<LogEntry>,
+        entries: Entries,
         /// Position after the batch.
         end: Option<Position>,
     },

@@ -7,19 +7,14 @@
 //! Undecodable lines are not errors here: they are counted, and the follower
 //! warns about them once per file.
 
-use std::ops::Range;
-
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
+use super::entries::Entries;
 use crate::log::format::{
-    FileId, LogCursor, LogSource, Position, RecordData, RecordDecoder, SourceSet, StreamKey,
-    TextDecoder,
+    FileId, LogCursor, LogSource, Position, RecordDecoder, SourceSet, StreamKey, TextDecoder,
 };
 use crate::log::LogEntry;
-
-/// Chunks at least this large are parsed on two threads.
-const PARALLEL_PARSE_BYTES: usize = 256 << 10;
 
 /// Per-thread parsing state (timestamp caches).
 #[derive(Debug, Default)]
@@ -28,10 +23,14 @@ pub(super) struct Decoders {
     text: TextDecoder,
 }
 
-/// Entries parsed from part of a chunk, and the lines skipped there.
-struct Parsed {
-    entries: Vec<LogEntry>,
-    skipped: u64,
+/// Entries parsed from a run of lines, and the lines skipped there.
+pub(super) struct Parsed {
+    /// The entries wanted, in file order.
+    pub(super) entries: Vec<LogEntry>,
+    /// Lines skipped (empty, malformed, unknown source).
+    pub(super) skipped: u64,
+    /// Whether the entries are in time order.
+    pub(super) in_order: bool,
 }
 
 /// What a chunk's lines are parsed as and filtered by.
@@ -57,59 +56,37 @@ impl LineFilter {
     pub(super) fn parse_all(
         &self,
         decoders: &mut Decoders,
-        complete: &Bytes,
+        complete: &[u8],
         offset: u64,
-        out: &mut Vec<LogEntry>,
+        out: &mut Entries,
     ) -> u64 {
-        // Large chunks are parsed in two halves on two threads: parsing is
-        // most of a full read's cost.
-        let split = (complete.len() >= PARALLEL_PARSE_BYTES)
-            .then(|| memchr::memchr(b'\n', &complete[complete.len() / 2..]))
-            .flatten()
-            .map(|i| complete.len() / 2 + i + 1)
-            .filter(|&at| at < complete.len());
-        match split {
-            Some(at) => {
-                let mut second = Decoders::default();
-                let (mut head, tail) = rayon::join(
-                    || self.parse(decoders, complete, 0..at, offset),
-                    || self.parse(&mut second, complete, at..complete.len(), offset),
-                );
-                head.entries.extend(tail.entries);
-                head.skipped += tail.skipped;
-                out.append(&mut head.entries);
-                head.skipped
-            }
-            None => {
-                let mut parsed = self.parse(decoders, complete, 0..complete.len(), offset);
-                out.append(&mut parsed.entries);
-                parsed.skipped
-            }
-        }
+        let parsed = self.parse(decoders, complete, offset);
+        out.push_run(parsed.entries, parsed.in_order);
+        parsed.skipped
     }
 
     fn wanted(&self, source: LogSource, timestamp: DateTime<Utc>) -> bool {
         self.sources.contains(source) && self.since.is_none_or(|since| timestamp >= since)
     }
 
-    /// Parses the complete lines of `chunk[range]`; `base` is the file offset
-    /// of `chunk[0]`.
-    fn parse(
-        &self,
-        decoders: &mut Decoders,
-        chunk: &Bytes,
-        range: Range<usize>,
-        base: u64,
-    ) -> Parsed {
+    /// Parses the complete lines of `chunk` (which ends with `\n`); `base`
+    /// is the file offset of `chunk[0]`. The entries' bytes share one buffer.
+    pub(super) fn parse(&self, decoders: &mut Decoders, chunk: &[u8], base: u64) -> Parsed {
         let mut parsed = Parsed {
-            entries: Vec::with_capacity(range.len() / 96),
+            entries: Vec::with_capacity(chunk.len() / 96),
             skipped: 0,
+            in_order: true,
         };
-        // Unescaped and base64 bytes of the range share one allocation.
-        let mut arena = Vec::new();
-        let mut in_arena = Vec::new();
-        let mut line_start = range.start;
-        for newline in memchr::memchr_iter(b'\n', &chunk[range.clone()]).map(|i| i + range.start) {
+        let mut last = None;
+        // Decoded bytes are never longer than the lines they come from.
+        let mut arena = Vec::with_capacity(if self.stream.is_records() {
+            chunk.len()
+        } else {
+            0
+        });
+        let mut spans = Vec::with_capacity(parsed.entries.capacity());
+        let mut line_start = 0;
+        for newline in memchr::memchr_iter(b'\n', chunk) {
             let line = &chunk[line_start..newline];
             line_start = newline + 1;
             let mut cursor = self.base;
@@ -120,53 +97,48 @@ impl LineFilter {
                     offset: base + newline as u64 + 1,
                 },
             );
-            let entry = if self.stream.is_records() {
-                match decoders.records.decode_into(chunk, line, &mut arena) {
-                    Ok(rec) => self.wanted(rec.source, rec.timestamp).then(|| {
-                        let data = match rec.data {
-                            RecordData::Shared(bytes) => bytes,
-                            RecordData::Arena(range) => {
-                                in_arena.push((parsed.entries.len(), range));
-                                Bytes::new()
-                            }
-                        };
-                        LogEntry {
+            if self.stream.is_records() {
+                let mark = arena.len();
+                match decoders.records.decode_into(line, &mut arena) {
+                    Ok(rec) if self.wanted(rec.source, rec.timestamp) => {
+                        parsed.in_order &= last.is_none_or(|last| last <= rec.timestamp);
+                        last = Some(rec.timestamp);
+                        spans.push(rec.data);
+                        parsed.entries.push(LogEntry {
                             timestamp: rec.timestamp,
                             source: rec.source,
                             session_id: rec.session_id,
-                            data,
+                            data: Bytes::new(),
                             cursor,
-                        }
-                    }),
-                    Err(_) => {
-                        parsed.skipped += 1;
-                        None
+                        });
                     }
+                    Ok(_) => arena.truncate(mark),
+                    Err(_) => parsed.skipped += 1,
                 }
             } else {
                 match decoders.text.decode(line, self.mtime) {
                     Some((timestamp, data)) => {
-                        self.wanted(LogSource::System, timestamp)
-                            .then_some(LogEntry {
+                        if self.wanted(LogSource::System, timestamp) {
+                            parsed.in_order &= last.is_none_or(|last| last <= timestamp);
+                            last = Some(timestamp);
+                            parsed.entries.push(LogEntry {
                                 timestamp,
                                 source: LogSource::System,
                                 session_id: None,
                                 data,
                                 cursor,
-                            })
+                            });
+                        }
                     }
-                    None => {
-                        parsed.skipped += 1;
-                        None
-                    }
+                    None => parsed.skipped += 1,
                 }
-            };
-            parsed.entries.extend(entry);
+            }
         }
-        if !in_arena.is_empty() {
+        if !spans.is_empty() {
+            arena.shrink_to_fit();
             let arena = Bytes::from(arena);
-            for (index, range) in in_arena {
-                parsed.entries[index].data = arena.slice(range);
+            for (entry, span) in parsed.entries.iter_mut().zip(spans) {
+                entry.data = arena.slice(span);
             }
         }
         parsed

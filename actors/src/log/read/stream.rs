@@ -7,6 +7,7 @@ use futures::Stream;
 use ractor::{Actor, ActorRef};
 use tokio::sync::{mpsc, oneshot};
 
+use super::entries::Entries;
 use super::subscriber::Subscriber;
 use super::{Collected, ReadPlan, Sink, StreamBatch, SubscriberMsg};
 use crate::log::{Error, LogEntry, Result};
@@ -19,7 +20,7 @@ const STREAM_BATCHES: usize = 4;
 #[derive(Debug)]
 pub struct LogStream {
     rx: mpsc::Receiver<StreamBatch>,
-    batch: std::vec::IntoIter<LogEntry>,
+    batch: <Entries as IntoIterator>::IntoIter,
     subscriber: ActorRef<SubscriberMsg>,
 }
 
@@ -74,7 +75,7 @@ pub async fn open_stream(plan: ReadPlan) -> Result<LogStream> {
         .map_err(spawn_error)?;
     Ok(LogStream {
         rx,
-        batch: Vec::new().into_iter(),
+        batch: Entries::new().into_iter(),
         subscriber,
     })
 }

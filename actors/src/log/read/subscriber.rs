@@ -31,6 +31,7 @@ use std::collections::HashMap;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use super::entries::Entries;
 use super::follower::Start;
 use super::tailer::{Tailer, TailerArgs};
 use super::{Collected, ReadPlan, Sink, SubscriberMsg, TailEnd, TailerMsg};
@@ -55,9 +56,10 @@ pub struct SubscriberState {
     cursor: LogCursor,
     slots: HashMap<StreamKey, Slot>,
     by_actor: HashMap<ActorId, StreamKey>,
-    /// Collect sink: entries in arrival order, and the log each came from.
-    collected: Vec<LogEntry>,
-    collected_from: Vec<StreamKey>,
+    /// Collect sink: entries in arrival order, in one run.
+    collected: Entries,
+    /// Where each log's stretch of `collected` ends, in order.
+    collected_from: Vec<(usize, StreamKey)>,
 }
 
 impl Actor for Subscriber {
@@ -72,7 +74,7 @@ impl Actor for Subscriber {
     ) -> Result<SubscriberState, ActorProcessingErr> {
         let mut state = SubscriberState {
             cursor: plan.cursor,
-            collected: Vec::new(),
+            collected: Entries::new(),
             collected_from: Vec::new(),
             plan,
             sink: Some(sink),
@@ -266,36 +268,41 @@ impl SubscriberState {
         &mut self,
         myself: &ActorRef<SubscriberMsg>,
         stream: StreamKey,
-        entries: Vec<LogEntry>,
+        mut entries: Entries,
         end: Option<Position>,
     ) {
         match &self.sink {
             Some(Sink::Stream(tx)) => {
                 let tx = tx.clone();
-                let mut out = Vec::with_capacity(entries.len());
                 let mut reached_until = false;
-                let mut cursor = self.cursor;
-                for mut entry in entries {
-                    if self
-                        .plan
-                        .until
-                        .is_some_and(|until| entry.timestamp >= until)
-                    {
+                if let Some(until) = self.plan.until {
+                    let cut = entries.iter().position(|entry| entry.timestamp >= until);
+                    if let Some(at) = cut {
+                        entries.truncate(at);
                         reached_until = true;
-                        break;
                     }
-                    if let Some(own) = entry.cursor.position(stream) {
-                        cursor.set_position(stream, own);
+                }
+                let mut cursor = self.cursor;
+                if self.plan.streams.len() == 1 {
+                    // One log: the tailer's cursors already are the whole
+                    // cursor (its base plus its own position).
+                    if let Some(last) = entries.last() {
+                        cursor = last.cursor;
                     }
-                    entry.cursor = cursor;
-                    out.push(entry);
+                } else {
+                    for entry in entries.runs_mut().iter_mut().flatten() {
+                        if let Some(own) = entry.cursor.position(stream) {
+                            cursor.set_position(stream, own);
+                        }
+                        entry.cursor = cursor;
+                    }
                 }
                 if !reached_until {
                     if let Some(end) = end {
                         cursor.set_position(stream, end);
                     }
                 }
-                if !out.is_empty() && tx.send(Ok(out)).await.is_err() {
+                if !entries.is_empty() && tx.send(Ok(entries)).await.is_err() {
                     // The consumer dropped the stream.
                     self.sink = None;
                     myself.stop(None);
@@ -309,10 +316,13 @@ impl SubscriberState {
             Some(Sink::Collect(_)) => {
                 // Appended as batches arrive, so the work overlaps the
                 // tailers' parsing; `sorted` only reorders if it must.
-                self.collected_from
-                    .resize(self.collected_from.len() + entries.len(), stream);
-                let mut entries = entries;
-                self.collected.append(&mut entries);
+                if !entries.is_empty() {
+                    self.collected.append_contiguous(entries);
+                    match self.collected_from.last_mut() {
+                        Some((end, last)) if *last == stream => *end = self.collected.len(),
+                        _ => self.collected_from.push((self.collected.len(), stream)),
+                    }
+                }
                 if let Some(end) = end {
                     self.cursor.set_position(stream, end);
                 }
@@ -348,29 +358,33 @@ impl SubscriberState {
     /// The collected entries in time order (stable), each with the cursor
     /// just after it in that order.
     fn sorted(&mut self) -> Collected {
-        let mut entries = std::mem::take(&mut self.collected);
+        let collected = std::mem::take(&mut self.collected);
         let from = std::mem::take(&mut self.collected_from);
-        let sorted = entries.is_sorted_by_key(|entry| entry.timestamp);
         // Tailers give each entry only its own log's position; with one log
-        // in time order that is already the whole cursor.
-        if sorted && self.plan.streams.len() == 1 {
+        // that is already the whole cursor, and in time order the entries
+        // are done.
+        if from.len() <= 1 && collected.in_order() {
             return Collected {
-                entries,
+                entries: collected.into_vec(),
                 cursor: self.cursor,
             };
         }
-        let mut order: Vec<usize> = (0..entries.len()).collect();
-        if !sorted {
-            order.sort_by_key(|&i| entries[i].timestamp);
+        let mut entries = collected.into_vec();
+        let mut order: Vec<(usize, StreamKey)> = Vec::with_capacity(entries.len());
+        let mut start = 0;
+        for (end, stream) in from {
+            order.extend((start..end).map(|i| (i, stream)));
+            start = end;
         }
+        order.sort_by_key(|&(i, _)| entries[i].timestamp);
         let mut slots: Vec<Option<LogEntry>> = entries.drain(..).map(Some).collect();
         let mut cursor = self.plan.cursor;
-        entries = order
+        let entries = order
             .into_iter()
-            .filter_map(|i| {
+            .filter_map(|(i, stream)| {
                 let mut entry = slots[i].take()?;
-                if let Some(own) = entry.cursor.position(from[i]) {
-                    cursor.set_position(from[i], own);
+                if let Some(own) = entry.cursor.position(stream) {
+                    cursor.set_position(stream, own);
                 }
                 entry.cursor = cursor;
                 Some(entry)

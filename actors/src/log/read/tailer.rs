@@ -31,16 +31,48 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
 
+use super::entries::Entries;
 use super::follower::{Follower, ReadStatus, Start};
 use super::watch_hub::{self, WatchGuard};
 use super::{SubscriberMsg, TailEnd, TailerMsg};
 use crate::log::format::{LogCursor, Position, SourceSet, StreamKey};
+use crate::log::Result;
 
 /// The fallback stat poll's period.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Bytes of log read per batch.
 const BATCH_BYTES: usize = 1 << 20;
+/// Bytes of log read per batch on the pool: larger, so that the hops
+/// between batches cost little against the work.
+const POOL_BATCH_BYTES: usize = 4 << 20;
+/// A backlog at least this large is read on rayon's pool (all cores, and no
+/// tokio worker blocked); a smaller one, such as a followed append, is read
+/// at once, with no hop to another thread.
+const POOL_READ_BYTES: u64 = 64 << 10;
+
+/// What a read on the pool gives back: the follower, how the read ended and
+/// the entries.
+type PoolRead = (Follower, Result<ReadStatus>, Entries);
+
+/// Reads one batch with `follower` on rayon's pool.
+///
+/// # Errors
+/// If the follower is missing, or the read panicked on the pool.
+async fn read_on_pool(follower: Option<Follower>) -> Result<PoolRead, ActorProcessingErr> {
+    let mut follower = follower
+        .ok_or_else(|| ActorProcessingErr::from("the log reader was lost in a pool read"))?;
+    let (tx, rx) = oneshot::channel();
+    rayon::spawn(move || {
+        let mut entries = Entries::new();
+        let status = follower.read_in_pieces(POOL_BATCH_BYTES, &mut entries);
+        // The tailer may have been stopped meanwhile; then nobody waits.
+        let _ = tx.send((follower, status, entries));
+    });
+    rx.await
+        .map_err(|_| ActorProcessingErr::from("a log read on the thread pool panicked"))
+}
 
 /// Arguments to spawn a [`Tailer`].
 #[derive(Debug, Clone)]
@@ -72,7 +104,8 @@ pub struct Tailer;
 /// The tailer's state.
 pub struct TailerState {
     args: TailerArgs,
-    follower: Follower,
+    /// `None` only while a read runs on the pool.
+    follower: Option<Follower>,
     awaiting_ack: bool,
     /// Data may be ready: read again once the pending batch is acknowledged.
     dirty: bool,
@@ -92,14 +125,28 @@ impl Drop for TailerState {
 }
 
 impl TailerState {
-    fn pump(&mut self) -> Result<(), ActorProcessingErr> {
+    fn follower(&mut self) -> Result<&mut Follower, ActorProcessingErr> {
+        self.follower
+            .as_mut()
+            .ok_or_else(|| ActorProcessingErr::from("the log reader was lost in a pool read"))
+    }
+
+    async fn pump(&mut self) -> Result<(), ActorProcessingErr> {
         if self.finished || self.awaiting_ack {
             return Ok(());
         }
         self.dirty = false;
-        let mut entries = Vec::new();
-        let status = self.follower.read(BATCH_BYTES, &mut entries)?;
-        let end = self.follower.position();
+        let mut entries = Entries::new();
+        let status = if self.follower()?.backlog()? >= POOL_READ_BYTES {
+            let follower = self.follower.take();
+            let (follower, status, read) = read_on_pool(follower).await?;
+            self.follower = Some(follower);
+            entries = read;
+            status?
+        } else {
+            self.follower()?.read(BATCH_BYTES, &mut entries)?
+        };
+        let end = self.follower()?.position();
         if !entries.is_empty() || end != self.last_sent {
             self.last_sent = end;
             self.awaiting_ack = true;
@@ -171,7 +218,7 @@ impl Actor for Tailer {
         myself.cast(TailerMsg::Wake)?;
         Ok(TailerState {
             args,
-            follower,
+            follower: Some(follower),
             awaiting_ack: false,
             dirty: false,
             finished: false,
@@ -195,16 +242,16 @@ impl Actor for Tailer {
                     return Ok(());
                 }
                 if state.awaiting_ack {
-                    state.follower.look_ahead()?;
+                    state.follower()?.look_ahead()?;
                     state.dirty = true;
                     return Ok(());
                 }
-                state.pump()
+                state.pump().await
             }
             TailerMsg::Ack => {
                 state.awaiting_ack = false;
                 if state.dirty {
-                    state.pump()?;
+                    state.pump().await?;
                 }
                 Ok(())
             }
