@@ -1,7 +1,9 @@
 //! Benchmarks sandvisor's log path against bare baselines, in one run:
 //!
-//! 1. `read_logs` over a full-retention `exec.log` chain (written by a real
-//!    `RelayTap`) vs a bare `serde_json` line loop over the same files.
+//! 1. `read_logs` and a `log_stream` drain over a full-retention `exec.log`
+//!    chain (written by a real `RelayTap`) vs a bare `serde_json` line loop
+//!    over the same files producing the same entries (checked equal), and the
+//!    peak memory of one `read_logs` against what it returns.
 //! 2. `RelayTap` write throughput vs one `write_all` per pre-encoded record.
 //! 3. Follow latency of `log_stream(follow: true)` vs a bare `notify` watcher.
 //!
@@ -17,15 +19,17 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use ractor::{Actor, ActorRef};
-use sandvisor::engine::log::format::RecordEncoder;
+use sandvisor::engine::log::format::{FileId, Position, RecordEncoder, StreamKey};
 use sandvisor::engine::log::tap::{
     Chunk, RelayTap, RelayTapMsg, TapArgs, TapConfig, TapStats, DEFAULT_KEEP, DEFAULT_MAX_BYTES,
 };
-use sandvisor::{LogOptions, LogSource, LogStreamOptions, Logs};
+use sandvisor::{LogCursor, LogEntry, LogOptions, LogSource, LogStreamOptions, Logs};
 use serde::Deserialize;
 
 type BenchResult<T> = Result<T, Box<dyn Error>>;
@@ -64,6 +68,10 @@ const PEER_FOLLOW_P99_US: f64 = 250.0;
 async fn main() -> BenchResult<()> {
     // Optional section names (`read`, `write`, `follow`) run only those, for profiling.
     let only: Vec<String> = std::env::args().skip(1).collect();
+    if only.first().map(String::as_str) == Some(RSS_CHILD) {
+        let home = only.get(1).ok_or("rss needs the home")?;
+        return rss_child(Path::new(home)).await;
+    }
     let wanted = |section: &str| only.is_empty() || only.iter().any(|s| s == section);
     let started = Instant::now();
     println!("sandvisor log benchmarks (release, {} cores)", cores());
@@ -171,17 +179,18 @@ async fn stop(tap: ActorRef<RelayTapMsg>) -> BenchResult<()> {
 // 1. read_logs over a full-retention chain
 // ---------------------------------------------------------------------------
 
-/// One `exec.log` record as the baseline sees it.
+/// One `exec.log` record as the baselines see it.
 #[derive(Deserialize)]
 struct BareRecord<'a> {
     t: &'a str,
     s: &'a str,
     #[serde(borrow)]
     d: Cow<'a, str>,
+    e: Option<&'a str>,
     id: Option<u64>,
 }
 
-/// What the baseline loop counted.
+/// What the counting baseline counted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct BareCount {
     records: usize,
@@ -191,11 +200,12 @@ struct BareCount {
     bad: usize,
 }
 
-/// The baseline: each file oldest first, whole, split on `\n`, `serde_json` per line.
-fn bare_read(files: &[PathBuf]) -> BenchResult<BareCount> {
+/// The counting baseline: each file oldest first, whole, split on `\n`,
+/// `serde_json` per line, nothing kept (a lower bound for any reader).
+fn bare_count(files: &[ChainFile]) -> BenchResult<BareCount> {
     let mut count = BareCount::default();
-    for path in files {
-        let bytes = std::fs::read(path)?;
+    for file in files {
+        let bytes = std::fs::read(&file.path)?;
         for line in bytes.split(|&b| b == b'\n') {
             if line.is_empty() {
                 continue;
@@ -213,6 +223,61 @@ fn bare_read(files: &[PathBuf]) -> BenchResult<BareCount> {
         }
     }
     Ok(count)
+}
+
+/// One file of the chain, oldest first.
+struct ChainFile {
+    path: PathBuf,
+    id: FileId,
+}
+
+/// The baseline the targets are measured against: the same loop producing
+/// the same entries `read_logs` returns — `serde_json::from_slice` per line,
+/// chrono's RFC 3339 parser, the bytes copied, each entry's cursor set.
+fn bare_entries(files: &[ChainFile], dir: FileId) -> BenchResult<Vec<LogEntry>> {
+    let mut entries = Vec::new();
+    for file in files {
+        let bytes = std::fs::read(&file.path)?;
+        let mut offset = 0u64;
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            offset += line.len() as u64;
+            let Some(body) = line.strip_suffix(b"\n") else {
+                continue;
+            };
+            let Ok(rec) = serde_json::from_slice::<BareRecord<'_>>(body) else {
+                continue;
+            };
+            let source = match rec.s {
+                "stdout" => LogSource::Stdout,
+                "stderr" => LogSource::Stderr,
+                "output" => LogSource::Output,
+                _ => continue,
+            };
+            let Ok(t) = DateTime::parse_from_rfc3339(rec.t) else {
+                continue;
+            };
+            let data = match rec.e {
+                Some("b64") => Bytes::from(BASE64.decode(rec.d.as_bytes())?),
+                _ => Bytes::copy_from_slice(rec.d.as_bytes()),
+            };
+            let mut cursor = LogCursor::new(dir);
+            cursor.set_position(
+                StreamKey::Exec,
+                Position {
+                    file: file.id,
+                    offset,
+                },
+            );
+            entries.push(LogEntry {
+                timestamp: t.with_timezone(&Utc),
+                source,
+                session_id: rec.id,
+                data,
+                cursor,
+            });
+        }
+    }
+    Ok(entries)
 }
 
 /// How many of the first `READ_RECORDS` lines fit in the default chain without
@@ -241,9 +306,30 @@ fn records_that_fit() -> usize {
     READ_RECORDS
 }
 
+/// Medians of `READ_RUNS` timed runs of `run` (after one warm-up), checking
+/// every run returns the same count.
+async fn timed<F, Fut>(label: &str, mut run: F) -> BenchResult<(f64, Vec<f64>)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = BenchResult<usize>>,
+{
+    let expected = run().await?;
+    let mut samples = Vec::with_capacity(READ_RUNS);
+    for _ in 0..READ_RUNS {
+        let t0 = Instant::now();
+        let got = run().await?;
+        samples.push(t0.elapsed().as_secs_f64() * 1e3);
+        if got != expected {
+            return Err(format!("{label}: {expected} entries, then {got}").into());
+        }
+    }
+    let mut sorted = samples.clone();
+    Ok((median(&mut sorted), samples))
+}
+
 async fn bench_read() -> BenchResult<()> {
     println!(
-        "== 1. read_logs over a full-retention exec.log chain (default rotation: 10 MiB x 4) =="
+        "== 1. read_logs and log_stream over a full-retention exec.log chain (default rotation: 10 MiB x 4) =="
     );
     let home = tempfile::tempdir()?;
     let logs = Logs::at(home.path());
@@ -263,15 +349,20 @@ async fn bench_read() -> BenchResult<()> {
     stop(tap).await?;
 
     // Oldest first: exec.log.4 … exec.log.1, exec.log.
-    let mut files: Vec<PathBuf> = (1..=DEFAULT_KEEP)
+    let mut files = Vec::new();
+    for path in (1..=DEFAULT_KEEP)
         .rev()
         .map(|g| dir.join(format!("exec.log.{g}")))
-        .filter(|p| p.exists())
-        .collect();
-    files.push(dir.join("exec.log"));
+        .chain([dir.join("exec.log")])
+    {
+        if let Some(id) = FileId::of_path(&path)? {
+            files.push(ChainFile { path, id });
+        }
+    }
+    let dir_id = FileId::of_path(&dir)?.ok_or("the log directory vanished")?;
     let mut chain_bytes = 0u64;
-    for path in &files {
-        chain_bytes += std::fs::metadata(path)?.len();
+    for file in &files {
+        chain_bytes += std::fs::metadata(&file.path)?.len();
     }
     let chain_mib = chain_bytes as f64 / MIB;
     println!(
@@ -284,89 +375,153 @@ async fn bench_read() -> BenchResult<()> {
         tap_stats.generation
     );
 
-    // One warm-up run each (page cache, allocator), then the timed runs.
+    // Exactness first: the same entries, cursors included, as the baseline.
     let options = LogOptions::default();
-    let warm = logs.read_logs(name, &options).await?;
-    let sandvisor_records = warm.len();
-    let sandvisor_data: usize = warm.iter().map(|e| e.data.len()).sum();
-    drop(warm);
-    let mut sandvisor_ms = Vec::with_capacity(READ_RUNS);
-    for _ in 0..READ_RUNS {
-        let t0 = Instant::now();
-        let entries = logs.read_logs(name, &options).await?;
-        sandvisor_ms.push(t0.elapsed().as_secs_f64() * 1e3);
-        if entries.len() != sandvisor_records {
-            return Err(format!(
-                "read_logs returned {} entries, then {}",
-                sandvisor_records,
-                entries.len()
-            )
-            .into());
-        }
-        drop(black_box(entries));
-    }
-    let sandvisor_median = median(&mut sandvisor_ms);
-
-    let bare = bare_read(&files)?;
-    let mut bare_ms = Vec::with_capacity(READ_RUNS);
-    for _ in 0..READ_RUNS {
-        let t0 = Instant::now();
-        let count = black_box(bare_read(&files)?);
-        bare_ms.push(t0.elapsed().as_secs_f64() * 1e3);
-        if count != bare {
-            return Err("the baseline counted differently between runs".into());
-        }
-    }
-    let bare_median = median(&mut bare_ms);
-
-    if bare.records != records || sandvisor_records != records || bare.bad != 0 {
+    let ours = logs.read_logs(name, &options).await?;
+    let theirs = bare_entries(&files, dir_id)?;
+    if ours.len() != records || ours != theirs {
+        let first = ours.iter().zip(&theirs).position(|(a, b)| a != b);
         return Err(format!(
-            "record counts differ: written {records}, sandvisor {sandvisor_records}, baseline {} ({} bad)",
-            bare.records, bare.bad
+            "read_logs differs from the baseline: {} vs {} entries (of {records} written), first difference at {first:?}",
+            ours.len(),
+            theirs.len()
         )
         .into());
     }
-    if bare.data_bytes != sandvisor_data {
+    let data_bytes: usize = ours.iter().map(|e| e.data.len()).sum();
+    drop((ours, theirs));
+
+    let (read_med, read_runs) = timed("read_logs", || async {
+        let entries = logs.read_logs(name, &options).await?;
+        Ok(black_box(entries).len())
+    })
+    .await?;
+    let stream_options = LogStreamOptions::default();
+    let (drain_med, drain_runs) = timed("log_stream drain", || async {
+        let mut stream = logs.log_stream(name, &stream_options).await?;
+        let mut n = 0;
+        while let Some(entry) = stream.next().await {
+            black_box(entry?);
+            n += 1;
+        }
+        Ok(n)
+    })
+    .await?;
+    let (bare_med, bare_runs) = timed("baseline", || async {
+        Ok(black_box(bare_entries(&files, dir_id)?).len())
+    })
+    .await?;
+    let counted = bare_count(&files)?;
+    let (count_med, count_runs) = timed("counting baseline", || async {
+        let count = black_box(bare_count(&files)?);
+        if count != counted {
+            return Err("the counting baseline counted differently between runs".into());
+        }
+        Ok(count.records)
+    })
+    .await?;
+    if counted.records != records || counted.bad != 0 || counted.data_bytes != data_bytes {
         return Err(format!(
-            "data bytes differ: sandvisor {sandvisor_data}, baseline {}",
-            bare.data_bytes
+            "the counting baseline saw {} records ({} bad, {} data bytes); written {records} ({data_bytes} data bytes)",
+            counted.records, counted.bad, counted.data_bytes
         )
         .into());
     }
 
     println!(
-        "{:<34} {:>9} {:>8} {:>10} {:>9}",
-        "", "records", "MiB", "ms (med)", "MiB/s"
+        "{:<44} {:>9} {:>8} {:>10} {:>9} {:>8}",
+        "", "records", "MiB", "ms (med)", "MiB/s", "speed-up"
     );
-    for (label, n, ms) in [
-        (
-            "sandvisor Logs::read_logs",
-            sandvisor_records,
-            sandvisor_median,
-        ),
-        ("baseline serde_json line loop", bare.records, bare_median),
-    ] {
+    let rows = [
+        ("sandvisor Logs::read_logs", read_med, &read_runs),
+        ("sandvisor Logs::log_stream drain", drain_med, &drain_runs),
+        ("baseline serde_json loop -> LogEntry", bare_med, &bare_runs),
+        ("(serde_json loop, counting only)", count_med, &count_runs),
+    ];
+    for (label, ms, _) in rows {
         println!(
-            "{label:<34} {n:>9} {chain_mib:>8.1} {ms:>10.1} {:>9.0}",
-            chain_mib / (ms / 1e3)
+            "{label:<44} {records:>9} {chain_mib:>8.1} {ms:>10.1} {:>9.0} {:>7.2}x",
+            chain_mib / (ms / 1e3),
+            bare_med / ms
         );
     }
-    let ratio = bare_median / sandvisor_median;
+    for (label, ms) in [("read_logs", read_med), ("log_stream drain", drain_med)] {
+        let ratio = bare_med / ms;
+        println!(
+            "{label}: {ratio:.2}x the baseline's speed (target >= 2.0: {}); {:.2}x the counting loop's",
+            verdict(ratio >= 2.0),
+            count_med / ms
+        );
+    }
+    for (label, _, runs) in rows {
+        println!("  runs (ms) {label}: {}", list(runs));
+    }
     println!(
-        "ratio baseline_ms / sandvisor_ms = {ratio:.2}  (target >= 0.70: {})",
-        verdict(ratio >= 0.7)
+        "peer: {PEER_READ_MS:.0} ms for a 50 MiB chain; read_logs speed-up vs peer = {:.2}x",
+        PEER_READ_MS / read_med
     );
+    read_rss(home.path(), data_bytes).await
+}
+
+/// Peak memory of one `read_logs` over the chain, measured in a child process
+/// of this benchmark (`bench_logs rss HOME`), so nothing else it did counts.
+async fn read_rss(home: &Path, data_bytes: usize) -> BenchResult<()> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .arg(RSS_CHILD)
+        .arg(home)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "the memory child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let numbers: Vec<u64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let [before_kib, peak_kib, entries, returned] = numbers[..] else {
+        return Err(format!("the memory child said {text:?}").into());
+    };
+    let growth = (peak_kib.saturating_sub(before_kib) * 1024) as f64;
+    let ratio = growth / returned as f64;
     println!(
-        "runs (ms): sandvisor {}; baseline {}",
-        list(&sandvisor_ms),
-        list(&bare_ms)
-    );
-    println!(
-        "peer: {PEER_READ_MS:.0} ms for 50 MiB chain; sandvisor speed-up vs peer = {:.2}x ({:.1} MiB here)",
-        PEER_READ_MS / sandvisor_median,
-        chain_mib
+        "memory: read_logs returns {entries} entries = {:.1} MiB ({} B per entry + {:.1} MiB of data); peak RSS grew {:.1} MiB = {ratio:.2}x what it returns (target <= 2.0: {})",
+        returned as f64 / MIB,
+        std::mem::size_of::<LogEntry>(),
+        data_bytes as f64 / MIB,
+        growth / MIB,
+        verdict(ratio <= 2.0)
     );
     Ok(())
+}
+
+/// The first argument that makes this binary the memory child.
+const RSS_CHILD: &str = "rss";
+
+/// The memory child: one `read_logs`, then its RSS before, its peak, the
+/// entries and the bytes they hold (the `Vec`'s slots plus the data).
+async fn rss_child(home: &Path) -> BenchResult<()> {
+    let logs = Logs::at(home);
+    let before = status_kib("VmRSS")?;
+    let entries = logs.read_logs("bench-read", &LogOptions::default()).await?;
+    let peak = status_kib("VmHWM")?;
+    let returned = entries.capacity() * std::mem::size_of::<LogEntry>()
+        + entries.iter().map(|e| e.data.len()).sum::<usize>();
+    println!("{before} {peak} {} {returned}", entries.len());
+    Ok(())
+}
+
+/// A `kB` field of `/proc/self/status`.
+fn status_kib(field: &str) -> BenchResult<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let value = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .ok_or_else(|| format!("no {field} in /proc/self/status"))?;
+    Ok(value.trim().trim_end_matches("kB").trim().parse()?)
 }
 
 fn verdict(ok: bool) -> &'static str {

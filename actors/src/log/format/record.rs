@@ -466,4 +466,178 @@ mod tests {
         );
         assert_eq!(decode(b"\xff\xfe").unwrap_err(), SkipReason::Malformed);
     }
+
+    mod fast_and_exact {
+        //! The fast path and the exact (serde_json) path give the same record,
+        //! or the same reason to skip, for every line: records as sandvisor
+        //! writes them (any bytes, escapes, base64), the same records written
+        //! by other tools (field order, `\u` escapes, extra fields, spaces),
+        //! and any of them torn or with a byte changed.
+
+        use super::*;
+        use chrono::TimeZone;
+        use proptest::prelude::*;
+
+        fn both(line: &[u8]) -> (Result<Record, SkipReason>, Result<Record, SkipReason>) {
+            let owned = |arena: Vec<u8>, rec: ArenaRecord| Record {
+                timestamp: rec.timestamp,
+                source: rec.source,
+                session_id: rec.session_id,
+                data: Bytes::copy_from_slice(&arena[rec.data]),
+            };
+            let mut decoder = RecordDecoder::default();
+            let mut arena = Vec::new();
+            let fast = decoder
+                .decode_into(line, &mut arena)
+                .map(|rec| owned(arena.clone(), rec));
+            let mut arena = Vec::new();
+            let exact = RecordDecoder::default()
+                .decode_exact_into(line, &mut arena)
+                .map(|rec| owned(arena.clone(), rec));
+            (fast, exact)
+        }
+
+        fn data() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..96),
+                // Text heavy in what needs escaping.
+                proptest::collection::vec(
+                    prop_oneof![
+                        Just('"'),
+                        Just('\\'),
+                        Just('\n'),
+                        Just('\t'),
+                        Just('\u{1}'),
+                        Just('/'),
+                        Just('\u{7f}'),
+                        Just('é'),
+                        Just('🦀'),
+                        any::<char>(),
+                        proptest::char::range('a', 'z'),
+                    ],
+                    0..48
+                )
+                .prop_map(|chars| chars.into_iter().collect::<String>().into_bytes()),
+            ]
+        }
+
+        fn source() -> impl Strategy<Value = LogSource> {
+            prop_oneof![
+                Just(LogSource::Stdout),
+                Just(LogSource::Stderr),
+                Just(LogSource::Output),
+                Just(LogSource::System),
+            ]
+        }
+
+        /// A record as sandvisor writes it, without its newline.
+        fn canonical() -> impl Strategy<Value = Vec<u8>> {
+            (
+                0i64..4_000_000_000_000,
+                source(),
+                proptest::option::of(any::<u64>()),
+                data(),
+            )
+                .prop_map(|(millis, source, id, data)| {
+                    let mut line = Vec::new();
+                    let t = Utc.timestamp_millis_opt(millis).unwrap();
+                    RecordEncoder::default().encode(&mut line, t, source, id, &data);
+                    line.pop();
+                    line
+                })
+        }
+
+        /// The same fields as another tool might write them.
+        fn foreign() -> impl Strategy<Value = Vec<u8>> {
+            (
+                canonical(),
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>(),
+                proptest::sample::select(vec!["t", "s", "d", "id", "e"]),
+            )
+                .prop_map(|(line, reverse, ascii, spaced, drop)| {
+                    let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+                    let mut fields: Vec<(String, serde_json::Value)> =
+                        value.as_object().unwrap().clone().into_iter().collect();
+                    if reverse {
+                        fields.reverse();
+                        fields.push(("extra".into(), serde_json::json!([1, {"x": null}])));
+                    }
+                    if spaced {
+                        fields.retain(|(key, _)| key != drop);
+                    }
+                    let mut out = String::from(if spaced { "{ " } else { "{" });
+                    for (i, (key, value)) in fields.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        let mut text = serde_json::to_string(value).unwrap();
+                        if ascii {
+                            text = text
+                                .chars()
+                                .map(|c| {
+                                    if c.is_ascii() {
+                                        c.to_string()
+                                    } else {
+                                        format!("\\u{:04x}", c as u32)
+                                    }
+                                })
+                                .collect();
+                            if text.contains("\\u") && text.chars().any(|c| (c as u32) > 0xffff) {
+                                text = serde_json::to_string(value).unwrap();
+                            }
+                        }
+                        out.push_str(&format!("\"{key}\":{text}"));
+                    }
+                    out.push('}');
+                    out.into_bytes()
+                })
+        }
+
+        /// A line torn, cut or with one byte changed.
+        fn damaged() -> impl Strategy<Value = Vec<u8>> {
+            (
+                prop_oneof![canonical(), foreign()],
+                any::<prop::sample::Index>(),
+                any::<u8>(),
+                0u8..3,
+            )
+                .prop_map(|(mut line, at, byte, how)| {
+                    if line.is_empty() {
+                        return line;
+                    }
+                    let at = at.index(line.len());
+                    match how {
+                        0 => line.truncate(at),
+                        1 => line[at] = byte,
+                        _ => line.insert(at, byte),
+                    }
+                    line
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            #[test]
+            fn canonical_records_agree(line in canonical()) {
+                let (fast, exact) = both(&line);
+                prop_assert!(exact.is_ok());
+                prop_assert_eq!(fast, exact);
+            }
+
+            #[test]
+            fn foreign_records_agree(line in foreign()) {
+                let (fast, exact) = both(&line);
+                prop_assert_eq!(fast, exact);
+            }
+
+            #[test]
+            fn damaged_lines_agree(line in damaged()) {
+                let (fast, exact) = both(&line);
+                prop_assert_eq!(fast, exact);
+            }
+        }
+    }
 }

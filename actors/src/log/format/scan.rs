@@ -64,6 +64,9 @@ pub fn scan(line: &[u8], timestamps: &mut TimestampParser, arena: &mut Vec<u8>) 
 fn scan_parts(line: &[u8], timestamps: &mut TimestampParser, arena: &mut Vec<u8>) -> Option<Scan> {
     let rest = line.strip_prefix(HEAD)?;
     let t = rest.get(..TIMESTAMP_LEN)?;
+    if !canonical_shape(t) {
+        return None;
+    }
     let rest = rest[TIMESTAMP_LEN..].strip_prefix(AFTER_T)?;
     let name_len = memchr::memchr(b'"', rest)?;
     let source = source_named(&rest[..name_len])?;
@@ -111,6 +114,19 @@ fn scan_parts(line: &[u8], timestamps: &mut TimestampParser, arena: &mut Vec<u8>
     })
 }
 
+/// Whether `t` is digits and separators exactly where the canonical form
+/// has them (the calendar is chrono's to judge).
+fn canonical_shape(t: &[u8]) -> bool {
+    t.iter().enumerate().all(|(i, &b)| match i {
+        4 | 7 => b == b'-',
+        10 => b == b'T',
+        13 | 16 => b == b':',
+        19 => b == b'.',
+        23 => b == b'Z',
+        _ => b.is_ascii_digit(),
+    })
+}
+
 fn source_named(name: &[u8]) -> Option<LogSource> {
     match name {
         b"stdout" => Some(LogSource::Stdout),
@@ -143,9 +159,12 @@ fn string_body(s: &[u8]) -> Option<(&[u8], bool)> {
 /// Whether the raw string has neither control characters nor invalid UTF-8
 /// (both make serde_json refuse the line).
 fn plain_text(raw: &[u8]) -> bool {
-    // A fold, not `any`: it vectorises, and records are short.
-    let control = raw.iter().fold(false, |seen, &b| seen | (b < 0x20));
-    !control && std::str::from_utf8(raw).is_ok()
+    // One pass for both questions (a fold, not `any`: it vectorises, and
+    // records are short); UTF-8 is only validated when a byte is not ASCII.
+    let (control, high) = raw.iter().fold((false, false), |(control, high), &b| {
+        (control | (b < 0x20), high | (b >= 0x80))
+    });
+    !control && (!high || std::str::from_utf8(raw).is_ok())
 }
 
 /// Decodes the short escapes; `None` for `\u` (and anything invalid), which

@@ -188,6 +188,29 @@ impl Chain {
         Ok(None)
     }
 
+    /// Bytes in the chain after `position`: the rest of its file and every
+    /// newer file (0 if its file is no longer in the chain). An estimate of
+    /// what is left to read: files may rotate or grow meanwhile.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the directory cannot be listed or a file identified.
+    pub(super) fn bytes_after(&self, position: Position) -> Result<u64> {
+        let mut total = 0u64;
+        for generation in 0..=self.max_generation()? {
+            let path = self.path_at(generation);
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(Error::io(&path, err)),
+            };
+            if FileId::from_metadata(&meta) == position.file {
+                return Ok(total + meta.len().saturating_sub(position.offset));
+            }
+            total += meta.len();
+        }
+        Ok(0)
+    }
+
     /// The start of the oldest retained file (a zero identity if the log has
     /// no file at all).
     ///

@@ -60,6 +60,15 @@ impl Entries {
         }
     }
 
+    /// Makes room for `additional` more entries in the last run, where
+    /// [`append_contiguous`](Self::append_contiguous) puts them.
+    pub fn reserve(&mut self, additional: usize) {
+        match self.runs.last_mut() {
+            Some(run) => run.reserve(additional),
+            None => self.runs.push(Vec::with_capacity(additional)),
+        }
+    }
+
     /// How many entries.
     pub fn len(&self) -> usize {
         self.len

@@ -104,6 +104,7 @@ pub struct Follower {
     decoders: Decoders,
     skipped_in_file: u64,
     skipped_total: u64,
+    consumed: u64,
 }
 
 impl Follower {
@@ -140,6 +141,7 @@ impl Follower {
             decoders: Decoders::default(),
             skipped_in_file: 0,
             skipped_total: 0,
+            consumed: 0,
         };
         match start {
             Start::Beginning => {
@@ -255,6 +257,23 @@ impl Follower {
                 self.buf = Vec::new();
             }
             return Ok(ReadStatus::Idle);
+        }
+    }
+
+    /// Bytes consumed so far (complete lines, across files).
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    /// An estimate of the bytes left to read in the log: the rest of the
+    /// current file and every newer one.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the chain cannot be walked.
+    pub fn remaining(&self) -> Result<u64> {
+        match self.position() {
+            Some(position) => self.chain.bytes_after(position),
+            None => Ok(0),
         }
     }
 
@@ -506,6 +525,7 @@ impl Follower {
             self.skip_line();
         }
         self.offset += consumed as u64;
+        self.consumed += consumed as u64;
         // Not one line ended in the whole step: a line longer than a step,
         // which the serial path gathers in the torn tail.
         self.long_line = consumed == 0;
@@ -590,6 +610,7 @@ impl Follower {
             self.skip_line();
         }
         self.offset += complete.len() as u64;
+        self.consumed += complete.len() as u64;
         self.long_line = false;
         complete.len()
     }

@@ -104,6 +104,9 @@ pub enum SubscriberMsg {
         entries: Entries,
         /// Position after the batch.
         end: Option<Position>,
+        /// On a one-shot read's first batch: about how many entries are
+        /// still to come, so that a collector can make room once.
+        more: Option<usize>,
     },
     /// A tailer finished.
     End {

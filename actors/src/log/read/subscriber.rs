@@ -99,9 +99,13 @@ impl Actor for Subscriber {
                 epoch,
                 entries,
                 end,
+                more,
             } => {
                 if !state.is_current(stream, epoch) {
                     return Ok(());
+                }
+                if let (Some(more), Some(Sink::Collect(_))) = (more, &state.sink) {
+                    state.collected.reserve(entries.len() + more);
                 }
                 // A collected batch is delivered on receipt, so the tailer may
                 // parse the next one meanwhile; a streamed batch only once the

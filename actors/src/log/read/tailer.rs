@@ -111,6 +111,8 @@ pub struct TailerState {
     dirty: bool,
     finished: bool,
     last_sent: Option<Position>,
+    /// Whether the first batch's estimate of what follows was made.
+    estimated: bool,
     woken: Arc<AtomicBool>,
     _watch: Option<WatchGuard>,
     poll: Option<JoinHandle<()>>,
@@ -147,6 +149,7 @@ impl TailerState {
             self.follower()?.read(BATCH_BYTES, &mut entries)?
         };
         let end = self.follower()?.position();
+        let more = self.estimate_more(&entries, &status)?;
         if !entries.is_empty() || end != self.last_sent {
             self.last_sent = end;
             self.awaiting_ack = true;
@@ -156,6 +159,7 @@ impl TailerState {
                 epoch: self.args.epoch,
                 entries,
                 end,
+                more,
             })?;
         }
         let end = match status {
@@ -171,6 +175,27 @@ impl TailerState {
             epoch: self.args.epoch,
             end,
         })
+    }
+
+    /// On a one-shot read's first batch with more to come, the entries
+    /// still expected, from this batch's entries per byte and the bytes left.
+    fn estimate_more(
+        &mut self,
+        entries: &Entries,
+        status: &ReadStatus,
+    ) -> Result<Option<usize>, ActorProcessingErr> {
+        if self.args.follow || self.estimated || *status != ReadStatus::More {
+            return Ok(None);
+        }
+        self.estimated = true;
+        let follower = self.follower()?;
+        let consumed = follower.consumed();
+        if consumed == 0 {
+            return Ok(None);
+        }
+        let remaining = follower.remaining()?;
+        let per_byte = entries.len() as f64 / consumed as f64;
+        Ok(Some((remaining as f64 * per_byte) as usize))
     }
 
     fn send(&self, msg: SubscriberMsg) -> Result<(), ActorProcessingErr> {
@@ -223,6 +248,7 @@ impl Actor for Tailer {
             dirty: false,
             finished: false,
             last_sent: None,
+            estimated: false,
             woken,
             _watch: watch,
             poll,
