@@ -15,6 +15,7 @@
 mod act;
 mod args;
 mod out;
+mod printer;
 mod run;
 mod session;
 mod show;

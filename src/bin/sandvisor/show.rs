@@ -4,33 +4,26 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use base64::Engine;
-use chrono::{DateTime, SecondsFormat, Utc};
-use futures::StreamExt;
+use chrono::{DateTime, Utc};
+use futures::{FutureExt, StreamExt};
 use sandvisor::home;
 use sandvisor::isolation::caps;
 use sandvisor::logs::{LogOptions, LogSource, LogStreamOptions, LogStreamStart, Logs};
 use sandvisor::Seccomp;
 use sandvisor::{
-    Error, LogCursor, LogEntry, Result, SandboxHandle, SandboxMetrics, SandboxStatus, Sandvisor,
+    Error, LogCursor, Result, SandboxHandle, SandboxMetrics, SandboxStatus, Sandvisor,
 };
 use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::args::{InspectArgs, LogsArgs, MetricsArgs, PsArgs};
 use crate::open;
-use crate::out::{outln, stdout_closed, write_output};
+use crate::out::{outln, stdout_closed};
+use crate::printer::Printer;
 use crate::run::resolve_home;
 
 /// How long `ps` and `metrics` wait for a hosting process to answer.
 const METRICS_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn to_stdout_err(source: std::io::Error) -> Error {
-    Error::Io {
-        path: "stdout".into(),
-        source,
-    }
-}
 
 fn print_json(value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| Error::Internal(e.to_string()))?;
@@ -396,95 +389,12 @@ fn parse_sources(names: &[String]) -> Result<Vec<LogSource>> {
     Ok(sources)
 }
 
-/// How entries are printed.
-struct Printer {
-    json: bool,
-    timestamps: bool,
-    /// Per source: the next byte starts a line (for timestamp prefixes).
-    at_line_start: [bool; 4],
-    /// What went to stdout last ended a line (every source but stderr goes
-    /// there).
-    stdout_at_line_start: bool,
-}
-
-impl Printer {
-    async fn print(&mut self, entry: &LogEntry) -> Result<()> {
-        if self.json {
-            let (data, encoding) = match std::str::from_utf8(&entry.data) {
-                Ok(text) => (text.to_string(), None),
-                Err(_) => (
-                    base64::engine::general_purpose::STANDARD.encode(&entry.data),
-                    Some("b64"),
-                ),
-            };
-            let mut line = json!({
-                "t": entry.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true),
-                "s": entry.source,
-                "d": data,
-                "cursor": entry.cursor.to_string(),
-            });
-            if let Some(id) = entry.session_id {
-                line["id"] = json!(id);
-            }
-            if let Some(encoding) = encoding {
-                line["e"] = json!(encoding);
-            }
-            return write_output(LogSource::Stdout, format!("{line}\n").as_bytes())
-                .await
-                .map_err(to_stdout_err);
-        }
-        let system = entry.source == LogSource::System;
-        let mut out = Vec::with_capacity(entry.data.len() + 32);
-        // A system record is a line of its own: it ends the line output
-        // left open, and ends with a newline of its own.
-        if system && !self.stdout_at_line_start {
-            out.push(b'\n');
-            self.at_line_start[slot(LogSource::Stdout)] = true;
-            self.at_line_start[slot(LogSource::Output)] = true;
-        }
-        let prefix = format!(
-            "{} ",
-            entry.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true)
-        );
-        let at_line_start = &mut self.at_line_start[slot(entry.source)];
-        for &byte in entry.data.iter() {
-            if self.timestamps && *at_line_start {
-                out.extend_from_slice(prefix.as_bytes());
-            }
-            out.push(byte);
-            *at_line_start = byte == b'\n';
-        }
-        if system && !*at_line_start {
-            out.push(b'\n');
-            *at_line_start = true;
-        }
-        if entry.source != LogSource::Stderr {
-            if let Some(&last) = out.last() {
-                self.stdout_at_line_start = last == b'\n';
-            }
-        }
-        write_output(entry.source, &out)
-            .await
-            .map_err(to_stdout_err)
-    }
-}
-
-/// The index of `source` in [`Printer::at_line_start`].
-fn slot(source: LogSource) -> usize {
-    source as usize % 4
-}
-
 /// `sandvisor logs`.
 pub(crate) async fn logs(home: Option<PathBuf>, args: LogsArgs) -> Result<ExitCode> {
     let home = resolve_home(home)?;
     let logs = Logs::at(&home);
     let sources = parse_sources(&args.source)?;
-    let mut printer = Printer {
-        json: args.json,
-        timestamps: args.timestamps,
-        at_line_start: [true; 4],
-        stdout_at_line_start: true,
-    };
+    let mut printer = Printer::new(args.json, args.timestamps);
     let start = match &args.cursor {
         Some(cursor) => {
             let cursor: LogCursor = cursor
@@ -503,6 +413,7 @@ pub(crate) async fn logs(home: Option<PathBuf>, args: LogsArgs) -> Result<ExitCo
             for entry in &snapshot.entries {
                 printer.print(entry).await?;
             }
+            printer.flush().await?;
             if !args.follow {
                 return Ok(ExitCode::SUCCESS);
             }
@@ -520,6 +431,7 @@ pub(crate) async fn logs(home: Option<PathBuf>, args: LogsArgs) -> Result<ExitCo
         while let Some(entry) = stream.next().await {
             printer.print(&entry?).await?;
         }
+        printer.flush().await?;
         return Ok(ExitCode::SUCCESS);
     }
     follow(&home, &logs, &args.name, options, stream, &mut printer).await
@@ -549,6 +461,22 @@ async fn follow(
                     let entry = entry?;
                     printer.print(&entry).await?;
                     last = Some(entry.cursor);
+                    // What is already read goes out in one write; then it
+                    // shows before waiting for more.
+                    let mut ended = false;
+                    while let Some(next) = stream.next().now_or_never() {
+                        let Some(entry) = next else {
+                            ended = true;
+                            break;
+                        };
+                        let entry = entry?;
+                        printer.print(&entry).await?;
+                        last = Some(entry.cursor);
+                    }
+                    printer.flush().await?;
+                    if ended {
+                        return Ok(ExitCode::SUCCESS);
+                    }
                 }
                 // The stream reached `until`.
                 None => return Ok(ExitCode::SUCCESS),
@@ -579,5 +507,6 @@ async fn follow(
     while let Some(entry) = stream.next().await {
         printer.print(&entry?).await?;
     }
+    printer.flush().await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@
 //! truncated or mistyped cursor fail to parse instead of pointing elsewhere.
 
 use std::fmt;
+use std::io::Write;
 use std::str::FromStr;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -85,6 +86,10 @@ pub struct LogCursor {
     positions: [Position; 3],
 }
 
+/// The longest plain text form: `v1;d=` and `;x=` with their numbers, and
+/// three logs' `;e=INO.BTIME.OFFSET` with every number at its widest.
+const PLAIN_MAX: usize = 5 + 20 + 1 + 20 + 3 * (3 + 20 + 1 + 20 + 1 + 20) + 3 + 8;
+
 const UNREAD: Position = Position {
     file: FileId {
         ino: 0,
@@ -118,22 +123,42 @@ impl LogCursor {
         self.positions[stream.index()] = position;
     }
 
-    fn to_text(self) -> String {
-        let mut text = format!("v1;d={}.{}", self.dir.ino, self.dir.btime_ns);
+    /// The plain text form, `v1;d=…;x=CRC32`, written into `buf`; returns
+    /// its length. `buf` holds the longest form (three logs, every number at
+    /// its widest).
+    fn write_plain(self, buf: &mut [u8; PLAIN_MAX]) -> usize {
+        let mut w = std::io::Cursor::new(&mut buf[..]);
+        // Writing into a buffer that holds the longest form cannot fail.
+        let _ = write!(w, "v1;d={}.{}", self.dir.ino, self.dir.btime_ns);
         for stream in StreamKey::ALL {
             if let Some(p) = self.position(stream) {
-                text.push_str(&format!(
+                let _ = write!(
+                    w,
                     ";{}={}.{}.{}",
                     stream.tag(),
                     p.file.ino,
                     p.file.btime_ns,
                     p.offset
-                ));
+                );
             }
         }
-        let checksum = crc32fast::hash(text.as_bytes());
-        text.push_str(&format!(";x={checksum:08x}"));
-        text
+        let body = usize::try_from(w.position()).unwrap_or(0);
+        let checksum = crc32fast::hash(&w.get_ref()[..body]);
+        let _ = write!(w, ";x={checksum:08x}");
+        usize::try_from(w.position()).unwrap_or(0)
+    }
+
+    /// Appends the cursor's string form (what `Display` writes) to `out`
+    /// without allocating: for printers that write one per entry.
+    pub fn write_text(&self, out: &mut Vec<u8>) {
+        let mut plain = [0u8; PLAIN_MAX];
+        let len = self.write_plain(&mut plain);
+        let start = out.len();
+        out.resize(start + base64::encoded_len(len, false).unwrap_or(0), 0);
+        let written = URL_SAFE_NO_PAD
+            .encode_slice(&plain[..len], &mut out[start..])
+            .unwrap_or(0);
+        out.truncate(start + written);
     }
 
     fn from_text(text: &str) -> Result<Self, LogCursorParseError> {
@@ -207,7 +232,9 @@ impl LogCursor {
 
 impl fmt::Display for LogCursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&URL_SAFE_NO_PAD.encode(self.to_text()))
+        let mut text = Vec::new();
+        self.write_text(&mut text);
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -327,11 +354,35 @@ mod tests {
             let encoded = URL_SAFE_NO_PAD.encode(&raw);
             assert!(encoded.parse::<LogCursor>().is_err(), "{raw:?} parsed");
         }
-        let good = sample().to_text();
+        let good =
+            String::from_utf8(URL_SAFE_NO_PAD.decode(sample().to_string()).unwrap()).unwrap();
         let altered = good.replacen("12345", "12346", 1);
         assert!(URL_SAFE_NO_PAD
             .encode(&altered)
             .parse::<LogCursor>()
             .is_err());
+    }
+
+    #[test]
+    fn the_widest_cursor_fits_and_round_trips() {
+        let widest = FileId {
+            ino: u64::MAX,
+            btime_ns: i64::MIN,
+        };
+        let mut cursor = LogCursor::new(widest);
+        for stream in StreamKey::ALL {
+            cursor.set_position(
+                stream,
+                Position {
+                    file: widest,
+                    offset: u64::MAX,
+                },
+            );
+        }
+        let text = cursor.to_string();
+        assert_eq!(text.parse::<LogCursor>().unwrap(), cursor);
+        let mut out = b"prefix".to_vec();
+        cursor.write_text(&mut out);
+        assert_eq!(&out[6..], text.as_bytes());
     }
 }

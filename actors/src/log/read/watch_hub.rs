@@ -10,9 +10,12 @@
 //! - [`WatchHubMsg::Watch`] from a tailer: register a waker for a directory.
 //! - [`WatchHubMsg::Unwatch`] from a [`WatchGuard`] being dropped (with the
 //!   tailer's state, however the tailer ended).
-//! - [`WatchHubMsg::Event`] from notify's thread: wake the readers of the
-//!   directory the event names; a rescan or overflow signal, or a watcher
-//!   error, wakes every reader, since events may have been lost.
+//!
+//! Events are not messages: notify's thread wakes the readers of the
+//! directory an event names itself, through the registry the hub keeps (a
+//! read lock), so that an append reaches its readers with one thread hop,
+//! not two. A rescan or overflow signal, or a watcher error, wakes every
+//! reader, since events may have been lost.
 //!
 //! Wakers are expected to coalesce (a reader woken twice before it ran reads
 //! once), so a burst of writes costs a reader one read, not one per event.
@@ -24,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -71,8 +74,6 @@ pub enum WatchHubMsg {
     },
     /// Drop a registration.
     Unwatch(WatchId),
-    /// An event from notify's thread.
-    Event(notify::Result<notify::Event>),
     /// Counts, for tests and diagnostics.
     Stats(RpcReplyPort<HubStats>),
 }
@@ -89,26 +90,48 @@ pub struct HubStats {
 /// The watcher actor. See the module docs.
 pub struct WatchHub;
 
+/// The wakers of each watched directory: written by the hub, read by
+/// notify's thread.
+type Registry = Arc<RwLock<HashMap<PathBuf, HashMap<WatchId, Waker>>>>;
+
 /// The hub's state.
 pub struct HubState {
     watcher: Option<RecommendedWatcher>,
-    dirs: HashMap<PathBuf, HashMap<WatchId, Waker>>,
+    dirs: Registry,
     ids: HashMap<WatchId, PathBuf>,
     next_id: WatchId,
 }
 
-impl HubState {
-    fn wake_dir(&self, dir: &Path) {
-        if let Some(readers) = self.dirs.get(dir) {
+/// Wakes the readers an event concerns (all of them when events may have
+/// been lost). Runs on notify's thread.
+fn wake(dirs: &Registry, event: notify::Result<notify::Event>) {
+    // A waker never panics while the lock is held; a poisoned lock still
+    // holds a usable registry.
+    let dirs = dirs.read().unwrap_or_else(PoisonError::into_inner);
+    let wake_dir = |dir: &Path| {
+        if let Some(readers) = dirs.get(dir) {
             readers.values().for_each(|wake| wake());
         }
-    }
-
-    fn wake_all(&self) {
-        self.dirs
+    };
+    match event {
+        Ok(event) if !event.need_rescan() => {
+            for path in &event.paths {
+                if let Some(parent) = path.parent() {
+                    wake_dir(parent);
+                }
+                wake_dir(path);
+            }
+        }
+        Ok(_) => dirs
             .values()
-            .flat_map(|readers| readers.values())
-            .for_each(|wake| wake());
+            .flat_map(HashMap::values)
+            .for_each(|wake| wake()),
+        Err(err) => {
+            tracing::debug!(%err, "watcher error; waking every reader");
+            dirs.values()
+                .flat_map(HashMap::values)
+                .for_each(|wake| wake());
+        }
     }
 }
 
@@ -119,14 +142,12 @@ impl Actor for WatchHub {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<Self::Msg>,
+        _: ActorRef<Self::Msg>,
         _: (),
     ) -> Result<HubState, ActorProcessingErr> {
-        let hub = myself.clone();
-        let watcher = notify::recommended_watcher(move |event| {
-            // The hub only stops with the process; a failed send means it is going away.
-            let _ = hub.cast(WatchHubMsg::Event(event));
-        });
+        let dirs = Registry::default();
+        let registry = dirs.clone();
+        let watcher = notify::recommended_watcher(move |event| wake(&registry, event));
         let watcher = match watcher {
             Ok(watcher) => Some(watcher),
             Err(err) => {
@@ -136,7 +157,7 @@ impl Actor for WatchHub {
         };
         Ok(HubState {
             watcher,
-            dirs: HashMap::new(),
+            dirs,
             ids: HashMap::new(),
             next_id: 1,
         })
@@ -160,25 +181,14 @@ impl Actor for WatchHub {
                 }
             }
             WatchHubMsg::Unwatch(id) => unwatch(state, id),
-            WatchHubMsg::Event(Ok(event)) => {
-                if event.need_rescan() {
-                    state.wake_all();
-                } else {
-                    for path in &event.paths {
-                        if let Some(parent) = path.parent() {
-                            state.wake_dir(parent);
-                        }
-                        state.wake_dir(path);
-                    }
-                }
-            }
-            WatchHubMsg::Event(Err(err)) => {
-                tracing::debug!(%err, "watcher error; waking every reader");
-                state.wake_all();
-            }
             WatchHubMsg::Stats(reply) => {
+                let dirs = state
+                    .dirs
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .len();
                 let _ = reply.send(HubStats {
-                    dirs: state.dirs.len(),
+                    dirs,
                     readers: state.ids.len(),
                 });
             }
@@ -187,16 +197,27 @@ impl Actor for WatchHub {
     }
 }
 
+// The registry's lock is never held while notify is called: notify's
+// `watch` and `unwatch` wait for its own thread, which may be waiting for the
+// lock in `wake`. The hub is the registry's only writer, so nothing changes
+// it between a look and the write that follows.
+
 fn unwatch(state: &mut HubState, id: WatchId) {
     let Some(dir) = state.ids.remove(&id) else {
         return;
     };
-    let now_empty = state.dirs.get_mut(&dir).is_some_and(|readers| {
-        readers.remove(&id);
-        readers.is_empty()
-    });
+    let now_empty = {
+        let mut dirs = state.dirs.write().unwrap_or_else(PoisonError::into_inner);
+        let now_empty = dirs.get_mut(&dir).is_some_and(|readers| {
+            readers.remove(&id);
+            readers.is_empty()
+        });
+        if now_empty {
+            dirs.remove(&dir);
+        }
+        now_empty
+    };
     if now_empty {
-        state.dirs.remove(&dir);
         if let Some(watcher) = state.watcher.as_mut() {
             // The directory may be gone already, which removed the watch.
             let _ = watcher.unwatch(&dir);
@@ -209,7 +230,12 @@ fn watch(state: &mut HubState, dir: PathBuf, waker: Waker) -> Result<WatchId, Wa
         error: e.to_string(),
         dir,
     })?;
-    if !state.dirs.contains_key(&dir) {
+    let watched = state
+        .dirs
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains_key(&dir);
+    if !watched {
         if let Some(watcher) = state.watcher.as_mut() {
             if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
                 return Err(WatchError::AddWatch {
@@ -221,7 +247,13 @@ fn watch(state: &mut HubState, dir: PathBuf, waker: Waker) -> Result<WatchId, Wa
     }
     let id = state.next_id;
     state.next_id += 1;
-    state.dirs.entry(dir.clone()).or_default().insert(id, waker);
+    state
+        .dirs
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(dir.clone())
+        .or_default()
+        .insert(id, waker);
     state.ids.insert(id, dir);
     Ok(id)
 }
