@@ -16,8 +16,10 @@
 //!   rotation (yielded once, as an error), when the log directory is removed,
 //!   or, when not following, once every tailer reached the end of its log.
 //! - Collect sink (`read_logs`): gathers everything up to the end of each log
-//!   (acknowledging each batch on receipt, so parsing and collecting overlap),
-//!   then sorts by time (stable) and assigns cursors in that order.
+//!   into one `Vec` (acknowledging each batch on receipt, so parsing and
+//!   collecting overlap; room made once from the first batch's estimate),
+//!   then, unless the batches say it is in time order already, sorts by time
+//!   (stable) and assigns cursors in that order.
 //! - Supervision: a tailer that fails is restarted from the last delivered
 //!   position with a new epoch (batches of older epochs are dropped), at most
 //!   [`RestartBudget::DEFAULT_MAX`] times within

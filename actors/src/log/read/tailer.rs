@@ -7,6 +7,10 @@
 //!   sends entries to its subscriber in [`SubscriberMsg::Batch`]es, in file
 //!   order. Each batch carries the position just past everything it covers,
 //!   including lines filtered out, so cursors advance past them too.
+//! - Where it reads: a backlog under 64 KiB (a followed append) at once, in
+//!   its handler; a larger one on rayon's pool, in pieces read and parsed in
+//!   parallel (the handler awaits it, so no tokio worker is blocked, and
+//!   wakes meanwhile only mark the tailer dirty).
 //! - Flow control: at most one batch is unacknowledged. The tailer reads the
 //!   next batch only after [`TailerMsg::Ack`]; a slow consumer holds back its
 //!   own tailers and nothing else.
