@@ -104,3 +104,25 @@ pub(crate) async fn write_output(source: LogSource, data: &[u8]) -> std::io::Res
     }
     written
 }
+
+/// Like [`write_output`], on the calling thread: for a printer that writes
+/// large buffers, and many small ones when stdout and stderr alternate,
+/// where a hand-off to a blocking thread per write would cost more than the
+/// write. A full pipe blocks the caller, which is the back-pressure wanted.
+///
+/// # Errors
+/// As [`write_output`].
+pub(crate) fn write_output_now(source: LogSource, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let written = if source == LogSource::Stderr {
+        let mut err = std::io::stderr().lock();
+        err.write_all(data).and_then(|()| err.flush())
+    } else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(data).and_then(|()| out.flush())
+    };
+    if let (Err(err), false) = (&written, source == LogSource::Stderr) {
+        closed(err);
+    }
+    written
+}

@@ -17,7 +17,7 @@ use sandvisor::engine::log::format::timestamp::TimestampFormatter;
 use sandvisor::logs::LogSource;
 use sandvisor::{Error, LogEntry, Result};
 
-use crate::out::write_output;
+use crate::out::write_output_now;
 
 /// Pending output at least this large is written out at once.
 const FLUSH_BYTES: usize = 64 << 10;
@@ -62,14 +62,14 @@ impl Printer {
     /// # Errors
     /// A failed write, as [`Error::Io`] on `stdout` (a closed stdout is one
     /// `main` ends quietly).
-    pub(crate) async fn print(&mut self, entry: &LogEntry) -> Result<()> {
+    pub(crate) fn print(&mut self, entry: &LogEntry) -> Result<()> {
         let target = if entry.source == LogSource::Stderr && !self.json {
             LogSource::Stderr
         } else {
             LogSource::Stdout
         };
         if target != self.target {
-            self.flush().await?;
+            self.flush()?;
             self.target = target;
         }
         if self.json {
@@ -78,7 +78,7 @@ impl Printer {
             self.text(entry);
         }
         if self.pending.len() >= FLUSH_BYTES {
-            self.flush().await?;
+            self.flush()?;
         }
         Ok(())
     }
@@ -87,11 +87,11 @@ impl Printer {
     ///
     /// # Errors
     /// As [`print`](Self::print).
-    pub(crate) async fn flush(&mut self) -> Result<()> {
+    pub(crate) fn flush(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let written = write_output(self.target, &self.pending).await;
+        let written = write_output_now(self.target, &self.pending);
         self.pending.clear();
         written.map_err(|source| Error::Io {
             path: "stdout".into(),

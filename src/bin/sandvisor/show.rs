@@ -411,9 +411,9 @@ pub(crate) async fn logs(home: Option<PathBuf>, args: LogsArgs) -> Result<ExitCo
             };
             let snapshot = logs.read_logs_snapshot(&args.name, &options).await?;
             for entry in &snapshot.entries {
-                printer.print(entry).await?;
+                printer.print(entry)?;
             }
-            printer.flush().await?;
+            printer.flush()?;
             if !args.follow {
                 return Ok(ExitCode::SUCCESS);
             }
@@ -429,9 +429,9 @@ pub(crate) async fn logs(home: Option<PathBuf>, args: LogsArgs) -> Result<ExitCo
     let mut stream = logs.log_stream(&args.name, &options).await?;
     if !args.follow {
         while let Some(entry) = stream.next().await {
-            printer.print(&entry?).await?;
+            printer.print(&entry?)?;
         }
-        printer.flush().await?;
+        printer.flush()?;
         return Ok(ExitCode::SUCCESS);
     }
     follow(&home, &logs, &args.name, options, stream, &mut printer).await
@@ -459,7 +459,7 @@ async fn follow(
             entry = stream.next() => match entry {
                 Some(entry) => {
                     let entry = entry?;
-                    printer.print(&entry).await?;
+                    printer.print(&entry)?;
                     last = Some(entry.cursor);
                     // What is already read goes out in one write; then it
                     // shows before waiting for more.
@@ -470,10 +470,10 @@ async fn follow(
                             break;
                         };
                         let entry = entry?;
-                        printer.print(&entry).await?;
+                        printer.print(&entry)?;
                         last = Some(entry.cursor);
                     }
-                    printer.flush().await?;
+                    printer.flush()?;
                     if ended {
                         return Ok(ExitCode::SUCCESS);
                     }
@@ -505,8 +505,8 @@ async fn follow(
     };
     let mut stream = logs.log_stream(name, &rest).await?;
     while let Some(entry) = stream.next().await {
-        printer.print(&entry?).await?;
+        printer.print(&entry?)?;
     }
-    printer.flush().await?;
+    printer.flush()?;
     Ok(ExitCode::SUCCESS)
 }
