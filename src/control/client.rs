@@ -415,6 +415,9 @@ async fn bridge<T>(
                 SessionInput::Stdin(data) => ExecFrame::Stdin(Bytes::from(data)),
                 SessionInput::Resize { rows, cols } => ExecFrame::Resize { rows, cols },
                 SessionInput::Signal(signo) => ExecFrame::Signal(signo),
+                // The hosting supervisor keeps the deadline; a caller never
+                // sends this.
+                SessionInput::Expire => continue,
             };
             if sink.send(frame.encode()).await.is_err() {
                 return;
@@ -425,8 +428,16 @@ async fn bridge<T>(
     while let Some(frame) = frames.next().await {
         let item = match frame.map(|bytes| ExecFrame::decode(bytes.freeze())) {
             Ok(Ok(ExecFrame::Output { source, data })) => ExecItem::Output { source, data },
-            Ok(Ok(ExecFrame::Exited { code, signal })) => {
-                let _ = items.send(ExecItem::Exited { code, signal });
+            Ok(Ok(ExecFrame::Exited {
+                code,
+                signal,
+                timed_out,
+            })) => {
+                let _ = items.send(ExecItem::Exited {
+                    code,
+                    signal,
+                    timed_out,
+                });
                 return;
             }
             Ok(Ok(other)) => {

@@ -546,7 +546,11 @@ async fn relay<T>(
                     // No status means the sandbox went away: the connection
                     // closes without an exit, as a local handle would end.
                     if let Some(status) = handle.status() {
-                        let exited = ExecFrame::Exited { code: status.code, signal: status.signal };
+                        let exited = ExecFrame::Exited {
+                            code: status.code,
+                            signal: status.signal,
+                            timed_out: status.timed_out,
+                        };
                         let _ = sink.send(exited.encode()).await;
                     }
                     let _ = sink.close().await;
