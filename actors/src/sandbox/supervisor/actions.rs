@@ -233,6 +233,8 @@ impl SupervisorState {
             timer.abort();
         }
         self.sampler = None;
+        // Between runs (a restart pending) there is nothing to sample.
+        self.metrics = None;
         for timer in self.run_timers.drain(..) {
             timer.abort();
         }
