@@ -5,7 +5,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sandvisor_actors::duration_serde;
 use sandvisor_actors::protocol::IdRange;
+pub use sandvisor_actors::sandbox::policy::{Restart, RestartBackoff, DEFAULT_RESTART_BACKOFF};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -335,14 +337,31 @@ pub struct SandboxConfig {
     pub cpus: Option<f64>,
     /// Signal sent to every process on stop (default SIGTERM).
     pub stop_signal: i32,
-    /// Time between the stop signal and SIGKILL.
+    /// Time between the stop signal and SIGKILL (in JSON a humantime
+    /// string, `"10s"`, as every duration here).
+    #[serde(with = "duration_serde")]
     pub stop_timeout: Duration,
     /// Time allowed after SIGKILL before the run is declared lost.
+    #[serde(with = "duration_serde")]
     pub kill_timeout: Duration,
     /// `exec.log` rotation.
     pub log: LogConfig,
     /// Metrics sampling period; `None` disables metrics.
+    #[serde(with = "duration_serde::option")]
     pub metrics_interval: Option<Duration>,
+    /// When a run that ended is followed by another (CLI `--restart`).
+    pub restart: Restart,
+    /// The delays between restarts: docker's by default (100 ms, doubling,
+    /// at most 1 minute, reset after 10 s up).
+    pub restart_backoff: RestartBackoff,
+    /// Stop the sandbox (termination reason `IdleTimeout`) after this long
+    /// without exec sessions and without output.
+    #[serde(with = "duration_serde::option")]
+    pub idle_timeout: Option<Duration>,
+    /// Stop the sandbox (termination reason `LifetimeExceeded`) this long
+    /// after its run started.
+    #[serde(with = "duration_serde::option")]
+    pub max_lifetime: Option<Duration>,
     /// Keep the main command's stdin open for [`crate::Sandbox::write_stdin`]
     /// (else it reads `/dev/null`).
     pub stdin: bool,
@@ -376,6 +395,10 @@ impl Default for SandboxConfig {
             kill_timeout: DEFAULT_KILL_TIMEOUT,
             log: LogConfig::default(),
             metrics_interval: Some(DEFAULT_METRICS_INTERVAL),
+            restart: Restart::No,
+            restart_backoff: DEFAULT_RESTART_BACKOFF,
+            idle_timeout: None,
+            max_lifetime: None,
             stdin: false,
             tty: false,
         }
@@ -515,6 +538,7 @@ impl SandboxConfig {
             ));
         }
         self.validate_limits()?;
+        self.validate_policies()?;
         if self
             .metrics_interval
             .is_some_and(|i| i < Duration::from_millis(10))
@@ -592,6 +616,42 @@ impl SandboxConfig {
         seccomp::check(&self.seccomp).map_err(|reason| bad("seccomp", reason))?;
         if let Some(user) = &self.user {
             check_user(user, iso.user).map_err(|reason| bad("user", reason))?;
+        }
+        Ok(())
+    }
+
+    /// Checks the restart policy, its backoff, the idle timeout and the
+    /// max lifetime.
+    fn validate_policies(&self) -> Result<()> {
+        if let Restart::OnFailure {
+            max_retries: Some(0),
+        } = self.restart
+        {
+            return Err(bad(
+                "restart",
+                "on-failure with 0 retries would never restart; leave max_retries out for no limit"
+                    .into(),
+            ));
+        }
+        let backoff = self.restart_backoff;
+        for (field, duration) in [
+            ("restart_backoff.initial", Some(backoff.initial)),
+            ("restart_backoff.max", Some(backoff.max)),
+            ("restart_backoff.reset_after", Some(backoff.reset_after)),
+            ("idle_timeout", self.idle_timeout),
+            ("max_lifetime", self.max_lifetime),
+        ] {
+            check_duration(field, duration)?;
+        }
+        if backoff.max < backoff.initial {
+            return Err(bad(
+                "restart_backoff.max",
+                format!(
+                    "{} is shorter than restart_backoff.initial ({})",
+                    humantime::format_duration(backoff.max),
+                    humantime::format_duration(backoff.initial)
+                ),
+            ));
         }
         Ok(())
     }
@@ -708,6 +768,19 @@ pub(crate) fn check_limit(field: &str, limit: Limit) -> Result<()> {
         return Err(bad(field, format!("{value} is outside 1..={MAX_PIDS}")));
     }
     Ok(())
+}
+
+/// Checks a duration a policy waits for: more than zero, at most
+/// [`MAX_TIMEOUT`].
+pub(crate) fn check_duration(field: &str, duration: Option<Duration>) -> Result<()> {
+    match duration {
+        Some(d) if d.is_zero() => Err(bad(field, "must be more than zero".into())),
+        Some(d) if d > MAX_TIMEOUT => Err(bad(
+            field,
+            format!("{} is longer than 365 days", humantime::format_duration(d)),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The smallest CPU limit: the kernel takes a CFS quota of at least 1 ms

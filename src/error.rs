@@ -147,6 +147,18 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// A call to a control socket that waits (for a sandbox to start, to
+    /// end, for an exec session to begin) got no answer in its bounded
+    /// time: the host accepted it but is wedged, or overloaded.
+    #[error("the sandvisor process on control socket {socket} did not answer {call} within {after:?}; hint: is it wedged? its sandboxes may still run")]
+    ControlTimedOut {
+        /// The socket.
+        socket: PathBuf,
+        /// The call (`POST /v1/sandboxes/NAME/stop`, …).
+        call: String,
+        /// How long the client waited.
+        after: std::time::Duration,
+    },
     /// `run -d` started `sandvisor serve` for the home and it did not come
     /// up.
     #[error("the sandvisor daemon could not start: {reason}; its log: {log}")]

@@ -40,6 +40,11 @@ pub struct ExecConfig {
     /// The session's user and group, `"uid"` or `"uid:gid"` (numbers only;
     /// see [`crate::SandboxConfig::user`]); `None`: the sandbox's `user`.
     pub user: Option<String>,
+    /// Kill the session's whole process group this long after it was asked
+    /// for; its [`ExecStatus::timed_out`] says so (in JSON a humantime
+    /// string, `"1s"`).
+    #[serde(with = "sandvisor_actors::duration_serde::option")]
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl ExecConfig {
@@ -97,6 +102,7 @@ impl ExecConfig {
         if self.cwd.as_ref().is_some_and(|c| !c.starts_with('/')) {
             return Err(bad("cwd", "must be absolute"));
         }
+        crate::config::check_duration("timeout", self.timeout)?;
         if let Some(user) = &self.user {
             if crate::config::parse_user(user).is_none() {
                 return Err(bad(
@@ -132,6 +138,9 @@ pub struct ExecStatus {
     pub code: Option<i32>,
     /// Signal, if one killed it.
     pub signal: Option<i32>,
+    /// Its [`ExecConfig::timeout`] killed it (then `signal` is SIGKILL).
+    #[serde(default)]
+    pub timed_out: bool,
 }
 
 /// A running exec session: a `Stream` of its output, its stdin, its exit.
@@ -296,8 +305,16 @@ impl ExecHandle {
             }
             match self.items.recv().await {
                 Some(ExecItem::Output { .. }) => {}
-                Some(ExecItem::Exited { code, signal }) => {
-                    self.status = Some(ExecStatus { code, signal })
+                Some(ExecItem::Exited {
+                    code,
+                    signal,
+                    timed_out,
+                }) => {
+                    self.status = Some(ExecStatus {
+                        code,
+                        signal,
+                        timed_out,
+                    })
                 }
                 None => return Err(Error::SandboxNotRunning(self.sandbox.clone())),
             }
@@ -317,8 +334,16 @@ impl Stream for ExecHandle {
             Poll::Ready(Some(ExecItem::Output { source, data })) => {
                 Poll::Ready(Some(ExecOutput { source, data }))
             }
-            Poll::Ready(Some(ExecItem::Exited { code, signal })) => {
-                self.status = Some(ExecStatus { code, signal });
+            Poll::Ready(Some(ExecItem::Exited {
+                code,
+                signal,
+                timed_out,
+            })) => {
+                self.status = Some(ExecStatus {
+                    code,
+                    signal,
+                    timed_out,
+                });
                 Poll::Ready(None)
             }
             Poll::Ready(None) => Poll::Ready(None),

@@ -27,13 +27,14 @@ pub use logs::{
     LogStreamOptions, LogStreamStart, Logs,
 };
 
-pub use config::{Isolation, Limit, LogConfig, Mount, SandboxConfig};
+pub use config::{Isolation, Limit, LogConfig, Mount, Restart, RestartBackoff, SandboxConfig};
 pub use exec::{ExecConfig, ExecHandle, ExecOutput, ExecStatus};
 pub use isolation::seccomp::Seccomp;
 pub use runtime::{Sandbox, SandboxHandle, SandboxStopResult, Sandvisor, SandvisorBuilder};
 pub use sandvisor_actors::events::{EscalationStep, EventEnvelope, SandboxEvent};
-pub use sandvisor_actors::lifecycle::{SandboxStatus, TerminationReason};
+pub use sandvisor_actors::lifecycle::{PendingRestart, SandboxStatus, TerminationReason};
 pub use sandvisor_actors::metrics::SandboxMetrics;
+pub use sandvisor_actors::sandbox::policy::RestartEnd;
 pub use store::RunRow;
 
 /// The actor engine (`sandvisor-actors`), re-exported so users never depend on it directly.

@@ -14,6 +14,7 @@
 //! - [`protocol`]: the agent protocol, a leaf shared with the agent binary.
 
 pub mod backend;
+pub mod duration_serde;
 pub mod host;
 pub mod log;
 pub mod protocol;

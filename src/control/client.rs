@@ -4,6 +4,14 @@
 //! - [`Error::ControlUnreachable`]: the socket does not accept within 5 s,
 //!   the connection breaks, or (for calls that answer at once) no answer
 //!   comes within 30 s.
+//! - [`Error::ControlTimedOut`]: a call that waits got no answer in its
+//!   bound. Every such call has one: `create` and `start` 2 minutes (the
+//!   server's own boot timeout is 30 s), an exec session's start 30 s, and
+//!   waiting for a sandbox's end (`stop`, `kill`, `drain`, `wait`) is a
+//!   series of calls the server answers within [`WAIT_WINDOW`] (`202`:
+//!   still running, asked again), each allowed [`REQUEST_TIMEOUT`] — so
+//!   the wait lasts as long as the sandbox takes, yet a wedged host is
+//!   noticed within 30 s.
 //! - The [`Error`] the serving runtime answered with, shape kept for the
 //!   variants of [`ErrorBody`] (e.g. [`Error::SandboxNotRunning`]); any other
 //!   failure there, or an answer that does not parse, is [`Error::Internal`].
@@ -32,7 +40,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
 use super::frame::{self, ExecFrame};
-use super::{EndRequest, ErrorBody, HostInfo, Started, EXEC_PROTOCOL};
+use super::{EndRequest, ErrorBody, HostInfo, Started, WaitRequest, EXEC_PROTOCOL};
 use crate::config::SandboxConfig;
 use crate::error::{Error, Result};
 use crate::exec::{ExecConfig, ExecHandle, SessionLink};
@@ -43,11 +51,41 @@ use sandvisor_actors::metrics::SandboxMetrics;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a call that does not wait for a sandbox may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the server holds a call that waits for a sandbox's end before
+/// answering "still running": well inside [`REQUEST_TIMEOUT`].
+pub const WAIT_WINDOW: Duration = Duration::from_secs(20);
+/// How long `create` and `start` may take: the server answers once the
+/// sandbox runs or failed to boot (a 30 s boot timeout), after validating
+/// and recording it.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a [`ControlClient`]'s calls may take (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlTimeouts {
+    /// Any one call but `create` and `start` (30 s).
+    pub request: Duration,
+    /// How long the server holds a call waiting for a sandbox's end before
+    /// answering "still running" (20 s); below `request`.
+    pub wait_window: Duration,
+    /// `create` and `start` (2 minutes).
+    pub startup: Duration,
+}
+
+impl Default for ControlTimeouts {
+    fn default() -> Self {
+        Self {
+            request: REQUEST_TIMEOUT,
+            wait_window: WAIT_WINDOW,
+            startup: STARTUP_TIMEOUT,
+        }
+    }
+}
 
 /// Talks to the runtime listening on one control socket.
 #[derive(Debug, Clone)]
 pub struct ControlClient {
     socket: PathBuf,
+    timeouts: ControlTimeouts,
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -57,7 +95,14 @@ impl ControlClient {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
             socket: socket.into(),
+            timeouts: ControlTimeouts::default(),
         }
+    }
+
+    /// This client with other bounds (tests, slow hosts).
+    pub fn with_timeouts(mut self, timeouts: ControlTimeouts) -> Self {
+        self.timeouts = timeouts;
+        self
     }
 
     /// The socket.
@@ -84,8 +129,13 @@ impl ControlClient {
     /// Not cancel-safe: see the module docs.
     pub async fn create(&self, config: &SandboxConfig) -> Result<String> {
         let body = to_json(config)?;
+        let path = "/v1/sandboxes".to_string();
         let started: Started = self
-            .call(Method::POST, "/v1/sandboxes".into(), Some(body))
+            .bounded(
+                self.timeouts.startup,
+                &path,
+                self.call(Method::POST, path.clone(), Some(body)),
+            )
             .await?;
         Ok(started.name)
     }
@@ -98,8 +148,13 @@ impl ControlClient {
     /// # Cancel safety
     /// Not cancel-safe: see the module docs.
     pub async fn start(&self, name: &str) -> Result<()> {
+        let path = sandbox_path(name, "start")?;
         let _: Started = self
-            .call(Method::POST, sandbox_path(name, "start")?, None)
+            .bounded(
+                self.timeouts.startup,
+                &path,
+                self.call(Method::POST, path.clone(), None),
+            )
             .await?;
         Ok(())
     }
@@ -155,6 +210,7 @@ impl ControlClient {
         let request = EndRequest {
             timeout_ms: timeout.map(millis),
             wait: false,
+            window_ms: None,
         };
         self.quick(self.send(
             Method::POST,
@@ -170,8 +226,25 @@ impl ControlClient {
     /// # Errors
     /// As every call; [`Error::SandboxNotRunning`] if it is not running there.
     pub async fn wait(&self, name: &str) -> Result<SandboxStopResult> {
-        self.call(Method::POST, sandbox_path(name, "wait")?, None)
-            .await
+        let path = sandbox_path(name, "wait")?;
+        let request = to_json(&WaitRequest {
+            window_ms: Some(millis(self.timeouts.wait_window)),
+        })?;
+        loop {
+            let (status, body) = self
+                .bounded(
+                    self.timeouts.request,
+                    &path,
+                    self.send(Method::POST, path.clone(), Some(request.clone())),
+                )
+                .await?;
+            match status {
+                StatusCode::OK => return parse(&body),
+                // Still running: ask again.
+                StatusCode::ACCEPTED => continue,
+                _ => return Err(error_from(status, &body)),
+            }
+        }
     }
 
     /// Freezes `name`.
@@ -217,6 +290,13 @@ impl ControlClient {
     /// # Cancel safety
     /// Not cancel-safe: see the module docs.
     pub async fn exec(&self, name: &str, config: &ExecConfig) -> Result<ExecHandle> {
+        let path = sandbox_path(name, "exec")?;
+        self.bounded(self.timeouts.request, &path, self.exec_start(name, config))
+            .await
+    }
+
+    /// [`Self::exec`] without its bound.
+    async fn exec_start(&self, name: &str, config: &ExecConfig) -> Result<ExecHandle> {
         let mut sender = self.connect(true).await?;
         let request = self.request(
             Method::POST,
@@ -276,30 +356,53 @@ impl ControlClient {
         let request = EndRequest {
             timeout_ms: timeout.map(millis),
             wait: true,
+            window_ms: Some(millis(self.timeouts.wait_window)),
         };
+        let path = sandbox_path(name, what)?;
         let (status, body) = self
-            .send(
-                Method::POST,
-                sandbox_path(name, what)?,
-                Some(to_json(&request)?),
+            .bounded(
+                self.timeouts.request,
+                &path,
+                self.send(Method::POST, path.clone(), Some(to_json(&request)?)),
             )
             .await?;
         match status {
             StatusCode::OK => parse(&body),
+            // Asked, and still ending (a long grace period, a drain): wait
+            // for the end in bounded calls.
+            StatusCode::ACCEPTED => self.wait(name).await,
             // It never ran: nothing to report.
             StatusCode::NO_CONTENT => Err(Error::SandboxNotRunning(name.to_string())),
             _ => Err(error_from(status, &body)),
         }
     }
 
+    /// `request`, a call that waits, failed with [`Error::ControlTimedOut`]
+    /// after `after`.
+    async fn bounded<T>(
+        &self,
+        after: Duration,
+        call: &str,
+        request: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        tokio::time::timeout(after, request)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::ControlTimedOut {
+                    socket: self.socket.clone(),
+                    call: format!("POST {call}"),
+                    after,
+                })
+            })
+    }
+
     /// `request` for a call that answers at once: a host that does not
     /// answer within [`REQUEST_TIMEOUT`] (stopped, wedged) is unreachable.
     async fn quick<T>(&self, request: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-        tokio::time::timeout(REQUEST_TIMEOUT, request)
+        let after = self.timeouts.request;
+        tokio::time::timeout(after, request)
             .await
-            .unwrap_or_else(|_| {
-                Err(self.unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))
-            })
+            .unwrap_or_else(|_| Err(self.unreachable(format!("no answer within {after:?}"))))
     }
 
     async fn call<T: DeserializeOwned>(
@@ -415,6 +518,9 @@ async fn bridge<T>(
                 SessionInput::Stdin(data) => ExecFrame::Stdin(Bytes::from(data)),
                 SessionInput::Resize { rows, cols } => ExecFrame::Resize { rows, cols },
                 SessionInput::Signal(signo) => ExecFrame::Signal(signo),
+                // The hosting supervisor keeps the deadline; a caller never
+                // sends this.
+                SessionInput::Expire => continue,
             };
             if sink.send(frame.encode()).await.is_err() {
                 return;
@@ -425,8 +531,16 @@ async fn bridge<T>(
     while let Some(frame) = frames.next().await {
         let item = match frame.map(|bytes| ExecFrame::decode(bytes.freeze())) {
             Ok(Ok(ExecFrame::Output { source, data })) => ExecItem::Output { source, data },
-            Ok(Ok(ExecFrame::Exited { code, signal })) => {
-                let _ = items.send(ExecItem::Exited { code, signal });
+            Ok(Ok(ExecFrame::Exited {
+                code,
+                signal,
+                timed_out,
+            })) => {
+                let _ = items.send(ExecItem::Exited {
+                    code,
+                    signal,
+                    timed_out,
+                });
                 return;
             }
             Ok(Ok(other)) => {

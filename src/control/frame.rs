@@ -7,7 +7,7 @@
 //! |-----|-----------|---------|
 //! | 1 / 2 / 3 | server → client | stdout / stderr / terminal output bytes |
 //! | 4 | server → client | `Started` JSON `{"id","pid"}`, always first |
-//! | 5 | server → client | `Exited` JSON `{"code","signal"}`, always last |
+//! | 5 | server → client | `Exited` JSON `{"code","signal","timed_out"}`, always last |
 //! | 16 | client → server | stdin bytes; empty closes stdin |
 //! | 17 | client → server | window size: rows, cols as `u16` big-endian |
 //! | 18 | client → server | a signal number, `i32` big-endian |
@@ -35,6 +35,7 @@ pub(crate) enum ExecFrame {
     Exited {
         code: Option<i32>,
         signal: Option<i32>,
+        timed_out: bool,
     },
     Stdin(Bytes),
     Resize {
@@ -54,6 +55,9 @@ struct StartedBody {
 struct ExitedBody {
     code: Option<i32>,
     signal: Option<i32>,
+    /// Absent from servers that predate exec timeouts.
+    #[serde(default)]
+    timed_out: bool,
 }
 
 /// The length-delimited codec both sides frame with.
@@ -80,13 +84,18 @@ impl ExecFrame {
                 out.put_u8(4);
                 json_into(&mut out, &StartedBody { id: *id, pid: *pid });
             }
-            Self::Exited { code, signal } => {
+            Self::Exited {
+                code,
+                signal,
+                timed_out,
+            } => {
                 out.put_u8(5);
                 json_into(
                     &mut out,
                     &ExitedBody {
                         code: *code,
                         signal: *signal,
+                        timed_out: *timed_out,
                     },
                 );
             }
@@ -140,6 +149,7 @@ impl ExecFrame {
                 Self::Exited {
                     code: body.code,
                     signal: body.signal,
+                    timed_out: body.timed_out,
                 }
             }
             16 => Self::Stdin(payload),
@@ -188,6 +198,7 @@ mod tests {
             ExecFrame::Exited {
                 code: None,
                 signal: Some(9),
+                timed_out: true,
             },
             ExecFrame::Stdin(Bytes::from_static(b"in")),
             ExecFrame::Resize {

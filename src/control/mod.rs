@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
-pub use client::ControlClient;
+pub use client::{ControlClient, ControlTimeouts, WAIT_WINDOW};
 pub(crate) use server::{Bound, ControlServer};
 
 /// The daemon's socket, relative to the home (`sandvisor serve`).
@@ -65,6 +65,20 @@ pub struct EndRequest {
     pub timeout_ms: Option<u64>,
     /// Answer once the sandbox has stopped (else at once, with 202).
     pub wait: bool,
+    /// With `wait`: answer `202` if it has not stopped after this many
+    /// milliseconds, so each call is bounded and the client asks again
+    /// (`wait`); `None`: wait as long as it takes (older clients).
+    #[serde(default)]
+    pub window_ms: Option<u64>,
+}
+
+/// The body of `POST /v1/sandboxes/{name}/wait` (may be empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitRequest {
+    /// Answer `202` if it has not stopped after this many milliseconds
+    /// (`None`: wait as long as it takes).
+    #[serde(default)]
+    pub window_ms: Option<u64>,
 }
 
 /// The answer to `POST /v1/sandboxes` and `start`.

@@ -38,7 +38,7 @@ use tokio_util::codec::Framed;
 
 use super::connections::{self, connection_cap, open_file_limit, Limits, OwnerOnly};
 use super::frame::{self, ExecFrame};
-use super::{EndRequest, ErrorBody, HostInfo, Started, EXEC_PROTOCOL};
+use super::{EndRequest, ErrorBody, HostInfo, Started, WaitRequest, EXEC_PROTOCOL};
 use crate::config::MAX_TIMEOUT;
 use crate::error::{Error, Result};
 use crate::exec::{ExecConfig, ExecHandle};
@@ -377,7 +377,7 @@ async fn end(
         return Ok(StatusCode::ACCEPTED.into_response());
     }
     drop(runtime);
-    wait_detached(weak, sandbox).await
+    wait_detached(weak, sandbox, request.window_ms.map(Duration::from_millis)).await
 }
 
 /// How the last run of `name` ended, as stored (`204` if it never ran).
@@ -389,15 +389,23 @@ async fn stored(runtime: &Sandvisor, name: &str) -> Reply<Response> {
 }
 
 /// Waits for the run's end holding only the supervisor: a waiting client
-/// never keeps the runtime alive (dropping it stops the server).
-async fn wait_detached(weak: &WeakSandvisor, sandbox: Sandbox) -> Reply<Response> {
+/// never keeps the runtime alive (dropping it stops the server). Past
+/// `window`, answers `202`: still running, ask again.
+async fn wait_detached(
+    weak: &WeakSandvisor,
+    sandbox: Sandbox,
+    window: Option<Duration>,
+) -> Reply<Response> {
     let name = sandbox.name().to_string();
     let supervisor = sandbox.supervisor().clone();
     drop(sandbox);
-    match ractor::call!(supervisor, SupervisorMsg::WaitStopped) {
-        Ok(outcome) => Ok(Json(SandboxStopResult::from(outcome)).into_response()),
+    match supervisor.call(SupervisorMsg::WaitStopped, window).await {
+        Ok(ractor::rpc::CallResult::Success(outcome)) => {
+            Ok(Json(SandboxStopResult::from(outcome)).into_response())
+        }
+        Ok(ractor::rpc::CallResult::Timeout) => Ok(StatusCode::ACCEPTED.into_response()),
         // The supervisor ended first: the store has the outcome.
-        Err(_) => stored(&live(weak)?, &name).await,
+        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => stored(&live(weak)?, &name).await,
     }
 }
 
@@ -428,12 +436,18 @@ async fn drain(
 async fn wait(
     State(runtime): State<WeakSandvisor>,
     UrlPath(name): UrlPath<String>,
+    body: Bytes,
 ) -> Reply<Response> {
     let weak = runtime;
+    let request: WaitRequest = if body.is_empty() {
+        WaitRequest::default()
+    } else {
+        parse(&body)?
+    };
     let runtime = live(&weak)?;
     let sandbox = hosted(&runtime, &name).await?;
     drop(runtime);
-    wait_detached(&weak, sandbox).await
+    wait_detached(&weak, sandbox, request.window_ms.map(Duration::from_millis)).await
 }
 
 async fn pause(
@@ -546,7 +560,11 @@ async fn relay<T>(
                     // No status means the sandbox went away: the connection
                     // closes without an exit, as a local handle would end.
                     if let Some(status) = handle.status() {
-                        let exited = ExecFrame::Exited { code: status.code, signal: status.signal };
+                        let exited = ExecFrame::Exited {
+                            code: status.code,
+                            signal: status.signal,
+                            timed_out: status.timed_out,
+                        };
                         let _ = sink.send(exited.encode()).await;
                     }
                     let _ = sink.close().await;

@@ -83,6 +83,14 @@ impl SandboxHandle {
         self.row.id_slot.map(crate::config::id_range)
     }
 
+    /// The restart its policy waits to make (as of the last refresh):
+    /// while it waits the status is `Starting`.
+    pub fn pending_restart(&self) -> Option<sandvisor_actors::lifecycle::PendingRestart> {
+        self.row
+            .restart_pending
+            .filter(|_| self.row.status == SandboxStatus::Starting)
+    }
+
     /// When it was created.
     pub fn created_at(&self) -> DateTime<Utc> {
         self.row.created_at

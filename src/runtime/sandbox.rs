@@ -166,6 +166,7 @@ impl Sandbox {
         let (tx, rx) = mpsc::unbounded_channel();
         let started = ractor::call!(self.supervisor, |reply| SupervisorMsg::Exec {
             spec,
+            timeout: config.timeout,
             output: tx,
             reply
         })

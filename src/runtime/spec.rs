@@ -159,6 +159,10 @@ pub(super) fn sandbox_spec(config: &SandboxConfig, context: RunContext<'_>) -> R
         stop_timeout: config.stop_timeout,
         kill_timeout: config.kill_timeout,
         metrics_interval: config.metrics_interval,
+        restart: config.restart,
+        backoff: config.restart_backoff,
+        idle_timeout: config.idle_timeout,
+        max_lifetime: config.max_lifetime,
     })
 }
 

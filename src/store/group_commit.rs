@@ -44,6 +44,7 @@ pub(super) enum Write {
         at: String,
         host: HostId,
         pid_start_ticks: Option<i64>,
+        restart_count: u32,
         reply: Reply<i64>,
     },
     CloseRun {
@@ -224,19 +225,21 @@ async fn run(tx: &mut Transaction<'static, Sqlite>, write: Write) -> Done {
             at,
             host,
             pid_start_ticks,
+            restart_count,
             reply,
         } => {
             // The `run_opened` trigger marks the sandbox Running in the same
             // statement.
             let result = sqlx::query_scalar(
-                "INSERT INTO run (sandbox_id, pid, status, started_at, host_pid, host_start_ticks, pid_start_ticks) \
-                 SELECT id, ?, 'Running', ?, ?, ?, ? FROM sandbox WHERE name = ? RETURNING id",
+                "INSERT INTO run (sandbox_id, pid, status, started_at, host_pid, host_start_ticks, pid_start_ticks, restart_count) \
+                 SELECT id, ?, 'Running', ?, ?, ?, ?, ? FROM sandbox WHERE name = ? RETURNING id",
             )
             .bind(i64::from(pid))
             .bind(at)
             .bind(i64::from(host.pid))
             .bind(host.start_ticks as i64)
             .bind(pid_start_ticks)
+            .bind(i64::from(restart_count))
             .bind(name)
             .fetch_one(&mut **tx)
             .await;
@@ -319,7 +322,7 @@ mod tests {
             async move {
                 let name = format!("s{i}");
                 let id = store
-                    .insert_run(&name, 1, host, chrono::Utc::now())
+                    .insert_run(&name, 1, host, chrono::Utc::now(), 0)
                     .await
                     .unwrap();
                 (name, id)

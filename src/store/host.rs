@@ -112,7 +112,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-            sqlx::query("UPDATE sandbox SET status = 'Crashed', updated_at = ? WHERE name = ?")
+            sqlx::query("UPDATE sandbox SET status = 'Crashed', restart_pending = NULL, updated_at = ? WHERE name = ?")
                 .bind(&now)
                 .bind(&name)
                 .execute(&mut *tx)
@@ -145,7 +145,7 @@ impl Store {
             if host_alive(owner) {
                 continue;
             }
-            sqlx::query("UPDATE sandbox SET status = 'Crashed', updated_at = ? WHERE name = ?")
+            sqlx::query("UPDATE sandbox SET status = 'Crashed', restart_pending = NULL, updated_at = ? WHERE name = ?")
                 .bind(&now)
                 .bind(&name)
                 .execute(&mut *tx)

@@ -21,8 +21,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use sandvisor_actors::lifecycle::{
-    HostId, LifecycleStore, RunEnd, SandboxStatus, TerminationReason,
+    HostId, LifecycleStore, PendingRestart, RunEnd, SandboxStatus, TerminationReason,
 };
+use sandvisor_actors::sandbox::policy::RestartEnd;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
@@ -80,6 +81,9 @@ pub struct SandboxRow {
     /// Its user-namespace id range's slot (see [`crate::config::id_range`]),
     /// if it has one.
     pub id_slot: Option<u32>,
+    /// The restart its policy waits to make, recorded with status
+    /// `Starting` (a stale one under another status means nothing).
+    pub restart_pending: Option<PendingRestart>,
 }
 
 /// A `run` row.
@@ -103,6 +107,12 @@ pub struct RunRow {
     pub terminated_at: Option<DateTime<Utc>>,
     /// The host process that ran it.
     pub host: HostId,
+    /// Restarts by the policy before this run since a user started the
+    /// sandbox (0: the run a user started).
+    pub restart_count: u32,
+    /// Why the restart policy did not follow this run with another (`None`:
+    /// it did, the run is the current one, or there is no policy).
+    pub restart_end: Option<RestartEnd>,
 }
 
 /// The store. Cheap to clone.
@@ -263,7 +273,7 @@ impl Store {
     /// parse.
     pub async fn sandbox(&self, name: &str) -> Result<Option<SandboxRow>> {
         let row = sqlx::query(
-            "SELECT id, name, config, status, created_at, updated_at, control_socket, id_slot FROM sandbox WHERE name = ?",
+            "SELECT id, name, config, status, created_at, updated_at, control_socket, id_slot, restart_pending FROM sandbox WHERE name = ?",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -289,7 +299,7 @@ impl Store {
     pub async fn runs(&self, name: &str) -> Result<Vec<RunRow>> {
         let rows = sqlx::query(
             "SELECT run.id, run.pid, run.status, run.exit_code, run.exit_signal, run.termination_reason, \
-             run.started_at, run.terminated_at, run.host_pid, run.host_start_ticks \
+             run.started_at, run.terminated_at, run.host_pid, run.host_start_ticks, run.restart_count, run.restart_end \
              FROM run JOIN sandbox ON sandbox.id = run.sandbox_id WHERE sandbox.name = ? ORDER BY run.id",
         )
         .bind(name)
@@ -339,7 +349,7 @@ impl Store {
             return Ok(Err(status));
         }
         let slot: Option<i64> = sqlx::query_scalar(concat!(
-            "UPDATE sandbox SET status = 'Starting', updated_at = ?, owner_pid = ?, owner_start_ticks = ?, control_socket = ?, \
+            "UPDATE sandbox SET status = 'Starting', updated_at = ?, owner_pid = ?, owner_start_ticks = ?, control_socket = ?, restart_pending = NULL, \
              id_slot = CASE WHEN ? AND id_slot IS NULL THEN ",
             lowest_free_slot!(),
             " ELSE id_slot END WHERE name = ? RETURNING id_slot",
@@ -388,12 +398,14 @@ impl Store {
         pid: u32,
         host: HostId,
         at: DateTime<Utc>,
+        restart_count: u32,
     ) -> Result<i64> {
         self.grouped(|reply| Write::OpenRun {
             name: name.to_string(),
             pid,
             at: time_text(at),
             host,
+            restart_count,
             pid_start_ticks: host::start_ticks(pid).map(|t| t as i64),
             reply,
         })
@@ -484,6 +496,11 @@ fn sandbox_row(row: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow> {
         updated_at: parse_time(row.get(5))?,
         control_socket: row.get::<Option<String>, _>(6).map(PathBuf::from),
         id_slot: row.get::<Option<i64>, _>(7).map(|slot| slot as u32),
+        restart_pending: row
+            .get::<Option<&str>, _>(8)
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| Error::Database(format!("bad restart_pending: {e}")))?,
     })
 }
 
@@ -506,6 +523,12 @@ fn run_row(row: &sqlx::sqlite::SqliteRow) -> Result<RunRow> {
             pid: row.get::<i64, _>(8) as u32,
             start_ticks: row.get::<i64, _>(9) as u64,
         },
+        restart_count: row.get::<i64, _>(10) as u32,
+        restart_end: row
+            .get::<Option<&str>, _>(11)
+            .map(RestartEnd::from_str)
+            .transpose()
+            .map_err(Error::Database)?,
     })
 }
 
@@ -529,11 +552,54 @@ impl LifecycleStore for Store {
         pid: u32,
         host: HostId,
         at: DateTime<Utc>,
+        restart_count: u32,
     ) -> BoxFuture<'_, std::result::Result<i64, String>> {
         let name = name.to_string();
         Box::pin(async move {
-            self.insert_run(&name, pid, host, at)
+            self.insert_run(&name, pid, host, at, restart_count)
                 .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn set_restart(
+        &self,
+        name: &str,
+        status: SandboxStatus,
+        pending: Option<PendingRestart>,
+    ) -> BoxFuture<'_, std::result::Result<(), String>> {
+        let name = name.to_string();
+        Box::pin(async move {
+            let pending = pending
+                .map(|p| serde_json::to_string(&p))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            sqlx::query(
+                "UPDATE sandbox SET status = ?, restart_pending = ?, updated_at = ? WHERE name = ?",
+            )
+            .bind(status.as_str())
+            .bind(pending)
+            .bind(now_text())
+            .bind(name)
+            .execute(&self.writer)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+        })
+    }
+
+    fn restart_ended(
+        &self,
+        run_id: i64,
+        end: RestartEnd,
+    ) -> BoxFuture<'_, std::result::Result<(), String>> {
+        Box::pin(async move {
+            sqlx::query("UPDATE run SET restart_end = ? WHERE id = ?")
+                .bind(end.as_str())
+                .bind(run_id)
+                .execute(&self.writer)
+                .await
+                .map(drop)
                 .map_err(|e| e.to_string())
         })
     }

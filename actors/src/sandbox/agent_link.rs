@@ -59,6 +59,9 @@ pub struct AgentLinkArgs {
     pub events: DerivedActorRef<VmEvent>,
     /// Starts the agent.
     pub backend: Arc<dyn Backend>,
+    /// Counts output chunks read from the agent (the supervisor's idle
+    /// timeout reads it).
+    pub output_count: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The agent link actor. See the module docs.
@@ -87,6 +90,8 @@ pub struct AgentLinkState {
     write_task: Option<JoinHandle<()>>,
     routes: Routes,
     pending_exec: HashMap<u64, ExecReply>,
+    /// Sessions killed at their deadline: their exit says so.
+    expired: std::collections::HashSet<u64>,
     /// Stdin on its way to each session, within the agent's window.
     stdin: HashMap<u64, StdinFlow>,
     /// What `post_start` needs to boot the agent.
@@ -97,6 +102,7 @@ pub struct AgentLinkState {
 struct Boot {
     backend: Arc<dyn Backend>,
     tap: watch::Receiver<ActorRef<RelayTapMsg>>,
+    output_count: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Frames queued for the agent at most: far more than a well-behaved agent
@@ -237,9 +243,14 @@ impl AgentLinkState {
                 status: ExitStatus { code, signal },
             } if session != 1 => {
                 self.stdin.remove(&session);
+                let timed_out = self.expired.remove(&session);
                 if let Some(route) = self.routes.remove(session) {
                     // A caller that dropped its handle needs no exit.
-                    let _ = route.send(ExecItem::Exited { code, signal });
+                    let _ = route.send(ExecItem::Exited {
+                        code,
+                        signal,
+                        timed_out,
+                    });
                 }
                 self.emit(VmEvent::SessionExited {
                     id: session,
@@ -298,6 +309,13 @@ impl AgentLinkState {
             SessionInput::Signal(signo) => {
                 self.signal(SignalTarget::Session(session), signo).await;
             }
+            SessionInput::Expire => {
+                if self.routes.contains(session) {
+                    self.expired.insert(session);
+                    self.signal(SignalTarget::Session(session), libc::SIGKILL)
+                        .await;
+                }
+            }
         }
     }
 
@@ -337,10 +355,12 @@ impl Actor for AgentLink {
             write_task: None,
             routes: Routes::default(),
             pending_exec: HashMap::new(),
+            expired: std::collections::HashSet::new(),
             stdin: HashMap::new(),
             boot: Some(Boot {
                 backend: args.backend,
                 tap: args.tap,
+                output_count: args.output_count,
             }),
         })
     }
@@ -353,7 +373,12 @@ impl Actor for AgentLink {
         myself: ActorRef<Self::Msg>,
         state: &mut AgentLinkState,
     ) -> Result<(), ActorProcessingErr> {
-        let Some(Boot { backend, tap }) = state.boot.take() else {
+        let Some(Boot {
+            backend,
+            tap,
+            output_count,
+        }) = state.boot.take()
+        else {
             return Ok(());
         };
         let started = match backend.start(&state.spec).await {
@@ -395,6 +420,7 @@ impl Actor for AgentLink {
             myself.clone(),
             tap,
             state.routes.clone(),
+            output_count,
         )));
         Ok(())
     }

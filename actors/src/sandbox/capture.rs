@@ -15,6 +15,11 @@
 //!   every output chunk before them is written; `StdinConsumed` (flow control
 //!   only) goes at once. When the socket closes or breaks, the task sends
 //!   [`AgentLinkMsg::ReaderDone`] (with what broke, if anything) and ends.
+//! - Each output chunk read bumps the link's output counter (relaxed: the
+//!   supervisor only compares it with its last look, for the idle timeout).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use chrono::Utc;
@@ -35,6 +40,7 @@ pub async fn read_frames(
     link: ActorRef<AgentLinkMsg>,
     mut tap: watch::Receiver<ActorRef<RelayTapMsg>>,
     routes: Routes,
+    output_count: Arc<AtomicU64>,
 ) {
     const GONE: &str = "the sandbox's supervisor is gone";
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -79,6 +85,7 @@ pub async fn read_frames(
                         ));
                     }
                 }
+                output_count.fetch_add(1, Ordering::Relaxed);
                 pending.push(Chunk {
                     session_id: session,
                     source,

@@ -11,11 +11,13 @@
 //! - A sink that reports its subscriber gone is removed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use super::lifecycle::SandboxStatus;
 use super::metrics::SandboxMetrics;
+use super::policy::RestartEnd;
 
 /// The steps of stop escalation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,6 +75,27 @@ pub enum SandboxEvent {
     },
     /// Resource use was sampled (every `metrics_interval`).
     MetricsSampled(SandboxMetrics),
+    /// The run ended and the restart policy starts the sandbox again after
+    /// `delay` (the status is Starting meanwhile).
+    RestartScheduled {
+        /// Which restart since a user started the sandbox, from 1.
+        attempt: u32,
+        /// The backoff delay.
+        delay: Duration,
+    },
+    /// The restart policy does not start the sandbox again, and why.
+    RestartEnded {
+        /// Why.
+        reason: RestartEnd,
+    },
+    /// An exec session reached its `timeout`: its process group was killed
+    /// (its `SessionExited` follows).
+    SessionTimedOut {
+        /// Session id.
+        id: u64,
+        /// The timeout it had.
+        timeout: Duration,
+    },
 }
 
 /// An event with where and when it happened.

@@ -92,6 +92,10 @@ pub enum TerminationReason {
     /// The kernel's OOM killer killed a process of the sandbox (its memory
     /// limit was reached) and the main command did not complete.
     OutOfMemory,
+    /// Its `idle_timeout` passed without exec sessions or output: stopped.
+    IdleTimeout,
+    /// Its `max_lifetime` passed since the run started: stopped.
+    LifetimeExceeded,
 }
 
 impl TerminationReason {
@@ -106,6 +110,8 @@ impl TerminationReason {
             Self::Killed => "Killed",
             Self::InternalError => "InternalError",
             Self::OutOfMemory => "OutOfMemory",
+            Self::IdleTimeout => "IdleTimeout",
+            Self::LifetimeExceeded => "LifetimeExceeded",
         }
     }
 }
@@ -129,6 +135,8 @@ impl FromStr for TerminationReason {
             Self::Killed,
             Self::InternalError,
             Self::OutOfMemory,
+            Self::IdleTimeout,
+            Self::LifetimeExceeded,
         ]
         .into_iter()
         .find(|reason| reason.as_str() == s)
@@ -151,6 +159,19 @@ pub struct RunEnd {
     pub at: DateTime<Utc>,
 }
 
+/// A restart waiting for its backoff delay (see
+/// [`policy`](super::policy)), as `ps` and `inspect` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRestart {
+    /// Which restart since a user started the sandbox, from 1.
+    pub attempt: u32,
+    /// The delay it waits.
+    #[serde(with = "crate::duration_serde")]
+    pub delay: std::time::Duration,
+    /// When it is due.
+    pub at: DateTime<Utc>,
+}
+
 /// Identifies the host process that owns a run, so a later runtime can tell a
 /// live owner from a dead one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,14 +189,32 @@ pub trait LifecycleStore: Send + Sync + 'static {
     /// Records the sandbox's status.
     fn set_status(&self, name: &str, status: SandboxStatus) -> BoxFuture<'_, Result<(), String>>;
     /// Opens a run row for a process that started and marks the sandbox
-    /// Running; returns the run id.
+    /// Running; returns the run id. `restart_count`: restarts by the policy
+    /// before this run since a user started the sandbox (0 for that start).
     fn run_started(
         &self,
         name: &str,
         pid: u32,
         host: HostId,
         at: DateTime<Utc>,
+        restart_count: u32,
     ) -> BoxFuture<'_, Result<i64, String>>;
+    /// Records the sandbox's status with the restart it waits for (`None`:
+    /// none), in one statement: `Starting` and the pending restart when one
+    /// is scheduled; the last run's end when a scheduled one is called off.
+    fn set_restart(
+        &self,
+        name: &str,
+        status: SandboxStatus,
+        pending: Option<PendingRestart>,
+    ) -> BoxFuture<'_, Result<(), String>>;
+    /// Records on run `run_id` why the restart policy did not follow it
+    /// with another.
+    fn restart_ended(
+        &self,
+        run_id: i64,
+        end: super::policy::RestartEnd,
+    ) -> BoxFuture<'_, Result<(), String>>;
     /// Closes a run row and sets the sandbox's terminal status.
     fn run_ended(&self, name: &str, run_id: i64, end: RunEnd) -> BoxFuture<'_, Result<(), String>>;
 }

@@ -18,8 +18,9 @@
 //! # Messages (sender → receiver)
 //! - [`SupervisorMsg`]: the runtime (`Sandbox`, the control server) → the
 //!   supervisor; its own timers (`Escalate`, `KillTimedOut`, `BootTimedOut`,
-//!   `DrainTimedOut`, `SampleMetrics`) → itself; `Vm` from the agent link,
-//!   `Tap` from the relay tap.
+//!   `DrainTimedOut`, `SampleMetrics`, `RestartDue`, `IdleCheck`,
+//!   `LifetimeExceeded`, `SessionDeadline`) → itself; `Vm` from the agent
+//!   link, `Tap` from the relay tap.
 //! - [`AgentLinkMsg`]: the supervisor → the agent link (`Signal`, `Kill`,
 //!   `KillFromHost`, `Exec`, `Session`); the capture task → the agent link
 //!   (`Frame`, `ReaderDone`); the agent's exit watcher → the agent link
@@ -38,6 +39,7 @@ pub mod events;
 pub mod lifecycle;
 pub mod metrics;
 pub mod phase;
+pub mod policy;
 pub mod session;
 pub mod stdin;
 pub mod supervisor;
@@ -79,6 +81,14 @@ pub struct SandboxSpec {
     pub kill_timeout: Duration,
     /// Resource sampling period; `None` disables metrics.
     pub metrics_interval: Option<Duration>,
+    /// When a run that ended is followed by another.
+    pub restart: policy::Restart,
+    /// The delays between restarts.
+    pub backoff: policy::RestartBackoff,
+    /// Stop after this long without exec sessions and without output.
+    pub idle_timeout: Option<Duration>,
+    /// Stop this long after the run started.
+    pub max_lifetime: Option<Duration>,
 }
 
 /// Why a sandbox did not start: the protocol's one definition of
@@ -145,6 +155,8 @@ pub enum SupervisorMsg {
     Exec {
         /// What to run.
         spec: ExecSpec,
+        /// Kill its process group this long after it was asked for.
+        timeout: Option<Duration>,
         /// Where its output and exit go, live.
         output: mpsc::UnboundedSender<ExecItem>,
         /// Session id and pid, or why not.
@@ -167,6 +179,22 @@ pub enum SupervisorMsg {
     DrainTimedOut,
     /// The latest resource sample.
     Metrics(RpcReplyPort<Result<metrics::SandboxMetrics, MetricsUnavailable>>),
+    /// Timer: the backoff delay of restart `attempt` ran out: start again.
+    RestartDue {
+        /// Which restart armed it.
+        attempt: u32,
+    },
+    /// Timer: look whether the run has been idle for `idle_timeout`.
+    IdleCheck,
+    /// Timer: the run has been up for `max_lifetime`.
+    LifetimeExceeded,
+    /// Timer: exec session `session` reached its timeout.
+    SessionDeadline {
+        /// Session id.
+        session: u64,
+        /// The timeout it had.
+        timeout: Duration,
+    },
 }
 
 /// Why a pause or resume was refused.
@@ -373,6 +401,9 @@ pub enum SessionInput {
     },
     /// A signal to its process group.
     Signal(i32),
+    /// Its deadline passed: SIGKILL to its process group, and its exit is
+    /// reported as timed out.
+    Expire,
 }
 
 /// What an exec session's caller receives, in order.
@@ -391,6 +422,8 @@ pub enum ExecItem {
         code: Option<i32>,
         /// Signal, if one killed it.
         signal: Option<i32>,
+        /// Its timeout killed it.
+        timed_out: bool,
     },
 }
 

@@ -29,6 +29,11 @@ impl Routes {
         self.lock().remove(&session)
     }
 
+    /// Whether `session` has a route (it runs, as far as the host knows).
+    pub fn contains(&self, session: u64) -> bool {
+        self.lock().contains_key(&session)
+    }
+
     /// Sends `item` to `session`'s caller; whether `session` has a route
     /// (a session the host never started, or that ended, has none).
     pub fn send(&self, session: u64, item: ExecItem) -> bool {

@@ -34,8 +34,29 @@
 //!
 //! Once the run has ended, the supervisor writes the `--- sandbox stopped … ---`
 //! marker, answers waiters and stops; its children stop with it.
+//!
+//! # Restarts, limits, deadlines
+//! - Under a [restart policy](super::policy) the supervisor outlives the
+//!   run: it records the end, stops the run's agent link and its timers
+//!   (every timer of a run is aborted with it, so none reaches the next
+//!   run), records `Starting` with the pending restart, publishes
+//!   `RestartScheduled` and arms `RestartDue` after the backoff delay; then
+//!   it spawns a new agent link (a new run row once Ready). The relay tap,
+//!   the event sequence and the subscribers carry over. Meanwhile its status
+//!   is `Starting`, exec sessions are refused, and a `Stop`, `Kill` or
+//!   `Drain` calls the restart off: the last run's status comes back and the
+//!   supervisor ends as without a policy. Waiters are answered only when no
+//!   restart follows.
+//! - `idle_timeout`: `IdleCheck` timers (every quarter of the timeout) look
+//!   at the agent link's output counter and the exec sessions; a quarter of
+//!   the timeout is the precision. `max_lifetime`: one `LifetimeExceeded`
+//!   timer from Ready. Either stops the run with its termination reason.
+//! - An exec session with a `timeout` gets a `SessionDeadline` timer; if the
+//!   session still runs then, `SessionTimedOut` is published and the agent
+//!   link SIGKILLs its process group and reports its exit as timed out.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,12 +65,14 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use tokio::sync::{oneshot, watch};
 
 use super::events::{EventSink, Publisher, SandboxEvent};
-use super::lifecycle::{HostId, LifecycleStore, SandboxStatus};
+use super::lifecycle::{HostId, LifecycleStore, PendingRestart, SandboxStatus, TerminationReason};
 use super::metrics::{Sampler, SandboxMetrics};
 use super::phase::{self, Context, Input, Phase};
+use super::policy::{RestartEnd, RestartTracker};
 use super::{
     AgentLink, AgentLinkArgs, AgentLinkMsg, BootFailure, ExecRefused, FreezeRefused,
-    MetricsUnavailable, SandboxEnded, SandboxSpec, StopOutcome, SupervisorMsg, VmEvent,
+    MetricsUnavailable, SandboxEnded, SandboxSpec, SessionInput, StopOutcome, SupervisorMsg,
+    VmEvent,
 };
 use crate::backend::Backend;
 use crate::log::tap::{DiskFull, RelayTap, RelayTapMsg, TapArgs, TapEvent};
@@ -103,7 +126,25 @@ pub struct SupervisorState {
     metrics: Option<SandboxMetrics>,
     metrics_timer: Option<ractor::concurrency::JoinHandle<()>>,
     stop_waiters: Vec<RpcReplyPort<StopOutcome>>,
+    /// Starts each run's agent.
+    backend: Arc<dyn Backend>,
+    /// Output chunks the agent links have read.
+    output_count: Arc<AtomicU64>,
+    /// Timers of the current run, aborted when it ends.
+    run_timers: Vec<Timer>,
+    /// When the current run became Ready.
+    running_since: Option<Instant>,
+    /// The output count and time of the last activity seen (idle timeout).
+    idle: (u64, Instant),
+    /// What asked for the current run's end (a user, a limit).
+    stopped_by: Option<RestartEnd>,
+    restarts: RestartTracker,
+    /// The restart waiting for its delay, and its timer.
+    pending_restart: Option<(PendingRestart, Timer)>,
 }
+
+/// A `send_after` timer of the supervisor.
+type Timer = ractor::concurrency::JoinHandle<Result<(), ractor::MessagingErr<SupervisorMsg>>>;
 
 impl Actor for SandboxSupervisor {
     type Msg = SupervisorMsg;
@@ -119,16 +160,18 @@ impl Actor for SandboxSupervisor {
         // The runtime recorded Starting before spawning this supervisor; the
         // tap creates the log directory.
         let tap = spawn_tap(&myself, &spec, 0).await?;
-        let (tap_tx, tap_rx) = watch::channel(tap.clone());
+        let (tap_tx, _) = watch::channel(tap.clone());
         let boot_timeout = args.backend.boot_timeout();
-        let link_args = AgentLinkArgs {
-            spec: spec.vm.clone(),
-            tap: tap_rx,
-            events: myself.get_derived(),
-            backend: args.backend,
-        };
-        let (link, _) = Actor::spawn_linked(None, AgentLink, link_args, myself.get_cell()).await?;
-        myself.send_after(boot_timeout, || SupervisorMsg::BootTimedOut);
+        let output_count = Arc::new(AtomicU64::new(0));
+        let link = spawn_link(
+            &myself,
+            spec.vm.clone(),
+            &tap_tx,
+            &args.backend,
+            &output_count,
+        )
+        .await?;
+        let boot_timer = myself.send_after(boot_timeout, || SupervisorMsg::BootTimedOut);
         Ok(SupervisorState {
             spec,
             store: args.store,
@@ -151,6 +194,14 @@ impl Actor for SandboxSupervisor {
             metrics: None,
             metrics_timer: None,
             stop_waiters: Vec::new(),
+            backend: args.backend,
+            output_count,
+            run_timers: vec![boot_timer],
+            running_since: None,
+            idle: (0, Instant::now()),
+            stopped_by: None,
+            restarts: RestartTracker::default(),
+            pending_restart: None,
         })
     }
 
@@ -162,7 +213,7 @@ impl Actor for SandboxSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         let input = match msg {
             SupervisorMsg::Status(reply) => {
-                let _ = reply.send(state.phase.status());
+                let _ = reply.send(state.status());
                 return Ok(());
             }
             SupervisorMsg::WaitStopped(reply) => {
@@ -177,9 +228,54 @@ impl Actor for SandboxSupervisor {
             SupervisorMsg::Pause(reply) => return state.freeze(&myself, true, reply).await,
             SupervisorMsg::Resume(reply) => return state.freeze(&myself, false, reply).await,
             SupervisorMsg::Abandon(why) => return state.abandon(&myself, &why).await,
-            SupervisorMsg::Stop { timeout } => Input::Stop(timeout),
-            SupervisorMsg::Kill => Input::Kill,
-            SupervisorMsg::Drain { timeout } => Input::Drain(timeout),
+            SupervisorMsg::Stop { .. } | SupervisorMsg::Kill | SupervisorMsg::Drain { .. }
+                if state.pending_restart.is_some() =>
+            {
+                return state.call_off_restart(&myself).await;
+            }
+            SupervisorMsg::Stop { timeout } => {
+                state.stopped_by.get_or_insert(RestartEnd::StopRequested);
+                Input::Stop(timeout)
+            }
+            SupervisorMsg::Kill => {
+                state.stopped_by.get_or_insert(RestartEnd::StopRequested);
+                Input::Kill
+            }
+            SupervisorMsg::Drain { timeout } => {
+                state.stopped_by.get_or_insert(RestartEnd::StopRequested);
+                Input::Drain(timeout)
+            }
+            SupervisorMsg::RestartDue { attempt } => {
+                return state.restart_due(&myself, attempt).await;
+            }
+            SupervisorMsg::IdleCheck => match state.idle_check(&myself) {
+                Some(input) => input,
+                None => return Ok(()),
+            },
+            SupervisorMsg::LifetimeExceeded => {
+                if !matches!(state.phase, Phase::Running { .. }) {
+                    return Ok(());
+                }
+                state.stopped_by.get_or_insert(RestartEnd::LifetimeExceeded);
+                Input::Expired(TerminationReason::LifetimeExceeded)
+            }
+            SupervisorMsg::SessionDeadline { session, timeout } => {
+                if state.sessions.contains(&session) {
+                    state.publish(SandboxEvent::SessionTimedOut {
+                        id: session,
+                        timeout,
+                    });
+                    state.note(
+                        false,
+                        &format!("exec session {session} timed out after {timeout:?}; killing its process group"),
+                    );
+                    state.to_link(AgentLinkMsg::Session {
+                        session,
+                        input: SessionInput::Expire,
+                    })?;
+                }
+                return Ok(());
+            }
             SupervisorMsg::Escalate { epoch } => Input::Escalate(epoch),
             SupervisorMsg::KillTimedOut => Input::KillTimedOut,
             SupervisorMsg::BootTimedOut => Input::BootTimedOut,
@@ -199,6 +295,7 @@ impl Actor for SandboxSupervisor {
             }
             SupervisorMsg::Exec {
                 mut spec,
+                timeout,
                 output,
                 reply,
             } => {
@@ -208,12 +305,18 @@ impl Actor for SandboxSupervisor {
                     SandboxStatus::Draining => Some(ExecRefused::Draining),
                     _ => Some(ExecRefused::NotRunning),
                 };
-                match (refused, &state.link) {
+                match (refused, state.link.clone()) {
                     (None, Some(link)) => {
                         state.next_session += 1;
                         spec.session = state.next_session;
                         // Counted from now: a drain must wait for it too.
                         state.sessions.insert(spec.session);
+                        if let Some(timeout) = timeout {
+                            let session = spec.session;
+                            state.arm_run_timer(&myself, timeout, move || {
+                                SupervisorMsg::SessionDeadline { session, timeout }
+                            });
+                        }
                         link.cast(AgentLinkMsg::Exec {
                             spec,
                             output,
@@ -273,7 +376,9 @@ impl Actor for SandboxSupervisor {
             ),
             _ => return Ok(()),
         };
-        if state.phase.is_ended() {
+        // Between runs (a restart pending) the tap still matters: the next
+        // run writes through it.
+        if state.phase.is_ended() && state.pending_restart.is_none() {
             return Ok(());
         }
         if cell.get_id() == state.tap.get_id() {
@@ -305,7 +410,7 @@ impl Actor for SandboxSupervisor {
             let tap = spawn_tap(&myself, &state.spec, state.generation).await?;
             state.tap = tap.clone();
             // The capture task waits on this to resume writing.
-            let _ = state.tap_tx.send(tap);
+            state.tap_tx.send_replace(tap);
         } else if state
             .link
             .as_ref()
@@ -320,6 +425,25 @@ impl Actor for SandboxSupervisor {
         }
         Ok(())
     }
+}
+
+/// Spawns the agent link of one run, linked to the supervisor.
+async fn spawn_link(
+    myself: &ActorRef<SupervisorMsg>,
+    vm: super::VmSpec,
+    tap: &watch::Sender<ActorRef<RelayTapMsg>>,
+    backend: &Arc<dyn Backend>,
+    output_count: &Arc<AtomicU64>,
+) -> Result<ActorRef<AgentLinkMsg>, ActorProcessingErr> {
+    let link_args = AgentLinkArgs {
+        spec: vm,
+        tap: tap.subscribe(),
+        events: myself.get_derived(),
+        backend: backend.clone(),
+        output_count: output_count.clone(),
+    };
+    let (link, _) = Actor::spawn_linked(None, AgentLink, link_args, myself.get_cell()).await?;
+    Ok(link)
 }
 
 async fn spawn_tap(
@@ -396,11 +520,23 @@ impl SupervisorState {
         Ok(())
     }
 
-    /// How the run ended, once it has.
+    /// The status as the store has it: `Starting` while a restart waits.
+    fn status(&self) -> SandboxStatus {
+        if self.pending_restart.is_some() {
+            SandboxStatus::Starting
+        } else {
+            self.phase.status()
+        }
+    }
+
+    /// How the run ended, once it has and no restart follows.
     fn outcome(&self) -> Option<StopOutcome> {
         let Phase::Ended(ending) = &self.phase else {
             return None;
         };
+        if self.pending_restart.is_some() {
+            return None;
+        }
         Some(StopOutcome {
             name: self.spec.name.clone(),
             status: ending.status,
@@ -425,6 +561,31 @@ impl SupervisorState {
         self.events.publish(&self.spec.name, event);
     }
 
+    /// `IdleCheck`: the input that stops an idle run, or `None` (and the
+    /// next check armed) while it is not idle for `idle_timeout`.
+    fn idle_check(&mut self, myself: &ActorRef<SupervisorMsg>) -> Option<Input> {
+        let limit = self.spec.idle_timeout?;
+        if !matches!(self.phase, Phase::Running { .. }) {
+            // Ending, or between runs: the next run arms its own checks.
+            return None;
+        }
+        let now = Instant::now();
+        let count = self.output_count.load(Ordering::Relaxed);
+        if count != self.idle.0 || !self.sessions.is_empty() {
+            self.idle = (count, now);
+        }
+        let idle_for = now.saturating_duration_since(self.idle.1);
+        if idle_for >= limit {
+            self.stopped_by.get_or_insert(RestartEnd::IdleTimeout);
+            return Some(Input::Expired(TerminationReason::IdleTimeout));
+        }
+        let next = (limit / 4)
+            .min(limit - idle_for)
+            .max(Duration::from_millis(1));
+        self.arm_run_timer(myself, next, || SupervisorMsg::IdleCheck);
+        None
+    }
+
     /// Handles what needs no phase transition; returns the input for the
     /// rest.
     fn on_vm(&mut self, event: VmEvent) -> Option<Input> {
@@ -439,10 +600,13 @@ impl SupervisorState {
             }
             VmEvent::SessionFailed { id } => {
                 self.sessions.remove(&id);
+                self.idle.1 = Instant::now();
                 Some(Input::SessionEnded)
             }
             VmEvent::SessionExited { id, code, signal } => {
                 self.sessions.remove(&id);
+                // A session's end is activity: the idle time starts now.
+                self.idle.1 = Instant::now();
                 self.publish(SandboxEvent::SessionExited { id, code, signal });
                 Some(Input::SessionEnded)
             }

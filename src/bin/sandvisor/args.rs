@@ -137,6 +137,19 @@ pub(crate) struct RunArgs {
     /// Time between the stop signal and SIGKILL (10s, 1m, …; at most 1 year).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub stop_timeout: Option<Duration>,
+    /// Restart policy: no (default), on-failure[:N] (at most N restarts in
+    /// a row), always, unless-stopped; 100 ms between restarts, doubling to
+    /// 1 minute, back to 100 ms after 10 s up. A stop ends it.
+    #[arg(long, value_name = "POLICY")]
+    pub restart: Option<String>,
+    /// Stop the sandbox after this long without exec sessions and without
+    /// output (termination reason IdleTimeout).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Stop the sandbox this long after it started (termination reason
+    /// LifetimeExceeded).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_lifetime: Option<Duration>,
     /// Remove the sandbox once it has stopped (foreground only).
     #[arg(long)]
     pub rm: bool,
@@ -170,6 +183,10 @@ pub(crate) struct SessionArgs {
 pub(crate) struct ExecArgs {
     #[command(flatten)]
     pub session: SessionArgs,
+    /// Kill the command's whole process group after this long (1s, 5m);
+    /// then exit 124, as coreutils `timeout` does.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
     /// The sandbox.
     pub name: String,
     /// The command and its arguments.

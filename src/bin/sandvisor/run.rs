@@ -115,6 +115,14 @@ fn config_from(args: &RunArgs) -> Result<SandboxConfig> {
     if let Some(timeout) = args.stop_timeout {
         config.stop_timeout = timeout;
     }
+    if let Some(policy) = &args.restart {
+        config.restart = policy.parse().map_err(|reason| Error::InvalidConfig {
+            field: "restart".into(),
+            reason,
+        })?;
+    }
+    config.idle_timeout = args.idle_timeout;
+    config.max_lifetime = args.max_lifetime;
     config.stdin = args.session.interactive;
     config.tty = args.session.tty;
     config.validate()?;
@@ -289,6 +297,9 @@ async fn foreground(runtime: &Sandvisor, sandbox: &Sandbox, args: &RunArgs) -> R
     Ok(exit_code(result.exit_code, result.signal))
 }
 
+/// The exit code of an `exec` killed at its `--timeout`.
+const EXIT_TIMED_OUT: u8 = 124;
+
 /// `sandvisor exec`.
 pub(crate) async fn exec(home: Option<PathBuf>, args: ExecArgs) -> Result<ExitCode> {
     let runtime = open(home).await?;
@@ -301,6 +312,7 @@ pub(crate) async fn exec(home: Option<PathBuf>, args: ExecArgs) -> Result<ExitCo
     config.user = io.user.clone();
     config.tty = io.tty;
     config.stdin = io.interactive;
+    config.timeout = args.timeout;
     if let Some((rows, cols)) = terminal_size().filter(|_| args.session.tty) {
         config.rows = rows;
         config.cols = cols;
@@ -344,6 +356,8 @@ pub(crate) async fn exec(home: Option<PathBuf>, args: ExecArgs) -> Result<ExitCo
     }
     drop(raw);
     match session.status() {
+        // coreutils `timeout`'s code: scripts tell a deadline from a crash.
+        Some(status) if status.timed_out => Ok(ExitCode::from(EXIT_TIMED_OUT)),
         Some(status) => Ok(exit_code(status.code, status.signal)),
         None => Err(Error::SandboxNotRunning(args.name)),
     }

@@ -9,10 +9,10 @@ use futures::{FutureExt, StreamExt};
 use sandvisor::home;
 use sandvisor::isolation::caps;
 use sandvisor::logs::{LogOptions, LogSource, LogStreamOptions, LogStreamStart, Logs};
-use sandvisor::Seccomp;
 use sandvisor::{
     Error, LogCursor, Result, SandboxHandle, SandboxMetrics, SandboxStatus, Sandvisor,
 };
+use sandvisor::{PendingRestart, Seccomp};
 use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -123,6 +123,7 @@ pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> 
                     "exit_code": last.as_ref().and_then(|r| r.exit_code),
                     "exit_signal": last.as_ref().and_then(|r| r.exit_signal),
                     "termination_reason": last.as_ref().and_then(|r| r.termination_reason),
+                    "restart": handle.pending_restart(),
                     "created_at": handle.created_at(),
                     "privileged": handle.config().is_ok_and(|c| c.isolation.privileged),
                 })
@@ -137,8 +138,14 @@ pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> 
         .zip(&isolation)
         .map(|((handle, last, metrics), isolation)| {
             let status = handle.status_snapshot();
-            let running = !status.is_terminal() && status != SandboxStatus::Created;
-            let exit = match last.as_ref().filter(|_| status.is_terminal()) {
+            let pending = handle.pending_restart();
+            // Between runs nothing runs: no pid, no uptime, the last exit.
+            let running =
+                !status.is_terminal() && status != SandboxStatus::Created && pending.is_none();
+            let ended = last
+                .as_ref()
+                .filter(|_| status.is_terminal() || pending.is_some());
+            let exit = match ended {
                 Some(run) => match (run.exit_code, run.exit_signal) {
                     (_, Some(signal)) => format!("signal {signal}"),
                     (Some(code), None) => code.to_string(),
@@ -146,9 +153,13 @@ pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> 
                 },
                 None => dash(),
             };
+            let status_text = match pending {
+                Some(pending) => restarting(&pending, &exit),
+                None => status.to_string(),
+            };
             vec![
                 handle.name().to_string(),
-                status.to_string(),
+                status_text,
                 last.as_ref()
                     .filter(|_| running)
                     .map_or_else(dash, |r| r.pid.to_string()),
@@ -176,6 +187,26 @@ pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> 
         &rows,
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ps`'s status of a sandbox waiting for a restart, as docker's
+/// `Restarting (1)`: the last run's exit, and when the restart is due.
+fn restarting(pending: &PendingRestart, exit: &str) -> String {
+    let left = (pending.at - Utc::now()).to_std().unwrap_or_default();
+    // Whole milliseconds below a second, whole seconds above.
+    let left = if left < Duration::from_secs(1) {
+        Duration::from_millis(left.as_millis() as u64)
+    } else {
+        Duration::from_secs(left.as_secs())
+    };
+    if left.is_zero() {
+        format!("Restarting ({exit})")
+    } else {
+        format!(
+            "Restarting ({exit}) in {}",
+            humantime::format_duration(left)
+        )
+    }
 }
 
 /// How isolated a sandbox is, in a word for `ps`: `privileged` (no
@@ -262,11 +293,20 @@ pub(crate) async fn inspect(home: Option<PathBuf>, args: InspectArgs) -> Result<
 
 async fn describe(runtime: &Sandvisor, name: &str) -> Result<Value> {
     let handle = runtime.get(name).await?;
-    let config: Value =
-        serde_json::from_str(handle.config_json()).map_err(|e| Error::Database(e.to_string()))?;
-    let runs: Vec<Value> = runtime
-        .runs(name)
-        .await?
+    // Parsed and written again: a config stored in an older shape (a
+    // duration as {"secs", "nanos"}) prints as today's (a "10s" string).
+    let parsed = handle.config()?;
+    let config = serde_json::to_value(&parsed).map_err(|e| Error::Internal(e.to_string()))?;
+    let runs = runtime.runs(name).await?;
+    let last = runs.last();
+    let restart = json!({
+        "policy": parsed.restart.to_string(),
+        "backoff": parsed.restart_backoff,
+        "pending": handle.pending_restart(),
+        "restarts": last.map_or(0, |run| run.restart_count),
+        "ended": last.and_then(|run| run.restart_end),
+    });
+    let runs: Vec<Value> = runs
         .iter()
         .map(|run| {
             json!({
@@ -279,6 +319,8 @@ async fn describe(runtime: &Sandvisor, name: &str) -> Result<Value> {
                 "started_at": run.started_at,
                 "terminated_at": run.terminated_at,
                 "host_pid": run.host.pid,
+                "restart_count": run.restart_count,
+                "restart_end": run.restart_end,
             })
         })
         .collect();
@@ -291,6 +333,7 @@ async fn describe(runtime: &Sandvisor, name: &str) -> Result<Value> {
         "updated_at": handle.updated_at(),
         "config": config,
         "isolation": effective_isolation(runtime, &handle),
+        "restart": restart,
         "runs": runs,
         "paths": {
             "home": runtime.home(),

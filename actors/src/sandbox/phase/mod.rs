@@ -17,6 +17,7 @@
 //!    │  └ Stop: remembered, carried out at Ready       │                        └ KillTimedOut ─ Ended(Crashed)
 //!    └ BootFailed / BootTimedOut ─ Ended(Stopped, Failed)
 //! Running ─ Drain (sessions) ─ Draining ─ last session / DrainTimedOut ─ Stopping
+//! Running ─ Expired(IdleTimeout | LifetimeExceeded) ─ Stopping (with that reason)
 //! any ─ Exited ─ Ended(Stopped) · Lost ─ Ended(Crashed, or Stopped/Killed after a host kill)
 //! ```
 
@@ -131,6 +132,9 @@ pub enum Input {
     /// The sandbox cannot be supervised any more (a child actor is gone for
     /// good): the run ends Crashed.
     Abandon,
+    /// A limit of the sandbox ran out (`IdleTimeout`, `LifetimeExceeded`):
+    /// stop it with that reason, as a user's stop with the default timeout.
+    Expired(TerminationReason),
 }
 
 /// What the supervisor does, in order.

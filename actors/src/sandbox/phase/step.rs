@@ -186,6 +186,33 @@ pub fn step(phase: &Phase, input: Input, cx: &Context) -> Step {
             }
         },
         Input::Abandon => finish(phase, crashed(), cx, None, Vec::new()),
+        Input::Expired(reason) => match phase {
+            Phase::Running { .. } => {
+                let first = note(false, format!("{reason}: stopping"));
+                match stop(phase, cx.stop_timeout, cx, vec![first]) {
+                    (
+                        Phase::Stopping {
+                            deadline,
+                            epoch,
+                            drain,
+                            ..
+                        },
+                        actions,
+                    ) => (
+                        Phase::Stopping {
+                            reason,
+                            deadline,
+                            epoch,
+                            drain,
+                        },
+                        actions,
+                    ),
+                    other => other,
+                }
+            }
+            // Already ending, or not yet running (the limits start at Ready).
+            _ => unchanged(),
+        },
     }
 }
 

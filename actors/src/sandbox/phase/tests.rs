@@ -606,3 +606,44 @@ fn abandon_crashes_from_any_live_phase() {
         assert!(next.is_ended());
     }
 }
+
+#[test]
+fn an_expired_limit_stops_with_its_reason_and_only_while_running() {
+    let now = Instant::now();
+    for reason in [
+        TerminationReason::IdleTimeout,
+        TerminationReason::LifetimeExceeded,
+    ] {
+        let (phase, actions) = run(
+            running(),
+            vec![
+                Input::Expired(reason),
+                Input::Exited {
+                    code: None,
+                    signal: Some(libc::SIGTERM),
+                    oom_killed: false,
+                },
+            ],
+            &cx(now, 0),
+        );
+        assert_eq!(
+            without_notes(&actions)[..4],
+            [
+                set_status(SandboxStatus::Running, SandboxStatus::Draining),
+                Action::SignalAll(libc::SIGTERM),
+                Action::SignalAll(libc::SIGCONT),
+                Action::ArmEscalation {
+                    epoch: 1,
+                    after: STOP
+                },
+            ]
+        );
+        assert_eq!(ending(&actions).reason, reason);
+        assert!(phase.is_ended());
+        // Starting, stopping or ended: the limit changes nothing.
+        for phase in [starting(), Phase::Draining] {
+            let (next, actions) = step(&phase, Input::Expired(reason), &cx(now, 0));
+            assert_eq!((next, actions), (phase, Vec::new()));
+        }
+    }
+}

@@ -1,6 +1,9 @@
 //! What the supervisor does for the phase machine: each [`Action`] executed,
 //! in order, before the next message (see the [supervisor](super) docs).
 
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
 use chrono::Utc;
 use ractor::ActorProcessingErr;
 use ractor::{ActorRef, ActorStatus};
@@ -10,9 +13,11 @@ use crate::log::tap::{append_system_record, Chunk, RelayTapMsg};
 use crate::protocol::BootStage;
 use crate::protocol::SignalTarget;
 use crate::sandbox::events::SandboxEvent;
+use crate::sandbox::lifecycle::PendingRestart;
 use crate::sandbox::lifecycle::{RunEnd, SandboxStatus};
 use crate::sandbox::metrics::Sampler;
-use crate::sandbox::phase::{Action, Ending};
+use crate::sandbox::phase::{Action, Ending, Phase};
+use crate::sandbox::policy::{Decision, RestartEnd, RunSummary};
 use crate::sandbox::{
     boot_error, stopped_marker, AgentLinkMsg, BootFailure, SandboxEnded, SupervisorMsg,
     UnrecordedEnd,
@@ -41,13 +46,13 @@ impl SupervisorState {
                 Action::KillThroughAgent => self.to_link(AgentLinkMsg::Kill)?,
                 Action::KillFromHost => self.to_link(AgentLinkMsg::KillFromHost)?,
                 Action::ArmEscalation { epoch, after } => {
-                    myself.send_after(after, move || SupervisorMsg::Escalate { epoch });
+                    self.arm_run_timer(myself, after, move || SupervisorMsg::Escalate { epoch });
                 }
                 Action::ArmKillTimeout(after) => {
-                    myself.send_after(after, || SupervisorMsg::KillTimedOut);
+                    self.arm_run_timer(myself, after, || SupervisorMsg::KillTimedOut);
                 }
                 Action::ArmDrainTimeout(after) => {
-                    myself.send_after(after, || SupervisorMsg::DrainTimedOut);
+                    self.arm_run_timer(myself, after, || SupervisorMsg::DrainTimedOut);
                 }
                 Action::Escalated { from, to } => {
                     self.publish(SandboxEvent::Escalated { from, to });
@@ -61,7 +66,21 @@ impl SupervisorState {
         Ok(())
     }
 
-    fn to_link(&self, msg: AgentLinkMsg) -> Result<(), ActorProcessingErr> {
+    /// Arms a timer that belongs to the current run: it is aborted when the
+    /// run ends, so it never reaches the next one.
+    pub(super) fn arm_run_timer(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        after: Duration,
+        msg: impl FnOnce() -> SupervisorMsg + Send + 'static,
+    ) {
+        // Fired timers are dropped as new ones come: a long run with an idle
+        // check or many timed execs keeps only the live handles.
+        self.run_timers.retain(|timer| !timer.is_finished());
+        self.run_timers.push(myself.send_after(after, msg));
+    }
+
+    pub(super) fn to_link(&self, msg: AgentLinkMsg) -> Result<(), ActorProcessingErr> {
         if let Some(link) = &self.link {
             link.cast(msg)?;
         }
@@ -77,7 +96,13 @@ impl SupervisorState {
         let host_pid = self.init_pid.unwrap_or(pid);
         match self
             .store
-            .run_started(&self.spec.name, host_pid, self.host, Utc::now())
+            .run_started(
+                &self.spec.name,
+                host_pid,
+                self.host,
+                Utc::now(),
+                self.restarts.attempts(),
+            )
             .await
         {
             Ok(run_id) => self.run_id = Some(run_id),
@@ -111,6 +136,16 @@ impl SupervisorState {
                 Some(myself.send_interval(interval, || SupervisorMsg::SampleMetrics));
         }
         boot_error::remove(&self.spec.log_dir);
+        self.running_since = Some(Instant::now());
+        if let Some(limit) = self.spec.max_lifetime {
+            self.arm_run_timer(myself, limit, || SupervisorMsg::LifetimeExceeded);
+        }
+        if let Some(limit) = self.spec.idle_timeout {
+            self.idle = (self.output_count.load(Ordering::Relaxed), Instant::now());
+            self.arm_run_timer(myself, (limit / 4).max(Duration::from_millis(1)), || {
+                SupervisorMsg::IdleCheck
+            });
+        }
         // Routine: the embedding service's log, not the sandbox's file.
         tracing::info!(sandbox = %self.spec.name, pid, host_pid, "started");
         if let Some(started) = self.started.take() {
@@ -198,8 +233,53 @@ impl SupervisorState {
             timer.abort();
         }
         self.sampler = None;
+        // Between runs (a restart pending) there is nothing to sample.
+        self.metrics = None;
+        for timer in self.run_timers.drain(..) {
+            timer.abort();
+        }
+        if let Some(link) = self.link.take() {
+            // Its agent is gone; a restart gets a link of its own.
+            link.stop(None);
+        }
         self.publish(SandboxEvent::StatusChanged { from, to: status });
         tracing::info!(sandbox = %self.spec.name, %status, %reason, ?exit_code, ?signal, "ended");
+        // The first start's boot failure goes to its starter as an error,
+        // not to the policy.
+        let first_boot_failed = failure.is_some() && self.started.is_some();
+        let run = RunSummary {
+            reason,
+            ran_for: self.running_since.take().map(|since| since.elapsed()),
+            stopped_by: self.stopped_by,
+            unrecorded: unrecorded.is_some(),
+        };
+        let decision = if first_boot_failed {
+            Decision::NoPolicy
+        } else {
+            self.restarts
+                .decide(self.spec.restart, &self.spec.backoff, run)
+        };
+        match decision {
+            Decision::Restart { attempt, delay } => {
+                if self.schedule_restart(myself, status, attempt, delay).await {
+                    return Ok(());
+                }
+                self.end_restarts(RestartEnd::Unrecorded).await;
+            }
+            Decision::End(end) => self.end_restarts(end).await,
+            Decision::NoPolicy => {}
+        }
+        self.final_end(myself, unrecorded, failure)
+    }
+
+    /// Ends the supervisor: tells the parent, answers the waiters (and the
+    /// starter, of a boot failure), stops.
+    pub(super) fn final_end(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        unrecorded: Option<UnrecordedEnd>,
+        failure: Option<BootFailure>,
+    ) -> Result<(), ActorProcessingErr> {
         let outcome = self
             .outcome()
             .ok_or("the phase machine finished without ending")?;
@@ -218,6 +298,129 @@ impl SupervisorState {
             let _ = started.send(Err(failure));
         }
         myself.stop(None);
+        Ok(())
+    }
+
+    /// Records and announces restart `attempt` after `delay`, and arms its
+    /// timer; `false` if the store refused it (no restart then).
+    async fn schedule_restart(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        ended: SandboxStatus,
+        attempt: u32,
+        delay: Duration,
+    ) -> bool {
+        let pending = PendingRestart {
+            attempt,
+            delay,
+            at: Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX),
+        };
+        let recorded = self
+            .store
+            .set_restart(&self.spec.name, SandboxStatus::Starting, Some(pending))
+            .await;
+        if let Err(err) = recorded {
+            self.note(
+                true,
+                &format!("cannot record the restart ({err}); not restarting"),
+            );
+            return false;
+        }
+        self.publish(SandboxEvent::StatusChanged {
+            from: ended,
+            to: SandboxStatus::Starting,
+        });
+        self.publish(SandboxEvent::RestartScheduled { attempt, delay });
+        self.note(
+            false,
+            &format!(
+                "restart policy {}: restart {attempt} in {delay:?}",
+                self.spec.restart
+            ),
+        );
+        let timer = myself.send_after(delay, move || SupervisorMsg::RestartDue { attempt });
+        self.pending_restart = Some((pending, timer));
+        true
+    }
+
+    /// Records on the last run why no restart follows, and publishes it.
+    async fn end_restarts(&mut self, end: RestartEnd) {
+        if let Some(run_id) = self.run_id {
+            if let Err(err) = self.store.restart_ended(run_id, end).await {
+                self.note(
+                    true,
+                    &format!("cannot record why restarting ended ({end}): {err}"),
+                );
+            }
+        }
+        self.note(
+            false,
+            &format!(
+                "restart policy {}: not restarting ({end})",
+                self.spec.restart
+            ),
+        );
+        self.publish(SandboxEvent::RestartEnded { reason: end });
+    }
+
+    /// A stop, kill or drain while a restart waits: the restart is called
+    /// off, the last run's status comes back, and the supervisor ends.
+    pub(super) async fn call_off_restart(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some((_, timer)) = self.pending_restart.take() else {
+            return Ok(());
+        };
+        timer.abort();
+        let ended = self.phase.status();
+        if let Err(err) = self.store.set_restart(&self.spec.name, ended, None).await {
+            self.note(true, &format!("cannot record the status {ended}: {err}"));
+        }
+        self.publish(SandboxEvent::StatusChanged {
+            from: SandboxStatus::Starting,
+            to: ended,
+        });
+        self.end_restarts(RestartEnd::StopRequested).await;
+        self.final_end(myself, None, None)
+    }
+
+    /// `RestartDue`: starts the next run (a new agent link; the run row
+    /// comes at Ready).
+    pub(super) async fn restart_due(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        attempt: u32,
+    ) -> Result<(), ActorProcessingErr> {
+        if self
+            .pending_restart
+            .as_ref()
+            .is_none_or(|(pending, _)| pending.attempt != attempt)
+        {
+            return Ok(());
+        }
+        self.pending_restart = None;
+        if let Err(err) = self
+            .store
+            .set_restart(&self.spec.name, SandboxStatus::Starting, None)
+            .await
+        {
+            self.note(true, &format!("cannot record the restart as due: {err}"));
+        }
+        self.phase = Phase::Starting { stop: None };
+        self.run_id = None;
+        self.init_pid = None;
+        self.sessions.clear();
+        self.next_session = 1;
+        self.metrics = None;
+        self.stopped_by = None;
+        let mut vm = self.spec.vm.clone();
+        // Each run has its own cgroup; the last one's may not be gone yet.
+        vm.cgroup_id = format!("{}-r{attempt}", vm.cgroup_id);
+        let link =
+            super::spawn_link(myself, vm, &self.tap_tx, &self.backend, &self.output_count).await?;
+        self.link = Some(link);
+        self.arm_run_timer(myself, self.boot_timeout, || SupervisorMsg::BootTimedOut);
         Ok(())
     }
 
