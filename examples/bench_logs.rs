@@ -852,8 +852,11 @@ async fn bench_follow() -> BenchResult<()> {
         "== 3. Follow latency: {FOLLOW_APPENDS} appends ~{} ms apart, send -> entry delivered ==",
         FOLLOW_GAP.as_millis()
     );
-    let sandvisor = follow_sandvisor().await?;
-    let bare = follow_bare().await?;
+    // Both loops run as tasks of the runtime, as a service's consumers do
+    // (the main future runs on the main thread, outside the workers).
+    let sandvisor =
+        tokio::spawn(async { follow_sandvisor().await.map_err(|e| e.to_string()) }).await??;
+    let bare = tokio::spawn(async { follow_bare().await.map_err(|e| e.to_string()) }).await??;
     println!("{:<44} {:>9} {:>9} {:>9}", "", "p50 us", "p99 us", "max us");
     for (label, l) in [
         ("sandvisor RelayTap -> log_stream(follow)", &sandvisor),

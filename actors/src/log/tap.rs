@@ -40,6 +40,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort}
 use rayon::prelude::*;
 
 use crate::log::format::{LogSource, RecordEncoder, StreamKey};
+use crate::log::read::watch_hub;
 
 /// Messages carrying at least this much data are encoded on several threads.
 const PARALLEL_ENCODE_BYTES: usize = 64 << 10;
@@ -249,6 +250,10 @@ pub struct TapState {
     /// What to do with `file` before the next write.
     reopen: Reopen,
     events: Option<DerivedActorRef<TapEvent>>,
+    /// The log directory as the watch hub names it, for waking readers in
+    /// this process after a write (`None` if it cannot be resolved: readers
+    /// then rely on inotify and their poll).
+    canonical_dir: Option<PathBuf>,
 }
 
 impl TapState {
@@ -329,6 +334,15 @@ impl TapState {
     /// How many chunks are on disk, whole, and why the rest are not; a
     /// [`DiskFull`] error once the wait is over.
     async fn write_patiently(&mut self, chunks: &[Chunk]) -> Result<(), WriteFailure> {
+        let result = self.write_waiting_for_space(chunks).await;
+        // Whatever landed, readers in this process see it now.
+        if let Some(dir) = &self.canonical_dir {
+            watch_hub::wake_readers_of(dir);
+        }
+        result
+    }
+
+    async fn write_waiting_for_space(&mut self, chunks: &[Chunk]) -> Result<(), WriteFailure> {
         let mut done = 0;
         let mut waited = Duration::ZERO;
         let mut pause = FIRST_DISK_FULL_PAUSE;
@@ -550,6 +564,7 @@ impl Actor for RelayTap {
             opened => (opened?, Reopen::No),
         };
         let size = file.metadata()?.len();
+        let canonical_dir = std::fs::canonicalize(&args.config.dir).ok();
         Ok(TapState {
             config: args.config,
             live,
@@ -565,6 +580,7 @@ impl Actor for RelayTap {
             written: 0,
             reopen,
             events: args.events,
+            canonical_dir,
         })
     }
 

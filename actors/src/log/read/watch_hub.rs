@@ -14,7 +14,8 @@
 //! Events are not messages: notify's thread wakes the readers of the
 //! directory an event names itself, through the registry the hub keeps (a
 //! read lock), so that an append reaches its readers with one thread hop,
-//! not two. A rescan or overflow signal, or a watcher error, wakes every
+//! not two; a writer in this process ([`wake_readers_of`]) wakes them itself
+//! right after its write, with no thread hop at all. A rescan or overflow signal, or a watcher error, wakes every
 //! reader, since events may have been lost.
 //!
 //! Wakers are expected to coalesce (a reader woken twice before it ran reads
@@ -90,14 +91,34 @@ pub struct HubStats {
 /// The watcher actor. See the module docs.
 pub struct WatchHub;
 
-/// The wakers of each watched directory: written by the hub, read by
-/// notify's thread.
-type Registry = Arc<RwLock<HashMap<PathBuf, HashMap<WatchId, Waker>>>>;
+/// The wakers of each watched directory (by canonical path): written by
+/// the hub, read by notify's thread and by writers in this process.
+type Registry = RwLock<HashMap<PathBuf, HashMap<WatchId, Waker>>>;
+
+/// The process's registry.
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(Registry::default)
+}
+
+/// Wakes the readers of `dir` (a canonical path) in this process at once.
+///
+/// Called by a writer in this process right after it appended to a log in
+/// `dir` (the RelayTap): its readers then run on the writer's worker next,
+/// without waiting for inotify's event to cross notify's thread. Readers in
+/// other processes still learn of it from inotify. Cheap when nobody reads
+/// `dir`: one read lock and one lookup.
+pub fn wake_readers_of(dir: &Path) {
+    let dirs = registry().read().unwrap_or_else(PoisonError::into_inner);
+    if let Some(readers) = dirs.get(dir) {
+        readers.values().for_each(|wake| wake());
+    }
+}
 
 /// The hub's state.
 pub struct HubState {
     watcher: Option<RecommendedWatcher>,
-    dirs: Registry,
+    dirs: &'static Registry,
     ids: HashMap<WatchId, PathBuf>,
     next_id: WatchId,
 }
@@ -145,9 +166,8 @@ impl Actor for WatchHub {
         _: ActorRef<Self::Msg>,
         _: (),
     ) -> Result<HubState, ActorProcessingErr> {
-        let dirs = Registry::default();
-        let registry = dirs.clone();
-        let watcher = notify::recommended_watcher(move |event| wake(&registry, event));
+        let dirs = registry();
+        let watcher = notify::recommended_watcher(move |event| wake(dirs, event));
         let watcher = match watcher {
             Ok(watcher) => Some(watcher),
             Err(err) => {
