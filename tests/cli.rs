@@ -76,23 +76,6 @@ impl Cli {
     }
 }
 
-impl Drop for Cli {
-    /// Stops a daemon that `run -d` started for this home.
-    fn drop(&mut self) {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        let client = sandvisor::control::ControlClient::new(self.daemon_socket());
-        if let Ok(host) = runtime.block_on(client.host()) {
-            let pid = nix::unistd::Pid::from_raw(host.pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-}
-
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -10,24 +10,8 @@ use serde_json::Value;
 mod cli_home;
 use cli_home::Cli;
 
-/// A CLI home whose daemon (started by `run -d`) is killed with the test.
+/// A CLI home; its daemon (started by `run -d`) is killed with it.
 struct Home(Cli);
-
-impl Drop for Home {
-    fn drop(&mut self) {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        let client = sandvisor::control::ControlClient::new(self.0.home().join("sandvisord.sock"));
-        if let Ok(host) = runtime.block_on(client.host()) {
-            let pid = nix::unistd::Pid::from_raw(host.pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-}
 
 impl Home {
     fn new() -> Self {

@@ -53,3 +53,20 @@ impl Cli {
         String::from_utf8(out.stdout).unwrap()
     }
 }
+
+impl Drop for Cli {
+    /// Stops a daemon that `run -d` started for this home.
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        let client = sandvisor::control::ControlClient::new(self.home().join("sandvisord.sock"));
+        if let Ok(host) = runtime.block_on(client.host()) {
+            let pid = nix::unistd::Pid::from_raw(host.pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
