@@ -12,7 +12,7 @@ pub struct RestartBudget {
 }
 
 impl RestartBudget {
-    /// Failures a tailer may have within [`DEFAULT_WINDOW`].
+    /// Failures a tailer may have within [`Self::DEFAULT_WINDOW`].
     pub const DEFAULT_MAX: usize = 5;
     /// The window failures are counted in.
     pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);

@@ -52,7 +52,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a call that does not wait for a sandbox may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the server holds a call that waits for a sandbox's end before
-/// answering "still running": well inside [`REQUEST_TIMEOUT`].
+/// answering "still running": well inside a call's 30 s bound.
 pub const WAIT_WINDOW: Duration = Duration::from_secs(20);
 /// How long `create` and `start` may take: the server answers once the
 /// sandbox runs or failed to boot (a 30 s boot timeout), after validating

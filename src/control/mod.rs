@@ -9,7 +9,7 @@
 //!
 //! The API is small JSON over HTTP/1.1 (see ARCHITECTURE.md for the table);
 //! an exec session upgrades its connection to a stream of length-delimited
-//! frames ([`frame`]). Only the owner of the home may connect: the socket's
+//! frames (`frame.rs`). Only the owner of the home may connect: the socket's
 //! directory is `0700`, the socket `0600`, and the server drops connections
 //! whose peer credentials name another user.
 
