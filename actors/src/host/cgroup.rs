@@ -330,3 +330,93 @@ impl Drop for Cgroup {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A v1 layout under a temp dir: plain files stand in for the kernel's.
+    fn fake_v1() -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for controller in ["memory", "pids", "cpu"] {
+            std::fs::create_dir(root.path().join(controller)).unwrap();
+        }
+        root
+    }
+
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    #[test]
+    fn an_update_writes_every_limit_or_puts_back_what_it_wrote() {
+        let root = fake_v1();
+        let limits = Limits {
+            memory_bytes: Some(1 << 30),
+            pids: Some(100),
+            cpu_quota_us: None,
+        };
+        let group = Cgroup::create_under(root.path(), "g", limits).unwrap();
+        let memory = root.path().join("memory/sandvisor/g/memory.limit_in_bytes");
+        let pids = root.path().join("pids/sandvisor/g/pids.max");
+
+        group
+            .update(&LimitsUpdate {
+                memory_bytes: Some(Some(64 << 20)),
+                pids: Some(None),
+                cpu_quota_us: None,
+            })
+            .unwrap();
+        assert_eq!(
+            (read(&memory), read(&pids)),
+            ("67108864".into(), "max".into())
+        );
+
+        // No cpu group: refused before anything is written.
+        let err = group
+            .update(&LimitsUpdate {
+                memory_bytes: Some(Some(32 << 20)),
+                cpu_quota_us: Some(Some(50_000)),
+                ..LimitsUpdate::default()
+            })
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+        assert_eq!(read(&memory), "67108864");
+
+        // The pids write fails (a directory where the file was): the memory
+        // limit written before it is put back.
+        std::fs::remove_file(&pids).unwrap();
+        std::fs::create_dir(&pids).unwrap();
+        group
+            .update(&LimitsUpdate {
+                memory_bytes: Some(Some(32 << 20)),
+                pids: Some(Some(10)),
+                cpu_quota_us: None,
+            })
+            .unwrap_err();
+        assert_eq!(read(&memory), "67108864");
+    }
+
+    #[test]
+    fn an_update_applies_to_limits_as_given() {
+        let limits = Limits {
+            memory_bytes: Some(1),
+            pids: Some(2),
+            cpu_quota_us: None,
+        };
+        let update = LimitsUpdate {
+            memory_bytes: None,
+            pids: Some(None),
+            cpu_quota_us: Some(Some(3)),
+        };
+        assert_eq!(
+            update.apply_to(limits),
+            Limits {
+                memory_bytes: Some(1),
+                pids: None,
+                cpu_quota_us: Some(3)
+            }
+        );
+        assert!(LimitsUpdate::default().is_empty() && !update.is_empty());
+    }
+}
