@@ -41,8 +41,11 @@
 //!   (every timer of a run is aborted with it, so none reaches the next
 //!   run), records `Starting` with the pending restart, publishes
 //!   `RestartScheduled` and arms `RestartDue` after the backoff delay; then
-//!   it spawns a new agent link (a new run row once Ready). The relay tap,
-//!   the event sequence and the subscribers carry over. Meanwhile its status
+//!   it spawns a new agent link (a new run row once Ready). The relay tap
+//!   and the subscribers carry over; the events of the new run are numbered
+//!   from 1 again and carry its run id once its row exists. A live limits
+//!   update (`UpdateLimits`) also changes the limits later runs start with.
+//!   Meanwhile its status
 //!   is `Starting`, exec sessions are refused, and a `Stop`, `Kill` or
 //!   `Drain` calls the restart off: the last run's status comes back and the
 //!   supervisor ends as without a policy. Waiters are answered only when no
