@@ -751,6 +751,60 @@ fn bad(field: &str, reason: String) -> Error {
     }
 }
 
+/// A live change of a running sandbox's resource limits
+/// ([`crate::Sandbox::update`], `sandvisor update`): each `None` leaves that
+/// limit as it is. The change reaches the running sandbox's cgroup and its
+/// stored config, so later runs start with it too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Resources {
+    /// The memory limit ([`SandboxConfig::memory`]).
+    pub memory: Option<Limit>,
+    /// The CPU limit, in CPUs ([`SandboxConfig::cpus`]).
+    pub cpus: Option<f64>,
+    /// The pids limit ([`SandboxConfig::pids`]).
+    pub pids: Option<Limit>,
+}
+
+impl Resources {
+    /// Checks every value as [`SandboxConfig::validate`] does.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] (`memory`, `cpus`, `pids`) for a value out of
+    /// range, or (`resources`) when nothing is to change.
+    pub fn validate(&self) -> Result<()> {
+        if self.memory.is_none() && self.cpus.is_none() && self.pids.is_none() {
+            return Err(bad(
+                "resources",
+                "nothing to change: give memory, cpus or pids".into(),
+            ));
+        }
+        if let Some(memory) = self.memory {
+            check_limit("memory", memory)?;
+        }
+        if let Some(pids) = self.pids {
+            check_limit("pids", pids)?;
+        }
+        if let Some(cpus) = self.cpus {
+            check_cpus(cpus)?;
+        }
+        Ok(())
+    }
+
+    /// `config` with these limits.
+    pub fn apply_to(&self, config: &mut SandboxConfig) {
+        if let Some(memory) = self.memory {
+            config.memory = memory;
+        }
+        if let Some(pids) = self.pids {
+            config.pids = pids;
+        }
+        if let Some(cpus) = self.cpus {
+            config.cpus = Some(cpus);
+        }
+    }
+}
+
 /// Checks a memory (`memory`) or pids (`pids`) limit, or a runtime default
 /// of one (`default_memory`, `default_pids`).
 pub(crate) fn check_limit(field: &str, limit: Limit) -> Result<()> {

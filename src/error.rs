@@ -116,6 +116,15 @@ pub enum Error {
     /// The sandbox's `metrics_interval` is `None`.
     #[error("metrics are disabled for sandbox {0} (its metrics_interval is None)")]
     MetricsDisabled(String),
+    /// A live change of resource limits was refused by the host (the run
+    /// has no cgroup for it, or the kernel refused a value); nothing changed.
+    #[error("cannot update sandbox {name}: {reason}")]
+    UpdateRefused {
+        /// The sandbox.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// The operation needs a running (or, for resume, paused) sandbox.
     #[error("sandbox {0} is not running")]
     SandboxNotRunning(String),

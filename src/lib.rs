@@ -27,7 +27,9 @@ pub use logs::{
     LogStreamOptions, LogStreamStart, Logs,
 };
 
-pub use config::{Isolation, Limit, LogConfig, Mount, Restart, RestartBackoff, SandboxConfig};
+pub use config::{
+    Isolation, Limit, LogConfig, Mount, Resources, Restart, RestartBackoff, SandboxConfig,
+};
 pub use exec::{ExecConfig, ExecHandle, ExecOutput, ExecStatus};
 pub use isolation::seccomp::Seccomp;
 pub use runtime::{Sandbox, SandboxHandle, SandboxStopResult, Sandvisor, SandvisorBuilder};

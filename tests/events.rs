@@ -133,6 +133,85 @@ async fn the_runtime_stream_carries_every_sandbox_s_events_in_order() {
             [1, 2, 3, 4],
             "{name}"
         );
+        // Every event carries the sandbox's one run.
+        let runs = rt.runs(&name).await.unwrap();
+        assert!(events.iter().all(|e| e.run == Some(runs[0].id)), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn each_run_of_a_restart_policy_numbers_its_own_events_and_carries_its_id() {
+    let (_home, rt) = runtime().await;
+    let mut all = Box::pin(rt.events());
+    let mut config = SandboxConfig::shell("flaky", "exit 1");
+    config.metrics_interval = None;
+    config.restart = sandvisor::Restart::OnFailure {
+        max_retries: Some(2),
+    };
+    config.restart_backoff.initial = Duration::from_millis(10);
+    let sandbox = rt.create(config).await.unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(60), sandbox.wait_until_stopped())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.exit_code, Some(1));
+    let mut events = Vec::new();
+    while !events
+        .iter()
+        .any(|e: &EventEnvelope| matches!(e.event, SandboxEvent::RestartEnded { .. }))
+    {
+        let event = tokio::time::timeout(WAIT, all.next())
+            .await
+            .unwrap()
+            .unwrap();
+        events.push(event);
+    }
+    let runs = rt.runs("flaky").await.unwrap();
+    assert_eq!(runs.len(), 3, "the first run and two restarts");
+    // Each run reached Ready, so each of its events has its row's id.
+    assert!(
+        events.iter().all(|e| e.run.is_some()),
+        "{:?}",
+        events.iter().map(|e| (e.run, e.seq)).collect::<Vec<_>>()
+    );
+    for (i, run) in runs.iter().enumerate() {
+        let mine: Vec<&EventEnvelope> = events.iter().filter(|e| e.run == Some(run.id)).collect();
+        let seqs: Vec<u64> = mine.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=mine.len() as u64).collect::<Vec<_>>(),
+            "run {i}: numbered from 1 without gaps"
+        );
+        assert_eq!(
+            mine[0].event,
+            SandboxEvent::StatusChanged {
+                from: SandboxStatus::Starting,
+                to: SandboxStatus::Running
+            },
+            "run {i} starts its own sequence"
+        );
+        assert!(
+            mine.iter().any(|e| e.event
+                == SandboxEvent::SessionExited {
+                    id: 1,
+                    code: Some(1),
+                    signal: None
+                }),
+            "run {i}: its exit"
+        );
+        // The policy's word on a run belongs to that run.
+        let last = &mine.last().unwrap().event;
+        if i < 2 {
+            assert!(
+                matches!(last, SandboxEvent::RestartScheduled { attempt, .. } if *attempt == i as u32 + 1),
+                "run {i}: {last:?}"
+            );
+        } else {
+            assert!(
+                matches!(last, SandboxEvent::RestartEnded { .. }),
+                "run {i}: {last:?}"
+            );
+        }
     }
 }
 

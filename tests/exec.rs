@@ -229,6 +229,7 @@ async fn a_hundred_sandboxes_with_ten_sessions_each_lose_nothing() {
     // after them.
     let marker = sandvisor::EventEnvelope {
         sandbox: "marker".into(),
+        run: None,
         seq: 0,
         at: chrono::Utc::now(),
         event: SandboxEvent::Rotated { generation: 0 },

@@ -41,7 +41,7 @@ use tokio_util::codec::Framed;
 
 use super::frame::{self, ExecFrame};
 use super::{EndRequest, ErrorBody, HostInfo, Started, WaitRequest, EXEC_PROTOCOL};
-use crate::config::SandboxConfig;
+use crate::config::{Resources, SandboxConfig};
 use crate::error::{Error, Result};
 use crate::exec::{ExecConfig, ExecHandle, SessionLink};
 use crate::runtime::SandboxStopResult;
@@ -271,6 +271,24 @@ impl ControlClient {
         self.quick(self.send(Method::POST, sandbox_path(name, "resume")?, None))
             .await
             .and_then(expect_success)
+    }
+
+    /// Changes the resource limits of `name` (see [`crate::Sandbox::update`]).
+    ///
+    /// # Errors
+    /// As every call; as [`crate::Sandbox::update`] there.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: see the module docs.
+    pub async fn update(&self, name: &str, resources: &Resources) -> Result<()> {
+        let body = serde_json::to_vec(resources).map_err(|e| Error::Internal(e.to_string()))?;
+        self.quick(self.send(
+            Method::POST,
+            sandbox_path(name, "update")?,
+            Some(Bytes::from(body)),
+        ))
+        .await
+        .and_then(expect_success)
     }
 
     /// The latest resource sample of `name`.

@@ -111,6 +111,8 @@ pub enum ErrorBody {
     MetricsDisabled { name: String },
     /// [`Error::InvalidConfig`].
     InvalidConfig { field: String, reason: String },
+    /// [`Error::UpdateRefused`].
+    UpdateRefused { name: String, reason: String },
     /// [`Error::ExecFailed`].
     ExecFailed {
         sandbox: String,
@@ -153,6 +155,7 @@ impl ErrorBody {
             | Self::SandboxDraining { .. }
             | Self::MetricsDisabled { .. } => StatusCode::CONFLICT,
             Self::ExecFailed { .. }
+            | Self::UpdateRefused { .. }
             | Self::BootFailed { .. }
             | Self::CommandNotFound { .. }
             | Self::CommandNotExecutable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -173,6 +176,7 @@ impl From<Error> for ErrorBody {
             Error::SandboxDraining(name) => Self::SandboxDraining { name },
             Error::MetricsDisabled(name) => Self::MetricsDisabled { name },
             Error::InvalidConfig { field, reason } => Self::InvalidConfig { field, reason },
+            Error::UpdateRefused { name, reason } => Self::UpdateRefused { name, reason },
             Error::ExecFailed {
                 sandbox,
                 errno,
@@ -220,6 +224,7 @@ impl From<ErrorBody> for Error {
             ErrorBody::SandboxDraining { name } => Self::SandboxDraining(name),
             ErrorBody::MetricsDisabled { name } => Self::MetricsDisabled(name),
             ErrorBody::InvalidConfig { field, reason } => Self::InvalidConfig { field, reason },
+            ErrorBody::UpdateRefused { name, reason } => Self::UpdateRefused { name, reason },
             ErrorBody::ExecFailed {
                 sandbox,
                 errno,

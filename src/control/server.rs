@@ -225,6 +225,7 @@ fn router(runtime: WeakSandvisor) -> Router {
         .route("/v1/sandboxes/{name}/wait", post(wait))
         .route("/v1/sandboxes/{name}/pause", post(pause))
         .route("/v1/sandboxes/{name}/resume", post(resume))
+        .route("/v1/sandboxes/{name}/update", post(update))
         .route("/v1/sandboxes/{name}/metrics", get(metrics))
         .route("/v1/sandboxes/{name}/exec", post(exec))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -465,6 +466,21 @@ async fn resume(
 ) -> Reply<StatusCode> {
     let runtime = live(&runtime)?;
     hosted(&runtime, &name).await?.resume().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn update(
+    State(runtime): State<WeakSandvisor>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> Reply<StatusCode> {
+    let resources: crate::config::Resources = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(ErrorBody::BadRequest {
+            message: format!("resources: {e}"),
+        })
+    })?;
+    let runtime = live(&runtime)?;
+    hosted(&runtime, &name).await?.update(resources).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -297,6 +297,22 @@ impl SandboxHandle {
         self.control().await?.metrics().await
     }
 
+    /// Changes its resource limits (see [`Sandbox::update`]), wherever it
+    /// runs; the values are checked here first.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a bad value (nothing is asked);
+    /// [`Error::SandboxNotRunning`] if it is not running (a stopped sandbox's
+    /// limits are not changed: nothing is stored); otherwise as
+    /// [`Sandbox::update`], and as [`Self::request_stop`] for reaching it.
+    ///
+    /// # Cancel safety
+    /// As [`Sandbox::update`].
+    pub async fn update(&self, resources: crate::config::Resources) -> Result<()> {
+        resources.validate()?;
+        self.control().await?.update(resources).await
+    }
+
     /// Resumes it (see [`Sandbox::resume`]).
     ///
     /// # Errors

@@ -29,6 +29,7 @@ use sandvisor_actors::metrics::SandboxMetrics;
 
 use super::outcome::{self, SandboxStopResult};
 use super::{Sandbox, Sandvisor};
+use crate::config::Resources;
 use crate::control::ControlClient;
 use crate::error::{Error, Result};
 use crate::exec::{ExecConfig, ExecHandle};
@@ -62,6 +63,8 @@ pub(crate) trait SandboxControl: Send + Sync {
     fn resume(&self) -> BoxFuture<'_, Result<()>>;
     /// The latest resource sample.
     fn metrics(&self) -> BoxFuture<'_, Result<SandboxMetrics>>;
+    /// Changes its resource limits (`resources` already validated).
+    fn update(&self, resources: Resources) -> BoxFuture<'_, Result<()>>;
     /// Starts an exec session (`config` already validated).
     fn exec(&self, config: ExecConfig) -> BoxFuture<'_, Result<ExecHandle>>;
     /// The live handle, if the sandbox runs in this runtime.
@@ -106,6 +109,10 @@ impl SandboxControl for Sandbox {
 
     fn metrics(&self) -> BoxFuture<'_, Result<SandboxMetrics>> {
         Box::pin(Sandbox::metrics(self))
+    }
+
+    fn update(&self, resources: Resources) -> BoxFuture<'_, Result<()>> {
+        Box::pin(Sandbox::update(self, resources))
     }
 
     fn exec(&self, config: ExecConfig) -> BoxFuture<'_, Result<ExecHandle>> {
@@ -183,6 +190,10 @@ impl SandboxControl for Remote {
         Box::pin(self.client.metrics(&self.name))
     }
 
+    fn update(&self, resources: Resources) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move { self.client.update(&self.name, &resources).await })
+    }
+
     fn exec(&self, config: ExecConfig) -> BoxFuture<'_, Result<ExecHandle>> {
         Box::pin(async move { self.client.exec(&self.name, &config).await })
     }
@@ -228,6 +239,10 @@ impl SandboxControl for Ended {
     }
 
     fn metrics(&self) -> BoxFuture<'_, Result<SandboxMetrics>> {
+        self.not_running()
+    }
+
+    fn update(&self, _resources: Resources) -> BoxFuture<'_, Result<()>> {
         self.not_running()
     }
 

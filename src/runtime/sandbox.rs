@@ -17,17 +17,18 @@ use std::time::Duration;
 
 use ractor::ActorRef;
 use sandvisor_actors::events::EventSink;
+use sandvisor_actors::host::cgroup::{self, LimitsUpdate};
 use sandvisor_actors::lifecycle::SandboxStatus;
 use sandvisor_actors::metrics::SandboxMetrics;
 use sandvisor_actors::sandbox::{ExecRefused, SessionInput};
-use sandvisor_actors::sandbox::{MetricsUnavailable, SupervisorMsg};
+use sandvisor_actors::sandbox::{MetricsUnavailable, SupervisorMsg, UpdateRefused};
 use tokio::sync::mpsc;
 
 use sandvisor_actors::protocol::Ids;
 
 use super::outcome::SandboxStopResult;
 use super::{spec, Sandvisor};
-use crate::config::{check_user, parse_user};
+use crate::config::{check_user, parse_user, Resources};
 use crate::error::{Error, Result};
 use crate::exec::{ExecConfig, ExecHandle, SessionLink};
 use crate::logs::{LogEntry, LogOptions, LogStream, LogStreamOptions};
@@ -332,6 +333,83 @@ impl Sandbox {
         let result = ractor::call!(self.supervisor, SupervisorMsg::Resume)
             .map_err(|_| Error::SandboxNotRunning(self.name.clone()))?;
         result.map_err(|_| Error::SandboxNotRunning(self.name.clone()))
+    }
+
+    /// Changes the resource limits of the running sandbox: first its cgroup
+    /// (through the supervisor, all limits or none), then its stored config,
+    /// so later runs (a restart policy's, a `start`) use them too. A limit
+    /// set to [`Limit::Default`](crate::Limit::Default) takes this runtime's
+    /// default.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidConfig`] for a bad value (see
+    ///   [`Resources::validate`]); nothing is changed.
+    /// - [`Error::SandboxNotRunning`] if no run is live (starting, waiting
+    ///   to restart, ended).
+    /// - [`Error::UpdateRefused`] if the run has no cgroup for a limit (it
+    ///   started without any limit, or cgroup v1 cannot add a controller)
+    ///   or the kernel refused a value; the cgroup is as it was and nothing
+    ///   is stored.
+    /// - [`Error::Database`] (or another store error) if the config cannot
+    ///   be stored; the cgroup's previous limits are put back then.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: dropped between the cgroup write and the store
+    /// write, the running sandbox has the new limits and the store the old.
+    pub async fn update(&self, resources: Resources) -> Result<()> {
+        resources.validate()?;
+        let store = &self.runtime.inner.store;
+        let row = store
+            .sandbox(&self.name)
+            .await?
+            .ok_or_else(|| Error::SandboxNotFound(self.name.clone()))?;
+        let old: crate::SandboxConfig =
+            serde_json::from_str(&row.config_json).map_err(|e| Error::BadRow {
+                name: self.name.clone(),
+                reason: format!("its config does not parse: {e}"),
+            })?;
+        let mut new = old.clone();
+        resources.apply_to(&mut new);
+        let change = |config: &crate::SandboxConfig| LimitsUpdate {
+            memory_bytes: resources
+                .memory
+                .map(|_| config.memory.resolve(self.runtime.default_memory())),
+            pids: resources
+                .pids
+                .map(|_| config.pids.resolve(self.runtime.default_pids())),
+            cpu_quota_us: resources
+                .cpus
+                .map(|_| config.cpus.and_then(cgroup::cpu_quota_us)),
+        };
+        self.update_limits(change(&new)).await?;
+        if let Err(err) = store.update_resources(&self.name, &resources).await {
+            // All or none: the run goes back to the limits the store keeps.
+            if let Err(undo) = self.update_limits(change(&old)).await {
+                tracing::warn!(sandbox = %self.name, %undo, "limits not put back after the store refused them");
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Asks the supervisor to change the running sandbox's limits.
+    async fn update_limits(&self, update: LimitsUpdate) -> Result<()> {
+        let answer = ractor::call!(self.supervisor, |reply| SupervisorMsg::UpdateLimits {
+            update,
+            reply
+        });
+        match answer {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(UpdateRefused::Unsupported(reason) | UpdateRefused::Failed(reason))) => {
+                Err(Error::UpdateRefused {
+                    name: self.name.clone(),
+                    reason,
+                })
+            }
+            Ok(Err(UpdateRefused::NotRunning)) | Err(_) => {
+                Err(Error::SandboxNotRunning(self.name.clone()))
+            }
+        }
     }
 
     /// Kills at once (SIGKILL to every process) and waits.

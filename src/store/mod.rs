@@ -309,6 +309,42 @@ impl Store {
         Ok(rows::good_runs(name, &rows))
     }
 
+    /// Writes `resources` into the stored config of `name` (read and
+    /// written in one transaction, so concurrent updates of other fields
+    /// are not lost).
+    ///
+    /// # Errors
+    /// [`Error::SandboxNotFound`] if no such sandbox is recorded;
+    /// [`Error::BadRow`] if its config does not parse; [`Error::Database`]
+    /// if the transaction fails (nothing is written).
+    pub async fn update_resources(
+        &self,
+        name: &str,
+        resources: &crate::config::Resources,
+    ) -> Result<()> {
+        let mut tx = self.begin_immediate().await?;
+        let json: Option<String> = sqlx::query_scalar("SELECT config FROM sandbox WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let json = json.ok_or_else(|| Error::SandboxNotFound(name.to_string()))?;
+        let mut config: SandboxConfig = serde_json::from_str(&json).map_err(|e| Error::BadRow {
+            name: name.to_string(),
+            reason: format!("its config does not parse: {e}"),
+        })?;
+        resources.apply_to(&mut config);
+        let json = serde_json::to_string(&config).map_err(|e| Error::Internal(e.to_string()))?;
+        sqlx::query("UPDATE sandbox SET config = ?, updated_at = ? WHERE name = ?")
+            .bind(json)
+            .bind(now_text())
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+
     /// A write transaction that holds SQLite's write lock from its start, for
     /// read-then-write sequences.
     async fn begin_immediate(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {

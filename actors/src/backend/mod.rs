@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::host::cgroup::Limits;
+use crate::host::cgroup::{Limits, LimitsUpdate};
 use crate::protocol::{SpawnPlan, StartSpec};
 
 pub use namespaces::NamespaceBackend;
@@ -114,6 +114,22 @@ pub trait Agent: Debug + Send + Sync + 'static {
     /// memory accounting say `false`.
     fn oom_killed(&self) -> bool {
         false
+    }
+
+    /// Changes the resource limits of the running sandbox, all or none
+    /// ([`Cgroup::update`](crate::host::cgroup::Cgroup::update)). May block
+    /// (the kernel reclaims memory to meet a lower limit): call it off the
+    /// runtime's threads.
+    ///
+    /// # Errors
+    /// [`std::io::ErrorKind::Unsupported`] when the backend (or this run)
+    /// has no such limits; the OS error of a refused write.
+    fn update_limits(&self, update: &LimitsUpdate) -> std::io::Result<()> {
+        let _ = update;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this backend has no resource limits",
+        ))
     }
 }
 

@@ -48,7 +48,7 @@ use tokio::io::Interest;
 use futures::future::BoxFuture;
 
 use super::{Agent, Backend, SpawnFailed, Started, VmSpec};
-use crate::host::cgroup::Cgroup;
+use crate::host::cgroup::{Cgroup, LimitsUpdate};
 use crate::host::pidfd::Pidfd;
 use crate::protocol::spawn;
 use crate::protocol::SpawnPlan;
@@ -564,6 +564,18 @@ impl Agent for NamespaceAgent {
         self._cgroup
             .as_ref()
             .is_some_and(|group| group.oom_kills() > 0)
+    }
+
+    fn update_limits(&self, update: &LimitsUpdate) -> std::io::Result<()> {
+        match &self._cgroup {
+            Some(group) => group.update(update),
+            // Without any limit at its start the run has no cgroup, and
+            // moving a live tree into one would race its forks.
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "the sandbox started without resource limits, so it has no cgroup to change",
+            )),
+        }
     }
 
     fn kill(&self, main_pid: Option<u32>) -> std::io::Result<()> {

@@ -11,6 +11,12 @@
 //!   `cpu.cfs_quota_us` / `cpu.cfs_period_us` (v1).
 //! - OOM kills inside the group are counted by the kernel
 //!   ([`Cgroup::oom_kills`]), so the run's end can say it ran out of memory.
+//! - [`Cgroup::update`] changes the limits of a running group, all or none:
+//!   every file is checked before the first write, and a write that fails
+//!   puts back the values already changed. v2 enables a controller the group
+//!   lacks; v1 cannot add one (the tree would have to be moved process by
+//!   process, racing its forks), so a limit the run started without is
+//!   refused there.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -30,6 +36,34 @@ impl Limits {
     /// Whether any limit is set.
     pub fn any(&self) -> bool {
         self.memory_bytes.is_some() || self.pids.is_some() || self.cpu_quota_us.is_some()
+    }
+}
+
+/// A change to the limits of a running group: `None` leaves a limit as it
+/// is, `Some(None)` lifts it, `Some(Some(v))` sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LimitsUpdate {
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<Option<u64>>,
+    /// Most processes at once.
+    pub pids: Option<Option<u64>>,
+    /// CPU time per [`CPU_PERIOD_US`], in microseconds.
+    pub cpu_quota_us: Option<Option<u64>>,
+}
+
+impl LimitsUpdate {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.memory_bytes.is_none() && self.pids.is_none() && self.cpu_quota_us.is_none()
+    }
+
+    /// `limits` with this change applied.
+    pub fn apply_to(&self, limits: Limits) -> Limits {
+        Limits {
+            memory_bytes: self.memory_bytes.unwrap_or(limits.memory_bytes),
+            pids: self.pids.unwrap_or(limits.pids),
+            cpu_quota_us: self.cpu_quota_us.unwrap_or(limits.cpu_quota_us),
+        }
     }
 }
 
@@ -58,10 +92,8 @@ const PARENT: &str = "sandvisor";
 #[derive(Debug)]
 pub struct Cgroup {
     dirs: Vec<PathBuf>,
-    /// The file whose `oom_kill` line counts the group's OOM kills
-    /// (`memory.events` in v2, `memory.oom_control` in v1), when the memory
-    /// controller is on.
-    oom_counter: Option<PathBuf>,
+    /// A unified (v2) hierarchy: one directory, all controllers.
+    v2: bool,
 }
 
 impl Cgroup {
@@ -73,9 +105,9 @@ impl Cgroup {
     fn create_under(root: &Path, id: &str, limits: Limits) -> io::Result<Self> {
         let mut group = Self {
             dirs: Vec::new(),
-            oom_counter: None,
+            v2: root.join("cgroup.controllers").exists(),
         };
-        let result = if root.join("cgroup.controllers").exists() {
+        let result = if group.v2 {
             group.create_v2(root, id, limits)
         } else {
             group.create_v1(root, id, limits)
@@ -107,7 +139,6 @@ impl Cgroup {
             std::fs::write(dir.join("memory.max"), bytes.to_string())?;
             // Swap would let the tree pass its limit quietly.
             let _ = std::fs::write(dir.join("memory.swap.max"), "0");
-            self.oom_counter = Some(dir.join("memory.events"));
         }
         if let Some(pids) = limits.pids {
             std::fs::write(dir.join("pids.max"), pids.to_string())?;
@@ -139,11 +170,9 @@ impl Cgroup {
             let dir = hierarchy.join(PARENT).join(id);
             std::fs::create_dir_all(&dir)?;
             self.dirs.push(dir.clone());
-            match controller {
-                // The period first: the quota is checked against it.
-                "cpu" => std::fs::write(dir.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())?,
-                "memory" => self.oom_counter = Some(dir.join("memory.oom_control")),
-                _ => {}
+            // The period first: the quota is checked against it.
+            if controller == "cpu" {
+                std::fs::write(dir.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())?;
             }
             std::fs::write(dir.join(file), limit.to_string())?;
         }
@@ -158,16 +187,127 @@ impl Cgroup {
     /// How many processes the kernel's OOM killer has killed in the group
     /// (0 without a memory limit, or when the count cannot be read).
     pub fn oom_kills(&self) -> u64 {
-        let Some(file) = &self.oom_counter else {
-            return 0;
-        };
-        let Ok(text) = std::fs::read_to_string(file) else {
-            return 0;
-        };
-        text.lines()
-            .filter_map(|line| line.strip_prefix("oom_kill "))
-            .find_map(|count| count.trim().parse().ok())
+        // `memory.events` (v2) or `memory.oom_control` (v1) exists only
+        // while the memory controller is on, which an update may change.
+        self.dirs
+            .iter()
+            .flat_map(|dir| [dir.join("memory.events"), dir.join("memory.oom_control")])
+            .find_map(|file| std::fs::read_to_string(file).ok())
+            .and_then(|text| {
+                text.lines()
+                    .filter_map(|line| line.strip_prefix("oom_kill "))
+                    .find_map(|count| count.trim().parse().ok())
+            })
             .unwrap_or(0)
+    }
+
+    /// Changes the group's limits (see the module docs), all or none.
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::Unsupported`] for a v1 controller the group was
+    /// created without (nothing is written then); the OS error of a write
+    /// the kernel refused (a memory limit below what v1 cannot reclaim),
+    /// after the values already written were put back.
+    pub fn update(&self, update: &LimitsUpdate) -> io::Result<()> {
+        let writes = self.planned(update)?;
+        let mut done: Vec<(PathBuf, String)> = Vec::new();
+        for (file, value) in writes {
+            let old = std::fs::read_to_string(&file).map(|old| old.trim().to_string());
+            let result = old.and_then(|old| std::fs::write(&file, &value).map(|()| old));
+            match result {
+                Ok(old) => done.push((file, old)),
+                Err(err) => {
+                    for (file, old) in done.iter().rev() {
+                        if let Err(undo) = std::fs::write(file, old) {
+                            tracing::warn!(file = %file.display(), %undo, "cgroup limit not put back");
+                        }
+                    }
+                    return Err(io::Error::new(
+                        err.kind(),
+                        format!("cannot write {}: {err}", file.display()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The files `update` writes and their values, in order; on v2 the
+    /// controllers it needs are enabled first (which changes no limit).
+    fn planned(&self, update: &LimitsUpdate) -> io::Result<Vec<(PathBuf, String)>> {
+        let mut writes = Vec::new();
+        let changes = [
+            ("memory", update.memory_bytes),
+            ("pids", update.pids),
+            ("cpu", update.cpu_quota_us),
+        ];
+        for (controller, change) in changes {
+            let Some(limit) = change else { continue };
+            let dir = self.dir_of(controller)?;
+            let (file, value) = match (self.v2, controller) {
+                (true, "memory") => ("memory.max", limit.map_or("max".into(), |v| v.to_string())),
+                (true, "pids") => ("pids.max", limit.map_or("max".into(), |v| v.to_string())),
+                (true, _) => (
+                    "cpu.max",
+                    format!(
+                        "{} {CPU_PERIOD_US}",
+                        limit.map_or("max".into(), |v| v.to_string())
+                    ),
+                ),
+                (false, "memory") => (
+                    "memory.limit_in_bytes",
+                    limit.map_or("-1".into(), |v| v.to_string()),
+                ),
+                (false, "pids") => ("pids.max", limit.map_or("max".into(), |v| v.to_string())),
+                (false, _) => (
+                    "cpu.cfs_quota_us",
+                    limit.map_or("-1".into(), |v| v.to_string()),
+                ),
+            };
+            writes.push((dir.join(file), value));
+        }
+        Ok(writes)
+    }
+
+    /// The directory holding `controller`'s files, enabling the controller
+    /// on v2 if the group lacks it.
+    fn dir_of(&self, controller: &str) -> io::Result<PathBuf> {
+        if self.v2 {
+            let Some(dir) = self.dirs.first() else {
+                return Err(io::Error::new(io::ErrorKind::NotFound, "no cgroup"));
+            };
+            let enabled = std::fs::read_to_string(dir.join("cgroup.controllers"))?;
+            if !enabled.split_whitespace().any(|c| c == controller) {
+                // `<root>/sandvisor/<id>`: enable it on both levels above.
+                let parent = dir.parent().unwrap_or(dir);
+                let root = parent.parent().unwrap_or(parent);
+                for level in [root, parent] {
+                    std::fs::write(
+                        level.join("cgroup.subtree_control"),
+                        format!("+{controller}"),
+                    )?;
+                }
+            }
+            return Ok(dir.clone());
+        }
+        // v1: `<root>/<controller>/sandvisor/<id>`.
+        self.dirs
+            .iter()
+            .find(|dir| {
+                dir.parent()
+                    .and_then(Path::parent)
+                    .and_then(Path::file_name)
+                    .is_some_and(|name| name == controller)
+            })
+            .cloned()
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!(
+                        "the run has no {controller} limit, and a cgroup v1 controller cannot be added to a running sandbox"
+                    ),
+                )
+            })
     }
 
     /// Moves process `pid` (and its future children) into the group.
@@ -188,5 +328,95 @@ impl Drop for Cgroup {
                 tracing::debug!(dir = %dir.display(), %err, "cgroup not removed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A v1 layout under a temp dir: plain files stand in for the kernel's.
+    fn fake_v1() -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for controller in ["memory", "pids", "cpu"] {
+            std::fs::create_dir(root.path().join(controller)).unwrap();
+        }
+        root
+    }
+
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    #[test]
+    fn an_update_writes_every_limit_or_puts_back_what_it_wrote() {
+        let root = fake_v1();
+        let limits = Limits {
+            memory_bytes: Some(1 << 30),
+            pids: Some(100),
+            cpu_quota_us: None,
+        };
+        let group = Cgroup::create_under(root.path(), "g", limits).unwrap();
+        let memory = root.path().join("memory/sandvisor/g/memory.limit_in_bytes");
+        let pids = root.path().join("pids/sandvisor/g/pids.max");
+
+        group
+            .update(&LimitsUpdate {
+                memory_bytes: Some(Some(64 << 20)),
+                pids: Some(None),
+                cpu_quota_us: None,
+            })
+            .unwrap();
+        assert_eq!(
+            (read(&memory), read(&pids)),
+            ("67108864".into(), "max".into())
+        );
+
+        // No cpu group: refused before anything is written.
+        let err = group
+            .update(&LimitsUpdate {
+                memory_bytes: Some(Some(32 << 20)),
+                cpu_quota_us: Some(Some(50_000)),
+                ..LimitsUpdate::default()
+            })
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+        assert_eq!(read(&memory), "67108864");
+
+        // The pids write fails (a directory where the file was): the memory
+        // limit written before it is put back.
+        std::fs::remove_file(&pids).unwrap();
+        std::fs::create_dir(&pids).unwrap();
+        group
+            .update(&LimitsUpdate {
+                memory_bytes: Some(Some(32 << 20)),
+                pids: Some(Some(10)),
+                cpu_quota_us: None,
+            })
+            .unwrap_err();
+        assert_eq!(read(&memory), "67108864");
+    }
+
+    #[test]
+    fn an_update_applies_to_limits_as_given() {
+        let limits = Limits {
+            memory_bytes: Some(1),
+            pids: Some(2),
+            cpu_quota_us: None,
+        };
+        let update = LimitsUpdate {
+            memory_bytes: None,
+            pids: Some(None),
+            cpu_quota_us: Some(Some(3)),
+        };
+        assert_eq!(
+            update.apply_to(limits),
+            Limits {
+                memory_bytes: Some(1),
+                pids: None,
+                cpu_quota_us: Some(3)
+            }
+        );
+        assert!(LimitsUpdate::default().is_empty() && !update.is_empty());
     }
 }

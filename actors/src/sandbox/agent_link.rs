@@ -35,8 +35,9 @@ use tokio::sync::{mpsc, watch};
 use super::capture::read_frames;
 use super::session::Routes;
 use super::stdin::StdinFlow;
-use super::{AgentLinkMsg, ExecItem, ExecRefused, ExecReply, SessionInput, VmEvent};
+use super::{AgentLinkMsg, ExecItem, ExecRefused, ExecReply, SessionInput, UpdateRefused, VmEvent};
 use crate::backend::{Agent, Backend, VmSpec};
+use crate::host::cgroup::LimitsUpdate;
 use crate::log::tap::RelayTapMsg;
 use crate::protocol::{BootError, BootStage, ExitStatus, Frame, SignalTarget};
 
@@ -173,6 +174,27 @@ impl AgentLinkState {
                 self.ended = true;
                 self.emit(event);
             }
+        }
+    }
+
+    /// Changes the running agent's limits, off the runtime's threads (a
+    /// lower memory limit makes the kernel reclaim first).
+    async fn update_limits(&self, update: LimitsUpdate) -> Result<(), UpdateRefused> {
+        let Some(agent) = self
+            .agent
+            .clone()
+            .filter(|_| !self.ended && !self.agent_gone)
+        else {
+            return Err(UpdateRefused::NotRunning);
+        };
+        let written = tokio::task::spawn_blocking(move || agent.update_limits(&update)).await;
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) if err.kind() == std::io::ErrorKind::Unsupported => {
+                Err(UpdateRefused::Unsupported(err.to_string()))
+            }
+            Ok(Err(err)) => Err(UpdateRefused::Failed(err.to_string())),
+            Err(join) => Err(UpdateRefused::Failed(join.to_string())),
         }
     }
 
@@ -450,6 +472,9 @@ impl Actor for AgentLink {
                 state.send_frame(&Frame::Exec(spec)).await;
             }
             AgentLinkMsg::Session { session, input } => state.on_session(session, input).await,
+            AgentLinkMsg::UpdateLimits { update, reply } => {
+                let _ = reply.send(state.update_limits(update).await);
+            }
             AgentLinkMsg::Frame(frame) => state.on_frame(frame).await,
             AgentLinkMsg::ReaderDone(problem) => {
                 let reason = match problem {

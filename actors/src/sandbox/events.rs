@@ -3,7 +3,14 @@
 //! # Contract
 //! - Each event is published from inside the supervisor's message handler
 //!   that caused it, so per sandbox the events are in the order the
-//!   supervisor acted, numbered by `seq` without gaps.
+//!   supervisor acted.
+//! - Each event carries the run it belongs to (`run`, the run row's id) and
+//!   is numbered by `seq` per (sandbox, run), from 1 without gaps: a
+//!   restart policy's new run starts again at 1. A run's events begin when
+//!   its supervisor starts it and end with the policy's word on it
+//!   (`RestartScheduled` / `RestartEnded` after its end belong to it); the
+//!   few a run publishes before its row exists (it has not reached Ready)
+//!   carry `run: None`.
 //! - Delivery goes through [`EventSink`]s that do not block and do not drop
 //!   (unbounded channels, actor mailboxes): an event is never lost while its
 //!   subscriber lives. Events are rare (transitions, not output), so the
@@ -103,7 +110,11 @@ pub enum SandboxEvent {
 pub struct EventEnvelope {
     /// The sandbox.
     pub sandbox: String,
-    /// Position in this sandbox's event sequence, from 1, without gaps.
+    /// The run it belongs to (the run row's id, as in
+    /// `Sandvisor::runs`); `None` before the run's row exists.
+    pub run: Option<i64>,
+    /// Position in the events of this (sandbox, run), from 1, without
+    /// gaps; each run of a restart policy starts again at 1.
     pub seq: u64,
     /// When the supervisor published it.
     pub at: DateTime<Utc>,
@@ -119,17 +130,35 @@ pub fn channel_sink(tx: tokio::sync::mpsc::UnboundedSender<EventEnvelope>) -> Ev
     Arc::new(move |event| tx.send(event.clone()).is_ok())
 }
 
-/// The subscribers of one sandbox.
+/// The subscribers of one sandbox, and the numbering of its current run's
+/// events.
 #[derive(Default)]
 pub struct Publisher {
     sinks: Vec<EventSink>,
+    run: Option<i64>,
     seq: u64,
 }
 
 impl Publisher {
     /// A publisher delivering to `sinks` (e.g. the runtime-wide bus).
     pub fn new(sinks: Vec<EventSink>) -> Self {
-        Self { sinks, seq: 0 }
+        Self {
+            sinks,
+            run: None,
+            seq: 0,
+        }
+    }
+
+    /// A new run begins: its events are numbered from 1, with no run id
+    /// until [`Self::run_recorded`].
+    pub fn new_run(&mut self) {
+        self.run = None;
+        self.seq = 0;
+    }
+
+    /// The current run's row exists: its events carry `run` from now on.
+    pub fn run_recorded(&mut self, run: i64) {
+        self.run = Some(run);
     }
 
     /// Adds a subscriber; it gets every event published from now on.
@@ -142,6 +171,7 @@ impl Publisher {
         self.seq += 1;
         let envelope = EventEnvelope {
             sandbox: sandbox.to_string(),
+            run: self.run,
             seq: self.seq,
             at: Utc::now(),
             event,
@@ -154,6 +184,7 @@ impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher")
             .field("subscribers", &self.sinks.len())
+            .field("run", &self.run)
             .field("seq", &self.seq)
             .finish()
     }

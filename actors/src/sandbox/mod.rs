@@ -51,6 +51,7 @@ use chrono::{DateTime, Utc};
 use ractor::RpcReplyPort;
 use tokio::sync::mpsc;
 
+use crate::host::cgroup::LimitsUpdate;
 use crate::log::format::LogSource;
 use crate::log::tap::{TapConfig, TapEvent};
 use crate::protocol::{BootStage, ExecSpec, Frame, SignalTarget};
@@ -188,6 +189,14 @@ pub enum SupervisorMsg {
     IdleCheck,
     /// Timer: the run has been up for `max_lifetime`.
     LifetimeExceeded,
+    /// Change the running sandbox's resource limits (its cgroup) and those
+    /// of the runs a restart policy starts after it; all or none.
+    UpdateLimits {
+        /// The change.
+        update: LimitsUpdate,
+        /// Done, or why not.
+        reply: RpcReplyPort<Result<(), UpdateRefused>>,
+    },
     /// Timer: exec session `session` reached its timeout.
     SessionDeadline {
         /// Session id.
@@ -385,6 +394,26 @@ pub enum AgentLinkMsg {
         /// What to deliver.
         input: SessionInput,
     },
+    /// Change the running sandbox's resource limits (its cgroup), all or
+    /// none; answers why not.
+    UpdateLimits {
+        /// The change.
+        update: LimitsUpdate,
+        /// Done, or why not.
+        reply: RpcReplyPort<Result<(), UpdateRefused>>,
+    },
+}
+
+/// Why a live change of resource limits was refused (nothing changed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateRefused {
+    /// The sandbox has no running agent (starting, waiting to restart,
+    /// ending or ended).
+    NotRunning,
+    /// The change cannot be made to this run.
+    Unsupported(String),
+    /// The kernel refused a write (the values written were put back).
+    Failed(String),
 }
 
 /// Input for a running exec session, as its caller sends it.

@@ -41,8 +41,11 @@
 //!   (every timer of a run is aborted with it, so none reaches the next
 //!   run), records `Starting` with the pending restart, publishes
 //!   `RestartScheduled` and arms `RestartDue` after the backoff delay; then
-//!   it spawns a new agent link (a new run row once Ready). The relay tap,
-//!   the event sequence and the subscribers carry over. Meanwhile its status
+//!   it spawns a new agent link (a new run row once Ready). The relay tap
+//!   and the subscribers carry over; the events of the new run are numbered
+//!   from 1 again and carry its run id once its row exists. A live limits
+//!   update (`UpdateLimits`) also changes the limits later runs start with.
+//!   Meanwhile its status
 //!   is `Starting`, exec sessions are refused, and a `Stop`, `Kill` or
 //!   `Drain` calls the restart off: the last run's status comes back and the
 //!   supervisor ends as without a policy. Waiters are answered only when no
@@ -72,13 +75,20 @@ use super::policy::{RestartEnd, RestartTracker};
 use super::{
     AgentLink, AgentLinkArgs, AgentLinkMsg, BootFailure, ExecRefused, FreezeRefused,
     MetricsUnavailable, SandboxEnded, SandboxSpec, SessionInput, StopOutcome, SupervisorMsg,
-    VmEvent,
+    UpdateRefused, VmEvent,
 };
 use crate::backend::Backend;
+use crate::host::cgroup::LimitsUpdate;
 use crate::log::tap::{DiskFull, RelayTap, RelayTapMsg, TapArgs, TapEvent};
 use crate::restart::RestartBudget;
 
 mod actions;
+
+/// How long a live limits update may take: lowering a memory limit makes
+/// the kernel reclaim first, which is quick unless something is wrong. Below
+/// the control socket's 30 s for calls that answer at once, so a remote
+/// caller hears why.
+const UPDATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Arguments to spawn a [`SandboxSupervisor`].
 pub struct SupervisorArgs {
@@ -291,6 +301,10 @@ impl Actor for SandboxSupervisor {
             }
             SupervisorMsg::Subscribe(sink) => {
                 state.events.subscribe(sink);
+                return Ok(());
+            }
+            SupervisorMsg::UpdateLimits { update, reply } => {
+                let _ = reply.send(state.update_limits(update).await);
                 return Ok(());
             }
             SupervisorMsg::Exec {
@@ -518,6 +532,38 @@ impl SupervisorState {
             }
         }
         Ok(())
+    }
+
+    /// Changes the current run's cgroup through its agent link, then the
+    /// limits later runs start with, so that a failed write changes neither.
+    async fn update_limits(&mut self, update: LimitsUpdate) -> Result<(), UpdateRefused> {
+        let live = self.pending_restart.is_none()
+            && !self.phase.is_ended()
+            && matches!(
+                self.phase.status(),
+                SandboxStatus::Running | SandboxStatus::Paused | SandboxStatus::Draining
+            );
+        let Some(link) = self.link.clone().filter(|_| live) else {
+            return Err(UpdateRefused::NotRunning);
+        };
+        let answer = link
+            .call(
+                |reply| AgentLinkMsg::UpdateLimits { update, reply },
+                Some(UPDATE_TIMEOUT),
+            )
+            .await;
+        match answer {
+            Ok(ractor::rpc::CallResult::Success(Ok(()))) => {
+                self.spec.vm.limits = update.apply_to(self.spec.vm.limits);
+                Ok(())
+            }
+            Ok(ractor::rpc::CallResult::Success(Err(refused))) => Err(refused),
+            Ok(ractor::rpc::CallResult::Timeout) => Err(UpdateRefused::Failed(format!(
+                "the cgroup was not written within {UPDATE_TIMEOUT:?}"
+            ))),
+            // The link ended meanwhile: so did the run.
+            Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(UpdateRefused::NotRunning),
+        }
     }
 
     /// The status as the store has it: `Starting` while a restart waits.

@@ -1,4 +1,5 @@
-//! `stop`, `kill`, `rm`, `pause`, `resume`, `start`: act on sandboxes by name.
+//! `stop`, `kill`, `rm`, `pause`, `resume`, `start`, `update`: act on
+//! sandboxes by name.
 //!
 //! The names are acted on concurrently (at most [`CONCURRENCY`] at once), as
 //! docker does: `stop -t 1` of fifty sandboxes that ignore SIGTERM takes a
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 use futures::StreamExt;
 use sandvisor::{Error, SandboxStatus};
 
-use crate::args::{NamesArgs, RmArgs, StopArgs};
+use crate::args::{NamesArgs, RmArgs, StopArgs, UpdateArgs};
 use crate::out::{errln, outln};
 use crate::run::{ensure_daemon, resolve_home};
 use crate::{open, report};
@@ -133,6 +134,22 @@ pub(crate) async fn resume(home: Option<PathBuf>, args: NamesArgs) -> sandvisor:
             });
         }
         Ok(handle.resume().await?)
+    })
+    .await
+}
+
+/// `sandvisor update`: as `docker update`, the limits of running sandboxes;
+/// every value is checked before any sandbox is touched.
+pub(crate) async fn update(home: Option<PathBuf>, args: UpdateArgs) -> sandvisor::Result<ExitCode> {
+    let resources = sandvisor::Resources {
+        memory: args.memory,
+        cpus: args.cpus,
+        pids: args.pids_limit,
+    };
+    resources.validate()?;
+    let runtime = open(home).await?;
+    each(&args.names, async |name| {
+        Ok(runtime.get(name).await?.update(resources).await?)
     })
     .await
 }

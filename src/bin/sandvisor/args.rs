@@ -66,6 +66,12 @@ pub(crate) enum Command {
     /// Start stopped sandboxes again, in the daemon.
     #[command(after_help = "Example:\n  sandvisor start worker")]
     Start(NamesArgs),
+    /// Change the resource limits of running sandboxes, live and for their
+    /// later runs.
+    #[command(
+        after_help = "Examples:\n  sandvisor update --memory 512M worker\n  sandvisor update --cpus 2 --pids-limit 200 worker web"
+    )]
+    Update(UpdateArgs),
     /// CPU and memory of running sandboxes (-w: every second).
     #[command(after_help = "Examples:\n  sandvisor metrics\n  sandvisor metrics -w worker")]
     Metrics(MetricsArgs),
@@ -248,6 +254,23 @@ pub(crate) struct StopArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct NamesArgs {
+    /// The sandboxes.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UpdateArgs {
+    /// CPU limit in CPUs (1.5: one and a half CPUs' time).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<f64>,
+    /// Memory limit: bytes, or with a suffix k, m, g, t (binary units), from
+    /// 1m to 1024t; or `unlimited`.
+    #[arg(short, long, value_name = "SIZE", value_parser = parse_memory)]
+    pub memory: Option<Limit>,
+    /// Limit on the number of processes: 1 to 4194304, or `unlimited`.
+    #[arg(long, value_name = "N", value_parser = parse_pids)]
+    pub pids_limit: Option<Limit>,
     /// The sandboxes.
     #[arg(required = true)]
     pub names: Vec<String>,

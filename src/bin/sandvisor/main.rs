@@ -118,6 +118,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Rm(args) => act::rm(home, args).await,
         Command::Pause(args) => act::pause(home, args).await,
         Command::Resume(args) => act::resume(home, args).await,
+        Command::Update(args) => act::update(home, args).await,
     };
     match result {
         Ok(code) => code,
@@ -178,6 +179,9 @@ fn hint(err: &Error) -> Option<String> {
         Error::MissedRotation { name, resume_from, .. } => format!(
             "older entries were rotated away; continue with `sandvisor logs {name} --cursor {resume_from}`"
         ),
+        Error::UpdateRefused { .. } => {
+            "on cgroup v1 a limit the sandbox was created without can only be given at `sandvisor run` (--cpus, --memory, --pids-limit)".into()
+        }
         Error::InvalidCursor(_) => "cursors come from `sandvisor logs --json` of the same sandbox".into(),
         Error::Database(_) => "is the home writable, and not on a network filesystem?".into(),
         Error::CommandNotFound { .. } => {

@@ -105,7 +105,10 @@ impl SupervisorState {
             )
             .await
         {
-            Ok(run_id) => self.run_id = Some(run_id),
+            Ok(run_id) => {
+                self.run_id = Some(run_id);
+                self.events.run_recorded(run_id);
+            }
             Err(err) => {
                 // A run nobody could find again (no row says it runs) must
                 // not go on: it ends Crashed, which is recorded later.
@@ -409,6 +412,7 @@ impl SupervisorState {
         }
         self.phase = Phase::Starting { stop: None };
         self.run_id = None;
+        self.events.new_run();
         self.init_pid = None;
         self.sessions.clear();
         self.next_session = 1;
