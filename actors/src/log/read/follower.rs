@@ -277,8 +277,10 @@ impl Follower {
         }
     }
 
-    /// Bytes that are in the current file past what was consumed (0 without
-    /// a file): what the next [`read`](Self::read) starts with.
+    /// About how much the next [`read`](Self::read) has waiting: the bytes
+    /// of the current file past what was consumed (0 without a file), plus a
+    /// full chunk for each newer file already identified. Enough to tell a
+    /// followed append from a catch-up.
     ///
     /// # Errors
     /// [`Error::Io`] if the file cannot be `fstat`ed.
