@@ -21,8 +21,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
+#[path = "common/cgroup.rs"]
+mod cgroup;
 #[path = "common/cli.rs"]
 mod cli_home;
+use cgroup::host_limit;
 use cli_home::Cli;
 const BUSYBOX: &str = "/bin/busybox";
 /// Docker's default capability set (CHOWN DAC_OVERRIDE FSETID FOWNER MKNOD
@@ -1445,30 +1448,13 @@ for f in /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max; do [ -r $f ] && v
         );
         // The same, from the host: the cgroup the agent is in.
         let label = format!("{name} on {}", target.label);
-        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        let host_limit = |controller: &str, v1: &str, v2: &str| -> Option<String> {
-            cgroups.lines().find_map(|line| {
-                let mut parts = line.splitn(3, ':');
-                let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-                let file = if controllers.is_empty() {
-                    format!("/sys/fs/cgroup{path}/{v2}")
-                } else if controllers.split(',').any(|c| c == controller) {
-                    format!("/sys/fs/cgroup/{controller}{path}/{v1}")
-                } else {
-                    return None;
-                };
-                std::fs::read_to_string(file)
-                    .ok()
-                    .map(|v| v.trim().to_string())
-            })
-        };
-        let memory = host_limit("memory", "memory.limit_in_bytes", "memory.max");
+        let memory = host_limit(pid, "memory", "memory.limit_in_bytes", "memory.max");
         verdict.host(
             &label,
             memory.as_deref() == Some("1073741824"),
             format_args!("the host's memory limit for the sandbox is {memory:?}"),
         );
-        let pids = host_limit("pids", "pids.max", "pids.max");
+        let pids = host_limit(pid, "pids", "pids.max", "pids.max");
         verdict.host(
             &label,
             pids.as_deref() == Some("1024"),

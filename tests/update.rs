@@ -5,8 +5,11 @@
 
 mod common;
 
+#[path = "common/cgroup.rs"]
+mod cgroup;
 #[path = "common/cli.rs"]
 mod cli_home;
+use cgroup::host_limit;
 
 use std::time::{Duration, Instant};
 
@@ -15,26 +18,6 @@ use sandvisor::{
     Error, ExecConfig, Limit, Resources, SandboxConfig, SandboxStatus, TerminationReason,
 };
 use serde_json::Value;
-
-/// The value of a limit of the cgroup process `pid` is in, read from the
-/// host (`v1` in the controller's own hierarchy, `v2` in the unified one).
-fn host_limit(pid: u32, controller: &str, v1: &str, v2: &str) -> Option<String> {
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    cgroups.lines().find_map(|line| {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let file = if controllers.is_empty() {
-            format!("/sys/fs/cgroup{path}/{v2}")
-        } else if controllers.split(',').any(|c| c == controller) {
-            format!("/sys/fs/cgroup/{controller}{path}/{v1}")
-        } else {
-            return None;
-        };
-        std::fs::read_to_string(file)
-            .ok()
-            .map(|v| v.trim().to_string())
-    })
-}
 
 fn memory_limit(pid: u32) -> Option<String> {
     host_limit(pid, "memory", "memory.limit_in_bytes", "memory.max")
@@ -285,25 +268,6 @@ async fn a_limit_cgroup_v1_cannot_add_is_refused_before_anything_is_written() {
     sandbox.kill().await.unwrap();
 }
 
-/// A CLI home whose daemon (started by `run -d`) is killed with the test.
-struct Daemon(cli_home::Cli);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        let client = sandvisor::control::ControlClient::new(self.0.home().join("sandvisord.sock"));
-        if let Ok(host) = runtime.block_on(client.host()) {
-            let pid = nix::unistd::Pid::from_raw(host.pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-}
-
 fn inspect(cli: &cli_home::Cli, name: &str) -> Value {
     let text = cli.ok(&["inspect", name]);
     serde_json::from_str::<Value>(&text).unwrap()[0].clone()
@@ -311,8 +275,8 @@ fn inspect(cli: &cli_home::Cli, name: &str) -> Value {
 
 #[test]
 fn the_cli_updates_a_sandbox_hosted_by_the_daemon() {
-    let daemon = Daemon(cli_home::Cli::new());
-    let cli = &daemon.0;
+    // Its daemon (started by `run -d`) is killed when it drops.
+    let cli = &cli_home::Cli::new();
     cli.ok(&[
         "run", "-d", "--name", "web", "--cpus", "1", "--", "sleep", "300",
     ]);

@@ -42,6 +42,9 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
+        // A daemon a test started on this file system (`run -d` on a full
+        // disk may leave one that answers nothing) must not outlive it.
+        kill_holders(self.dir.path());
         // Lazily: a process of the test may still hold a file open.
         let _ = Command::new("umount")
             .arg("-l")
@@ -68,6 +71,38 @@ pub fn assert_whole_records(dir: &Path) {
                 serde_json::from_str::<serde_json::Value>(line)
                     .unwrap_or_else(|e| panic!("torn record in {}: {e}: {line}", path.display()));
             }
+        }
+    }
+}
+
+/// SIGKILLs every process other than this one with a file open under `dir`.
+fn kill_holders(dir: &Path) {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let me = std::process::id();
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(dir)));
+        if holds {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
