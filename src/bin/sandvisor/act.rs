@@ -142,9 +142,9 @@ pub(crate) async fn resume(home: Option<PathBuf>, args: NamesArgs) -> sandvisor:
 /// every value is checked before any sandbox is touched.
 pub(crate) async fn update(home: Option<PathBuf>, args: UpdateArgs) -> sandvisor::Result<ExitCode> {
     let resources = sandvisor::Resources {
-        memory: args.memory,
-        cpus: args.cpus,
-        pids: args.pids_limit,
+        memory: args.limits.memory,
+        cpus: args.limits.cpus,
+        pids: args.limits.pids_limit,
     };
     resources.validate()?;
     let runtime = open(home).await?;

@@ -129,17 +129,8 @@ pub(crate) struct RunArgs {
     /// Docker's JSON format); no-new-privileges is always on.
     #[arg(long, value_name = "OPT")]
     pub security_opt: Vec<String>,
-    /// CPU limit in CPUs (1.5: one and a half CPUs' time).
-    #[arg(long, value_name = "N")]
-    pub cpus: Option<f64>,
-    /// Memory limit: bytes, or with a suffix k, m, g, t (binary units), from
-    /// 1m to 1024t; or `unlimited`. Default 1g.
-    #[arg(short, long, value_name = "SIZE", value_parser = parse_memory)]
-    pub memory: Option<Limit>,
-    /// Limit on the number of processes: 1 to 4194304 (the kernel's most),
-    /// or `unlimited`. Default 1024.
-    #[arg(long, value_name = "N", value_parser = parse_pids)]
-    pub pids_limit: Option<Limit>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Time between the stop signal and SIGKILL (10s, 1m, …; at most 1 year).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub stop_timeout: Option<Duration>,
@@ -259,18 +250,27 @@ pub(crate) struct NamesArgs {
     pub names: Vec<String>,
 }
 
+/// Resource limits, for `run` (defaults: memory 1g, 1024 processes, no CPU
+/// limit) and `update`.
 #[derive(Debug, Args)]
-pub(crate) struct UpdateArgs {
+pub(crate) struct LimitArgs {
     /// CPU limit in CPUs (1.5: one and a half CPUs' time).
     #[arg(long, value_name = "N")]
     pub cpus: Option<f64>,
     /// Memory limit: bytes, or with a suffix k, m, g, t (binary units), from
-    /// 1m to 1024t; or `unlimited`.
+    /// 1m to 1024t; or `unlimited` (`run`'s default: 1g).
     #[arg(short, long, value_name = "SIZE", value_parser = parse_memory)]
     pub memory: Option<Limit>,
-    /// Limit on the number of processes: 1 to 4194304, or `unlimited`.
+    /// Limit on the number of processes: 1 to 4194304 (the kernel's most),
+    /// or `unlimited` (`run`'s default: 1024).
     #[arg(long, value_name = "N", value_parser = parse_pids)]
     pub pids_limit: Option<Limit>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UpdateArgs {
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// The sandboxes.
     #[arg(required = true)]
     pub names: Vec<String>,

@@ -105,11 +105,11 @@ fn config_from(args: &RunArgs) -> Result<SandboxConfig> {
         apply_security_opt(&mut config, option)?;
     }
     config.user = args.session.user.clone();
-    config.cpus = args.cpus;
-    if let Some(memory) = args.memory {
+    config.cpus = args.limits.cpus;
+    if let Some(memory) = args.limits.memory {
         config.memory = memory;
     }
-    if let Some(pids) = args.pids_limit {
+    if let Some(pids) = args.limits.pids_limit {
         config.pids = pids;
     }
     if let Some(timeout) = args.stop_timeout {
