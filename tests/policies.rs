@@ -16,6 +16,16 @@ use sandvisor::{
 /// Bounds every wait of these tests: a hang fails instead of blocking.
 const WAIT: Duration = Duration::from_secs(60);
 
+/// `future`'s value; fails the test if it takes longer than [`WAIT`] or errs.
+async fn within<T, E: std::fmt::Debug>(
+    future: impl std::future::Future<Output = Result<T, E>>,
+) -> T {
+    tokio::time::timeout(WAIT, future)
+        .await
+        .expect("took longer than WAIT")
+        .expect("failed")
+}
+
 /// Every event published so far on `events` (without metrics samples).
 fn drain(events: &mut (impl futures::Stream<Item = EventEnvelope> + Unpin)) -> Vec<SandboxEvent> {
     let mut seen = Vec::new();
@@ -56,10 +66,7 @@ async fn on_failure_5_runs_six_times_with_growing_delays_then_stays_stopped() {
     let mut config = SandboxConfig::shell("flaky", "exit 1");
     config.restart = "on-failure:5".parse().unwrap();
     let sandbox = rt.create(config).await.unwrap();
-    let result = tokio::time::timeout(WAIT, sandbox.wait_until_stopped())
-        .await
-        .unwrap()
-        .unwrap();
+    let result = within(sandbox.wait_until_stopped()).await;
     assert_eq!(result.status, SandboxStatus::Stopped);
     assert_eq!(result.exit_code, Some(1));
 
@@ -131,11 +138,7 @@ async fn always_restarts_after_exit_0_until_stopped() {
         .iter()
         .filter(|run| run.terminated_at.is_some())
         .all(|run| run.termination_reason == Some(TerminationReason::Completed)));
-    let stopped = tokio::time::timeout(WAIT, rt.get("again").await.unwrap().stop())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let stopped = within(rt.get("again").await.unwrap().stop()).await.unwrap();
     assert_eq!(stopped.status, SandboxStatus::Stopped);
     assert!(rt.connect("again").await.unwrap().is_none());
     let runs = rt.runs("again").await.unwrap();
@@ -185,11 +188,7 @@ async fn a_stop_during_the_backoff_calls_the_restart_off() {
         Err(Error::SandboxStillRunning(_))
     ));
 
-    let result = tokio::time::timeout(WAIT, handle.stop())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let result = within(handle.stop()).await.unwrap();
     assert_eq!(result.status, SandboxStatus::Stopped);
     assert_eq!(result.exit_code, Some(3));
     let handle = rt.get("patient").await.unwrap();
@@ -247,10 +246,7 @@ async fn a_kill_of_a_running_restarted_sandbox_ends_the_policy() {
     .await;
     assert_eq!(runs[0].termination_reason, Some(TerminationReason::Signal));
     assert_eq!(runs[1].restart_count, 1);
-    let result = tokio::time::timeout(WAIT, sandbox.kill())
-        .await
-        .unwrap()
-        .unwrap();
+    let result = within(sandbox.kill()).await;
     assert_eq!(result.status, SandboxStatus::Stopped);
     let runs = rt.runs("svc").await.unwrap();
     assert_eq!(runs.len(), 2);
@@ -292,17 +288,11 @@ async fn an_idle_sandbox_stops_with_idle_timeout_and_an_exec_keeps_it_alive() {
     // A session twice as long as the idle timeout, silent: the sandbox must
     // outlive it.
     let session = sandbox.exec(ExecConfig::new("sleep", ["2"])).await.unwrap();
-    let status = tokio::time::timeout(WAIT, session.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = within(session.wait()).await;
     assert_eq!(status.code, Some(0));
     assert_eq!(sandbox.status().await.unwrap(), SandboxStatus::Running);
     // Then nothing happens: it stops by itself, and is not restarted.
-    let result = tokio::time::timeout(WAIT, sandbox.wait_until_stopped())
-        .await
-        .unwrap()
-        .unwrap();
+    let result = within(sandbox.wait_until_stopped()).await;
     assert_eq!(result.status, SandboxStatus::Stopped);
     let runs = rt.runs("idle").await.unwrap();
     assert_eq!(runs.len(), 1);
@@ -320,10 +310,7 @@ async fn output_keeps_a_sandbox_from_idling_and_max_lifetime_stops_it() {
     config.idle_timeout = Some(Duration::from_millis(800));
     config.max_lifetime = Some(Duration::from_secs(3));
     let sandbox = rt.create(config).await.unwrap();
-    let result = tokio::time::timeout(WAIT, sandbox.wait_until_stopped())
-        .await
-        .unwrap()
-        .unwrap();
+    let result = within(sandbox.wait_until_stopped()).await;
     assert_eq!(result.status, SandboxStatus::Stopped);
     let runs = rt.runs("chatty").await.unwrap();
     assert_eq!(
@@ -351,10 +338,7 @@ async fn an_exec_timeout_kills_the_whole_process_group() {
     common::wait_until("the session's two sleeps", || {
         processes_named(init, "sleep").len() == 3
     });
-    let status = tokio::time::timeout(WAIT, session.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = within(session.wait()).await;
     assert!(status.timed_out, "{status:?}");
     assert_eq!(status.signal, Some(libc::SIGKILL));
     // Both are gone; the main command runs on.

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sandvisor::logs::LogSource;
 use sandvisor::{Error, Result};
-use tokio::io::AsyncWriteExt;
 
 /// Set once a write found stdout closed.
 static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
@@ -80,40 +79,15 @@ fn closed(err: &std::io::Error) -> bool {
 }
 
 /// Writes captured output where it came from: stderr to stderr, the rest to
-/// stdout.
+/// stdout, on the calling thread: a hand-off to a blocking thread per write
+/// (tokio's stdout) cost more than the write, which made printing a long log
+/// with alternating stdout and stderr entries take seconds. A full pipe
+/// blocks the caller, which is the back-pressure wanted.
 ///
 /// # Errors
 /// The write's error, a closed stdout included (the stream has no reader
 /// left: the caller stops; `main` ends with success).
-pub(crate) async fn write_output(source: LogSource, data: &[u8]) -> std::io::Result<()> {
-    let written = if source == LogSource::Stderr {
-        let mut err = tokio::io::stderr();
-        match err.write_all(data).await {
-            Ok(()) => err.flush().await,
-            Err(err) => Err(err),
-        }
-    } else {
-        let mut out = tokio::io::stdout();
-        match out.write_all(data).await {
-            Ok(()) => out.flush().await,
-            Err(err) => Err(err),
-        }
-    };
-    if let (Err(err), false) = (&written, source == LogSource::Stderr) {
-        closed(err);
-    }
-    written
-}
-
-/// Like [`write_output`], on the calling thread: for a printer that writes
-/// large buffers, and many small ones when stdout and stderr alternate,
-/// where a hand-off to a blocking thread per write would cost more than the
-/// write. A full pipe blocks the caller, which is the back-pressure wanted.
-///
-/// # Errors
-/// As [`write_output`].
-pub(crate) fn write_output_now(source: LogSource, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
+pub(crate) fn write_output(source: LogSource, data: &[u8]) -> std::io::Result<()> {
     let written = if source == LogSource::Stderr {
         let mut err = std::io::stderr().lock();
         err.write_all(data).and_then(|()| err.flush())

@@ -17,7 +17,7 @@ use sandvisor::engine::log::format::timestamp::TimestampFormatter;
 use sandvisor::logs::LogSource;
 use sandvisor::{Error, LogEntry, Result};
 
-use crate::out::write_output_now;
+use crate::out::write_output;
 
 /// Pending output at least this large is written out at once.
 const FLUSH_BYTES: usize = 64 << 10;
@@ -91,7 +91,7 @@ impl Printer {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let written = write_output_now(self.target, &self.pending);
+        let written = write_output(self.target, &self.pending);
         self.pending.clear();
         written.map_err(|source| Error::Io {
             path: "stdout".into(),

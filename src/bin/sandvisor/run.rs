@@ -221,7 +221,7 @@ async fn foreground(runtime: &Sandvisor, sandbox: &Sandbox, args: &RunArgs) -> R
             result = &mut stopped => break result?,
             entry = stream.next(), if streaming => match entry {
                 Some(Ok(entry)) => {
-                    write_output(entry.source, &entry.data).await.map_err(io_err(Path::new("stdout")))?;
+                    write_output(entry.source, &entry.data).map_err(io_err(Path::new("stdout")))?;
                     last = Some(entry.cursor);
                 }
                 Some(Err(Error::MissedRotation { resume_from, .. })) => {
@@ -278,9 +278,9 @@ async fn foreground(runtime: &Sandvisor, sandbox: &Sandbox, args: &RunArgs) -> R
         .await?;
     while let Some(entry) = rest.next().await {
         match entry {
-            Ok(entry) => write_output(entry.source, &entry.data)
-                .await
-                .map_err(io_err(Path::new("stdout")))?,
+            Ok(entry) => {
+                write_output(entry.source, &entry.data).map_err(io_err(Path::new("stdout")))?
+            }
             Err(err) => return Err(err),
         }
     }
@@ -326,7 +326,7 @@ pub(crate) async fn exec(home: Option<PathBuf>, args: ExecArgs) -> Result<ExitCo
     loop {
         tokio::select! {
             output = session.next() => match output {
-                Some(output) => write_output(output.source, &output.data).await.map_err(io_err(Path::new("stdout")))?,
+                Some(output) => write_output(output.source, &output.data).map_err(io_err(Path::new("stdout")))?,
                 None => break,
             },
             chunk = async { input.as_mut()?.recv().await }, if input.is_some() => {

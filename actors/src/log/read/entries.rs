@@ -29,35 +29,36 @@ impl Entries {
     /// Appends a run parsed after everything already here; `run_in_order`
     /// says whether the run itself is in time order.
     pub fn push_run(&mut self, run: Vec<LogEntry>, run_in_order: bool) {
-        let (Some(first), Some(last)) = (run.first(), run.last()) else {
-            return;
-        };
-        self.in_order &= run_in_order && self.last.is_none_or(|before| before <= first.timestamp);
-        self.last = Some(last.timestamp);
-        self.len += run.len();
-        self.runs.push(run);
+        if self.count(&run, run_in_order) {
+            self.runs.push(run);
+        }
     }
 
     /// Appends all of `other` into one contiguous run. Each of its runs is
     /// freed as soon as it is copied, so the next batch's parser reuses that
     /// memory instead of touching fresh pages.
     pub fn append_contiguous(&mut self, other: Entries) {
-        let in_order = other.in_order;
         for mut run in other.runs {
+            if !self.count(&run, other.in_order) {
+                continue;
+            }
             match self.runs.last_mut() {
-                Some(all) => {
-                    let (Some(first), Some(last)) = (run.first(), run.last()) else {
-                        continue;
-                    };
-                    self.in_order &=
-                        in_order && self.last.is_none_or(|before| before <= first.timestamp);
-                    self.last = Some(last.timestamp);
-                    self.len += run.len();
-                    all.append(&mut run);
-                }
-                None => self.push_run(run, in_order),
+                Some(all) => all.append(&mut run),
+                None => self.runs.push(run),
             }
         }
+    }
+
+    /// Counts a non-empty run about to be appended, and its order against
+    /// what is here; `false` for an empty run.
+    fn count(&mut self, run: &[LogEntry], run_in_order: bool) -> bool {
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            return false;
+        };
+        self.in_order &= run_in_order && self.last.is_none_or(|before| before <= first.timestamp);
+        self.last = Some(last.timestamp);
+        self.len += run.len();
+        true
     }
 
     /// Makes room for `additional` more entries in the last run, where
@@ -114,11 +115,6 @@ impl Entries {
             .last()
             .and_then(|run| run.last())
             .map(|e| e.timestamp);
-    }
-
-    /// The runs, in order.
-    pub fn into_runs(self) -> Vec<Vec<LogEntry>> {
-        self.runs
     }
 
     /// One `Vec` of every entry in order: the runs' one copy (none for a

@@ -60,13 +60,17 @@ const POOL_READ_BYTES: u64 = 64 << 10;
 /// the entries.
 type PoolRead = (Follower, Result<ReadStatus>, Entries);
 
+/// The error of a tailer whose follower did not come back from the pool (a
+/// read there panicked, which failed the tailer's handler first).
+fn lost_follower() -> ActorProcessingErr {
+    ActorProcessingErr::from("the log reader was lost in a pool read")
+}
+
 /// Reads one batch with `follower` on rayon's pool.
 ///
 /// # Errors
-/// If the follower is missing, or the read panicked on the pool.
-async fn read_on_pool(follower: Option<Follower>) -> Result<PoolRead, ActorProcessingErr> {
-    let mut follower = follower
-        .ok_or_else(|| ActorProcessingErr::from("the log reader was lost in a pool read"))?;
+/// If the read panicked on the pool.
+async fn read_on_pool(mut follower: Follower) -> Result<PoolRead, ActorProcessingErr> {
     let (tx, rx) = oneshot::channel();
     rayon::spawn(move || {
         let mut entries = Entries::new();
@@ -132,9 +136,7 @@ impl Drop for TailerState {
 
 impl TailerState {
     fn follower(&mut self) -> Result<&mut Follower, ActorProcessingErr> {
-        self.follower
-            .as_mut()
-            .ok_or_else(|| ActorProcessingErr::from("the log reader was lost in a pool read"))
+        self.follower.as_mut().ok_or_else(lost_follower)
     }
 
     async fn pump(&mut self) -> Result<(), ActorProcessingErr> {
@@ -144,7 +146,7 @@ impl TailerState {
         self.dirty = false;
         let mut entries = Entries::new();
         let status = if self.follower()?.backlog()? >= POOL_READ_BYTES {
-            let follower = self.follower.take();
+            let follower = self.follower.take().ok_or_else(lost_follower)?;
             let (follower, status, read) = read_on_pool(follower).await?;
             self.follower = Some(follower);
             entries = read;
