@@ -392,6 +392,9 @@ async fn stored(runtime: &Sandvisor, name: &str) -> Reply<Response> {
 /// Waits for the run's end holding only the supervisor: a waiting client
 /// never keeps the runtime alive (dropping it stops the server). Past
 /// `window`, answers `202`: still running, ask again.
+/// The shortest window a waiting call is held for before `202`.
+const MIN_WAIT_WINDOW: Duration = Duration::from_millis(100);
+
 async fn wait_detached(
     weak: &WeakSandvisor,
     sandbox: Sandbox,
@@ -400,6 +403,8 @@ async fn wait_detached(
     let name = sandbox.name().to_string();
     let supervisor = sandbox.supervisor().clone();
     drop(sandbox);
+    // A client asking again in a loop with a tiny window would only spin.
+    let window = window.map(|window| window.max(MIN_WAIT_WINDOW));
     match supervisor.call(SupervisorMsg::WaitStopped, window).await {
         Ok(ractor::rpc::CallResult::Success(outcome)) => {
             Ok(Json(SandboxStopResult::from(outcome)).into_response())

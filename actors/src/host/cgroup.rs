@@ -264,7 +264,13 @@ impl Cgroup {
                     limit.map_or("-1".into(), |v| v.to_string()),
                 ),
             };
+            let swap = dir.join("memory.swap.max");
             writes.push((dir.join(file), value));
+            // As at creation: swap would let the tree pass a new memory
+            // limit quietly (where the kernel accounts swap at all).
+            if self.v2 && controller == "memory" && limit.is_some() && swap.exists() {
+                writes.push((swap, "0".into()));
+            }
         }
         Ok(writes)
     }
@@ -395,6 +401,31 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(read(&memory), "67108864");
+    }
+
+    #[test]
+    fn a_memory_limit_added_on_v2_also_turns_swap_off() {
+        // A unified layout: plain files stand in for the kernel's.
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "memory pids cpu").unwrap();
+        let limits = Limits {
+            memory_bytes: None,
+            pids: Some(100),
+            cpu_quota_us: None,
+        };
+        let group = Cgroup::create_under(root.path(), "g", limits).unwrap();
+        let dir = root.path().join("sandvisor/g");
+        std::fs::write(dir.join("cgroup.controllers"), "memory pids").unwrap();
+        std::fs::write(dir.join("memory.max"), "max").unwrap();
+        std::fs::write(dir.join("memory.swap.max"), "max").unwrap();
+        group
+            .update(&LimitsUpdate {
+                memory_bytes: Some(Some(256 << 20)),
+                ..LimitsUpdate::default()
+            })
+            .unwrap();
+        assert_eq!(read(&dir.join("memory.max")), "268435456");
+        assert_eq!(read(&dir.join("memory.swap.max")), "0");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ractor::concurrency::JoinHandle;
-use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, watch};
@@ -179,23 +179,31 @@ impl AgentLinkState {
 
     /// Changes the running agent's limits, off the runtime's threads (a
     /// lower memory limit makes the kernel reclaim first).
-    async fn update_limits(&self, update: LimitsUpdate) -> Result<(), UpdateRefused> {
+    /// Writes the run's new limits on a blocking thread and answers `reply`
+    /// from there: lowering a memory limit makes the kernel reclaim, which
+    /// the sandbox can make slow, and the link must go on draining the
+    /// agent's frames meanwhile.
+    fn update_limits(&self, update: LimitsUpdate, reply: RpcReplyPort<Result<(), UpdateRefused>>) {
         let Some(agent) = self
             .agent
             .clone()
             .filter(|_| !self.ended && !self.agent_gone)
         else {
-            return Err(UpdateRefused::NotRunning);
+            let _ = reply.send(Err(UpdateRefused::NotRunning));
+            return;
         };
-        let written = tokio::task::spawn_blocking(move || agent.update_limits(&update)).await;
-        match written {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) if err.kind() == std::io::ErrorKind::Unsupported => {
-                Err(UpdateRefused::Unsupported(err.to_string()))
-            }
-            Ok(Err(err)) => Err(UpdateRefused::Failed(err.to_string())),
-            Err(join) => Err(UpdateRefused::Failed(join.to_string())),
-        }
+        tokio::spawn(async move {
+            let written = tokio::task::spawn_blocking(move || agent.update_limits(&update)).await;
+            let result = match written {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(err)) if err.kind() == std::io::ErrorKind::Unsupported => {
+                    Err(UpdateRefused::Unsupported(err.to_string()))
+                }
+                Ok(Err(err)) => Err(UpdateRefused::Failed(err.to_string())),
+                Err(join) => Err(UpdateRefused::Failed(join.to_string())),
+            };
+            let _ = reply.send(result);
+        });
     }
 
     async fn signal(&mut self, target: SignalTarget, signo: i32) {
@@ -472,9 +480,7 @@ impl Actor for AgentLink {
                 state.send_frame(&Frame::Exec(spec)).await;
             }
             AgentLinkMsg::Session { session, input } => state.on_session(session, input).await,
-            AgentLinkMsg::UpdateLimits { update, reply } => {
-                let _ = reply.send(state.update_limits(update).await);
-            }
+            AgentLinkMsg::UpdateLimits { update, reply } => state.update_limits(update, reply),
             AgentLinkMsg::Frame(frame) => state.on_frame(frame).await,
             AgentLinkMsg::ReaderDone(problem) => {
                 let reason = match problem {

@@ -197,6 +197,15 @@ pub enum SupervisorMsg {
         /// Done, or why not.
         reply: RpcReplyPort<Result<(), UpdateRefused>>,
     },
+    /// Itself: the agent link's answer to an `UpdateLimits` it forwarded.
+    LimitsWritten {
+        /// The change.
+        update: LimitsUpdate,
+        /// What the write came to.
+        result: Result<(), UpdateRefused>,
+        /// The caller's port.
+        reply: RpcReplyPort<Result<(), UpdateRefused>>,
+    },
     /// Timer: exec session `session` reached its timeout.
     SessionDeadline {
         /// Session id.

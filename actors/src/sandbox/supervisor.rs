@@ -84,12 +84,6 @@ use crate::restart::RestartBudget;
 
 mod actions;
 
-/// How long a live limits update may take: lowering a memory limit makes
-/// the kernel reclaim first, which is quick unless something is wrong. Below
-/// the control socket's 30 s for calls that answer at once, so a remote
-/// caller hears why.
-const UPDATE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Arguments to spawn a [`SandboxSupervisor`].
 pub struct SupervisorArgs {
     /// What to run.
@@ -231,7 +225,13 @@ impl Actor for SandboxSupervisor {
                     Some(outcome) => {
                         let _ = reply.send(outcome);
                     }
-                    None => state.stop_waiters.push(reply),
+                    None => {
+                        // Waiters that gave up (a control-socket wait ends
+                        // its window and asks again) are not kept: under a
+                        // restart policy the run may never end.
+                        state.stop_waiters.retain(|waiter| !waiter.is_closed());
+                        state.stop_waiters.push(reply);
+                    }
                 }
                 return Ok(());
             }
@@ -304,7 +304,19 @@ impl Actor for SandboxSupervisor {
                 return Ok(());
             }
             SupervisorMsg::UpdateLimits { update, reply } => {
-                let _ = reply.send(state.update_limits(update).await);
+                state.update_limits(&myself, update, reply);
+                return Ok(());
+            }
+            SupervisorMsg::LimitsWritten {
+                update,
+                result,
+                reply,
+            } => {
+                if result.is_ok() {
+                    // Runs a restart policy starts later keep them.
+                    state.spec.vm.limits = update.apply_to(state.spec.vm.limits);
+                }
+                let _ = reply.send(result);
                 return Ok(());
             }
             SupervisorMsg::Exec {
@@ -536,7 +548,17 @@ impl SupervisorState {
 
     /// Changes the current run's cgroup through its agent link, then the
     /// limits later runs start with, so that a failed write changes neither.
-    async fn update_limits(&mut self, update: LimitsUpdate) -> Result<(), UpdateRefused> {
+    /// Hands a live limits update to the run's agent link, if a run is live,
+    /// and is told the written result as [`SupervisorMsg::LimitsWritten`]:
+    /// the supervisor never waits for the kernel, and it learns the real
+    /// outcome however long the write takes (no timeout that could answer
+    /// "failed" for a write that then lands).
+    fn update_limits(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        update: LimitsUpdate,
+        reply: RpcReplyPort<Result<(), UpdateRefused>>,
+    ) {
         let live = self.pending_restart.is_none()
             && !self.phase.is_ended()
             && matches!(
@@ -544,26 +566,31 @@ impl SupervisorState {
                 SandboxStatus::Running | SandboxStatus::Paused | SandboxStatus::Draining
             );
         let Some(link) = self.link.clone().filter(|_| live) else {
-            return Err(UpdateRefused::NotRunning);
+            let _ = reply.send(Err(UpdateRefused::NotRunning));
+            return;
         };
-        let answer = link
-            .call(
-                |reply| AgentLinkMsg::UpdateLimits { update, reply },
-                Some(UPDATE_TIMEOUT),
-            )
-            .await;
-        match answer {
-            Ok(ractor::rpc::CallResult::Success(Ok(()))) => {
-                self.spec.vm.limits = update.apply_to(self.spec.vm.limits);
-                Ok(())
-            }
-            Ok(ractor::rpc::CallResult::Success(Err(refused))) => Err(refused),
-            Ok(ractor::rpc::CallResult::Timeout) => Err(UpdateRefused::Failed(format!(
-                "the cgroup was not written within {UPDATE_TIMEOUT:?}"
-            ))),
-            // The link ended meanwhile: so did the run.
-            Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(UpdateRefused::NotRunning),
+        let (written, result) = oneshot::channel();
+        if link
+            .cast(AgentLinkMsg::UpdateLimits {
+                update,
+                reply: written.into(),
+            })
+            .is_err()
+        {
+            let _ = reply.send(Err(UpdateRefused::NotRunning));
+            return;
         }
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            // The link ended meanwhile: so did the run.
+            let result = result.await.unwrap_or(Err(UpdateRefused::NotRunning));
+            // A supervisor that is gone has no spec to keep them in.
+            let _ = myself.cast(SupervisorMsg::LimitsWritten {
+                update,
+                result,
+                reply,
+            });
+        });
     }
 
     /// The status as the store has it: `Starting` while a restart waits.
