@@ -205,4 +205,35 @@ fn d13_run_d_says_why_the_daemon_could_not_start() {
         stderr.contains("daemon could not start") && stderr.contains("full"),
         "{stderr}"
     );
+    // Said to have failed, no daemon is left holding the home.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_of_home(&home).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "a daemon outlived its reported failure: {:?}",
+            processes_of_home(&home)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Live (not zombie) processes whose `SANDVISOR_HOME` is `home`.
+fn processes_of_home(home: &std::path::Path) -> Vec<u32> {
+    let wanted = format!("SANDVISOR_HOME={}", home.display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rfind(')')
+                .is_some_and(|end| stat[end + 2..].starts_with('Z'));
+            !zombie
+                && environ
+                    .split(|&b| b == 0)
+                    .any(|var| var == wanted.as_bytes())
+        })
+        .collect()
 }

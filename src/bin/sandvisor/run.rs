@@ -414,16 +414,22 @@ pub(crate) async fn ensure_daemon(home: PathBuf) -> Result<ControlClient> {
     }
     match client.host().await {
         Ok(_) => Ok(client),
-        Err(err) => Err(Error::DaemonNotStarted {
-            reason: match DAEMON_FAILED
-                .iter()
-                .find_map(|prefix| line.trim_end().strip_prefix(prefix))
-            {
-                Some(why) => why.to_string(),
-                None => format!("it does not answer ({err})"),
-            },
-            log: log_path,
-        }),
+        Err(err) => {
+            // Said to have failed, it must not come up later behind the
+            // caller's back, holding the home (a slow start on a full disk
+            // did, in the tests).
+            let _ = child.start_kill();
+            Err(Error::DaemonNotStarted {
+                reason: match DAEMON_FAILED
+                    .iter()
+                    .find_map(|prefix| line.trim_end().strip_prefix(prefix))
+                {
+                    Some(why) => why.to_string(),
+                    None => format!("it does not answer ({err})"),
+                },
+                log: log_path,
+            })
+        }
     }
 }
 
