@@ -17,6 +17,7 @@ pub mod backend;
 pub mod duration_serde;
 pub mod host;
 pub mod log;
+pub mod network;
 pub mod protocol;
 pub mod restart;
 pub mod root;
