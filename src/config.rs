@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sandvisor_actors::duration_serde;
+pub use sandvisor_actors::network::{Action, Network, PortRange, Protocol, Publish, Rule};
 use sandvisor_actors::protocol::IdRange;
 pub use sandvisor_actors::sandbox::policy::{Restart, RestartBackoff, DEFAULT_RESTART_BACKOFF};
 use serde::{Deserialize, Serialize};
@@ -314,6 +315,9 @@ pub struct SandboxConfig {
     pub read_only: bool,
     /// Host paths bound inside, in order.
     pub mounts: Vec<Mount>,
+    /// The sandbox's network: only `lo` (the default), the host's, or a
+    /// private one with published ports and an egress policy.
+    pub network: Network,
     /// Capabilities added to Docker's default set (names with or without
     /// `CAP_`, any case, or `ALL`); applied after `cap_drop`.
     pub cap_add: Vec<String>,
@@ -383,6 +387,7 @@ impl Default for SandboxConfig {
             rootfs: None,
             read_only: false,
             mounts: Vec::new(),
+            network: Network::None,
             cap_add: Vec::new(),
             cap_drop: Vec::new(),
             seccomp: Seccomp::Default,

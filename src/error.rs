@@ -125,6 +125,17 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A port the sandbox publishes is taken on the host (by another
+    /// sandbox or any other program); nothing was started.
+    #[error("cannot publish {address}/{protocol} for sandbox {name}: the port is already in use on the host")]
+    PortInUse {
+        /// The sandbox.
+        name: String,
+        /// The host address and port (`127.0.0.1:8080`).
+        address: std::net::SocketAddr,
+        /// `tcp` or `udp`.
+        protocol: String,
+    },
     /// The operation needs a running (or, for resume, paused) sandbox.
     #[error("sandbox {0} is not running")]
     SandboxNotRunning(String),

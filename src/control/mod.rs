@@ -113,6 +113,12 @@ pub enum ErrorBody {
     InvalidConfig { field: String, reason: String },
     /// [`Error::UpdateRefused`].
     UpdateRefused { name: String, reason: String },
+    /// [`Error::PortInUse`].
+    PortInUse {
+        name: String,
+        address: std::net::SocketAddr,
+        protocol: String,
+    },
     /// [`Error::ExecFailed`].
     ExecFailed {
         sandbox: String,
@@ -153,6 +159,7 @@ impl ErrorBody {
             | Self::SandboxNotRunning { .. }
             | Self::SandboxNotHosted { .. }
             | Self::SandboxDraining { .. }
+            | Self::PortInUse { .. }
             | Self::MetricsDisabled { .. } => StatusCode::CONFLICT,
             Self::ExecFailed { .. }
             | Self::UpdateRefused { .. }
@@ -177,6 +184,15 @@ impl From<Error> for ErrorBody {
             Error::MetricsDisabled(name) => Self::MetricsDisabled { name },
             Error::InvalidConfig { field, reason } => Self::InvalidConfig { field, reason },
             Error::UpdateRefused { name, reason } => Self::UpdateRefused { name, reason },
+            Error::PortInUse {
+                name,
+                address,
+                protocol,
+            } => Self::PortInUse {
+                name,
+                address,
+                protocol,
+            },
             Error::ExecFailed {
                 sandbox,
                 errno,
@@ -225,6 +241,15 @@ impl From<ErrorBody> for Error {
             ErrorBody::MetricsDisabled { name } => Self::MetricsDisabled(name),
             ErrorBody::InvalidConfig { field, reason } => Self::InvalidConfig { field, reason },
             ErrorBody::UpdateRefused { name, reason } => Self::UpdateRefused { name, reason },
+            ErrorBody::PortInUse {
+                name,
+                address,
+                protocol,
+            } => Self::PortInUse {
+                name,
+                address,
+                protocol,
+            },
             ErrorBody::ExecFailed {
                 sandbox,
                 errno,

@@ -17,6 +17,7 @@
 
 mod builder;
 mod handle;
+mod network;
 mod outcome;
 mod route;
 mod sandbox;
@@ -286,15 +287,29 @@ impl Sandvisor {
     async fn launch(&self, config: &SandboxConfig, id_slot: Option<u32>) -> Result<Sandbox> {
         let name = config.name.as_str();
         let log_dir = self.inner.logs.log_dir_for(name)?;
-        let context = spec::RunContext {
-            home: &self.inner.home,
-            log_dir,
-            host: self.inner.host,
-            run: unique_suffix(),
-            id_slot,
-            defaults: self.inner.defaults,
-        };
-        let spec = match spec::sandbox_spec(config, context) {
+        let prepared = network::plan(config, &self.inner.home).and_then(|network| {
+            let mounts = match &network {
+                Some(plan) => {
+                    network::check_ports(name, &plan.publish)?;
+                    network::write_files(plan, name)?
+                }
+                None => Vec::new(),
+            };
+            spec::sandbox_spec(
+                config,
+                spec::RunContext {
+                    home: &self.inner.home,
+                    log_dir,
+                    host: self.inner.host,
+                    run: unique_suffix(),
+                    id_slot,
+                    defaults: self.inner.defaults,
+                    network,
+                    network_mounts: mounts,
+                },
+            )
+        });
+        let spec = match prepared {
             Ok(spec) => spec,
             Err(err) => {
                 // Nothing was launched: the row must not stay Starting.

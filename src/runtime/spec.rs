@@ -20,13 +20,14 @@ use std::path::{Path, PathBuf};
 use sandvisor_actors::host::cgroup::{Limits, CPU_PERIOD_US};
 use sandvisor_actors::lifecycle::HostId;
 use sandvisor_actors::log::tap::TapConfig;
+use sandvisor_actors::network::NetworkPlan;
 use sandvisor_actors::protocol::{
     BindMount, CommandSpec, Confinement, ExecSpec, Ids, Rlimit, RootPlan, SpawnPlan, StartSpec,
 };
 use sandvisor_actors::sandbox::SandboxSpec;
 use sandvisor_actors::sandbox::VmSpec;
 
-use crate::config::{id_range, mount_target, parse_user, Limit, SandboxConfig};
+use crate::config::{id_range, mount_target, parse_user, Limit, Network, SandboxConfig};
 use crate::error::{Error, Result};
 use crate::exec::ExecConfig;
 use crate::home;
@@ -65,6 +66,11 @@ pub(super) struct RunContext<'a> {
     pub id_slot: Option<u32>,
     /// The runtime's default limits.
     pub defaults: Defaults,
+    /// The private network to attach, if any.
+    pub network: Option<NetworkPlan>,
+    /// Its files bound inside (`/etc/resolv.conf`, `/etc/hosts`), before
+    /// the config's own mounts (which may replace them).
+    pub network_mounts: Vec<BindMount>,
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> Error {
@@ -130,7 +136,7 @@ pub(super) fn sandbox_spec(config: &SandboxConfig, context: RunContext<'_>) -> R
                 },
                 pid_namespace: iso.pid,
                 mount_namespace: iso.mount,
-                net_namespace: iso.net,
+                net_namespace: iso.net && config.network != Network::Host,
                 uts_namespace: iso.uts,
                 ipc_namespace: iso.ipc,
                 cgroup_namespace: iso.cgroup,
@@ -139,7 +145,8 @@ pub(super) fn sandbox_spec(config: &SandboxConfig, context: RunContext<'_>) -> R
             plan: SpawnPlan {
                 pid_namespace: iso.pid,
                 user_namespace,
-                root: root_plan(config, context.home)?,
+                root: root_plan(config, context.home, context.network_mounts)?,
+                net_namespace: context.network.is_some(),
             },
             limits: Limits {
                 memory_bytes: config.memory.resolve(context.defaults.memory),
@@ -147,6 +154,7 @@ pub(super) fn sandbox_spec(config: &SandboxConfig, context: RunContext<'_>) -> R
                 cpu_quota_us: config.cpus.map(cpu_quota_us),
             },
             cgroup_id: format!("{}-{}-{}", config.name, context.host.pid, context.run),
+            network: context.network,
         },
         tap: TapConfig {
             dir: log_dir.clone(),
@@ -174,24 +182,24 @@ fn cpu_quota_us(cpus: f64) -> u64 {
 
 /// The root filesystem to stage: none for a privileged sandbox without a
 /// rootfs (it runs in the host's `/`).
-fn root_plan(config: &SandboxConfig, home: &Path) -> Result<Option<RootPlan>> {
+fn root_plan(
+    config: &SandboxConfig,
+    home: &Path,
+    network_mounts: Vec<BindMount>,
+) -> Result<Option<RootPlan>> {
     if config.isolation.privileged && config.rootfs.is_none() {
         return Ok(None);
     }
     let dir = home::sandbox_dir(home, &config.name)?.join(home::FS_DIR);
-    let mounts = config
-        .mounts
-        .iter()
-        .enumerate()
-        .map(|(i, mount)| {
-            Ok(BindMount {
-                source: wire_path(&format!("mounts[{i}].source"), &mount.source)?,
-                target: mount_target(&mount.target)
-                    .map_err(|reason| invalid(&format!("mounts[{i}].target"), reason))?,
-                read_only: mount.read_only,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut mounts = network_mounts;
+    for (i, mount) in config.mounts.iter().enumerate() {
+        mounts.push(BindMount {
+            source: wire_path(&format!("mounts[{i}].source"), &mount.source)?,
+            target: mount_target(&mount.target)
+                .map_err(|reason| invalid(&format!("mounts[{i}].target"), reason))?,
+            read_only: mount.read_only,
+        });
+    }
     Ok(Some(RootPlan {
         dir: wire_path("home", &dir)?,
         rootfs: config

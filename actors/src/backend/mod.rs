@@ -58,6 +58,9 @@ pub struct VmSpec {
     pub limits: Limits,
     /// The cgroup's name when there are limits (unique per run).
     pub cgroup_id: String,
+    /// The private network to attach before `Start` (`plan.net_namespace`
+    /// is then set); `None`: only `lo`, or the host's network.
+    pub network: Option<crate::network::NetworkPlan>,
 }
 
 /// Why no agent was started.

@@ -3,4 +3,5 @@
 //! here knows about actors or sandboxes.
 
 pub mod cgroup;
+pub mod launcher;
 pub mod pidfd;

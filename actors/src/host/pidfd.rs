@@ -24,6 +24,24 @@ impl Pidfd {
         Ok(Self { fd, pid })
     }
 
+    /// Watches the process `pid` (`pidfd_open(2)`): only safe for a child
+    /// of this process not yet waited for, whose pid cannot be reused.
+    /// Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// The OS error of `pidfd_open` (`ESRCH`: no such process).
+    pub fn open(pid: u32) -> std::io::Result<Self> {
+        // SAFETY: pidfd_open takes a pid and no flags and returns a new
+        // descriptor that nothing else owns.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: see above.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        Self::new(fd, pid)
+    }
+
     /// The process's host pid.
     pub fn pid(&self) -> u32 {
         self.pid

@@ -66,6 +66,11 @@ pub struct SpawnPlan {
     /// The root filesystem to stage; `None` leaves the host's `/`
     /// (unconfined sandboxes).
     pub root: Option<RootPlan>,
+    /// Create the agent in a new network namespace (owned by its user
+    /// namespace, if any), so the host can attach the sandbox's network
+    /// before `Start`; the agent then does not unshare another.
+    #[serde(default)]
+    pub net_namespace: bool,
 }
 
 /// A user and group inside the sandbox.

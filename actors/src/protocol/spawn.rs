@@ -206,6 +206,7 @@ mod tests {
                 count: 65536,
             }),
             root: None,
+            net_namespace: true,
         };
         for request in [
             Request {

@@ -33,6 +33,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, watch};
 
 use super::capture::read_frames;
+use super::net_helper::NetHelperMsg;
 use super::session::Routes;
 use super::stdin::StdinFlow;
 use super::{AgentLinkMsg, ExecItem, ExecRefused, ExecReply, SessionInput, UpdateRefused, VmEvent};
@@ -63,6 +64,9 @@ pub struct AgentLinkArgs {
     /// Counts output chunks read from the agent (the supervisor's idle
     /// timeout reads it).
     pub output_count: Arc<std::sync::atomic::AtomicU64>,
+    /// The run's network helper: asked to attach the private network once
+    /// the agent exists, before `Start`.
+    pub network: Option<ActorRef<NetHelperMsg>>,
 }
 
 /// The agent link actor. See the module docs.
@@ -104,6 +108,7 @@ struct Boot {
     backend: Arc<dyn Backend>,
     tap: watch::Receiver<ActorRef<RelayTapMsg>>,
     output_count: Arc<std::sync::atomic::AtomicU64>,
+    network: Option<ActorRef<NetHelperMsg>>,
 }
 
 /// Frames queued for the agent at most: far more than a well-behaved agent
@@ -361,6 +366,32 @@ impl AgentLinkState {
     }
 }
 
+/// Has the run's network helper build the agent's private network; why
+/// not, in words for a boot error.
+async fn attach_network(
+    network: &ActorRef<NetHelperMsg>,
+    agent: Option<&dyn Agent>,
+) -> Result<(), String> {
+    let agent_pid = agent.map(Agent::pid).ok_or("the agent is gone")?;
+    // Past the helper's own deadlines (nft, pasta's readiness) with room.
+    let asked = network
+        .call(
+            |reply| NetHelperMsg::Attach { agent_pid, reply },
+            Some(NETWORK_ATTACH_TIMEOUT),
+        )
+        .await;
+    match asked {
+        Ok(ractor::rpc::CallResult::Success(built)) => built,
+        Ok(ractor::rpc::CallResult::Timeout) => Err(format!(
+            "the private network was not built within {NETWORK_ATTACH_TIMEOUT:?}"
+        )),
+        _ => Err("the network helper actor is gone".into()),
+    }
+}
+
+/// How long building a private network may take.
+const NETWORK_ATTACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(25);
+
 impl Actor for AgentLink {
     type Msg = AgentLinkMsg;
     type State = AgentLinkState;
@@ -391,6 +422,7 @@ impl Actor for AgentLink {
                 backend: args.backend,
                 tap: args.tap,
                 output_count: args.output_count,
+                network: args.network,
             }),
         })
     }
@@ -407,6 +439,7 @@ impl Actor for AgentLink {
             backend,
             tap,
             output_count,
+            network,
         }) = state.boot.take()
         else {
             return Ok(());
@@ -429,6 +462,18 @@ impl Actor for AgentLink {
             agent.exited().await;
             let _ = link.cast(AgentLinkMsg::AgentExited);
         }));
+        if let Some(network) = network {
+            if let Err(message) = attach_network(&network, state.agent.as_deref()).await {
+                state.kill_from_host();
+                state.end(VmEvent::BootFailed {
+                    stage: BootStage::Network,
+                    errno: 0,
+                    message,
+                    exec_failed: false,
+                });
+                return Ok(());
+            }
+        }
         let (read, mut writer) = started.socket.into_split();
         let mut start = Vec::new();
         Frame::Start(state.spec.start.clone()).encode(&mut start);

@@ -12,6 +12,7 @@
 //! | [`capture`] | the output reader task: socket → relay tap, in wire order |
 //! | [`stdin`] | stdin flow control per exec session |
 //! | [`session`] | exec sessions' live output routes |
+//! | [`net_helper`] | the NetHelper actor: a private network's helper process, restarted when it dies |
 //! | [`boot_error`] | `boot-error.json` |
 //! | [`events`], [`metrics`], [`lifecycle`] | what a supervisor publishes and persists |
 //!
@@ -20,7 +21,9 @@
 //!   supervisor; its own timers (`Escalate`, `KillTimedOut`, `BootTimedOut`,
 //!   `DrainTimedOut`, `SampleMetrics`, `RestartDue`, `IdleCheck`,
 //!   `LifetimeExceeded`, `SessionDeadline`) → itself; `Vm` from the agent
-//!   link, `Tap` from the relay tap.
+//!   link, `Tap` from the relay tap, `Net` from the net helper.
+//! - [`net_helper::NetHelperMsg`]: the agent link → the net helper
+//!   (`Attach`); the helper's exit watcher → the net helper (`Exited`).
 //! - [`AgentLinkMsg`]: the supervisor → the agent link (`Signal`, `Kill`,
 //!   `KillFromHost`, `Exec`, `Session`); the capture task → the agent link
 //!   (`Frame`, `ReaderDone`); the agent's exit watcher → the agent link
@@ -38,6 +41,7 @@ pub mod capture;
 pub mod events;
 pub mod lifecycle;
 pub mod metrics;
+pub mod net_helper;
 pub mod phase;
 pub mod policy;
 pub mod session;
@@ -144,6 +148,8 @@ pub enum SupervisorMsg {
     Vm(VmEvent),
     /// From the RelayTap.
     Tap(TapEvent),
+    /// From the NetHelper of a private network.
+    Net(net_helper::NetEvent),
     /// The current status.
     Status(RpcReplyPort<SandboxStatus>),
     /// Answer when the run has ended.
@@ -262,6 +268,7 @@ macro_rules! child_event {
 
 child_event!(Vm, VmEvent);
 child_event!(Tap, TapEvent);
+child_event!(Net, net_helper::NetEvent);
 
 /// A supervisor tells its parent its run has ended, before it answers any
 /// waiter: whoever hears of the end and looks the sandbox up again finds it

@@ -70,6 +70,7 @@ use tokio::sync::{oneshot, watch};
 use super::events::{EventSink, Publisher, SandboxEvent};
 use super::lifecycle::{HostId, LifecycleStore, PendingRestart, SandboxStatus, TerminationReason};
 use super::metrics::{Sampler, SandboxMetrics};
+use super::net_helper::{NetEvent, NetHelper, NetHelperArgs, NetHelperMsg};
 use super::phase::{self, Context, Input, Phase};
 use super::policy::{RestartEnd, RestartTracker};
 use super::{
@@ -118,6 +119,8 @@ pub struct SupervisorState {
     tap_budget: RestartBudget,
     generation: u64,
     link: Option<ActorRef<AgentLinkMsg>>,
+    /// The current run's network helper (private networks).
+    network: Option<ActorRef<NetHelperMsg>>,
     init_pid: Option<u32>,
     run_id: Option<i64>,
     started: Option<oneshot::Sender<Result<u32, BootFailure>>>,
@@ -167,7 +170,7 @@ impl Actor for SandboxSupervisor {
         let (tap_tx, _) = watch::channel(tap.clone());
         let boot_timeout = args.backend.boot_timeout();
         let output_count = Arc::new(AtomicU64::new(0));
-        let link = spawn_link(
+        let children = spawn_link(
             &myself,
             spec.vm.clone(),
             &tap_tx,
@@ -186,7 +189,8 @@ impl Actor for SandboxSupervisor {
             tap_tx,
             tap_budget: RestartBudget::default(),
             generation: 0,
-            link: Some(link),
+            link: Some(children.link),
+            network: children.network,
             init_pid: None,
             run_id: None,
             started: args.started,
@@ -301,6 +305,21 @@ impl Actor for SandboxSupervisor {
             }
             SupervisorMsg::Subscribe(sink) => {
                 state.events.subscribe(sink);
+                return Ok(());
+            }
+            SupervisorMsg::Net(event) => {
+                match event {
+                    NetEvent::Restarted { reason } => {
+                        state.note(true, &format!("{reason}; restarted it"));
+                        state.publish(SandboxEvent::ChildRestarted {
+                            actor: "network_helper",
+                            reason,
+                        });
+                    }
+                    NetEvent::GaveUp { reason } => {
+                        state.note(true, &format!("{reason}; the sandbox's network is down"));
+                    }
+                }
                 return Ok(());
             }
             SupervisorMsg::UpdateLimits { update, reply } => {
@@ -438,6 +457,17 @@ impl Actor for SandboxSupervisor {
             // The capture task waits on this to resume writing.
             state.tap_tx.send_replace(tap);
         } else if state
+            .network
+            .as_ref()
+            .is_some_and(|network| network.get_id() == cell.get_id())
+        {
+            // Its process died with it (its handle kills it on drop).
+            state.network = None;
+            state.note(
+                true,
+                &format!("network helper actor ended ({reason}); the sandbox's network is down"),
+            );
+        } else if state
             .link
             .as_ref()
             .is_some_and(|link| link.get_id() == cell.get_id())
@@ -460,16 +490,36 @@ async fn spawn_link(
     tap: &watch::Sender<ActorRef<RelayTapMsg>>,
     backend: &Arc<dyn Backend>,
     output_count: &Arc<AtomicU64>,
-) -> Result<ActorRef<AgentLinkMsg>, ActorProcessingErr> {
+) -> Result<RunChildren, ActorProcessingErr> {
+    let network = match &vm.network {
+        Some(plan) => {
+            let args = NetHelperArgs {
+                plan: plan.clone(),
+                events: myself.get_derived(),
+            };
+            let (helper, _) = Actor::spawn_linked(None, NetHelper, args, myself.get_cell()).await?;
+            Some(helper)
+        }
+        None => None,
+    };
     let link_args = AgentLinkArgs {
         spec: vm,
         tap: tap.subscribe(),
         events: myself.get_derived(),
         backend: backend.clone(),
         output_count: output_count.clone(),
+        network: network.clone(),
     };
     let (link, _) = Actor::spawn_linked(None, AgentLink, link_args, myself.get_cell()).await?;
-    Ok(link)
+    Ok(RunChildren { link, network })
+}
+
+/// The children of one run.
+pub(super) struct RunChildren {
+    /// The agent link.
+    pub link: ActorRef<AgentLinkMsg>,
+    /// The private network's helper, if any.
+    pub network: Option<ActorRef<NetHelperMsg>>,
 }
 
 async fn spawn_tap(

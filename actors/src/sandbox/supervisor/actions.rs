@@ -245,6 +245,10 @@ impl SupervisorState {
             // Its agent is gone; a restart gets a link of its own.
             link.stop(None);
         }
+        if let Some(network) = self.network.take() {
+            // Its namespace is gone with the agent: so goes its helper.
+            network.stop(None);
+        }
         self.publish(SandboxEvent::StatusChanged { from, to: status });
         tracing::info!(sandbox = %self.spec.name, %status, %reason, ?exit_code, ?signal, "ended");
         // The first start's boot failure goes to its starter as an error,
@@ -421,9 +425,10 @@ impl SupervisorState {
         let mut vm = self.spec.vm.clone();
         // Each run has its own cgroup; the last one's may not be gone yet.
         vm.cgroup_id = format!("{}-r{attempt}", vm.cgroup_id);
-        let link =
+        let children =
             super::spawn_link(myself, vm, &self.tap_tx, &self.backend, &self.output_count).await?;
-        self.link = Some(link);
+        self.link = Some(children.link);
+        self.network = children.network;
         self.arm_run_timer(myself, self.boot_timeout, || SupervisorMsg::BootTimedOut);
         Ok(())
     }

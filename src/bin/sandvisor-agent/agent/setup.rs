@@ -25,7 +25,8 @@ use sandvisor_actors::protocol::{BootError, BootStage, RootPlan, SpawnPlan, Star
 /// 3. make the agent non-dumpable (nothing in the sandbox may ptrace it or
 ///    read its memory, environment or descriptors), and start a new
 ///    session, out of the spawner's;
-/// 4. unshare the mount, network, UTS, IPC and cgroup namespaces asked for
+/// 4. unshare the mount, network (unless the spawner created it), UTS, IPC
+///    and cgroup namespaces asked for
 ///    (owned by the sandbox's user namespace, if any; the cgroup namespace
 ///    is rooted at the sandbox's cgroup, which the host moved the agent into
 ///    before `Start`);
@@ -69,7 +70,7 @@ pub(super) fn enter(
     }
     nix::unistd::setsid()
         .map_err(|errno| boot_error(BootStage::BuildVm, errno, "start a new session"))?;
-    nix::sched::unshare(clone_flags(spec))
+    nix::sched::unshare(clone_flags(spec, plan))
         .map_err(|errno| boot_error(BootStage::BuildVm, errno, "unshare namespaces"))?;
     if let Some(root) = &plan.root {
         enter_root(spec, root, &cgroups)?;
@@ -92,11 +93,16 @@ pub(super) fn enter(
     Ok(())
 }
 
-fn clone_flags(spec: &StartSpec) -> nix::sched::CloneFlags {
+fn clone_flags(spec: &StartSpec, plan: &SpawnPlan) -> nix::sched::CloneFlags {
     let mut flags = CloneFlags::empty();
     for (wanted, flag) in [
         (spec.mount_namespace, CloneFlags::CLONE_NEWNS),
-        (spec.net_namespace, CloneFlags::CLONE_NEWNET),
+        // A network namespace created with the agent is already its own
+        // (the host attached the sandbox's network to it).
+        (
+            spec.net_namespace && !plan.net_namespace,
+            CloneFlags::CLONE_NEWNET,
+        ),
         (spec.uts_namespace, CloneFlags::CLONE_NEWUTS),
         (spec.ipc_namespace, CloneFlags::CLONE_NEWIPC),
         (spec.cgroup_namespace, CloneFlags::CLONE_NEWCGROUP),

@@ -8,8 +8,8 @@
 //! The staging child, still host root in the host's namespaces:
 //! 1. unshares a mount namespace of its own (private propagation);
 //! 2. creates the agent with `clone3` — a child of the spawner
-//!    (`CLONE_PARENT`), in a new user namespace and pid namespace as asked —
-//!    which waits on a pipe until step 5;
+//!    (`CLONE_PARENT`), in a new user namespace, pid namespace and network
+//!    namespace as asked — which waits on a pipe until step 5;
 //! 3. writes the agent's `setgroups` (`deny`), `uid_map` and `gid_map`;
 //! 4. builds the root in its mount namespace, which the agent shares (see
 //!    [`super::root`]); the lower layers are mounted id-mapped to the
@@ -38,7 +38,7 @@ use crate::spawner::{answer, become_agent, clone3_fork, Forked};
 
 /// Whether `plan` needs a staging child.
 pub(crate) fn needed(plan: &SpawnPlan) -> bool {
-    plan.user_namespace.is_some() || plan.root.is_some()
+    plan.user_namespace.is_some() || plan.root.is_some() || plan.net_namespace
 }
 
 /// Forks the staging child for `request` (see the module docs); returns at
@@ -88,6 +88,9 @@ fn stage(request: Request, socket: OwnedFd) -> Result<(u32, OwnedFd), Errno> {
     }
     if plan.pid_namespace {
         flags |= libc::CLONE_NEWPID as u64;
+    }
+    if plan.net_namespace {
+        flags |= libc::CLONE_NEWNET as u64;
     }
     let (pid, pidfd) = match clone3_fork(flags)? {
         Forked::Child => {

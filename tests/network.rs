@@ -1,0 +1,294 @@
+//! Private networks (issue 17) with real sandboxes, a real `pasta`, real
+//! nftables rules and real sockets — traffic only on the host's loopback and
+//! inside the sandboxes' own network namespaces.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::runtime;
+use sandvisor::{
+    Action, Error, ExecConfig, Network, PortRange, Protocol, Publish, Rule, SandboxConfig,
+};
+
+/// A free TCP port on the host's loopback (bound once and let go).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn publish(host_port: u16, port: u16) -> Publish {
+    Publish {
+        host_ip: Ipv4Addr::LOCALHOST.into(),
+        host_port,
+        port,
+        protocol: Protocol::Tcp,
+    }
+}
+
+fn private(publish: Vec<Publish>, egress: Vec<Rule>) -> Network {
+    Network::Private {
+        publish,
+        egress,
+        dns: Vec::new(),
+    }
+}
+
+/// A sandbox serving HTTP on `port` inside (python's http.server).
+fn http_server(name: &str, port: u16, network: Network) -> SandboxConfig {
+    let mut config = SandboxConfig::new(name, "python3").args([
+        "-m",
+        "http.server",
+        "--bind",
+        "0.0.0.0",
+        "--directory",
+        "/etc",
+        &port.to_string(),
+    ]);
+    config.network = network;
+    config
+}
+
+/// GETs `/hosts` from 127.0.0.1:`port` until it answers (or 20 s pass),
+/// off the test's runtime, whose thread runs the sandboxes' actors.
+async fn get_until_answered(port: u16) -> String {
+    tokio::task::spawn_blocking(move || get_blocking(port))
+        .await
+        .unwrap()
+}
+
+fn get_blocking(port: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = (|| -> std::io::Result<String> {
+            let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(b"GET /hosts HTTP/1.0\r\n\r\n")?;
+            let mut body = String::new();
+            stream.read_to_string(&mut body)?;
+            Ok(body)
+        })();
+        match answer {
+            Ok(body) if body.starts_with("HTTP/1.0 200") => return body,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no answer on 127.0.0.1:{port}: {other:?}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Runs `script` with python3 in `sandbox`; its output and exit code.
+async fn python(sandbox: &sandvisor::Sandbox, script: &str) -> (String, Option<i32>) {
+    use futures::StreamExt;
+    let mut session = sandbox
+        .exec(ExecConfig::new("python3", ["-c", script]))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(chunk) = session.next().await {
+        out.extend_from_slice(&chunk.data);
+    }
+    let code = session.status().and_then(|status| status.code);
+    (String::from_utf8_lossy(&out).into_owned(), code)
+}
+
+/// A python snippet printing how a TCP connection to `host:port` went and
+/// how long it took.
+fn connect_script(host: &str, port: u16) -> String {
+    format!(
+        "import socket, time\n\
+         s = socket.socket(); s.settimeout(5); t = time.time()\n\
+         try:\n    s.connect(({host:?}, {port})); r = 'connected'\n\
+         except Exception as e:\n    r = type(e).__name__\n\
+         print(r, round(time.time() - t, 3))"
+    )
+}
+
+/// Polls `done` until it holds, without blocking the test's runtime;
+/// fails after 10 s.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Pids of `pasta` processes whose command line names `home`.
+fn pastas_of(home: &Path) -> Vec<u32> {
+    let needle = home.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| !common::ended(pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|cmdline| {
+                    let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                    text.contains("--config-net") && text.contains(&needle)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_published_port_answers_on_the_hosts_loopback_and_a_second_publisher_is_refused() {
+    let (home, rt) = runtime().await;
+    let port = free_port();
+    let web = rt
+        .create(http_server(
+            "web",
+            8080,
+            private(vec![publish(port, 8080)], vec![]),
+        ))
+        .await
+        .unwrap();
+    let body = get_until_answered(port).await;
+    assert!(
+        body.contains("10.0.2.15\tweb\n") && body.contains("host.sandvisor.internal"),
+        "the sandbox's /etc/hosts: {body}"
+    );
+    assert_eq!(pastas_of(home.path()).len(), 1);
+
+    let err = rt
+        .create(http_server(
+            "web2",
+            8080,
+            private(vec![publish(port, 8080)], vec![]),
+        ))
+        .await
+        .unwrap_err();
+    match err {
+        Error::PortInUse {
+            name,
+            address,
+            protocol,
+        } => {
+            assert_eq!(name, "web2");
+            assert_eq!(address, SocketAddr::from(([127, 0, 0, 1], port)));
+            assert_eq!(protocol, "tcp");
+        }
+        other => panic!("expected PortInUse, got {other:?}"),
+    }
+    assert_eq!(pastas_of(home.path()).len(), 1, "nothing started for web2");
+
+    web.stop().await.unwrap();
+    eventually("stop leaves no helper", || {
+        pastas_of(home.path()).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_hosts_loopback_is_denied_by_default_and_reachable_when_a_rule_allows_it() {
+    let (_home, rt) = runtime().await;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+    });
+    let mut closed = SandboxConfig::new("closed", "sleep").args(["1000"]);
+    closed.network = private(vec![], vec![]);
+    let closed = rt.create(closed).await.unwrap();
+    let (out, _) = python(&closed, &connect_script("10.0.2.2", port)).await;
+    let (result, secs) = out.trim().split_once(' ').unwrap();
+    assert_eq!(result, "ConnectionRefusedError", "{out}");
+    assert!(secs.parse::<f64>().unwrap() < 1.0, "denied at once: {out}");
+    // The sandbox's own loopback is its own.
+    let (out, _) = python(&closed, &connect_script("127.0.0.1", port)).await;
+    assert!(out.starts_with("ConnectionRefusedError"), "{out}");
+
+    let mut open = SandboxConfig::new("open", "sleep").args(["1000"]);
+    open.network = private(
+        vec![],
+        vec![Rule {
+            action: Action::Allow,
+            net: "10.0.2.2/32".parse().unwrap(),
+            ports: Some(PortRange {
+                first: port,
+                last: port,
+            }),
+            protocol: Some(Protocol::Tcp),
+        }],
+    );
+    let open = rt.create(open).await.unwrap();
+    let (out, _) = python(&open, &connect_script("host.sandvisor.internal", port)).await;
+    assert!(out.starts_with("connected"), "allowed by its rule: {out}");
+    // Rules are evaluated in order: a deny before the allow wins.
+    let mut first_deny = SandboxConfig::new("first-deny", "sleep").args(["1000"]);
+    first_deny.network = private(
+        vec![],
+        vec![
+            Rule {
+                action: Action::Deny,
+                net: "10.0.2.0/24".parse().unwrap(),
+                ports: None,
+                protocol: None,
+            },
+            Rule {
+                action: Action::Allow,
+                net: "10.0.2.2/32".parse().unwrap(),
+                ports: None,
+                protocol: None,
+            },
+        ],
+    );
+    let first_deny = rt.create(first_deny).await.unwrap();
+    let (out, _) = python(&first_deny, &connect_script("10.0.2.2", port)).await;
+    assert!(out.starts_with("ConnectionRefusedError"), "{out}");
+    for sandbox in [closed, open, first_deny] {
+        sandbox.kill().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_killed_helper_is_restarted_and_the_published_port_answers_again() {
+    let (home, rt) = runtime().await;
+    let port = free_port();
+    let web = rt
+        .create(http_server(
+            "phoenix",
+            8080,
+            private(vec![publish(port, 8080)], vec![]),
+        ))
+        .await
+        .unwrap();
+    get_until_answered(port).await;
+    let before = pastas_of(home.path());
+    assert_eq!(before.len(), 1);
+    common::sigkill(before[0]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let now = pastas_of(home.path());
+        if now.len() == 1 && now != before {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "no new helper: {now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    get_until_answered(port).await;
+    let runtime_log = home.path().join("sandboxes/phoenix/logs/runtime.log");
+    eventually("the restart noted in runtime.log", || {
+        std::fs::read_to_string(&runtime_log).is_ok_and(|log| log.contains("restarted it"))
+    })
+    .await;
+    web.stop().await.unwrap();
+    eventually("the helper ends with the sandbox", || {
+        common::ended(after[0])
+    })
+    .await;
+    assert!(pastas_of(home.path()).is_empty());
+}
