@@ -28,7 +28,8 @@ pub use logs::{
 };
 
 pub use config::{
-    Isolation, Limit, LogConfig, Mount, Resources, Restart, RestartBackoff, SandboxConfig,
+    Action, Isolation, Limit, LogConfig, Mount, Network, PortRange, Protocol, Publish, Resources,
+    Restart, RestartBackoff, Rule, SandboxConfig,
 };
 pub use exec::{ExecConfig, ExecHandle, ExecOutput, ExecStatus};
 pub use isolation::seccomp::Seccomp;
