@@ -136,7 +136,7 @@ impl Network {
                 return Err((
                     field(),
                     format!(
-                        "{item} binds the same host port as network.publish[{j}] ({})",
+                        "\"{item}\" binds the same host port as network.publish[{j}] (\"{}\")",
                         publish[j]
                     ),
                 ));
@@ -154,10 +154,10 @@ impl Network {
 
 fn check_publish(item: &Publish) -> Result<(), String> {
     if item.host_ip.is_ipv6() {
-        return Err(format!("{item}: {NO_IPV6}"));
+        return Err(format!("\"{item}\": {NO_IPV6}"));
     }
     if item.host_port == 0 || item.port == 0 {
-        return Err(format!("{item}: ports are 1 to 65535"));
+        return Err(format!("\"{item}\": ports are 1 to 65535"));
     }
     Ok(())
 }
@@ -172,11 +172,11 @@ fn binds_same(a: &Publish, b: &Publish) -> bool {
 
 fn check_rule(rule: &Rule) -> Result<(), String> {
     if rule.net.addr().is_ipv6() {
-        return Err(format!("{rule}: {NO_IPV6}"));
+        return Err(format!("\"{rule}\": {NO_IPV6}"));
     }
-    check_host_bits(rule.net).map_err(|reason| format!("{rule}: {reason}"))?;
+    check_host_bits(rule.net).map_err(|reason| format!("\"{rule}\": {reason}"))?;
     if let Some(ports) = rule.ports {
-        check_range(ports).map_err(|reason| format!("{rule}: {reason}"))?;
+        check_range(ports).map_err(|reason| format!("\"{rule}\": {reason}"))?;
     }
     Ok(())
 }
