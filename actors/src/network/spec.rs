@@ -197,7 +197,7 @@ fn check_dns(server: IpAddr) -> Result<(), String> {
 
 /// A CIDR with host bits set (`10.0.0.1/8`) is refused rather than guessed
 /// at: it may mean the network or the one address.
-fn check_host_bits(net: ipnet::IpNet) -> Result<(), String> {
+fn check_host_bits(net: IpNet) -> Result<(), String> {
     if net.trunc() == net {
         Ok(())
     } else {
