@@ -91,9 +91,10 @@ fn config_from(args: &RunArgs) -> Result<SandboxConfig> {
         config.isolation.mount = args.rootfs.is_some();
     }
     config.network = network_from(args)?;
-    if args.net {
-        // Stored as before `network` existed, so that older readers of
-        // the config see the host's network too.
+    if config.network == Network::Host {
+        // `--net` and `--network host` alike are stored as `--net` was
+        // before `network` existed, so that readers of `isolation.net`
+        // alone see the host's network too.
         config.isolation.net = false;
     }
     if args.userns.is_some() {
