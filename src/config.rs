@@ -306,6 +306,14 @@ pub struct SandboxConfig {
     pub working_dir: Option<String>,
     /// Namespaces and confinement.
     pub isolation: Isolation,
+    /// The sandbox's network (SPEC §10): `None` (only `lo`, the default),
+    /// `Host` (the host's own network, unsafe) or `Private` (its own
+    /// namespace joined to the host by a user-mode stack, with published
+    /// ports, an egress policy and DNS servers). `isolation.net == false`
+    /// also means the host's network, as before this field
+    /// ([`SandboxConfig::uses_host_network`]); `Private` needs
+    /// `isolation.net` and an unprivileged sandbox.
+    pub network: Network,
     /// A directory to use as the read-only lower layer of the sandbox's root
     /// filesystem (never written); `None`: the host base (the host's system
     /// directories, read-only, secrets masked).
@@ -384,6 +392,7 @@ impl Default for SandboxConfig {
             env: BTreeMap::new(),
             working_dir: None,
             isolation: Isolation::default(),
+            network: Network::None,
             rootfs: None,
             read_only: false,
             mounts: Vec::new(),
@@ -439,6 +448,13 @@ impl SandboxConfig {
     /// A sandbox running `sh -c script`.
     pub fn shell(name: impl Into<String>, script: impl Into<String>) -> Self {
         Self::new(name, "sh").args(["-c".to_string(), script.into()])
+    }
+
+    /// Whether the sandbox runs in the host's network namespace:
+    /// `network` is [`Network::Host`], or `isolation.net` is off (how
+    /// `--net` was stored before `network` existed, and still is).
+    pub fn uses_host_network(&self) -> bool {
+        self.network == Network::Host || !self.isolation.net
     }
 
     /// The environment the main command gets.
@@ -513,6 +529,7 @@ impl SandboxConfig {
             }
         }
         self.validate_isolation()?;
+        self.validate_network()?;
         if nix::sys::signal::Signal::try_from(self.stop_signal).is_err() {
             return Err(bad(
                 "stop_signal",
@@ -621,6 +638,35 @@ impl SandboxConfig {
         seccomp::check(&self.seccomp).map_err(|reason| bad("seccomp", reason))?;
         if let Some(user) = &self.user {
             check_user(user, iso.user).map_err(|reason| bad("user", reason))?;
+        }
+        Ok(())
+    }
+
+    /// Checks the network, and that a private one can be kept to its
+    /// egress policy.
+    fn validate_network(&self) -> Result<()> {
+        self.network
+            .validate()
+            .map_err(|(field, reason)| bad(&field, reason))?;
+        if !matches!(self.network, Network::Private { .. }) {
+            return Ok(());
+        }
+        if !self.isolation.net || self.isolation.privileged {
+            return Err(bad(
+                "network",
+                "a private network needs the sandbox's own network namespace (isolation.net, and not privileged)".into(),
+            ));
+        }
+        // The capabilities in force, not the names listed: `ALL` less a
+        // dropped NET_ADMIN leaves the policy safe. Unknown names were
+        // refused by `validate_isolation`.
+        let mask = caps::resolve(&self.cap_add, &self.cap_drop)
+            .map_err(|(field, reason)| bad(&field, reason))?;
+        if mask & ::caps::Capability::CAP_NET_ADMIN.bitmask() != 0 {
+            return Err(bad(
+                "cap_add",
+                "NET_ADMIN would let the sandbox remove its egress policy; a private network cannot have it".into(),
+            ));
         }
         Ok(())
     }
@@ -858,4 +904,108 @@ fn check_cpus(cpus: f64) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid config (`true` is on every host) with `network`.
+    fn with_network(network: Network) -> SandboxConfig {
+        SandboxConfig {
+            network,
+            ..SandboxConfig::new("net", "true")
+        }
+    }
+
+    fn private() -> Network {
+        Network::Private {
+            publish: vec!["8080:80".parse().unwrap()],
+            egress: vec!["allow:127.0.0.1:5432/tcp".parse().unwrap()],
+            dns: vec![],
+        }
+    }
+
+    /// The field and reason `config.validate()` refuses it with.
+    fn refusal(config: &SandboxConfig) -> (String, String) {
+        match config.validate() {
+            Err(Error::InvalidConfig { field, reason }) => (field, reason),
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_network_mode_is_valid_by_itself() {
+        for network in [Network::None, Network::Host, private()] {
+            with_network(network.clone()).validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn network_errors_name_the_network_field() {
+        let config = with_network(Network::Private {
+            publish: vec![],
+            egress: vec![],
+            dns: vec!["224.0.0.1".parse().unwrap()],
+        });
+        let (field, reason) = refusal(&config);
+        assert_eq!(field, "network.dns[0]");
+        assert!(reason.contains("224.0.0.1"), "{reason}");
+    }
+
+    #[test]
+    fn a_private_network_needs_the_sandboxs_own_namespace() {
+        let mut shared = with_network(private());
+        shared.isolation.net = false;
+        let mut privileged = with_network(private());
+        privileged.isolation = Isolation::unconfined();
+        privileged.isolation.net = true;
+        for config in [shared, privileged] {
+            let (field, reason) = refusal(&config);
+            assert_eq!(field, "network");
+            assert!(reason.contains("own network namespace"), "{reason}");
+        }
+    }
+
+    #[test]
+    fn a_private_network_refuses_net_admin() {
+        for added in ["NET_ADMIN", "cap_net_admin", "Net_Admin", "ALL", "all"] {
+            let mut config = with_network(private());
+            config.cap_add = vec!["CHOWN".into(), added.into()];
+            let (field, reason) = refusal(&config);
+            assert_eq!(field, "cap_add", "{added}");
+            assert!(reason.contains("NET_ADMIN"), "{reason}");
+            // Without a private network there is no policy to remove.
+            config.network = Network::None;
+            config.validate().unwrap();
+        }
+        // ALL but NET_ADMIN leaves the policy in force.
+        let mut config = with_network(private());
+        config.cap_add = vec!["ALL".into()];
+        config.cap_drop = vec!["NET_ADMIN".into()];
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn host_network_is_the_host_mode_or_no_net_namespace() {
+        assert!(!with_network(Network::None).uses_host_network());
+        assert!(!with_network(private()).uses_host_network());
+        assert!(with_network(Network::Host).uses_host_network());
+        let mut legacy = with_network(Network::None);
+        legacy.isolation.net = false;
+        assert!(legacy.uses_host_network());
+    }
+
+    #[test]
+    fn configs_without_a_network_read_as_none() {
+        let json = r#"{"name":"old","command":"true"}"#;
+        let config: SandboxConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(config.network, Network::None);
+        let config = with_network(private());
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(
+            serde_json::from_str::<SandboxConfig>(&json).unwrap(),
+            config
+        );
+    }
 }

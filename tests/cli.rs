@@ -691,3 +691,188 @@ fn tmux_drives_an_interactive_shell_and_the_terminal_is_restored() {
     assert_eq!(before, after, "terminal settings were not restored");
     assert_eq!(cli.sandbox("tty")["exit_code"], 0);
 }
+
+/// Issue 17: a bad `-p`, `--egress` or `--dns` is a config error (exit 1)
+/// naming the flag or field and the value, and nothing is created — in the
+/// foreground or with `-d`.
+#[test]
+fn malformed_network_flags_exit_1_naming_the_value_and_create_nothing() {
+    let cli = Cli::new();
+    // What parses but cannot be built is named by its config field, in its
+    // full form.
+    for (flag, value, names, quoted) in [
+        ("-p", "8080", "--publish", "8080"),
+        ("-p", "0:80", "--publish", "0:80"),
+        ("-p", "8080:80/sctp", "--publish", "8080:80/sctp"),
+        ("-p", "::1:8080:80", "--publish", "::1:8080:80"),
+        (
+            "-p",
+            "[::1]:8080:80",
+            "network.publish[0]",
+            "[::1]:8080:80/tcp",
+        ),
+        (
+            "--egress",
+            "permit:10.0.0.0/8",
+            "--egress",
+            "permit:10.0.0.0/8",
+        ),
+        (
+            "--egress",
+            "allow:10.0.0.1/8",
+            "--egress",
+            "allow:10.0.0.1/8",
+        ),
+        (
+            "--egress",
+            "allow:10.0.0.0/8:90-80/tcp",
+            "--egress",
+            "allow:10.0.0.0/8:90-80/tcp",
+        ),
+        (
+            "--egress",
+            "allow:[2001:db8::/32]",
+            "network.egress[0]",
+            "allow:[2001:db8::/32]",
+        ),
+        ("--dns", "resolver", "--dns", "resolver"),
+        ("--dns", "224.0.0.1", "network.dns[0]", "224.0.0.1"),
+        (
+            "--dns",
+            "2606:4700::1111",
+            "network.dns[0]",
+            "2606:4700::1111",
+        ),
+    ] {
+        for detach in [false, true] {
+            let mut args = vec!["run", "--name", "bad", flag, value];
+            if detach {
+                args.push("-d");
+            }
+            args.extend(["--", "true"]);
+            let out = cli.run(&args);
+            let message = stderr(&out);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {message}");
+            assert!(
+                message.contains("invalid config")
+                    && message.contains(names)
+                    && message.contains(&format!("{quoted:?}")),
+                "{args:?}: {message}"
+            );
+            assert_eq!(message.lines().count(), 1, "{args:?}: {message}");
+        }
+    }
+    // Two publishes of one host port: refused naming both.
+    let out = cli.run(&["run", "-p", "8080:80", "-p", "8080:81", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("network.publish[1]") && stderr(&out).contains("network.publish[0]"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(cli.ps().is_empty());
+    assert!(!cli.home().join("sandboxes/bad").exists());
+    assert!(
+        !cli.home().join("sandvisord.sock").exists(),
+        "no daemon was started"
+    );
+}
+
+/// A private network's flags with `--network none|host` (or `--net`), and
+/// `--net` with another `--network`, are usage errors: exit 2, nothing
+/// created.
+#[test]
+fn contradicting_network_flags_are_usage_errors() {
+    let cli = Cli::new();
+    for args in [
+        &["--network", "host", "-p", "8080:80"][..],
+        &["--network", "none", "--egress", "deny:0.0.0.0/0"],
+        &["--net", "--dns", "1.1.1.1"],
+        &["--net", "--network", "private"],
+        &["--network", "bridge"],
+    ] {
+        let mut full = vec!["run", "--name", "bad"];
+        full.extend(args);
+        full.extend(["--", "true"]);
+        let out = cli.run(&full);
+        let message = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{full:?}: {message}");
+        assert!(message.contains("--net"), "{full:?}: {message}");
+    }
+    assert!(cli.ps().is_empty());
+}
+
+/// `ps` marks the host's network (`--net` and `--network host` alike) and
+/// `inspect` shows the mode.
+#[test]
+fn ps_and_inspect_show_host_networking() {
+    let cli = Cli::new();
+    cli.ok(&["run", "--name", "alias", "--net", "--", "true"]);
+    cli.ok(&["run", "--name", "host", "--network", "host", "--", "true"]);
+    cli.ok(&["run", "--name", "none", "--", "true"]);
+    let table = cli.ok(&["ps", "-a"]);
+    assert!(table.lines().next().unwrap().contains("PORTS"), "{table}");
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap()
+            .to_string()
+    };
+    assert!(row("alias").ends_with("host-net"), "{table}");
+    assert!(row("host").ends_with("host-net"), "{table}");
+    assert!(row("none").ends_with("confined"), "{table}");
+    for (name, mode) in [("alias", "host"), ("host", "host"), ("none", "none")] {
+        assert_eq!(cli.sandbox(name)["network"], mode);
+        let inspected: Value = serde_json::from_str(&cli.ok(&["inspect", name])).unwrap();
+        let network = &inspected[0]["network"];
+        assert_eq!(network["mode"], mode, "{name}");
+        assert_eq!(network["publish"], serde_json::json!([]), "{name}");
+    }
+}
+
+/// `ps` shows published ports docker's way; `inspect` shows the whole
+/// private network, each value in its full CLI form.
+#[test]
+fn ps_and_inspect_show_a_private_network() {
+    let cli = Cli::new();
+    cli.ok(&[
+        "run",
+        "--name",
+        "web",
+        "-p",
+        "18080:80",
+        "-p",
+        "0.0.0.0:15353:53/udp",
+        "--egress",
+        "allow:127.0.0.1:5432/tcp",
+        "--egress",
+        "deny:0.0.0.0/0:25",
+        "--dns",
+        "192.0.2.53",
+        "--",
+        "true",
+    ]);
+    let table = cli.ok(&["ps", "-a"]);
+    let row = table.lines().find(|l| l.starts_with("web ")).unwrap();
+    assert!(
+        row.contains("127.0.0.1:18080->80/tcp, 0.0.0.0:15353->53/udp") && row.ends_with("confined"),
+        "{table}"
+    );
+    let listed = cli.sandbox("web");
+    assert_eq!(listed["network"], "private");
+    assert_eq!(
+        listed["ports"],
+        serde_json::json!(["127.0.0.1:18080->80/tcp", "0.0.0.0:15353->53/udp"])
+    );
+    let inspected: Value = serde_json::from_str(&cli.ok(&["inspect", "web"])).unwrap();
+    assert_eq!(
+        inspected[0]["network"],
+        serde_json::json!({
+            "mode": "private",
+            "publish": ["127.0.0.1:18080->80/tcp", "0.0.0.0:15353->53/udp"],
+            "egress": ["allow:127.0.0.1/32:5432/tcp", "deny:0.0.0.0/0:25"],
+            "dns": ["192.0.2.53"],
+        })
+    );
+}

@@ -93,9 +93,30 @@ pub(crate) struct RunArgs {
     pub detach: bool,
     #[command(flatten)]
     pub session: SessionArgs,
-    /// Share the host's network instead of an isolated one (only `lo`).
+    /// Share the host's network: the same as `--network host`.
     #[arg(long)]
     pub net: bool,
+    /// The sandbox's network: `none` (only `lo`, the default), `host` (the
+    /// host's own network: every host interface and service; unsafe) or
+    /// `private` (its own network through a user-mode stack; the host,
+    /// loopback, link-local and private ranges denied unless --egress
+    /// allows them). -p, --egress and --dns imply `private`.
+    #[arg(long, value_name = "MODE", value_parser = [NETWORK_NONE, NETWORK_HOST, NETWORK_PRIVATE])]
+    pub network: Option<String>,
+    /// Publish a port of a private network on the host:
+    /// [IP:]HOSTPORT:PORT[/tcp|/udp], IP 127.0.0.1 unless given
+    /// (repeatable).
+    #[arg(short, long, value_name = "SPEC")]
+    pub publish: Vec<String>,
+    /// An egress rule of a private network, tried in order before the
+    /// defaults: allow|deny:CIDR[:PORTS][/tcp|/udp], PORTS N or N-M
+    /// (repeatable).
+    #[arg(long, value_name = "RULE")]
+    pub egress: Vec<String>,
+    /// A DNS server for a private network (IPv4; repeatable; default: the
+    /// host's resolver).
+    #[arg(long, value_name = "IP")]
+    pub dns: Vec<String>,
     /// A directory to use as the read-only lower layer of the sandbox's `/`
     /// (never written; writes go to the sandbox's own layer).
     #[arg(long, value_name = "DIR")]
@@ -174,6 +195,60 @@ pub(crate) struct SessionArgs {
     /// is the uid when left out). Default: root inside the sandbox.
     #[arg(short, long, value_name = "UID[:GID]")]
     pub user: Option<String>,
+}
+
+/// `--network`'s words.
+pub(crate) const NETWORK_NONE: &str = "none";
+/// See [`NETWORK_NONE`].
+pub(crate) const NETWORK_HOST: &str = "host";
+/// See [`NETWORK_NONE`].
+pub(crate) const NETWORK_PRIVATE: &str = "private";
+
+impl RunArgs {
+    /// The `--network` asked for: as given, `host` for `--net`, else
+    /// `private` when a private network's flags are given, else `none`.
+    pub(crate) fn network_mode(&self) -> &str {
+        match (&self.network, self.net) {
+            (Some(mode), _) => mode,
+            (None, true) => NETWORK_HOST,
+            (None, false) if self.private_flag().is_some() => NETWORK_PRIVATE,
+            (None, false) => NETWORK_NONE,
+        }
+    }
+
+    /// The first flag given that only a private network takes.
+    fn private_flag(&self) -> Option<&'static str> {
+        [
+            ("-p/--publish", self.publish.is_empty()),
+            ("--egress", self.egress.is_empty()),
+            ("--dns", self.dns.is_empty()),
+        ]
+        .into_iter()
+        .find(|(_, empty)| !empty)
+        .map(|(flag, _)| flag)
+    }
+
+    /// What makes the network flags contradict each other, if anything:
+    /// `--net` with another `--network`, or a private network's flags with
+    /// `none` or `host`.
+    pub(crate) fn network_conflict(&self) -> Option<String> {
+        let mode = self.network_mode();
+        if self.net && mode != NETWORK_HOST {
+            return Some(format!(
+                "--net is --network host; it cannot be combined with --network {mode}"
+            ));
+        }
+        let flag = self.private_flag()?;
+        (mode != NETWORK_PRIVATE).then(|| {
+            let given = if self.net { "--net" } else { "--network" };
+            let given = if self.net {
+                given.to_string()
+            } else {
+                format!("{given} {mode}")
+            };
+            format!("{flag} needs a private network (--network private); {given} has none")
+        })
+    }
 }
 
 #[derive(Debug, Args)]

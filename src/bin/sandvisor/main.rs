@@ -22,7 +22,7 @@ mod show;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use sandvisor::{Error, Sandvisor};
 
 use args::{Cli, Command};
@@ -30,6 +30,15 @@ use out::errln;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Run(args) = &cli.command {
+        // A usage error, as clap reports its own (exit 2), before anything
+        // is opened.
+        if let Some(conflict) = args.network_conflict() {
+            Cli::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, conflict)
+                .exit();
+        }
+    }
     init_tracing(matches!(cli.command, Command::Serve(_)));
     let hosts = match &cli.command {
         Command::Serve(_) => true,

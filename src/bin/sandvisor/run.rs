@@ -10,13 +10,13 @@ use futures::StreamExt;
 use sandvisor::control::{daemon_socket, ControlClient};
 use sandvisor::logs::{LogSource, LogStreamOptions, LogStreamStart};
 use sandvisor::{
-    Error, ExecConfig, Isolation, LogCursor, Result, Sandbox, SandboxConfig, SandboxStatus,
-    Sandvisor, Seccomp,
+    Error, ExecConfig, Isolation, LogCursor, Network, Result, Sandbox, SandboxConfig,
+    SandboxStatus, Sandvisor, Seccomp,
 };
 use tokio::io::AsyncBufReadExt;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::args::{ExecArgs, RunArgs, ServeArgs};
+use crate::args::{ExecArgs, RunArgs, ServeArgs, NETWORK_HOST, NETWORK_PRIVATE};
 use crate::out::{errln, outln, write_output};
 use crate::session::{raw_terminal, stdin_chunks, terminal_size, Input};
 use crate::{exit_code, open};
@@ -90,7 +90,11 @@ fn config_from(args: &RunArgs) -> Result<SandboxConfig> {
         // A rootfs is a root of its own: that needs the mount namespace.
         config.isolation.mount = args.rootfs.is_some();
     }
-    if args.net {
+    config.network = network_from(args)?;
+    if config.network == Network::Host {
+        // `--net` and `--network host` alike are stored as `--net` was
+        // before `network` existed, so that readers of `isolation.net`
+        // alone see the host's network too.
         config.isolation.net = false;
     }
     if args.userns.is_some() {
@@ -127,6 +131,42 @@ fn config_from(args: &RunArgs) -> Result<SandboxConfig> {
     config.tty = args.session.tty;
     config.validate()?;
     Ok(config)
+}
+
+/// The network `--network`, `--net`, `-p`, `--egress` and `--dns` ask for
+/// (their conflicts were refused as usage errors already).
+fn network_from(args: &RunArgs) -> Result<Network> {
+    match args.network_mode() {
+        NETWORK_HOST => return Ok(Network::Host),
+        NETWORK_PRIVATE => {}
+        _ => return Ok(Network::None),
+    }
+    Ok(Network::Private {
+        publish: parse_each("--publish", &args.publish, str::parse)?,
+        egress: parse_each("--egress", &args.egress, str::parse)?,
+        dns: parse_each("--dns", &args.dns, |text| {
+            text.parse()
+                .map_err(|_| format!("{text:?} is not an IP address"))
+        })?,
+    })
+}
+
+/// Each of a repeatable flag's values, parsed; the error names the flag and
+/// (through `parse`'s reason) the value.
+fn parse_each<T>(
+    flag: &str,
+    values: &[String],
+    parse: impl Fn(&str) -> std::result::Result<T, String>,
+) -> Result<Vec<T>> {
+    values
+        .iter()
+        .map(|text| {
+            parse(text).map_err(|reason| Error::InvalidConfig {
+                field: flag.into(),
+                reason,
+            })
+        })
+        .collect()
 }
 
 /// One `--security-opt`: `seccomp=unconfined`, `seccomp=PATH`, or

@@ -12,7 +12,7 @@ use sandvisor::logs::{LogOptions, LogSource, LogStreamOptions, LogStreamStart, L
 use sandvisor::{
     Error, LogCursor, Result, SandboxHandle, SandboxMetrics, SandboxStatus, Sandvisor,
 };
-use sandvisor::{PendingRestart, Seccomp};
+use sandvisor::{Network, PendingRestart, Publish, SandboxConfig, Seccomp};
 use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -95,7 +95,7 @@ pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> 
         let last = runtime.runs(handle.name()).await?.pop();
         listed.push((handle, last));
     }
-    let isolation: Vec<&str> = listed
+    let isolation: Vec<String> = listed
         .iter()
         .map(|(handle, _)| isolation_word(handle))
         .collect();
@@ -126,6 +126,8 @@ pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> 
                     "restart": handle.pending_restart(),
                     "created_at": handle.created_at(),
                     "privileged": handle.config().is_ok_and(|c| c.isolation.privileged),
+                    "network": handle.config().ok().map(|c| network_mode(&c)),
+                    "ports": handle.config().map_or_else(|_| Vec::new(), |c| ports(&c)),
                 })
             })
             .collect();
@@ -169,7 +171,13 @@ pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> 
                 metrics.map_or_else(dash, |m| format!("{:.1}%", m.cpu_percent)),
                 metrics.map_or_else(dash, |m| human_bytes(m.memory_bytes)),
                 exit,
-                isolation.to_string(),
+                handle
+                    .config()
+                    .map(|c| ports(&c).join(", "))
+                    .ok()
+                    .filter(|ports| !ports.is_empty())
+                    .unwrap_or_else(dash),
+                isolation.clone(),
             ]
         })
         .collect();
@@ -182,6 +190,7 @@ pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> 
             "CPU",
             "MEM",
             "EXIT",
+            "PORTS",
             "ISOLATION",
         ],
         &rows,
@@ -210,14 +219,74 @@ fn restarting(pending: &PendingRestart, exit: &str) -> String {
 }
 
 /// How isolated a sandbox is, in a word for `ps`: `privileged` (no
-/// isolation), `host-ids` (confined, without a user namespace), `confined`.
-fn isolation_word(handle: &SandboxHandle) -> &'static str {
-    match handle.config() {
-        Ok(config) if config.isolation.privileged => "privileged",
-        Ok(config) if !config.isolation.user => "host-ids",
-        Ok(_) => "confined",
-        Err(_) => "-",
+/// isolation, the host's network included), else `confined` or what it
+/// shares with the host, comma-separated: `host-ids` (no user namespace),
+/// `host-net` (the host's network).
+fn isolation_word(handle: &SandboxHandle) -> String {
+    let Ok(config) = handle.config() else {
+        return "-".into();
+    };
+    if config.isolation.privileged {
+        return "privileged".into();
     }
+    let shared: Vec<&str> = [
+        (!config.isolation.user).then_some("host-ids"),
+        config.uses_host_network().then_some("host-net"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if shared.is_empty() {
+        "confined".into()
+    } else {
+        shared.join(",")
+    }
+}
+
+/// `none`, `host` or `private`: the network a sandbox runs in (`--net`
+/// stored as `isolation.net == false` is `host`).
+fn network_mode(config: &SandboxConfig) -> &'static str {
+    match &config.network {
+        _ if config.uses_host_network() => "host",
+        Network::Private { .. } => "private",
+        Network::None | Network::Host => "none",
+    }
+}
+
+/// The published ports as docker shows them: `127.0.0.1:8080->80/tcp`.
+fn ports(config: &SandboxConfig) -> Vec<String> {
+    match &config.network {
+        Network::Private { publish, .. } => publish.iter().map(published).collect(),
+        Network::None | Network::Host => Vec::new(),
+    }
+}
+
+fn published(publish: &Publish) -> String {
+    let host = match publish.host_ip {
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    format!(
+        "{host}:{}->{}/{}",
+        publish.host_port, publish.port, publish.protocol
+    )
+}
+
+/// The network a sandbox runs in, as `inspect` shows it.
+fn effective_network(config: &SandboxConfig) -> Value {
+    let (egress, dns) = match &config.network {
+        Network::Private { egress, dns, .. } => (
+            egress.iter().map(ToString::to_string).collect(),
+            dns.iter().map(ToString::to_string).collect(),
+        ),
+        Network::None | Network::Host => (Vec::new(), Vec::new()),
+    };
+    json!({
+        "mode": network_mode(config),
+        "publish": ports(config),
+        "egress": egress,
+        "dns": dns,
+    })
 }
 
 /// The isolation a sandbox gets, as `inspect` shows it: every setting in
@@ -333,6 +402,7 @@ async fn describe(runtime: &Sandvisor, name: &str) -> Result<Value> {
         "updated_at": handle.updated_at(),
         "config": config,
         "isolation": effective_isolation(runtime, &handle),
+        "network": effective_network(&parsed),
         "restart": restart,
         "runs": runs,
         "paths": {
