@@ -323,9 +323,6 @@ pub struct SandboxConfig {
     pub read_only: bool,
     /// Host paths bound inside, in order.
     pub mounts: Vec<Mount>,
-    /// The sandbox's network: only `lo` (the default), the host's, or a
-    /// private one with published ports and an egress policy.
-    pub network: Network,
     /// Capabilities added to Docker's default set (names with or without
     /// `CAP_`, any case, or `ALL`); applied after `cap_drop`.
     pub cap_add: Vec<String>,
@@ -396,7 +393,6 @@ impl Default for SandboxConfig {
             rootfs: None,
             read_only: false,
             mounts: Vec::new(),
-            network: Network::None,
             cap_add: Vec::new(),
             cap_drop: Vec::new(),
             seccomp: Seccomp::Default,
@@ -655,6 +651,31 @@ impl SandboxConfig {
             return Err(bad(
                 "network",
                 "a private network needs the sandbox's own network namespace (isolation.net, and not privileged)".into(),
+            ));
+        }
+        // Without its own user namespace the helper would bind host ports
+        // with host privileges; without its own pid namespace the sandbox
+        // could signal the helper.
+        if !self.isolation.user || !self.isolation.pid {
+            return Err(bad(
+                "network",
+                "a private network needs the sandbox's own user and pid namespaces (isolation.user, isolation.pid)".into(),
+            ));
+        }
+        // Raw and packet sockets write below the egress rules (forged
+        // connection-tracking entries, frames straight to the interface): a
+        // private network never has NET_RAW, and asking for it is refused.
+        let named = |list: &[String], cap: &str| {
+            list.iter().any(|name| {
+                let name = name.to_ascii_uppercase();
+                let name = name.strip_prefix("CAP_").unwrap_or(&name);
+                name == cap || name == "ALL"
+            })
+        };
+        if named(&self.cap_add, "NET_RAW") && !named(&self.cap_drop, "NET_RAW") {
+            return Err(bad(
+                "cap_add",
+                "NET_RAW would let the sandbox send packets around its egress policy; a private network cannot have it".into(),
             ));
         }
         // The capabilities in force, not the names listed: `ALL` less a
@@ -979,11 +1000,33 @@ mod tests {
             config.network = Network::None;
             config.validate().unwrap();
         }
-        // ALL but NET_ADMIN leaves the policy in force.
+        // ALL but NET_ADMIN and NET_RAW leaves the policy in force.
         let mut config = with_network(private());
         config.cap_add = vec!["ALL".into()];
-        config.cap_drop = vec!["NET_ADMIN".into()];
+        config.cap_drop = vec!["NET_ADMIN".into(), "NET_RAW".into()];
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn a_private_network_refuses_net_raw_and_shared_user_or_pid_namespaces() {
+        for added in ["NET_RAW", "cap_net_raw", "ALL"] {
+            let mut config = with_network(private());
+            config.cap_add = vec![added.into()];
+            config.cap_drop = vec!["NET_ADMIN".into()];
+            let (field, reason) = refusal(&config);
+            assert_eq!(field, "cap_add", "{added}");
+            assert!(reason.contains("NET_RAW"), "{reason}");
+        }
+        for shared in ["user", "pid"] {
+            let mut config = with_network(private());
+            match shared {
+                "user" => config.isolation.user = false,
+                _ => config.isolation.pid = false,
+            }
+            let (field, reason) = refusal(&config);
+            assert_eq!(field, "network", "{shared}");
+            assert!(reason.contains("user and pid"), "{reason}");
+        }
     }
 
     #[test]

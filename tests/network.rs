@@ -207,6 +207,18 @@ async fn the_hosts_loopback_is_denied_by_default_and_reachable_when_a_rule_allow
     let (result, secs) = out.trim().split_once(' ').unwrap();
     assert_eq!(result, "ConnectionRefusedError", "{out}");
     assert!(secs.parse::<f64>().unwrap() < 1.0, "denied at once: {out}");
+    // No raw sockets: they would write below the egress rules.
+    let (out, _) = python(
+        &closed,
+        "import socket\n\
+         for kind in (socket.SOCK_RAW, ):\n\
+         \x20   try:\n        socket.socket(socket.AF_INET, kind, socket.IPPROTO_TCP); print('raw allowed')\n\
+         \x20   except Exception as e:\n        print(type(e).__name__)\n\
+         try:\n    socket.socket(socket.AF_PACKET, socket.SOCK_RAW); print('packet allowed')\n\
+         except Exception as e:\n    print(type(e).__name__)",
+    )
+    .await;
+    assert_eq!(out, "PermissionError\nPermissionError\n", "{out}");
     // The sandbox's own loopback is its own.
     let (out, _) = python(&closed, &connect_script("127.0.0.1", port)).await;
     assert!(out.starts_with("ConnectionRefusedError"), "{out}");

@@ -44,15 +44,47 @@ impl World {
         ip(&["netns", "add", &world.world]);
         let (h, w) = (format!("svh{tag}"), format!("svw{tag}"));
         let (h, w) = (&h[..h.len().min(15)], &w[..w.len().min(15)]);
-        ip(&["-n", &world.host, "link", "add", h, "type", "veth", "peer", "name", w, "netns", &world.world]);
-        for (ns, dev, address) in [(&world.host, h, "198.51.100.2/24"), (&world.world, w, "198.51.100.1/24")] {
+        ip(&[
+            "-n",
+            &world.host,
+            "link",
+            "add",
+            h,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            w,
+            "netns",
+            &world.world,
+        ]);
+        for (ns, dev, address) in [
+            (&world.host, h, "198.51.100.2/24"),
+            (&world.world, w, "198.51.100.1/24"),
+        ] {
             ip(&["-n", ns, "addr", "add", address, "dev", dev]);
             ip(&["-n", ns, "link", "set", dev, "up"]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
         }
-        ip(&["-n", &world.host, "route", "add", "default", "via", "198.51.100.1"]);
+        ip(&[
+            "-n",
+            &world.host,
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.51.100.1",
+        ]);
         for address in [METADATA, PRIVATE, PUBLIC] {
-            ip(&["-n", &world.world, "addr", "add", &format!("{address}/32"), "dev", "lo"]);
+            ip(&[
+                "-n",
+                &world.world,
+                "addr",
+                "add",
+                &format!("{address}/32"),
+                "dev",
+                "lo",
+            ]);
         }
         world
     }
@@ -61,7 +93,10 @@ impl World {
     fn enter(name: &str) {
         let ns = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
         // SAFETY: setns on a descriptor we hold; it changes only this thread.
-        assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
     }
 
     /// A thread in namespace `name` accepting (and closing) connections on
@@ -121,7 +156,8 @@ fn private(egress: Vec<Rule>) -> Network {
 }
 
 #[test]
-fn private_networks_deny_metadata_private_ranges_and_the_host_by_default_and_rules_open_them_in_order() {
+fn private_networks_deny_metadata_private_ranges_and_the_host_by_default_and_rules_open_them_in_order(
+) {
     let world = World::new();
     for address in [METADATA, PRIVATE, PUBLIC] {
         World::listen(&world.world, address);
@@ -139,12 +175,41 @@ fn private_networks_deny_metadata_private_ranges_and_the_host_by_default_and_rul
         let mut config = SandboxConfig::new("default", "sleep").args(["1000"]);
         config.network = private(Vec::new());
         let default = rt.create(config).await.unwrap();
-        assert_eq!(connect(&default, PUBLIC).await.0, "connected", "the public internet is allowed");
+        assert_eq!(
+            connect(&default, PUBLIC).await.0,
+            "connected",
+            "the public internet is allowed"
+        );
         for denied in [METADATA, PRIVATE, HOST] {
             let (result, secs) = connect(&default, denied).await;
-            assert_eq!(result, "ConnectionRefusedError", "{denied} is denied by default");
+            assert_eq!(
+                result, "ConnectionRefusedError",
+                "{denied} is denied by default"
+            );
             assert!(secs < 1.0, "{denied} fails fast, not after {secs} s");
         }
+
+        // UDP only where a rule allows it (the helper would otherwise open
+        // the flow's port on the host).
+        let mut session = default
+            .exec(ExecConfig::new(
+                "python3",
+                [
+                    "-c",
+                    &format!(
+                        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                         try:\n    s.sendto(b'x', ({PUBLIC:?}, {PORT})); print('sent')\n\
+                         except Exception as e:\n    print(type(e).__name__)"
+                    ),
+                ],
+            ))
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        while let Some(chunk) = session.next().await {
+            out.extend_from_slice(&chunk.data);
+        }
+        assert_eq!(String::from_utf8_lossy(&out), "PermissionError\n");
 
         let mut config = SandboxConfig::new("ruled", "sleep").args(["1000"]);
         config.network = private(vec![
@@ -163,13 +228,24 @@ fn private_networks_deny_metadata_private_ranges_and_the_host_by_default_and_rul
             Rule {
                 action: Action::Allow,
                 net: "0.0.0.0/0".parse().unwrap(),
-                ports: Some(sandvisor::PortRange { first: 1, last: PORT - 1 }),
+                ports: Some(sandvisor::PortRange {
+                    first: 1,
+                    last: PORT - 1,
+                }),
                 protocol: None,
             },
         ]);
         let ruled = rt.create(config).await.unwrap();
-        assert_eq!(connect(&ruled, PRIVATE).await.0, "connected", "allowed by its rule");
-        assert_eq!(connect(&ruled, PUBLIC).await.0, "ConnectionRefusedError", "denied by its rule");
+        assert_eq!(
+            connect(&ruled, PRIVATE).await.0,
+            "connected",
+            "allowed by its rule"
+        );
+        assert_eq!(
+            connect(&ruled, PUBLIC).await.0,
+            "ConnectionRefusedError",
+            "denied by its rule"
+        );
         assert_eq!(
             connect(&ruled, METADATA).await.0,
             "ConnectionRefusedError",

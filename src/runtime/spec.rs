@@ -136,7 +136,7 @@ pub(super) fn sandbox_spec(config: &SandboxConfig, context: RunContext<'_>) -> R
                 },
                 pid_namespace: iso.pid,
                 mount_namespace: iso.mount,
-                net_namespace: iso.net && config.network != Network::Host,
+                net_namespace: !config.uses_host_network(),
                 uts_namespace: iso.uts,
                 ipc_namespace: iso.ipc,
                 cgroup_namespace: iso.cgroup,
@@ -218,8 +218,13 @@ fn confinement(config: &SandboxConfig) -> Result<Option<Confinement>> {
     if config.isolation.privileged {
         return Ok(None);
     }
-    let capabilities = caps::resolve(&config.cap_add, &config.cap_drop)
+    let mut capabilities = caps::resolve(&config.cap_add, &config.cap_drop)
         .map_err(|(field, reason)| invalid(&field, reason))?;
+    if matches!(config.network, Network::Private { .. }) {
+        // Raw sockets reach below a private network's egress rules (see
+        // `SandboxConfig::validate`).
+        capabilities &= !::caps::Capability::CAP_NET_RAW.bitmask();
+    }
     let seccomp = seccomp::compile(&config.seccomp, capabilities)
         .map_err(|reason| invalid("seccomp", reason))?
         .map(|program| program.as_ref().clone());

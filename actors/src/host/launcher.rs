@@ -12,6 +12,8 @@
 //!   for it, which every caller does once (a helper that exited on its own
 //!   is a zombie until then).
 //! - The thread only forks and waits; it never blocks on anything else.
+//! - Callers pass descriptors on purpose (clearing close-on-exec in their own
+//!   `pre_exec`); [`inherit_only`] keeps every other one from leaking.
 
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
@@ -47,12 +49,18 @@ fn run(jobs: mpsc::Receiver<Job>) {
     for job in jobs {
         match job {
             Job::Launch(mut command, reply) => {
-                // SAFETY: prctl is async-signal-safe and touches only the
-                // child's own attributes.
+                let parent = std::process::id() as libc::pid_t;
+                // SAFETY: prctl, getppid and close_range are
+                // async-signal-safe and touch only the child's own state.
                 unsafe {
-                    command.pre_exec(|| {
+                    command.pre_exec(move || {
                         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                             return Err(std::io::Error::last_os_error());
+                        }
+                        // The host died between fork and prctl: no signal
+                        // will come, so do not run at all.
+                        if libc::getppid() != parent {
+                            return Err(std::io::Error::other("the host process is gone"));
                         }
                         Ok(())
                     });
@@ -102,4 +110,32 @@ pub fn reap(pid: u32) {
     if let Ok(queue) = queue() {
         let _ = queue.send(Job::Reap(pid));
     }
+}
+
+/// In a `pre_exec` hook: marks every descriptor from 3 up close-on-exec but
+/// `keep`, so a helper inherits only what it is given (the host process may
+/// hold descriptors it inherited without close-on-exec).
+///
+/// # Errors
+/// The OS error of `close_range(2)` or `fcntl(2)`.
+pub fn inherit_only(keep: &[std::os::fd::RawFd]) -> std::io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags; fcntl
+    // on descriptors the caller owns. Both are async-signal-safe.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        for &fd in keep {
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
 }

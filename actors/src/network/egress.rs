@@ -2,14 +2,20 @@
 //! sandbox's network namespace.
 //!
 //! # Contract
-//! - [`ruleset`] is a plain function of the plan and the host's addresses:
-//!   one `inet sandvisor` table with one `output` chain that accepts, in
-//!   order: traffic on `lo` (the sandbox talking to itself), replies to
-//!   connections already accepted (published ports), DNS to the forwarder
-//!   when the network uses it; then the config's rules in their order; then
-//!   the defaults — reject the host's own addresses, loopback, link-local
-//!   (the metadata address among them), private and reserved ranges, and all
-//!   IPv6 (not provided) — and accept the rest.
+//! - [`ruleset`] is a plain function of the plan and the host's prefixes:
+//!   one `inet sandvisor` table with one `output` chain that, in order:
+//!   drops packets conntrack finds invalid and new connections from any
+//!   source but the sandbox's own (forged sources would plant conntrack
+//!   entries); accepts traffic on `lo` (the sandbox talking to itself),
+//!   replies to connections already accepted (published ports), DNS to the
+//!   forwarder or to the servers the config names; then the config's rules
+//!   in their order; then the defaults — reject the host's own addresses,
+//!   its connected networks and gateways, loopback, link-local (the
+//!   metadata address among them), private and reserved ranges, all IPv6
+//!   (not provided) and all other UDP (see below) — and accept the rest.
+//! - UDP is denied unless a rule allows it: the installed `pasta` (2023)
+//!   binds each UDP flow's source port on every host address, which would
+//!   give the sandbox unpublished inbound ports.
 //! - A rejected TCP connection gets a reset and anything else an ICMP
 //!   "administratively prohibited": a denied connection fails at once, never
 //!   hangs.
@@ -34,7 +40,9 @@ use nftables::stmt::{Match, Operator, Reject, RejectType, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook, RejectCode};
 use tokio::io::AsyncWriteExt;
 
-use super::{find_program, Action, NetworkPlan, PortRange, Protocol, Rule, DNS_ADDRESS};
+use super::{
+    find_program, Action, NetworkPlan, PortRange, Protocol, Rule, DNS_ADDRESS, SANDBOX_ADDRESS,
+};
 
 /// The table holding the rules.
 pub const TABLE: &str = "sandvisor";
@@ -46,7 +54,7 @@ const NFT_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a private network denies unless a rule allows it (besides the
 /// host's own addresses): this network, loopback, link-local, private,
 /// shared and reserved ranges, multicast and broadcast.
-pub const DENIED_BY_DEFAULT: [(Ipv4Addr, u8); 11] = [
+pub const DENIED_BY_DEFAULT: [(Ipv4Addr, u8); 12] = [
     (Ipv4Addr::new(0, 0, 0, 0), 8),
     (Ipv4Addr::new(10, 0, 0, 0), 8),
     (Ipv4Addr::new(100, 64, 0, 0), 10),
@@ -58,59 +66,94 @@ pub const DENIED_BY_DEFAULT: [(Ipv4Addr, u8); 11] = [
     (Ipv4Addr::new(198, 18, 0, 0), 15),
     (Ipv4Addr::new(224, 0, 0, 0), 4),
     (Ipv4Addr::new(240, 0, 0, 0), 4),
+    // Azure's platform endpoint (WireServer), beside the metadata address.
+    (Ipv4Addr::new(168, 63, 129, 16), 32),
 ];
 
-/// The rules for `plan` on a host whose own addresses are `host` (see the
-/// module docs).
-pub fn ruleset(plan: &NetworkPlan, host: &[Ipv4Addr]) -> Nftables<'static> {
+/// The rules for `plan` on a host whose own addresses and routed prefixes
+/// (its connected networks and gateways) are `host` (see the module docs).
+pub fn ruleset(plan: &NetworkPlan, host: &[(Ipv4Addr, u8)]) -> Nftables<'static> {
     let mut rules: Vec<Vec<Statement<'static>>> = vec![
+        // Nothing but the sandbox's own addresses may open a connection: a
+        // forged source would plant a conntrack entry whose "reply" is then
+        // accepted as established (NET_RAW is refused too; this stays).
+        vec![
+            matches(
+                ct_state(),
+                Operator::IN,
+                Expression::List(vec![text("invalid")]),
+            ),
+            Statement::Drop(None),
+        ],
+        vec![
+            matches(
+                ct_state(),
+                Operator::IN,
+                Expression::List(vec![text("new")]),
+            ),
+            matches(meta(MetaKey::Nfproto), Operator::EQ, text("ipv4")),
+            matches(
+                payload("ip", "saddr"),
+                Operator::NEQ,
+                Expression::Named(NamedExpression::Set(vec![
+                    SetItem::Element(prefix(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8)),
+                    SetItem::Element(Expression::String(Cow::Owned(SANDBOX_ADDRESS.to_string()))),
+                ])),
+            ),
+            Statement::Drop(None),
+        ],
         vec![
             matches(meta(MetaKey::Oifname), Operator::EQ, text("lo")),
             accept(),
         ],
         vec![
             matches(
-                Expression::Named(NamedExpression::CT(CT {
-                    key: "state".into(),
-                    family: None,
-                    dir: None,
-                })),
+                ct_state(),
                 Operator::IN,
                 Expression::List(vec![text("established"), text("related")]),
             ),
             accept(),
         ],
     ];
-    if plan.dns.is_empty() {
-        let dns = Rule {
+    // DNS: the forwarder, or the servers the config names.
+    let servers: Vec<IpAddr> = if plan.dns.is_empty() {
+        vec![IpAddr::V4(DNS_ADDRESS)]
+    } else {
+        plan.dns.clone()
+    };
+    for server in servers {
+        rules.extend(translate(&Rule {
             action: Action::Allow,
-            net: IpNet::V4(Ipv4Net::from(DNS_ADDRESS)),
+            net: IpNet::from(server),
             ports: Some(PortRange {
                 first: 53,
                 last: 53,
             }),
             protocol: None,
-        };
-        rules.extend(translate(&dns));
+        }));
     }
     for rule in &plan.egress {
         rules.extend(translate(rule));
     }
-    let denied = host
-        .iter()
-        .map(|&address| (address, 32))
-        .chain(DENIED_BY_DEFAULT);
+    let denied = host.iter().copied().chain(DENIED_BY_DEFAULT);
     for (address, len) in denied {
         let net = Ipv4Net::new(address, len).unwrap_or_else(|_| Ipv4Net::from(address));
         rules.extend(translate(&Rule {
             action: Action::Deny,
-            net: IpNet::V4(net),
+            net: IpNet::V4(net.trunc()),
             ports: None,
             protocol: None,
         }));
     }
     rules.push(vec![
         matches(meta(MetaKey::Nfproto), Operator::EQ, text("ipv6")),
+        reject_other(),
+    ]);
+    // UDP only where a rule allows it: the installed pasta binds the
+    // sandbox's UDP source ports on all the host's addresses, which would
+    // open unpublished ports into the sandbox.
+    rules.push(vec![
+        matches(meta(MetaKey::L4proto), Operator::EQ, text("udp")),
         reject_other(),
     ]);
     let mut objects = vec![
@@ -219,6 +262,14 @@ fn translate(rule: &Rule) -> Vec<Vec<Statement<'static>>> {
     }
 }
 
+fn ct_state() -> Expression<'static> {
+    Expression::Named(NamedExpression::CT(CT {
+        key: "state".into(),
+        family: None,
+        dir: None,
+    }))
+}
+
 fn protocol_name(protocol: Protocol) -> &'static str {
     match protocol {
         Protocol::Tcp => "tcp",
@@ -269,20 +320,54 @@ fn reject_other() -> Statement<'static> {
     )))
 }
 
-/// The IPv4 addresses of the host's interfaces (in this process's network
-/// namespace), loopback's aside (denied as a range).
-pub fn host_addresses() -> Vec<Ipv4Addr> {
-    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else {
+/// What of the host a private network denies besides the fixed ranges (in
+/// this process's network namespace, read when the network is built): the
+/// IPv4 addresses of its interfaces (loopback's aside, denied as a range),
+/// the prefixes of its routes other than the default route (its connected
+/// networks), and its gateways.
+pub fn host_prefixes() -> Vec<(Ipv4Addr, u8)> {
+    let mut prefixes: Vec<(Ipv4Addr, u8)> = nix::ifaddrs::getifaddrs()
+        .map(|interfaces| {
+            interfaces
+                .filter_map(|interface| interface.address)
+                .filter_map(|address| address.as_sockaddr_in().map(|inet| inet.ip()))
+                .filter(|address| !address.is_loopback())
+                .map(|address| (address, 32))
+                .collect()
+        })
+        .unwrap_or_default();
+    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    prefixes.extend(routes.lines().skip(1).flat_map(route_prefixes));
+    prefixes.sort_unstable();
+    prefixes.dedup();
+    prefixes
+}
+
+/// One line of `/proc/net/route` (`Iface Destination Gateway Flags RefCnt
+/// Use Metric Mask …`; addresses are the bytes of the address in network
+/// order, printed as a native-endian hex word): its prefix unless it is the
+/// default route, and its gateway if it has one.
+fn route_prefixes(line: &str) -> Vec<(Ipv4Addr, u8)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let address = |at: usize| {
+        fields
+            .get(at)
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+            .map(|word| Ipv4Addr::from(word.to_ne_bytes()))
+    };
+    let (Some(destination), Some(gateway), Some(mask)) = (address(1), address(2), address(7))
+    else {
         return Vec::new();
     };
-    let mut addresses: Vec<Ipv4Addr> = interfaces
-        .filter_map(|interface| interface.address)
-        .filter_map(|address| address.as_sockaddr_in().map(|inet| inet.ip()))
-        .filter(|address| !address.is_loopback())
-        .collect();
-    addresses.sort_unstable();
-    addresses.dedup();
-    addresses
+    let mut out = Vec::new();
+    let len = u32::from(mask).count_ones() as u8;
+    if len > 0 {
+        out.push((destination, len));
+    }
+    if !gateway.is_unspecified() {
+        out.push((gateway, 32));
+    }
+    out
 }
 
 /// Installs `rules` in the network namespace `netns`.
@@ -311,7 +396,7 @@ pub async fn apply(netns: BorrowedFd<'_>, rules: &Nftables<'_>) -> Result<(), St
             if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            Ok(())
+            crate::host::launcher::inherit_only(&[])
         });
     }
     let mut child = command

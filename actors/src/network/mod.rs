@@ -22,6 +22,7 @@ pub mod spec;
 pub use spec::{Action, Network, PortRange, Protocol, Publish, Rule};
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 /// The sandbox's own address in a private network.
@@ -87,13 +88,35 @@ impl Namespaces {
                 .map(std::os::fd::OwnedFd::from)
                 .map_err(|e| format!("cannot open the sandbox's {kind} namespace: {e}"))
         };
-        Ok(Self {
+        let namespaces = Self {
             net: open("net")?,
             user: if user_namespace {
                 Some(open("user")?)
             } else {
                 None
             },
-        })
+        };
+        // An agent gone before this, its pid taken by a host process, would
+        // hand over the host's own namespaces: never attach to those.
+        let ours = |kind: &str, fd: &std::os::fd::OwnedFd| {
+            let inode = |meta: std::fs::Metadata| (meta.dev(), meta.ino());
+            let theirs = std::fs::File::from(fd.try_clone().ok()?)
+                .metadata()
+                .ok()
+                .map(inode);
+            let host = std::fs::metadata(format!("/proc/self/ns/{kind}"))
+                .ok()
+                .map(inode);
+            Some(theirs == host)
+        };
+        let shared = ours("net", &namespaces.net) != Some(false)
+            || namespaces
+                .user
+                .as_ref()
+                .is_some_and(|user| ours("user", user) != Some(false));
+        if shared {
+            return Err("the sandbox's namespaces are the host's own (its agent is gone)".into());
+        }
+        Ok(namespaces)
     }
 }

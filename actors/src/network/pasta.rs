@@ -80,17 +80,16 @@ impl Pasta {
         let net = namespaces.net.as_raw_fd();
         let user = namespaces.user.as_ref().map(AsRawFd::as_raw_fd);
         let mut command = Command::new(program);
-        // SAFETY: fcntl is async-signal-safe; the descriptors are borrowed
-        // from `namespaces` for the whole call, so they are open at the fork.
+        // SAFETY: `inherit_only` is async-signal-safe; the descriptors are
+        // borrowed from `namespaces` for the whole call, open at the fork.
         unsafe {
             command.pre_exec(move || {
-                // Inherited by pasta, which opens them as /proc/self/fd/N.
-                for fd in std::iter::once(net).chain(user) {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                // Inherited by pasta, which opens them as /proc/self/fd/N;
+                // nothing else is.
+                match user {
+                    Some(user) => launcher::inherit_only(&[net, user]),
+                    None => launcher::inherit_only(&[net]),
                 }
-                Ok(())
             });
         }
         command

@@ -152,7 +152,7 @@ impl Actor for NetHelper {
                 }
                 let built = match Namespaces::open(agent_pid, state.plan.user_namespace) {
                     Ok(namespaces) => {
-                        let rules = egress::ruleset(&state.plan, &egress::host_addresses());
+                        let rules = egress::ruleset(&state.plan, &egress::host_prefixes());
                         let applied = egress::apply(namespaces.net.as_fd(), &rules).await;
                         state.namespaces = Some(namespaces);
                         match applied {
