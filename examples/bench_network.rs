@@ -151,9 +151,15 @@ async fn main() -> std::result::Result<(), Box<dyn Error>> {
     for failure in &failures {
         eprintln!("cleanup: {failure}");
     }
-    let left = pastas_of(home.path());
+    // `kill` returns once the sandbox has ended; its helper exits just after.
+    let killed = Instant::now();
+    let mut left = pastas_of(home.path());
+    while !left.is_empty() && killed.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        left = pastas_of(home.path());
+    }
     if !left.is_empty() {
-        eprintln!("cleanup: pasta processes still running after kill: {left:?}");
+        eprintln!("cleanup: pasta processes still running 10 s after kill: {left:?}");
     }
     drop(rt);
     let home_path = home.path().to_path_buf();
@@ -456,8 +462,11 @@ fn header(python: &Path) {
                 .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
         })
         .unwrap_or_else(|| "?".into());
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into());
     println!(
-        "network benchmark: pasta {pasta:?}; kernel {kernel}; {cores} cores ({cpu}); {python_version} ({}) for both sink/echo servers; traffic on 127.0.0.1 only",
+        "network benchmark: pasta {pasta:?}; kernel {kernel}; {cores} cores ({cpu}), load {load}; {python_version} ({}) for both sink/echo servers; traffic on 127.0.0.1 only",
         python.display()
     );
 }

@@ -662,6 +662,17 @@ impl SandboxConfig {
                 "a private network needs the sandbox's own user and pid namespaces (isolation.user, isolation.pid)".into(),
             ));
         }
+        // The capabilities in force, not the names listed: `ALL` less a
+        // dropped NET_ADMIN leaves the policy safe. Unknown names were
+        // refused by `validate_isolation`.
+        let mask = caps::resolve(&self.cap_add, &self.cap_drop)
+            .map_err(|(field, reason)| bad(&field, reason))?;
+        if mask & ::caps::Capability::CAP_NET_ADMIN.bitmask() != 0 {
+            return Err(bad(
+                "cap_add",
+                "NET_ADMIN would let the sandbox remove its egress policy; a private network cannot have it".into(),
+            ));
+        }
         // Raw and packet sockets write below the egress rules (forged
         // connection-tracking entries, frames straight to the interface): a
         // private network never has NET_RAW, and asking for it is refused.
@@ -676,17 +687,6 @@ impl SandboxConfig {
             return Err(bad(
                 "cap_add",
                 "NET_RAW would let the sandbox send packets around its egress policy; a private network cannot have it".into(),
-            ));
-        }
-        // The capabilities in force, not the names listed: `ALL` less a
-        // dropped NET_ADMIN leaves the policy safe. Unknown names were
-        // refused by `validate_isolation`.
-        let mask = caps::resolve(&self.cap_add, &self.cap_drop)
-            .map_err(|(field, reason)| bad(&field, reason))?;
-        if mask & ::caps::Capability::CAP_NET_ADMIN.bitmask() != 0 {
-            return Err(bad(
-                "cap_add",
-                "NET_ADMIN would let the sandbox remove its egress policy; a private network cannot have it".into(),
             ));
         }
         Ok(())

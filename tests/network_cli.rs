@@ -49,8 +49,19 @@ fn a_sigkilled_daemon_leaves_no_network_helper_and_its_port_is_free_again() {
         .port();
     let publish = format!("{port}:8080");
     let out = cli.run(&[
-        "run", "-d", "--name", "web", "-p", &publish, "--", "python3", "-m", "http.server", "8080",
-        "--directory", "/etc",
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        &publish,
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        "8080",
+        "--directory",
+        "/etc",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     until("the published port answers", || {
@@ -68,8 +79,12 @@ fn a_sigkilled_daemon_leaves_no_network_helper_and_its_port_is_free_again() {
     assert!(ps.contains(&format!("127.0.0.1:{port}->8080/tcp")), "{ps}");
 
     cli.kill_daemon();
-    until("the helper dies with its host", || pastas_of(cli.home()).is_empty());
+    until("the helper dies with its host", || {
+        pastas_of(cli.home()).is_empty()
+    });
     // Reconcile settles the run; the port is free for the next sandbox.
     assert_eq!(cli.status("web"), "Crashed");
-    until("the port is free again", || TcpListener::bind(("127.0.0.1", port)).is_ok());
+    until("the port is free again", || {
+        TcpListener::bind(("127.0.0.1", port)).is_ok()
+    });
 }

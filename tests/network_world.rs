@@ -147,6 +147,25 @@ async fn connect(sandbox: &sandvisor::Sandbox, address: &str) -> (String, f64) {
     (result.to_string(), secs.parse().unwrap_or(f64::MAX))
 }
 
+/// How sending one UDP datagram from `sandbox` to `address:port` went
+/// (`sent` or the exception's name).
+async fn udp(sandbox: &sandvisor::Sandbox, address: &str, port: u16) -> String {
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         try:\n    s.sendto(b'x', ({address:?}, {port})); print('sent')\n\
+         except Exception as e:\n    print(type(e).__name__)"
+    );
+    let mut session = sandbox
+        .exec(ExecConfig::new("python3", ["-c", script.as_str()]))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(chunk) = session.next().await {
+        out.extend_from_slice(&chunk.data);
+    }
+    String::from_utf8_lossy(&out).trim().to_string()
+}
+
 fn private(egress: Vec<Rule>) -> Network {
     Network::Private {
         publish: Vec::new(),
@@ -191,25 +210,26 @@ fn private_networks_deny_metadata_private_ranges_and_the_host_by_default_and_rul
 
         // UDP only where a rule allows it (the helper would otherwise open
         // the flow's port on the host).
-        let mut session = default
-            .exec(ExecConfig::new(
-                "python3",
-                [
-                    "-c",
-                    &format!(
-                        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-                         try:\n    s.sendto(b'x', ({PUBLIC:?}, {PORT})); print('sent')\n\
-                         except Exception as e:\n    print(type(e).__name__)"
-                    ),
-                ],
-            ))
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        while let Some(chunk) = session.next().await {
-            out.extend_from_slice(&chunk.data);
-        }
-        assert_eq!(String::from_utf8_lossy(&out), "PermissionError\n");
+        assert_eq!(udp(&default, PUBLIC, PORT).await, "PermissionError");
+
+        // DNS: the forwarder is allowed; servers a config names are allowed
+        // (port 53 only) and are what its resolv.conf lists.
+        assert_eq!(udp(&default, "10.0.2.3", 53).await, "sent");
+        let mut config = SandboxConfig::shell("named-dns", "cat /etc/resolv.conf; read line");
+        config.network = Network::Private {
+            publish: Vec::new(),
+            egress: Vec::new(),
+            dns: vec![PRIVATE.parse().unwrap()],
+        };
+        config.stdin = true;
+        let named = rt.create(config).await.unwrap();
+        assert_eq!(udp(&named, PRIVATE, 53).await, "sent");
+        assert_eq!(udp(&named, PRIVATE, 54).await, "PermissionError");
+        named.close_stdin().await.unwrap();
+        named.wait_until_stopped().await.unwrap();
+        // Its log also holds the exec sessions' output, after its own.
+        let out = common::stdout_of(&named).await;
+        assert!(out.starts_with(&format!("nameserver {PRIVATE}\n")), "{out}");
 
         let mut config = SandboxConfig::new("ruled", "sleep").args(["1000"]);
         config.network = private(vec![
