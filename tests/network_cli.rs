@@ -2,6 +2,8 @@
 //! port answers, and a SIGKILLed daemon leaves no network helper behind —
 //! the helpers die with their host process, before any reconcile.
 
+// Shared with the fault tests, which use all of it.
+#[allow(dead_code)]
 #[path = "common/faults.rs"]
 mod faults;
 
