@@ -8,7 +8,8 @@
 //!   (see [`crate::host::launcher`]).
 //! - [`NetHelperMsg::Attach`] (from the agent link, once the agent exists
 //!   and before `Start`): installs the egress rules in the agent's network
-//!   namespace, then starts `pasta` and answers once the network is up, or
+//!   namespace and starts `pasta` (both at once) and answers once the
+//!   network is up, or
 //!   with why not (the agent link reports that as a boot failure at stage
 //!   `network`). Answered once; a second attach is refused.
 //! - When `pasta` exits while the run goes on, it is started again on the
@@ -88,6 +89,12 @@ impl NetHelperState {
             .as_ref()
             .ok_or("the network is not attached")?;
         let pasta = Pasta::start(&self.plan, namespaces).await?;
+        self.watch(myself, pasta);
+        Ok(())
+    }
+
+    /// Keeps `pasta` and watches it for an exit.
+    fn watch(&mut self, myself: &ActorRef<NetHelperMsg>, pasta: Pasta) {
         self.generation += 1;
         let generation = self.generation;
         let pidfd = pasta.pidfd();
@@ -100,6 +107,26 @@ impl NetHelperState {
             let _ = me.cast(NetHelperMsg::Exited { generation });
         }));
         self.pasta = Some(pasta);
+    }
+
+    /// The first build: the rules and `pasta` at once (no command of the
+    /// sandbox runs before both are done, so their order does not matter).
+    async fn attach(
+        &mut self,
+        myself: &ActorRef<NetHelperMsg>,
+        agent_pid: u32,
+    ) -> Result<(), String> {
+        let namespaces = Namespaces::open(agent_pid, self.plan.user_namespace)?;
+        let rules = egress::ruleset(&self.plan, &egress::host_prefixes());
+        let (applied, started) = tokio::join!(
+            egress::apply(namespaces.net.as_fd(), &rules),
+            Pasta::start(&self.plan, &namespaces)
+        );
+        self.namespaces = Some(namespaces);
+        // A pasta started beside rules that failed dies with its handle.
+        let pasta = started?;
+        applied?;
+        self.watch(myself, pasta);
         Ok(())
     }
 }
@@ -150,18 +177,7 @@ impl Actor for NetHelper {
                     let _ = reply.send(Err("the network is already attached".into()));
                     return Ok(());
                 }
-                let built = match Namespaces::open(agent_pid, state.plan.user_namespace) {
-                    Ok(namespaces) => {
-                        let rules = egress::ruleset(&state.plan, &egress::host_prefixes());
-                        let applied = egress::apply(namespaces.net.as_fd(), &rules).await;
-                        state.namespaces = Some(namespaces);
-                        match applied {
-                            Ok(()) => state.start(&myself).await,
-                            Err(err) => Err(err),
-                        }
-                    }
-                    Err(err) => Err(err),
-                };
+                let built = state.attach(&myself, agent_pid).await;
                 let _ = reply.send(built);
             }
             NetHelperMsg::Exited { generation } => {
