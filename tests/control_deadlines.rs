@@ -115,8 +115,21 @@ async fn a_wait_longer_than_one_window_is_bounded_calls_that_end_with_the_real_e
     let socket = host.control_socket().unwrap().to_path_buf();
     // Ignores the stop signal: the stop ends only at SIGKILL after its
     // grace period, many windows later.
-    let config = SandboxConfig::shell("slow", "trap '' TERM; while :; do sleep 0.05; done");
-    host.create(config).await.unwrap();
+    let config = SandboxConfig::shell(
+        "slow",
+        "trap '' TERM; echo trapped; while :; do sleep 0.05; done",
+    );
+    let slow = host.create(config).await.unwrap();
+    // A stop that arrives before the trap is set would end it with SIGTERM.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let logs = slow.logs(&sandvisor::LogOptions::default()).await.unwrap();
+        if logs.iter().any(|entry| entry.data.as_ref() == b"trapped\n") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the trap is set");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let client = ControlClient::new(&socket).with_timeouts(short());
     let stopped =
         tokio::time::timeout(HANG, client.stop("slow", Some(Duration::from_millis(1500))))

@@ -67,7 +67,12 @@ fn ps_shows_a_waiting_restart_and_a_stop_from_another_process_ends_it() {
             .map(str::to_string)
     });
     assert!(line.contains("Restarting (2) in "), "{line}");
-    let listed = home.sandbox("crashy").unwrap();
+    // A separate snapshot: the restart may have begun since the table was
+    // read, so wait for one that shows a pending restart too.
+    let listed = home.until("ps --json showing a pending restart", || {
+        home.sandbox("crashy")
+            .filter(|listed| listed["restart"]["attempt"].as_u64().is_some())
+    });
     assert_eq!(listed["status"], "Starting");
     assert!(listed["restart"]["attempt"].as_u64().unwrap() >= 1);
 
