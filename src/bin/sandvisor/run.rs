@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use sandvisor::control::{daemon_socket, ControlClient};
 use sandvisor::logs::{LogSource, LogStreamOptions, LogStreamStart};
-use sandvisor::{HealthCheck, 
-    Error, ExecConfig, Isolation, LogCursor, Network, Result, Sandbox, SandboxConfig,
+use sandvisor::{
+    Error, ExecConfig, HealthCheck, Isolation, LogCursor, Network, Result, Sandbox, SandboxConfig,
     SandboxStatus, Sandvisor, Seccomp,
 };
 use tokio::io::AsyncBufReadExt;

@@ -129,9 +129,7 @@ impl SupervisorState {
             .running_since
             .is_some_and(|since| since.elapsed() < spec.start_period);
         let summary = summary(&result);
-        let change = self
-            .health
-            .record(result, spec.retries, in_start_period);
+        let change = self.health.record(result, spec.retries, in_start_period);
         self.record_health().await;
         if let Some(change) = change {
             self.publish(SandboxEvent::HealthChanged {
