@@ -221,14 +221,15 @@ pub enum SupervisorMsg {
     HealthDue,
     /// Timer: the health check running as `session` reached its timeout.
     HealthDeadline {
+        /// Which check (numbered across runs: session ids start again).
+        check: u64,
         /// Its session id.
         session: u64,
     },
-    /// From a health check's collector task: the check running as
-    /// `session` ended.
+    /// From a health check's collector task: the check ended.
     HealthChecked {
-        /// Its session id.
-        session: u64,
+        /// Which check.
+        check: u64,
         /// How it went.
         result: health::HealthResult,
     },

@@ -155,8 +155,10 @@ pub struct SupervisorState {
     pending_restart: Option<(PendingRestart, Timer)>,
     /// The current run's health.
     health: HealthTracker,
-    /// The session id of the health check that runs, if one does.
+    /// The number of the health check that runs, if one does.
     health_check: Option<u64>,
+    /// Health checks started (by every run).
+    health_checks: u64,
     /// The current run ends because it turned unhealthy, to be restarted.
     unhealthy_restart: bool,
 }
@@ -223,6 +225,7 @@ impl Actor for SandboxSupervisor {
             pending_restart: None,
             health: HealthTracker::default(),
             health_check: None,
+            health_checks: 0,
             unhealthy_restart: false,
         })
     }
@@ -288,9 +291,11 @@ impl Actor for SandboxSupervisor {
                 Input::Expired(TerminationReason::LifetimeExceeded)
             }
             SupervisorMsg::HealthDue => return state.health_due(&myself),
-            SupervisorMsg::HealthDeadline { session } => return state.health_deadline(session),
-            SupervisorMsg::HealthChecked { session, result } => {
-                match state.health_checked(&myself, session, result).await {
+            SupervisorMsg::HealthDeadline { check, session } => {
+                return state.health_deadline(check, session)
+            }
+            SupervisorMsg::HealthChecked { check, result } => {
+                match state.health_checked(&myself, check, result).await {
                     Some(input) => input,
                     None => return Ok(()),
                 }

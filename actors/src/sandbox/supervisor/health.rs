@@ -8,6 +8,9 @@
 //!   sessions (`sessions`), so it publishes no session events, and neither
 //!   keeps an idle sandbox alive nor holds up a drain. One check runs at a
 //!   time; a paused sandbox skips its checks.
+//! - Checks are numbered across runs (session ids start again with each
+//!   run), so a late result of a run that ended never counts for the next.
+//!   A result that comes while the sandbox is paused does not count either.
 //! - `HealthDeadline` (`timeout` after the start) kills a check still
 //!   running as an exec deadline does (`SessionInput::Expire`); its result
 //!   then says `timed_out`.
@@ -88,18 +91,25 @@ impl SupervisorState {
             output,
             reply: reply.into(),
         })?;
-        self.health_check = Some(session);
+        self.health_checks += 1;
+        let check = self.health_checks;
+        self.health_check = Some(check);
         let timeout = spec.timeout;
         self.arm_run_timer(myself, timeout, move || SupervisorMsg::HealthDeadline {
+            check,
             session,
         });
-        tokio::spawn(collect(myself.clone(), session, Utc::now(), started, items));
+        tokio::spawn(collect(myself.clone(), check, Utc::now(), started, items));
         Ok(())
     }
 
     /// `HealthDeadline`: kills the check if it still runs.
-    pub(super) fn health_deadline(&self, session: u64) -> Result<(), ActorProcessingErr> {
-        if self.health_check == Some(session) {
+    pub(super) fn health_deadline(
+        &self,
+        check: u64,
+        session: u64,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.health_check == Some(check) {
             self.to_link(AgentLinkMsg::Session {
                 session,
                 input: SessionInput::Expire,
@@ -113,16 +123,23 @@ impl SupervisorState {
     pub(super) async fn health_checked(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
-        session: u64,
+        check: u64,
         result: HealthResult,
     ) -> Option<Input> {
         // A check of a run that ended (or is ending) says nothing.
-        if self.health_check != Some(session) {
+        if self.health_check != Some(check) {
             return None;
         }
         self.health_check = None;
-        if !matches!(self.phase, Phase::Running { .. }) {
-            return None;
+        match self.phase {
+            Phase::Running { paused: false } => {}
+            // A check the pause froze (and its timeout may have killed)
+            // says nothing about the sandbox.
+            Phase::Running { paused: true } => {
+                self.arm_health_check(myself);
+                return None;
+            }
+            _ => return None,
         }
         let spec = self.spec.health.clone()?;
         let in_start_period = self
@@ -176,7 +193,7 @@ fn summary(result: &HealthResult) -> String {
 /// supervisor.
 async fn collect(
     supervisor: ActorRef<SupervisorMsg>,
-    session: u64,
+    check: u64,
     start: DateTime<Utc>,
     started: oneshot::Receiver<Result<(u64, u32), ExecRefused>>,
     mut items: mpsc::UnboundedReceiver<ExecItem>,
@@ -209,7 +226,7 @@ async fn collect(
     let (exit_code, signal, timed_out) = ended;
     // A supervisor that is gone has no health to keep.
     let _ = supervisor.cast(SupervisorMsg::HealthChecked {
-        session,
+        check,
         result: HealthResult {
             start,
             end: Utc::now(),
