@@ -8,6 +8,7 @@ use std::time::Duration;
 use sandvisor_actors::duration_serde;
 pub use sandvisor_actors::network::{Action, Network, PortRange, Protocol, Publish, Rule};
 use sandvisor_actors::protocol::IdRange;
+pub use sandvisor_actors::sandbox::health::{HealthCheck, OnUnhealthy};
 pub use sandvisor_actors::sandbox::policy::{Restart, RestartBackoff, DEFAULT_RESTART_BACKOFF};
 use serde::{Deserialize, Serialize};
 
@@ -371,6 +372,13 @@ pub struct SandboxConfig {
     /// after its run started.
     #[serde(with = "duration_serde::option")]
     pub max_lifetime: Option<Duration>,
+    /// A command run inside every `interval` to tell whether the sandbox is
+    /// healthy (docker's HEALTHCHECK); `None`: no check.
+    pub health: Option<HealthCheck>,
+    /// What turning unhealthy does: nothing (the default), stop the
+    /// sandbox, or restart it whatever its restart policy (termination
+    /// reason `Unhealthy` either way).
+    pub on_unhealthy: OnUnhealthy,
     /// Keep the main command's stdin open for [`crate::Sandbox::write_stdin`]
     /// (else it reads `/dev/null`).
     pub stdin: bool,
@@ -409,6 +417,8 @@ impl Default for SandboxConfig {
             restart_backoff: DEFAULT_RESTART_BACKOFF,
             idle_timeout: None,
             max_lifetime: None,
+            health: None,
+            on_unhealthy: OnUnhealthy::None,
             stdin: false,
             tty: false,
         }
@@ -715,6 +725,9 @@ impl SandboxConfig {
         ] {
             check_duration(field, duration)?;
         }
+        if let Some(check) = &self.health {
+            validate_health(check)?;
+        }
         if backoff.max < backoff.initial {
             return Err(bad(
                 "restart_backoff.max",
@@ -892,6 +905,26 @@ pub(crate) fn check_limit(field: &str, limit: Limit) -> Result<()> {
     }
     if !memory && !(1..=MAX_PIDS).contains(&value) {
         return Err(bad(field, format!("{value} is outside 1..={MAX_PIDS}")));
+    }
+    Ok(())
+}
+
+/// Checks a health check: a command, intervals and timeouts above zero,
+/// at least one retry.
+fn validate_health(check: &HealthCheck) -> Result<()> {
+    if check.command.first().is_none_or(String::is_empty) {
+        return Err(bad("health.command", "names no program".into()));
+    }
+    check_duration("health.interval", Some(check.interval))?;
+    check_duration("health.timeout", Some(check.timeout))?;
+    if check.start_period > MAX_TIMEOUT {
+        return Err(bad("health.start_period", "is longer than 365 days".into()));
+    }
+    if check.retries == 0 {
+        return Err(bad(
+            "health.retries",
+            "must be at least 1 (the failures in a row that make it unhealthy)".into(),
+        ));
     }
     Ok(())
 }

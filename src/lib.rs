@@ -37,6 +37,9 @@ pub use runtime::{Sandbox, SandboxHandle, SandboxStopResult, Sandvisor, Sandviso
 pub use sandvisor_actors::events::{EscalationStep, EventEnvelope, SandboxEvent};
 pub use sandvisor_actors::lifecycle::{PendingRestart, SandboxStatus, TerminationReason};
 pub use sandvisor_actors::metrics::SandboxMetrics;
+pub use sandvisor_actors::sandbox::health::{
+    Health, HealthCheck, HealthReport, HealthResult, OnUnhealthy,
+};
 pub use sandvisor_actors::sandbox::policy::RestartEnd;
 pub use store::RunRow;
 

@@ -24,6 +24,7 @@ use sandvisor_actors::network::NetworkPlan;
 use sandvisor_actors::protocol::{
     BindMount, CommandSpec, Confinement, ExecSpec, Ids, Rlimit, RootPlan, SpawnPlan, StartSpec,
 };
+use sandvisor_actors::sandbox::health::HealthSpec;
 use sandvisor_actors::sandbox::SandboxSpec;
 use sandvisor_actors::sandbox::VmSpec;
 
@@ -171,7 +172,41 @@ pub(super) fn sandbox_spec(config: &SandboxConfig, context: RunContext<'_>) -> R
         backoff: config.restart_backoff,
         idle_timeout: config.idle_timeout,
         max_lifetime: config.max_lifetime,
+        health: health_spec(config)?,
     })
+}
+
+/// The health check of `config` as the supervisor runs it: its argv with
+/// the main command's environment, directory and user.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] (`user`) if the sandbox's user does not parse.
+fn health_spec(config: &SandboxConfig) -> Result<Option<HealthSpec>> {
+    let Some(check) = &config.health else {
+        return Ok(None);
+    };
+    let (command, args) = check
+        .command
+        .split_first()
+        .ok_or_else(|| invalid("health.command", "names no program"))?;
+    Ok(Some(HealthSpec {
+        run: CommandSpec {
+            command: command.clone(),
+            args: args.to_vec(),
+            env: config.effective_env(),
+            cwd: config.working_dir.clone(),
+            stdin: false,
+            tty: false,
+            rows: 0,
+            cols: 0,
+            user: user_ids("user", config.user.as_deref())?,
+        },
+        interval: check.interval,
+        timeout: check.timeout,
+        retries: check.retries,
+        start_period: check.start_period,
+        on_unhealthy: config.on_unhealthy,
+    }))
 }
 
 /// The CFS quota of `cpus` CPUs per [`CPU_PERIOD_US`] (validated: at least

@@ -23,6 +23,7 @@ use futures::future::BoxFuture;
 use sandvisor_actors::lifecycle::{
     HostId, LifecycleStore, PendingRestart, RunEnd, SandboxStatus, TerminationReason,
 };
+use sandvisor_actors::sandbox::health::HealthReport;
 use sandvisor_actors::sandbox::policy::RestartEnd;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -113,6 +114,8 @@ pub struct RunRow {
     /// Why the restart policy did not follow this run with another (`None`:
     /// it did, the run is the current one, or there is no policy).
     pub restart_end: Option<RestartEnd>,
+    /// Its health and latest check results (`None`: no health check).
+    pub health: Option<HealthReport>,
 }
 
 /// The store. Cheap to clone.
@@ -299,7 +302,7 @@ impl Store {
     pub async fn runs(&self, name: &str) -> Result<Vec<RunRow>> {
         let rows = sqlx::query(
             "SELECT run.id, run.pid, run.status, run.exit_code, run.exit_signal, run.termination_reason, \
-             run.started_at, run.terminated_at, run.host_pid, run.host_start_ticks, run.restart_count, run.restart_end \
+             run.started_at, run.terminated_at, run.host_pid, run.host_start_ticks, run.restart_count, run.restart_end, run.health \
              FROM run JOIN sandbox ON sandbox.id = run.sandbox_id WHERE sandbox.name = ? ORDER BY run.id",
         )
         .bind(name)
@@ -565,6 +568,11 @@ fn run_row(row: &sqlx::sqlite::SqliteRow) -> Result<RunRow> {
             .map(RestartEnd::from_str)
             .transpose()
             .map_err(Error::Database)?,
+        health: row
+            .get::<Option<&str>, _>(12)
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| Error::Database(format!("bad health: {e}")))?,
     })
 }
 
@@ -632,6 +640,24 @@ impl LifecycleStore for Store {
         Box::pin(async move {
             sqlx::query("UPDATE run SET restart_end = ? WHERE id = ?")
                 .bind(end.as_str())
+                .bind(run_id)
+                .execute(&self.writer)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn health_recorded(
+        &self,
+        run_id: i64,
+        report: &HealthReport,
+    ) -> BoxFuture<'_, std::result::Result<(), String>> {
+        let report = serde_json::to_string(report);
+        Box::pin(async move {
+            let report = report.map_err(|e| e.to_string())?;
+            sqlx::query("UPDATE run SET health = ? WHERE id = ?")
+                .bind(report)
                 .bind(run_id)
                 .execute(&self.writer)
                 .await

@@ -512,6 +512,7 @@ impl Actor for AgentLink {
             AgentLinkMsg::KillFromHost => state.kill_from_host(),
             AgentLinkMsg::Exec {
                 spec,
+                logged,
                 output,
                 reply,
             } => {
@@ -520,7 +521,7 @@ impl Actor for AgentLink {
                     let _ = reply.send(Err(ExecRefused::NotRunning));
                     return Ok(());
                 }
-                state.routes.insert(session, output);
+                state.routes.insert(session, output, logged);
                 state.pending_exec.insert(session, reply);
                 state.send_frame(&Frame::Exec(spec)).await;
             }

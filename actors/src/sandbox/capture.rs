@@ -8,7 +8,9 @@
 //!   in order, and while a tap is being restarted the socket (then the
 //!   agent's pipes, then the sandboxed process) buffers. The tap to use is
 //!   read from a `watch` channel the supervisor updates when it restarts it.
-//! - Output of exec sessions also goes, live, to the session's route.
+//! - Output of exec sessions also goes, live, to the session's route; that
+//!   of an unlogged route (a health check) goes only there, and is not
+//!   counted.
 //! - It writes the [`STARTED_MARKER`] when the agent reports `Ready`, so the
 //!   marker precedes all output of the run.
 //! - Control frames go to the agent link as [`AgentLinkMsg::Frame`], after
@@ -79,10 +81,15 @@ pub async fn read_frames(
                     };
                     // The agent is not trusted to name sessions: output for
                     // one the host is not running is a protocol error.
-                    if !routes.send(session, item) {
-                        break Some(format!(
-                            "agent protocol error: output for session {session}, which is not running"
-                        ));
+                    match routes.send(session, item) {
+                        Some(true) => {}
+                        // A health check's: neither logged nor activity.
+                        Some(false) => continue,
+                        None => {
+                            break Some(format!(
+                                "agent protocol error: output for session {session}, which is not running"
+                            ))
+                        }
                     }
                 }
                 output_count.fetch_add(1, Ordering::Relaxed);

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::health::Health;
 use super::lifecycle::SandboxStatus;
 use super::metrics::SandboxMetrics;
 use super::policy::RestartEnd;
@@ -94,6 +95,14 @@ pub enum SandboxEvent {
     RestartEnded {
         /// Why.
         reason: RestartEnd,
+    },
+    /// The health check's results changed the sandbox's health (health
+    /// checks themselves publish no session events).
+    HealthChanged {
+        /// Before.
+        from: Health,
+        /// After.
+        to: Health,
     },
     /// An exec session reached its `timeout`: its process group was killed
     /// (its `SessionExited` follows).

@@ -96,6 +96,9 @@ pub enum TerminationReason {
     IdleTimeout,
     /// Its `max_lifetime` passed since the run started: stopped.
     LifetimeExceeded,
+    /// Its health check turned it unhealthy and its `on_unhealthy` is
+    /// `Stop` or `Restart`: stopped (and, for `Restart`, started again).
+    Unhealthy,
 }
 
 impl TerminationReason {
@@ -112,6 +115,7 @@ impl TerminationReason {
             Self::OutOfMemory => "OutOfMemory",
             Self::IdleTimeout => "IdleTimeout",
             Self::LifetimeExceeded => "LifetimeExceeded",
+            Self::Unhealthy => "Unhealthy",
         }
     }
 }
@@ -137,6 +141,7 @@ impl FromStr for TerminationReason {
             Self::OutOfMemory,
             Self::IdleTimeout,
             Self::LifetimeExceeded,
+            Self::Unhealthy,
         ]
         .into_iter()
         .find(|reason| reason.as_str() == s)
@@ -214,6 +219,12 @@ pub trait LifecycleStore: Send + Sync + 'static {
         &self,
         run_id: i64,
         end: super::policy::RestartEnd,
+    ) -> BoxFuture<'_, Result<(), String>>;
+    /// Records on run `run_id` its health and latest check results.
+    fn health_recorded(
+        &self,
+        run_id: i64,
+        report: &super::health::HealthReport,
     ) -> BoxFuture<'_, Result<(), String>>;
     /// Closes a run row and sets the sandbox's terminal status.
     fn run_ended(&self, name: &str, run_id: i64, end: RunEnd) -> BoxFuture<'_, Result<(), String>>;

@@ -13,6 +13,7 @@
 //! | [`stdin`] | stdin flow control per exec session |
 //! | [`session`] | exec sessions' live output routes |
 //! | [`net_helper`] | the NetHelper actor: a private network's helper process, restarted when it dies |
+//! | [`health`] | health checks: their config and the state their results add up to |
 //! | [`boot_error`] | `boot-error.json` |
 //! | [`events`], [`metrics`], [`lifecycle`] | what a supervisor publishes and persists |
 //!
@@ -20,7 +21,8 @@
 //! - [`SupervisorMsg`]: the runtime (`Sandbox`, the control server) → the
 //!   supervisor; its own timers (`Escalate`, `KillTimedOut`, `BootTimedOut`,
 //!   `DrainTimedOut`, `SampleMetrics`, `RestartDue`, `IdleCheck`,
-//!   `LifetimeExceeded`, `SessionDeadline`) → itself; `Vm` from the agent
+//!   `LifetimeExceeded`, `SessionDeadline`, `HealthDue`, `HealthDeadline`)
+//!   → itself; `HealthChecked` from a health check's collector task; `Vm` from the agent
 //!   link, `Tap` from the relay tap, `Net` from the net helper.
 //! - [`net_helper::NetHelperMsg`]: the agent link → the net helper
 //!   (`Attach`); the helper's exit watcher → the net helper (`Exited`).
@@ -39,6 +41,7 @@ pub mod agent_link;
 pub mod boot_error;
 pub mod capture;
 pub mod events;
+pub mod health;
 pub mod lifecycle;
 pub mod metrics;
 pub mod net_helper;
@@ -94,6 +97,8 @@ pub struct SandboxSpec {
     pub idle_timeout: Option<Duration>,
     /// Stop this long after the run started.
     pub max_lifetime: Option<Duration>,
+    /// The health check, if any.
+    pub health: Option<health::HealthSpec>,
 }
 
 /// Why a sandbox did not start: the protocol's one definition of
@@ -211,6 +216,22 @@ pub enum SupervisorMsg {
         result: Result<(), UpdateRefused>,
         /// The caller's port.
         reply: RpcReplyPort<Result<(), UpdateRefused>>,
+    },
+    /// Timer: time for the next health check.
+    HealthDue,
+    /// Timer: the health check running as `session` reached its timeout.
+    HealthDeadline {
+        /// Which check (numbered across runs: session ids start again).
+        check: u64,
+        /// Its session id.
+        session: u64,
+    },
+    /// From a health check's collector task: the check ended.
+    HealthChecked {
+        /// Which check.
+        check: u64,
+        /// How it went.
+        result: health::HealthResult,
     },
     /// Timer: exec session `session` reached its timeout.
     SessionDeadline {
@@ -398,6 +419,9 @@ pub enum AgentLinkMsg {
     Exec {
         /// What to run (with its session id).
         spec: ExecSpec,
+        /// Its output goes to `exec.log` and counts as activity (`false`
+        /// for a health check: only `output` gets it).
+        logged: bool,
         /// Where the session's output and exit go, live.
         output: mpsc::UnboundedSender<ExecItem>,
         /// Session id and pid inside the sandbox, or why not.

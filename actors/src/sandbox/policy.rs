@@ -16,6 +16,11 @@
 //!   [`RestartBackoff::max`]; a run that stayed up for
 //!   [`RestartBackoff::reset_after`] starts the doubling — and the count of
 //!   failures in a row that `OnFailure { max_retries }` limits — again.
+//! - A run ended by its health check with `on_unhealthy: Restart` is
+//!   restarted under every policy, `No` included, and regardless of
+//!   `OnFailure`'s retry limit (the backoff still applies) — unless a user
+//!   stopped it meanwhile. With `on_unhealthy: Stop` it is a stop asked for
+//!   ([`RestartEnd::Unhealthy`]).
 //! - `Always` and `UnlessStopped` behave the same: they differ in docker only
 //!   when the host restarts, which matters once sandboxes are re-adopted.
 
@@ -146,6 +151,8 @@ pub enum RestartEnd {
     IdleTimeout,
     /// Its max lifetime stopped it.
     LifetimeExceeded,
+    /// Its health check turned it unhealthy and `on_unhealthy` is `Stop`.
+    Unhealthy,
     /// The store did not take the run's end (a full disk): a restart would
     /// leave the rows behind the truth.
     Unrecorded,
@@ -160,6 +167,7 @@ impl RestartEnd {
             Self::StopRequested => "StopRequested",
             Self::IdleTimeout => "IdleTimeout",
             Self::LifetimeExceeded => "LifetimeExceeded",
+            Self::Unhealthy => "Unhealthy",
             Self::Unrecorded => "Unrecorded",
         }
     }
@@ -181,6 +189,7 @@ impl FromStr for RestartEnd {
             Self::StopRequested,
             Self::IdleTimeout,
             Self::LifetimeExceeded,
+            Self::Unhealthy,
             Self::Unrecorded,
         ]
         .into_iter()
@@ -200,6 +209,9 @@ pub struct RunSummary {
     pub stopped_by: Option<RestartEnd>,
     /// The store refused to record the end.
     pub unrecorded: bool,
+    /// The run was ended because it turned unhealthy, with `on_unhealthy:
+    /// Restart`: restarted whatever the policy.
+    pub unhealthy_restart: bool,
 }
 
 /// What follows a run.
@@ -242,7 +254,7 @@ impl RestartTracker {
         backoff: &RestartBackoff,
         run: RunSummary,
     ) -> Decision {
-        if policy == Restart::No {
+        if policy == Restart::No && !run.unhealthy_restart {
             return Decision::NoPolicy;
         }
         if let Some(cause) = run.stopped_by {
@@ -254,6 +266,11 @@ impl RestartTracker {
         if run.ran_for.is_some_and(|up| up >= backoff.reset_after) {
             self.streak = 0;
         }
+        // Asked for by the health check: neither the policy nor its retry
+        // limit has a say (docker-style autoheal), only the backoff.
+        if run.unhealthy_restart {
+            return self.restart(backoff);
+        }
         let failed = run.reason != TerminationReason::Completed;
         if let Restart::OnFailure { max_retries } = policy {
             if !failed {
@@ -263,6 +280,11 @@ impl RestartTracker {
                 return Decision::End(RestartEnd::RetriesExhausted);
             }
         }
+        self.restart(backoff)
+    }
+
+    /// Counts a restart and says when it is due.
+    fn restart(&mut self, backoff: &RestartBackoff) -> Decision {
         let delay = backoff.delay(self.streak);
         self.streak += 1;
         self.attempts += 1;
@@ -283,7 +305,32 @@ mod tests {
             ran_for: Some(Duration::from_millis(up_ms)),
             stopped_by: None,
             unrecorded: false,
+            unhealthy_restart: false,
         }
+    }
+
+    #[test]
+    fn an_unhealthy_restart_happens_under_every_policy_unless_a_user_stopped() {
+        let backoff = RestartBackoff::default();
+        let mut unhealthy = ended(TerminationReason::Unhealthy, 5);
+        unhealthy.unhealthy_restart = true;
+        let mut tracker = RestartTracker::default();
+        assert!(matches!(
+            tracker.decide(Restart::No, &backoff, unhealthy),
+            Decision::Restart { attempt: 1, .. }
+        ));
+        let once = Restart::OnFailure {
+            max_retries: Some(1),
+        };
+        assert!(matches!(
+            tracker.decide(once, &backoff, unhealthy),
+            Decision::Restart { attempt: 2, .. }
+        ));
+        unhealthy.stopped_by = Some(RestartEnd::StopRequested);
+        assert_eq!(
+            tracker.decide(Restart::No, &backoff, unhealthy),
+            Decision::End(RestartEnd::StopRequested)
+        );
     }
 
     #[test]

@@ -54,6 +54,9 @@
 //!   at the agent link's output counter and the exec sessions; a quarter of
 //!   the timeout is the precision. `max_lifetime`: one `LifetimeExceeded`
 //!   timer from Ready. Either stops the run with its termination reason.
+//! - [Health checks](health) run as unlogged exec sessions on a run timer;
+//!   turning unhealthy may stop the run (reason `Unhealthy`), and with
+//!   `on_unhealthy: Restart` the restart policy restarts it whatever it is.
 //! - An exec session with a `timeout` gets a `SessionDeadline` timer; if the
 //!   session still runs then, `SessionTimedOut` is published and the agent
 //!   link SIGKILLs its process group and reports its exit as timed out.
@@ -68,6 +71,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use tokio::sync::{oneshot, watch};
 
 use super::events::{EventSink, Publisher, SandboxEvent};
+use super::health::HealthTracker;
 use super::lifecycle::{HostId, LifecycleStore, PendingRestart, SandboxStatus, TerminationReason};
 use super::metrics::{Sampler, SandboxMetrics};
 use super::net_helper::{NetEvent, NetHelper, NetHelperArgs, NetHelperMsg};
@@ -84,6 +88,7 @@ use crate::log::tap::{DiskFull, RelayTap, RelayTapMsg, TapArgs, TapEvent};
 use crate::restart::RestartBudget;
 
 mod actions;
+mod health;
 
 /// Arguments to spawn a [`SandboxSupervisor`].
 pub struct SupervisorArgs {
@@ -148,6 +153,14 @@ pub struct SupervisorState {
     restarts: RestartTracker,
     /// The restart waiting for its delay, and its timer.
     pending_restart: Option<(PendingRestart, Timer)>,
+    /// The current run's health.
+    health: HealthTracker,
+    /// The number of the health check that runs, if one does.
+    health_check: Option<u64>,
+    /// Health checks started (by every run).
+    health_checks: u64,
+    /// The current run ends because it turned unhealthy, to be restarted.
+    unhealthy_restart: bool,
 }
 
 /// A `send_after` timer of the supervisor.
@@ -210,6 +223,10 @@ impl Actor for SandboxSupervisor {
             stopped_by: None,
             restarts: RestartTracker::default(),
             pending_restart: None,
+            health: HealthTracker::default(),
+            health_check: None,
+            health_checks: 0,
+            unhealthy_restart: false,
         })
     }
 
@@ -272,6 +289,16 @@ impl Actor for SandboxSupervisor {
                 }
                 state.stopped_by.get_or_insert(RestartEnd::LifetimeExceeded);
                 Input::Expired(TerminationReason::LifetimeExceeded)
+            }
+            SupervisorMsg::HealthDue => return state.health_due(&myself),
+            SupervisorMsg::HealthDeadline { check, session } => {
+                return state.health_deadline(check, session)
+            }
+            SupervisorMsg::HealthChecked { check, result } => {
+                match state.health_checked(&myself, check, result).await {
+                    Some(input) => input,
+                    None => return Ok(()),
+                }
             }
             SupervisorMsg::SessionDeadline { session, timeout } => {
                 if state.sessions.contains(&session) {
@@ -364,6 +391,7 @@ impl Actor for SandboxSupervisor {
                         }
                         link.cast(AgentLinkMsg::Exec {
                             spec,
+                            logged: true,
                             output,
                             reply,
                         })?;
@@ -717,17 +745,25 @@ impl SupervisorState {
                 self.init_pid = Some(init_pid);
                 None
             }
+            // Only user sessions are counted and published: a health
+            // check's session is not in `sessions`.
             VmEvent::SessionStarted { id } => {
-                self.publish(SandboxEvent::SessionStarted { id });
+                if self.sessions.contains(&id) {
+                    self.publish(SandboxEvent::SessionStarted { id });
+                }
                 None
             }
             VmEvent::SessionFailed { id } => {
-                self.sessions.remove(&id);
+                if !self.sessions.remove(&id) {
+                    return None;
+                }
                 self.idle.1 = Instant::now();
                 Some(Input::SessionEnded)
             }
             VmEvent::SessionExited { id, code, signal } => {
-                self.sessions.remove(&id);
+                if !self.sessions.remove(&id) {
+                    return None;
+                }
                 // A session's end is activity: the idle time starts now.
                 self.idle.1 = Instant::now();
                 self.publish(SandboxEvent::SessionExited { id, code, signal });

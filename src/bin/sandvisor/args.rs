@@ -168,6 +168,28 @@ pub(crate) struct RunArgs {
     /// LifetimeExceeded).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_lifetime: Option<Duration>,
+    /// A health check: a command run with `sh -c` inside the sandbox every
+    /// --health-interval; exit 0 is healthy (`ps` shows the health).
+    #[arg(long, value_name = "STRING")]
+    pub health_cmd: Option<String>,
+    /// Time between health checks (default 30s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "health_cmd")]
+    pub health_interval: Option<Duration>,
+    /// A health check running longer is killed and fails (default 30s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "health_cmd")]
+    pub health_timeout: Option<Duration>,
+    /// Failed health checks in a row that make the sandbox unhealthy
+    /// (default 3, at least 1).
+    #[arg(long, value_name = "N", requires = "health_cmd")]
+    pub health_retries: Option<u32>,
+    /// Failed health checks this soon after the start do not count
+    /// (default 0s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "health_cmd")]
+    pub health_start_period: Option<Duration>,
+    /// What turning unhealthy does: none (default), restart (whatever the
+    /// restart policy) or stop (termination reason Unhealthy).
+    #[arg(long, value_name = "ACTION", value_parser = ["none", "restart", "stop"])]
+    pub on_unhealthy: Option<String>,
     /// Remove the sandbox once it has stopped (foreground only).
     #[arg(long)]
     pub rm: bool,

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use sandvisor::control::{daemon_socket, ControlClient};
 use sandvisor::logs::{LogSource, LogStreamOptions, LogStreamStart};
 use sandvisor::{
-    Error, ExecConfig, Isolation, LogCursor, Network, Result, Sandbox, SandboxConfig,
+    Error, ExecConfig, HealthCheck, Isolation, LogCursor, Network, Result, Sandbox, SandboxConfig,
     SandboxStatus, Sandvisor, Seccomp,
 };
 use tokio::io::AsyncBufReadExt;
@@ -127,6 +127,22 @@ fn config_from(args: &RunArgs) -> Result<SandboxConfig> {
     }
     config.idle_timeout = args.idle_timeout;
     config.max_lifetime = args.max_lifetime;
+    if let Some(command) = &args.health_cmd {
+        let defaults = HealthCheck::default();
+        config.health = Some(HealthCheck {
+            command: vec!["sh".into(), "-c".into(), command.clone()],
+            interval: args.health_interval.unwrap_or(defaults.interval),
+            timeout: args.health_timeout.unwrap_or(defaults.timeout),
+            retries: args.health_retries.unwrap_or(defaults.retries),
+            start_period: args.health_start_period.unwrap_or(defaults.start_period),
+        });
+    }
+    if let Some(action) = &args.on_unhealthy {
+        config.on_unhealthy = action.parse().map_err(|reason| Error::InvalidConfig {
+            field: "on_unhealthy".into(),
+            reason,
+        })?;
+    }
     config.stdin = args.session.interactive;
     config.tty = args.session.tty;
     config.validate()?;

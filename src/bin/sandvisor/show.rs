@@ -12,7 +12,7 @@ use sandvisor::logs::{LogOptions, LogSource, LogStreamOptions, LogStreamStart, L
 use sandvisor::{
     Error, LogCursor, Result, SandboxHandle, SandboxMetrics, SandboxStatus, Sandvisor,
 };
-use sandvisor::{Network, PendingRestart, Publish, SandboxConfig, Seccomp};
+use sandvisor::{Health, Network, PendingRestart, Publish, SandboxConfig, Seccomp};
 use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -124,6 +124,7 @@ pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> 
                     "exit_signal": last.as_ref().and_then(|r| r.exit_signal),
                     "termination_reason": last.as_ref().and_then(|r| r.termination_reason),
                     "restart": handle.pending_restart(),
+                    "health": last.as_ref().filter(|_| running).and_then(|r| r.health.as_ref()),
                     "created_at": handle.created_at(),
                     "privileged": handle.config().is_ok_and(|c| c.isolation.privileged),
                     "network": handle.config().ok().map(|c| network_mode(&c)),
@@ -157,7 +158,14 @@ pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> 
             };
             let status_text = match pending {
                 Some(pending) => restarting(&pending, &exit),
-                None => status.to_string(),
+                None => match last
+                    .as_ref()
+                    .filter(|_| running)
+                    .and_then(|r| r.health.as_ref())
+                {
+                    Some(health) => with_health(status, health.status),
+                    None => status.to_string(),
+                },
             };
             vec![
                 handle.name().to_string(),
@@ -215,6 +223,15 @@ fn restarting(pending: &PendingRestart, exit: &str) -> String {
             "Restarting ({exit}) in {}",
             humantime::format_duration(left)
         )
+    }
+}
+
+/// `ps`'s status of a sandbox with a health check, as docker's `Up 5
+/// minutes (healthy)`: `Running (healthy)`, `Running (health: starting)`.
+fn with_health(status: SandboxStatus, health: Health) -> String {
+    match health {
+        Health::Starting => format!("{status} (health: starting)"),
+        Health::Healthy | Health::Unhealthy => format!("{status} ({health})"),
     }
 }
 
@@ -390,6 +407,7 @@ async fn describe(runtime: &Sandvisor, name: &str) -> Result<Value> {
                 "host_pid": run.host.pid,
                 "restart_count": run.restart_count,
                 "restart_end": run.restart_end,
+                "health": run.health,
             })
         })
         .collect();
@@ -404,6 +422,11 @@ async fn describe(runtime: &Sandvisor, name: &str) -> Result<Value> {
         "isolation": effective_isolation(runtime, &handle),
         "network": effective_network(&parsed),
         "restart": restart,
+        "health": parsed.health.as_ref().map(|check| json!({
+            "check": check,
+            "on_unhealthy": parsed.on_unhealthy,
+            "state": last.and_then(|run| run.health.as_ref()),
+        })),
         "runs": runs,
         "paths": {
             "home": runtime.home(),

@@ -13,6 +13,7 @@ use crate::log::tap::{append_system_record, Chunk, RelayTapMsg};
 use crate::protocol::BootStage;
 use crate::protocol::SignalTarget;
 use crate::sandbox::events::SandboxEvent;
+use crate::sandbox::health::HealthTracker;
 use crate::sandbox::lifecycle::PendingRestart;
 use crate::sandbox::lifecycle::{RunEnd, SandboxStatus};
 use crate::sandbox::metrics::Sampler;
@@ -143,6 +144,11 @@ impl SupervisorState {
         if let Some(limit) = self.spec.max_lifetime {
             self.arm_run_timer(myself, limit, || SupervisorMsg::LifetimeExceeded);
         }
+        if self.spec.health.is_some() {
+            // `ps` shows `health: starting` until the first result.
+            self.record_health().await;
+            self.arm_health_check(myself);
+        }
         if let Some(limit) = self.spec.idle_timeout {
             self.idle = (self.output_count.load(Ordering::Relaxed), Instant::now());
             self.arm_run_timer(myself, (limit / 4).max(Duration::from_millis(1)), || {
@@ -259,6 +265,7 @@ impl SupervisorState {
             ran_for: self.running_since.take().map(|since| since.elapsed()),
             stopped_by: self.stopped_by,
             unrecorded: unrecorded.is_some(),
+            unhealthy_restart: self.unhealthy_restart,
         };
         let decision = if first_boot_failed {
             Decision::NoPolicy
@@ -422,6 +429,9 @@ impl SupervisorState {
         self.next_session = 1;
         self.metrics = None;
         self.stopped_by = None;
+        self.health = HealthTracker::default();
+        self.health_check = None;
+        self.unhealthy_restart = false;
         let mut vm = self.spec.vm.clone();
         // Each run has its own cgroup; the last one's may not be gone yet.
         vm.cgroup_id = format!("{}-r{attempt}", vm.cgroup_id);
