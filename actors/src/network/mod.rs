@@ -5,7 +5,7 @@
 //!   only `lo`.
 //! - [`Network::Host`]: the host's network namespace (an unsafe opt-in).
 //! - [`Network::Private`]: the sandbox's own namespace joined to the host by a
-//!   user-mode network stack (`pasta`, [`helper`]), with published ports and
+//!   user-mode network stack (`pasta`, [`pasta`]), with published ports and
 //!   an egress policy ([`egress`]) that denies the host, loopback, link-local
 //!   and private ranges unless a rule allows them.
 //!

@@ -8,7 +8,7 @@
 //!   host's loopback, routes, `lo`) and the published ports are bound on the
 //!   host, or with why not; nothing is left running on failure.
 //! - `pasta` runs in the foreground as a child of this process forked by the
-//!   [launcher](crate::host::launcher) (it dies with this process), as root
+//!   launcher (`crate::host::launcher`; it dies with this process), as root
 //!   (joining the sandbox's namespaces needs it; `pasta` keeps only
 //!   `CAP_NET_BIND_SERVICE` and `CAP_SYS_ADMIN` and confines itself with
 //!   seccomp and namespaces of its own), IPv4 only, with no forwarding from

@@ -54,7 +54,7 @@
 //!   at the agent link's output counter and the exec sessions; a quarter of
 //!   the timeout is the precision. `max_lifetime`: one `LifetimeExceeded`
 //!   timer from Ready. Either stops the run with its termination reason.
-//! - [Health checks](health) run as unlogged exec sessions on a run timer;
+//! - Health checks (`supervisor/health.rs`) run as unlogged exec sessions on a run timer;
 //!   turning unhealthy may stop the run (reason `Unhealthy`), and with
 //!   `on_unhealthy: Restart` the restart policy restarts it whatever it is.
 //! - An exec session with a `timeout` gets a `SessionDeadline` timer; if the
