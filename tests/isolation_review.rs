@@ -14,6 +14,35 @@ fn sandvisor(home: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Kills, when dropped, every live process started for `home` (the daemon
+/// that `start` launches, its spawner): the test must not leave them.
+struct Reaper<'a>(&'a Path);
+
+impl Drop for Reaper<'_> {
+    fn drop(&mut self) {
+        let wanted = format!("SANDVISOR_HOME={}", self.0.display());
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            if environ
+                .split(|&b| b == 0)
+                .any(|var| var == wanted.as_bytes())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -26,6 +55,7 @@ fn text(out: &Output) -> String {
 fn a_volume_source_swapped_for_a_link_is_refused_at_the_next_start() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
+    let _reaper = Reaper(&home);
     let shared = tmp.path().join("shared");
     std::fs::create_dir_all(shared.join("sub")).unwrap();
     // Shared with the sandbox's root, as a work directory would be.
