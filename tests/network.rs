@@ -3,16 +3,17 @@
 //! inside the sandboxes' own network namespaces.
 
 mod common;
+#[allow(dead_code)]
+#[path = "common/net.rs"]
+mod net;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::runtime;
-use sandvisor::{
-    Action, Error, ExecConfig, Network, PortRange, Protocol, Publish, Rule, SandboxConfig,
-};
+use net::{connect, pastas_of, python};
+use sandvisor::{Action, Error, Network, PortRange, Protocol, Publish, Rule, SandboxConfig};
 
 /// A free TCP port on the host's loopback (bound once and let go).
 fn free_port() -> u16 {
@@ -87,33 +88,6 @@ fn get_blocking(port: u16) -> String {
     }
 }
 
-/// Runs `script` with python3 in `sandbox`; its output and exit code.
-async fn python(sandbox: &sandvisor::Sandbox, script: &str) -> (String, Option<i32>) {
-    use futures::StreamExt;
-    let mut session = sandbox
-        .exec(ExecConfig::new("python3", ["-c", script]))
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    while let Some(chunk) = session.next().await {
-        out.extend_from_slice(&chunk.data);
-    }
-    let code = session.status().and_then(|status| status.code);
-    (String::from_utf8_lossy(&out).into_owned(), code)
-}
-
-/// A python snippet printing how a TCP connection to `host:port` went and
-/// how long it took.
-fn connect_script(host: &str, port: u16) -> String {
-    format!(
-        "import socket, time\n\
-         s = socket.socket(); s.settimeout(5); t = time.time()\n\
-         try:\n    s.connect(({host:?}, {port})); r = 'connected'\n\
-         except Exception as e:\n    r = type(e).__name__\n\
-         print(r, round(time.time() - t, 3))"
-    )
-}
-
 /// Polls `done` until it holds, without blocking the test's runtime;
 /// fails after 10 s.
 async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
@@ -122,24 +96,6 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "{what} within 10 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Pids of `pasta` processes whose command line names `home`.
-fn pastas_of(home: &Path) -> Vec<u32> {
-    let needle = home.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| !common::ended(pid))
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|cmdline| {
-                    let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                    text.contains("--config-net") && text.contains(&needle)
-                })
-                .unwrap_or(false)
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -203,12 +159,11 @@ async fn the_hosts_loopback_is_denied_by_default_and_reachable_when_a_rule_allow
     let mut closed = SandboxConfig::new("closed", "sleep").args(["1000"]);
     closed.network = private(vec![], vec![]);
     let closed = rt.create(closed).await.unwrap();
-    let (out, _) = python(&closed, &connect_script("10.0.2.2", port)).await;
-    let (result, secs) = out.trim().split_once(' ').unwrap();
-    assert_eq!(result, "ConnectionRefusedError", "{out}");
-    assert!(secs.parse::<f64>().unwrap() < 1.0, "denied at once: {out}");
+    let (result, secs) = connect(&closed, "10.0.2.2", port).await;
+    assert_eq!(result, "ConnectionRefusedError");
+    assert!(secs < 1.0, "denied at once, not after {secs} s");
     // No raw sockets: they would write below the egress rules.
-    let (out, _) = python(
+    let out = python(
         &closed,
         "import socket\n\
          for kind in (socket.SOCK_RAW, ):\n\
@@ -220,8 +175,10 @@ async fn the_hosts_loopback_is_denied_by_default_and_reachable_when_a_rule_allow
     .await;
     assert_eq!(out, "PermissionError\nPermissionError\n", "{out}");
     // The sandbox's own loopback is its own.
-    let (out, _) = python(&closed, &connect_script("127.0.0.1", port)).await;
-    assert!(out.starts_with("ConnectionRefusedError"), "{out}");
+    assert_eq!(
+        connect(&closed, "127.0.0.1", port).await.0,
+        "ConnectionRefusedError"
+    );
 
     let mut open = SandboxConfig::new("open", "sleep").args(["1000"]);
     open.network = private(
@@ -237,8 +194,11 @@ async fn the_hosts_loopback_is_denied_by_default_and_reachable_when_a_rule_allow
         }],
     );
     let open = rt.create(open).await.unwrap();
-    let (out, _) = python(&open, &connect_script("host.sandvisor.internal", port)).await;
-    assert!(out.starts_with("connected"), "allowed by its rule: {out}");
+    assert_eq!(
+        connect(&open, "host.sandvisor.internal", port).await.0,
+        "connected",
+        "allowed by its rule"
+    );
     // Rules are evaluated in order: a deny before the allow wins.
     let mut first_deny = SandboxConfig::new("first-deny", "sleep").args(["1000"]);
     first_deny.network = private(
@@ -259,8 +219,10 @@ async fn the_hosts_loopback_is_denied_by_default_and_reachable_when_a_rule_allow
         ],
     );
     let first_deny = rt.create(first_deny).await.unwrap();
-    let (out, _) = python(&first_deny, &connect_script("10.0.2.2", port)).await;
-    assert!(out.starts_with("ConnectionRefusedError"), "{out}");
+    assert_eq!(
+        connect(&first_deny, "10.0.2.2", port).await.0,
+        "ConnectionRefusedError"
+    );
     for sandbox in [closed, open, first_deny] {
         sandbox.kill().await.unwrap();
     }

@@ -6,31 +6,16 @@
 #[allow(dead_code)]
 #[path = "common/faults.rs"]
 mod faults;
+#[allow(dead_code)]
+#[path = "common/net.rs"]
+mod net;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use faults::{stderr, Cli};
-
-/// Pids of live `pasta` processes whose command line names `home`.
-fn pastas_of(home: &Path) -> Vec<u32> {
-    let needle = home.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let running = state
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'));
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            running && text.contains("--config-net") && text.contains(&needle)
-        })
-        .collect()
-}
+use net::pastas_of;
 
 fn until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);

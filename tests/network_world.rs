@@ -7,13 +7,16 @@
 //! documentation range. No packet leaves the machine.
 
 mod common;
+#[allow(dead_code)]
+#[path = "common/net.rs"]
+mod net;
 
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::process::Command;
 
-use futures::StreamExt;
-use sandvisor::{Action, ExecConfig, Network, Rule, SandboxConfig};
+use net::{connect, udp};
+use sandvisor::{Action, Network, Rule, SandboxConfig};
 
 const PORT: u16 = 8000;
 const METADATA: &str = "169.254.169.254";
@@ -124,48 +127,6 @@ impl Drop for World {
     }
 }
 
-/// How a TCP connect from `sandbox` to `address:PORT` went (`connected`
-/// or the exception's name) and how long it took.
-async fn connect(sandbox: &sandvisor::Sandbox, address: &str) -> (String, f64) {
-    let script = format!(
-        "import socket, time\n\
-         s = socket.socket(); s.settimeout(5); t = time.time()\n\
-         try:\n    s.connect(({address:?}, {PORT})); r = 'connected'\n\
-         except Exception as e:\n    r = type(e).__name__\n\
-         print(r, round(time.time() - t, 3))"
-    );
-    let mut session = sandbox
-        .exec(ExecConfig::new("python3", ["-c", script.as_str()]))
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    while let Some(chunk) = session.next().await {
-        out.extend_from_slice(&chunk.data);
-    }
-    let out = String::from_utf8_lossy(&out).into_owned();
-    let (result, secs) = out.trim().split_once(' ').unwrap_or((&out, "0"));
-    (result.to_string(), secs.parse().unwrap_or(f64::MAX))
-}
-
-/// How sending one UDP datagram from `sandbox` to `address:port` went
-/// (`sent` or the exception's name).
-async fn udp(sandbox: &sandvisor::Sandbox, address: &str, port: u16) -> String {
-    let script = format!(
-        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-         try:\n    s.sendto(b'x', ({address:?}, {port})); print('sent')\n\
-         except Exception as e:\n    print(type(e).__name__)"
-    );
-    let mut session = sandbox
-        .exec(ExecConfig::new("python3", ["-c", script.as_str()]))
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    while let Some(chunk) = session.next().await {
-        out.extend_from_slice(&chunk.data);
-    }
-    String::from_utf8_lossy(&out).trim().to_string()
-}
-
 fn private(egress: Vec<Rule>) -> Network {
     Network::Private {
         publish: Vec::new(),
@@ -195,12 +156,12 @@ fn private_networks_deny_metadata_private_ranges_and_the_host_by_default_and_rul
         config.network = private(Vec::new());
         let default = rt.create(config).await.unwrap();
         assert_eq!(
-            connect(&default, PUBLIC).await.0,
+            connect(&default, PUBLIC, PORT).await.0,
             "connected",
             "the public internet is allowed"
         );
         for denied in [METADATA, PRIVATE, HOST] {
-            let (result, secs) = connect(&default, denied).await;
+            let (result, secs) = connect(&default, denied, PORT).await;
             assert_eq!(
                 result, "ConnectionRefusedError",
                 "{denied} is denied by default"
@@ -257,17 +218,17 @@ fn private_networks_deny_metadata_private_ranges_and_the_host_by_default_and_rul
         ]);
         let ruled = rt.create(config).await.unwrap();
         assert_eq!(
-            connect(&ruled, PRIVATE).await.0,
+            connect(&ruled, PRIVATE, PORT).await.0,
             "connected",
             "allowed by its rule"
         );
         assert_eq!(
-            connect(&ruled, PUBLIC).await.0,
+            connect(&ruled, PUBLIC, PORT).await.0,
             "ConnectionRefusedError",
             "denied by its rule"
         );
         assert_eq!(
-            connect(&ruled, METADATA).await.0,
+            connect(&ruled, METADATA, PORT).await.0,
             "ConnectionRefusedError",
             "a rule for other ports leaves the default"
         );

@@ -46,7 +46,6 @@ pub(crate) fn plan(config: &SandboxConfig, home: &Path) -> Result<Option<Network
         egress: egress.clone(),
         dns: dns.clone(),
         dir: net_dir(home, &config.name)?,
-        user_namespace: config.isolation.user,
     }))
 }
 

@@ -22,6 +22,7 @@ pub mod spec;
 pub use spec::{Action, Network, PortRange, Protocol, Publish, Rule};
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
@@ -48,9 +49,6 @@ pub struct NetworkPlan {
     /// The helper's own files (its readiness FIFO, its log):
     /// `<home>/sandboxes/<name>/net`.
     pub dir: PathBuf,
-    /// The agent has a user namespace of its own, which the helper joins
-    /// with its network namespace.
-    pub user_namespace: bool,
 }
 
 /// A program this module runs, looked up in `PATH` and then in the system
@@ -63,17 +61,18 @@ fn find_program(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// The network namespace of one sandbox's agent, and its user namespace
-/// when it has one, held open for the run: the helper joins them through
-/// these descriptors (its own `/proc/self/fd/N`), never through the agent's
-/// pid, which could name another process once the agent is gone — and
-/// which the helper, without `CAP_SYS_PTRACE`, may not open anyway.
+/// The network and user namespaces of one sandbox's agent (a private
+/// network always has its own user namespace), held open for the run: the
+/// helper joins them through these descriptors (its own `/proc/self/fd/N`),
+/// never through the agent's pid, which could name another process once the
+/// agent is gone — and which the helper, without `CAP_SYS_PTRACE`, may not
+/// open anyway.
 #[derive(Debug)]
 pub struct Namespaces {
     /// `/proc/PID/ns/net`.
-    pub net: std::os::fd::OwnedFd,
-    /// `/proc/PID/ns/user`, if the agent has its own.
-    pub user: Option<std::os::fd::OwnedFd>,
+    pub net: OwnedFd,
+    /// `/proc/PID/ns/user`.
+    pub user: OwnedFd,
 }
 
 impl Namespaces {
@@ -81,42 +80,39 @@ impl Namespaces {
     /// `Start`, so its pid names it).
     ///
     /// # Errors
-    /// Why not, in words for a boot error.
-    pub fn open(agent_pid: u32, user_namespace: bool) -> Result<Self, String> {
+    /// Why not, in words for a boot error; namespaces that are the host's
+    /// own (an agent gone before this, its pid taken by a host process) are
+    /// refused.
+    pub fn open(agent_pid: u32) -> Result<Self, String> {
         let open = |kind: &str| {
-            std::fs::File::open(format!("/proc/{agent_pid}/ns/{kind}"))
-                .map(std::os::fd::OwnedFd::from)
-                .map_err(|e| format!("cannot open the sandbox's {kind} namespace: {e}"))
+            let fd = std::fs::File::open(format!("/proc/{agent_pid}/ns/{kind}"))
+                .map(OwnedFd::from)
+                .map_err(|e| format!("cannot open the sandbox's {kind} namespace: {e}"))?;
+            if is_hosts(kind, &fd) {
+                return Err(format!(
+                    "the sandbox's {kind} namespace is the host's own (its agent is gone)"
+                ));
+            }
+            Ok(fd)
         };
-        let namespaces = Self {
+        Ok(Self {
             net: open("net")?,
-            user: if user_namespace {
-                Some(open("user")?)
-            } else {
-                None
-            },
-        };
-        // An agent gone before this, its pid taken by a host process, would
-        // hand over the host's own namespaces: never attach to those.
-        let ours = |kind: &str, fd: &std::os::fd::OwnedFd| {
-            let inode = |meta: std::fs::Metadata| (meta.dev(), meta.ino());
-            let theirs = std::fs::File::from(fd.try_clone().ok()?)
-                .metadata()
-                .ok()
-                .map(inode);
-            let host = std::fs::metadata(format!("/proc/self/ns/{kind}"))
-                .ok()
-                .map(inode);
-            Some(theirs == host)
-        };
-        let shared = ours("net", &namespaces.net) != Some(false)
-            || namespaces
-                .user
-                .as_ref()
-                .is_some_and(|user| ours("user", user) != Some(false));
-        if shared {
-            return Err("the sandbox's namespaces are the host's own (its agent is gone)".into());
-        }
-        Ok(namespaces)
+            user: open("user")?,
+        })
+    }
+}
+
+/// Whether `fd` is this process's own namespace of `kind` (or cannot be
+/// told apart from it).
+fn is_hosts(kind: &str, fd: &OwnedFd) -> bool {
+    let identity = |meta: std::fs::Metadata| (meta.dev(), meta.ino());
+    let theirs = fd
+        .try_clone()
+        .and_then(|fd| std::fs::File::from(fd).metadata())
+        .map(identity);
+    let ours = std::fs::metadata(format!("/proc/self/ns/{kind}")).map(identity);
+    match (theirs, ours) {
+        (Ok(theirs), Ok(ours)) => theirs == ours,
+        _ => true,
     }
 }

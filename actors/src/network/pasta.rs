@@ -78,7 +78,7 @@ impl Pasta {
         let stderr = std::fs::File::create(&log)
             .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let net = namespaces.net.as_raw_fd();
-        let user = namespaces.user.as_ref().map(AsRawFd::as_raw_fd);
+        let user = namespaces.user.as_raw_fd();
         let mut command = Command::new(program);
         // SAFETY: `inherit_only` is async-signal-safe; the descriptors are
         // borrowed from `namespaces` for the whole call, open at the fork.
@@ -86,10 +86,7 @@ impl Pasta {
             command.pre_exec(move || {
                 // Inherited by pasta, which opens them as /proc/self/fd/N;
                 // nothing else is.
-                match user {
-                    Some(user) => launcher::inherit_only(&[net, user]),
-                    None => launcher::inherit_only(&[net]),
-                }
+                launcher::inherit_only(&[net, user])
             });
         }
         command
@@ -181,7 +178,7 @@ fn log_tail(log: &Path) -> String {
 }
 
 /// `pasta`'s command line for `plan` (see the module docs).
-fn arguments(plan: &NetworkPlan, net: RawFd, user: Option<RawFd>, fifo: &Path) -> Vec<OsString> {
+fn arguments(plan: &NetworkPlan, net: RawFd, user: RawFd, fifo: &Path) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "--runas",
         "0:0",
@@ -224,13 +221,8 @@ fn arguments(plan: &NetworkPlan, net: RawFd, user: Option<RawFd>, fifo: &Path) -
         }
     }
     args.extend(["--pid".into(), fifo.into()]);
-    if let Some(user) = user {
-        args.extend(["--userns".into(), format!("/proc/self/fd/{user}").into()]);
-    }
+    args.extend(["--userns".into(), format!("/proc/self/fd/{user}").into()]);
     args.extend(["--netns".into(), format!("/proc/self/fd/{net}").into()]);
-    if user.is_none() {
-        args.push("--netns-only".into());
-    }
     // The namespace is not bound to a file: nothing to watch.
     args.push("--no-netns-quit".into());
     args

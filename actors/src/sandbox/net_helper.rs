@@ -116,7 +116,7 @@ impl NetHelperState {
         myself: &ActorRef<NetHelperMsg>,
         agent_pid: u32,
     ) -> Result<(), String> {
-        let namespaces = Namespaces::open(agent_pid, self.plan.user_namespace)?;
+        let namespaces = Namespaces::open(agent_pid)?;
         let rules = egress::ruleset(&self.plan, &egress::host_prefixes());
         let (applied, started) = tokio::join!(
             egress::apply(namespaces.net.as_fd(), &rules),
