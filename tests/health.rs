@@ -6,10 +6,9 @@
 
 mod common;
 
-use common::runtime;
+use common::{runs_until, runtime};
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
 use sandvisor::{
     Error, EventEnvelope, ExecConfig, Health, HealthCheck, OnUnhealthy, RunRow, SandboxConfig,
     SandboxEvent, SandboxStatus, Sandvisor, TerminationReason,
@@ -34,39 +33,6 @@ fn check(script: &str, retries: u32) -> HealthCheck {
         timeout: Duration::from_secs(10),
         retries,
         start_period: Duration::ZERO,
-    }
-}
-
-/// Every event published so far on `events` (without metrics samples).
-fn drain(events: &mut (impl futures::Stream<Item = EventEnvelope> + Unpin)) -> Vec<EventEnvelope> {
-    let mut seen = Vec::new();
-    while let Some(Some(envelope)) = events.next().now_or_never() {
-        if !matches!(envelope.event, SandboxEvent::MetricsSampled(_)) {
-            seen.push(envelope);
-        }
-    }
-    seen
-}
-
-/// Polls the store until `done` holds for the sandbox's runs; fails after
-/// [`WAIT`], saying `what`.
-async fn runs_until(
-    rt: &Sandvisor,
-    name: &str,
-    what: &str,
-    done: impl Fn(&[RunRow]) -> bool,
-) -> Vec<RunRow> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let runs = rt.runs(name).await.unwrap();
-        if done(&runs) {
-            return runs;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}; runs: {runs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -114,7 +80,7 @@ async fn a_passing_check_makes_the_sandbox_healthy_without_sessions_or_log_lines
         assert!(!result.timed_out);
     }
 
-    let seen = drain(&mut events);
+    let seen = common::drain_events(&mut events);
     let changes: Vec<_> = seen
         .iter()
         .filter_map(|envelope| match envelope.event {
@@ -186,7 +152,7 @@ async fn a_check_that_starts_failing_turns_unhealthy_after_retries_and_restarts_
     assert_eq!(runs[1].restart_count, 1);
     assert_eq!(sandbox.status().await.unwrap(), SandboxStatus::Running);
 
-    let seen = drain(&mut events);
+    let seen = common::drain_events(&mut events);
     let first_run: Vec<_> = seen
         .iter()
         .filter(|envelope| envelope.run == Some(first.id))
@@ -375,6 +341,10 @@ fn the_cli_health_flags_and_ps() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains(field), "{args:?}: {stderr}");
+        assert!(
+            !cli.ok(&["ps", "-a"]).contains("nope"),
+            "{args:?}: nothing is created"
+        );
     }
     // A health option without a check, or a bad action: usage errors.
     for args in [

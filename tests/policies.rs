@@ -4,13 +4,12 @@
 
 mod common;
 
-use common::runtime;
+use common::{runs_until, runtime};
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
 use sandvisor::{
-    Error, EventEnvelope, ExecConfig, Restart, RestartBackoff, RestartEnd, SandboxConfig,
-    SandboxEvent, SandboxStatus, Sandvisor, TerminationReason,
+    Error, ExecConfig, Restart, RestartBackoff, RestartEnd, SandboxConfig, SandboxEvent,
+    SandboxStatus, Sandvisor, TerminationReason,
 };
 
 /// Bounds every wait of these tests: a hang fails instead of blocking.
@@ -24,39 +23,6 @@ async fn within<T, E: std::fmt::Debug>(
         .await
         .expect("took longer than WAIT")
         .expect("failed")
-}
-
-/// Every event published so far on `events` (without metrics samples).
-fn drain(events: &mut (impl futures::Stream<Item = EventEnvelope> + Unpin)) -> Vec<SandboxEvent> {
-    let mut seen = Vec::new();
-    while let Some(Some(envelope)) = events.next().now_or_never() {
-        if !matches!(envelope.event, SandboxEvent::MetricsSampled(_)) {
-            seen.push(envelope.event);
-        }
-    }
-    seen
-}
-
-/// Polls the store until `done` holds for the sandbox's runs; fails after
-/// [`WAIT`].
-async fn runs_until(
-    rt: &Sandvisor,
-    name: &str,
-    what: &str,
-    done: impl Fn(&[sandvisor::RunRow]) -> bool,
-) -> Vec<sandvisor::RunRow> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let runs = rt.runs(name).await.unwrap();
-        if done(&runs) {
-            return runs;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}; runs: {runs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -88,7 +54,10 @@ async fn on_failure_5_runs_six_times_with_growing_delays_then_stays_stopped() {
         .collect();
     assert!(gaps[4] > gaps[0], "gaps {gaps:?}");
 
-    let seen = drain(&mut events);
+    let seen: Vec<SandboxEvent> = common::drain_events(&mut events)
+        .into_iter()
+        .map(|envelope| envelope.event)
+        .collect();
     let scheduled: Vec<(u32, Duration)> = seen
         .iter()
         .filter_map(|event| match event {
@@ -197,7 +166,10 @@ async fn a_stop_during_the_backoff_calls_the_restart_off() {
     let runs = rt.runs("patient").await.unwrap();
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].restart_end, Some(RestartEnd::StopRequested));
-    let seen = drain(&mut events);
+    let seen: Vec<SandboxEvent> = common::drain_events(&mut events)
+        .into_iter()
+        .map(|envelope| envelope.event)
+        .collect();
     let restart_events: Vec<_> = seen
         .iter()
         .skip_while(|event| !matches!(event, SandboxEvent::RestartScheduled { .. }))
@@ -346,7 +318,10 @@ async fn an_exec_timeout_kills_the_whole_process_group() {
         processes_named(init, "sleep").len() == 1
     });
     assert_eq!(sandbox.status().await.unwrap(), SandboxStatus::Running);
-    let seen = drain(&mut events);
+    let seen: Vec<SandboxEvent> = common::drain_events(&mut events)
+        .into_iter()
+        .map(|envelope| envelope.event)
+        .collect();
     let timed_out = seen
         .iter()
         .position(|event| {

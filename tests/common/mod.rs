@@ -167,3 +167,39 @@ pub async fn stdout_of(sandbox: &sandvisor::Sandbox) -> String {
         .collect();
     String::from_utf8(out).unwrap()
 }
+
+/// Polls the store until `done` holds for the sandbox's runs; fails after
+/// 60 s, saying `what`.
+pub async fn runs_until(
+    rt: &sandvisor::Sandvisor,
+    name: &str,
+    what: &str,
+    done: impl Fn(&[sandvisor::RunRow]) -> bool,
+) -> Vec<sandvisor::RunRow> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let runs = rt.runs(name).await.unwrap();
+        if done(&runs) {
+            return runs;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}; runs: {runs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every event published so far on `events`, without metrics samples.
+pub fn drain_events(
+    events: &mut (impl futures::Stream<Item = sandvisor::EventEnvelope> + Unpin),
+) -> Vec<sandvisor::EventEnvelope> {
+    use futures::FutureExt;
+    let mut seen = Vec::new();
+    while let Some(Some(envelope)) = events.next().now_or_never() {
+        if !matches!(envelope.event, sandvisor::SandboxEvent::MetricsSampled(_)) {
+            seen.push(envelope);
+        }
+    }
+    seen
+}
