@@ -319,6 +319,13 @@ pub struct SandboxConfig {
     /// filesystem (never written); `None`: the host base (the host's system
     /// directories, read-only, secrets masked).
     pub rootfs: Option<PathBuf>,
+    /// An OCI image (a name such as `busybox`, `host:5000/app:v1`, or an
+    /// id) stored in the home: its layers are the read-only lower layers
+    /// of the root filesystem, and its config fills in what this config
+    /// leaves out (command, environment, working directory, user: see
+    /// [`crate::image::apply_image`]). Not with `rootfs`. The sandbox keeps
+    /// the image it was created from even if the name moves later.
+    pub image: Option<String>,
     /// No writable layer over the root: only the fresh tmpfs mounts (`/tmp`,
     /// `/run`, `/var/tmp`, `/dev/shm`) and read-write `mounts` can be written.
     pub read_only: bool,
@@ -399,6 +406,7 @@ impl Default for SandboxConfig {
             isolation: Isolation::default(),
             network: Network::None,
             rootfs: None,
+            image: None,
             read_only: false,
             mounts: Vec::new(),
             cap_add: Vec::new(),
@@ -573,6 +581,11 @@ impl SandboxConfig {
         {
             return Err(bad("metrics_interval", "must be at least 10 ms".into()));
         }
+        if self.image.is_some() {
+            // Its command is in the image's layers: the agent finds it (or
+            // fails the start with `CommandNotFound`).
+            return Ok(());
+        }
         self.resolve_command().map(|_| ())
     }
 
@@ -599,9 +612,23 @@ impl SandboxConfig {
                 ));
             }
         }
-        // A privileged sandbox without a rootfs runs in the host's `/`: there
-        // is no root of its own to make read-only or to mount into.
-        let own_root = !iso.privileged || self.rootfs.is_some();
+        if let Some(image) = &self.image {
+            if self.rootfs.is_some() {
+                return Err(bad("image", "cannot be combined with rootfs".into()));
+            }
+            if !iso.mount {
+                return Err(bad(
+                    "image",
+                    "needs the mount namespace (isolation.mount)".into(),
+                ));
+            }
+            if crate::image::id_prefix(image).is_none() {
+                crate::image::normalize(image)?;
+            }
+        }
+        // A privileged sandbox without a rootfs or image runs in the host's
+        // `/`: there is no root of its own to make read-only or to mount into.
+        let own_root = !iso.privileged || self.rootfs.is_some() || self.image.is_some();
         if self.read_only && !own_root {
             return Err(bad(
                 "read_only",

@@ -139,6 +139,30 @@ pub enum Error {
     /// The operation needs a running (or, for resume, paused) sandbox.
     #[error("sandbox {0} is not running")]
     SandboxNotRunning(String),
+    /// No image of this name or id is stored (pull or load it first).
+    #[error("no such image: {0}; hint: sandvisor image pull {0}, or image load")]
+    ImageNotFound(String),
+    /// The image is used by a sandbox (remove the sandbox first).
+    #[error("image {0} is used by a sandbox; remove the sandboxes created from it first")]
+    ImageInUse(String),
+    /// A registry could not be reached, refused the request or does not have
+    /// the image.
+    #[error("registry error for {reference}: {message}")]
+    Registry {
+        /// The image reference asked for.
+        reference: String,
+        /// What the registry (or the connection to it) said.
+        message: String,
+    },
+    /// Image content did not match its digest or could not be read: nothing
+    /// of it was stored.
+    #[error("image content {digest} is corrupt: {message}")]
+    ImageCorrupt {
+        /// The digest of the blob (or the archive) at fault.
+        digest: String,
+        /// What was wrong.
+        message: String,
+    },
     /// The sandbox runs, but in another sandvisor process; this runtime cannot
     /// act on it directly.
     #[error("sandbox {0} is running in another sandvisor process")]

@@ -15,6 +15,7 @@ pub mod control;
 pub mod error;
 pub mod exec;
 pub mod home;
+pub mod image;
 pub mod isolation;
 pub mod logs;
 pub mod runtime;
@@ -32,6 +33,7 @@ pub use config::{
     Restart, RestartBackoff, Rule, SandboxConfig,
 };
 pub use exec::{ExecConfig, ExecHandle, ExecOutput, ExecStatus};
+pub use image::{Image, ImageConfig, Images, PullOptions, PullProgress};
 pub use isolation::seccomp::Seccomp;
 pub use runtime::{Sandbox, SandboxHandle, SandboxStopResult, Sandvisor, SandvisorBuilder};
 pub use sandvisor_actors::events::{EscalationStep, EventEnvelope, SandboxEvent};

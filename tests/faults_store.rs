@@ -84,7 +84,7 @@ async fn a_failed_commit_on_a_full_disk_leaves_the_writer_usable() {
             let mut config = SandboxConfig::new(name, "true");
             config.args = vec!["x".repeat(3000)];
             store
-                .insert_sandbox(&config, SandboxStatus::Created, host)
+                .insert_sandbox(&config, SandboxStatus::Created, host, None)
                 .await
         }
     };

@@ -259,7 +259,7 @@ async fn a_default_run_is_fully_confined_and_limited() {
         Path::new(&root.dir),
         rt.home().join("sandboxes").join("plain").join("fs")
     );
-    assert_eq!(root.rootfs, None);
+    assert!(root.lowers.is_empty());
     assert!(!root.read_only && root.mounts.is_empty());
     assert_eq!(root.tmpfs_bytes, 64 << 20);
     assert!(spec.start.cgroup_namespace && spec.start.mount_namespace && spec.start.net_namespace);

@@ -91,6 +91,11 @@ impl SandboxHandle {
             .filter(|_| self.row.status == SandboxStatus::Starting)
     }
 
+    /// The id of the image it was created from, if any.
+    pub fn image_id(&self) -> Option<&str> {
+        self.row.image_id.as_deref()
+    }
+
     /// When it was created.
     pub fn created_at(&self) -> DateTime<Utc> {
         self.row.created_at

@@ -218,12 +218,18 @@ impl Sandvisor {
     /// before, the sandbox may stay recorded as `Starting` until a runtime
     /// opened later reconciles it.
     pub async fn create(&self, mut config: SandboxConfig) -> Result<Sandbox> {
+        let (image, lowers) = self.apply_image(&mut config).await?;
         config.validate()?;
         config.canonicalize_mounts()?;
         let id_slot = self
             .inner
             .store
-            .insert_sandbox(&config, SandboxStatus::Starting, self.inner.host)
+            .insert_sandbox(
+                &config,
+                SandboxStatus::Starting,
+                self.inner.host,
+                image.as_ref().map(|image| image.id.as_str()),
+            )
             .await?;
         let log_dir = self.inner.logs.log_dir_for(&config.name)?;
         // A directory left without a row is not this sandbox's: set aside.
@@ -244,7 +250,37 @@ impl Sandvisor {
             let _ = self.inner.store.delete_sandbox(&config.name).await;
             return Err(err);
         }
-        self.launch(&config, id_slot).await
+        self.launch(&config, id_slot, lowers).await
+    }
+
+    /// The images of this runtime's home.
+    pub fn images(&self) -> crate::image::Images {
+        crate::image::Images::new(&self.inner.home, self.inner.store.clone())
+    }
+
+    /// Fills `config` in from its image, if it names one; returns the image
+    /// and its layers, top first.
+    async fn apply_image(
+        &self,
+        config: &mut SandboxConfig,
+    ) -> Result<(Option<crate::image::Image>, Vec<PathBuf>)> {
+        let Some(reference) = config.image.clone() else {
+            return Ok((None, Vec::new()));
+        };
+        let images = self.images();
+        let image = images.inspect(&reference).await?;
+        let lowers = images.lowers(&image)?;
+        crate::image::apply_image(config, &image, &lowers)?;
+        Ok((Some(image), lowers))
+    }
+
+    /// The layers (top first) of image `id`, if any.
+    async fn lowers_of(&self, id: Option<&str>) -> Result<Vec<PathBuf>> {
+        let Some(id) = id else {
+            return Ok(Vec::new());
+        };
+        let images = self.images();
+        images.lowers(&images.inspect(id).await?)
     }
 
     /// Starts a stopped (or never started) sandbox; a sandbox already
@@ -266,7 +302,9 @@ impl Sandvisor {
         if let Some(sandbox) = self.connect(name).await? {
             return Ok(sandbox);
         }
-        let config = self.get(name).await?.config()?;
+        let handle = self.get(name).await?;
+        let config = handle.config()?;
+        let lowers = self.lowers_of(handle.image_id()).await?;
         let claimed = self
             .inner
             .store
@@ -279,12 +317,17 @@ impl Sandvisor {
                 return Err(Error::SandboxNotHosted(name.to_string()));
             }
         };
-        self.launch(&config, id_slot).await
+        self.launch(&config, id_slot, lowers).await
     }
 
     /// Spawns the supervisor of a sandbox already marked Starting (with
     /// id-range slot `id_slot`) and waits for it to run.
-    async fn launch(&self, config: &SandboxConfig, id_slot: Option<u32>) -> Result<Sandbox> {
+    async fn launch(
+        &self,
+        config: &SandboxConfig,
+        id_slot: Option<u32>,
+        image_lowers: Vec<PathBuf>,
+    ) -> Result<Sandbox> {
         let name = config.name.as_str();
         let log_dir = self.inner.logs.log_dir_for(name)?;
         let prepared = network::plan(config, &self.inner.home).and_then(|network| {
@@ -306,6 +349,7 @@ impl Sandvisor {
                     defaults: self.inner.defaults,
                     network,
                     network_mounts: mounts,
+                    image_lowers,
                 },
             )
         });

@@ -72,6 +72,8 @@ pub(super) struct RunContext<'a> {
     /// Its files bound inside (`/etc/resolv.conf`, `/etc/hosts`), before
     /// the config's own mounts (which may replace them).
     pub network_mounts: Vec<BindMount>,
+    /// The layers of the sandbox's image, top first (none without one).
+    pub image_lowers: Vec<PathBuf>,
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> Error {
@@ -146,7 +148,12 @@ pub(super) fn sandbox_spec(config: &SandboxConfig, context: RunContext<'_>) -> R
             plan: SpawnPlan {
                 pid_namespace: iso.pid,
                 user_namespace,
-                root: root_plan(config, context.home, context.network_mounts)?,
+                root: root_plan(
+                    config,
+                    context.home,
+                    context.network_mounts,
+                    &context.image_lowers,
+                )?,
                 net_namespace: context.network.is_some(),
             },
             limits: Limits {
@@ -221,8 +228,9 @@ fn root_plan(
     config: &SandboxConfig,
     home: &Path,
     network_mounts: Vec<BindMount>,
+    image_lowers: &[PathBuf],
 ) -> Result<Option<RootPlan>> {
-    if config.isolation.privileged && config.rootfs.is_none() {
+    if config.isolation.privileged && config.rootfs.is_none() && image_lowers.is_empty() {
         return Ok(None);
     }
     let dir = home::sandbox_dir(home, &config.name)?.join(home::FS_DIR);
@@ -237,11 +245,13 @@ fn root_plan(
     }
     Ok(Some(RootPlan {
         dir: wire_path("home", &dir)?,
-        rootfs: config
-            .rootfs
-            .as_deref()
-            .map(|rootfs| wire_path("rootfs", rootfs))
-            .transpose()?,
+        lowers: match &config.rootfs {
+            Some(rootfs) => vec![wire_path("rootfs", rootfs)?],
+            None => image_lowers
+                .iter()
+                .map(|layer| wire_path("image", layer))
+                .collect::<Result<_>>()?,
+        },
         read_only: config.read_only,
         mounts,
         tmpfs_bytes: TMPFS_BYTES,

@@ -36,6 +36,8 @@ pub(super) enum Write {
         control_socket: Option<Arc<str>>,
         /// Allocate an id range (the sandbox has a user namespace).
         id_slot: bool,
+        /// The image it is created from.
+        image_id: Option<String>,
         reply: Reply<Option<i64>>,
     },
     OpenRun {
@@ -198,11 +200,12 @@ async fn run(tx: &mut Transaction<'static, Sqlite>, write: Write) -> Done {
             owner,
             control_socket,
             id_slot,
+            image_id,
             reply,
         } => {
             let result = sqlx::query_scalar(concat!(
-                "INSERT INTO sandbox (name, config, status, created_at, updated_at, owner_pid, owner_start_ticks, control_socket, id_slot) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN ? THEN ",
+                "INSERT INTO sandbox (name, config, status, created_at, updated_at, owner_pid, owner_start_ticks, control_socket, image_id, id_slot) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN ? THEN ",
                 super::lowest_free_slot!(),
                 " END) RETURNING id_slot",
             ))
@@ -214,6 +217,7 @@ async fn run(tx: &mut Transaction<'static, Sqlite>, write: Write) -> Done {
             .bind(i64::from(owner.pid))
             .bind(owner.start_ticks as i64)
             .bind(control_socket.as_deref())
+            .bind(image_id)
             .bind(id_slot)
             .fetch_one(&mut **tx)
             .await;
@@ -304,7 +308,7 @@ mod tests {
             async move {
                 let config = SandboxConfig::new(format!("s{}", i % 25), "true");
                 store
-                    .insert_sandbox(&config, SandboxStatus::Starting, host)
+                    .insert_sandbox(&config, SandboxStatus::Starting, host, None)
                     .await
             }
         });

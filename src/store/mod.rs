@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 pub(crate) mod checkpoint;
 mod group_commit;
 mod host;
+pub(crate) mod images;
 pub(crate) mod integrity;
 mod liveness;
 mod recovery;
@@ -85,6 +86,8 @@ pub struct SandboxRow {
     /// The restart its policy waits to make, recorded with status
     /// `Starting` (a stale one under another status means nothing).
     pub restart_pending: Option<PendingRestart>,
+    /// The image it was created from (its id), if any.
+    pub image_id: Option<String>,
 }
 
 /// A `run` row.
@@ -230,10 +233,12 @@ impl Store {
 
     /// Inserts a new sandbox with `status` (`Created`, or `Starting` when it
     /// is started right away), with the lowest free id-range slot if it has
-    /// a user namespace; returns that slot.
+    /// a user namespace, created from image `image_id` if any; returns that
+    /// slot.
     ///
     /// # Errors
-    /// [`Error::SandboxExists`] if the name is taken; [`Error::InvalidConfig`]
+    /// [`Error::SandboxExists`] if the name is taken; [`Error::ImageNotFound`]
+    /// if the image was removed meanwhile; [`Error::InvalidConfig`]
     /// (`isolation.user`) if every id range is taken; [`Error::Database`] if
     /// the write fails; [`Error::Internal`] if `config` does not serialize.
     ///
@@ -245,6 +250,7 @@ impl Store {
         config: &SandboxConfig,
         status: SandboxStatus,
         owner: HostId,
+        image_id: Option<&str>,
     ) -> Result<Option<u32>> {
         let json = serde_json::to_string(config).map_err(|e| Error::Internal(e.to_string()))?;
         let now = now_text();
@@ -257,6 +263,7 @@ impl Store {
                 owner,
                 control_socket: self.control_socket.clone(),
                 id_slot: config.isolation.user,
+                image_id: image_id.map(str::to_string),
                 reply,
             })
             .await;
@@ -265,6 +272,9 @@ impl Store {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 Err(Error::SandboxExists(config.name.clone()))
             }
+            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => Err(
+                Error::ImageNotFound(image_id.unwrap_or_default().to_string()),
+            ),
             Err(e) => Err(slot_err(e)),
         }
     }
@@ -276,7 +286,7 @@ impl Store {
     /// parse.
     pub async fn sandbox(&self, name: &str) -> Result<Option<SandboxRow>> {
         let row = sqlx::query(
-            "SELECT id, name, config, status, created_at, updated_at, control_socket, id_slot, restart_pending FROM sandbox WHERE name = ?",
+            "SELECT id, name, config, status, created_at, updated_at, control_socket, id_slot, restart_pending, image_id FROM sandbox WHERE name = ?",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -540,6 +550,7 @@ fn sandbox_row(row: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow> {
             .map(serde_json::from_str)
             .transpose()
             .map_err(|e| Error::Database(format!("bad restart_pending: {e}")))?,
+        image_id: row.get(9),
     })
 }
 

@@ -64,7 +64,7 @@ impl Store {
     /// [`Error::Database`] if the rows cannot be read at all.
     pub async fn sandboxes_checked(&self) -> Result<Vec<Result<SandboxRow>>> {
         let rows = sqlx::query(
-            "SELECT id, name, config, status, created_at, updated_at, control_socket, id_slot, restart_pending FROM sandbox ORDER BY name",
+            "SELECT id, name, config, status, created_at, updated_at, control_socket, id_slot, restart_pending, image_id FROM sandbox ORDER BY name",
         )
         .fetch_all(&self.pool)
         .await

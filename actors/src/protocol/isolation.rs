@@ -43,9 +43,10 @@ pub struct RootPlan {
     /// (`<home>/sandboxes/<name>/fs`): its writable layer (`upper/`,
     /// `work/`) and the mount point of its root (`root/`) live there.
     pub dir: String,
-    /// The read-only lower layer: this directory, or the host base (the
-    /// host's system directories, read-only, secrets masked) when `None`.
-    pub rootfs: Option<String>,
+    /// The read-only lower layers, top first (an image's layers, or one
+    /// rootfs directory); none: the host base (the host's system
+    /// directories, read-only, secrets masked).
+    pub lowers: Vec<String>,
     /// No writable layer: only the fresh tmpfs mounts can be written.
     pub read_only: bool,
     /// Host paths bound inside, in order.

@@ -3,8 +3,9 @@
 //! and bound at [`STAGED_AT`] for the agent.
 //!
 //! # Layout
-//! - With a rootfs: an overlay of the rootfs (read-only lower) and the
-//!   writable layer `<fs dir>/upper/root` (`work/root` its work directory).
+//! - With lower layers (an image's, or a rootfs): an overlay of them
+//!   (read-only) and the writable layer `<fs dir>/upper/root` (`work/root`
+//!   its work directory).
 //! - Without one, the *host base*: the writable layer `upper/root` itself as
 //!   `/` (a skeleton: the mount points, and the host's links such as
 //!   `bin -> usr/bin`), with one overlay per host system directory (`/usr`,
@@ -94,7 +95,7 @@ pub(super) fn stage(plan: &RootPlan, userns: Option<(IdRange, &OwnedFd)>) -> Res
     let dir = Path::new(&plan.dir);
     let owner = userns.map_or(0, |(ids, _)| ids.first);
     let mapping = userns.map(|(_, fd)| fd);
-    for path in std::iter::once(&plan.dir).chain(plan.rootfs.iter()) {
+    for path in std::iter::once(&plan.dir).chain(plan.lowers.iter()) {
         if path.contains([',', ':', '\\']) {
             return Err(boot_error(
                 BootStage::Mount,
@@ -117,9 +118,11 @@ pub(super) fn stage(plan: &RootPlan, userns: Option<(IdRange, &OwnedFd)>) -> Res
         make_dir(&layers.upper, 0o700, 0)?;
         make_dir(&layers.work, 0o700, 0)?;
     }
-    match &plan.rootfs {
-        Some(rootfs) => layers.mount(Path::new(rootfs), "root", &root)?,
-        None => host_base(&layers, dir, &root)?,
+    if plan.lowers.is_empty() {
+        host_base(&layers, dir, &root)?;
+    } else {
+        let lowers: Vec<&Path> = plan.lowers.iter().map(Path::new).collect();
+        layers.mount(&lowers, "root", &root)?;
     }
     let root_fd = open_path(&root, true)?;
     for point in MOUNT_POINTS {
@@ -158,7 +161,7 @@ pub(super) fn stage(plan: &RootPlan, userns: Option<(IdRange, &OwnedFd)>) -> Res
     dev(&root_fd, owner)?;
     tmpfs("dev/shm", "1777", plan.tmpfs_bytes, MsFlags::MS_NOEXEC)?;
     // A read-only rootfs is never written: its volumes' targets must exist.
-    let create = !(plan.read_only && plan.rootfs.is_some());
+    let create = !plan.read_only || plan.lowers.is_empty();
     for (i, volume) in plan.mounts.iter().enumerate() {
         bind_volume(&root_fd, volume, owner, create).map_err(|e| {
             boot_error(
@@ -168,7 +171,7 @@ pub(super) fn stage(plan: &RootPlan, userns: Option<(IdRange, &OwnedFd)>) -> Res
             )
         })?;
     }
-    if plan.read_only && plan.rootfs.is_none() {
+    if plan.read_only && plan.lowers.is_empty() {
         // Only now: the volumes' mount points were made in the skeleton.
         mount(
             None::<&str>,
@@ -208,25 +211,50 @@ struct Layers<'a> {
 }
 
 impl Layers<'_> {
-    /// Mounts `lower` at `target`: bound read-only, or as the lower layer of
-    /// an overlay whose writable layer is `upper/<name>`.
-    fn mount(&self, lower: &Path, name: &str, target: &Path) -> Result<(), BootError> {
-        let what = |e: Errno, doing: &str| {
-            boot_error(BootStage::Mount, e, &format!("{doing} {}", lower.display()))
-        };
-        let tree = detached(lower, self.mapping, libc::MOUNT_ATTR_NODEV)
-            .map_err(|e| what(e, "open the layer"))?;
+    /// Mounts `lowers` (top first) at `target`: one bound read-only, several
+    /// as a read-only overlay, or as the lower layers of an overlay whose
+    /// writable layer is `upper/<name>`.
+    fn mount(&self, lowers: &[&Path], name: &str, target: &Path) -> Result<(), BootError> {
+        let shown = lowers
+            .first()
+            .map_or_else(String::new, |top| top.display().to_string());
+        let what =
+            |e: Errno, doing: &str| boot_error(BootStage::Mount, e, &format!("{doing} {shown}"));
+        let mut trees = Vec::with_capacity(lowers.len());
+        for lower in lowers {
+            trees.push(
+                detached(lower, self.mapping, libc::MOUNT_ATTR_NODEV).map_err(|e| {
+                    boot_error(
+                        BootStage::Mount,
+                        e,
+                        &format!("open the layer {}", lower.display()),
+                    )
+                })?,
+            );
+        }
+        let lowerdir = trees.iter().map(fd_path).collect::<Vec<_>>().join(":");
         if self.read_only {
-            let onto = open_path(target, true)?;
-            return attach(&tree, &onto).map_err(|e| what(e, "mount the read-only layer"));
+            if let [tree] = trees.as_slice() {
+                let onto = open_path(target, true)?;
+                return attach(tree, &onto).map_err(|e| what(e, "mount the read-only layer"));
+            }
+            // Two or more lowers and no upper: overlayfs mounts them read-only.
+            let options = format!("lowerdir={lowerdir}");
+            return mount(
+                Some("overlay"),
+                target,
+                Some("overlay"),
+                MsFlags::MS_NODEV | MsFlags::MS_RDONLY,
+                Some(options.as_str()),
+            )
+            .map_err(|e| what(e, "mount the read-only layers"));
         }
         let upper = self.upper.join(name);
         let work = self.work.join(name);
         make_dir(&upper, 0o755, self.owner)?;
         make_dir(&work, 0o700, 0)?;
         let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            fd_path(&tree),
+            "lowerdir={lowerdir},upperdir={},workdir={}",
             upper.display(),
             work.display()
         );
@@ -297,7 +325,7 @@ fn host_base(layers: &Layers<'_>, dir: &Path, root: &Path) -> Result<(), BootErr
     let root_fd = open_path(root, true)?;
     for (host, name) in dirs {
         let at = inside(&root_fd, name, Kind::Dir, false, layers.owner)?;
-        layers.mount(&host, name, Path::new(&fd_path(&at)))?;
+        layers.mount(&[&host], name, Path::new(&fd_path(&at)))?;
     }
     mask_secrets(&root_fd)
 }
