@@ -459,6 +459,12 @@ impl SandboxConfig {
         self
     }
 
+    /// Runs image `reference` (see [`Self::image`](field@Self::image)).
+    pub fn image(mut self, reference: impl Into<String>) -> Self {
+        self.image = Some(reference.into());
+        self
+    }
+
     /// A sandbox running `sh -c script`.
     pub fn shell(name: impl Into<String>, script: impl Into<String>) -> Self {
         Self::new(name, "sh").args(["-c".to_string(), script.into()])
@@ -589,6 +595,30 @@ impl SandboxConfig {
         self.resolve_command().map(|_| ())
     }
 
+    /// Checks `image`: a name or an id, with the mount namespace, without
+    /// `rootfs`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] (`image`).
+    pub(crate) fn validate_image(&self) -> Result<()> {
+        let Some(image) = &self.image else {
+            return Ok(());
+        };
+        if self.rootfs.is_some() {
+            return Err(bad("image", "cannot be combined with rootfs".into()));
+        }
+        if !self.isolation.mount {
+            return Err(bad(
+                "image",
+                "needs the mount namespace (isolation.mount)".into(),
+            ));
+        }
+        if crate::image::id_prefix(image).is_none() {
+            crate::image::normalize(image)?;
+        }
+        Ok(())
+    }
+
     /// Checks the root filesystem, volumes, capabilities, seccomp and user.
     fn validate_isolation(&self) -> Result<()> {
         let iso = self.isolation;
@@ -612,20 +642,7 @@ impl SandboxConfig {
                 ));
             }
         }
-        if let Some(image) = &self.image {
-            if self.rootfs.is_some() {
-                return Err(bad("image", "cannot be combined with rootfs".into()));
-            }
-            if !iso.mount {
-                return Err(bad(
-                    "image",
-                    "needs the mount namespace (isolation.mount)".into(),
-                ));
-            }
-            if crate::image::id_prefix(image).is_none() {
-                crate::image::normalize(image)?;
-            }
-        }
+        self.validate_image()?;
         // A privileged sandbox without a rootfs or image runs in the host's
         // `/`: there is no root of its own to make read-only or to mount into.
         let own_root = !iso.privileged || self.rootfs.is_some() || self.image.is_some();

@@ -200,6 +200,17 @@ pub(super) async fn pull(
                 .await
                 .map_err(|e| match e {
                     Fetch::Registry(e) => registry_err(e),
+                    // The client checks the digest too, at the end of the
+                    // stream: that is corrupt content, not a failed download.
+                    Fetch::Download(e)
+                        if e.get_ref()
+                            .is_some_and(|inner| inner.is::<oci_client::errors::DigestError>()) =>
+                    {
+                        Error::ImageCorrupt {
+                            digest: descriptor.digest.clone(),
+                            message: e.to_string(),
+                        }
+                    }
                     Fetch::Download(e) => Error::Registry {
                         reference: parsed.whole(),
                         message: format!("downloading {}: {e}", descriptor.digest),

@@ -267,6 +267,7 @@ impl Sandvisor {
         let Some(reference) = config.image.clone() else {
             return Ok((None, Vec::new()));
         };
+        config.validate_image()?;
         let images = self.images();
         let image = images.inspect(&reference).await?;
         let lowers = images.lowers(&image)?;

@@ -81,6 +81,74 @@ pub(crate) enum Command {
         after_help = "Examples:\n  sandvisor serve\n  systemd: ExecStart=/usr/local/bin/sandvisor serve  (KillMode=mixed, TimeoutStopSec=30)"
     )]
     Serve(ServeArgs),
+    /// Manage images: pull from registries, load archives, list, remove.
+    #[command(
+        after_help = "Examples:\n  sandvisor image pull 127.0.0.1:5000/tools:v1\n  sandvisor image load -i app.tar\n  docker save app | sandvisor image load\n  sandvisor image ls\n  sandvisor image rm tools:v1\n  sandvisor image prune -a"
+    )]
+    Image(ImageArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImageArgs {
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ImageCommand {
+    /// Pull an image from its registry (plain HTTP for registries on
+    /// loopback, or with --insecure); credentials from ~/.docker/config.json.
+    Pull {
+        /// The image: NAME[:TAG] or NAME@DIGEST (docker's rules: `busybox`
+        /// is docker.io/library/busybox:latest).
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// Reach the registry over plain HTTP.
+        #[arg(long)]
+        insecure: bool,
+        /// Print only the image id; no progress.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Load images from a `docker save` archive or an OCI image layout tar
+    /// (gzip or zstd compressed too), from a file or stdin.
+    Load {
+        /// Read this file instead of stdin.
+        #[arg(short, long, value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// Print only the image ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// List images.
+    Ls {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+        /// Only the ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show images as JSON.
+    Inspect {
+        /// Names or ids.
+        #[arg(required = true, value_name = "REF")]
+        references: Vec<String>,
+    },
+    /// Remove names (an image goes with its last name) or, by id, images;
+    /// refused for an image a sandbox was created from.
+    Rm {
+        /// Names or ids.
+        #[arg(required = true, value_name = "REF")]
+        references: Vec<String>,
+    },
+    /// Remove images without a name that no sandbox uses, and layers no
+    /// image has.
+    Prune {
+        /// Every image no sandbox uses, named or not.
+        #[arg(short, long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -119,8 +187,13 @@ pub(crate) struct RunArgs {
     pub dns: Vec<String>,
     /// A directory to use as the read-only lower layer of the sandbox's `/`
     /// (never written; writes go to the sandbox's own layer).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "image")]
     pub rootfs: Option<PathBuf>,
+    /// Run an image (pulled first if the home lacks it): its layers are the
+    /// sandbox's `/`, its Entrypoint/Cmd the command when no CMD is given,
+    /// its Env, WorkingDir and User the defaults.
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
     /// No isolation at all: host root with every capability, the host's `/`
     /// (or the --rootfs) and the host's namespaces. Only for trusted
     /// commands.
@@ -193,8 +266,12 @@ pub(crate) struct RunArgs {
     /// Remove the sandbox once it has stopped (foreground only).
     #[arg(long)]
     pub rm: bool,
-    /// The command and its arguments.
-    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    /// The command and its arguments (optional with --image).
+    #[arg(
+        required_unless_present = "image",
+        trailing_var_arg = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<String>,
 }
 

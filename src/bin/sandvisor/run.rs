@@ -78,7 +78,12 @@ fn split_command(command: &[String]) -> Result<(String, Vec<String>)> {
 }
 
 fn config_from(args: &RunArgs) -> Result<SandboxConfig> {
-    let (command, rest) = split_command(&args.command)?;
+    // With an image, no CMD means the image's.
+    let (command, rest) = if args.image.is_some() && args.command.is_empty() {
+        (String::new(), Vec::new())
+    } else {
+        split_command(&args.command)?
+    };
     let mut config =
         SandboxConfig::new(args.name.clone().unwrap_or_else(generated_name), command).args(rest);
     for (key, value) in env_pairs(&args.session.env)? {
@@ -101,6 +106,7 @@ fn config_from(args: &RunArgs) -> Result<SandboxConfig> {
         config.isolation.user = false;
     }
     config.rootfs = args.rootfs.clone();
+    config.image = args.image.clone();
     config.read_only = args.read_only;
     config.mounts = args.volume.clone();
     config.cap_add = args.cap_add.clone();
@@ -221,6 +227,9 @@ pub(crate) async fn run(home: Option<PathBuf>, args: RunArgs) -> Result<ExitCode
                 reason: "works only in the foreground (without -d)".into(),
             });
         }
+        if let Some(image) = &args.image {
+            crate::image::ensure(&open(home.clone()).await?.images(), image).await?;
+        }
         let daemon = ensure_daemon(resolve_home(home)?).await?;
         outln!("{}", daemon.create(&config).await?)?;
         return Ok(ExitCode::SUCCESS);
@@ -230,6 +239,9 @@ pub(crate) async fn run(home: Option<PathBuf>, args: RunArgs) -> Result<ExitCode
         builder = builder.home(home);
     }
     let runtime = builder.open().await?;
+    if let Some(image) = &args.image {
+        crate::image::ensure(&runtime.images(), image).await?;
+    }
     let name = config.name.clone();
     let sandbox = runtime.create(config).await?;
     let ended = foreground(&runtime, &sandbox, &args).await;

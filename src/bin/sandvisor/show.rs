@@ -41,7 +41,7 @@ async fn sample(handle: &SandboxHandle) -> Option<SandboxMetrics> {
         .and_then(|sampled| sampled.ok())
 }
 
-fn human_bytes(bytes: u64) -> String {
+pub(crate) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
@@ -56,13 +56,13 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
-fn since(start: DateTime<Utc>) -> String {
+pub(crate) fn since(start: DateTime<Utc>) -> String {
     let seconds = (Utc::now() - start).num_seconds().max(0) as u64;
     humantime::format_duration(Duration::from_secs(seconds)).to_string()
 }
 
 /// Prints rows as columns padded to their widest cell.
-fn print_table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
+pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
