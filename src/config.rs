@@ -513,7 +513,9 @@ impl SandboxConfig {
     /// command cannot run in the sandbox.
     pub fn validate(&self) -> Result<()> {
         validate_name(&self.name)?;
-        if self.command.is_empty() {
+        // With an image, an empty command is the image's (filled in when the
+        // sandbox is created).
+        if self.command.is_empty() && self.image.is_none() {
             return Err(bad("command", "is empty".into()));
         }
         if self.command.contains('\0') {

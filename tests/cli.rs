@@ -563,7 +563,7 @@ fn every_verb_has_complete_help_with_an_example() {
     let top = cli.ok(&["--help"]);
     let verbs = [
         "run", "exec", "ps", "logs", "stop", "kill", "rm", "inspect", "pause", "resume", "start",
-        "metrics", "serve", "update",
+        "metrics", "serve", "update", "image",
     ];
     for verb in verbs {
         assert!(

@@ -96,6 +96,20 @@ impl SandboxHandle {
         self.row.image_id.as_deref()
     }
 
+    /// Bytes of the files in its writable layer (what it wrote over its
+    /// image or base; docker's `SizeRw`): file sizes, links not followed,
+    /// each hard-linked file once. 0 before its first run.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] never in practice (the name was checked);
+    /// unreadable entries are skipped, not errors.
+    pub fn writable_layer_bytes(&self) -> Result<u64> {
+        let upper = crate::home::sandbox_dir(self.runtime.home(), &self.row.name)?
+            .join(crate::home::FS_DIR)
+            .join("upper");
+        Ok(tree_bytes(&upper))
+    }
+
     /// When it was created.
     pub fn created_at(&self) -> DateTime<Utc> {
         self.row.created_at
@@ -390,4 +404,27 @@ impl SandboxHandle {
     pub async fn remove(self) -> Result<()> {
         self.runtime.remove(&self.row.name).await
     }
+}
+
+/// Bytes of the regular files under `dir` (links not followed, each inode
+/// once).
+pub(crate) fn tree_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if meta.is_file() && seen.insert((meta.dev(), meta.ino())) {
+                total += meta.len();
+            }
+        }
+    }
+    total
 }

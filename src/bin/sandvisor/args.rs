@@ -373,6 +373,9 @@ pub(crate) struct PsArgs {
     /// Print JSON (one array).
     #[arg(long)]
     pub json: bool,
+    /// Show the size of each sandbox's writable layer.
+    #[arg(short, long)]
+    pub size: bool,
 }
 
 #[derive(Debug, Args)]

@@ -129,6 +129,8 @@ pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> 
                     "privileged": handle.config().is_ok_and(|c| c.isolation.privileged),
                     "network": handle.config().ok().map(|c| network_mode(&c)),
                     "ports": handle.config().map_or_else(|_| Vec::new(), |c| ports(&c)),
+                    "image": image_of(handle),
+                    "writable_layer_bytes": args.size.then(|| handle.writable_layer_bytes().ok()).flatten(),
                 })
             })
             .collect();
@@ -167,8 +169,13 @@ pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> 
                     None => status.to_string(),
                 },
             };
-            vec![
+            let mut row = vec![
                 handle.name().to_string(),
+                handle
+                    .config()
+                    .ok()
+                    .and_then(|c| c.image)
+                    .unwrap_or_else(dash),
                 status_text,
                 last.as_ref()
                     .filter(|_| running)
@@ -185,25 +192,39 @@ pub(crate) async fn ps(home: Option<PathBuf>, args: PsArgs) -> Result<ExitCode> 
                     .ok()
                     .filter(|ports| !ports.is_empty())
                     .unwrap_or_else(dash),
-                isolation.clone(),
-            ]
+            ];
+            if args.size {
+                row.push(
+                    handle
+                        .writable_layer_bytes()
+                        .map_or_else(|_| dash(), human_bytes),
+                );
+            }
+            row.push(isolation.clone());
+            row
         })
         .collect();
-    print_table(
-        &[
-            "NAME",
-            "STATUS",
-            "PID",
-            "UPTIME",
-            "CPU",
-            "MEM",
-            "EXIT",
-            "PORTS",
-            "ISOLATION",
-        ],
-        &rows,
-    )?;
+    let mut header = vec![
+        "NAME", "IMAGE", "STATUS", "PID", "UPTIME", "CPU", "MEM", "EXIT", "PORTS",
+    ];
+    if args.size {
+        header.push("SIZE");
+    }
+    header.push("ISOLATION");
+    print_table(&header, &rows)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The image a sandbox was created from: the name it was given, and the
+/// id it is pinned to.
+fn image_of(handle: &SandboxHandle) -> Value {
+    match handle.image_id() {
+        Some(id) => json!({
+            "reference": handle.config().ok().and_then(|c| c.image),
+            "id": id,
+        }),
+        None => Value::Null,
+    }
 }
 
 /// `ps`'s status of a sandbox waiting for a restart, as docker's
@@ -328,7 +349,7 @@ fn effective_isolation(runtime: &Sandvisor, handle: &SandboxHandle) -> Value {
         (Seccomp::Default, true) => json!("default"),
         (Seccomp::Profile(path), true) => json!(path),
     };
-    let own_root = confined || config.rootfs.is_some();
+    let own_root = confined || config.rootfs.is_some() || config.image.is_some();
     json!({
         "privileged": iso.privileged,
         "namespaces": {
@@ -346,7 +367,11 @@ fn effective_isolation(runtime: &Sandvisor, handle: &SandboxHandle) -> Value {
         })),
         "root": if own_root {
             json!({
-                "lower": config.rootfs.as_ref().map_or_else(|| json!("host base"), |rootfs| json!(rootfs)),
+                "lower": match (&config.rootfs, &config.image) {
+                    (Some(rootfs), _) => json!(rootfs),
+                    (None, Some(image)) => json!({ "image": image, "id": handle.image_id() }),
+                    (None, None) => json!("host base"),
+                },
                 "read_only": config.read_only,
             })
         } else {
@@ -421,6 +446,8 @@ async fn describe(runtime: &Sandvisor, name: &str) -> Result<Value> {
         "config": config,
         "isolation": effective_isolation(runtime, &handle),
         "network": effective_network(&parsed),
+        "image": image_of(&handle),
+        "writable_layer_bytes": handle.writable_layer_bytes().ok(),
         "restart": restart,
         "health": parsed.health.as_ref().map(|check| json!({
             "check": check,
