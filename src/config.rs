@@ -326,6 +326,12 @@ pub struct SandboxConfig {
     /// [`crate::image::apply_image`]). Not with `rootfs`. The sandbox keeps
     /// the image it was created from even if the name moves later.
     pub image: Option<String>,
+    /// Create the sandbox from a snapshot (a stored snapshot's name, or the
+    /// path of a snapshot archive, told apart by a `/`): its writable layer
+    /// becomes this sandbox's, and its image and run config (command,
+    /// environment, working directory, user) fill in what this config
+    /// leaves out. Used when the sandbox is created; kept for `inspect`.
+    pub from_snapshot: Option<String>,
     /// No writable layer over the root: only the fresh tmpfs mounts (`/tmp`,
     /// `/run`, `/var/tmp`, `/dev/shm`) and read-write `mounts` can be written.
     pub read_only: bool,
@@ -407,6 +413,7 @@ impl Default for SandboxConfig {
             network: Network::None,
             rootfs: None,
             image: None,
+            from_snapshot: None,
             read_only: false,
             mounts: Vec::new(),
             cap_add: Vec::new(),
@@ -515,7 +522,7 @@ impl SandboxConfig {
         validate_name(&self.name)?;
         // With an image, an empty command is the image's (filled in when the
         // sandbox is created).
-        if self.command.is_empty() && self.image.is_none() {
+        if self.command.is_empty() && self.image.is_none() && self.from_snapshot.is_none() {
             return Err(bad("command", "is empty".into()));
         }
         if self.command.contains('\0') {
@@ -589,9 +596,9 @@ impl SandboxConfig {
         {
             return Err(bad("metrics_interval", "must be at least 10 ms".into()));
         }
-        if self.image.is_some() {
-            // Its command is in the image's layers: the agent finds it (or
-            // fails the start with `CommandNotFound`).
+        if self.image.is_some() || self.from_snapshot.is_some() {
+            // Its command is in the image's (or the snapshot's) layers: the
+            // agent finds it, or fails the start with `CommandNotFound`.
             return Ok(());
         }
         self.resolve_command().map(|_| ())

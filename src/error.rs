@@ -163,6 +163,24 @@ pub enum Error {
         /// What was wrong.
         message: String,
     },
+    /// A snapshot was asked of a sandbox that is running (or starting,
+    /// paused, draining): stop it first.
+    #[error("sandbox {0} is running; snapshots are taken of stopped sandboxes (stop it first)")]
+    SnapshotSandboxRunning(String),
+    /// No snapshot of this name is stored.
+    #[error("no such snapshot: {0}")]
+    SnapshotNotFound(String),
+    /// A snapshot of this name is stored already.
+    #[error("snapshot {0} exists already")]
+    SnapshotExists(String),
+    /// A snapshot archive is not sound: nothing of it was used.
+    #[error("snapshot archive {path} is corrupt: {message}")]
+    SnapshotCorrupt {
+        /// The archive.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
     /// The sandbox runs, but in another sandvisor process; this runtime cannot
     /// act on it directly.
     #[error("sandbox {0} is running in another sandvisor process")]

@@ -19,6 +19,7 @@ pub mod image;
 pub mod isolation;
 pub mod logs;
 pub mod runtime;
+pub mod snapshot;
 pub mod store;
 pub mod testing;
 
@@ -43,6 +44,7 @@ pub use sandvisor_actors::sandbox::health::{
     Health, HealthCheck, HealthReport, HealthResult, OnUnhealthy,
 };
 pub use sandvisor_actors::sandbox::policy::RestartEnd;
+pub use snapshot::{Snapshot, SnapshotManifest, Snapshots};
 pub use store::RunRow;
 
 /// The actor engine (`sandvisor-actors`), re-exported so users never depend on it directly.

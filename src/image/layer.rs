@@ -38,14 +38,14 @@ const WHITEOUT_META: &str = ".wh..wh.";
 const OPAQUE: &str = ".wh..wh..opq";
 
 /// A reader that hashes what passes through it.
-pub(super) struct Hashing<R> {
+pub(crate) struct Hashing<R> {
     inner: R,
     hash: Sha256,
     bytes: u64,
 }
 
 impl<R: Read> Hashing<R> {
-    pub(super) fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R) -> Self {
         Self {
             inner,
             hash: Sha256::new(),
@@ -55,7 +55,7 @@ impl<R: Read> Hashing<R> {
 
     /// Reads what is left, then returns the digest (`sha256:<hex>`) of
     /// everything read and its length.
-    pub(super) fn finish(mut self) -> io::Result<(String, u64)> {
+    pub(crate) fn finish(mut self) -> io::Result<(String, u64)> {
         io::copy(&mut self, &mut io::sink())?;
         Ok((
             format!("sha256:{}", hex::encode(self.hash.finalize())),
@@ -74,7 +74,7 @@ impl<R: Read> Read for Hashing<R> {
 }
 
 /// The digest (`sha256:<hex>`) of `bytes`.
-pub(super) fn digest_of(bytes: &[u8]) -> String {
+pub(crate) fn digest_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
@@ -83,7 +83,7 @@ pub(super) fn digest_of(bytes: &[u8]) -> String {
 ///
 /// # Errors
 /// [`Error::ImageCorrupt`] otherwise.
-pub(super) fn digest_hex(digest: &str) -> Result<&str> {
+pub(crate) fn digest_hex(digest: &str) -> Result<&str> {
     digest
         .strip_prefix("sha256:")
         .filter(|hex| {
@@ -96,11 +96,11 @@ pub(super) fn digest_hex(digest: &str) -> Result<&str> {
 }
 
 /// What [`unpack`] checks the layer against.
-pub(super) struct Expected<'a> {
+pub(crate) struct Expected<'a> {
     /// The digest of the bytes read (compressed or not), if known.
-    pub blob: Option<&'a str>,
+    pub(crate) blob: Option<&'a str>,
     /// The digest of the uncompressed tar (the image config's diff id).
-    pub diff_id: &'a str,
+    pub(crate) diff_id: &'a str,
 }
 
 /// Unpacks the layer read from `input` into `dir` (an existing, empty
@@ -111,7 +111,7 @@ pub(super) struct Expected<'a> {
 /// digest does not match, the data does not decompress or is not a tar, or
 /// an entry would land outside `dir`; [`Error::Io`] (naming `dir`) if
 /// writing fails (a full disk, say).
-pub(super) fn unpack(input: impl Read, dir: &Path, expected: &Expected<'_>) -> Result<u64> {
+pub(crate) fn unpack(input: impl Read, dir: &Path, expected: &Expected<'_>) -> Result<u64> {
     let named = expected.blob.unwrap_or(expected.diff_id);
     let corrupt = |message: String| Error::ImageCorrupt {
         digest: named.to_string(),

@@ -30,7 +30,7 @@
 
 mod apply;
 mod archive;
-mod layer;
+pub(crate) mod layer;
 mod pull;
 mod reference;
 

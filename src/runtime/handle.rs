@@ -25,6 +25,7 @@ use crate::config::SandboxConfig;
 use crate::control::ControlClient;
 use crate::error::{Error, Result};
 use crate::exec::{ExecConfig, ExecHandle};
+use crate::home;
 use crate::logs::{LogEntry, LogOptions, LogStream, LogStreamOptions};
 use crate::store::SandboxRow;
 
@@ -94,6 +95,83 @@ impl SandboxHandle {
     /// The id of the image it was created from, if any.
     pub fn image_id(&self) -> Option<&str> {
         self.row.image_id.as_deref()
+    }
+
+    /// Snapshots it as `name` in the home (`snapshots/<name>/`): its
+    /// writable layer, config and image (see [`crate::snapshot`]).
+    ///
+    /// # Errors
+    /// [`Error::SnapshotSandboxRunning`] unless it is Created, Stopped or
+    /// Crashed (also if it starts while the snapshot is written: nothing is
+    /// stored); [`Error::SnapshotExists`]; [`Error::InvalidName`];
+    /// [`Error::Io`]; [`Error::Database`].
+    pub async fn snapshot(&self, name: &str) -> Result<crate::Snapshot> {
+        home::validate_name(name)?;
+        self.snapshot_into(name, None).await
+    }
+
+    /// As [`Self::snapshot`], written as one archive at `path` (replaced if
+    /// it exists) instead of stored; its manifest names it after the
+    /// sandbox.
+    ///
+    /// # Errors
+    /// As [`Self::snapshot`].
+    pub async fn snapshot_to(&self, path: impl AsRef<Path>) -> Result<crate::Snapshot> {
+        self.snapshot_into(&self.row.name.clone(), Some(path.as_ref().to_path_buf()))
+            .await
+    }
+
+    async fn snapshot_into(
+        &self,
+        name: &str,
+        to: Option<std::path::PathBuf>,
+    ) -> Result<crate::Snapshot> {
+        let sandbox = self.row.name.as_str();
+        // The state now, not as of this handle's last refresh.
+        let (status, last_run) = self.runtime.run_state(sandbox).await?;
+        if !(status.is_terminal() || status == SandboxStatus::Created) {
+            return Err(Error::SnapshotSandboxRunning(sandbox.to_string()));
+        }
+        let config = self.config()?;
+        let manifest = crate::snapshot::SnapshotManifest {
+            version: 1,
+            name: name.to_string(),
+            sandbox: sandbox.to_string(),
+            created_at: Utc::now(),
+            image: self.image_id().map(|id| crate::snapshot::SnapshotImage {
+                reference: config.image.clone(),
+                id: id.to_string(),
+            }),
+            config,
+            upper_digest: String::new(),
+            upper_bytes: 0,
+        };
+        let upper = home::sandbox_dir(self.runtime.home(), sandbox)?
+            .join(home::FS_DIR)
+            .join("upper");
+        let snapshots = self.runtime.snapshots();
+        let written = snapshots
+            .write(
+                upper,
+                self.id_range().map(|ids| ids.first),
+                manifest,
+                to.clone(),
+            )
+            .await?;
+        // Started meanwhile: what was written may be torn.
+        let (status, run) = self.runtime.run_state(sandbox).await?;
+        if run != last_run || !(status.is_terminal() || status == SandboxStatus::Created) {
+            match to {
+                Some(path) => {
+                    let _ = std::fs::remove_file(path);
+                }
+                None => {
+                    let _ = snapshots.remove(name);
+                }
+            }
+            return Err(Error::SnapshotSandboxRunning(sandbox.to_string()));
+        }
+        Ok(written)
     }
 
     /// Bytes of the files in its writable layer (what it wrote over its

@@ -218,6 +218,15 @@ impl Sandvisor {
     /// before, the sandbox may stay recorded as `Starting` until a runtime
     /// opened later reconciles it.
     pub async fn create(&self, mut config: SandboxConfig) -> Result<Sandbox> {
+        let restore = match config.from_snapshot.clone() {
+            Some(source) => {
+                home::validate_name(&config.name)?;
+                let restore = self.snapshots().unpack(&source).await?;
+                restore.apply(&mut config);
+                Some(restore)
+            }
+            None => None,
+        };
         let (image, lowers) = self.apply_image(&mut config).await?;
         config.validate()?;
         config.canonicalize_mounts()?;
@@ -239,6 +248,13 @@ impl Sandvisor {
                     path: log_dir.clone(),
                     source,
                 })
+            })
+            .and_then(|()| match restore {
+                Some(restore) => restore.install(
+                    &home::sandbox_dir(&self.inner.home, &config.name)?,
+                    id_slot.map(|slot| crate::config::id_range(slot).first),
+                ),
+                None => Ok(()),
             });
         if let Err(err) = prepared {
             // Leave nothing behind for a sandbox that cannot have a directory.
@@ -251,6 +267,23 @@ impl Sandvisor {
             return Err(err);
         }
         self.launch(&config, id_slot, lowers).await
+    }
+
+    /// The snapshots of this runtime's home.
+    pub fn snapshots(&self) -> crate::snapshot::Snapshots {
+        crate::snapshot::Snapshots::new(&self.inner.home)
+    }
+
+    /// The status of `name` and the id of its newest run, from the store.
+    pub(crate) async fn run_state(&self, name: &str) -> Result<(SandboxStatus, Option<i64>)> {
+        let row = self
+            .inner
+            .store
+            .sandbox(name)
+            .await?
+            .ok_or_else(|| Error::SandboxNotFound(name.to_string()))?;
+        let last = self.inner.store.runs(name).await?.pop().map(|run| run.id);
+        Ok((row.status, last))
     }
 
     /// The images of this runtime's home.

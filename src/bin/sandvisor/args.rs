@@ -86,6 +86,56 @@ pub(crate) enum Command {
         after_help = "Examples:\n  sandvisor image pull 127.0.0.1:5000/tools:v1\n  sandvisor image load -i app.tar\n  docker save app | sandvisor image load\n  sandvisor image ls\n  sandvisor image rm tools:v1\n  sandvisor image prune -a"
     )]
     Image(ImageArgs),
+    /// Snapshots of stopped sandboxes: their writable layer, config and
+    /// image, as one portable archive.
+    #[command(
+        after_help = "Examples:\n  sandvisor snapshot create worker worker-1\n  sandvisor snapshot export worker-1 worker-1.tar.zst\n  sandvisor snapshot import worker-1.tar.zst --name restored\n  sandvisor run --from-snapshot restored --name worker2\n  sandvisor snapshot ls"
+    )]
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SnapshotArgs {
+    #[command(subcommand)]
+    pub command: SnapshotCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SnapshotCommand {
+    /// Snapshot a stopped sandbox into the home.
+    Create {
+        /// The sandbox (stopped, crashed or never started).
+        sandbox: String,
+        /// The snapshot's name.
+        snapshot: String,
+    },
+    /// List stored snapshots.
+    Ls {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove stored snapshots.
+    Rm {
+        /// Their names.
+        #[arg(required = true)]
+        snapshots: Vec<String>,
+    },
+    /// Write a stored snapshot to a file.
+    Export {
+        /// The snapshot.
+        snapshot: String,
+        /// The file to write (replaced if it exists).
+        file: PathBuf,
+    },
+    /// Check a snapshot archive whole and store it.
+    Import {
+        /// The archive.
+        file: PathBuf,
+        /// Store it under this name (default: the name it was taken as).
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +244,10 @@ pub(crate) struct RunArgs {
     /// its Env, WorkingDir and User the defaults.
     #[arg(long, value_name = "REF")]
     pub image: Option<String>,
+    /// Create the sandbox from a snapshot (a stored name, or an archive's
+    /// path): its files, image and command (unless CMD is given).
+    #[arg(long, value_name = "SNAPSHOT", conflicts_with = "rootfs")]
+    pub from_snapshot: Option<String>,
     /// No isolation at all: host root with every capability, the host's `/`
     /// (or the --rootfs) and the host's namespaces. Only for trusted
     /// commands.

@@ -20,6 +20,7 @@ mod printer;
 mod run;
 mod session;
 mod show;
+mod snapshot;
 
 use std::process::ExitCode;
 
@@ -130,6 +131,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Resume(args) => act::resume(home, args).await,
         Command::Update(args) => act::update(home, args).await,
         Command::Image(args) => image::image(home, args).await,
+        Command::Snapshot(args) => snapshot::snapshot(home, args).await,
     };
     match result {
         Ok(code) => code,

@@ -79,11 +79,12 @@ fn split_command(command: &[String]) -> Result<(String, Vec<String>)> {
 
 fn config_from(args: &RunArgs) -> Result<SandboxConfig> {
     // With an image, no CMD means the image's.
-    let (command, rest) = if args.image.is_some() && args.command.is_empty() {
-        (String::new(), Vec::new())
-    } else {
-        split_command(&args.command)?
-    };
+    let (command, rest) =
+        if (args.image.is_some() || args.from_snapshot.is_some()) && args.command.is_empty() {
+            (String::new(), Vec::new())
+        } else {
+            split_command(&args.command)?
+        };
     let mut config =
         SandboxConfig::new(args.name.clone().unwrap_or_else(generated_name), command).args(rest);
     for (key, value) in env_pairs(&args.session.env)? {
@@ -107,6 +108,7 @@ fn config_from(args: &RunArgs) -> Result<SandboxConfig> {
     }
     config.rootfs = args.rootfs.clone();
     config.image = args.image.clone();
+    config.from_snapshot = args.from_snapshot.clone();
     config.read_only = args.read_only;
     config.mounts = args.volume.clone();
     config.cap_add = args.cap_add.clone();
