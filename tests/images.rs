@@ -453,3 +453,46 @@ async fn a_full_disk_during_unpack_leaves_the_store_usable() {
         .unwrap();
     assert_eq!(loaded[0].id, small_image.id);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hundred_sandboxes_share_one_unpacked_image() {
+    let image = two_layer_image();
+    let (home, rt) = runtime().await;
+    rt.images()
+        .load(std::io::Cursor::new(image.tar()))
+        .await
+        .unwrap();
+    let images_bytes = image_kit::disk_use(&home.path().join("images"));
+    let mut sandboxes = Vec::new();
+    for batch in 0..10 {
+        let started = futures::future::join_all((0..10).map(|i| {
+            rt.create(
+                SandboxConfig::new(format!("s{batch}-{i}"), "sh")
+                    .args(["-c", "echo $HOSTNAME > /data/mine; cat /data/kept"])
+                    .image(&image.id),
+            )
+        }))
+        .await;
+        for sandbox in started {
+            sandboxes.push(sandbox.unwrap());
+        }
+    }
+    for sandbox in &sandboxes {
+        sandbox.wait_until_stopped().await.unwrap();
+        assert_eq!(stdout_of(sandbox).await, "kept\n");
+    }
+    assert_eq!(layer_count(home.path()), 2, "unpacked once");
+    let after = image_kit::disk_use(&home.path().join("images"));
+    assert_eq!(
+        after, images_bytes,
+        "running sandboxes wrote nothing to the image"
+    );
+    let sandboxes_bytes = image_kit::disk_use(&home.path().join("sandboxes"));
+    println!(
+        "100 sandboxes from one image: images/ {} KiB (unpacked once), sandboxes/ {} KiB in all \
+         ({} KiB each: writable layer and logs)",
+        after / 1024,
+        sandboxes_bytes / 1024,
+        sandboxes_bytes / 1024 / 100
+    );
+}
