@@ -22,6 +22,7 @@ pub mod runtime;
 pub mod snapshot;
 pub mod store;
 pub mod testing;
+mod workdir;
 
 pub use error::{Error, Result};
 pub use logs::{

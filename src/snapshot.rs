@@ -31,7 +31,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -41,10 +41,13 @@ use crate::config::SandboxConfig;
 use crate::error::{Error, Result};
 use crate::home;
 use crate::image::layer::{self, Hashing};
+use crate::workdir::WorkDir;
 
 /// The snapshots directory in the home.
 pub const SNAPSHOTS_DIR: &str = "snapshots";
 const ARCHIVE_FILE: &str = "snapshot.tar.zst";
+/// Work directories in `snapshots/` (hidden from the listing).
+const WORK_PREFIX: &str = ".work-";
 const MANIFEST: &str = "manifest.json";
 const UPPER: &str = "upper.tar";
 /// The manifest format this build writes and reads.
@@ -126,18 +129,11 @@ impl Snapshots {
         self.home.join(SNAPSHOTS_DIR)
     }
 
-    /// A work directory under `snapshots/`, deleted when dropped.
+    /// A work directory under `snapshots/`, deleted when dropped (and
+    /// those of dead processes swept first).
     fn work_dir(&self) -> Result<WorkDir> {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let dir = self.dir();
-        home::create_private_dir(&dir).map_err(io_at(&dir))?;
-        let path = dir.join(format!(
-            ".work-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        home::create_private_dir(&path).map_err(io_at(&path))?;
-        Ok(WorkDir(path))
+        crate::workdir::sweep(&self.dir(), WORK_PREFIX);
+        WorkDir::new(&self.dir(), WORK_PREFIX)
     }
 
     /// Where snapshot `name` is stored.
@@ -212,7 +208,7 @@ impl Snapshots {
         }
         // Out of the listing in one step, then deleted.
         let doomed = self.work_dir()?;
-        let moved = doomed.0.join("doomed");
+        let moved = doomed.path().join("doomed");
         std::fs::rename(&dir, &moved).map_err(io_at(&dir))?;
         Ok(())
     }
@@ -227,16 +223,9 @@ impl Snapshots {
         let dest = to.to_path_buf();
         let to = dest.clone();
         let from = snapshot.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let temp = temp_beside(&to);
-            std::fs::copy(&from, &temp).map_err(io_at(&temp))?;
-            std::fs::rename(&temp, &to).map_err(|e| {
-                let _ = std::fs::remove_file(&temp);
-                io_at(&to)(e)
-            })
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("export: {e}")))??;
+        tokio::task::spawn_blocking(move || copy_replacing(&from, &to))
+            .await
+            .map_err(|e| Error::Internal(format!("export: {e}")))??;
         Ok(Snapshot {
             path: dest,
             ..snapshot
@@ -251,78 +240,55 @@ impl Snapshots {
     /// [`Error::SnapshotExists`] if the name is taken; [`Error::InvalidName`];
     /// [`Error::Io`]. Nothing is stored on error.
     pub async fn import(&self, from: &Path, name: Option<&str>) -> Result<Snapshot> {
-        let from = from.to_path_buf();
-        let checked = from.clone();
+        let work = self.work_dir()?;
+        let staged = work.path().join("snapshot");
+        home::create_private_dir(&staged).map_err(io_at(&staged))?;
+        let archive = staged.join(ARCHIVE_FILE);
+        std::fs::copy(from, &archive).map_err(io_at(from))?;
+        // The copy is what is checked, and what is kept.
+        let checked = archive.clone();
         let mut manifest = tokio::task::spawn_blocking(move || read_archive(&checked, None))
             .await
-            .map_err(|e| Error::Internal(format!("import: {e}")))??;
+            .map_err(|e| Error::Internal(format!("import: {e}")))?
+            .map_err(|e| match e {
+                Error::SnapshotCorrupt { message, .. } => corrupt(from, message),
+                other => other,
+            })?;
         if let Some(name) = name {
             manifest.name = name.to_string();
         }
         let dest = self.path_of(&manifest.name)?;
-        let work = self.work_dir()?;
-        let staged = work.0.join("snapshot");
-        home::create_private_dir(&staged).map_err(io_at(&staged))?;
-        let archive = staged.join(ARCHIVE_FILE);
-        std::fs::copy(&from, &archive).map_err(io_at(&archive))?;
         write_manifest(&staged.join(MANIFEST), &manifest)?;
         install(&staged, &dest, &manifest.name)?;
         self.get(&manifest.name)
     }
 
     /// Writes the snapshot of a sandbox's writable layer `upper` (host ids
-    /// shifted by `first`) to `to`, or stored as `manifest.name` when `to`
-    /// is `None`.
-    pub(crate) async fn write(
+    /// shifted by `first`) into a work directory; [`Staged::publish`] puts
+    /// it in place.
+    pub(crate) async fn stage(
         &self,
         upper: PathBuf,
         first: Option<u32>,
-        mut manifest: SnapshotManifest,
-        to: Option<PathBuf>,
-    ) -> Result<Snapshot> {
-        let dest = match &to {
-            Some(_) => None,
-            None => {
-                let dest = self.path_of(&manifest.name)?;
-                if dest.exists() {
-                    return Err(Error::SnapshotExists(manifest.name.clone()));
-                }
-                Some(dest)
-            }
-        };
+        manifest: SnapshotManifest,
+        stored: bool,
+    ) -> Result<Staged> {
+        if stored && self.path_of(&manifest.name)?.exists() {
+            return Err(Error::SnapshotExists(manifest.name.clone()));
+        }
         let work = self.work_dir()?;
-        let staged = work.0.join("snapshot");
-        home::create_private_dir(&staged).map_err(io_at(&staged))?;
-        let archive = staged.join(ARCHIVE_FILE);
-        let written = archive.clone();
-        manifest =
-            tokio::task::spawn_blocking(move || write_archive(&upper, first, manifest, &written))
+        let dir = work.path().join("snapshot");
+        home::create_private_dir(&dir).map_err(io_at(&dir))?;
+        let archive = dir.join(ARCHIVE_FILE);
+        let manifest =
+            tokio::task::spawn_blocking(move || write_archive(&upper, first, manifest, &archive))
                 .await
                 .map_err(|e| Error::Internal(format!("snapshot: {e}")))??;
-        match (to, dest) {
-            (Some(to), _) => {
-                std::fs::rename(&archive, &to)
-                    .or_else(|_| {
-                        // Another file system: copy beside it, then rename.
-                        let temp = temp_beside(&to);
-                        std::fs::copy(&archive, &temp)?;
-                        std::fs::rename(&temp, &to)
-                    })
-                    .map_err(io_at(&to))?;
-                let bytes = std::fs::metadata(&to).map_err(io_at(&to))?.len();
-                Ok(Snapshot {
-                    manifest,
-                    path: to,
-                    bytes,
-                })
-            }
-            (None, Some(dest)) => {
-                write_manifest(&staged.join(MANIFEST), &manifest)?;
-                install(&staged, &dest, &manifest.name)?;
-                self.get(&manifest.name)
-            }
-            (None, None) => Err(Error::Internal("snapshot without a destination".into())),
-        }
+        Ok(Staged {
+            manifest,
+            dir,
+            _work: work,
+        })
     }
 
     /// Reads the snapshot `source` (a stored name, or a path when it has a
@@ -335,15 +301,20 @@ impl Snapshots {
             self.get(source)?.path
         };
         let work = self.work_dir()?;
-        let upper = work.0.join("upper");
+        let upper = work.path().join("upper");
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&upper)
             .map_err(io_at(&upper))?;
         let into = upper.clone();
-        let manifest = tokio::task::spawn_blocking(move || read_archive(&path, Some(&into)))
-            .await
-            .map_err(|e| Error::Internal(format!("restore: {e}")))??;
+        // A layer bigger than the free space would fill the home's disk.
+        let free = nix::sys::statvfs::statvfs(&self.home)
+            .map(|fs| fs.blocks_available().saturating_mul(fs.fragment_size()))
+            .map_err(|e| io_at(&self.home)(e.into()))?;
+        let manifest =
+            tokio::task::spawn_blocking(move || read_archive(&path, Some((&into, free))))
+                .await
+                .map_err(|e| Error::Internal(format!("restore: {e}")))??;
         Ok(Restore {
             manifest,
             upper,
@@ -353,6 +324,42 @@ impl Snapshots {
 }
 
 use std::os::unix::fs::DirBuilderExt;
+
+/// A snapshot written, not yet in place.
+pub(crate) struct Staged {
+    manifest: SnapshotManifest,
+    /// Holds the archive (and its manifest, once stored).
+    dir: PathBuf,
+    _work: WorkDir,
+}
+
+impl Staged {
+    /// Moves the archive to `to` (replaced if it exists), or stores it in
+    /// `snapshots` under its name.
+    pub(crate) fn publish(self, snapshots: &Snapshots, to: Option<PathBuf>) -> Result<Snapshot> {
+        let archive = self.dir.join(ARCHIVE_FILE);
+        match to {
+            Some(to) => {
+                if std::fs::rename(&archive, &to).is_err() {
+                    // Another file system.
+                    copy_replacing(&archive, &to)?;
+                }
+                let bytes = std::fs::metadata(&to).map_err(io_at(&to))?.len();
+                Ok(Snapshot {
+                    manifest: self.manifest,
+                    path: to,
+                    bytes,
+                })
+            }
+            None => {
+                let dest = snapshots.path_of(&self.manifest.name)?;
+                write_manifest(&self.dir.join(MANIFEST), &self.manifest)?;
+                install(&self.dir, &dest, &self.manifest.name)?;
+                snapshots.get(&self.manifest.name)
+            }
+        }
+    }
+}
 
 /// A snapshot's writable layer unpacked, waiting for its sandbox.
 pub(crate) struct Restore {
@@ -365,16 +372,22 @@ impl Restore {
     /// Fills `config` in from the snapshot's: its image (or rootfs), and
     /// its command, environment, working directory and user where `config`
     /// leaves them out.
-    pub(crate) fn apply(&self, config: &mut SandboxConfig) {
+    pub(crate) fn apply(&self, config: &mut SandboxConfig) -> Result<()> {
         let saved = &self.manifest.config;
+        // Nothing that names a host path comes from an archive: a rootfs
+        // must be given again, and the image is taken by its full id only.
+        if saved.rootfs.is_some() && config.rootfs.is_none() && config.image.is_none() {
+            return Err(Error::InvalidConfig {
+                field: "rootfs".into(),
+                reason: "the snapshot's sandbox ran on a rootfs directory: give it (rootfs)".into(),
+            });
+        }
         if config.image.is_none() && config.rootfs.is_none() {
-            config.image = self
-                .manifest
-                .image
-                .as_ref()
-                .map(|image| image.id.clone())
-                .or_else(|| saved.image.clone());
-            config.rootfs = saved.rootfs.clone();
+            if let Some(image) = &self.manifest.image {
+                layer::digest_hex(&image.id)
+                    .map_err(|_| corrupt(Path::new(&image.id), "bad image id"))?;
+                config.image = Some(image.id.clone());
+            }
         }
         if config.command.is_empty() {
             config.command = saved.command.clone();
@@ -392,12 +405,32 @@ impl Restore {
         if config.user.is_none() {
             config.user = saved.user.clone();
         }
+        Ok(())
     }
 
     /// Moves the layer into place as `fs/upper` of the sandbox whose
     /// directory is `sandbox_dir`, its ids shifted to the host range
     /// starting at `first` (none: host ids).
     pub(crate) fn install(self, sandbox_dir: &Path, first: Option<u32>) -> Result<()> {
+        // Its top level is where the agent makes the overlays' writable
+        // layers (`root`, and the host base's directories): real
+        // directories only, or a link would send a writable layer, and the
+        // agent's chmod, anywhere on the host.
+        for entry in std::fs::read_dir(&self.upper)
+            .map_err(io_at(&self.upper))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let known =
+                name == "root" || sandvisor_actors::protocol::HOST_BASE.contains(&name.as_str());
+            let is_dir = entry.file_type().is_ok_and(|kind| kind.is_dir());
+            if !known || !is_dir {
+                return Err(corrupt(
+                    Path::new(&self.manifest.name),
+                    format!("its writable layer has {name:?} at the top (only directories root, usr, etc… belong there)"),
+                ));
+            }
+        }
         if let Some(first) = first {
             shift_ids(&self.upper, first)?;
         }
@@ -408,19 +441,19 @@ impl Restore {
     }
 }
 
-/// A work directory, deleted when dropped.
-struct WorkDir(PathBuf);
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_beside(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}", std::process::id()));
-    path.with_file_name(name)
+/// Copies `from` to `to` through a new temp file beside `to` (0600, no
+/// link followed), renamed over it.
+fn copy_replacing(from: &Path, to: &Path) -> Result<()> {
+    let parent = to
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut temp = tempfile::NamedTempFile::new_in(parent).map_err(io_at(parent))?;
+    let mut source = std::fs::File::open(from).map_err(io_at(from))?;
+    std::io::copy(&mut source, temp.as_file_mut()).map_err(io_at(to))?;
+    temp.as_file().sync_all().map_err(io_at(to))?;
+    temp.persist(to).map_err(|e| io_at(to)(e.error))?;
+    Ok(())
 }
 
 /// Renames the staged snapshot directory into place as `dest`.
@@ -466,10 +499,12 @@ fn write_archive(
     mut manifest: SnapshotManifest,
     to: &Path,
 ) -> Result<SnapshotManifest> {
-    let layer_path = to.with_file_name(UPPER);
+    // Staged compressed: a sparse file's zeros take no room here.
+    let layer_path = to.with_file_name("upper.tar.zst");
     {
         let file = std::fs::File::create(&layer_path).map_err(io_at(&layer_path))?;
-        let mut hashing = HashingWriter::new(std::io::BufWriter::new(file));
+        let compressed = zstd::stream::write::Encoder::new(file, 1).map_err(io_at(&layer_path))?;
+        let mut hashing = HashingWriter::new(compressed);
         let mut builder = tar::Builder::new(&mut hashing);
         builder.follow_symlinks(false);
         if upper.exists() {
@@ -478,7 +513,8 @@ fn write_archive(
         }
         builder.finish().map_err(io_at(&layer_path))?;
         drop(builder);
-        let (digest, size) = hashing.finish().map_err(io_at(&layer_path))?;
+        let (digest, size, compressed) = hashing.finish().map_err(io_at(&layer_path))?;
+        compressed.finish().map_err(io_at(&layer_path))?;
         manifest.upper_digest = digest;
         manifest.upper_bytes = size;
     }
@@ -496,13 +532,14 @@ fn write_archive(
     builder
         .append_data(&mut header, MANIFEST, &manifest_bytes[..])
         .map_err(io_at(to))?;
-    let mut layer_file = std::fs::File::open(&layer_path).map_err(io_at(&layer_path))?;
+    let staged = std::fs::File::open(&layer_path).map_err(io_at(&layer_path))?;
+    let layer = zstd::stream::read::Decoder::new(staged).map_err(io_at(&layer_path))?;
     let mut header = tar::Header::new_gnu();
     header.set_mode(0o644);
     header.set_size(manifest.upper_bytes);
     header.set_mtime(manifest.created_at.timestamp().max(0) as u64);
     builder
-        .append_data(&mut header, UPPER, &mut layer_file)
+        .append_data(&mut header, UPPER, layer.take(manifest.upper_bytes))
         .map_err(io_at(to))?;
     let encoder = builder.into_inner().map_err(io_at(to))?;
     encoder
@@ -589,9 +626,22 @@ fn append_tree<W: Write>(
                 }
                 links.insert((meta.dev(), meta.ino()), rel_path.clone());
             }
-            let file = std::fs::File::open(&path).map_err(io_at(&path))?;
+            // Opened without following a link or waiting on a fifo, and
+            // checked to be the file looked at; never more than its size.
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&path)
+                .map_err(io_at(&path))?;
+            let opened = file.metadata().map_err(io_at(&path))?;
+            if !opened.is_file() || (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
+                return Err(Error::SnapshotSandboxRunning(format!(
+                    "{} changed while the snapshot was written",
+                    path.display()
+                )));
+            }
             builder
-                .append_data(&mut header, &rel_path, file)
+                .append_data(&mut header, &rel_path, file.take(meta.len()))
                 .map_err(failed)?;
         }
         // Devices (other than whiteouts), fifos and sockets: a sandbox's
@@ -602,11 +652,11 @@ fn append_tree<W: Write>(
 
 /// Reads the archive at `path` whole: its manifest, and `upper.tar`
 /// checked against it (and unpacked into `into`, if given).
-fn read_archive(path: &Path, into: Option<&Path>) -> Result<SnapshotManifest> {
+fn read_archive(path: &Path, into: Option<(&Path, u64)>) -> Result<SnapshotManifest> {
     let file = std::fs::File::open(path).map_err(io_at(path))?;
     let decoder = zstd::stream::read::Decoder::new(file)
         .map_err(|e| corrupt(path, format!("not zstd: {e}")))?;
-    let mut archive = tar::Archive::new(decoder);
+    let mut archive = tar::Archive::new(crate::image::guard::TarGuard::new(decoder));
     let mut entries = archive
         .entries()
         .map_err(|e| corrupt(path, format!("not a tar: {e}")))?;
@@ -637,7 +687,19 @@ fn read_archive(path: &Path, into: Option<&Path>) -> Result<SnapshotManifest> {
     let manifest = parse_manifest(&manifest_bytes, path)?;
     let layer = next(UPPER)?;
     match into {
-        Some(dir) => {
+        Some((dir, free)) => {
+            if manifest.upper_bytes > free {
+                return Err(Error::Io {
+                    path: dir.to_path_buf(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::StorageFull,
+                        format!(
+                            "the snapshot's layer takes {} bytes, {free} are free",
+                            manifest.upper_bytes
+                        ),
+                    ),
+                });
+            }
             layer::unpack(
                 layer,
                 dir,
@@ -721,10 +783,14 @@ impl<W: Write> HashingWriter<W> {
         }
     }
 
-    fn finish(mut self) -> std::io::Result<(String, u64)> {
+    fn finish(mut self) -> std::io::Result<(String, u64, W)> {
         self.inner.flush()?;
         let digest = sha2::Digest::finalize(self.hash);
-        Ok((format!("sha256:{}", hex::encode(digest)), self.bytes))
+        Ok((
+            format!("sha256:{}", hex::encode(digest)),
+            self.bytes,
+            self.inner,
+        ))
     }
 }
 

@@ -252,3 +252,155 @@ fn snapshots_from_the_command_line() {
     let refused = cli.run(&["snapshot", "create", "absent", "s3"]);
     assert_eq!(refused.status.code(), Some(1));
 }
+
+/// Rewrites the snapshot archive at `path`: its manifest through `manifest`
+/// and its layer replaced by `upper` (the digest fixed), as an attacker
+/// would make one.
+fn forge(
+    path: &std::path::Path,
+    manifest: impl Fn(&mut serde_json::Value),
+    upper: Option<Vec<u8>>,
+) {
+    use std::io::Read;
+    let mut archive =
+        tar::Archive::new(zstd::Decoder::new(std::fs::File::open(path).unwrap()).unwrap());
+    let mut parts = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        parts.push(bytes);
+    }
+    let mut meta: serde_json::Value = serde_json::from_slice(&parts[0]).unwrap();
+    if let Some(upper) = upper {
+        meta["upper_digest"] = image_kit::digest(&upper).into();
+        meta["upper_bytes"] = upper.len().into();
+        parts[1] = upper;
+    }
+    manifest(&mut meta);
+    parts[0] = serde_json::to_vec(&meta).unwrap();
+    let mut out = tar::Builder::new(
+        zstd::Encoder::new(std::fs::File::create(path).unwrap(), 3)
+            .unwrap()
+            .auto_finish(),
+    );
+    for (name, bytes) in ["manifest.json", "upper.tar"].iter().zip(&parts) {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        out.append_data(&mut header, name, &bytes[..]).unwrap();
+    }
+    out.into_inner().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_snapshot_cannot_reach_host_paths() {
+    let (_home, rt) = runtime().await;
+    run_to_end(&rt, SandboxConfig::shell("honest", "echo hi > /root/file")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let honest = dir.path().join("honest.tar.zst");
+    rt.get("honest")
+        .await
+        .unwrap()
+        .snapshot_to(&honest)
+        .await
+        .unwrap();
+
+    // 1. A manifest naming a host directory as the root: never taken.
+    let rootfs = dir.path().join("rootfs.tar.zst");
+    std::fs::copy(&honest, &rootfs).unwrap();
+    forge(&rootfs, |m| m["config"]["rootfs"] = "/".into(), None);
+    let created = rt
+        .create(SandboxConfig {
+            from_snapshot: Some(rootfs.to_str().unwrap().into()),
+            ..SandboxConfig::new("rootfs", "cat").args(["/etc/shadow"])
+        })
+        .await;
+    match created.map(|s| s.name().to_string()) {
+        Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "rootfs"),
+        other => panic!("expected InvalidConfig(rootfs), got {other:?}"),
+    }
+
+    // 2. A layer whose top-level `usr` is a link to a host directory.
+    let target = tempfile::tempdir().unwrap();
+    std::fs::create_dir(target.path().join("bin")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(target.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let upper = image_kit::layer_tar(&vec![
+        Entry::Dir("root"),
+        Entry::Symlink("usr".into(), target.path().to_str().unwrap().into()),
+    ]);
+    let linked = dir.path().join("linked.tar.zst");
+    std::fs::copy(&honest, &linked).unwrap();
+    forge(&linked, |_| {}, Some(upper));
+    let created = rt
+        .create(SandboxConfig {
+            from_snapshot: Some(linked.to_str().unwrap().into()),
+            ..SandboxConfig::shell("linked", "echo pwned > /usr/bin/zstd")
+        })
+        .await;
+    assert!(
+        matches!(
+            created.map(|s| s.name().to_string()),
+            Err(Error::SnapshotCorrupt { .. })
+        ),
+        "a top-level link is refused"
+    );
+    let mode = std::fs::metadata(target.path())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700, "the host directory's mode is untouched");
+    assert!(!target.path().join("bin/zstd").exists());
+    assert!(rt.get("linked").await.is_err(), "nothing recorded");
+
+    // 3. A PAX header claiming gigabytes (the tar crate would read it all).
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(tar::EntryType::XHeader);
+    header.set_size(2 << 30);
+    header.set_cksum();
+    let mut bomb = header.as_bytes().to_vec();
+    bomb.resize(bomb.len() + (1 << 20), 0);
+    let bomb_path = dir.path().join("bomb.tar.zst");
+    std::fs::copy(&honest, &bomb_path).unwrap();
+    forge(&bomb_path, |_| {}, Some(bomb.clone()));
+    assert!(matches!(
+        rt.create(SandboxConfig {
+            from_snapshot: Some(bomb_path.to_str().unwrap().into()),
+            ..SandboxConfig::new("bomb", "true")
+        })
+        .await
+        .map(|s| s.name().to_string()),
+        Err(Error::SnapshotCorrupt { .. })
+    ));
+    assert!(matches!(
+        rt.images().load(std::io::Cursor::new(bomb)).await,
+        Err(Error::ImageCorrupt { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sparse_file_stays_small_in_the_snapshot() {
+    let (_home, rt) = runtime().await;
+    run_to_end(
+        &rt,
+        SandboxConfig::shell("sparse", "truncate -s 512M /root/big"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sparse.tar.zst");
+    let taken = rt
+        .get("sparse")
+        .await
+        .unwrap()
+        .snapshot_to(&path)
+        .await
+        .unwrap();
+    assert!(taken.manifest.upper_bytes > 512 << 20);
+    assert!(
+        taken.bytes < 4 << 20,
+        "the archive takes {} bytes",
+        taken.bytes
+    );
+}

@@ -71,6 +71,8 @@ struct Manifest {
     layers: Vec<Descriptor>,
 }
 
+/// The largest manifest, index or config read.
+const MAX_JSON_BYTES: u64 = 4 << 20;
 /// Where the archive came from, for errors.
 const ARCHIVE: &str = "archive";
 
@@ -84,7 +86,7 @@ fn corrupt(message: String) -> Error {
 /// Loads every image of the archive read from `input`.
 pub(super) async fn load(images: &Images, input: Box<dyn Read + Send>) -> Result<Vec<Image>> {
     let work = images.work_dir()?;
-    let root = work.0.join("archive");
+    let root = work.path().join("archive");
     let extract_to = root.clone();
     tokio::task::spawn_blocking(move || extract(input, &extract_to))
         .await
@@ -128,7 +130,7 @@ fn extract(input: Box<dyn Read + Send>, dir: &Path) -> Result<()> {
         source,
     })?;
     let decoded = layer::decompressed(input).map_err(|e| corrupt(format!("reading: {e}")))?;
-    let mut archive = tar::Archive::new(decoded);
+    let mut archive = tar::Archive::new(super::guard::TarGuard::new(decoded));
     archive.set_preserve_ownerships(false);
     archive.set_unpack_xattrs(false);
     for entry in archive
@@ -175,9 +177,17 @@ impl Archive {
         self.open(path).is_ok()
     }
 
+    /// Reads a small file (JSON, configs): at most [`MAX_JSON_BYTES`].
     fn read(&self, path: &str) -> Result<Vec<u8>> {
         let mut bytes = Vec::new();
-        self.open(path)?
+        let file = self.open(path)?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len > MAX_JSON_BYTES {
+            return Err(corrupt(format!(
+                "{path} takes {len} bytes (at most {MAX_JSON_BYTES})"
+            )));
+        }
+        file.take(MAX_JSON_BYTES)
             .read_to_end(&mut bytes)
             .map_err(|e| corrupt(format!("{path}: {e}")))?;
         Ok(bytes)

@@ -121,7 +121,7 @@ pub(crate) fn unpack(input: impl Read, dir: &Path, expected: &Expected<'_>) -> R
     let size = {
         let decoded = decompressed(&mut blob).map_err(|e| corrupt(format!("reading: {e}")))?;
         let mut diff = Hashing::new(decoded);
-        let size = entries(&mut diff, dir, &corrupt)?;
+        let size = entries(super::guard::TarGuard::new(&mut diff), dir, &corrupt)?;
         let (diff_id, _) = diff
             .finish()
             .map_err(|e| corrupt(format!("decompressing: {e}")))?;

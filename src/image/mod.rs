@@ -30,6 +30,7 @@
 
 mod apply;
 mod archive;
+pub(crate) mod guard;
 pub(crate) mod layer;
 mod pull;
 mod reference;
@@ -38,7 +39,6 @@ use std::collections::BTreeSet;
 use std::io::Read;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,7 @@ pub use reference::normalize;
 use crate::error::{Error, Result};
 use crate::store::images::{ImageRow, NewImage};
 use crate::store::Store;
+use crate::workdir::WorkDir;
 
 /// The images directory in the home.
 pub const IMAGES_DIR: &str = "images";
@@ -216,9 +217,6 @@ pub struct Images {
     store: Store,
 }
 
-/// Numbers this process's work directories.
-static NEXT_WORK: AtomicU64 = AtomicU64::new(0);
-
 impl Images {
     pub(crate) fn new(home: &Path, store: Store) -> Self {
         Self {
@@ -276,21 +274,7 @@ impl Images {
     /// A new work directory under `tmp/`, removed when dropped.
     fn work_dir(&self) -> Result<WorkDir> {
         self.prepare()?;
-        let me = crate::store::this_host();
-        let path = self.dir().join("tmp").join(format!(
-            "{}-{}-{}",
-            me.pid,
-            me.start_ticks,
-            NEXT_WORK.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
-        Ok(WorkDir(path))
+        WorkDir::new(&self.dir().join("tmp"), "")
     }
 
     /// Takes the layers lock, shared (adding) or exclusive (deleting).
@@ -467,7 +451,7 @@ impl Images {
             // Out of `layers/` in one step, so a half-deleted layer is never
             // found there.
             let doomed = self.work_dir()?;
-            let moved = doomed.0.join("layer");
+            let moved = doomed.path().join("layer");
             std::fs::rename(&dir, &moved).map_err(|source| Error::Io {
                 path: dir.clone(),
                 source,
@@ -482,23 +466,7 @@ impl Images {
 
     /// Deletes the work directories of processes that are gone.
     fn sweep_work_dirs(&self) {
-        let Ok(entries) = std::fs::read_dir(self.dir().join("tmp")) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let mut parts = name.splitn(3, '-');
-            let owner = match (parts.next(), parts.next()) {
-                (Some(pid), Some(start)) => pid.parse().ok().zip(start.parse().ok()),
-                _ => None,
-            };
-            let alive = owner.is_some_and(|(pid, start_ticks)| {
-                crate::store::host_alive(sandvisor_actors::lifecycle::HostId { pid, start_ticks })
-            });
-            if !alive {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
+        crate::workdir::sweep(&self.dir().join("tmp"), "");
     }
 
     /// Records an image whose layers are `layers` (diff id, and its work
@@ -522,7 +490,7 @@ impl Images {
             let dir = self.layer_dir(&diff_id)?;
             let size = match unpacked {
                 Some((work, size)) if !dir.exists() => {
-                    let from = work.0.join("layer");
+                    let from = work.path().join("layer");
                     std::fs::rename(&from, &dir).map_err(|source| Error::Io {
                         path: dir.clone(),
                         source,
@@ -564,29 +532,18 @@ impl Images {
     }
 }
 
-/// A directory under `images/tmp/`, deleted when dropped.
-struct WorkDir(PathBuf);
-
-impl WorkDir {
-    /// A new empty directory `layer` inside, for a layer to unpack into
-    /// (0755: it becomes the layer's root).
-    fn layer(&self) -> Result<PathBuf> {
-        let path = self.0.join("layer");
-        std::fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&path)
-            .map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
-        Ok(path)
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A new empty directory `layer` in `work`, for a layer to unpack into
+/// (0755: it becomes the layer's root).
+fn layer_dir_in(work: &WorkDir) -> Result<PathBuf> {
+    let path = work.path().join("layer");
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&path)
+        .map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+    Ok(path)
 }
 
 /// Unpacks `input` into a new work directory on a blocking thread.
@@ -597,7 +554,7 @@ async fn unpack_layer(
     diff_id: String,
 ) -> Result<(WorkDir, u64)> {
     let work = images.work_dir()?;
-    let dir = work.layer()?;
+    let dir = layer_dir_in(&work)?;
     let size = tokio::task::spawn_blocking(move || {
         layer::unpack(
             input,

@@ -31,6 +31,8 @@ use crate::error::{Error, Result};
 
 /// Layers downloaded and unpacked at once.
 pub const CONCURRENT_LAYERS: usize = 4;
+/// The largest image config accepted (real ones are a few KiB).
+const MAX_CONFIG_BYTES: i64 = 4 << 20;
 /// Chunks buffered between a download and its unpacking thread.
 const CHUNKS_IN_FLIGHT: usize = 32;
 
@@ -140,9 +142,22 @@ pub(super) async fn pull(
         .await
         .map_err(registry_err)?;
     layer::digest_hex(&manifest.config.digest)?;
+    if !(0..=MAX_CONFIG_BYTES).contains(&manifest.config.size) {
+        return Err(Error::ImageCorrupt {
+            digest: manifest.config.digest.clone(),
+            message: format!("a config of {} bytes", manifest.config.size),
+        });
+    }
     let mut config_bytes = Vec::new();
     client
-        .pull_blob(&parsed, &manifest.config, &mut config_bytes)
+        .pull_blob(
+            &parsed,
+            &manifest.config,
+            LimitedWriter {
+                inner: &mut config_bytes,
+                left: MAX_CONFIG_BYTES as usize,
+            },
+        )
         .await
         .map_err(registry_err)?;
     let id = layer::digest_of(&config_bytes);
@@ -247,6 +262,12 @@ async fn fetch_layer(
     diff_id: &str,
     progress: &Progress,
 ) -> std::result::Result<(WorkDir, u64), Fetch> {
+    // Only from the registry: a descriptor's `urls` would have this host
+    // fetch any address the registry names.
+    let descriptor = &OciDescriptor {
+        urls: None,
+        ..descriptor.clone()
+    };
     let mut stream = client
         .pull_blob_stream(image, descriptor)
         .await
@@ -311,5 +332,44 @@ impl std::io::Read for ChannelReader {
         buf[..n].copy_from_slice(&self.chunk[..n]);
         bytes::Buf::advance(&mut self.chunk, n);
         Ok(n)
+    }
+}
+
+/// Takes at most `left` bytes, then fails the write: a config larger than
+/// its descriptor said is not held in memory.
+struct LimitedWriter<'a> {
+    inner: &'a mut Vec<u8>,
+    left: usize,
+}
+
+impl tokio::io::AsyncWrite for LimitedWriter<'_> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if buf.len() > self.left {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the config is larger than allowed",
+            )));
+        }
+        self.left -= buf.len();
+        self.inner.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }

@@ -150,28 +150,21 @@ impl SandboxHandle {
             .join(home::FS_DIR)
             .join("upper");
         let snapshots = self.runtime.snapshots();
-        let written = snapshots
-            .write(
+        let staged = snapshots
+            .stage(
                 upper,
                 self.id_range().map(|ids| ids.first),
                 manifest,
-                to.clone(),
+                to.is_none(),
             )
             .await?;
-        // Started meanwhile: what was written may be torn.
+        // Started meanwhile: what was written may be torn; it is dropped
+        // before anyone sees it.
         let (status, run) = self.runtime.run_state(sandbox).await?;
         if run != last_run || !(status.is_terminal() || status == SandboxStatus::Created) {
-            match to {
-                Some(path) => {
-                    let _ = std::fs::remove_file(path);
-                }
-                None => {
-                    let _ = snapshots.remove(name);
-                }
-            }
             return Err(Error::SnapshotSandboxRunning(sandbox.to_string()));
         }
-        Ok(written)
+        staged.publish(&snapshots, to)
     }
 
     /// Bytes of the files in its writable layer (what it wrote over its

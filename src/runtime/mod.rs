@@ -222,7 +222,7 @@ impl Sandvisor {
             Some(source) => {
                 home::validate_name(&config.name)?;
                 let restore = self.snapshots().unpack(&source).await?;
-                restore.apply(&mut config);
+                restore.apply(&mut config)?;
                 Some(restore)
             }
             None => None,

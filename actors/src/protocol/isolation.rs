@@ -24,6 +24,13 @@ pub struct IdRange {
     pub count: u32,
 }
 
+/// The host's system directories the host base shows (read-only lowers,
+/// each with a writable layer `upper/<name>` beside the root's
+/// `upper/root`).
+pub const HOST_BASE: [&str; 8] = [
+    "usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32",
+];
+
 /// A host path made visible inside the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BindMount {

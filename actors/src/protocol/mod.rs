@@ -27,7 +27,7 @@ pub mod spec;
 
 use serde::{Deserialize, Serialize};
 
-pub use isolation::{BindMount, Confinement, IdRange, Ids, Rlimit, RootPlan, SpawnPlan};
+pub use isolation::{BindMount, Confinement, IdRange, Ids, Rlimit, RootPlan, SpawnPlan, HOST_BASE};
 pub use sap::{Frame, FrameError, MAX_FRAME};
 pub use spawn::SPAWNER_FD;
 pub use spec::{CommandSpec, ExecSpec, SignalTarget, StartSpec};

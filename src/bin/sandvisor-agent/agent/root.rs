@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
-use sandvisor_actors::protocol::{BindMount, BootError, BootStage, IdRange, RootPlan};
+use sandvisor_actors::protocol::{BindMount, BootError, BootStage, IdRange, RootPlan, HOST_BASE};
 
 use super::setup::boot_error;
 use super::stage::{errno_of, fd_path, owned};
@@ -44,10 +44,6 @@ use super::stage::{errno_of, fd_path, owned};
 /// sandbox's mount namespace, which detaches all of the host's at
 /// `pivot_root`.
 pub(super) const STAGED_AT: &str = "/tmp";
-/// Host directories the host base shows (read-only lowers).
-const HOST_BASE: [&str; 8] = [
-    "usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32",
-];
 /// Mount points every root gets (created in the writable layer if missing).
 const MOUNT_POINTS: [&str; 6] = ["proc", "sys", "dev", "tmp", "run", "var/tmp"];
 /// More empty directories of the host base's skeleton.
@@ -699,6 +695,17 @@ fn make_dir(path: &Path, mode: u32, owner: u32) -> Result<(), BootError> {
         .mode(mode)
         .create(path)
         .map_err(|e| failed(e, "create"))?;
+    // Only sandvisor writes these paths (a restored snapshot included): a
+    // link here would send the mode, the owner and the overlay's writable
+    // layer to wherever it points.
+    let is_dir = std::fs::symlink_metadata(path).map_err(|e| failed(e, "inspect"))?;
+    if !is_dir.is_dir() {
+        return Err(boot_error(
+            BootStage::Mount,
+            Errno::ENOTDIR,
+            &format!("{} is not a directory (a link?)", path.display()),
+        ));
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| failed(e, "set the mode of"))?;
     lchown(path, owner)
