@@ -31,7 +31,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -323,8 +323,6 @@ impl Snapshots {
     }
 }
 
-use std::os::unix::fs::DirBuilderExt;
-
 /// A snapshot written, not yet in place.
 pub(crate) struct Staged {
     manifest: SnapshotManifest,
@@ -520,7 +518,13 @@ fn write_archive(
     }
     let manifest_bytes =
         serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;
-    let out = std::fs::File::create(to).map_err(io_at(to))?;
+    // 0600: it holds the sandbox's files, whatever their modes inside.
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+        .map_err(io_at(to))?;
     let mut encoder = zstd::stream::write::Encoder::new(out, 3).map_err(io_at(to))?;
     // The frame's checksum covers the manifest too.
     encoder.include_checksum(true).map_err(io_at(to))?;
