@@ -313,6 +313,18 @@ impl ControlClient {
             .await
     }
 
+    /// Starts a file operation on `name` in the hosting process.
+    ///
+    /// # Errors
+    /// [`Error::SandboxNotHosted`] (not yet carried by the control socket).
+    pub(crate) async fn files(
+        &self,
+        name: &str,
+        _op: &sandvisor_actors::protocol::FileOp,
+    ) -> Result<crate::files::FileChannel> {
+        Err(Error::SandboxNotHosted(name.to_string()))
+    }
+
     /// [`Self::exec`] without its bound.
     async fn exec_start(&self, name: &str, config: &ExecConfig) -> Result<ExecHandle> {
         let mut sender = self.connect(true).await?;
@@ -536,6 +548,7 @@ async fn bridge<T>(
                 SessionInput::Stdin(data) => ExecFrame::Stdin(Bytes::from(data)),
                 SessionInput::Resize { rows, cols } => ExecFrame::Resize { rows, cols },
                 SessionInput::Signal(signo) => ExecFrame::Signal(signo),
+                SessionInput::OutputConsumed(bytes) => ExecFrame::OutputConsumed(bytes),
                 // The hosting supervisor keeps the deadline; a caller never
                 // sends this.
                 SessionInput::Expire => continue,
@@ -549,6 +562,7 @@ async fn bridge<T>(
     while let Some(frame) = frames.next().await {
         let item = match frame.map(|bytes| ExecFrame::decode(bytes.freeze())) {
             Ok(Ok(ExecFrame::Output { source, data })) => ExecItem::Output { source, data },
+            Ok(Ok(ExecFrame::InputTaken(bytes))) => ExecItem::InputTaken { bytes },
             Ok(Ok(ExecFrame::Exited {
                 code,
                 signal,

@@ -51,6 +51,9 @@ struct Inner {
     home: PathBuf,
     store: Store,
     root: ActorRef<RootMsg>,
+    /// How agents start: the root's for runs, and this runtime's own for
+    /// file operations on sandboxes that do not run.
+    backend: Arc<dyn sandvisor_actors::backend::Backend>,
     agent: PathBuf,
     host: HostId,
     logs: Logs,
@@ -286,29 +289,7 @@ impl Sandvisor {
     /// id-range slot `id_slot`) and waits for it to run.
     async fn launch(&self, config: &SandboxConfig, id_slot: Option<u32>) -> Result<Sandbox> {
         let name = config.name.as_str();
-        let log_dir = self.inner.logs.log_dir_for(name)?;
-        let prepared = network::plan(config, &self.inner.home).and_then(|network| {
-            let mounts = match &network {
-                Some(plan) => {
-                    network::check_ports(name, &plan.publish)?;
-                    network::write_files(plan, name)?
-                }
-                None => Vec::new(),
-            };
-            spec::sandbox_spec(
-                config,
-                spec::RunContext {
-                    home: &self.inner.home,
-                    log_dir,
-                    host: self.inner.host,
-                    run: unique_suffix(),
-                    id_slot,
-                    defaults: self.inner.defaults,
-                    network,
-                    network_mounts: mounts,
-                },
-            )
-        });
+        let prepared = self.run_spec(config, id_slot, Purpose::Run);
         let spec = match prepared {
             Ok(spec) => spec,
             Err(err) => {
@@ -354,6 +335,73 @@ impl Sandvisor {
             Ok(_) => Ok(Sandbox::new(name, supervisor, self.clone())),
             Err(failure) => Err(outcome::boot_failed(failure)),
         }
+    }
+
+    /// The spec a run of `config` (with id-range slot `id_slot`) gets: the
+    /// one function that decides a run's namespaces, root and confinement,
+    /// so a file operation on a sandbox that does not run sees exactly what
+    /// a run would. For [`Purpose::Files`] the sandbox gets no network
+    /// beyond `lo` (its network files are still bound) and its ports are
+    /// not checked.
+    fn run_spec(
+        &self,
+        config: &SandboxConfig,
+        id_slot: Option<u32>,
+        purpose: Purpose,
+    ) -> Result<sandvisor_actors::sandbox::SandboxSpec> {
+        let name = config.name.as_str();
+        let log_dir = self.inner.logs.log_dir_for(name)?;
+        let network = network::plan(config, &self.inner.home)?;
+        let mounts = match &network {
+            Some(plan) => {
+                if purpose == Purpose::Run {
+                    network::check_ports(name, &plan.publish)?;
+                }
+                network::write_files(plan, name)?
+            }
+            None => Vec::new(),
+        };
+        spec::sandbox_spec(
+            config,
+            spec::RunContext {
+                home: &self.inner.home,
+                log_dir,
+                host: self.inner.host,
+                run: unique_suffix(),
+                id_slot,
+                defaults: self.inner.defaults,
+                network: network.filter(|_| purpose == Purpose::Run),
+                network_mounts: mounts,
+            },
+        )
+    }
+
+    /// Starts a file session on `name`, which does not run: its agent
+    /// alone, with the spec a run would get and the operation `op` as its
+    /// main command (see `sandvisor_actors::sandbox::detached`).
+    ///
+    /// # Errors
+    /// [`Error::SandboxNotFound`]; [`Error::BootFailed`] if the agent could
+    /// not set the sandbox up (its layers in use by a run that started
+    /// meanwhile, say); [`Error::InvalidConfig`] / [`Error::Internal`] as
+    /// for a start.
+    pub(crate) async fn detached_files(
+        &self,
+        name: &str,
+        op: sandvisor_actors::protocol::FileOp,
+    ) -> Result<crate::files::FileChannel> {
+        let handle = self.get(name).await?;
+        let config = handle.config()?;
+        let id_slot = handle.id_slot();
+        let mut spec = self.run_spec(&config, id_slot, Purpose::Files)?;
+        let run = &mut spec.vm.start.run;
+        run.files = Some(op);
+        run.stdin = true;
+        run.tty = false;
+        let detached = sandvisor_actors::sandbox::detached::start(&*self.inner.backend, &spec.vm)
+            .await
+            .map_err(outcome::boot_failed)?;
+        Ok(crate::files::FileChannel::detached(name, detached))
     }
 
     /// A live handle on `name` if it runs in this runtime.
@@ -545,6 +593,15 @@ impl Sandvisor {
     ) -> Result<Option<SandboxStopResult>> {
         outcome::from_store(&self.inner.store, name).await
     }
+}
+
+/// What a run spec is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// A run of the sandbox.
+    Run,
+    /// A file operation on a sandbox that does not run.
+    Files,
 }
 
 /// Distinguishes runs of the same sandbox from this host.
