@@ -164,8 +164,9 @@ impl FileChannel {
         let _ = self.input.send(input);
     }
 
-    /// The next chunk of the operation's stdout (acknowledged as taken),
-    /// `None` once it ended; input credits and the result are kept.
+    /// The next chunk of the operation's stdout (acknowledged as taken; an
+    /// empty one when input credit came back instead), `None` once it
+    /// ended; the result is kept.
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         loop {
             if self.ended {
@@ -182,6 +183,8 @@ impl FileChannel {
                 }
                 Poll::Ready(Some(ExecItem::InputTaken { bytes })) => {
                     self.in_flight = self.in_flight.saturating_sub(bytes);
+                    // A feeder waiting for room goes on now.
+                    return Poll::Ready(Some(Bytes::new()));
                 }
                 Poll::Ready(Some(ExecItem::Exited { .. }) | None) => self.ended = true,
             }
