@@ -372,10 +372,22 @@ async fn a_symlink_the_sandbox_planted_resolves_inside_it() {
     host.assert_untouched();
 }
 
-/// A large copy both ways streams under flow control.
+/// The resident memory of this process, in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// A 1 GiB copy both ways streams under flow control: this process's
+/// memory grows by far less than the copy.
 #[tokio::test]
 async fn a_large_copy_streams_both_ways() {
-    const SIZE: u64 = 64 << 20;
+    const SIZE: u64 = 1 << 30;
     let (_home, rt) = runtime().await;
     let sandbox = sleeper(&rt, "large").await;
     // The archive is made as it is read: a header, then zeros.
@@ -389,6 +401,17 @@ async fn a_large_copy_streams_both_ways() {
     let tail = std::io::Cursor::new(vec![0u8; 1024]);
     let stream = AsyncReadExt::chain(AsyncReadExt::chain(std::io::Cursor::new(head), body), tail);
     sandbox.mkdir("/data", false).await.unwrap();
+    let before = rss();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
     sandbox.copy_in(stream, "/data").await.unwrap();
     assert_eq!(sandbox.stat("/data/big").await.unwrap().size, SIZE);
     let mut out = sandbox.copy_out("/data/big").await.unwrap();
@@ -402,6 +425,10 @@ async fn a_large_copy_streams_both_ways() {
         total += n as u64;
     }
     assert!(total > SIZE, "the whole file came out ({total} bytes)");
+    sampler.abort();
+    let grown = peak.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(before);
+    println!("resident memory grew by {} MiB during 1 GiB in and out", grown >> 20);
+    assert!(grown < 128 << 20, "grew by {grown} bytes");
     // A stream dropped mid-way ends its operation (no process is left).
     let mut partial = sandbox.copy_out("/data/big").await.unwrap();
     let _ = partial.read(&mut buf).await.unwrap();

@@ -37,7 +37,8 @@ pub enum FileOp {
         dest: String,
     },
     /// Write `path` as a tar stream on stdout: a file as one entry named by
-    /// its basename, a directory as its top entry (docker cp's semantics).
+    /// its basename, a directory as its top entry (docker cp's semantics);
+    /// `DIR/.` as the directory's contents (entries named `./…`).
     CopyOut {
         /// What, inside the sandbox.
         path: String,

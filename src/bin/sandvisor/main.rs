@@ -14,6 +14,7 @@
 
 mod act;
 mod args;
+mod cp;
 mod out;
 mod printer;
 mod run;
@@ -128,6 +129,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Pause(args) => act::pause(home, args).await,
         Command::Resume(args) => act::resume(home, args).await,
         Command::Update(args) => act::update(home, args).await,
+        Command::Cp(args) => cp::cp(home, args).await,
     };
     match result {
         Ok(code) => code,

@@ -262,12 +262,16 @@ fn mkdir(path: &str, parents: bool) -> FileResult {
 }
 
 /// `path` as a tar stream: a file (or link) as one entry named by its
-/// basename, a directory as the top entry with everything under it.
+/// basename, a directory as the top entry with everything under it; a
+/// path ending in `/.` as its contents, named below `.`.
 fn copy_out(path: &str, output: &mut impl Write) -> FileResult {
     let meta = std::fs::symlink_metadata(path).map_err(|err| io_failure(path, &err))?;
-    let name = Path::new(path)
-        .file_name()
-        .map_or_else(|| OsString::from("."), OsStr::to_os_string);
+    // `DIR/.` (docker's "the contents"): entries below `.`, no top name.
+    let contents = path == "." || path.ends_with("/.");
+    let name = match Path::new(path).file_name() {
+        Some(name) if !contents => name.to_os_string(),
+        _ => OsString::from("."),
+    };
     let mut builder = tar::Builder::new(output);
     // A link is copied as a link (docker cp without -L).
     builder.follow_symlinks(false);
