@@ -20,7 +20,7 @@ use sandvisor_actors::events::EventSink;
 use sandvisor_actors::host::cgroup::{self, LimitsUpdate};
 use sandvisor_actors::lifecycle::SandboxStatus;
 use sandvisor_actors::metrics::SandboxMetrics;
-use sandvisor_actors::sandbox::{ExecRefused, SessionInput};
+use sandvisor_actors::sandbox::{ExecItem, ExecRefused, SessionInput};
 use sandvisor_actors::sandbox::{MetricsUnavailable, SupervisorMsg, UpdateRefused};
 use tokio::sync::mpsc;
 
@@ -278,6 +278,22 @@ impl Sandbox {
     /// [`Error::SandboxNotRunning`] if the sandbox's run has ended;
     /// [`Error::FileOperationFailed`] if the agent could not start it.
     pub(crate) async fn open_files(&self, op: FileOp) -> Result<FileChannel> {
+        let (input, items) = self.file_session(op).await?;
+        Ok(FileChannel::running(&self.name, input, items))
+    }
+
+    /// [`Self::open_files`] as its two channels: input to the session, its
+    /// items back (the control server relays them as they are).
+    ///
+    /// # Errors
+    /// As [`Self::open_files`].
+    pub(crate) async fn file_session(
+        &self,
+        op: FileOp,
+    ) -> Result<(
+        mpsc::UnboundedSender<SessionInput>,
+        mpsc::UnboundedReceiver<ExecItem>,
+    )> {
         let main = self.main_io().await?;
         let spec = ExecSpec {
             session: 0,
@@ -321,7 +337,7 @@ impl Sandbox {
                 }
             }
         });
-        Ok(FileChannel::running(&self.name, input, items))
+        Ok((input, items))
     }
 
     async fn main_io(&self) -> Result<MainIo> {
