@@ -278,7 +278,12 @@ impl AsyncRead for TarStream {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(data)) => this.current = data,
                 Poll::Ready(None) => {
-                    return Poll::Ready(this.channel.answer().map(drop).map_err(std::io::Error::other))
+                    return Poll::Ready(
+                        this.channel
+                            .answer()
+                            .map(drop)
+                            .map_err(std::io::Error::other),
+                    )
                 }
             }
         }
@@ -306,11 +311,7 @@ fn unexpected(answer: FileAnswer) -> Error {
     Error::Internal(format!("unexpected answer to a file operation: {answer:?}"))
 }
 
-async fn copy_in(
-    sandbox: &impl OpenFiles,
-    tar: impl AsyncRead + Unpin,
-    dest: &str,
-) -> Result<()> {
+async fn copy_in(sandbox: &impl OpenFiles, tar: impl AsyncRead + Unpin, dest: &str) -> Result<()> {
     let mut channel = sandbox
         .open(FileOp::CopyIn {
             dest: dest.to_string(),

@@ -50,9 +50,30 @@ fn archive(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
 fn sample() -> Vec<u8> {
     archive(|b| {
         raw_entry(b, b"d/", tar::EntryType::Directory, None, 0o750, b"");
-        raw_entry(b, b"d/run.sh", tar::EntryType::Regular, None, 0o755, b"#!/bin/sh\necho hi\n");
-        raw_entry(b, b"d/secret", tar::EntryType::Regular, None, 0o600, b"s3cret");
-        raw_entry(b, b"top.txt", tar::EntryType::Regular, None, 0o644, b"top\n");
+        raw_entry(
+            b,
+            b"d/run.sh",
+            tar::EntryType::Regular,
+            None,
+            0o755,
+            b"#!/bin/sh\necho hi\n",
+        );
+        raw_entry(
+            b,
+            b"d/secret",
+            tar::EntryType::Regular,
+            None,
+            0o600,
+            b"s3cret",
+        );
+        raw_entry(
+            b,
+            b"top.txt",
+            tar::EntryType::Regular,
+            None,
+            0o644,
+            b"top\n",
+        );
     })
 }
 
@@ -116,7 +137,11 @@ impl HostDir {
     }
 
     fn rel(&self) -> String {
-        self.path.to_str().unwrap().trim_start_matches('/').to_string()
+        self.path
+            .to_str()
+            .unwrap()
+            .trim_start_matches('/')
+            .to_string()
     }
 
     /// Only `secret` is there, unchanged, with one link.
@@ -138,29 +163,46 @@ async fn copy_in_and_out_of_a_running_sandbox_keep_modes_and_times() {
     let sandbox = sleeper(&rt, "cp-run").await;
     sandbox.copy_in(&sample()[..], "/tmp").await.unwrap();
     let stat = sandbox.stat("/tmp/d/run.sh").await.unwrap();
-    assert_eq!((stat.kind, stat.mode, stat.size), (FileKind::File, 0o755, 18));
+    assert_eq!(
+        (stat.kind, stat.mode, stat.size),
+        (FileKind::File, 0o755, 18)
+    );
     assert_eq!(stat.mtime.timestamp() as u64, MTIME);
     let dir = sandbox.stat("/tmp/d").await.unwrap();
     assert_eq!((dir.kind, dir.mode), (FileKind::Dir, 0o750));
-    assert_eq!(dir.mtime.timestamp() as u64, MTIME, "a directory keeps its time");
+    assert_eq!(
+        dir.mtime.timestamp() as u64,
+        MTIME,
+        "a directory keeps its time"
+    );
     // The sandbox's own user owns what was copied in (its root, inside).
-    assert_eq!(sh_out(&sandbox, "stat -c %u:%g /tmp/d/secret; /tmp/d/run.sh").await, "0:0\nhi\n");
+    assert_eq!(
+        sh_out(&sandbox, "stat -c %u:%g /tmp/d/secret; /tmp/d/run.sh").await,
+        "0:0\nhi\n"
+    );
 
     // A directory comes out as its top entry, a file by its basename.
     let tar = read_all(sandbox.copy_out("/tmp/d").await.unwrap()).await;
     let mut got = entries(&tar);
     got.sort();
     let names: Vec<_> = got.iter().map(|(n, m, _, _)| (n.as_str(), *m)).collect();
-    assert_eq!(names, [("d/", 0o750), ("d/run.sh", 0o755), ("d/secret", 0o600)]);
+    assert_eq!(
+        names,
+        [("d/", 0o750), ("d/run.sh", 0o755), ("d/secret", 0o600)]
+    );
     assert!(got.iter().all(|(_, _, t, _)| *t == MTIME));
     assert_eq!(got[2].3, b"s3cret");
     let tar = read_all(sandbox.copy_out("/tmp/top.txt").await.unwrap()).await;
-    assert_eq!(entries(&tar), [("top.txt".into(), 0o644, MTIME, b"top\n".to_vec())]);
+    assert_eq!(
+        entries(&tar),
+        [("top.txt".into(), 0o644, MTIME, b"top\n".to_vec())]
+    );
 
     // No exec.log lines, no sessions counted.
     let logs = sandbox.logs(&Default::default()).await.unwrap();
     assert!(
-        logs.iter().all(|e| !String::from_utf8_lossy(&e.data).contains("s3cret")),
+        logs.iter()
+            .all(|e| !String::from_utf8_lossy(&e.data).contains("s3cret")),
         "file operations write nothing to exec.log"
     );
     sandbox.kill().await.unwrap();
@@ -182,12 +224,19 @@ async fn copy_in_and_out_of_a_stopped_sandbox_through_its_layers() {
     let stat = handle.stat("/data/d/run.sh").await.unwrap();
     assert_eq!((stat.mode, stat.mtime.timestamp() as u64), (0o755, MTIME));
     let tar = read_all(handle.copy_out("/data/d/secret").await.unwrap()).await;
-    assert_eq!(entries(&tar), [("secret".into(), 0o600, MTIME, b"s3cret".to_vec())]);
+    assert_eq!(
+        entries(&tar),
+        [("secret".into(), 0o600, MTIME, b"s3cret".to_vec())]
+    );
 
     // Nothing of the sandbox's records moved.
     let after = rt.get("cp-stopped").await.unwrap();
     assert_eq!(after.status_snapshot(), SandboxStatus::Stopped);
-    assert_eq!(rt.runs("cp-stopped").await.unwrap().len(), runs, "no run row");
+    assert_eq!(
+        rt.runs("cp-stopped").await.unwrap().len(),
+        runs,
+        "no run row"
+    );
     let now = sandbox.logs(&Default::default()).await.unwrap().len();
     assert_eq!(now, lines, "no exec.log lines");
 
@@ -207,11 +256,20 @@ async fn the_file_api_on_a_running_sandbox() {
         sandbox.mkdir("/tmp/a", false).await,
         Err(Error::FileExists { path, .. }) if path == "/tmp/a"
     ));
-    sandbox.write_file("/tmp/a/f", b"hello", 0o640).await.unwrap();
+    sandbox
+        .write_file("/tmp/a/f", b"hello", 0o640)
+        .await
+        .unwrap();
     assert_eq!(sandbox.read_file("/tmp/a/f").await.unwrap(), b"hello");
     let listed = sandbox.list("/tmp/a").await.unwrap();
-    let summary: Vec<_> = listed.iter().map(|e| (e.name.as_str(), e.kind, e.mode)).collect();
-    assert_eq!(summary, [("b", FileKind::Dir, 0o755), ("f", FileKind::File, 0o640)]);
+    let summary: Vec<_> = listed
+        .iter()
+        .map(|e| (e.name.as_str(), e.kind, e.mode))
+        .collect();
+    assert_eq!(
+        summary,
+        [("b", FileKind::Dir, 0o755), ("f", FileKind::File, 0o640)]
+    );
     assert_eq!(listed[1].size, 5);
     assert_eq!(sh_out(&sandbox, "cat /tmp/a/f").await, "hello");
 
@@ -239,7 +297,9 @@ async fn the_file_api_on_a_running_sandbox() {
     ));
     // The sandbox's read-only system directories stay read-only.
     assert!(matches!(
-        sandbox.write_file("/proc/sys/kernel/hostname", b"x", 0o644).await,
+        sandbox
+            .write_file("/proc/sys/kernel/hostname", b"x", 0o644)
+            .await,
         Err(Error::FileOperationFailed { .. })
     ));
     sandbox.kill().await.unwrap();
@@ -257,7 +317,10 @@ async fn file_operations_run_as_the_sandbox_user() {
         Err(Error::FileOperationFailed { .. })
     ));
     sandbox.write_file("/tmp/mine", b"x", 0o644).await.unwrap();
-    assert_eq!(sh_out(&sandbox, "stat -c %u:%g /tmp/mine").await, "1000:1000\n");
+    assert_eq!(
+        sh_out(&sandbox, "stat -c %u:%g /tmp/mine").await,
+        "1000:1000\n"
+    );
     sandbox.kill().await.unwrap();
 }
 
@@ -269,10 +332,20 @@ async fn an_entry_with_dotdot_is_refused() {
     let sandbox = sleeper(&rt, "dotdot").await;
     let name = format!("../../../../../../../../{}/x", host.rel());
     let tar = archive(|b| {
-        raw_entry(b, name.as_bytes(), tar::EntryType::Regular, None, 0o644, b"x");
+        raw_entry(
+            b,
+            name.as_bytes(),
+            tar::EntryType::Regular,
+            None,
+            0o644,
+            b"x",
+        );
     });
     let err = sandbox.copy_in(&tar[..], "/tmp").await.unwrap_err();
-    assert!(matches!(&err, Error::PathEscapes { path, .. } if *path == name), "{err}");
+    assert!(
+        matches!(&err, Error::PathEscapes { path, .. } if *path == name),
+        "{err}"
+    );
     host.assert_untouched();
     sandbox.kill().await.unwrap();
 }
@@ -285,7 +358,14 @@ async fn an_absolute_entry_is_confined_to_the_destination() {
     let sandbox = sleeper(&rt, "absolute").await;
     let name = format!("{}/abs", host.path.display());
     let tar = archive(|b| {
-        raw_entry(b, name.as_bytes(), tar::EntryType::Regular, None, 0o644, b"abs");
+        raw_entry(
+            b,
+            name.as_bytes(),
+            tar::EntryType::Regular,
+            None,
+            0o644,
+            b"abs",
+        );
     });
     sandbox.copy_in(&tar[..], "/tmp/dest").await.unwrap_err();
     sandbox.mkdir("/tmp/dest", false).await.unwrap();
@@ -306,13 +386,23 @@ async fn a_symlink_entry_to_the_root_cannot_lead_out() {
     let through = format!("link/{}/through", host.rel());
     let tar = archive(|b| {
         raw_entry(b, b"link", tar::EntryType::Symlink, Some(b"/"), 0o777, b"");
-        raw_entry(b, through.as_bytes(), tar::EntryType::Regular, None, 0o644, b"t");
+        raw_entry(
+            b,
+            through.as_bytes(),
+            tar::EntryType::Regular,
+            None,
+            0o644,
+            b"t",
+        );
     });
     sandbox.mkdir("/tmp/dest", false).await.unwrap();
     sandbox.copy_in(&tar[..], "/tmp/dest").await.unwrap();
     let inside = format!("/tmp/dest/{}/through", host.rel());
     assert_eq!(sandbox.read_file(&inside).await.unwrap(), b"t");
-    assert_eq!(sandbox.stat("/tmp/dest/link").await.unwrap().kind, FileKind::Symlink);
+    assert_eq!(
+        sandbox.stat("/tmp/dest/link").await.unwrap().kind,
+        FileKind::Symlink
+    );
     host.assert_untouched();
     sandbox.kill().await.unwrap();
 }
@@ -326,7 +416,14 @@ async fn a_hard_link_to_a_host_file_is_refused() {
     let sandbox = sleeper(&rt, "hardlink").await;
     let secret = format!("{}/secret", host.path.display());
     let tar = archive(|b| {
-        raw_entry(b, b"hl", tar::EntryType::Link, Some(secret.as_bytes()), 0o644, b"");
+        raw_entry(
+            b,
+            b"hl",
+            tar::EntryType::Link,
+            Some(secret.as_bytes()),
+            0o644,
+            b"",
+        );
         raw_entry(b, b"hl", tar::EntryType::Regular, None, 0o644, b"pwned");
     });
     sandbox.mkdir("/tmp/dest", false).await.unwrap();
@@ -334,7 +431,14 @@ async fn a_hard_link_to_a_host_file_is_refused() {
     assert!(matches!(err, Error::FileNotFound { .. }), "{err}");
     let dotdot = format!("../../../../../../../..{secret}");
     let tar = archive(|b| {
-        raw_entry(b, b"hl", tar::EntryType::Link, Some(dotdot.as_bytes()), 0o644, b"");
+        raw_entry(
+            b,
+            b"hl",
+            tar::EntryType::Link,
+            Some(dotdot.as_bytes()),
+            0o644,
+            b"",
+        );
     });
     let err = sandbox.copy_in(&tar[..], "/tmp/dest").await.unwrap_err();
     assert!(matches!(err, Error::PathEscapes { .. }), "{err}");
@@ -368,7 +472,13 @@ async fn a_symlink_the_sandbox_planted_resolves_inside_it() {
     let err = handle.copy_in(&file[..], "/data/out/").await.unwrap_err();
     assert!(matches!(err, Error::FileNotFound { .. }), "{err}");
     let err = handle.copy_out("/data/secret/").await.unwrap_err();
-    assert!(matches!(err, Error::FileNotFound { .. } | Error::NotADirectory { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::FileNotFound { .. } | Error::NotADirectory { .. }
+        ),
+        "{err}"
+    );
     host.assert_untouched();
 }
 
@@ -426,8 +536,13 @@ async fn a_large_copy_streams_both_ways() {
     }
     assert!(total > SIZE, "the whole file came out ({total} bytes)");
     sampler.abort();
-    let grown = peak.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(before);
-    println!("resident memory grew by {} MiB during 1 GiB in and out", grown >> 20);
+    let grown = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(before);
+    println!(
+        "resident memory grew by {} MiB during 1 GiB in and out",
+        grown >> 20
+    );
     assert!(grown < 128 << 20, "grew by {grown} bytes");
     // A stream dropped mid-way ends its operation (no process is left).
     let mut partial = sandbox.copy_out("/data/big").await.unwrap();

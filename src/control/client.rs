@@ -40,9 +40,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
 use super::frame::{self, ExecFrame};
-use super::{
-    EndRequest, ErrorBody, HostInfo, Started, WaitRequest, EXEC_PROTOCOL, FILES_PROTOCOL,
-};
+use super::{EndRequest, ErrorBody, HostInfo, Started, WaitRequest, EXEC_PROTOCOL, FILES_PROTOCOL};
 use crate::config::{Resources, SandboxConfig};
 use crate::error::{Error, Result};
 use crate::exec::{ExecConfig, ExecHandle, SessionLink};

@@ -38,9 +38,7 @@ use tokio_util::codec::Framed;
 
 use super::connections::{self, connection_cap, open_file_limit, Limits, OwnerOnly};
 use super::frame::{self, ExecFrame};
-use super::{
-    EndRequest, ErrorBody, HostInfo, Started, WaitRequest, EXEC_PROTOCOL, FILES_PROTOCOL,
-};
+use super::{EndRequest, ErrorBody, HostInfo, Started, WaitRequest, EXEC_PROTOCOL, FILES_PROTOCOL};
 use crate::config::MAX_TIMEOUT;
 use crate::error::{Error, Result};
 use crate::exec::{ExecConfig, ExecHandle};
@@ -567,7 +565,12 @@ async fn files(
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
-                relay_files(Framed::new(TokioIo::new(upgraded), frame::codec()), input, items).await
+                relay_files(
+                    Framed::new(TokioIo::new(upgraded), frame::codec()),
+                    input,
+                    items,
+                )
+                .await
             }
             Err(err) => {
                 tracing::warn!(sandbox = %name, %err, "file connection was not upgraded; ending the operation");

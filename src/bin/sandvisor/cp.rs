@@ -38,7 +38,11 @@ fn side(arg: &str) -> Side {
     match arg.split_once(':') {
         Some((name, path)) if !name.is_empty() && !name.contains('/') => Side::Sandbox {
             name: name.to_string(),
-            path: if path.is_empty() { "/".into() } else { path.to_string() },
+            path: if path.is_empty() {
+                "/".into()
+            } else {
+                path.to_string()
+            },
         },
         _ => Side::Host(arg.to_string()),
     }

@@ -38,8 +38,8 @@ use nix::sys::signal::SigSet;
 use nix::sys::stat::Mode;
 use nix::unistd::ForkResult;
 use sandvisor_actors::protocol::{
-    Confinement, FileAnswer, FileFailure, FileFailureKind, FileKind, FileOp, FileResult,
-    FileStat, Ids,
+    Confinement, FileAnswer, FileFailure, FileFailureKind, FileKind, FileOp, FileResult, FileStat,
+    Ids,
 };
 
 use super::confine::{self, Prepared};
@@ -88,7 +88,12 @@ pub(super) fn spawn(
 
 /// The forked child: streams in place, confinement, the operation, its
 /// result on stderr. Returns the exit code.
-fn child(op: &FileOp, prepared: Option<&Prepared>, user: Option<Ids>, streams: [OwnedFd; 3]) -> i32 {
+fn child(
+    op: &FileOp,
+    prepared: Option<&Prepared>,
+    user: Option<Ids>,
+    streams: [OwnedFd; 3],
+) -> i32 {
     // SAFETY: plain syscalls on this process; the descriptors are its own.
     unsafe {
         libc::setpgid(0, 0);
@@ -150,9 +155,7 @@ fn run(op: &FileOp) -> FileResult {
         FileOp::Remove { path, recursive } => remove(path, *recursive),
         FileOp::Mkdir { path, parents } => mkdir(path, *parents),
     }?;
-    output
-        .flush()
-        .map_err(|err| io_failure("<output>", &err))?;
+    output.flush().map_err(|err| io_failure("<output>", &err))?;
     Ok(answer)
 }
 
@@ -184,9 +187,10 @@ fn errno_failure(path: &str, errno: Errno) -> FileFailure {
 
 /// The last component of `path` (`/` for the root).
 fn name_of(path: &str) -> String {
-    Path::new(path)
-        .file_name()
-        .map_or_else(|| "/".to_string(), |name| name.to_string_lossy().into_owned())
+    Path::new(path).file_name().map_or_else(
+        || "/".to_string(),
+        |name| name.to_string_lossy().into_owned(),
+    )
 }
 
 fn stat_of(name: String, meta: &std::fs::Metadata) -> FileStat {
@@ -233,7 +237,10 @@ fn list(path: &str) -> FileResult {
         let entry = entry.map_err(|err| io_failure(path, &err))?;
         // A file removed meanwhile is no longer an entry.
         if let Ok(meta) = entry.path().symlink_metadata() {
-            entries.push(stat_of(entry.file_name().to_string_lossy().into_owned(), &meta));
+            entries.push(stat_of(
+                entry.file_name().to_string_lossy().into_owned(),
+                &meta,
+            ));
         }
     }
     entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -352,7 +359,11 @@ fn ensure_dirs(dest: &OwnedFd, parts: &[OsString], shown: &str) -> Result<OwnedF
         current = match open_in(dest, &prefix, dir_flags, 0) {
             Err(Errno::ENOENT) => {
                 // One plain name in a directory already resolved in the root.
-                match nix::sys::stat::mkdirat(&current, parts[i].as_os_str(), Mode::from_bits_truncate(0o755)) {
+                match nix::sys::stat::mkdirat(
+                    &current,
+                    parts[i].as_os_str(),
+                    Mode::from_bits_truncate(0o755),
+                ) {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(errno) => return Err(errno_failure(shown, errno)),
                 }
@@ -411,8 +422,12 @@ fn bad_archive(err: &io::Error) -> FileFailure {
 
 /// Unpacks the tar stream `input` at `dest` (see the module docs).
 fn copy_in(dest: &str, input: impl Read) -> FileResult {
-    let root = nix::fcntl::open("/", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|errno| errno_failure("/", errno))?;
+    let root = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|errno| errno_failure("/", errno))?;
     let dest_fd = open_in(&root, OsStr::new(dest), libc::O_PATH | libc::O_DIRECTORY, 0)
         .map_err(|errno| errno_failure(dest, errno))?;
     let mut archive = tar::Archive::new(input);
@@ -423,7 +438,11 @@ fn copy_in(dest: &str, input: impl Read) -> FileResult {
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let parts = components(&raw).ok_or_else(|| {
-            failure(FileFailureKind::Escapes, &shown, "an archive entry may not contain ..")
+            failure(
+                FileFailureKind::Escapes,
+                &shown,
+                "an archive entry may not contain ..",
+            )
         })?;
         let Some((name, parents)) = parts.split_last() else {
             // The destination itself.
@@ -435,20 +454,31 @@ fn copy_in(dest: &str, input: impl Read) -> FileResult {
         let kind = header.entry_type();
         let parent = ensure_dirs(&dest_fd, parents, &shown)?;
         if kind.is_dir() {
-            match nix::sys::stat::mkdirat(&parent, name.as_os_str(), Mode::from_bits_truncate(mode)) {
+            match nix::sys::stat::mkdirat(&parent, name.as_os_str(), Mode::from_bits_truncate(mode))
+            {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(errno) => return Err(errno_failure(&shown, errno)),
             }
-            let dir = open_in(&dest_fd, &joined(&parts), libc::O_RDONLY | libc::O_DIRECTORY, 0)
-                .map_err(|errno| errno_failure(&shown, errno))?;
+            let dir = open_in(
+                &dest_fd,
+                &joined(&parts),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+            )
+            .map_err(|errno| errno_failure(&shown, errno))?;
             nix::sys::stat::fchmod(&dir, Mode::from_bits_truncate(mode))
                 .map_err(|errno| errno_failure(&shown, errno))?;
             dirs.push((parts.clone(), mtime));
         } else if kind.is_file() || kind == tar::EntryType::Continuous {
             clear_name(&parent, name, &shown)?;
             let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
-            let fd = nix::fcntl::openat(&parent, name.as_os_str(), OFlag::from_bits_truncate(flags) | OFlag::O_CLOEXEC, Mode::from_bits_truncate(0o600))
-                .map_err(|errno| errno_failure(&shown, errno))?;
+            let fd = nix::fcntl::openat(
+                &parent,
+                name.as_os_str(),
+                OFlag::from_bits_truncate(flags) | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+            .map_err(|errno| errno_failure(&shown, errno))?;
             let mut file = File::from(fd);
             io::copy(&mut entry, &mut file).map_err(|err| io_failure(&shown, &err))?;
             file.set_permissions(std::fs::Permissions::from_mode(mode))
@@ -459,7 +489,13 @@ fn copy_in(dest: &str, input: impl Read) -> FileResult {
         } else if kind.is_symlink() {
             let target = entry
                 .link_name_bytes()
-                .ok_or_else(|| failure(FileFailureKind::BadArchive, &shown, "a link without a target"))?
+                .ok_or_else(|| {
+                    failure(
+                        FileFailureKind::BadArchive,
+                        &shown,
+                        "a link without a target",
+                    )
+                })?
                 .into_owned();
             clear_name(&parent, name, &shown)?;
             nix::unistd::symlinkat(OsStr::from_bytes(&target), &parent, name.as_os_str())
@@ -468,13 +504,27 @@ fn copy_in(dest: &str, input: impl Read) -> FileResult {
         } else if kind.is_hard_link() {
             let target = entry
                 .link_name_bytes()
-                .ok_or_else(|| failure(FileFailureKind::BadArchive, &shown, "a link without a target"))?
+                .ok_or_else(|| {
+                    failure(
+                        FileFailureKind::BadArchive,
+                        &shown,
+                        "a link without a target",
+                    )
+                })?
                 .into_owned();
             let target_parts = components(&target).ok_or_else(|| {
-                failure(FileFailureKind::Escapes, &shown, "a hard link's target may not contain ..")
+                failure(
+                    FileFailureKind::Escapes,
+                    &shown,
+                    "a hard link's target may not contain ..",
+                )
             })?;
             let Some((target_name, target_parents)) = target_parts.split_last() else {
-                return Err(failure(FileFailureKind::BadArchive, &shown, "a hard link to the destination"));
+                return Err(failure(
+                    FileFailureKind::BadArchive,
+                    &shown,
+                    "a hard link to the destination",
+                ));
             };
             let target_dir = open_in(
                 &dest_fd,
@@ -501,7 +551,12 @@ fn copy_in(dest: &str, input: impl Read) -> FileResult {
             continue;
         };
         // A directory removed meanwhile has no time to keep.
-        if let Ok(parent) = open_in(&dest_fd, &joined(parents), libc::O_PATH | libc::O_DIRECTORY, 0) {
+        if let Ok(parent) = open_in(
+            &dest_fd,
+            &joined(parents),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        ) {
             let _ = set_mtime(&parent, name, *mtime);
         }
     }

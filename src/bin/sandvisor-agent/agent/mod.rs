@@ -96,9 +96,12 @@ fn init(mut sock: UnixStream, spec: StartSpec, inbox: BytesMut) -> ! {
         Err(errno) => boot_failed(&mut sock, boot_error(BootStage::Other, errno, "signalfd")),
     };
     let main_pid = spawned.pid;
-    if send(&mut sock, &Frame::Ready {
-        pid: main_pid.as_raw() as u32,
-    })
+    if send(
+        &mut sock,
+        &Frame::Ready {
+            pid: main_pid.as_raw() as u32,
+        },
+    )
     .is_err()
     {
         kill_all(&spec, main_pid);

@@ -189,7 +189,10 @@ impl Agent<'_> {
         match nix::unistd::read(fd, buf) {
             Ok(0) | Err(Errno::EBADF) => self.close_pipe(i),
             Ok(n) => {
-                if let Some(unacked) = self.sessions.get_mut(&session).and_then(|s| s.unacked.as_mut())
+                if let Some(unacked) = self
+                    .sessions
+                    .get_mut(&session)
+                    .and_then(|s| s.unacked.as_mut())
                 {
                     *unacked += n as u64;
                 }
