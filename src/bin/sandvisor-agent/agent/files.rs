@@ -75,14 +75,19 @@ pub(super) fn spawn(
             // SAFETY: ends the child without running the agent's exit path.
             unsafe { libc::_exit(code) }
         }
-        ForkResult::Parent { child } => Ok(Spawned {
-            pid: child,
-            stdin: Some(in_write),
-            stdout: Some(out_read),
-            stderr: Some(err_read),
-            terminal: None,
-            windowed: true,
-        }),
+        ForkResult::Parent { child } => {
+            // Both sides set the group, so a signal to it right after the
+            // fork cannot miss the child.
+            let _ = nix::unistd::setpgid(child, child);
+            Ok(Spawned {
+                pid: child,
+                stdin: Some(in_write),
+                stdout: Some(out_read),
+                stderr: Some(err_read),
+                terminal: None,
+                windowed: true,
+            })
+        }
     }
 }
 
