@@ -30,6 +30,7 @@
 //! in `Exec`, or in `Start` for a sandbox that does not run), so stdin
 //! windows, output, exit and confinement are the sessions' own code.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -121,6 +122,8 @@ pub(crate) struct FileChannel {
     in_flight: u64,
     /// The operation ended (its exit came, or the sandbox went away).
     ended: bool,
+    /// The lock on a stopped sandbox's layers, held until the agent is gone.
+    _turn: Option<nix::fcntl::Flock<std::fs::File>>,
 }
 
 impl Drop for FileChannel {
@@ -149,13 +152,20 @@ impl FileChannel {
             result: Vec::new(),
             in_flight: 0,
             ended: false,
+            _turn: None,
         }
     }
 
-    /// A session on an agent started for it alone.
-    pub(crate) fn detached(sandbox: &str, detached: Detached) -> Self {
+    /// A session on an agent started for it alone, holding `turn` (the
+    /// lock on the sandbox's layers) until dropped.
+    pub(crate) fn detached(
+        sandbox: &str,
+        detached: Detached,
+        turn: nix::fcntl::Flock<std::fs::File>,
+    ) -> Self {
         let mut channel = Self::running(sandbox, detached.input, detached.output);
         channel.done = Some(detached.done);
+        channel._turn = Some(turn);
         channel
     }
 
@@ -278,12 +288,19 @@ impl AsyncRead for TarStream {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(data)) => this.current = data,
                 Poll::Ready(None) => {
+                    // A stopped sandbox's agent is gone (and its lock free
+                    // for the next operation) before the stream ends.
+                    if let Some(done) = this.channel.done.as_mut() {
+                        // A relay task that panicked has nothing left to wait for.
+                        let _ = std::task::ready!(Pin::new(done).poll(cx));
+                        this.channel.done = None;
+                    }
                     return Poll::Ready(
                         this.channel
                             .answer()
                             .map(drop)
                             .map_err(std::io::Error::other),
-                    )
+                    );
                 }
             }
         }

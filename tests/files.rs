@@ -229,6 +229,15 @@ async fn copy_in_and_out_of_a_stopped_sandbox_through_its_layers() {
         [("secret".into(), 0o600, MTIME, b"s3cret".to_vec())]
     );
 
+    // Operations at once take turns on the layers.
+    let (a, b) = tokio::join!(
+        handle.write_file("/data/a", b"a", 0o600),
+        handle.write_file("/data/b", b"b", 0o600)
+    );
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(handle.read_file("/data/b").await.unwrap(), b"b");
+
     // Nothing of the sandbox's records moved.
     let after = rt.get("cp-stopped").await.unwrap();
     assert_eq!(after.status_snapshot(), SandboxStatus::Stopped);

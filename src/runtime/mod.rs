@@ -393,6 +393,12 @@ impl Sandvisor {
         let handle = self.get(name).await?;
         let config = handle.config()?;
         let id_slot = handle.id_slot();
+        // One agent at a time on the sandbox's layers, across processes:
+        // two overlays on one writable layer are undefined behaviour.
+        let lock = home::sandbox_dir(&self.inner.home, name)?.join(FILES_LOCK);
+        let turn = tokio::task::spawn_blocking(move || take_turn(&lock))
+            .await
+            .map_err(|e| Error::Internal(format!("file lock: {e}")))??;
         let mut spec = self.run_spec(&config, id_slot, Purpose::Files)?;
         let run = &mut spec.vm.start.run;
         run.files = Some(op);
@@ -401,7 +407,7 @@ impl Sandvisor {
         let detached = sandvisor_actors::sandbox::detached::start(&*self.inner.backend, &spec.vm)
             .await
             .map_err(outcome::boot_failed)?;
-        Ok(crate::files::FileChannel::detached(name, detached))
+        Ok(crate::files::FileChannel::detached(name, detached, turn))
     }
 
     /// A live handle on `name` if it runs in this runtime.
@@ -593,6 +599,31 @@ impl Sandvisor {
     ) -> Result<Option<SandboxStopResult>> {
         outcome::from_store(&self.inner.store, name).await
     }
+}
+
+/// The lock file a file operation on a sandbox that does not run holds
+/// (in its directory) while its agent has the layers mounted.
+const FILES_LOCK: &str = "files.lock";
+
+/// Waits for the exclusive lock on `path` (created 0600 if missing).
+///
+/// # Errors
+/// [`Error::Io`] if the file cannot be opened or locked.
+fn take_turn(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| io(errno.into()))
 }
 
 /// What a run spec is for.
