@@ -201,6 +201,69 @@ pub enum Error {
         /// for every failure before it (the working directory included).
         exec_failed: bool,
     },
+    /// A path inside a sandbox does not exist (or a parent of it).
+    #[error("{sandbox}: no such file or directory: {path}")]
+    FileNotFound {
+        /// The sandbox.
+        sandbox: String,
+        /// The path inside it.
+        path: String,
+    },
+    /// A path inside a sandbox that must be a directory is not one.
+    #[error("{sandbox}: not a directory: {path}")]
+    NotADirectory {
+        /// The sandbox.
+        sandbox: String,
+        /// The path inside it.
+        path: String,
+    },
+    /// A directory inside a sandbox where a file was wanted, or a
+    /// non-empty one removed without `recursive`.
+    #[error("{sandbox}: is a directory (or not empty): {path}")]
+    IsADirectory {
+        /// The sandbox.
+        sandbox: String,
+        /// The path inside it.
+        path: String,
+    },
+    /// A path inside a sandbox exists already.
+    #[error("{sandbox}: already exists: {path}")]
+    FileExists {
+        /// The sandbox.
+        sandbox: String,
+        /// The path inside it.
+        path: String,
+    },
+    /// An archive entry (or a link in one) would land outside its
+    /// destination: refused, nothing written for it.
+    #[error("{sandbox}: archive entry {path} escapes the destination: {reason}")]
+    PathEscapes {
+        /// The sandbox.
+        sandbox: String,
+        /// The entry's name in the archive.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A tar stream given to `copy_in` does not parse.
+    #[error("{sandbox}: not a valid tar archive: {message}")]
+    BadArchive {
+        /// The sandbox.
+        sandbox: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// Any other failure of a file operation (permission, read-only file
+    /// system, full disk…).
+    #[error("{sandbox}: {path}: {message}")]
+    FileOperationFailed {
+        /// The sandbox.
+        sandbox: String,
+        /// The path inside it.
+        path: String,
+        /// What happened.
+        message: String,
+    },
     /// The runtime hosting a sandbox did not answer on its control socket.
     #[error("cannot reach the sandvisor process on control socket {socket}: {reason}; hint: is the process that runs the sandbox alive, and are you its user?")]
     ControlUnreachable {

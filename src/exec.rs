@@ -304,7 +304,7 @@ impl ExecHandle {
                 return Ok(status);
             }
             match self.items.recv().await {
-                Some(ExecItem::Output { .. }) => {}
+                Some(ExecItem::Output { .. } | ExecItem::InputTaken { .. }) => {}
                 Some(ExecItem::Exited {
                     code,
                     signal,
@@ -327,27 +327,31 @@ impl Stream for ExecHandle {
 
     /// The session's output in order; ends when the process has exited.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ExecOutput>> {
-        if self.status.is_some() {
-            return Poll::Ready(None);
-        }
-        match self.items.poll_recv(cx) {
-            Poll::Ready(Some(ExecItem::Output { source, data })) => {
-                Poll::Ready(Some(ExecOutput { source, data }))
+        loop {
+            if self.status.is_some() {
+                return Poll::Ready(None);
             }
-            Poll::Ready(Some(ExecItem::Exited {
-                code,
-                signal,
-                timed_out,
-            })) => {
-                self.status = Some(ExecStatus {
+            return match self.items.poll_recv(cx) {
+                Poll::Ready(Some(ExecItem::Output { source, data })) => {
+                    Poll::Ready(Some(ExecOutput { source, data }))
+                }
+                // Flow control only: stdin here is not windowed by the caller.
+                Poll::Ready(Some(ExecItem::InputTaken { .. })) => continue,
+                Poll::Ready(Some(ExecItem::Exited {
                     code,
                     signal,
                     timed_out,
-                });
-                Poll::Ready(None)
-            }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+                })) => {
+                    self.status = Some(ExecStatus {
+                        code,
+                        signal,
+                        timed_out,
+                    });
+                    Poll::Ready(None)
+                }
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
         }
     }
 }

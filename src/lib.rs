@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod exec;
+pub mod files;
 pub mod home;
 pub mod image;
 pub mod isolation;
@@ -35,6 +36,7 @@ pub use config::{
     Restart, RestartBackoff, Rule, SandboxConfig,
 };
 pub use exec::{ExecConfig, ExecHandle, ExecOutput, ExecStatus};
+pub use files::{DirEntry, FileKind, TarStream};
 pub use image::{Image, ImageConfig, Images, PullOptions, PullProgress};
 pub use isolation::seccomp::Seccomp;
 pub use runtime::{Sandbox, SandboxHandle, SandboxStopResult, Sandvisor, SandvisorBuilder};

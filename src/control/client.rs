@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
 use super::frame::{self, ExecFrame};
-use super::{EndRequest, ErrorBody, HostInfo, Started, WaitRequest, EXEC_PROTOCOL};
+use super::{EndRequest, ErrorBody, HostInfo, Started, WaitRequest, EXEC_PROTOCOL, FILES_PROTOCOL};
 use crate::config::{Resources, SandboxConfig};
 use crate::error::{Error, Result};
 use crate::exec::{ExecConfig, ExecHandle, SessionLink};
@@ -313,6 +313,52 @@ impl ControlClient {
             .await
     }
 
+    /// Starts a file operation on `name` in the hosting process; its
+    /// frames are relayed as an exec session's, windowed end to end.
+    ///
+    /// # Errors
+    /// As [`Self::exec`]; the hosting process's errors for the sandbox.
+    pub(crate) async fn files(
+        &self,
+        name: &str,
+        op: &sandvisor_actors::protocol::FileOp,
+    ) -> Result<crate::files::FileChannel> {
+        let path = sandbox_path(name, "files")?;
+        self.bounded(self.timeouts.request, &path, self.files_start(name, op))
+            .await
+    }
+
+    /// [`Self::files`] without its bound.
+    async fn files_start(
+        &self,
+        name: &str,
+        op: &sandvisor_actors::protocol::FileOp,
+    ) -> Result<crate::files::FileChannel> {
+        let mut sender = self.connect(true).await?;
+        let request = self.request(
+            Method::POST,
+            sandbox_path(name, "files")?,
+            Some(to_json(op)?),
+            Some(FILES_PROTOCOL),
+        )?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let (status, body) = self.read(response).await?;
+            return Err(error_from(status, &body));
+        }
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let framed = Framed::new(TokioIo::new(upgraded), frame::codec());
+        let (items, items_rx) = mpsc::unbounded_channel();
+        let (input, input_rx) = mpsc::unbounded_channel();
+        tokio::spawn(bridge(framed, items, input_rx));
+        Ok(crate::files::FileChannel::running(name, input, items_rx))
+    }
+
     /// [`Self::exec`] without its bound.
     async fn exec_start(&self, name: &str, config: &ExecConfig) -> Result<ExecHandle> {
         let mut sender = self.connect(true).await?;
@@ -320,7 +366,7 @@ impl ControlClient {
             Method::POST,
             sandbox_path(name, "exec")?,
             Some(to_json(config)?),
-            true,
+            Some(EXEC_PROTOCOL),
         )?;
         let response = sender
             .send_request(request)
@@ -444,7 +490,7 @@ impl ControlClient {
         body: Option<Bytes>,
     ) -> Result<(StatusCode, Bytes)> {
         let mut sender = self.connect(false).await?;
-        let request = self.request(method, path, body, false)?;
+        let request = self.request(method, path, body, None)?;
         let response = sender
             .send_request(request)
             .await
@@ -493,17 +539,17 @@ impl ControlClient {
         method: Method,
         path: String,
         body: Option<Bytes>,
-        upgrade: bool,
+        upgrade: Option<&'static str>,
     ) -> Result<Request<Full<Bytes>>> {
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
             .header(header::HOST, "sandvisor")
             .header(header::CONTENT_TYPE, "application/json");
-        if upgrade {
+        if let Some(protocol) = upgrade {
             builder = builder
                 .header(header::CONNECTION, "upgrade")
-                .header(header::UPGRADE, EXEC_PROTOCOL);
+                .header(header::UPGRADE, protocol);
         }
         builder
             .body(Full::new(body.unwrap_or_default()))
@@ -536,6 +582,7 @@ async fn bridge<T>(
                 SessionInput::Stdin(data) => ExecFrame::Stdin(Bytes::from(data)),
                 SessionInput::Resize { rows, cols } => ExecFrame::Resize { rows, cols },
                 SessionInput::Signal(signo) => ExecFrame::Signal(signo),
+                SessionInput::OutputConsumed(bytes) => ExecFrame::OutputConsumed(bytes),
                 // The hosting supervisor keeps the deadline; a caller never
                 // sends this.
                 SessionInput::Expire => continue,
@@ -549,6 +596,7 @@ async fn bridge<T>(
     while let Some(frame) = frames.next().await {
         let item = match frame.map(|bytes| ExecFrame::decode(bytes.freeze())) {
             Ok(Ok(ExecFrame::Output { source, data })) => ExecItem::Output { source, data },
+            Ok(Ok(ExecFrame::InputTaken(bytes))) => ExecItem::InputTaken { bytes },
             Ok(Ok(ExecFrame::Exited {
                 code,
                 signal,

@@ -11,6 +11,11 @@
 //! | 16 | client → server | stdin bytes; empty closes stdin |
 //! | 17 | client → server | window size: rows, cols as `u16` big-endian |
 //! | 18 | client → server | a signal number, `i32` big-endian |
+//! | 6 | server → client | file sessions: stdin bytes the agent took, `u64` big-endian |
+//! | 19 | client → server | file sessions: output bytes the client took, `u64` big-endian |
+//!
+//! A file session's connection ([`super::FILES_PROTOCOL`]) uses the same
+//! frames; its output and input are windowed end to end by 6 and 19.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -43,6 +48,8 @@ pub(crate) enum ExecFrame {
         cols: u16,
     },
     Signal(i32),
+    InputTaken(u64),
+    OutputConsumed(u64),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -112,6 +119,14 @@ impl ExecFrame {
                 out.put_u8(18);
                 out.put_i32(*signo);
             }
+            Self::InputTaken(bytes) => {
+                out.put_u8(6);
+                out.put_u64(*bytes);
+            }
+            Self::OutputConsumed(bytes) => {
+                out.put_u8(19);
+                out.put_u64(*bytes);
+            }
         }
         out.freeze()
     }
@@ -160,6 +175,16 @@ impl ExecFrame {
             18 if payload.len() == 4 => Self::Signal(i32::from_be_bytes([
                 payload[0], payload[1], payload[2], payload[3],
             ])),
+            6 | 19 if payload.len() == 8 => {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(&payload);
+                let bytes = u64::from_be_bytes(bytes);
+                if tag == 6 {
+                    Self::InputTaken(bytes)
+                } else {
+                    Self::OutputConsumed(bytes)
+                }
+            }
             other => {
                 return Err(format!(
                     "unknown frame tag {other} ({} bytes)",
@@ -206,6 +231,8 @@ mod tests {
                 cols: 132,
             },
             ExecFrame::Signal(-3),
+            ExecFrame::InputTaken(1 << 40),
+            ExecFrame::OutputConsumed(65536),
         ];
         for frame in frames {
             assert_eq!(ExecFrame::decode(frame.encode()), Ok(frame));

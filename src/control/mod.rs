@@ -34,6 +34,9 @@ pub const DAEMON_SOCKET: &str = "sandvisord.sock";
 pub const SOCKET_DIR: &str = "run";
 /// The `Upgrade` protocol of an exec session's connection.
 pub const EXEC_PROTOCOL: &str = "sandvisor-exec/1";
+/// The `Upgrade` protocol of a file operation's connection (the exec
+/// session's frames, see [`frame`]).
+pub const FILES_PROTOCOL: &str = "sandvisor-files/1";
 
 /// The daemon's socket under `home`.
 pub fn daemon_socket(home: &Path) -> PathBuf {

@@ -38,12 +38,13 @@ use tokio_util::codec::Framed;
 
 use super::connections::{self, connection_cap, open_file_limit, Limits, OwnerOnly};
 use super::frame::{self, ExecFrame};
-use super::{EndRequest, ErrorBody, HostInfo, Started, WaitRequest, EXEC_PROTOCOL};
+use super::{EndRequest, ErrorBody, HostInfo, Started, WaitRequest, EXEC_PROTOCOL, FILES_PROTOCOL};
 use crate::config::MAX_TIMEOUT;
 use crate::error::{Error, Result};
 use crate::exec::{ExecConfig, ExecHandle};
 use crate::runtime::{End, Sandbox, SandboxStopResult, Sandvisor, WeakSandvisor};
-use sandvisor_actors::sandbox::SupervisorMsg;
+use sandvisor_actors::protocol::FileOp;
+use sandvisor_actors::sandbox::{ExecItem, SessionInput, SupervisorMsg};
 
 /// Largest request body (a sandbox config with a large environment).
 const MAX_BODY: usize = 4 << 20;
@@ -228,6 +229,7 @@ fn router(runtime: WeakSandvisor) -> Router {
         .route("/v1/sandboxes/{name}/update", post(update))
         .route("/v1/sandboxes/{name}/metrics", get(metrics))
         .route("/v1/sandboxes/{name}/exec", post(exec))
+        .route("/v1/sandboxes/{name}/files", post(files))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(runtime)
 }
@@ -534,6 +536,107 @@ async fn exec(
         .header(header::UPGRADE, EXEC_PROTOCOL)
         .body(Body::empty())
         .map_err(|e| ApiError(Error::Internal(e.to_string()).into()))
+}
+
+/// Starts the file operation, then answers `101` and relays its frames
+/// (see [`frame`]) as they are: output and input credits out, input and
+/// output acknowledgements in. A client that goes away ends the operation.
+async fn files(
+    State(runtime): State<WeakSandvisor>,
+    UrlPath(name): UrlPath<String>,
+    mut request: Request,
+) -> Reply<Response> {
+    let runtime = live(&runtime)?;
+    let upgrade = hyper::upgrade::on(&mut request);
+    let body = axum::body::to_bytes(request.into_body(), MAX_BODY)
+        .await
+        .map_err(|e| {
+            ApiError(ErrorBody::BadRequest {
+                message: format!("request body: {e}"),
+            })
+        })?;
+    // No default: an empty body names no operation.
+    let op: FileOp = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(ErrorBody::BadRequest {
+            message: format!("request body: {e}"),
+        })
+    })?;
+    let (input, items) = hosted(&runtime, &name).await?.file_session(op).await?;
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                relay_files(
+                    Framed::new(TokioIo::new(upgraded), frame::codec()),
+                    input,
+                    items,
+                )
+                .await
+            }
+            Err(err) => {
+                tracing::warn!(sandbox = %name, %err, "file connection was not upgraded; ending the operation");
+                let _ = input.send(SessionInput::Signal(libc::SIGKILL));
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, FILES_PROTOCOL)
+        .body(Body::empty())
+        .map_err(|e| ApiError(Error::Internal(e.to_string()).into()))
+}
+
+async fn relay_files<T>(
+    framed: Framed<T, tokio_util::codec::LengthDelimitedCodec>,
+    input: tokio::sync::mpsc::UnboundedSender<SessionInput>,
+    mut items: tokio::sync::mpsc::UnboundedReceiver<ExecItem>,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut inbound) = framed.split();
+    // The client is read on a task of its own, as an exec session's is.
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(bytes)) = inbound.next().await {
+            let next = match ExecFrame::decode(bytes.freeze()) {
+                Ok(ExecFrame::Stdin(data)) => SessionInput::Stdin(data.to_vec()),
+                Ok(ExecFrame::OutputConsumed(bytes)) => SessionInput::OutputConsumed(bytes),
+                Ok(ExecFrame::Signal(signo)) => SessionInput::Signal(signo),
+                Ok(other) => {
+                    tracing::warn!(?other, "a frame a file session does not take ignored");
+                    continue;
+                }
+                Err(why) => {
+                    tracing::warn!(%why, "bad file session frame ignored");
+                    continue;
+                }
+            };
+            if input.send(next).is_err() {
+                return;
+            }
+        }
+        // The client is gone mid-way: the operation would wait for it.
+        let _ = input.send(SessionInput::Signal(libc::SIGKILL));
+    });
+    while let Some(item) = items.recv().await {
+        let frame = match item {
+            ExecItem::Output { source, data } => ExecFrame::Output { source, data },
+            ExecItem::InputTaken { bytes } => ExecFrame::InputTaken(bytes),
+            ExecItem::Exited {
+                code,
+                signal,
+                timed_out,
+            } => ExecFrame::Exited {
+                code,
+                signal,
+                timed_out,
+            },
+        };
+        if sink.send(frame.encode()).await.is_err() {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+    reader.abort();
 }
 
 async fn relay<T>(

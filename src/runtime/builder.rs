@@ -192,7 +192,7 @@ impl SandvisorBuilder {
             store: Arc::new(store.clone()),
             host,
             bus: Some(bus.sink()),
-            backend,
+            backend: backend.clone(),
         };
         let (root, _) = Actor::spawn(None, Root, args)
             .await
@@ -203,6 +203,7 @@ impl SandvisorBuilder {
             home,
             store,
             root,
+            backend,
             agent,
             host,
             control_path: bound.as_ref().map(|bound| bound.path().to_path_buf()),

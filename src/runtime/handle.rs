@@ -77,6 +77,11 @@ impl SandboxHandle {
         &self.row.config_json
     }
 
+    /// Its id-range slot, if it has one.
+    pub(crate) fn id_slot(&self) -> Option<u32> {
+        self.row.id_slot
+    }
+
     /// The host ids its user namespace maps to (kept across runs, freed by
     /// `remove`); `None` without a user namespace (or before the first start
     /// of a sandbox created by an older sandvisor).
@@ -349,6 +354,15 @@ impl SandboxHandle {
     /// # Cancel safety
     /// Not cancel-safe, as [`Sandbox::exec`]: a session started when the
     /// future is dropped runs on unattended.
+    /// Starts the file operation `op` wherever the sandbox is (see
+    /// [`crate::files`]).
+    pub(crate) async fn open_files(
+        &self,
+        op: sandvisor_actors::protocol::FileOp,
+    ) -> Result<crate::files::FileChannel> {
+        self.control().await?.files(op).await
+    }
+
     pub async fn exec(&self, config: ExecConfig) -> Result<ExecHandle> {
         config.validate()?;
         self.control().await?.exec(config).await

@@ -51,6 +51,9 @@ struct Inner {
     home: PathBuf,
     store: Store,
     root: ActorRef<RootMsg>,
+    /// How agents start: the root's for runs, and this runtime's own for
+    /// file operations on sandboxes that do not run.
+    backend: Arc<dyn sandvisor_actors::backend::Backend>,
     agent: PathBuf,
     host: HostId,
     logs: Logs,
@@ -363,30 +366,7 @@ impl Sandvisor {
         image_lowers: Vec<PathBuf>,
     ) -> Result<Sandbox> {
         let name = config.name.as_str();
-        let log_dir = self.inner.logs.log_dir_for(name)?;
-        let prepared = network::plan(config, &self.inner.home).and_then(|network| {
-            let mounts = match &network {
-                Some(plan) => {
-                    network::check_ports(name, &plan.publish)?;
-                    network::write_files(plan, name)?
-                }
-                None => Vec::new(),
-            };
-            spec::sandbox_spec(
-                config,
-                spec::RunContext {
-                    home: &self.inner.home,
-                    log_dir,
-                    host: self.inner.host,
-                    run: unique_suffix(),
-                    id_slot,
-                    defaults: self.inner.defaults,
-                    network,
-                    network_mounts: mounts,
-                    image_lowers,
-                },
-            )
-        });
+        let prepared = self.run_spec(config, id_slot, image_lowers, Purpose::Run);
         let spec = match prepared {
             Ok(spec) => spec,
             Err(err) => {
@@ -432,6 +412,82 @@ impl Sandvisor {
             Ok(_) => Ok(Sandbox::new(name, supervisor, self.clone())),
             Err(failure) => Err(outcome::boot_failed(failure)),
         }
+    }
+
+    /// The spec a run of `config` (with id-range slot `id_slot`) gets: the
+    /// one function that decides a run's namespaces, root and confinement,
+    /// so a file operation on a sandbox that does not run sees exactly what
+    /// a run would. For [`Purpose::Files`] the sandbox gets no network
+    /// beyond `lo` (its network files are still bound) and its ports are
+    /// not checked.
+    fn run_spec(
+        &self,
+        config: &SandboxConfig,
+        id_slot: Option<u32>,
+        image_lowers: Vec<PathBuf>,
+        purpose: Purpose,
+    ) -> Result<sandvisor_actors::sandbox::SandboxSpec> {
+        let name = config.name.as_str();
+        let log_dir = self.inner.logs.log_dir_for(name)?;
+        let network = network::plan(config, &self.inner.home)?;
+        let mounts = match &network {
+            Some(plan) => {
+                if purpose == Purpose::Run {
+                    network::check_ports(name, &plan.publish)?;
+                }
+                network::write_files(plan, name)?
+            }
+            None => Vec::new(),
+        };
+        spec::sandbox_spec(
+            config,
+            spec::RunContext {
+                home: &self.inner.home,
+                log_dir,
+                host: self.inner.host,
+                run: unique_suffix(),
+                id_slot,
+                defaults: self.inner.defaults,
+                network: network.filter(|_| purpose == Purpose::Run),
+                network_mounts: mounts,
+                image_lowers,
+            },
+        )
+    }
+
+    /// Starts a file session on `name`, which does not run: its agent
+    /// alone, with the spec a run would get and the operation `op` as its
+    /// main command (see `sandvisor_actors::sandbox::detached`).
+    ///
+    /// # Errors
+    /// [`Error::SandboxNotFound`]; [`Error::BootFailed`] if the agent could
+    /// not set the sandbox up (its layers in use by a run that started
+    /// meanwhile, say); [`Error::InvalidConfig`] / [`Error::Internal`] as
+    /// for a start.
+    pub(crate) async fn detached_files(
+        &self,
+        name: &str,
+        op: sandvisor_actors::protocol::FileOp,
+    ) -> Result<crate::files::FileChannel> {
+        let handle = self.get(name).await?;
+        let config = handle.config()?;
+        let id_slot = handle.id_slot();
+        // One agent at a time on the sandbox's layers, across processes:
+        // two overlays on one writable layer are undefined behaviour.
+        let lock = home::sandbox_dir(&self.inner.home, name)?.join(FILES_LOCK);
+        let turn = tokio::task::spawn_blocking(move || take_turn(&lock))
+            .await
+            .map_err(|e| Error::Internal(format!("file lock: {e}")))??;
+        let lowers = self.lowers_of(handle.image_id()).await?;
+        let mut spec = self.run_spec(&config, id_slot, lowers, Purpose::Files)?;
+        let run = &mut spec.vm.start.run;
+        run.files = Some(op);
+        run.stdin = true;
+        run.tty = false;
+        let detached = sandvisor_actors::sandbox::detached::start(&*self.inner.backend, &spec.vm)
+            .await
+            .map_err(outcome::boot_failed)?;
+        Ok(crate::files::FileChannel::detached(name, detached, turn))
     }
 
     /// A live handle on `name` if it runs in this runtime.
@@ -623,6 +679,40 @@ impl Sandvisor {
     ) -> Result<Option<SandboxStopResult>> {
         outcome::from_store(&self.inner.store, name).await
     }
+}
+
+/// The lock file a file operation on a sandbox that does not run holds
+/// (in its directory) while its agent has the layers mounted.
+const FILES_LOCK: &str = "files.lock";
+
+/// Waits for the exclusive lock on `path` (created 0600 if missing).
+///
+/// # Errors
+/// [`Error::Io`] if the file cannot be opened or locked.
+fn take_turn(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| io(errno.into()))
+}
+
+/// What a run spec is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// A run of the sandbox.
+    Run,
+    /// A file operation on a sandbox that does not run.
+    Files,
 }
 
 /// Distinguishes runs of the same sandbox from this host.

@@ -33,6 +33,8 @@ use crate::config::Resources;
 use crate::control::ControlClient;
 use crate::error::{Error, Result};
 use crate::exec::{ExecConfig, ExecHandle};
+use crate::files::FileChannel;
+use sandvisor_actors::protocol::FileOp;
 
 /// How to end a sandbox.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +69,9 @@ pub(crate) trait SandboxControl: Send + Sync {
     fn update(&self, resources: Resources) -> BoxFuture<'_, Result<()>>;
     /// Starts an exec session (`config` already validated).
     fn exec(&self, config: ExecConfig) -> BoxFuture<'_, Result<ExecHandle>>;
+    /// Starts a file operation: through the sandbox's agent while it runs,
+    /// else on an agent started for it alone (see [`crate::files`]).
+    fn files(&self, op: FileOp) -> BoxFuture<'_, Result<FileChannel>>;
     /// The live handle, if the sandbox runs in this runtime.
     fn into_local(self: Box<Self>) -> Result<Sandbox>;
 }
@@ -117,6 +122,10 @@ impl SandboxControl for Sandbox {
 
     fn exec(&self, config: ExecConfig) -> BoxFuture<'_, Result<ExecHandle>> {
         Box::pin(Sandbox::exec(self, config))
+    }
+
+    fn files(&self, op: FileOp) -> BoxFuture<'_, Result<FileChannel>> {
+        Box::pin(self.open_files(op))
     }
 
     fn into_local(self: Box<Self>) -> Result<Sandbox> {
@@ -198,6 +207,10 @@ impl SandboxControl for Remote {
         Box::pin(async move { self.client.exec(&self.name, &config).await })
     }
 
+    fn files(&self, op: FileOp) -> BoxFuture<'_, Result<FileChannel>> {
+        Box::pin(async move { self.client.files(&self.name, &op).await })
+    }
+
     fn into_local(self: Box<Self>) -> Result<Sandbox> {
         Err(Error::SandboxNotHosted(self.name))
     }
@@ -248,6 +261,10 @@ impl SandboxControl for Ended {
 
     fn exec(&self, _config: ExecConfig) -> BoxFuture<'_, Result<ExecHandle>> {
         self.not_running()
+    }
+
+    fn files(&self, op: FileOp) -> BoxFuture<'_, Result<FileChannel>> {
+        Box::pin(self.runtime.detached_files(&self.name, op))
     }
 
     fn into_local(self: Box<Self>) -> Result<Sandbox> {

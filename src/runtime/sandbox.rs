@@ -20,17 +20,18 @@ use sandvisor_actors::events::EventSink;
 use sandvisor_actors::host::cgroup::{self, LimitsUpdate};
 use sandvisor_actors::lifecycle::SandboxStatus;
 use sandvisor_actors::metrics::SandboxMetrics;
-use sandvisor_actors::sandbox::{ExecRefused, SessionInput};
+use sandvisor_actors::sandbox::{ExecItem, ExecRefused, SessionInput};
 use sandvisor_actors::sandbox::{MetricsUnavailable, SupervisorMsg, UpdateRefused};
 use tokio::sync::mpsc;
 
-use sandvisor_actors::protocol::Ids;
+use sandvisor_actors::protocol::{CommandSpec, ExecSpec, FileOp, Ids};
 
 use super::outcome::SandboxStopResult;
 use super::{spec, Sandvisor};
 use crate::config::{check_user, parse_user, Resources};
 use crate::error::{Error, Result};
 use crate::exec::{ExecConfig, ExecHandle, SessionLink};
+use crate::files::FileChannel;
 use crate::logs::{LogEntry, LogOptions, LogStream, LogStreamOptions};
 
 /// The main command's session id (exec sessions count on from 2).
@@ -270,6 +271,75 @@ impl Sandbox {
     }
 
     /// How the main command's standard streams were set up (read once).
+    /// Starts the file operation `op` through the agent, as the sandbox's
+    /// user (see [`crate::files`]).
+    ///
+    /// # Errors
+    /// [`Error::SandboxNotRunning`] if the sandbox's run has ended;
+    /// [`Error::FileOperationFailed`] if the agent could not start it.
+    pub(crate) async fn open_files(&self, op: FileOp) -> Result<FileChannel> {
+        let (input, items) = self.file_session(op).await?;
+        Ok(FileChannel::running(&self.name, input, items))
+    }
+
+    /// [`Self::open_files`] as its two channels: input to the session, its
+    /// items back (the control server relays them as they are).
+    ///
+    /// # Errors
+    /// As [`Self::open_files`].
+    pub(crate) async fn file_session(
+        &self,
+        op: FileOp,
+    ) -> Result<(
+        mpsc::UnboundedSender<SessionInput>,
+        mpsc::UnboundedReceiver<ExecItem>,
+    )> {
+        let main = self.main_io().await?;
+        let spec = ExecSpec {
+            session: 0,
+            run: CommandSpec {
+                stdin: true,
+                user: main.user,
+                files: Some(op),
+                ..CommandSpec::default()
+            },
+        };
+        let (output, items) = mpsc::unbounded_channel();
+        let started = ractor::call!(self.supervisor, |reply| SupervisorMsg::Exec {
+            spec,
+            timeout: None,
+            output,
+            reply
+        })
+        .map_err(|_| Error::SandboxNotRunning(self.name.clone()))?;
+        let session = match started {
+            Ok((id, _pid)) => id,
+            Err(ExecRefused::Draining | ExecRefused::NotRunning) => {
+                return Err(Error::SandboxNotRunning(self.name.clone()))
+            }
+            Err(ExecRefused::Failed { message, .. }) => {
+                return Err(Error::FileOperationFailed {
+                    sandbox: self.name.clone(),
+                    path: "/".into(),
+                    message,
+                })
+            }
+        };
+        let (input, mut inputs) = mpsc::unbounded_channel();
+        let supervisor = self.supervisor.clone();
+        tokio::spawn(async move {
+            while let Some(input) = inputs.recv().await {
+                if supervisor
+                    .cast(SupervisorMsg::Session { session, input })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok((input, items))
+    }
+
     async fn main_io(&self) -> Result<MainIo> {
         self.main_io
             .get_or_try_init(|| async {

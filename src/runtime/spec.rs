@@ -136,6 +136,7 @@ pub(super) fn sandbox_spec(config: &SandboxConfig, context: RunContext<'_>) -> R
                     rows: 0,
                     cols: 0,
                     user: user_ids("user", config.user.as_deref())?,
+                    files: None,
                 },
                 pid_namespace: iso.pid,
                 mount_namespace: iso.mount,
@@ -207,6 +208,7 @@ fn health_spec(config: &SandboxConfig) -> Result<Option<HealthSpec>> {
             rows: 0,
             cols: 0,
             user: user_ids("user", config.user.as_deref())?,
+            files: None,
         },
         interval: check.interval,
         timeout: check.timeout,
@@ -313,6 +315,7 @@ pub(super) fn exec_spec(config: &ExecConfig, sandbox_user: Option<Ids>) -> Resul
             rows: config.rows,
             cols: config.cols,
             user,
+            files: None,
         },
     })
 }

@@ -13,6 +13,8 @@
 //!   the agent binary's spawner process for a new agent.
 //! - [`isolation`]: what isolates a sandbox — the [`SpawnPlan`] the spawner
 //!   carries out and the [`Confinement`] the agent applies to every session.
+//! - [`files`]: file operations an exec-like session carries out instead
+//!   of a command (copy in and out, read, write, list, stat, remove, mkdir).
 //! - [`spec`]: what the host asks the agent to run ([`StartSpec`],
 //!   [`ExecSpec`], both built on [`CommandSpec`]) and whom a signal is for
 //!   ([`SignalTarget`]).
@@ -20,6 +22,7 @@
 //!   [`MAIN_SESSION`], [`ExitStatus`], [`BootError`] and its [`BootStage`],
 //!   [`OutputStream`].
 
+pub mod files;
 pub mod isolation;
 pub mod sap;
 pub mod spawn;
@@ -27,6 +30,10 @@ pub mod spec;
 
 use serde::{Deserialize, Serialize};
 
+pub use files::{
+    FileAnswer, FileFailure, FileFailureKind, FileKind, FileOp, FileResult, FileStat,
+    FILE_OUTPUT_WINDOW,
+};
 pub use isolation::{BindMount, Confinement, IdRange, Ids, Rlimit, RootPlan, SpawnPlan, HOST_BASE};
 pub use sap::{Frame, FrameError, MAX_FRAME};
 pub use spawn::SPAWNER_FD;

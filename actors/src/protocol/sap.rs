@@ -29,6 +29,9 @@
 //!    and `Resize` once `Ready` came. An exec session is answered by
 //!    `SessionStarted` or `SessionFailed`; `Stdin` bytes by
 //!    `StdinConsumed` (the host keeps at most a window of them unanswered).
+//!    A session may carry a file operation instead of a command (see
+//!    [`files`](super::files)); its output is then windowed the other way:
+//!    host → agent `OutputConsumed`.
 //! 6. agent → host `Exited { session, status }` for an exec session once its
 //!    process is reaped and its output sent, so its output always comes
 //!    before its exit.
@@ -78,6 +81,15 @@ pub enum Frame {
         rows: u16,
         /// Columns.
         cols: u16,
+    },
+    /// host → agent: the host took this many bytes of a file session's
+    /// output off its queue; the agent may send that much more (flow
+    /// control, see [`FILE_OUTPUT_WINDOW`](super::FILE_OUTPUT_WINDOW)).
+    OutputConsumed {
+        /// Session id.
+        session: u64,
+        /// Bytes.
+        bytes: u64,
     },
     /// agent → host: an exec session's process runs.
     SessionStarted {
@@ -156,6 +168,7 @@ const SIGNAL: u8 = 2;
 const EXEC: u8 = 3;
 const STDIN: u8 = 4;
 const RESIZE: u8 = 5;
+const OUTPUT_CONSUMED: u8 = 6;
 const READY: u8 = 0x82;
 const OUTPUT: u8 = 0x83;
 const EXITED: u8 = 0x84;
@@ -245,6 +258,14 @@ impl Frame {
                 out.extend_from_slice(&session.to_be_bytes());
                 out.extend_from_slice(data);
             }
+            Frame::OutputConsumed { session, bytes } => json(
+                out,
+                OUTPUT_CONSUMED,
+                &StdinConsumedBody {
+                    session: *session,
+                    bytes: *bytes,
+                },
+            ),
             Frame::StdinConsumed { session, bytes } => json(
                 out,
                 STDIN_CONSUMED,
@@ -367,6 +388,13 @@ impl Frame {
             STDIN_CONSUMED => {
                 let b: StdinConsumedBody = json_body(kind, &body)?;
                 Frame::StdinConsumed {
+                    session: b.session,
+                    bytes: b.bytes,
+                }
+            }
+            OUTPUT_CONSUMED => {
+                let b: StdinConsumedBody = json_body(kind, &body)?;
+                Frame::OutputConsumed {
                     session: b.session,
                     bytes: b.bytes,
                 }

@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::files::FileOp;
 use super::isolation::{Confinement, Ids};
 
 /// A session's command and its standard streams: the same for the main
@@ -40,6 +41,10 @@ pub struct CommandSpec {
     /// sandbox's default user).
     #[serde(default)]
     pub user: Option<Ids>,
+    /// Carry out this file operation instead of running `command` (see
+    /// [`files`](super::files)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FileOp>,
 }
 
 /// What the host asks the agent to run.

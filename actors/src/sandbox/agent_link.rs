@@ -297,6 +297,7 @@ impl AgentLinkState {
                 if let Some(flow) = self.stdin.get_mut(&session) {
                     flow.consumed(bytes as usize);
                 }
+                self.routes.send(session, ExecItem::InputTaken { bytes });
                 self.pump_stdin(session).await;
             }
             Frame::Ready { pid } => {
@@ -343,6 +344,10 @@ impl AgentLinkState {
             }
             SessionInput::Signal(signo) => {
                 self.signal(SignalTarget::Session(session), signo).await;
+            }
+            SessionInput::OutputConsumed(bytes) => {
+                self.send_frame(&Frame::OutputConsumed { session, bytes })
+                    .await;
             }
             SessionInput::Expire => {
                 if self.routes.contains(session) {

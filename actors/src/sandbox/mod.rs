@@ -11,6 +11,7 @@
 //! | [`agent_link`] | the [`AgentLink`] actor: starts the agent through a [`Backend`](crate::backend::Backend), frames in and out |
 //! | [`capture`] | the output reader task: socket → relay tap, in wire order |
 //! | [`stdin`] | stdin flow control per exec session |
+//! | [`detached`] | one session (a file operation) on an agent started outside any run, for a sandbox that is not running |
 //! | [`session`] | exec sessions' live output routes |
 //! | [`net_helper`] | the NetHelper actor: a private network's helper process, restarted when it dies |
 //! | [`health`] | health checks: their config and the state their results add up to |
@@ -35,11 +36,14 @@
 //! - [`SandboxEnded`]: the supervisor → its parent (the root), once, before any
 //!   waiter is answered.
 //! - [`ExecItem`]: the agent link and the capture task → an exec session's
-//!   caller, live.
+//!   caller, live (a detached session's relay task → its caller, too).
+//! - [`SessionInput`]: a session's caller → the supervisor → the agent link
+//!   (or → a detached session's relay task).
 
 pub mod agent_link;
 pub mod boot_error;
 pub mod capture;
+pub mod detached;
 pub mod events;
 pub mod health;
 pub mod lifecycle;
@@ -473,6 +477,9 @@ pub enum SessionInput {
     /// Its deadline passed: SIGKILL to its process group, and its exit is
     /// reported as timed out.
     Expire,
+    /// The caller took this many bytes of a file session's output: the
+    /// agent may send that much more (SAP `OutputConsumed`).
+    OutputConsumed(u64),
 }
 
 /// What an exec session's caller receives, in order.
@@ -484,6 +491,13 @@ pub enum ExecItem {
         source: LogSource,
         /// The bytes.
         data: bytes::Bytes,
+    },
+    /// The agent took this many bytes of the session's stdin off the host's
+    /// window: a caller feeding a large input waits for these (a file
+    /// session's copy in), so nothing large waits in memory.
+    InputTaken {
+        /// Bytes.
+        bytes: u64,
     },
     /// The session's process exited; nothing follows.
     Exited {

@@ -371,13 +371,28 @@ impl Actor for SandboxSupervisor {
                 output,
                 reply,
             } => {
+                // A file operation is no user session: it runs whenever the
+                // agent does, writes nothing to exec.log, publishes no
+                // session events and does not hold a drain.
+                let file_op = spec.run.files.is_some();
                 let refused = match state.phase.status() {
                     _ if state.phase.is_ended() => Some(ExecRefused::NotRunning),
                     SandboxStatus::Running => None,
+                    SandboxStatus::Paused | SandboxStatus::Draining if file_op => None,
                     SandboxStatus::Draining => Some(ExecRefused::Draining),
                     _ => Some(ExecRefused::NotRunning),
                 };
                 match (refused, state.link.clone()) {
+                    (None, Some(link)) if file_op => {
+                        state.next_session += 1;
+                        spec.session = state.next_session;
+                        link.cast(AgentLinkMsg::Exec {
+                            spec,
+                            logged: false,
+                            output,
+                            reply,
+                        })?;
+                    }
                     (None, Some(link)) => {
                         state.next_session += 1;
                         spec.session = state.next_session;

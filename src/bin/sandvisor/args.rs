@@ -72,6 +72,13 @@ pub(crate) enum Command {
         after_help = "Examples:\n  sandvisor update --memory 512M worker\n  sandvisor update --cpus 2 --pids-limit 200 worker web"
     )]
     Update(UpdateArgs),
+    /// Copy files between a sandbox (running or not) and the host, as
+    /// docker cp does: one side is NAME:PATH; `-` is a tar stream on
+    /// stdin (SRC) or stdout (DST).
+    #[command(
+        after_help = "Examples:\n  sandvisor cp ./input worker:/data/\n  sandvisor cp worker:/data/out ./results\n  sandvisor cp worker:/data/. ./results   # the directory's contents\n  tar -c -f - dir | sandvisor cp - worker:/data\n  sandvisor cp worker:/etc/hosts - | tar -t"
+    )]
+    Cp(CpArgs),
     /// CPU and memory of running sandboxes (-w: every second).
     #[command(after_help = "Examples:\n  sandvisor metrics\n  sandvisor metrics -w worker")]
     Metrics(MetricsArgs),
@@ -496,6 +503,14 @@ pub(crate) struct LimitArgs {
     /// or `unlimited` (`run`'s default: 1024).
     #[arg(long, value_name = "N", value_parser = parse_pids)]
     pub pids_limit: Option<Limit>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CpArgs {
+    /// What to copy: a host path, NAME:PATH, or `-` (a tar stream on stdin).
+    pub src: String,
+    /// Where: NAME:PATH, a host path, or `-` (a tar stream on stdout).
+    pub dst: String,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@
 
 mod act;
 mod args;
+mod cp;
 mod image;
 mod out;
 mod printer;
@@ -132,6 +133,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Update(args) => act::update(home, args).await,
         Command::Image(args) => image::image(home, args).await,
         Command::Snapshot(args) => snapshot::snapshot(home, args).await,
+        Command::Cp(args) => cp::cp(home, args).await,
     };
     match result {
         Ok(code) => code,

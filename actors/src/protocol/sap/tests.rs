@@ -75,8 +75,16 @@ fn frames_round_trip_and_split_anywhere() {
                     uid: 1000,
                     gid: 100,
                 }),
+                files: Some(crate::protocol::FileOp::Mkdir {
+                    path: "/x".into(),
+                    parents: true,
+                }),
             },
         }),
+        Frame::OutputConsumed {
+            session: 2,
+            bytes: 65536,
+        },
         Frame::Resize {
             session: 2,
             rows: 50,

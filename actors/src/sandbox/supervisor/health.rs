@@ -203,6 +203,7 @@ async fn collect(
         Ok(Ok(_)) => loop {
             match items.recv().await {
                 Some(ExecItem::Output { data, .. }) => output.push(&data),
+                Some(ExecItem::InputTaken { .. }) => {}
                 Some(ExecItem::Exited {
                     code,
                     signal,

@@ -23,6 +23,7 @@
 //! `setup` stands alone): none of them uses this file.
 
 mod confine;
+mod files;
 mod host;
 mod relay;
 pub(crate) mod root;
@@ -36,7 +37,6 @@ use bytes::BytesMut;
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::unistd::Pid;
 use sandvisor_actors::protocol::{BootError, BootStage, Frame, SpawnPlan, StartSpec, MAIN_SESSION};
 
 use host::{read_start, send};
@@ -66,7 +66,7 @@ fn boot_failed(sock: &mut UnixStream, error: BootError) -> ! {
 /// Starts the main command in the set-up sandbox, relays until it has
 /// ended, reports its exit and exits.
 fn init(mut sock: UnixStream, spec: StartSpec, inbox: BytesMut) -> ! {
-    let (mut child, terminal) = match session::spawn_session(&spec.run, spec.confine.as_ref()) {
+    let spawned = match session::spawn_session(&spec.run, spec.confine.as_ref()) {
         Ok(spawned) => spawned,
         Err(failure) => {
             let error = BootError {
@@ -95,12 +95,19 @@ fn init(mut sock: UnixStream, spec: StartSpec, inbox: BytesMut) -> ! {
         Ok(fd) => fd,
         Err(errno) => boot_failed(&mut sock, boot_error(BootStage::Other, errno, "signalfd")),
     };
-    let main_pid = Pid::from_raw(child.id() as i32);
-    if send(&mut sock, &Frame::Ready { pid: child.id() }).is_err() {
+    let main_pid = spawned.pid;
+    if send(
+        &mut sock,
+        &Frame::Ready {
+            pid: main_pid.as_raw() as u32,
+        },
+    )
+    .is_err()
+    {
         kill_all(&spec, main_pid);
         std::process::exit(1);
     }
-    let status = relay::supervise(&mut sock, inbox, &spec, &mut child, terminal, &sigfd);
+    let status = relay::supervise(&mut sock, inbox, &spec, spawned, &sigfd);
     let frame = Frame::Exited {
         session: MAIN_SESSION,
         status: status.unwrap_or_default(),

@@ -3,9 +3,11 @@
 //!
 //! # Contract
 //! - Output is read in chunks of up to 64 KiB and sent as one `Output` frame
-//!   each, in the order read per pipe.
+//!   each, in the order read per pipe. A file session's pipes are read only
+//!   while fewer than `FILE_OUTPUT_WINDOW` of its bytes await the host's
+//!   `OutputConsumed`.
 //! - Frames from the host are acted on in order: `Signal`, `Exec`, `Resize`,
-//!   `Stdin`; anything else is ignored. A frame that does not decode means
+//!   `Stdin`, `OutputConsumed`; anything else is ignored. A frame that does not decode means
 //!   the host is gone.
 //! - A signal sent to the agent itself goes to every process of the sandbox.
 //! - When the main command has exited, everything left is killed; the loop
@@ -16,9 +18,8 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::process::Child;
 
 use bytes::{Bytes, BytesMut};
 use nix::errno::Errno;
@@ -29,7 +30,7 @@ use nix::unistd::Pid;
 use sandvisor_actors::protocol::{ExitStatus, Frame, SignalTarget, StartSpec, MAIN_SESSION};
 
 use super::host::send;
-use super::session::Agent;
+use super::session::{Agent, Spawned};
 
 /// Relays output, signals, exec sessions and stdin until the main command has
 /// exited and all output is drained; returns its status.
@@ -37,21 +38,20 @@ pub(super) fn supervise(
     sock: &mut UnixStream,
     inbox: BytesMut,
     spec: &StartSpec,
-    child: &mut Child,
-    terminal: Option<OwnedFd>,
+    spawned: Spawned,
     sigfd: &SignalFd,
 ) -> Option<ExitStatus> {
     let mut agent = Agent {
         sock,
         spec,
-        main_pid: Pid::from_raw(child.id() as i32),
+        main_pid: spawned.pid,
         main_status: None,
         sessions: HashMap::new(),
         pipes: Vec::new(),
         inbox,
         host_gone: false,
     };
-    let main = agent.attach_session(MAIN_SESSION, agent.main_pid, child, terminal);
+    let main = agent.attach_session(MAIN_SESSION, spawned);
     agent.sessions.insert(MAIN_SESSION, main);
     // Frames that came in right behind Start.
     agent.handle_frames();
@@ -81,10 +81,14 @@ impl Agent<'_> {
                     PollFd::new(self.sock.as_fd(), PollFlags::POLLIN),
                     PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
                 ];
+                // A file session's pipes wait while its window is full.
+                let polled: Vec<usize> = (0..self.pipes.len())
+                    .filter(|&i| !self.window_full(self.pipes[i].2))
+                    .collect();
                 fds.extend(
-                    self.pipes
+                    polled
                         .iter()
-                        .map(|(fd, _, _)| PollFd::new(fd.as_fd(), PollFlags::POLLIN)),
+                        .map(|&i| PollFd::new(self.pipes[i].0.as_fd(), PollFlags::POLLIN)),
                 );
                 for id in &stdin_ids {
                     if let Some(fd) = self.sessions.get(id).and_then(|s| s.stdin.as_ref()) {
@@ -104,7 +108,13 @@ impl Agent<'_> {
                 };
                 match poll(&mut fds, timeout) {
                     Ok(0) if self.main_status.is_some() => {
-                        self.pipes.clear();
+                        // Quiet pipes are given up; a file session's output
+                        // waiting for the host's acknowledgements is not.
+                        let pipes = std::mem::take(&mut self.pipes);
+                        self.pipes = pipes
+                            .into_iter()
+                            .filter(|(_, _, session)| self.window_full(*session))
+                            .collect();
                         continue;
                     }
                     Ok(0) => {
@@ -116,11 +126,15 @@ impl Agent<'_> {
                     Err(_) => return self.main_status,
                 }
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-                let pipes_end = 2 + self.pipes.len();
+                let pipes_end = 2 + polled.len();
+                let mut ready_pipes = vec![false; self.pipes.len()];
+                for (&i, fd) in polled.iter().zip(&fds[2..pipes_end]) {
+                    ready_pipes[i] = ready(fd);
+                }
                 (
                     ready(&fds[0]),
                     ready(&fds[1]),
-                    fds[2..pipes_end].iter().map(ready).collect::<Vec<_>>(),
+                    ready_pipes,
                     fds[pipes_end..].iter().map(ready).collect::<Vec<_>>(),
                 )
             };
@@ -175,6 +189,13 @@ impl Agent<'_> {
         match nix::unistd::read(fd, buf) {
             Ok(0) | Err(Errno::EBADF) => self.close_pipe(i),
             Ok(n) => {
+                if let Some(unacked) = self
+                    .sessions
+                    .get_mut(&session)
+                    .and_then(|s| s.unacked.as_mut())
+                {
+                    *unacked += n as u64;
+                }
                 let frame = Frame::Output {
                     session,
                     stream: tag,
@@ -215,6 +236,9 @@ impl Agent<'_> {
                         cols,
                     } => self.resize(session, rows, cols),
                     Frame::Stdin { session, data } => self.stdin(session, data),
+                    Frame::OutputConsumed { session, bytes } => {
+                        self.output_consumed(session, bytes)
+                    }
                     _ => {}
                 },
                 Ok(None) => return,

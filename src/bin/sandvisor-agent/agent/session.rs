@@ -30,7 +30,8 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use sandvisor_actors::protocol::{
-    CommandSpec, Confinement, ExecSpec, ExitStatus, Frame, OutputStream, StartSpec, MAIN_SESSION,
+    CommandSpec, Confinement, ExecSpec, ExitStatus, Frame, OutputStream, StartSpec,
+    FILE_OUTPUT_WINDOW, MAIN_SESSION,
 };
 
 use super::host::send;
@@ -40,6 +41,32 @@ use super::host::send;
 const SESSION_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 /// Most stdin bytes held for a session that does not read.
 const STDIN_PENDING_MAX: usize = 16 << 20;
+
+/// A started session's leader and the agent's ends of its streams.
+pub(super) struct Spawned {
+    pub(super) pid: Pid,
+    pub(super) stdin: Option<OwnedFd>,
+    pub(super) stdout: Option<OwnedFd>,
+    pub(super) stderr: Option<OwnedFd>,
+    /// The pseudo-terminal's master, for terminal sessions.
+    pub(super) terminal: Option<OwnedFd>,
+    /// A file session: its output is windowed (see
+    /// [`FILE_OUTPUT_WINDOW`](sandvisor_actors::protocol::FILE_OUTPUT_WINDOW)).
+    pub(super) windowed: bool,
+}
+
+impl Spawned {
+    fn from_child(mut child: Child, terminal: Option<OwnedFd>) -> Self {
+        Self {
+            pid: Pid::from_raw(child.id() as i32),
+            stdin: child.stdin.take().map(OwnedFd::from),
+            stdout: child.stdout.take().map(OwnedFd::from),
+            stderr: child.stderr.take().map(OwnedFd::from),
+            terminal,
+            windowed: false,
+        }
+    }
+}
 
 /// A session: its leader, its pipes and its stdin.
 pub(super) struct Session {
@@ -57,6 +84,9 @@ pub(super) struct Session {
     /// a session that does not read cannot stall the agent).
     pub(super) stdin_pending: Vec<u8>,
     pub(super) close_stdin: bool,
+    /// For a file session: output bytes sent that the host has not
+    /// acknowledged yet (its pipes are not read while the window is full).
+    pub(super) unacked: Option<u64>,
 }
 
 /// The agent's running state: the host link, the main command, the exec
@@ -120,11 +150,16 @@ const STEP_EXEC: u8 = b'x';
 
 /// Starts a session's leader on a new terminal (whose master is returned)
 /// or on pipes, in a process group of its own, confined by `confine` (see
-/// [`confine`](super::confine)), in its working directory.
+/// [`confine`](super::confine)), in its working directory. A session that
+/// carries a file operation runs it in a forked process confined the same
+/// way (see [`files`](super::files)).
 pub(super) fn spawn_session(
     run: &CommandSpec,
     confine: Option<&Confinement>,
-) -> Result<(Child, Option<OwnedFd>), SpawnFailure> {
+) -> Result<Spawned, SpawnFailure> {
+    if let Some(op) = &run.files {
+        return super::files::spawn(op, confine, run.user).map_err(SpawnFailure::Setup);
+    }
     let mut command = Command::new(&run.command);
     command
         .args(&run.args)
@@ -201,7 +236,7 @@ pub(super) fn spawn_session(
     // The terminal's slave ends, held by the command, close with it.
     drop(command);
     match spawned {
-        Ok(child) => Ok((child, terminal)),
+        Ok(child) => Ok(Spawned::from_child(child, terminal)),
         Err(err) => Err(match steps {
             None if matches!(err.raw_os_error(), Some(libc::EAGAIN | libc::ENOMEM)) => {
                 SpawnFailure::Setup(err)
@@ -272,15 +307,15 @@ impl Agent<'_> {
             self.exec_failed(&exec, &SpawnFailure::Setup(err));
             return;
         }
-        let (mut child, terminal) = match spawn_session(&exec.run, self.spec.confine.as_ref()) {
+        let spawned = match spawn_session(&exec.run, self.spec.confine.as_ref()) {
             Ok(spawned) => spawned,
             Err(err) => {
                 self.exec_failed(&exec, &err);
                 return;
             }
         };
-        let pid = Pid::from_raw(child.id() as i32);
-        let session = self.attach_session(exec.session, pid, &mut child, terminal);
+        let pid = spawned.pid;
+        let session = self.attach_session(exec.session, spawned);
         self.sessions.insert(exec.session, session);
         let frame = Frame::SessionStarted {
             session: exec.session,
@@ -293,13 +328,15 @@ impl Agent<'_> {
 
     /// Takes the standard streams of a session's leader (or its terminal's
     /// master): output pipes join the relay, stdin becomes non-blocking.
-    pub(super) fn attach_session(
-        &mut self,
-        id: u64,
-        pid: Pid,
-        child: &mut Child,
-        terminal: Option<OwnedFd>,
-    ) -> Session {
+    pub(super) fn attach_session(&mut self, id: u64, spawned: Spawned) -> Session {
+        let Spawned {
+            pid,
+            stdin,
+            stdout,
+            stderr,
+            terminal,
+            windowed,
+        } = spawned;
         let mut open_pipes = 0;
         let mut terminal_master = None;
         let stdin = match terminal {
@@ -311,7 +348,7 @@ impl Agent<'_> {
                 open_pipes += 1;
                 input
             }
-            None => child.stdin.take().map(OwnedFd::from),
+            None => stdin,
         };
         if let Some(fd) = &stdin {
             // SAFETY: fcntl on a descriptor this process owns.
@@ -321,8 +358,8 @@ impl Agent<'_> {
             }
         }
         for (pipe, tag) in [
-            (child.stdout.take().map(OwnedFd::from), OutputStream::Stdout),
-            (child.stderr.take().map(OwnedFd::from), OutputStream::Stderr),
+            (stdout, OutputStream::Stdout),
+            (stderr, OutputStream::Stderr),
         ] {
             if let Some(fd) = pipe {
                 self.pipes.push((fd, tag, id));
@@ -338,7 +375,25 @@ impl Agent<'_> {
             stdin,
             stdin_pending: Vec::new(),
             close_stdin: false,
+            unacked: windowed.then_some(0),
         }
+    }
+
+    /// The host took `bytes` of a file session's output: its pipes may be
+    /// read again while the window has room.
+    pub(super) fn output_consumed(&mut self, id: u64, bytes: u64) {
+        if let Some(unacked) = self.sessions.get_mut(&id).and_then(|s| s.unacked.as_mut()) {
+            *unacked = unacked.saturating_sub(bytes);
+        }
+    }
+
+    /// Whether the pipes of session `id` wait for the host's
+    /// acknowledgements (a file session with a full window).
+    pub(super) fn window_full(&self, id: u64) -> bool {
+        self.sessions
+            .get(&id)
+            .and_then(|s| s.unacked)
+            .is_some_and(|unacked| unacked >= FILE_OUTPUT_WINDOW)
     }
 
     fn exec_failed(&mut self, exec: &ExecSpec, failure: &SpawnFailure) {
@@ -530,6 +585,9 @@ impl Agent<'_> {
         let overdue: Vec<u64> = self
             .sessions
             .iter()
+            // A file session's output waits for the host, not for a
+            // straggler: it is never cut short.
+            .filter(|(_, s)| s.unacked.is_none())
             .filter(|(_, s)| s.leader_gone.is_some_and(|t| t.elapsed() >= SESSION_DRAIN))
             .map(|(id, _)| *id)
             .collect();
