@@ -141,6 +141,19 @@ fn cp_on_a_stopped_sandbox_leaves_it_stopped() {
         "#!/bin/sh\necho b\n"
     );
     assert_eq!(mode(&back), 0o755);
+    // A setuid file the sandbox made is no setuid file on the host.
+    cli.ok(&[
+        "run",
+        "--name",
+        "suid",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /root/s && cp /bin/true /root/s/tool && chmod 6755 /root/s/tool",
+    ]);
+    let tool = work.path().join("tool");
+    cli.ok(&["cp", "suid:/root/s/tool", tool.to_str().unwrap()]);
+    assert_eq!(mode(&tool), 0o755, "setuid and setgid bits stripped");
     let ps = cli.ok(&["ps", "-a", "--json"]);
     assert!(ps.contains("\"Stopped\""), "{ps}");
     assert!(

@@ -202,6 +202,9 @@ fn unpack(
 ) -> sandvisor::Result<()> {
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
+    // Never a setuid or setgid file of the sandbox's making on the host
+    // (owned by whoever runs `cp`, root often).
+    archive.set_mask(0o6000);
     archive.set_preserve_mtime(true);
     let existing = std::fs::metadata(dst).ok();
     if existing.as_ref().is_some_and(|meta| meta.is_dir()) {
