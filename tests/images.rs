@@ -496,3 +496,27 @@ async fn a_hundred_sandboxes_share_one_unpacked_image() {
         sandboxes_bytes / 1024 / 100
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_multi_platform_image_resolves_to_linux_amd64() {
+    let registry = Registry::start();
+    let image = two_layer_image();
+    image_kit::multi_platform(&image, "v1");
+    registry.push_all(&image, "v1", "tests/multi:v1");
+    let (_home, rt) = runtime().await;
+    let pulled = rt
+        .images()
+        .pull(&registry.name("tests/multi:v1"), &PullOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(pulled.id, image.id, "the amd64 image");
+    assert_eq!(pulled.config.architecture, "amd64");
+    let (_other_home, other) = runtime().await;
+    let loaded = other
+        .images()
+        .load(std::io::Cursor::new(image.tar()))
+        .await
+        .unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].id, image.id);
+}

@@ -355,3 +355,78 @@ pub fn disk_use(dir: &Path) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
+
+/// `layout` turned into a multi-platform image: its index.json names an
+/// image index of an arm64 image (one tiny layer) and the original amd64
+/// one.
+pub fn multi_platform(layout: &Layout, tag: &str) -> String {
+    let blobs = layout.path().join("blobs/sha256");
+    let put = |bytes: &[u8]| {
+        let digest = digest(bytes);
+        std::fs::write(blobs.join(digest.strip_prefix("sha256:").unwrap()), bytes).unwrap();
+        (digest, bytes.len())
+    };
+    let tar = layer_tar(&vec![Entry::File("arm".into(), b"arm64\n".to_vec(), 0o644)]);
+    let (layer, layer_size) = put(&gzip(&tar));
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "arm64", "os": "linux", "config": {},
+        "rootfs": { "type": "layers", "diff_ids": [digest(&tar)] },
+    }))
+    .unwrap();
+    let (config, config_size) = put(&config);
+    let arm = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": layer_size }],
+    }))
+    .unwrap();
+    let (arm, arm_size) = put(&arm);
+    let amd_size = std::fs::metadata(layout.blob(&layout.manifest))
+        .unwrap()
+        .len();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            { "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm, "size": arm_size,
+              "platform": { "architecture": "arm64", "os": "linux" } },
+            { "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": layout.manifest, "size": amd_size,
+              "platform": { "architecture": "amd64", "os": "linux" } },
+        ],
+    }))
+    .unwrap();
+    let (index, index_size) = put(&index);
+    std::fs::write(
+        layout.path().join("index.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": index,
+                "size": index_size,
+                "annotations": { "org.opencontainers.image.ref.name": tag },
+            }],
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    index
+}
+
+impl Registry {
+    /// Pushes every platform of `layout` (an index) as `<repository>`.
+    pub fn push_all(&self, layout: &Layout, tag: &str, repository: &str) {
+        let out = Command::new("skopeo")
+            .args(["copy", "--all", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:{tag}", layout.path().display()))
+            .arg(format!("docker://{}", self.name(repository)))
+            .output()
+            .expect("skopeo is installed");
+        assert!(
+            out.status.success(),
+            "skopeo push --all: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
