@@ -35,7 +35,7 @@ pub const SOCKET_DIR: &str = "run";
 /// The `Upgrade` protocol of an exec session's connection.
 pub const EXEC_PROTOCOL: &str = "sandvisor-exec/1";
 /// The `Upgrade` protocol of a file operation's connection (the exec
-/// session's frames, see [`frame`]).
+/// session's frames, see `frame.rs`).
 pub const FILES_PROTOCOL: &str = "sandvisor-files/1";
 
 /// The daemon's socket under `home`.

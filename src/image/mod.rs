@@ -305,7 +305,7 @@ impl Images {
         .map_err(|e| Error::Internal(format!("image lock: {e}")))?
     }
 
-    /// Pulls `reference` from its registry (see [`pull`] for what is
+    /// Pulls `reference` from its registry (see the `pull` module doc for what is
     /// verified); a pulled image is stored under its normalized name.
     ///
     /// # Errors

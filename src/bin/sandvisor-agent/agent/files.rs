@@ -5,7 +5,7 @@
 //! - [`spawn`] forks; the child leads a process group of its own, takes the
 //!   three pipes as its standard streams, closes every other descriptor (the
 //!   host's socket among them), applies the session's confinement
-//!   ([`confine::apply`](super::confine::apply)) and carries the operation
+//!   ([`confine::apply`]) and carries the operation
 //!   out from `/` of the sandbox: nothing outside the sandbox's root is in
 //!   its mount namespace or reachable from its root, and it holds no more
 //!   privilege than the sandbox's own code. It never returns to the agent's

@@ -51,7 +51,7 @@ pub(super) struct Spawned {
     /// The pseudo-terminal's master, for terminal sessions.
     pub(super) terminal: Option<OwnedFd>,
     /// A file session: its output is windowed (see
-    /// [`FILE_OUTPUT_WINDOW`](sandvisor_actors::protocol::FILE_OUTPUT_WINDOW)).
+    /// `FILE_OUTPUT_WINDOW`).
     pub(super) windowed: bool,
 }
 
