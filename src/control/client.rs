@@ -328,18 +328,21 @@ impl ControlClient {
             .await
     }
 
-    /// [`Self::files`] without its bound.
-    async fn files_start(
+    /// Posts `body` to the sandbox's `action` asking for `protocol`; the
+    /// upgraded connection once the server answers `101`.
+    async fn upgrade(
         &self,
         name: &str,
-        op: &sandvisor_actors::protocol::FileOp,
-    ) -> Result<crate::files::FileChannel> {
+        action: &str,
+        body: Bytes,
+        protocol: &'static str,
+    ) -> Result<hyper::upgrade::Upgraded> {
         let mut sender = self.connect(true).await?;
         let request = self.request(
             Method::POST,
-            sandbox_path(name, "files")?,
-            Some(to_json(op)?),
-            Some(FILES_PROTOCOL),
+            sandbox_path(name, action)?,
+            Some(body),
+            Some(protocol),
         )?;
         let response = sender
             .send_request(request)
@@ -349,9 +352,20 @@ impl ControlClient {
             let (status, body) = self.read(response).await?;
             return Err(error_from(status, &body));
         }
-        let upgraded = hyper::upgrade::on(response)
+        hyper::upgrade::on(response)
             .await
-            .map_err(|e| self.unreachable(e))?;
+            .map_err(|e| self.unreachable(e))
+    }
+
+    /// [`Self::files`] without its bound.
+    async fn files_start(
+        &self,
+        name: &str,
+        op: &sandvisor_actors::protocol::FileOp,
+    ) -> Result<crate::files::FileChannel> {
+        let upgraded = self
+            .upgrade(name, "files", to_json(op)?, FILES_PROTOCOL)
+            .await?;
         let framed = Framed::new(TokioIo::new(upgraded), frame::codec());
         let (items, items_rx) = mpsc::unbounded_channel();
         let (input, input_rx) = mpsc::unbounded_channel();
@@ -361,24 +375,9 @@ impl ControlClient {
 
     /// [`Self::exec`] without its bound.
     async fn exec_start(&self, name: &str, config: &ExecConfig) -> Result<ExecHandle> {
-        let mut sender = self.connect(true).await?;
-        let request = self.request(
-            Method::POST,
-            sandbox_path(name, "exec")?,
-            Some(to_json(config)?),
-            Some(EXEC_PROTOCOL),
-        )?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let (status, body) = self.read(response).await?;
-            return Err(error_from(status, &body));
-        }
-        let upgraded = hyper::upgrade::on(response)
-            .await
-            .map_err(|e| self.unreachable(e))?;
+        let upgraded = self
+            .upgrade(name, "exec", to_json(config)?, EXEC_PROTOCOL)
+            .await?;
         let mut framed = Framed::new(TokioIo::new(upgraded), frame::codec());
         let (id, pid) = match framed.next().await {
             Some(Ok(bytes)) => match ExecFrame::decode(bytes.freeze()) {

@@ -510,13 +510,7 @@ async fn exec(
 ) -> Reply<Response> {
     let runtime = live(&runtime)?;
     let upgrade = hyper::upgrade::on(&mut request);
-    let body = axum::body::to_bytes(request.into_body(), MAX_BODY)
-        .await
-        .map_err(|e| {
-            ApiError(ErrorBody::BadRequest {
-                message: format!("request body: {e}"),
-            })
-        })?;
+    let body = request_body(request).await?;
     let config: ExecConfig = parse(&body)?;
     let handle = hosted(&runtime, &name).await?.exec(config).await?;
     tokio::spawn(async move {
@@ -548,13 +542,7 @@ async fn files(
 ) -> Reply<Response> {
     let runtime = live(&runtime)?;
     let upgrade = hyper::upgrade::on(&mut request);
-    let body = axum::body::to_bytes(request.into_body(), MAX_BODY)
-        .await
-        .map_err(|e| {
-            ApiError(ErrorBody::BadRequest {
-                message: format!("request body: {e}"),
-            })
-        })?;
+    let body = request_body(request).await?;
     // No default: an empty body names no operation.
     let op: FileOp = serde_json::from_slice(&body).map_err(|e| {
         ApiError(ErrorBody::BadRequest {
@@ -717,4 +705,15 @@ fn deliver(handle: &mut ExecHandle, frame: ExecFrame) {
             Ok(())
         }
     };
+}
+
+/// The body of `request`, at most `MAX_BODY` bytes.
+async fn request_body(request: Request) -> Reply<bytes::Bytes> {
+    axum::body::to_bytes(request.into_body(), MAX_BODY)
+        .await
+        .map_err(|e| {
+            ApiError(ErrorBody::BadRequest {
+                message: format!("request body: {e}"),
+            })
+        })
 }

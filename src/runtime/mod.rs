@@ -279,14 +279,9 @@ impl Sandvisor {
 
     /// The status of `name` and the id of its newest run, from the store.
     pub(crate) async fn run_state(&self, name: &str) -> Result<(SandboxStatus, Option<i64>)> {
-        let row = self
-            .inner
-            .store
-            .sandbox(name)
-            .await?
-            .ok_or_else(|| Error::SandboxNotFound(name.to_string()))?;
+        let status = self.get(name).await?.status_snapshot();
         let last = self.inner.store.runs(name).await?.pop().map(|run| run.id);
-        Ok((row.status, last))
+        Ok((status, last))
     }
 
     /// The images of this runtime's home.

@@ -492,31 +492,13 @@ fn copy_in(dest: &str, input: impl Read) -> FileResult {
             file.set_modified(time)
                 .map_err(|err| io_failure(&shown, &err))?;
         } else if kind.is_symlink() {
-            let target = entry
-                .link_name_bytes()
-                .ok_or_else(|| {
-                    failure(
-                        FileFailureKind::BadArchive,
-                        &shown,
-                        "a link without a target",
-                    )
-                })?
-                .into_owned();
+            let target = link_target(&entry, &shown)?;
             clear_name(&parent, name, &shown)?;
             nix::unistd::symlinkat(OsStr::from_bytes(&target), &parent, name.as_os_str())
                 .map_err(|errno| errno_failure(&shown, errno))?;
             set_mtime(&parent, name, mtime).map_err(|errno| errno_failure(&shown, errno))?;
         } else if kind.is_hard_link() {
-            let target = entry
-                .link_name_bytes()
-                .ok_or_else(|| {
-                    failure(
-                        FileFailureKind::BadArchive,
-                        &shown,
-                        "a link without a target",
-                    )
-                })?
-                .into_owned();
+            let target = link_target(&entry, &shown)?;
             let target_parts = components(&target).ok_or_else(|| {
                 failure(
                     FileFailureKind::Escapes,
@@ -566,4 +548,18 @@ fn copy_in(dest: &str, input: impl Read) -> FileResult {
         }
     }
     Ok(FileAnswer::Done)
+}
+
+/// The target an archive's link entry names.
+fn link_target<R: Read>(entry: &tar::Entry<'_, R>, shown: &str) -> Result<Vec<u8>, FileFailure> {
+    entry
+        .link_name_bytes()
+        .map(std::borrow::Cow::into_owned)
+        .ok_or_else(|| {
+            failure(
+                FileFailureKind::BadArchive,
+                shown,
+                "a link without a target",
+            )
+        })
 }
