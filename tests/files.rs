@@ -562,3 +562,19 @@ async fn a_large_copy_streams_both_ways() {
     assert_eq!(sh_out(&sandbox, left).await.trim(), "0");
     sandbox.kill().await.unwrap();
 }
+
+/// A fifo or a link to `/dev/zero` planted where the host reads a file:
+/// refused at once, neither a hang nor an endless stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn reading_a_planted_fifo_or_device_is_refused() {
+    let (_home, rt) = runtime().await;
+    let sandbox = sleeper(&rt, "planted").await;
+    sh_out(&sandbox, "mkfifo /tmp/fifo; ln -s /dev/zero /tmp/zero").await;
+    for path in ["/tmp/fifo", "/tmp/zero"] {
+        let read = tokio::time::timeout(Duration::from_secs(10), sandbox.read_file(path))
+            .await
+            .unwrap_or_else(|_| panic!("read_file({path}) returned within 10 s"));
+        assert!(read.is_err(), "{path}: {read:?}");
+    }
+    sandbox.kill().await.unwrap();
+}

@@ -215,8 +215,26 @@ fn stat_of(name: String, meta: &std::fs::Metadata) -> FileStat {
 }
 
 fn read(path: &str, output: &mut impl Write) -> FileResult {
-    let mut file = File::open(path).map_err(|err| io_failure(path, &err))?;
-    io::copy(&mut file, output).map_err(|err| io_failure(path, &err))?;
+    // A fifo or device planted where the host expects a file would make the
+    // read wait or never end: regular files only, no further than their
+    // size when opened.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|err| io_failure(path, &err))?;
+    let meta = file.metadata().map_err(|err| io_failure(path, &err))?;
+    if meta.is_dir() {
+        return Err(failure(
+            FileFailureKind::IsADirectory,
+            path,
+            "is a directory",
+        ));
+    }
+    if !meta.is_file() {
+        return Err(failure(FileFailureKind::Other, path, "not a regular file"));
+    }
+    io::copy(&mut file.take(meta.len()), output).map_err(|err| io_failure(path, &err))?;
     Ok(FileAnswer::Done)
 }
 
