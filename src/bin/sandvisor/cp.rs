@@ -208,7 +208,29 @@ fn unpack(
     archive.set_preserve_mtime(true);
     let existing = std::fs::metadata(dst).ok();
     if existing.as_ref().is_some_and(|meta| meta.is_dir()) {
-        return archive.unpack(dst).map_err(io(dst));
+        // Into a directory that holds other things: only what was asked
+        // for (entries below `top`) may land there.
+        for entry in archive.entries().map_err(io(dst))? {
+            let mut entry = entry.map_err(io(dst))?;
+            if let Some(top) = &top {
+                let path = entry.path().map_err(io(dst))?.into_owned();
+                let first = path.components().find_map(|part| match part {
+                    std::path::Component::Normal(name) => Some(name.to_owned()),
+                    _ => None,
+                });
+                if first.as_deref() != Some(std::ffi::OsStr::new(top)) {
+                    return Err(Error::Io {
+                        path: dst.join(&path),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("the archive holds {} beside {top}", path.display()),
+                        ),
+                    });
+                }
+            }
+            entry.unpack_in(dst).map_err(io(dst))?;
+        }
+        return Ok(());
     }
     if existing.is_some() && source_is_dir {
         return Err(Error::Io {
