@@ -82,7 +82,12 @@ async fn a_snapshot_moves_a_sandbox_s_files_to_a_fresh_home() {
         "the snapshot's command ran again (it prints nothing)"
     );
     let inspected = other.get("from-file").await.unwrap().config().unwrap();
-    assert_eq!(inspected.command, "sh");
+    let source = rt.get("source").await.unwrap().config().unwrap();
+    assert_eq!(
+        (inspected.command, inspected.args),
+        (source.command, source.args),
+        "the snapshot's command and arguments"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -263,11 +263,26 @@ fn parse<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Reply<T> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
+    parse_required(body)
+}
+
+/// The JSON request body as `T`; an empty body is refused.
+fn parse_required<T: serde::de::DeserializeOwned>(body: &Bytes) -> Reply<T> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError(ErrorBody::BadRequest {
             message: format!("request body: {e}"),
         })
     })
+}
+
+/// The `101` that hands the connection over to `protocol`.
+fn switching(protocol: &'static str) -> Reply<Response> {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, protocol)
+        .body(Body::empty())
+        .map_err(|e| ApiError(Error::Internal(e.to_string()).into()))
 }
 
 /// The sandbox `name` if it runs here; otherwise the error that says why not.
@@ -524,12 +539,7 @@ async fn exec(
             }
         }
     });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, EXEC_PROTOCOL)
-        .body(Body::empty())
-        .map_err(|e| ApiError(Error::Internal(e.to_string()).into()))
+    switching(EXEC_PROTOCOL)
 }
 
 /// Starts the file operation, then answers `101` and relays its frames
@@ -544,11 +554,7 @@ async fn files(
     let upgrade = hyper::upgrade::on(&mut request);
     let body = request_body(request).await?;
     // No default: an empty body names no operation.
-    let op: FileOp = serde_json::from_slice(&body).map_err(|e| {
-        ApiError(ErrorBody::BadRequest {
-            message: format!("request body: {e}"),
-        })
-    })?;
+    let op: FileOp = parse_required(&body)?;
     let (input, items) = hosted(&runtime, &name).await?.file_session(op).await?;
     tokio::spawn(async move {
         match upgrade.await {
@@ -566,12 +572,7 @@ async fn files(
             }
         }
     });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, FILES_PROTOCOL)
-        .body(Body::empty())
-        .map_err(|e| ApiError(Error::Internal(e.to_string()).into()))
+    switching(FILES_PROTOCOL)
 }
 
 async fn relay_files<T>(

@@ -11,11 +11,10 @@
 //!   takes numbers only.
 
 use std::io::Read;
-use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::OFlag;
 
 use super::Image;
 use crate::config::SandboxConfig;
@@ -119,9 +118,6 @@ fn find(text: &str, name: &str) -> Option<Vec<String>> {
 /// it), read inside that layer.
 fn read_from_layers(lowers: &[PathBuf], path: &str) -> Option<String> {
     for layer in lowers {
-        let how = OpenHow::new()
-            .flags(OFlag::O_CLOEXEC | OFlag::O_PATH)
-            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
         let Ok(root) = nix::fcntl::open(
             Path::new(layer),
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -129,19 +125,16 @@ fn read_from_layers(lowers: &[PathBuf], path: &str) -> Option<String> {
         ) else {
             continue;
         };
-        let Ok(found) = openat2(root.as_fd(), path, how) else {
+        // O_PATH first: a whiteout (a device) is looked at, not opened.
+        let Ok(found) = super::layer::open_in(&root, Path::new(path), OFlag::O_PATH) else {
             continue;
         };
-        let file = std::fs::File::from(found);
-        let meta = file.metadata().ok()?;
+        let meta = std::fs::File::from(found).metadata().ok()?;
         if meta.file_type().is_char_device() {
             return None;
         }
-        let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
         let mut text = String::new();
-        std::fs::File::from(openat2(root.as_fd(), path, how).ok()?)
+        std::fs::File::from(super::layer::open_in(&root, Path::new(path), OFlag::O_RDONLY).ok()?)
             .take(1 << 20)
             .read_to_string(&mut text)
             .ok()?;

@@ -18,10 +18,10 @@
 //!   (images recorded before it stay).
 
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::OFlag;
 use serde::Deserialize;
 
 use super::{layer, parse_config, reference, unpack_layer, Image, Images};
@@ -146,7 +146,7 @@ fn extract(input: Box<dyn Read + Send>, dir: &Path) -> Result<()> {
         match entry.unpack_in(dir) {
             Ok(true) => {}
             Ok(false) => return Err(corrupt(format!("entry {shown} leaves the archive"))),
-            Err(e) if e.raw_os_error().is_some() => {
+            Err(e) if layer::is_write_error(&e) => {
                 return Err(Error::Io {
                     path: dir.to_path_buf(),
                     source: e,
@@ -165,10 +165,7 @@ struct Archive {
 
 impl Archive {
     fn open(&self, path: &str) -> Result<std::fs::File> {
-        let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        openat2(self.dir.as_fd(), path, how)
+        layer::open_in(&self.dir, Path::new(path), OFlag::O_RDONLY)
             .map(std::fs::File::from)
             .map_err(|e| corrupt(format!("{path}: {e}")))
     }

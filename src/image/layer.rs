@@ -225,8 +225,9 @@ pub(super) fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Whether `e` is the disk's fault rather than the archive's.
-fn is_write_error(e: &io::Error) -> bool {
+/// Whether `e` is the disk's fault rather than the archive's (the `tar`
+/// crate wraps the OS error).
+pub(super) fn is_write_error(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error()
             .or_else(|| e.get_ref().and_then(find_os_error)),
@@ -293,16 +294,12 @@ fn whiteout(root: &OwnedFd, parent: &Path, name: &str) -> std::result::Result<()
 /// Opens directory `path` of the layer, resolved inside `root` (links
 /// included), making what is missing (mode 0755, root's).
 fn dir_in(root: &OwnedFd, path: &Path) -> std::result::Result<OwnedFd, Errno> {
-    let how = || {
-        OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
-    };
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
     let mut at = PathBuf::new();
-    let mut fd = openat2(root.as_fd(), ".", how())?;
+    let mut fd = open_in(root, Path::new("."), flags)?;
     for part in path.components() {
         at.push(part);
-        fd = match openat2(root.as_fd(), &at, how()) {
+        fd = match open_in(root, &at, flags) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => {
                 mkdirat(
@@ -310,12 +307,28 @@ fn dir_in(root: &OwnedFd, path: &Path) -> std::result::Result<OwnedFd, Errno> {
                     part.as_os_str(),
                     Mode::from_bits_truncate(0o755),
                 )?;
-                openat2(root.as_fd(), &at, how())?
+                open_in(root, &at, flags)?
             }
             Err(e) => return Err(e),
         };
     }
     Ok(fd)
+}
+
+/// Opens `path` (`flags`, close-on-exec) resolved inside the directory
+/// `root`: links are followed as if `root` were `/`, never out of it.
+///
+/// # Errors
+/// The `openat2` error.
+pub(super) fn open_in(
+    root: &impl AsFd,
+    path: &Path,
+    flags: OFlag,
+) -> std::result::Result<OwnedFd, Errno> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    openat2(root.as_fd(), path, how)
 }
 
 fn open_dir(dir: &Path) -> std::result::Result<OwnedFd, Errno> {

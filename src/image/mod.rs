@@ -460,13 +460,8 @@ impl Images {
             out.freed += size;
             out.layers.push(diff_id);
         }
-        self.sweep_work_dirs();
-        Ok(out)
-    }
-
-    /// Deletes the work directories of processes that are gone.
-    fn sweep_work_dirs(&self) {
         crate::workdir::sweep(&self.dir().join("tmp"), "");
+        Ok(out)
     }
 
     /// Records an image whose layers are `layers` (diff id, and its work
