@@ -290,6 +290,47 @@ impl Default for LogConfig {
     }
 }
 
+/// Guest memory of a microVM whose config leaves it at zero.
+pub const DEFAULT_VM_MEMORY: u64 = 512 << 20;
+/// The least guest memory a microVM may be given (a smaller guest is
+/// refused before anything starts; whether a guest that size boots is the
+/// kernel's matter: a boot failure at stage `kernel`).
+pub const MIN_VM_MEMORY: u64 = 16 << 20;
+/// Most virtual CPUs of a microVM.
+pub const MAX_VM_VCPUS: u32 = 64;
+
+/// What runs a sandbox (SPEC §9). Everything else in the config means the
+/// same on both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// The agent as PID 1 of new namespaces on the host's kernel.
+    #[default]
+    Namespaces,
+    /// The agent as PID 1 of its own guest kernel in a qemu `microvm`
+    /// (KVM where it runs guests, TCG otherwise); the sandbox's root is
+    /// shared with the guest over virtio-fs.
+    MicroVm {
+        /// Virtual CPUs (1 ..= 64).
+        vcpus: u32,
+        /// Guest memory in bytes (0: [`DEFAULT_VM_MEMORY`]); the sandbox's
+        /// memory limit on the host is raised to hold it and qemu.
+        memory: u64,
+    },
+}
+
+impl Backend {
+    /// A microVM with `vcpus` CPUs and the default memory.
+    pub fn micro_vm(vcpus: u32) -> Self {
+        Self::MicroVm { vcpus, memory: 0 }
+    }
+
+    /// Whether this is the microVM backend.
+    pub fn is_vm(&self) -> bool {
+        matches!(self, Self::MicroVm { .. })
+    }
+}
+
 /// Everything about one sandbox that outlives a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -399,6 +440,9 @@ pub struct SandboxConfig {
     /// output is then the merged `output` source; size it with
     /// [`crate::Sandbox::resize`]).
     pub tty: bool,
+    /// What runs the sandbox: namespaces on the host's kernel (the
+    /// default) or a microVM with its own kernel (CLI `--vm`).
+    pub backend: Backend,
 }
 
 impl Default for SandboxConfig {
@@ -436,6 +480,7 @@ impl Default for SandboxConfig {
             on_unhealthy: OnUnhealthy::None,
             stdin: false,
             tty: false,
+            backend: Backend::Namespaces,
         }
     }
 }
@@ -559,6 +604,7 @@ impl SandboxConfig {
         }
         self.validate_isolation()?;
         self.validate_network()?;
+        self.validate_backend()?;
         if nix::sys::signal::Signal::try_from(self.stop_signal).is_err() {
             return Err(bad(
                 "stop_signal",
@@ -703,6 +749,47 @@ impl SandboxConfig {
 
     /// Checks the network, and that a private one can be kept to its
     /// egress policy.
+    /// Checks a microVM's size and what a guest cannot have yet.
+    fn validate_backend(&self) -> Result<()> {
+        let Backend::MicroVm { vcpus, memory } = self.backend else {
+            return Ok(());
+        };
+        if vcpus == 0 || vcpus > MAX_VM_VCPUS {
+            return Err(bad(
+                "backend.vcpus",
+                format!("{vcpus} is not between 1 and {MAX_VM_VCPUS}"),
+            ));
+        }
+        if memory != 0 && memory < MIN_VM_MEMORY {
+            return Err(bad(
+                "backend.memory",
+                format!("{memory} bytes is less than {MIN_VM_MEMORY}"),
+            ));
+        }
+        if self.isolation.privileged || !self.isolation.mount {
+            return Err(bad(
+                "backend",
+                "a microVM runs its own kernel: there is no host root or host namespace to share (not with privileged)".into(),
+            ));
+        }
+        if !matches!(self.network, Network::None) || !self.isolation.net {
+            return Err(bad(
+                "network",
+                "a microVM has no network device yet: only `none` (the guest's own lo)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The guest memory of a microVM sandbox, in bytes.
+    pub fn vm_memory(&self) -> Option<u64> {
+        match self.backend {
+            Backend::MicroVm { memory: 0, .. } => Some(DEFAULT_VM_MEMORY),
+            Backend::MicroVm { memory, .. } => Some(memory),
+            Backend::Namespaces => None,
+        }
+    }
+
     fn validate_network(&self) -> Result<()> {
         self.network
             .validate()

@@ -23,6 +23,7 @@ pub mod runtime;
 pub mod snapshot;
 pub mod store;
 pub mod testing;
+pub mod vm;
 mod workdir;
 
 pub use error::{Error, Result};
@@ -32,8 +33,8 @@ pub use logs::{
 };
 
 pub use config::{
-    Action, Isolation, Limit, LogConfig, Mount, Network, PortRange, Protocol, Publish, Resources,
-    Restart, RestartBackoff, Rule, SandboxConfig,
+    Action, Backend, Isolation, Limit, LogConfig, Mount, Network, PortRange, Protocol, Publish,
+    Resources, Restart, RestartBackoff, Rule, SandboxConfig,
 };
 pub use exec::{ExecConfig, ExecHandle, ExecOutput, ExecStatus};
 pub use files::{DirEntry, FileKind, TarStream};

@@ -41,6 +41,7 @@ pub struct SandvisorBuilder {
     default_memory: Option<Limit>,
     default_pids: Option<Limit>,
     disk_full_wait: Option<Duration>,
+    vm: crate::vm::VmSettings,
 }
 
 /// Where a runtime's control socket goes.
@@ -113,6 +114,14 @@ impl SandvisorBuilder {
     /// in its `runtime.log`.
     pub fn disk_full_wait(mut self, wait: Duration) -> Self {
         self.disk_full_wait = Some(wait);
+        self
+    }
+
+    /// Where the microVM backend finds its guest kernel, qemu and virtiofsd,
+    /// and which accelerator it uses (see [`crate::vm::VmSettings`]; by
+    /// default found on the host, KVM when the boot probe passes).
+    pub fn vm(mut self, settings: crate::vm::VmSettings) -> Self {
+        self.vm = settings;
         self
     }
 
@@ -208,6 +217,7 @@ impl SandvisorBuilder {
             host,
             control_path: bound.as_ref().map(|bound| bound.path().to_path_buf()),
             defaults,
+            vm: crate::vm::VmHost::new(self.vm),
             control: std::sync::Mutex::new(bound.map(|bound| {
                 bound.serve(WeakSandvisor {
                     inner: weak.clone(),

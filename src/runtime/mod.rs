@@ -63,6 +63,8 @@ struct Inner {
     control_path: Option<PathBuf>,
     /// The limits of sandboxes that leave them at [`crate::config::Limit::Default`].
     defaults: spec::Defaults,
+    /// The microVM backend's programs, kernel and accelerator.
+    vm: Arc<crate::vm::VmHost>,
 }
 
 /// A runtime held without keeping it alive (the control server's hold).
@@ -361,7 +363,10 @@ impl Sandvisor {
         image_lowers: Vec<PathBuf>,
     ) -> Result<Sandbox> {
         let name = config.name.as_str();
-        let prepared = self.run_spec(config, id_slot, image_lowers, Purpose::Run);
+        let prepared = match self.vm_launch(config).await {
+            Ok(vm) => self.run_spec(config, id_slot, image_lowers, vm, Purpose::Run),
+            Err(err) => Err(err),
+        };
         let spec = match prepared {
             Ok(spec) => spec,
             Err(err) => {
@@ -420,6 +425,7 @@ impl Sandvisor {
         config: &SandboxConfig,
         id_slot: Option<u32>,
         image_lowers: Vec<PathBuf>,
+        vm: Option<sandvisor_actors::protocol::VmLaunch>,
         purpose: Purpose,
     ) -> Result<sandvisor_actors::sandbox::SandboxSpec> {
         let name = config.name.as_str();
@@ -446,8 +452,55 @@ impl Sandvisor {
                 network: network.filter(|_| purpose == Purpose::Run),
                 network_mounts: mounts,
                 image_lowers,
+                vm,
             },
         )
+    }
+
+    /// The microVM a run of `config` launches, for the microVM backend
+    /// (its initramfs built and `/dev/kvm` probed on first use).
+    ///
+    /// # Errors
+    /// As [`crate::vm::initramfs::ensure`]; [`Error::Internal`] if the
+    /// blocking task fails.
+    async fn vm_launch(
+        &self,
+        config: &SandboxConfig,
+    ) -> Result<Option<sandvisor_actors::protocol::VmLaunch>> {
+        let crate::config::Backend::MicroVm { vcpus, .. } = config.backend else {
+            return Ok(None);
+        };
+        let memory_mib = config
+            .vm_memory()
+            .unwrap_or(crate::config::DEFAULT_VM_MEMORY)
+            >> 20;
+        let console = self
+            .inner
+            .logs
+            .log_dir_for(&config.name)?
+            .join(sandvisor_actors::log::runtime_log::KERNEL_LOG);
+        let (host, home, agent) = (
+            self.inner.vm.clone(),
+            self.inner.home.clone(),
+            self.inner.agent.clone(),
+        );
+        let launch = tokio::task::spawn_blocking(move || {
+            host.launch(&home, &agent, &console, vcpus, memory_mib)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("preparing the microVM: {e}")))??;
+        tracing::info!(
+            sandbox = %config.name,
+            accel = if launch.kvm { "kvm" } else { "tcg" },
+            kernel = %launch.kernel,
+            "microVM"
+        );
+        Ok(Some(launch))
+    }
+
+    /// The accelerator this runtime's microVMs use, once one was launched.
+    pub fn vm_accel(&self) -> Option<crate::vm::Accel> {
+        self.inner.vm.chosen()
     }
 
     /// Starts a file session on `name`, which does not run: its agent
@@ -474,7 +527,9 @@ impl Sandvisor {
             .await
             .map_err(|e| Error::Internal(format!("file lock: {e}")))??;
         let lowers = self.lowers_of(handle.image_id()).await?;
-        let mut spec = self.run_spec(&config, id_slot, lowers, Purpose::Files)?;
+        // A microVM's root is its host-side layers, shared with the guest:
+        // a namespace agent reaches the same files without booting a VM.
+        let mut spec = self.run_spec(&config, id_slot, lowers, None, Purpose::Files)?;
         let run = &mut spec.vm.start.run;
         run.files = Some(op);
         run.stdin = true;

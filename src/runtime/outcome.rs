@@ -93,6 +93,9 @@ pub(super) fn boot_failed(failure: BootFailure) -> Error {
         }
         BootStage::Network => "the network namespace could not be set up",
         BootStage::Image => "check that the rootfs directory exists and holds the command",
+        BootStage::Kernel => {
+            "the guest kernel did not start the agent: see kernel.log (the kernel, its modules and the VM's memory size)"
+        }
         BootStage::Other => "see runtime.log in the sandbox's log directory",
     };
     Error::BootFailed {

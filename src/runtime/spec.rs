@@ -23,6 +23,7 @@ use sandvisor_actors::log::tap::TapConfig;
 use sandvisor_actors::network::NetworkPlan;
 use sandvisor_actors::protocol::{
     BindMount, CommandSpec, Confinement, ExecSpec, Ids, Rlimit, RootPlan, SpawnPlan, StartSpec,
+    VmLaunch,
 };
 use sandvisor_actors::sandbox::health::HealthSpec;
 use sandvisor_actors::sandbox::SandboxSpec;
@@ -74,6 +75,8 @@ pub(super) struct RunContext<'a> {
     pub network_mounts: Vec<BindMount>,
     /// The layers of the sandbox's image, top first (none without one).
     pub image_lowers: Vec<PathBuf>,
+    /// The microVM to launch, for the microVM backend.
+    pub vm: Option<VmLaunch>,
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> Error {
@@ -120,6 +123,14 @@ pub(super) fn sandbox_spec(config: &SandboxConfig, context: RunContext<'_>) -> R
         }
     };
     let log_dir = context.log_dir;
+    let mut memory_bytes = config.memory.resolve(context.defaults.memory);
+    if let Some(guest) = config.vm_memory() {
+        // The guest's RAM is qemu's memory on the host: the limit holds it
+        // and qemu's own.
+        let needed = guest.saturating_add(crate::vm::VM_OVERHEAD);
+        memory_bytes = memory_bytes.map(|limit| limit.max(needed));
+    }
+    let boot_timeout = context.vm.is_some().then_some(crate::vm::VM_BOOT_TIMEOUT);
     Ok(SandboxSpec {
         name: config.name.clone(),
         vm: VmSpec {
@@ -156,14 +167,16 @@ pub(super) fn sandbox_spec(config: &SandboxConfig, context: RunContext<'_>) -> R
                     &context.image_lowers,
                 )?,
                 net_namespace: context.network.is_some(),
+                vm: context.vm,
             },
             limits: Limits {
-                memory_bytes: config.memory.resolve(context.defaults.memory),
+                memory_bytes,
                 pids: config.pids.resolve(context.defaults.pids),
                 cpu_quota_us: config.cpus.map(cpu_quota_us),
             },
             cgroup_id: format!("{}-{}-{}", config.name, context.host.pid, context.run),
             network: context.network,
+            boot_timeout,
         },
         tap: TapConfig {
             dir: log_dir.clone(),

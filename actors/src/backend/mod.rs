@@ -61,6 +61,10 @@ pub struct VmSpec {
     /// The private network to attach before `Start` (`plan.net_namespace`
     /// is then set); `None`: only `lo`, or the host's network.
     pub network: Option<crate::network::NetworkPlan>,
+    /// How long this run may take to report Ready, when it needs longer
+    /// than its backend gives ([`Backend::boot_timeout`]): a microVM boots
+    /// a kernel first.
+    pub boot_timeout: Option<Duration>,
 }
 
 /// Why no agent was started.

@@ -15,6 +15,9 @@ use tracing::Level;
 
 /// The file's name in the log directory.
 pub const RUNTIME_LOG: &str = "runtime.log";
+/// A microVM's console (its guest kernel's and init's messages, and qemu's
+/// own), in the same directory.
+pub const KERNEL_LOG: &str = "kernel.log";
 
 /// Appends one event to `<log_dir>/runtime.log`.
 pub fn append(log_dir: &Path, level: Level, sandbox: &str, message: &str) {

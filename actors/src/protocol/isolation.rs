@@ -79,7 +79,50 @@ pub struct SpawnPlan {
     /// before `Start`; the agent then does not unshare another.
     #[serde(default)]
     pub net_namespace: bool,
+    /// Run the sandbox in a microVM: the process the spawner creates (in
+    /// the namespaces above, with the root staged) launches qemu and
+    /// virtiofsd instead of being the agent, and the agent runs as PID 1 of
+    /// the guest. `None`: the agent is that process.
+    #[serde(default)]
+    pub vm: Option<VmLaunch>,
 }
+
+/// How to launch a sandbox's microVM (the microVM backend).
+///
+/// Host paths are opened by the staging child (host root) and handed to
+/// the launcher as descriptors, so the launcher — root of the sandbox's user
+/// namespace only — needs no access to the home.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmLaunch {
+    /// `qemu-system-x86_64`.
+    pub qemu: String,
+    /// `virtiofsd`, which shares the staged root with the guest.
+    pub virtiofsd: String,
+    /// The guest kernel.
+    pub kernel: String,
+    /// The initramfs whose `/init` is the agent.
+    pub initramfs: String,
+    /// The guest's console log (`kernel.log`), appended to; qemu's and
+    /// virtiofsd's own messages go there too.
+    pub console: String,
+    /// Hardware acceleration (`/dev/kvm` runs guests); else TCG.
+    pub kvm: bool,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+}
+
+/// The guest's SAP port: a virtio-serial port of this name.
+pub const VM_SAP_PORT: &str = "sandvisor.sap";
+/// The virtio-fs tag of the guest's root.
+pub const VM_ROOT_TAG: &str = "sandvisor.root";
+/// What the guest prints on its console when booted only to show that it
+/// boots (kernel command line [`VM_PROBE_ARG`]).
+pub const VM_PROBE_OK: &str = "sandvisor: the guest booted";
+/// The kernel command-line word that asks the guest only to print
+/// [`VM_PROBE_OK`] and power off.
+pub const VM_PROBE_ARG: &str = "sandvisor.probe";
 
 /// A user and group inside the sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

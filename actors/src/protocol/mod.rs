@@ -34,7 +34,10 @@ pub use files::{
     FileAnswer, FileFailure, FileFailureKind, FileKind, FileOp, FileResult, FileStat,
     FILE_OUTPUT_WINDOW,
 };
-pub use isolation::{BindMount, Confinement, IdRange, Ids, Rlimit, RootPlan, SpawnPlan, HOST_BASE};
+pub use isolation::{
+    BindMount, Confinement, IdRange, Ids, Rlimit, RootPlan, SpawnPlan, VmLaunch, HOST_BASE,
+    VM_PROBE_ARG, VM_PROBE_OK, VM_ROOT_TAG, VM_SAP_PORT,
+};
 pub use sap::{Frame, FrameError, MAX_FRAME};
 pub use spawn::SPAWNER_FD;
 pub use spec::{CommandSpec, ExecSpec, SignalTarget, StartSpec};
@@ -83,6 +86,9 @@ pub enum BootStage {
     Network,
     /// The root filesystem image.
     Image,
+    /// A microVM's guest kernel did not bring the agent up (it did not
+    /// boot, or not in time).
+    Kernel,
     /// Anything else.
     Other,
 }
@@ -96,6 +102,7 @@ impl BootStage {
             Self::Config => "config",
             Self::Network => "network",
             Self::Image => "image",
+            Self::Kernel => "kernel",
             Self::Other => "other",
         }
     }

@@ -207,6 +207,7 @@ mod tests {
             }),
             root: None,
             net_namespace: true,
+            vm: None,
         };
         for request in [
             Request {

@@ -181,7 +181,10 @@ impl Actor for SandboxSupervisor {
         // tap creates the log directory.
         let tap = spawn_tap(&myself, &spec, 0).await?;
         let (tap_tx, _) = watch::channel(tap.clone());
-        let boot_timeout = args.backend.boot_timeout();
+        let boot_timeout = spec
+            .vm
+            .boot_timeout
+            .unwrap_or_else(|| args.backend.boot_timeout());
         let output_count = Arc::new(AtomicU64::new(0));
         let children = spawn_link(
             &myself,

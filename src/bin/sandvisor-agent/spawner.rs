@@ -10,7 +10,6 @@
 //! is reparented to a host that would not reap it.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 
 use nix::errno::Errno;
 use nix::sys::signal::{signal, SigHandler, Signal};
@@ -19,6 +18,7 @@ use sandvisor_actors::protocol::spawn::{self, Reply, Request, MAX_REQUEST, SPAWN
 use sandvisor_actors::protocol::{BootError, SpawnPlan};
 
 use crate::agent::stage;
+use crate::launcher::VmFiles;
 
 /// Serves the channel on standard input until the host closes it.
 pub fn serve() -> ! {
@@ -144,7 +144,7 @@ fn fork_agent(request: Request, socket: OwnedFd) -> Result<(u32, OwnedFd), Errno
         other => other,
     };
     match forked? {
-        Forked::Child => become_agent(socket, request.plan, Ok(())),
+        Forked::Child => become_agent(socket, request.plan, Ok(()), None),
         Forked::Parent { pid, pidfd } => Ok((pid, pidfd)),
     }
 }
@@ -213,8 +213,14 @@ fn forked_from(returned: libc::c_long, pidfd: libc::c_int) -> Result<Forked, Err
 }
 
 /// In a freshly forked child: drops what belongs to the spawner and runs the
-/// agent, which reports `staged` (how the spawner's setup went) at `Start`.
-pub(crate) fn become_agent(socket: OwnedFd, plan: SpawnPlan, staged: Result<(), BootError>) -> ! {
+/// agent, which reports `staged` (how the spawner's setup went) at `Start` —
+/// or, for a microVM, the launcher of the VM whose guest runs the agent.
+pub(crate) fn become_agent(
+    socket: OwnedFd,
+    plan: SpawnPlan,
+    staged: Result<(), BootError>,
+    vm_files: Option<VmFiles>,
+) -> ! {
     // SAFETY: SIG_DFL installs no handler; this process is single-threaded.
     // The agent reaps its own children.
     let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) };
@@ -229,7 +235,11 @@ pub(crate) fn become_agent(socket: OwnedFd, plan: SpawnPlan, staged: Result<(), 
             unsafe { libc::close(SPAWNER_FD) };
         }
     }
-    crate::agent::run(UnixStream::from(socket), plan, staged)
+    let link = std::fs::File::from(socket);
+    match plan.vm.clone() {
+        Some(vm) => crate::launcher::run(link, vm, staged, vm_files),
+        None => crate::agent::run(link, plan, staged),
+    }
 }
 
 #[cfg(test)]

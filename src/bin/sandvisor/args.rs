@@ -268,6 +268,14 @@ pub(crate) struct RunArgs {
     /// read-write volumes can be written.
     #[arg(long)]
     pub read_only: bool,
+    /// Run the sandbox in a microVM with its own kernel (qemu microvm; KVM
+    /// where it runs guests, else TCG). Its memory is --memory (default
+    /// 512M).
+    #[arg(long)]
+    pub vm: bool,
+    /// Virtual CPUs of the microVM (with --vm; default 1).
+    #[arg(long, value_name = "N", requires = "vm")]
+    pub vcpus: Option<u32>,
     /// Bind a host path inside: SRC:DST[:ro|rw], SRC an absolute host path
     /// (repeatable).
     #[arg(short, long = "volume", value_name = "SRC:DST[:ro]", value_parser = parse_volume)]

@@ -124,6 +124,16 @@ fn config_from(args: &RunArgs) -> Result<SandboxConfig> {
     if let Some(pids) = args.limits.pids_limit {
         config.pids = pids;
     }
+    if args.vm {
+        config.backend = sandvisor::Backend::MicroVm {
+            vcpus: args.vcpus.unwrap_or(1),
+            // The guest's memory is the sandbox's memory.
+            memory: match args.limits.memory {
+                Some(sandvisor::Limit::Value(bytes)) => bytes,
+                _ => 0,
+            },
+        };
+    }
     if let Some(timeout) = args.stop_timeout {
         config.stop_timeout = timeout;
     }

@@ -6,8 +6,8 @@
 //! single-threaded and frames from it must not interleave. A failed write
 //! means the host is gone; each caller decides what that ends.
 
+use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 
 use bytes::BytesMut;
 use sandvisor_actors::protocol::{Frame, StartSpec};
@@ -19,7 +19,7 @@ use sandvisor_actors::protocol::{Frame, StartSpec};
 /// Why there is no `Start` to run, as the line the agent prints before it
 /// exits: the socket failed or closed first, a frame did not decode, or the
 /// first frame was another one.
-pub(super) fn read_start(sock: &mut UnixStream) -> Result<(StartSpec, BytesMut), String> {
+pub(crate) fn read_start(sock: &mut File) -> Result<(StartSpec, BytesMut), String> {
     let mut buf = BytesMut::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -43,7 +43,7 @@ pub(super) fn read_start(sock: &mut UnixStream) -> Result<(StartSpec, BytesMut),
 ///
 /// # Errors
 /// The socket's write error: the host is gone (or no longer reads).
-pub(super) fn send(sock: &mut UnixStream, frame: &Frame) -> std::io::Result<()> {
+pub(crate) fn send(sock: &mut File, frame: &Frame) -> std::io::Result<()> {
     let mut buf = Vec::new();
     frame.encode(&mut buf);
     sock.write_all(&buf)

@@ -24,14 +24,14 @@
 
 mod confine;
 mod files;
-mod host;
+pub(crate) mod host;
 mod relay;
 pub(crate) mod root;
 mod session;
-mod setup;
+pub(crate) mod setup;
 pub(crate) mod stage;
 
-use std::os::unix::net::UnixStream;
+use std::fs::File;
 
 use bytes::BytesMut;
 use nix::errno::Errno;
@@ -44,7 +44,7 @@ use relay::kill_all;
 use setup::boot_error;
 
 /// Runs the agent on `sock` (the host's SAP socket); never returns.
-pub fn run(mut sock: UnixStream, plan: SpawnPlan, staged: Result<(), BootError>) -> ! {
+pub fn run(mut sock: File, plan: SpawnPlan, staged: Result<(), BootError>) -> ! {
     let (spec, inbox) = match read_start(&mut sock) {
         Ok(started) => started,
         Err(message) => {
@@ -52,20 +52,32 @@ pub fn run(mut sock: UnixStream, plan: SpawnPlan, staged: Result<(), BootError>)
             std::process::exit(2);
         }
     };
-    if let Err(error) = setup::enter(&spec, &plan, staged) {
+    run_started(sock, spec, inbox, &plan, staged)
+}
+
+/// Runs the agent whose `Start` (`spec`, and the bytes that came after it,
+/// `inbox`) was already read from `sock`; never returns.
+pub(crate) fn run_started(
+    mut sock: File,
+    spec: StartSpec,
+    inbox: BytesMut,
+    plan: &SpawnPlan,
+    staged: Result<(), BootError>,
+) -> ! {
+    if let Err(error) = setup::enter(&spec, plan, staged) {
         boot_failed(&mut sock, error);
     }
     init(sock, spec, inbox)
 }
 
-fn boot_failed(sock: &mut UnixStream, error: BootError) -> ! {
+pub(crate) fn boot_failed(sock: &mut File, error: BootError) -> ! {
     let _ = send(sock, &Frame::BootError(error));
     std::process::exit(1)
 }
 
 /// Starts the main command in the set-up sandbox, relays until it has
 /// ended, reports its exit and exits.
-fn init(mut sock: UnixStream, spec: StartSpec, inbox: BytesMut) -> ! {
+fn init(mut sock: File, spec: StartSpec, inbox: BytesMut) -> ! {
     let spawned = match session::spawn_session(&spec.run, spec.confine.as_ref()) {
         Ok(spawned) => spawned,
         Err(failure) => {

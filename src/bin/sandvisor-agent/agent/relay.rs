@@ -17,9 +17,9 @@
 //!   agent exits at once.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
 
 use bytes::{Bytes, BytesMut};
 use nix::errno::Errno;
@@ -35,7 +35,7 @@ use super::session::{Agent, Spawned};
 /// Relays output, signals, exec sessions and stdin until the main command has
 /// exited and all output is drained; returns its status.
 pub(super) fn supervise(
-    sock: &mut UnixStream,
+    sock: &mut File,
     inbox: BytesMut,
     spec: &StartSpec,
     spawned: Spawned,

@@ -43,7 +43,7 @@ use super::stage::{errno_of, fd_path, owned};
 /// host and anyone may pass through it; the mount hides it only in the
 /// sandbox's mount namespace, which detaches all of the host's at
 /// `pivot_root`.
-pub(super) const STAGED_AT: &str = "/tmp";
+pub(crate) const STAGED_AT: &str = "/tmp";
 /// Mount points every root gets (created in the writable layer if missing).
 const MOUNT_POINTS: [&str; 6] = ["proc", "sys", "dev", "tmp", "run", "var/tmp"];
 /// More empty directories of the host base's skeleton.
@@ -138,24 +138,7 @@ pub(super) fn stage(plan: &RootPlan, userns: Option<(IdRange, &OwnedFd)>) -> Res
             )
         })?;
     }
-    let tmpfs = |target: &str, mode: &str, size: u64, extra: MsFlags| {
-        let at = inside(&root_fd, target, Kind::Dir, false, owner)?;
-        let data = format!("mode={mode},size={size},uid={owner},gid={owner}");
-        mount(
-            Some("tmpfs"),
-            fd_path(&at).as_str(),
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | extra,
-            Some(data.as_str()),
-        )
-        .map_err(|e| boot_error(BootStage::Mount, e, &format!("mount a tmpfs at /{target}")))
-    };
-    tmpfs("tmp", "1777", plan.tmpfs_bytes, MsFlags::empty())?;
-    tmpfs("run", "755", plan.tmpfs_bytes, MsFlags::empty())?;
-    tmpfs("var/tmp", "1777", plan.tmpfs_bytes, MsFlags::empty())?;
-    tmpfs("dev", "755", 1 << 20, MsFlags::MS_NOEXEC)?;
-    dev(&root_fd, owner)?;
-    tmpfs("dev/shm", "1777", plan.tmpfs_bytes, MsFlags::MS_NOEXEC)?;
+    fresh_mounts(&root_fd, plan.tmpfs_bytes, owner)?;
     // A read-only rootfs is never written: its volumes' targets must exist.
     let create = !plan.read_only || plan.lowers.is_empty();
     for (i, volume) in plan.mounts.iter().enumerate() {
@@ -193,6 +176,40 @@ pub(super) fn stage(plan: &RootPlan, userns: Option<(IdRange, &OwnedFd)>) -> Res
             &format!("bind the root at {STAGED_AT}"),
         )
     })
+}
+
+/// The fresh mounts every root gets, in the root `root_fd`: size-limited
+/// tmpfs `/tmp`, `/run`, `/var/tmp`, a private `/dev` (nosuid, noexec) with
+/// binds of this namespace's null, zero, full, random, urandom and tty, and
+/// `/dev/shm`, owned by `owner`. A microVM's guest makes its own over the
+/// root the host shared (see [`crate::guest`]).
+///
+/// # Errors
+/// The first mount that failed (stage `mount`).
+pub(crate) fn fresh_mounts(
+    root_fd: &OwnedFd,
+    tmpfs_bytes: u64,
+    owner: u32,
+) -> Result<(), BootError> {
+    let tmpfs = |target: &str, mode: &str, size: u64, extra: MsFlags| {
+        let at = inside(&root_fd, target, Kind::Dir, false, owner)?;
+        let data = format!("mode={mode},size={size},uid={owner},gid={owner}");
+        mount(
+            Some("tmpfs"),
+            fd_path(&at).as_str(),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | extra,
+            Some(data.as_str()),
+        )
+        .map_err(|e| boot_error(BootStage::Mount, e, &format!("mount a tmpfs at /{target}")))
+    };
+    tmpfs("tmp", "1777", tmpfs_bytes, MsFlags::empty())?;
+    tmpfs("run", "755", tmpfs_bytes, MsFlags::empty())?;
+    tmpfs("var/tmp", "1777", tmpfs_bytes, MsFlags::empty())?;
+    tmpfs("dev", "755", 1 << 20, MsFlags::MS_NOEXEC)?;
+    dev(&root_fd, owner)?;
+    tmpfs("dev/shm", "1777", tmpfs_bytes, MsFlags::MS_NOEXEC)?;
+    Ok(())
 }
 
 /// How the layers of this root are made.
@@ -581,7 +598,7 @@ fn reopen_dir(fd: &OwnedFd) -> Result<OwnedFd, Errno> {
 }
 
 /// An `O_PATH` descriptor of the host path `path`.
-fn open_path(path: &Path, dir: bool) -> Result<OwnedFd, BootError> {
+pub(crate) fn open_path(path: &Path, dir: bool) -> Result<OwnedFd, BootError> {
     let mut flags = nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC;
     if dir {
         flags |= nix::fcntl::OFlag::O_DIRECTORY;

@@ -19,8 +19,8 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
@@ -92,7 +92,7 @@ pub(super) struct Session {
 /// The agent's running state: the host link, the main command, the exec
 /// sessions and every pipe being relayed.
 pub(super) struct Agent<'a> {
-    pub(super) sock: &'a mut UnixStream,
+    pub(super) sock: &'a mut File,
     pub(super) spec: &'a StartSpec,
     pub(super) main_pid: Pid,
     pub(super) main_status: Option<ExitStatus>,

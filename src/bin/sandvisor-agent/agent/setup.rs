@@ -387,7 +387,7 @@ fn loopback_up() -> Result<(), Errno> {
 }
 
 /// The boot error of a failed step: `what` it was doing and why it failed.
-pub(super) fn boot_error(stage: BootStage, errno: Errno, what: &str) -> BootError {
+pub(crate) fn boot_error(stage: BootStage, errno: Errno, what: &str) -> BootError {
     BootError {
         stage,
         errno: errno as i32,

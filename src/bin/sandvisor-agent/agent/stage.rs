@@ -7,6 +7,7 @@
 //! the spawner forks a *staging child* and goes on with its next request.
 //! The staging child, still host root in the host's namespaces:
 //! 1. unshares a mount namespace of its own (private propagation);
+//!    A microVM's kernel, initramfs and console log are opened here too.
 //! 2. creates the agent with `clone3` — a child of the spawner
 //!    (`CLONE_PARENT`), in a new user namespace, pid namespace and network
 //!    namespace as asked — which waits on a pipe until step 5;
@@ -34,11 +35,12 @@ use sandvisor_actors::protocol::{BootError, BootStage, IdRange, SpawnPlan};
 
 use super::root;
 use super::setup::boot_error;
+use crate::launcher::VmFiles;
 use crate::spawner::{answer, become_agent, clone3_fork, Forked};
 
 /// Whether `plan` needs a staging child.
 pub(crate) fn needed(plan: &SpawnPlan) -> bool {
-    plan.user_namespace.is_some() || plan.root.is_some() || plan.net_namespace
+    plan.user_namespace.is_some() || plan.root.is_some() || plan.net_namespace || plan.vm.is_some()
 }
 
 /// Forks the staging child for `request` (see the module docs); returns at
@@ -89,17 +91,25 @@ fn stage(request: Request, socket: OwnedFd) -> Result<(u32, OwnedFd), Errno> {
     if plan.pid_namespace {
         flags |= libc::CLONE_NEWPID as u64;
     }
-    if plan.net_namespace {
+    // A microVM's launcher gets a network namespace of its own even without
+    // a network: qemu then has none of the host's.
+    if plan.net_namespace || plan.vm.is_some() {
         flags |= libc::CLONE_NEWNET as u64;
     }
+    // Opened here, with the host's privileges, and inherited by the launcher.
+    let (vm_files, opened) = match plan.vm.as_ref().map(VmFiles::open).transpose() {
+        Ok(files) => (files, Ok(())),
+        Err(error) => (None, Err(error)),
+    };
     let (pid, pidfd) = match clone3_fork(flags)? {
         Forked::Child => {
             drop(release_tx);
-            let staged = wait_for_release(release_rx, plan.user_namespace.is_some());
-            become_agent(socket, plan, staged)
+            let staged = wait_for_release(release_rx, plan.user_namespace.is_some()).and(opened);
+            become_agent(socket, plan, staged, vm_files)
         }
         Forked::Parent { pid, pidfd } => (pid, pidfd),
     };
+    drop(vm_files);
     drop(release_rx);
     drop(socket);
     let staged = prepare(&plan, pid);
@@ -182,7 +192,7 @@ fn wait_for_release(release: OwnedFd, user_namespace: bool) -> Result<(), BootEr
 }
 
 /// The errno of an I/O error (EIO when it has none).
-pub(super) fn errno_of(err: &std::io::Error) -> Errno {
+pub(crate) fn errno_of(err: &std::io::Error) -> Errno {
     Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO))
 }
 

@@ -1,0 +1,266 @@
+//! The microVM backend's host side: where its programs and guest kernel
+//! are, the guest's initramfs ([`initramfs`]), and whether `/dev/kvm` runs
+//! guests ([`accel`]).
+//!
+//! A microVM sandbox is started by the same spawner as a namespace sandbox,
+//! with the same staged root; its [`VmLaunch`] makes the spawned process
+//! launch the VM instead of being the agent (see ARCHITECTURE.md, "The
+//! microVM backend").
+
+pub mod initramfs;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sandvisor_actors::protocol::{VmLaunch, VM_PROBE_ARG, VM_PROBE_OK};
+
+use crate::error::{Error, Result};
+
+/// How long the boot probe gives a guest on `/dev/kvm`.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Host memory a microVM sandbox's cgroup gets beyond its guest's: qemu,
+/// its translation cache under TCG, virtiofsd.
+pub const VM_OVERHEAD: u64 = 256 << 20;
+/// How long a microVM may take from launch to its agent's `Ready`: a TCG
+/// guest on a loaded host boots in seconds, not milliseconds.
+pub const VM_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How guests are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Hardware virtualization through `/dev/kvm`.
+    Kvm,
+    /// qemu's software emulation.
+    Tcg,
+}
+
+impl Accel {
+    /// `kvm` or `tcg`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+        }
+    }
+}
+
+/// The programs and kernel of a runtime's microVMs.
+#[derive(Debug, Clone, Default)]
+pub struct VmSettings {
+    /// The guest kernel; `None`: the newest Debian cloud kernel in `/boot`,
+    /// else the newest kernel there.
+    pub kernel: Option<PathBuf>,
+    /// Its modules (`/lib/modules/<release>`); `None`: derived from the
+    /// kernel's file name (`vmlinuz-<release>`).
+    pub modules: Option<PathBuf>,
+    /// `qemu-system-x86_64`; `None`: found on `PATH`.
+    pub qemu: Option<PathBuf>,
+    /// `virtiofsd`; `None`: found on `PATH` or where distributions put it.
+    pub virtiofsd: Option<PathBuf>,
+    /// Forces the accelerator; `None`: KVM if the boot probe passes.
+    pub accel: Option<Accel>,
+}
+
+/// What a runtime knows of its microVMs once the first one started.
+#[derive(Debug, Default)]
+pub(crate) struct VmHost {
+    settings: VmSettings,
+    /// The probe's answer, asked once per runtime.
+    accel: Mutex<Option<Accel>>,
+}
+
+impl VmHost {
+    pub(crate) fn new(settings: VmSettings) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            accel: Mutex::new(None),
+        })
+    }
+
+    /// The launch of a microVM with `vcpus` and `memory_mib` whose console
+    /// is `console`: builds the initramfs if needed and probes `/dev/kvm`
+    /// once. Blocking: call it off the runtime's threads.
+    ///
+    /// # Errors
+    /// As [`initramfs::ensure`]. A missing kernel, qemu or virtiofsd is not
+    /// an error here: the run fails at stage `build_vm`, naming it.
+    pub(crate) fn launch(
+        &self,
+        home: &Path,
+        agent: &Path,
+        console: &Path,
+        vcpus: u32,
+        memory_mib: u64,
+    ) -> Result<VmLaunch> {
+        let kernel = self.kernel();
+        let initramfs = if kernel.is_file() {
+            initramfs::ensure(home, agent, &self.modules_dir(&kernel))?
+        } else {
+            home.join("vm").join("initramfs-missing-kernel.cpio")
+        };
+        let qemu = self
+            .settings
+            .qemu
+            .clone()
+            .unwrap_or_else(|| on_path("qemu-system-x86_64", &[]));
+        let virtiofsd = self.settings.virtiofsd.clone().unwrap_or_else(|| {
+            on_path(
+                "virtiofsd",
+                &["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"],
+            )
+        });
+        let accel = self.accel(&qemu, &kernel, &initramfs);
+        let text = |path: &Path| {
+            path.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| Error::InvalidConfig {
+                    field: "vm".into(),
+                    reason: format!("{} is not UTF-8", path.display()),
+                })
+        };
+        Ok(VmLaunch {
+            qemu: text(&qemu)?,
+            virtiofsd: text(&virtiofsd)?,
+            kernel: text(&kernel)?,
+            initramfs: text(&initramfs)?,
+            console: text(console)?,
+            kvm: accel == Accel::Kvm,
+            vcpus,
+            memory_mib,
+        })
+    }
+
+    /// The accelerator guests run with (probed at most once).
+    pub(crate) fn accel(&self, qemu: &Path, kernel: &Path, initramfs: &Path) -> Accel {
+        if let Some(accel) = self.settings.accel {
+            return accel;
+        }
+        let mut known = self.accel.lock().unwrap_or_else(|e| e.into_inner());
+        *known.get_or_insert_with(|| {
+            let accel = probe(qemu, kernel, initramfs);
+            tracing::info!(
+                accel = accel.as_str(),
+                "microVM accelerator chosen by the boot probe"
+            );
+            accel
+        })
+    }
+
+    /// The accelerator chosen so far, if any VM was launched.
+    pub(crate) fn chosen(&self) -> Option<Accel> {
+        self.settings
+            .accel
+            .or(*self.accel.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn kernel(&self) -> PathBuf {
+        self.settings.kernel.clone().unwrap_or_else(default_kernel)
+    }
+
+    fn modules_dir(&self, kernel: &Path) -> PathBuf {
+        self.settings.modules.clone().unwrap_or_else(|| {
+            let release = kernel
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("vmlinuz-"))
+                .unwrap_or_default();
+            Path::new("/lib/modules").join(release)
+        })
+    }
+}
+
+/// The newest Debian cloud kernel in `/boot`, else the newest kernel there
+/// (`/boot/vmlinuz` when there is none: the run then fails naming it).
+pub fn default_kernel() -> PathBuf {
+    let mut kernels: Vec<PathBuf> = std::fs::read_dir("/boot")
+        .map(|dir| {
+            dir.flatten()
+                .map(|entry| entry.path())
+                .filter(|path| {
+                    path.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("vmlinuz-"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    kernels.sort();
+    let cloud = kernels
+        .iter()
+        .rev()
+        .find(|path| path.to_string_lossy().ends_with("-cloud-amd64"));
+    cloud
+        .or(kernels.last())
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("/boot/vmlinuz"))
+}
+
+/// `name` on `PATH`, else the first of `also` that exists, else `name`
+/// itself (the run then fails naming it).
+fn on_path(name: &str, also: &[&str]) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .chain(also.iter().map(PathBuf::from))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Whether `/dev/kvm` runs a guest: boots `kernel` with `initramfs` asked
+/// only to print [`VM_PROBE_OK`], under KVM, and waits for it. Some hosts
+/// (nested, paravirtual `/dev/kvm`) expose a device on which stock kernels
+/// do not boot: anything but that line in time is TCG.
+fn probe(qemu: &Path, kernel: &Path, initramfs: &Path) -> Accel {
+    if std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return Accel::Tcg;
+    }
+    let child = std::process::Command::new(qemu)
+        .env_clear()
+        .args(["-M", "microvm,pit=on,pic=on,rtc=on,isa-serial=on"])
+        .args(["-accel", "kvm", "-cpu", "host", "-m", "128M", "-smp", "1"])
+        .args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .args(["-serial", "stdio", "-no-reboot"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args([
+            "-append",
+            &format!("console=ttyS0 panic=-1 quiet {VM_PROBE_ARG}"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        return Accel::Tcg;
+    };
+    let Some(stdout) = child.stdout.take() else {
+        return Accel::Tcg;
+    };
+    let (found_tx, found_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let found = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(std::result::Result::ok)
+            .any(|line| line.contains(VM_PROBE_OK));
+        let _ = found_tx.send(found);
+    });
+    let booted = found_rx.recv_timeout(PROBE_TIMEOUT).unwrap_or(false);
+    let _ = child.kill();
+    let _ = child.wait();
+    if booted {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    }
+}
