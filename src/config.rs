@@ -511,6 +511,12 @@ impl SandboxConfig {
         self
     }
 
+    /// Runs on `backend` (see [`Self::backend`](field@Self::backend)).
+    pub fn with_backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
     /// Runs image `reference` (see [`Self::image`](field@Self::image)).
     pub fn image(mut self, reference: impl Into<String>) -> Self {
         self.image = Some(reference.into());

@@ -112,6 +112,9 @@ impl VmHost {
             )
         });
         let accel = self.accel(&qemu, &kernel, &initramfs);
+        // For `inspect` from other processes; a failed write only leaves it
+        // unknown there.
+        let _ = std::fs::write(home.join("vm").join(ACCEL_FILE), accel.as_str());
         let text = |path: &Path| {
             path.to_str()
                 .map(str::to_string)
@@ -129,6 +132,9 @@ impl VmHost {
             kvm: accel == Accel::Kvm,
             vcpus,
             memory_mib,
+            kernel_args: tsc_khz()
+                .map(|khz| format!("tsc_early_khz={khz}"))
+                .unwrap_or_default(),
         })
     }
 
@@ -168,6 +174,41 @@ impl VmHost {
                 .unwrap_or_default();
             Path::new("/lib/modules").join(release)
         })
+    }
+}
+
+/// The host's TSC frequency in kHz, when its TSC is constant (the guest's
+/// TSC is the host's, under TCG and KVM alike): `cpu MHz` of
+/// `/proc/cpuinfo`.
+fn tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let flags = info.lines().find(|l| l.starts_with("flags"))?;
+    if !flags.split_whitespace().any(|flag| flag == "constant_tsc") {
+        return None;
+    }
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((mhz * 1000.0).round() as u64)
+}
+
+/// Where a home records the accelerator its last microVM used.
+const ACCEL_FILE: &str = "accel";
+
+/// The accelerator the home's last microVM used, if any was launched.
+pub fn recorded_accel(home: &Path) -> Option<Accel> {
+    match std::fs::read_to_string(home.join("vm").join(ACCEL_FILE))
+        .ok()?
+        .trim()
+    {
+        "kvm" => Some(Accel::Kvm),
+        "tcg" => Some(Accel::Tcg),
+        _ => None,
     }
 }
 
@@ -234,7 +275,12 @@ fn probe(qemu: &Path, kernel: &Path, initramfs: &Path) -> Accel {
         .arg(initramfs)
         .args([
             "-append",
-            &format!("console=ttyS0 panic=-1 quiet {VM_PROBE_ARG}"),
+            &format!(
+                "console=ttyS0 panic=-1 quiet tsc=reliable no_timer_check {VM_PROBE_ARG} {}",
+                tsc_khz()
+                    .map(|khz| format!("tsc_early_khz={khz}"))
+                    .unwrap_or_default()
+            ),
         ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())

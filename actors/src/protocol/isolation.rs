@@ -111,6 +111,11 @@ pub struct VmLaunch {
     pub vcpus: u32,
     /// Guest memory in MiB.
     pub memory_mib: u64,
+    /// Words added to the guest kernel's command line (the host's TSC
+    /// frequency, so that a guest under a loaded TCG host need not
+    /// calibrate its clock against an emulated timer).
+    #[serde(default)]
+    pub kernel_args: String,
 }
 
 /// The guest's SAP port: a virtio-serial port of this name.

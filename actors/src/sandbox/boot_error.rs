@@ -65,3 +65,60 @@ pub fn remove(log_dir: &Path) {
         _ => {}
     }
 }
+
+/// Lines of the console a `kernel`-stage failure quotes.
+const CONSOLE_LINES: usize = 8;
+/// Bytes of the console's end read for them.
+const CONSOLE_TAIL: u64 = 4096;
+
+/// Adds the last lines of the guest's console (`kernel.log` in `log_dir`)
+/// to every failure at stage `kernel` among `actions` (the boot error
+/// record and the run's end alike), so the caller sees why the guest did
+/// not come up.
+pub fn with_console(log_dir: &Path, actions: &mut [super::phase::Action]) {
+    use super::phase::Action;
+    let mut lines: Option<String> = None;
+    for action in actions.iter_mut() {
+        let failure = match action {
+            Action::WriteBootError(failure) => failure,
+            Action::Finish(ending) => match &mut ending.failure {
+                Some(failure) => failure,
+                None => continue,
+            },
+            _ => continue,
+        };
+        if failure.stage != crate::protocol::BootStage::Kernel {
+            continue;
+        }
+        let tail = lines.get_or_insert_with(|| console_tail(log_dir));
+        if !tail.is_empty() {
+            failure.message = format!("{}; the console's last lines: {tail}", failure.message);
+        }
+    }
+}
+
+/// The console's last [`CONSOLE_LINES`] lines, joined by ` | `, escapes
+/// removed (empty when there is no console).
+fn console_tail(log_dir: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = log_dir.join(crate::log::runtime_log::KERNEL_LOG);
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut bytes = Vec::new();
+    if file
+        .seek(SeekFrom::Start(len.saturating_sub(CONSOLE_TAIL)))
+        .is_err()
+        || file.read_to_end(&mut bytes).is_err()
+    {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&strip_ansi_escapes::strip(&bytes)).into_owned();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(CONSOLE_LINES)..].join(" | ")
+}

@@ -589,6 +589,7 @@ impl SupervisorState {
             stop_timeout: self.spec.stop_timeout,
             kill_timeout: self.spec.kill_timeout,
             boot_timeout: self.boot_timeout,
+            vm: self.spec.vm.plan.vm.is_some(),
             sessions: self.sessions.len(),
             now: Instant::now(),
             at: Utc::now(),

@@ -94,7 +94,7 @@ impl VmFiles {
 
 /// Runs the VM of `vm` on the host's SAP socket `link`; never returns.
 pub(crate) fn run(
-    mut link: File,
+    link: File,
     vm: VmLaunch,
     staged: Result<(), BootError>,
     files: Option<VmFiles>,
@@ -127,15 +127,7 @@ pub(crate) fn run(
             refuse(link, error)
         }
     };
-    // qemu holds the socket now; this copy would keep the host's end open.
-    drop(std::mem::replace(&mut link, devnull()));
-    let status = loop {
-        match qemu.wait() {
-            Ok(status) => break status,
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => std::process::exit(1),
-        }
-    };
+    let status = watch(&mut qemu, &link);
     let _ = virtiofsd.kill();
     let _ = virtiofsd.wait();
     std::process::exit(status.code().unwrap_or(128 + status.signal().unwrap_or(0)))
@@ -149,8 +141,66 @@ fn refuse(mut link: File, error: BootError) -> ! {
     std::process::exit(1)
 }
 
-fn devnull() -> File {
-    File::open("/dev/null").unwrap_or_else(|_| std::process::exit(1))
+/// Waits for qemu to exit. If the host's end of the SAP socket closes
+/// first (the host is gone), the guest's agent ends the sandbox and powers
+/// off; a guest that does not within [`HANGUP_GRACE`] (it never booted, or
+/// hangs) is killed with its qemu.
+fn watch(qemu: &mut Child, link: &File) -> std::process::ExitStatus {
+    let pidfd = match pidfd_of(qemu.id()) {
+        Ok(pidfd) => Some(pidfd),
+        Err(_) => None,
+    };
+    let mut deadline: Option<std::time::Instant> = None;
+    loop {
+        if let Ok(Some(status)) = qemu.try_wait() {
+            return status;
+        }
+        // Only hang-ups of the socket wake this: its data is qemu's to read.
+        let mut fds = vec![PollFd::new(
+            std::os::fd::AsFd::as_fd(link),
+            PollFlags::from_bits_retain(libc::POLLRDHUP),
+        )];
+        if let Some(pidfd) = &pidfd {
+            fds.push(PollFd::new(
+                std::os::fd::AsFd::as_fd(pidfd),
+                PollFlags::POLLIN,
+            ));
+        }
+        let timeout = match deadline {
+            Some(at) => {
+                let left = at.saturating_duration_since(std::time::Instant::now());
+                PollTimeout::try_from(left).unwrap_or(PollTimeout::ZERO)
+            }
+            None if pidfd.is_none() => PollTimeout::from(100u8),
+            None => PollTimeout::NONE,
+        };
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+        let hung_up = fds[0].revents().is_some_and(|r| {
+            r.intersects(PollFlags::from_bits_retain(libc::POLLRDHUP) | PollFlags::POLLHUP)
+        });
+        if hung_up && deadline.is_none() {
+            deadline = Some(std::time::Instant::now() + HANGUP_GRACE);
+        }
+        if deadline.is_some_and(|at| std::time::Instant::now() >= at) {
+            let _ = qemu.kill();
+        }
+    }
+}
+
+/// How long a guest whose host is gone may take to power off by itself.
+const HANGUP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn pidfd_of(pid: u32) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Waits until the host has written to the socket (its `Start`), without
@@ -319,7 +369,10 @@ fn qemu_args(vm: &VmLaunch) -> Vec<String> {
         "-initrd",
         &format!("/proc/self/fd/{INITRAMFS_FD}"),
         "-append",
-        "console=ttyS0 panic=-1",
+        &format!(
+            "console=ttyS0 panic=-1 tsc=reliable no_timer_check {}",
+            vm.kernel_args
+        ),
         "-no-reboot",
         "-chardev",
         &format!("socket,id=virtiofs,path={VFS_SOCKET},abstract=on"),

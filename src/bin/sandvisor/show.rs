@@ -447,6 +447,15 @@ async fn describe(runtime: &Sandvisor, name: &str) -> Result<Value> {
         "isolation": effective_isolation(runtime, &handle),
         "network": effective_network(&parsed),
         "image": image_of(&handle),
+        "backend": match parsed.backend {
+            sandvisor::Backend::Namespaces => json!({ "kind": "namespaces" }),
+            sandvisor::Backend::MicroVm { vcpus, .. } => json!({
+                "kind": "micro_vm",
+                "vcpus": vcpus,
+                "memory": parsed.vm_memory(),
+                "accel": sandvisor::vm::recorded_accel(runtime.home()).map(|accel| accel.as_str()),
+            }),
+        },
         "writable_layer_bytes": handle.writable_layer_bytes().ok(),
         "restart": restart,
         "health": parsed.health.as_ref().map(|check| json!({
@@ -461,6 +470,7 @@ async fn describe(runtime: &Sandvisor, name: &str) -> Result<Value> {
             "logs": logs,
             "exec_log": logs.join("exec.log"),
             "runtime_log": logs.join("runtime.log"),
+            "kernel_log": logs.join("kernel.log"),
             "control_socket": handle.control_socket(),
         },
     }))

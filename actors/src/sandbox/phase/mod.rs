@@ -200,6 +200,9 @@ pub struct Context {
     pub kill_timeout: Duration,
     /// The backend's boot timeout (for the message).
     pub boot_timeout: Duration,
+    /// The run is a microVM's: a boot that ends without a word from the
+    /// agent is the guest kernel's failure (stage `kernel`), not `other`.
+    pub vm: bool,
     /// Exec sessions still running.
     pub sessions: usize,
     /// Now, for deadlines.

@@ -101,7 +101,7 @@ pub fn step(phase: &Phase, input: Input, cx: &Context) -> Step {
         },
         Input::BootTimedOut if !phase.booted() => {
             let failure = BootFailure {
-                stage: BootStage::Other,
+                stage: silent_stage(cx),
                 errno: libc::ETIMEDOUT,
                 message: format!(
                     "the agent did not report ready within {:?}",
@@ -177,6 +177,21 @@ pub fn step(phase: &Phase, input: Input, cx: &Context) -> Step {
                     None,
                     Some(libc::SIGKILL),
                     TerminationReason::Killed,
+                );
+                finish(phase, end, cx, None, vec![first])
+            }
+            // A guest that ends before its agent speaks did not boot: a
+            // boot failure (stage `kernel`), not a crash of a running sandbox.
+            Phase::Starting { .. } if cx.vm => {
+                let first = note(
+                    true,
+                    format!("the microVM ended before its agent was ready: {reason}"),
+                );
+                let end = (
+                    SandboxStatus::Stopped,
+                    None,
+                    None,
+                    TerminationReason::Failed,
                 );
                 finish(phase, end, cx, None, vec![first])
             }
@@ -278,6 +293,15 @@ fn crashed() -> (SandboxStatus, Option<i32>, Option<i32>, TerminationReason) {
     )
 }
 
+/// The stage of a boot that failed without the agent saying why.
+fn silent_stage(cx: &Context) -> BootStage {
+    if cx.vm {
+        BootStage::Kernel
+    } else {
+        BootStage::Other
+    }
+}
+
 /// Ends the run; a run that never booted ends with a boot failure (`failure`,
 /// or "ended before it was ready").
 fn finish(
@@ -293,12 +317,18 @@ fn finish(
     mut actions: Vec<Action>,
 ) -> Step {
     let failure = failure.or_else(|| {
-        (!phase.booted()).then(|| BootFailure {
-            stage: BootStage::Other,
+        let failure = (!phase.booted()).then(|| BootFailure {
+            stage: silent_stage(cx),
             errno: 0,
             message: format!("the sandbox ended before it was ready ({reason})"),
             exec_failed: false,
-        })
+        })?;
+        // A guest that ended before its agent spoke failed to boot: its
+        // record names the kernel stage and quotes the console.
+        if failure.stage == BootStage::Kernel {
+            actions.push(Action::WriteBootError(failure.clone()));
+        }
+        Some(failure)
     });
     let ending = Ending {
         from: phase.status(),

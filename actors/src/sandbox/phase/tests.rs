@@ -16,6 +16,7 @@ fn cx(now: Instant, sessions: usize) -> Context {
         stop_timeout: STOP,
         kill_timeout: KILL,
         boot_timeout: Duration::from_secs(30),
+        vm: false,
         sessions,
         now,
         at: Utc::now(),
@@ -357,6 +358,36 @@ fn boot_timeout_writes_the_error_kills_from_host_and_fails() {
     // Once running, the boot timer is stale.
     let (_, actions) = step(&running(), Input::BootTimedOut, &cx(now, 0));
     assert!(actions.is_empty());
+}
+
+#[test]
+fn a_microvm_that_ends_or_times_out_before_ready_fails_at_the_kernel_stage() {
+    let now = Instant::now();
+    let vm = Context {
+        vm: true,
+        ..cx(now, 0)
+    };
+    let (phase, actions) = step(
+        &starting(),
+        Input::Lost("the guest powered off".into()),
+        &vm,
+    );
+    let end = ending(&actions);
+    assert_eq!(
+        (end.status, end.reason),
+        (SandboxStatus::Stopped, TerminationReason::Failed)
+    );
+    let failure = end.failure.clone().unwrap();
+    assert_eq!(failure.stage, BootStage::Kernel);
+    assert!(actions.contains(&Action::WriteBootError(failure)));
+    assert!(phase.is_ended());
+    let (_, actions) = step(&starting(), Input::BootTimedOut, &vm);
+    assert_eq!(ending(&actions).failure.unwrap().stage, BootStage::Kernel);
+    // The same loss in the namespace backend is a crash, stage `other`.
+    let (_, actions) = step(&starting(), Input::Lost("gone".into()), &cx(now, 0));
+    let end = ending(&actions);
+    assert_eq!(end.status, SandboxStatus::Crashed);
+    assert_eq!(end.failure.unwrap().stage, BootStage::Other);
 }
 
 #[test]

@@ -28,8 +28,9 @@ impl SupervisorState {
     pub(super) async fn execute(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
-        actions: Vec<Action>,
+        mut actions: Vec<Action>,
     ) -> Result<(), ActorProcessingErr> {
+        boot_error::with_console(&self.spec.log_dir, &mut actions);
         for action in actions {
             match action {
                 Action::SetStatus { from, to } => {
@@ -95,6 +96,16 @@ impl SupervisorState {
         pid: u32,
     ) -> Result<(), ActorProcessingErr> {
         let host_pid = self.init_pid.unwrap_or(pid);
+        if let Some(vm) = &self.spec.vm.plan.vm {
+            let accel = if vm.kvm { "kvm" } else { "tcg" };
+            self.note(
+                false,
+                &format!(
+                    "microVM up: qemu microvm ({accel}), {} vCPU, {} MiB, kernel {}",
+                    vm.vcpus, vm.memory_mib, vm.kernel
+                ),
+            );
+        }
         match self
             .store
             .run_started(
