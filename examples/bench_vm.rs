@@ -8,9 +8,10 @@
 //!    from spawn to `hi` on its console; and the namespace backend's
 //!    figure. Median of 5 each.
 //! 2. Memory: host memory per idle VM sandbox beyond its guest's RAM —
-//!    qemu's resident memory less the guest RAM it has touched (its shared
-//!    memory), the launcher's and virtiofsd's, and this process's own growth
-//!    per sandbox — over 3 idle sandboxes; the namespace backend's beside.
+//!    the proportional set (PSS) of qemu less the guest RAM it has touched
+//!    (its shared memory), of the launcher and of virtiofsd, and this
+//!    process's own growth per sandbox — over 3 idle sandboxes; the
+//!    namespace backend's beside.
 //!
 //! Run: `cargo build --release --bin sandvisor-agent --example bench_vm` then
 //! `target/release/examples/bench_vm` (as root; needs qemu-system-x86,
@@ -97,7 +98,7 @@ fn floor_boot(kernel: &Path, initramfs: &Path) -> Result<f64> {
             "stdio",
             "-no-reboot",
             "-append",
-            "console=ttyS0 panic=-1",
+            &format!("console=ttyS0 panic=-1 {}", sandvisor::vm::clock_args()),
         ])
         .arg("-kernel")
         .arg(kernel)
@@ -160,6 +161,16 @@ fn kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A field of `/proc/PID/smaps_rollup` in KiB.
+fn pss(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Processes whose parent is `parent`.
 fn children(parent: u32) -> Vec<u32> {
     std::fs::read_dir("/proc")
@@ -210,10 +221,10 @@ async fn idle_memory(rt: &Sandvisor, prefix: &str, backend: Backend) -> Result<f
             i += 1;
         }
         for pid in tree {
-            let is_vm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| comm.starts_with("qemu-system"));
-            // Guest RAM is qemu's shared memory: not counted.
-            theirs += kib(pid, "VmRSS:") - if is_vm { kib(pid, "RssShmem:") } else { 0 };
+            // Proportional: the pages of qemu's binary and libraries that
+            // every VM shares count once in all; guest RAM is qemu's shared
+            // memory (Pss_Shmem) and is not counted.
+            theirs += pss(pid, "Pss_Anon:") + pss(pid, "Pss_File:");
         }
     }
     for sandbox in &sandboxes {
@@ -242,11 +253,13 @@ async fn main() -> Result<()> {
     let kernel = sandvisor::vm::default_kernel();
     let floor = floor_initramfs(dir.path())?;
     // Untimed: builds the initramfs once, as any first VM of a home does.
+    eprintln!("warming up");
     sandbox_boot(&rt, "warm", VM).await?;
     let mut floors = Vec::new();
     let mut vms = Vec::new();
     let mut namespaces = Vec::new();
     for i in 0..RUNS {
+        eprintln!("run {}/{RUNS}", i + 1);
         floors.push(floor_boot(&kernel, &floor)?);
         vms.push(sandbox_boot(&rt, &format!("vm{i}"), VM).await?);
         namespaces.push(sandbox_boot(&rt, &format!("ns{i}"), Backend::Namespaces).await?);

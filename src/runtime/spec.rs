@@ -167,7 +167,7 @@ pub(super) fn sandbox_spec(config: &SandboxConfig, context: RunContext<'_>) -> R
                     &context.image_lowers,
                 )?,
                 net_namespace: context.network.is_some(),
-                vm: context.vm,
+                vm: context.vm.map(Box::new),
             },
             limits: Limits {
                 memory_bytes,

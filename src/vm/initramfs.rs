@@ -70,7 +70,12 @@ pub fn ensure(home: &Path, agent: &Path, modules_dir: &Path) -> Result<PathBuf> 
             .write(out, 0)
             .finish()
             .map_err(io(&path))?;
-        out = entry(out, "init", 0o100_755, &agent_bytes)?;
+        out = entry(
+            out,
+            "init",
+            0o100_755,
+            &stripped(agent, &dir).unwrap_or(agent_bytes),
+        )?;
         let mut made = BTreeSet::new();
         for library in &libraries {
             let inside = library.strip_prefix("/").unwrap_or(library);
@@ -113,6 +118,26 @@ pub fn ensure(home: &Path, agent: &Path, modules_dir: &Path) -> Result<PathBuf> 
         source: e.error,
     })?;
     Ok(path)
+}
+
+/// `agent` without its debug information (`objcopy --strip-debug`), when
+/// binutils are there: the guest's kernel unpacks every byte of the
+/// initramfs at boot, and qemu keeps it mapped.
+fn stripped(agent: &Path, scratch: &Path) -> Option<Vec<u8>> {
+    let out = tempfile::NamedTempFile::new_in(scratch).ok()?;
+    let done = std::process::Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(agent)
+        .arg(out.path())
+        .env_clear()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .ok()?;
+    if !done.success() {
+        return None;
+    }
+    std::fs::read(out.path()).ok()
 }
 
 fn entry<W: Write>(out: W, name: &str, mode: u32, bytes: &[u8]) -> Result<W> {

@@ -132,9 +132,7 @@ impl VmHost {
             kvm: accel == Accel::Kvm,
             vcpus,
             memory_mib,
-            kernel_args: tsc_khz()
-                .map(|khz| format!("tsc_early_khz={khz}"))
-                .unwrap_or_default(),
+            kernel_args: clock_args(),
         })
     }
 
@@ -174,6 +172,16 @@ impl VmHost {
                 .unwrap_or_default();
             Path::new("/lib/modules").join(release)
         })
+    }
+}
+
+/// The guest kernel's clock words: its TSC is the host's, so it is told the
+/// frequency and trusted instead of calibrated against an emulated timer,
+/// which a loaded TCG host made hang.
+pub fn clock_args() -> String {
+    match tsc_khz() {
+        Some(khz) => format!("tsc=reliable no_timer_check tsc_early_khz={khz}"),
+        None => "no_timer_check".to_string(),
     }
 }
 

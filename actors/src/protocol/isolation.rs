@@ -84,7 +84,7 @@ pub struct SpawnPlan {
     /// virtiofsd instead of being the agent, and the agent runs as PID 1 of
     /// the guest. `None`: the agent is that process.
     #[serde(default)]
-    pub vm: Option<VmLaunch>,
+    pub vm: Option<Box<VmLaunch>>,
 }
 
 /// How to launch a sandbox's microVM (the microVM backend).

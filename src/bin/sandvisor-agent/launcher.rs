@@ -146,10 +146,7 @@ fn refuse(mut link: File, error: BootError) -> ! {
 /// off; a guest that does not within [`HANGUP_GRACE`] (it never booted, or
 /// hangs) is killed with its qemu.
 fn watch(qemu: &mut Child, link: &File) -> std::process::ExitStatus {
-    let pidfd = match pidfd_of(qemu.id()) {
-        Ok(pidfd) => Some(pidfd),
-        Err(_) => None,
-    };
+    let pidfd = pidfd_of(qemu.id()).ok();
     let mut deadline: Option<std::time::Instant> = None;
     loop {
         if let Ok(Some(status)) = qemu.try_wait() {
@@ -282,7 +279,7 @@ fn start_virtiofsd(vm: &VmLaunch, files: &VmFiles) -> Result<Child, BootError> {
         .arg(format!("--fd={LISTENER_FD}"))
         .arg(format!("--shared-dir={STAGED_AT}"))
         .args([
-            "--sandbox=none",
+            "--sandbox=chroot",
             "--announce-submounts",
             "--cache=auto",
             "--log-level=error",
@@ -369,10 +366,7 @@ fn qemu_args(vm: &VmLaunch) -> Vec<String> {
         "-initrd",
         &format!("/proc/self/fd/{INITRAMFS_FD}"),
         "-append",
-        &format!(
-            "console=ttyS0 panic=-1 tsc=reliable no_timer_check {}",
-            vm.kernel_args
-        ),
+        &format!("console=ttyS0 panic=-1 {}", vm.kernel_args),
         "-no-reboot",
         "-chardev",
         &format!("socket,id=virtiofs,path={VFS_SOCKET},abstract=on"),

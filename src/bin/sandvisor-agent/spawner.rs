@@ -237,7 +237,7 @@ pub(crate) fn become_agent(
     }
     let link = std::fs::File::from(socket);
     match plan.vm.clone() {
-        Some(vm) => crate::launcher::run(link, vm, staged, vm_files),
+        Some(vm) => crate::launcher::run(link, *vm, staged, vm_files),
         None => crate::agent::run(link, plan, staged),
     }
 }

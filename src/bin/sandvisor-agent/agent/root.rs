@@ -192,7 +192,7 @@ pub(crate) fn fresh_mounts(
     owner: u32,
 ) -> Result<(), BootError> {
     let tmpfs = |target: &str, mode: &str, size: u64, extra: MsFlags| {
-        let at = inside(&root_fd, target, Kind::Dir, false, owner)?;
+        let at = inside(root_fd, target, Kind::Dir, false, owner)?;
         let data = format!("mode={mode},size={size},uid={owner},gid={owner}");
         mount(
             Some("tmpfs"),
@@ -207,7 +207,7 @@ pub(crate) fn fresh_mounts(
     tmpfs("run", "755", tmpfs_bytes, MsFlags::empty())?;
     tmpfs("var/tmp", "1777", tmpfs_bytes, MsFlags::empty())?;
     tmpfs("dev", "755", 1 << 20, MsFlags::MS_NOEXEC)?;
-    dev(&root_fd, owner)?;
+    dev(root_fd, owner)?;
     tmpfs("dev/shm", "1777", tmpfs_bytes, MsFlags::MS_NOEXEC)?;
     Ok(())
 }

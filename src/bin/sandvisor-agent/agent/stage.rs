@@ -97,7 +97,7 @@ fn stage(request: Request, socket: OwnedFd) -> Result<(u32, OwnedFd), Errno> {
         flags |= libc::CLONE_NEWNET as u64;
     }
     // Opened here, with the host's privileges, and inherited by the launcher.
-    let (vm_files, opened) = match plan.vm.as_ref().map(VmFiles::open).transpose() {
+    let (vm_files, opened) = match plan.vm.as_deref().map(VmFiles::open).transpose() {
         Ok(files) => (files, Ok(())),
         Err(error) => (None, Err(error)),
     };
