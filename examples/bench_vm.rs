@@ -151,19 +151,9 @@ async fn sandbox_boot(rt: &Sandvisor, name: &str, backend: Backend) -> Result<f6
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// A `/proc/PID/status` field in KiB.
-fn kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// A field of `/proc/PID/smaps_rollup` in KiB.
-fn pss(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+/// A field (in KiB) of `/proc/PID/<file>`: `status` or `smaps_rollup`.
+fn kib_in(file: &str, pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .unwrap_or_default()
         .lines()
         .find_map(|line| line.strip_prefix(field))
@@ -195,7 +185,7 @@ fn children(parent: u32) -> Vec<u32> {
 /// sandbox's host processes (for a VM, qemu less its shared guest memory)
 /// and this process's growth.
 async fn idle_memory(rt: &Sandvisor, prefix: &str, backend: Backend) -> Result<f64> {
-    let before = kib(std::process::id(), "VmRSS:");
+    let before = kib_in("status", std::process::id(), "VmRSS:");
     let mut sandboxes = Vec::new();
     for i in 0..IDLE {
         sandboxes.push(
@@ -209,7 +199,7 @@ async fn idle_memory(rt: &Sandvisor, prefix: &str, backend: Backend) -> Result<f
     }
     // Idle: let the guests settle after boot.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let ours = kib(std::process::id(), "VmRSS:").saturating_sub(before);
+    let ours = kib_in("status", std::process::id(), "VmRSS:").saturating_sub(before);
     let mut theirs = 0;
     for sandbox in &sandboxes {
         let runs = rt.runs(sandbox.name()).await?;
@@ -224,7 +214,8 @@ async fn idle_memory(rt: &Sandvisor, prefix: &str, backend: Backend) -> Result<f
             // Proportional: the pages of qemu's binary and libraries that
             // every VM shares count once in all; guest RAM is qemu's shared
             // memory (Pss_Shmem) and is not counted.
-            theirs += pss(pid, "Pss_Anon:") + pss(pid, "Pss_File:");
+            theirs +=
+                kib_in("smaps_rollup", pid, "Pss_Anon:") + kib_in("smaps_rollup", pid, "Pss_File:");
         }
     }
     for sandbox in &sandboxes {

@@ -778,6 +778,15 @@ impl SandboxConfig {
                 "a microVM runs its own kernel: there is no host root or host namespace to share (not with privileged)".into(),
             ));
         }
+        // qemu and virtiofsd run as the sandbox's unprivileged ids, as PID 1's
+        // children of its own pid namespace: never as host root, never able
+        // to outlive a kill.
+        if !self.isolation.user || !self.isolation.pid {
+            return Err(bad(
+                "backend",
+                "a microVM's qemu runs in the sandbox's own user and pid namespaces (isolation.user, isolation.pid)".into(),
+            ));
+        }
         if !matches!(self.network, Network::None) || !self.isolation.net {
             return Err(bad(
                 "network",

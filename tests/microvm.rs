@@ -283,6 +283,17 @@ async fn bad_vm_configs_are_refused_before_anything_starts() {
             },
             "backend",
         ),
+        // qemu never runs as host root (`--userns=host`).
+        (
+            SandboxConfig {
+                isolation: sandvisor::Isolation {
+                    user: false,
+                    ..Default::default()
+                },
+                ..SandboxConfig::new("v", "true").with_backend(VM)
+            },
+            "backend",
+        ),
     ] {
         match rt.create(config).await {
             Err(sandvisor::Error::InvalidConfig { field: got, .. }) => assert_eq!(got, field),

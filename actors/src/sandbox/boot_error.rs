@@ -97,8 +97,13 @@ pub fn with_console(log_dir: &Path, actions: &mut [super::phase::Action]) {
     }
 }
 
+/// Characters of one quoted console line.
+const CONSOLE_LINE_CHARS: usize = 200;
+
 /// The console's last [`CONSOLE_LINES`] lines, joined by ` | `, escapes
-/// removed (empty when there is no console).
+/// and control characters removed, each line cut at [`CONSOLE_LINE_CHARS`]
+/// (empty when there is no console). The text is the guest's: it is quoted,
+/// never interpreted.
 fn console_tail(log_dir: &Path) -> String {
     use std::io::{Read, Seek, SeekFrom};
     let path = log_dir.join(crate::log::runtime_log::KERNEL_LOG);
@@ -115,9 +120,16 @@ fn console_tail(log_dir: &Path) -> String {
         return String::new();
     }
     let text = String::from_utf8_lossy(&strip_ansi_escapes::strip(&bytes)).into_owned();
-    let lines: Vec<&str> = text
+    let lines: Vec<String> = text
         .lines()
-        .map(str::trim)
+        .map(|line| {
+            line.chars()
+                .filter(|c| !c.is_control())
+                .take(CONSOLE_LINE_CHARS)
+                .collect::<String>()
+                .trim()
+                .to_string()
+        })
         .filter(|line| !line.is_empty())
         .collect();
     lines[lines.len().saturating_sub(CONSOLE_LINES)..].join(" | ")

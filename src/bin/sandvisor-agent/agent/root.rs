@@ -82,12 +82,18 @@ const MASKED_ETC_DIRS: [&str; 14] = [
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Stages `plan` at `<plan.dir>/root`; `userns` is the sandbox's user
-/// namespace (its ids, and a descriptor of it for id-mapped mounts).
+/// namespace (its ids, and a descriptor of it for id-mapped mounts). Without
+/// `fresh`, the root gets none of [`fresh_mounts`] (a microVM's guest makes
+/// its own).
 ///
 /// # Errors
 /// The first step that failed, as the agent's boot error (stage `mount`, or
 /// `image` for what the rootfs lacks).
-pub(super) fn stage(plan: &RootPlan, userns: Option<(IdRange, &OwnedFd)>) -> Result<(), BootError> {
+pub(super) fn stage(
+    plan: &RootPlan,
+    userns: Option<(IdRange, &OwnedFd)>,
+    fresh: bool,
+) -> Result<(), BootError> {
     let dir = Path::new(&plan.dir);
     let owner = userns.map_or(0, |(ids, _)| ids.first);
     let mapping = userns.map(|(_, fd)| fd);
@@ -138,7 +144,9 @@ pub(super) fn stage(plan: &RootPlan, userns: Option<(IdRange, &OwnedFd)>) -> Res
             )
         })?;
     }
-    fresh_mounts(&root_fd, plan.tmpfs_bytes, owner)?;
+    if fresh {
+        fresh_mounts(&root_fd, plan.tmpfs_bytes, owner)?;
+    }
     // A read-only rootfs is never written: its volumes' targets must exist.
     let create = !plan.read_only || plan.lowers.is_empty();
     for (i, volume) in plan.mounts.iter().enumerate() {

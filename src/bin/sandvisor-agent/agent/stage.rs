@@ -96,8 +96,17 @@ fn stage(request: Request, socket: OwnedFd) -> Result<(u32, OwnedFd), Errno> {
     if plan.net_namespace || plan.vm.is_some() {
         flags |= libc::CLONE_NEWNET as u64;
     }
-    // Opened here, with the host's privileges, and inherited by the launcher.
+    // Opened here, with the host's privileges, and inherited by the launcher;
+    // which never runs qemu as host root or outside a pid namespace of its own.
     let (vm_files, opened) = match plan.vm.as_deref().map(VmFiles::open).transpose() {
+        Ok(_) if plan.vm.is_some() && (plan.user_namespace.is_none() || !plan.pid_namespace) => (
+            None,
+            Err(boot_error(
+                BootStage::BuildVm,
+                Errno::EPERM,
+                "a microVM needs the sandbox's own user and pid namespaces",
+            )),
+        ),
         Ok(files) => (files, Ok(())),
         Err(error) => (None, Err(error)),
     };
@@ -136,7 +145,13 @@ fn prepare(plan: &SpawnPlan, pid: u32) -> Result<(), BootError> {
         None => None,
     };
     match &plan.root {
-        Some(root) => root::stage(root, userns.as_ref().map(|(ids, fd)| (*ids, fd))),
+        // A microVM's guest mounts its own /tmp, /run, /dev…: the host's
+        // device binds are never shared into it.
+        Some(root) => root::stage(
+            root,
+            userns.as_ref().map(|(ids, fd)| (*ids, fd)),
+            plan.vm.is_none(),
+        ),
         None => Ok(()),
     }
 }
