@@ -1,6 +1,6 @@
 //! The microVM backend's host side: where its programs and guest kernel
 //! are, the guest's initramfs ([`initramfs`]), and whether `/dev/kvm` runs
-//! guests ([`accel`]).
+//! guests ([`Accel`], by a boot probe).
 //!
 //! A microVM sandbox is started by the same spawner as a namespace sandbox,
 //! with the same staged root; its [`VmLaunch`] makes the spawned process

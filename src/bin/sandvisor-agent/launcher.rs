@@ -3,7 +3,7 @@
 //! The spawner's staging child creates this process exactly as it creates a
 //! namespace sandbox's agent — in the sandbox's user, pid, mount and network
 //! namespaces, with the sandbox's root staged at
-//! [`STAGED_AT`](crate::agent::root::STAGED_AT) — but it is not the agent:
+//! [`STAGED_AT`] — but it is not the agent:
 //! it runs the VM whose guest runs the agent (see [`crate::guest`]).
 //!
 //! # Contract
