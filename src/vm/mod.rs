@@ -69,6 +69,33 @@ pub(crate) struct VmHost {
     settings: VmSettings,
     /// The probe's answer, asked once per runtime.
     accel: Mutex<Option<Accel>>,
+    /// The initramfs last ensured, and what it was built from (the agent's
+    /// and the modules' identity): every VM start would otherwise hash the
+    /// agent binary and run `ldd` again.
+    initramfs: Mutex<Option<(Built, PathBuf)>>,
+}
+
+/// What an initramfs was built from, as cheaply compared as read: the
+/// agent binary's path, size and modification time, and the modules'
+/// directory. A rebuilt agent differs in its time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Built {
+    agent: PathBuf,
+    size: u64,
+    modified: Option<std::time::SystemTime>,
+    modules: PathBuf,
+}
+
+impl Built {
+    fn of(agent: &Path, modules: &Path) -> Option<Self> {
+        let meta = std::fs::metadata(agent).ok()?;
+        Some(Self {
+            agent: agent.to_path_buf(),
+            size: meta.len(),
+            modified: meta.modified().ok(),
+            modules: modules.to_path_buf(),
+        })
+    }
 }
 
 impl VmHost {
@@ -76,6 +103,7 @@ impl VmHost {
         Arc::new(Self {
             settings,
             accel: Mutex::new(None),
+            initramfs: Mutex::new(None),
         })
     }
 
@@ -96,7 +124,7 @@ impl VmHost {
     ) -> Result<VmLaunch> {
         let kernel = self.kernel();
         let initramfs = if kernel.is_file() {
-            initramfs::ensure(home, agent, &self.modules_dir(&kernel))?
+            self.initramfs(home, agent, &self.modules_dir(&kernel))?
         } else {
             home.join("vm").join("initramfs-missing-kernel.cpio")
         };
@@ -134,6 +162,21 @@ impl VmHost {
             memory_mib,
             kernel_args: clock_args(),
         })
+    }
+
+    /// The initramfs for `agent` and `modules`: the one ensured last if
+    /// neither changed since (and it is still there), else ensured anew.
+    fn initramfs(&self, home: &Path, agent: &Path, modules: &Path) -> Result<PathBuf> {
+        let built = Built::of(agent, modules);
+        let mut last = self.initramfs.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(built), Some((was, path))) = (&built, last.as_ref()) {
+            if built == was && path.is_file() {
+                return Ok(path.clone());
+            }
+        }
+        let path = initramfs::ensure(home, agent, modules)?;
+        *last = built.map(|built| (built, path.clone()));
+        Ok(path)
     }
 
     /// The accelerator guests run with (probed at most once).
