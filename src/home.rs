@@ -106,6 +106,15 @@ pub fn log_dir(home: &Path, name: &str) -> Result<PathBuf> {
     Ok(sandbox_dir(home, name)?.join("logs"))
 }
 
+/// Where a running sandbox's agent waits for a host that re-adopts it:
+/// `<home>/sandboxes/<name>/agent.sock`.
+///
+/// # Errors
+/// [`Error::InvalidName`] if `name` breaks the rules.
+pub fn adopt_socket(home: &Path, name: &str) -> Result<PathBuf> {
+    Ok(sandbox_dir(home, name)?.join("agent.sock"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

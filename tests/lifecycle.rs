@@ -501,9 +501,11 @@ async fn crash_host_child() {
     let Ok(home) = std::env::var("SANDVISOR_CRASH_HOME") else {
         return;
     };
+    // Its sandboxes die with it (the re-adoption tests cover the default).
     let rt = Sandvisor::builder()
         .home(home)
         .agent_path(env!("CARGO_BIN_EXE_sandvisor-agent"))
+        .readopt(false)
         .open()
         .await
         .unwrap();

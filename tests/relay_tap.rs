@@ -278,7 +278,7 @@ async fn disk_full_past_the_wait(max_bytes: u64, keep: usize) {
     };
     let first: Vec<Chunk> = (0..20).map(chunk).collect();
     let answer = ractor::call_t!(tap.actor, RelayTapMsg::Append, 5_000, first).unwrap();
-    assert_eq!(answer, Ok(()));
+    assert!(answer.is_ok());
     // Far more than the 64 KiB filesystem holds.
     let second: Vec<Chunk> = (20..200).map(chunk).collect();
     let answer = ractor::call_t!(tap.actor, RelayTapMsg::Append, 5_000, second).unwrap();

@@ -30,8 +30,8 @@ use crate::backend::Backend;
 use crate::sandbox::events::EventSink;
 use crate::sandbox::lifecycle::{HostId, LifecycleStore, RunEnd, SandboxStatus, TerminationReason};
 use crate::sandbox::{
-    BootFailure, SandboxEnded, SandboxSpec, SandboxSupervisor, SupervisorArgs, SupervisorMsg,
-    UnrecordedEnd,
+    BootFailure, Readoption, SandboxEnded, SandboxSpec, SandboxSupervisor, SupervisorArgs,
+    SupervisorMsg, UnrecordedEnd,
 };
 
 /// The first wait before an unrecorded end is written again; it doubles
@@ -59,6 +59,8 @@ pub enum RootMsg {
         spec: Box<SandboxSpec>,
         /// Told once the sandbox runs or failed to boot.
         started: oneshot::Sender<Result<u32, BootFailure>>,
+        /// A running sandbox to take over instead of starting one.
+        adopt: Option<Box<Readoption>>,
         /// Its supervisor, or why none was started.
         reply: RpcReplyPort<Result<ActorRef<SupervisorMsg>, LaunchRefused>>,
     },
@@ -194,6 +196,7 @@ impl Actor for Root {
             RootMsg::Launch {
                 spec,
                 started,
+                adopt,
                 reply,
             } => {
                 let name = spec.name.clone();
@@ -206,6 +209,7 @@ impl Actor for Root {
                     store: state.store.clone(),
                     host: state.host,
                     started: Some(started),
+                    adopt: adopt.map(|adopt| *adopt),
                     ended: Some(myself.get_derived()),
                     events: state.bus.iter().cloned().collect(),
                     backend: state.backend.clone(),

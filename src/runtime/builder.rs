@@ -42,6 +42,8 @@ pub struct SandvisorBuilder {
     default_pids: Option<Limit>,
     disk_full_wait: Option<Duration>,
     vm: crate::vm::VmSettings,
+    /// `Some(false)`: see [`SandvisorBuilder::readopt`].
+    readopt: Option<bool>,
 }
 
 /// Where a runtime's control socket goes.
@@ -125,6 +127,24 @@ impl SandvisorBuilder {
         self
     }
 
+    /// Whether this runtime hosts sandboxes that outlive it (default: yes).
+    ///
+    /// With it, a sandbox this runtime starts (on the namespace backend,
+    /// without a private network) keeps running if this process dies
+    /// without dropping the runtime — a crash, SIGKILL — and the next
+    /// runtime opened on the home with it re-adopts the sandbox: same run,
+    /// its output resumed exactly where `exec.log` ends. Dropping the
+    /// runtime still stops its sandboxes.
+    ///
+    /// Without it, this runtime's sandboxes end with its process, and
+    /// opening it leaves running sandboxes of a dead host alone (still
+    /// Running, for a runtime that re-adopts them): what a short-lived
+    /// process that hosts nothing of its own (a CLI call) wants.
+    pub fn readopt(mut self, readopt: bool) -> Self {
+        self.readopt = Some(readopt);
+        self
+    }
+
     /// Opens the home: store, migrations, reconciliation, root actor, and the
     /// control socket if asked for.
     ///
@@ -185,7 +205,13 @@ impl SandvisorBuilder {
             }
         };
         let host = crate::store::this_host();
-        let reconciled = super::reconcile(&store, &home, host).await?;
+        let readopt = self.readopt.unwrap_or(true);
+        // Live sandboxes of dead hosts that wait to be re-adopted are not
+        // settled: this runtime takes them over below, or leaves them for
+        // one that does.
+        let orphans = super::adoptable_orphans(&store, &home, host).await?;
+        let spare: Vec<i64> = orphans.iter().map(|orphan| orphan.run_id).collect();
+        let reconciled = super::reconcile(&store, &home, host, &spare).await?;
         if !reconciled.is_empty() {
             tracing::warn!(
                 ?reconciled,
@@ -218,13 +244,18 @@ impl SandvisorBuilder {
             control_path: bound.as_ref().map(|bound| bound.path().to_path_buf()),
             defaults,
             vm: crate::vm::VmHost::new(self.vm),
+            readopt,
             control: std::sync::Mutex::new(bound.map(|bound| {
                 bound.serve(WeakSandvisor {
                     inner: weak.clone(),
                 })
             })),
         });
-        Ok(Sandvisor { inner })
+        let runtime = Sandvisor { inner };
+        if readopt {
+            runtime.take_over(orphans).await?;
+        }
+        Ok(runtime)
     }
 }
 

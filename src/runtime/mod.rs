@@ -43,7 +43,7 @@ use crate::control::{ControlClient, ControlServer};
 use crate::error::{Error, Result};
 use crate::home;
 use crate::logs::Logs;
-use crate::store::{RunRow, Store};
+use crate::store::{OrphanRun, RunRow, Store};
 use sandvisor_actors::lifecycle::LifecycleStore;
 
 struct Inner {
@@ -65,6 +65,9 @@ struct Inner {
     defaults: spec::Defaults,
     /// The microVM backend's programs, kernel and accelerator.
     vm: Arc<crate::vm::VmHost>,
+    /// Its sandboxes outlive it, and it re-adopts those of dead hosts (see
+    /// [`SandvisorBuilder::readopt`]).
+    readopt: bool,
 }
 
 /// A runtime held without keeping it alive (the control server's hold).
@@ -383,6 +386,7 @@ impl Sandvisor {
         let launched = ractor::call!(self.inner.root, |reply| RootMsg::Launch {
             spec: Box::new(spec),
             started: started_tx,
+            adopt: None,
             reply
         })
         .map_err(|e| Error::Internal(format!("root actor: {e}")))
@@ -440,6 +444,13 @@ impl Sandvisor {
             }
             None => Vec::new(),
         };
+        // A run outlives its host and is re-adopted by the next one, unless
+        // it needs what dies with the host: a microVM's launcher follows
+        // its host, and a private network's pasta is the host's child.
+        let adopt_socket =
+            (self.inner.readopt && purpose == Purpose::Run && vm.is_none() && network.is_none())
+                .then(|| home::adopt_socket(&self.inner.home, name))
+                .transpose()?;
         spec::sandbox_spec(
             config,
             spec::RunContext {
@@ -453,6 +464,7 @@ impl Sandvisor {
                 network_mounts: mounts,
                 image_lowers,
                 vm,
+                adopt_socket,
             },
         )
     }
@@ -630,7 +642,10 @@ impl Sandvisor {
     /// # Errors
     /// [`Error::Database`] if the store cannot be read or written.
     pub async fn reconcile(&self) -> Result<Vec<String>> {
-        reconcile(&self.inner.store, &self.inner.home, self.inner.host).await
+        let orphans =
+            adoptable_orphans(&self.inner.store, &self.inner.home, self.inner.host).await?;
+        let spare: Vec<i64> = orphans.iter().map(|orphan| orphan.run_id).collect();
+        reconcile(&self.inner.store, &self.inner.home, self.inner.host, &spare).await
     }
 
     /// The runs of `name`, oldest first (none for an unknown name).
@@ -771,10 +786,129 @@ fn unique_suffix() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// [`Sandvisor::reconcile`] on `store` and `home` as `me`. A marker that
-/// cannot be written is a warning: the row is settled either way.
-async fn reconcile(store: &Store, home: &Path, me: HostId) -> Result<Vec<String>> {
-    let settled = store.reconcile(me).await?;
+/// Open runs of dead hosts whose agent still runs and waits on its adoption
+/// socket.
+///
+/// # Errors
+/// [`Error::Database`] if the store cannot be read.
+async fn adoptable_orphans(store: &Store, home: &Path, me: HostId) -> Result<Vec<OrphanRun>> {
+    use std::os::unix::fs::FileTypeExt;
+    let orphans = store.orphan_runs(me).await?;
+    Ok(orphans
+        .into_iter()
+        .filter(|orphan| {
+            home::adopt_socket(home, &orphan.name)
+                .ok()
+                .and_then(|path| std::fs::symlink_metadata(path).ok())
+                .is_some_and(|meta| meta.file_type().is_socket())
+        })
+        .collect())
+}
+
+impl Sandvisor {
+    /// Re-adopts `orphans` (see [`SandvisorBuilder::readopt`]); those that
+    /// cannot be taken over are killed and settled as Crashed.
+    ///
+    /// # Errors
+    /// [`Error::Database`] if settling the ones not taken over fails.
+    async fn take_over(&self, orphans: Vec<OrphanRun>) -> Result<()> {
+        let mut failed = false;
+        for orphan in orphans {
+            if let Err(err) = self.take_over_one(&orphan).await {
+                tracing::warn!(sandbox = %orphan.name, %err, "cannot re-adopt the sandbox of a host that is gone");
+                failed = true;
+            }
+        }
+        if failed {
+            reconcile(&self.inner.store, &self.inner.home, self.inner.host, &[]).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes over one orphaned run: connects to its agent, moves the run to
+    /// this host and starts its supervisor on it. An agent connected but not
+    /// taken over is killed, so reconciliation settles its run.
+    ///
+    /// # Errors
+    /// Why it was not taken over.
+    async fn take_over_one(&self, orphan: &OrphanRun) -> Result<()> {
+        let handle = self.get(&orphan.name).await?;
+        let config = handle.config()?;
+        let lowers = self.lowers_of(handle.image_id()).await?;
+        let spec = self.run_spec(&config, handle.id_slot(), lowers, None, Purpose::Run)?;
+        let Some(socket) = spec.vm.plan.adopt_socket.clone() else {
+            return Err(Error::Internal(format!(
+                "{} cannot be re-adopted (a microVM or a private network)",
+                orphan.name
+            )));
+        };
+        let adopt = sandvisor_actors::backend::AdoptSpec {
+            pid: orphan.pid,
+            start_ticks: orphan.pid_start,
+            socket,
+            pid_namespace: spec.vm.start.pid_namespace,
+        };
+        let agent = self
+            .inner
+            .backend
+            .adopt(&adopt)
+            .await
+            .map_err(|failed| Error::Internal(failed.message))?;
+        let kill = |agent: &sandvisor_actors::backend::Started| {
+            if let Err(err) = agent.agent.kill(None) {
+                tracing::warn!(pid = orphan.pid, %err, "cannot kill the agent");
+            }
+        };
+        match self
+            .inner
+            .store
+            .move_run(orphan.run_id, orphan.host, self.inner.host)
+            .await
+        {
+            Ok(true) => {}
+            // Another runtime took it first: ours closes, the agent stays its.
+            Ok(false) => return Ok(()),
+            Err(err) => {
+                kill(&agent);
+                return Err(err);
+            }
+        }
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let readoption = sandvisor_actors::sandbox::Readoption {
+            agent,
+            run_id: orphan.run_id,
+            started_at: orphan.started_at,
+        };
+        let launched = ractor::call!(self.inner.root, |reply| RootMsg::Launch {
+            spec: Box::new(spec),
+            started: started_tx,
+            adopt: Some(Box::new(readoption)),
+            reply
+        })
+        .map_err(|e| Error::Internal(format!("root actor: {e}")))
+        .and_then(|launched| launched.map_err(|refused| Error::Internal(refused.to_string())))?;
+        match started_rx.await {
+            Ok(Ok(_)) => {
+                tracing::info!(sandbox = %orphan.name, run = orphan.run_id, "re-adopted");
+                Ok(())
+            }
+            Ok(Err(failure)) => Err(outcome::boot_failed(failure)),
+            Err(_) => {
+                launched.stop(None);
+                Err(Error::Internal(format!(
+                    "the supervisor of {} ended before it took the sandbox over",
+                    orphan.name
+                )))
+            }
+        }
+    }
+}
+
+/// [`Sandvisor::reconcile`] on `store` and `home` as `me`, leaving the runs
+/// in `spare` alone. A marker that cannot be written is a warning: the row
+/// is settled either way.
+async fn reconcile(store: &Store, home: &Path, me: HostId, spare: &[i64]) -> Result<Vec<String>> {
+    let settled = store.reconcile(me, spare).await?;
     for sandbox in &settled {
         let (Some(marker), Some(run)) = (sandbox.marker(), sandbox.run) else {
             continue;

@@ -297,6 +297,7 @@ impl Sandbox {
         let main = self.main_io().await?;
         let spec = ExecSpec {
             session: 0,
+            logged: false,
             run: CommandSpec {
                 stdin: true,
                 user: main.user,

@@ -77,6 +77,9 @@ pub(super) struct RunContext<'a> {
     pub image_lowers: Vec<PathBuf>,
     /// The microVM to launch, for the microVM backend.
     pub vm: Option<VmLaunch>,
+    /// Where the agent waits for a host that re-adopts it; `None`: the run
+    /// ends with its host.
+    pub adopt_socket: Option<PathBuf>,
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> Error {
@@ -168,6 +171,7 @@ pub(super) fn sandbox_spec(config: &SandboxConfig, context: RunContext<'_>) -> R
                 )?,
                 net_namespace: context.network.is_some(),
                 vm: context.vm.map(Box::new),
+                adopt_socket: context.adopt_socket,
             },
             limits: Limits {
                 memory_bytes,
@@ -318,6 +322,7 @@ pub(super) fn exec_spec(config: &ExecConfig, sandbox_user: Option<Ids>) -> Resul
     };
     Ok(ExecSpec {
         session: 0,
+        logged: true,
         run: CommandSpec {
             command: config.command.clone(),
             args: config.args.clone(),

@@ -17,7 +17,7 @@ use sandvisor_actors::lifecycle::HostId;
 use sandvisor_actors::sandbox::stopped_marker;
 use sqlx::Row;
 
-use super::{db_err, time_text, Store};
+use super::{db_err, parse_time, time_text, Store};
 use crate::error::Result;
 
 /// A sandbox [`Store::reconcile`] settled.
@@ -58,7 +58,102 @@ impl Settled {
     }
 }
 
+/// A run left open by a host that is gone whose PID 1 still runs: a sandbox
+/// a runtime may re-adopt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanRun {
+    /// The sandbox.
+    pub name: String,
+    /// The run's row id.
+    pub run_id: i64,
+    /// Host pid of its PID 1 (the agent).
+    pub pid: u32,
+    /// The agent's start time (clock ticks since boot).
+    pub pid_start: u64,
+    /// The host that recorded it, found gone.
+    pub host: HostId,
+    /// When the run started.
+    pub started_at: DateTime<Utc>,
+}
+
 impl Store {
+    /// Open runs whose host is gone (and is not `me`) while their PID 1, a
+    /// sandvisor agent with the recorded start time, still runs.
+    ///
+    /// # Errors
+    /// [`crate::Error::Database`] if the store cannot be read.
+    pub async fn orphan_runs(&self, me: HostId) -> Result<Vec<OrphanRun>> {
+        let rows = sqlx::query(
+            "SELECT sandbox.name, run.id, run.pid, run.host_pid, run.host_start_ticks, run.pid_start_ticks, run.started_at \
+             FROM run JOIN sandbox ON sandbox.id = run.sandbox_id WHERE run.terminated_at IS NULL",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let mut orphans = Vec::new();
+        for row in rows {
+            let host = HostId {
+                pid: row.get::<i64, _>(3) as u32,
+                start_ticks: row.get::<i64, _>(4) as u64,
+            };
+            let pid = row.get::<i64, _>(2) as u32;
+            let Some(pid_start) = row.get::<Option<i64>, _>(5).map(|t| t as u64) else {
+                continue;
+            };
+            if host == me || host_alive(host) || !is_agent(pid, Some(pid_start)) {
+                continue;
+            }
+            orphans.push(OrphanRun {
+                name: row.get(0),
+                run_id: row.get(1),
+                pid,
+                pid_start,
+                host,
+                started_at: parse_time(row.get(6))?,
+            });
+        }
+        Ok(orphans)
+    }
+
+    /// Moves run `run_id` (and its sandbox) from the dead host `from` to
+    /// `to`, with `to`'s control socket; `false` if the run is no longer
+    /// `from`'s (another runtime took it first, or it was closed).
+    ///
+    /// # Errors
+    /// [`crate::Error::Database`] if the store cannot be written.
+    pub async fn move_run(&self, run_id: i64, from: HostId, to: HostId) -> Result<bool> {
+        let mut tx = self.begin_immediate().await?;
+        let moved = sqlx::query(
+            "UPDATE run SET host_pid = ?, host_start_ticks = ? \
+             WHERE id = ? AND terminated_at IS NULL AND host_pid = ? AND host_start_ticks = ?",
+        )
+        .bind(to.pid as i64)
+        .bind(to.start_ticks as i64)
+        .bind(run_id)
+        .bind(from.pid as i64)
+        .bind(from.start_ticks as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected()
+            == 1;
+        if moved {
+            sqlx::query(
+                "UPDATE sandbox SET owner_pid = ?, owner_start_ticks = ?, control_socket = ? \
+                 WHERE id = (SELECT sandbox_id FROM run WHERE id = ?)",
+            )
+            .bind(to.pid as i64)
+            .bind(to.start_ticks as i64)
+            .bind(self.control_socket.as_deref())
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(moved)
+    }
+
     /// Settles sandboxes left running by hosts that are gone: open runs whose
     /// host process is dead are closed as Crashed (InternalError) and any of
     /// their processes still alive are killed. Runs of live hosts other than
@@ -73,7 +168,7 @@ impl Store {
     /// # Cancel safety
     /// As for an error: the transaction is rolled back, kills already made
     /// stay made.
-    pub async fn reconcile(&self, me: HostId) -> Result<Vec<Settled>> {
+    pub async fn reconcile(&self, me: HostId, spare: &[i64]) -> Result<Vec<Settled>> {
         let mut tx = self.begin_immediate().await?;
         let rows = sqlx::query(
             "SELECT sandbox.name, run.id, run.pid, run.host_pid, run.host_start_ticks, run.pid_start_ticks \
@@ -97,6 +192,9 @@ impl Store {
             // PID 1 lives (another runtime here may host it). A run of this
             // process whose PID 1 is gone belongs to a runtime dropped earlier.
             if host_alive(host) && (host != me || process_alive(pid as u32)) {
+                continue;
+            }
+            if spare.contains(&run_id) {
                 continue;
             }
             let pid_start: Option<i64> = row.get(5);
@@ -158,6 +256,19 @@ impl Store {
     }
 }
 
+/// Whether `pid` is the sandvisor agent that started at `started` (not a
+/// recycled pid).
+pub(crate) fn is_agent(pid: u32, started: Option<u64>) -> bool {
+    if started.is_none() || start_ticks(pid) != started {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    cmdline
+        .split(|&b| b == 0)
+        .next()
+        .is_some_and(|argv0| argv0.ends_with(b"sandvisor-agent"))
+}
+
 /// This process's identity as a host.
 pub fn this_host() -> HostId {
     let pid = std::process::id();
@@ -187,15 +298,7 @@ fn process_alive(pid: u32) -> bool {
 /// `start_ticks`, if that process still is a sandvisor agent (and not a
 /// recycled pid). Returns whether it was killed.
 fn kill_orphan(pid: u32, started: Option<u64>) -> bool {
-    if started.is_none() || start_ticks(pid) != started {
-        return false;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let is_agent = cmdline
-        .split(|&b| b == 0)
-        .next()
-        .is_some_and(|argv0| argv0.ends_with(b"sandvisor-agent"));
-    is_agent
+    is_agent(pid, started)
         && nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,

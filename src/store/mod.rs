@@ -41,7 +41,7 @@ mod rows;
 
 use group_commit::Write;
 pub(crate) use host::host_alive;
-pub use host::{this_host, Settled, SettledRun};
+pub use host::{this_host, OrphanRun, Settled, SettledRun};
 
 use crate::config::SandboxConfig;
 use crate::error::{Error, Result};

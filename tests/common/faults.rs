@@ -151,6 +151,20 @@ impl Cli {
         }
     }
 
+    /// SIGKILLs the agents of sandboxes no daemon hosts (their host was
+    /// killed: they wait for one that re-adopts them).
+    fn kill_orphans(&self) {
+        let out = self.run(&["ps", "-a", "--json"]);
+        let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        for row in rows {
+            if row["status"] != "Stopped" && row["status"] != "Crashed" {
+                if let Some(pid) = row["pid"].as_u64() {
+                    signal(pid as u32, nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+    }
+
     /// Starts `count` sandboxes `{prefix}{i}` running `command` with `run -d`,
     /// a few at a time; returns each call's output, in order.
     pub fn run_many(&self, prefix: &str, count: usize, command: &[&str]) -> Vec<Output> {
@@ -181,13 +195,17 @@ impl Cli {
 
 impl Drop for Cli {
     /// Stops the daemon of this home: gracefully (its sandboxes stop with
-    /// it), SIGKILL if that takes too long.
+    /// it), SIGKILL if that takes too long. Sandboxes a killed daemon left
+    /// waiting for re-adoption are killed.
     fn drop(&mut self) {
         let pid = match &self.daemon {
             Some(daemon) => Some(daemon.child.id()),
             None => daemon_pid(&self.socket()),
         };
-        let Some(pid) = pid else { return };
+        let Some(pid) = pid else {
+            self.kill_orphans();
+            return;
+        };
         signal(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(30);
         while alive(pid) && Instant::now() < deadline {

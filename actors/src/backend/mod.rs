@@ -22,6 +22,10 @@
 //!   does the agent link report the run's end, so nothing of the sandbox is
 //!   left when the supervisor hears of it.
 //! - [`Agent::kill`] ends the agent from the host without its cooperation.
+//! - [`Backend::adopt`] takes over an agent that outlived its host (see
+//!   [`sap`](crate::protocol::sap), "Re-adoption"): it connects to the
+//!   agent's adoption socket and gives the same handle as a start, watching
+//!   the agent recorded with the run (never a process that reused its pid).
 //! - [`Agent::pid`] is the host pid recorded in the run row; the store reads
 //!   its start time from `/proc` (pid + start time identify the agent for
 //!   reconcile) and only ever kills a process whose command is
@@ -140,9 +144,40 @@ pub trait Agent: Debug + Send + Sync + 'static {
     }
 }
 
+/// An agent to take over: the one a dead host's run recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdoptSpec {
+    /// Its host pid.
+    pub pid: u32,
+    /// Its start time (field 22 of `/proc/PID/stat`), so a process that
+    /// reused the pid is never taken for it.
+    pub start_ticks: u64,
+    /// Where it waits for a host.
+    pub socket: std::path::PathBuf,
+    /// It is PID 1 of a pid namespace of its own.
+    pub pid_namespace: bool,
+}
+
 /// Starts sandboxes' agents. Object-safe: the runtime holds an
 /// `Arc<dyn Backend>`.
 pub trait Backend: Debug + Send + Sync + 'static {
+    /// Takes over an agent that outlived its host: connected and answering
+    /// (its first frame is `Adopted`).
+    ///
+    /// # Errors
+    /// [`SpawnFailed`] when it cannot be taken over (it is gone, it is
+    /// another process now, its socket does not answer, or the backend
+    /// cannot re-adopt).
+    fn adopt<'a>(&'a self, spec: &'a AdoptSpec) -> BoxFuture<'a, Result<Started, SpawnFailed>> {
+        let _ = spec;
+        Box::pin(async {
+            Err(SpawnFailed {
+                errno: libc::ENOTSUP,
+                message: "this backend cannot re-adopt sandboxes".into(),
+            })
+        })
+    }
+
     /// Starts an agent for `spec`; it waits for the `Start` frame on the
     /// returned socket.
     ///

@@ -47,7 +47,7 @@ use tokio::io::Interest;
 
 use futures::future::BoxFuture;
 
-use super::{Agent, Backend, SpawnFailed, Started, VmSpec};
+use super::{AdoptSpec, Agent, Backend, SpawnFailed, Started, VmSpec};
 use crate::host::cgroup::{Cgroup, LimitsUpdate};
 use crate::host::pidfd::Pidfd;
 use crate::protocol::spawn;
@@ -487,6 +487,42 @@ impl Drop for NamespaceBackend {
 }
 
 impl Backend for NamespaceBackend {
+    fn adopt<'a>(&'a self, spec: &'a AdoptSpec) -> BoxFuture<'a, Result<Started, SpawnFailed>> {
+        Box::pin(async move {
+            // The pidfd first, then the check: it then refers to the
+            // recorded agent, whatever happens to the pid later.
+            let pidfd =
+                Pidfd::open(spec.pid).map_err(|e| SpawnFailed::io("the agent is gone", &e))?;
+            if start_ticks(spec.pid) != Some(spec.start_ticks) {
+                return Err(SpawnFailed {
+                    errno: libc::ESRCH,
+                    message: format!("process {} is no longer the sandbox's agent", spec.pid),
+                });
+            }
+            let socket = connect_long(&spec.socket).map_err(|e| {
+                SpawnFailed::io(
+                    &format!("cannot reach the agent at {}", spec.socket.display()),
+                    &e,
+                )
+            })?;
+            socket
+                .set_nonblocking(true)
+                .map_err(|e| SpawnFailed::io("socket", &e))?;
+            let socket = tokio::net::UnixStream::from_std(socket)
+                .map_err(|e| SpawnFailed::io("socket", &e))?;
+            let cgroup = Cgroup::of_process(spec.pid)
+                .map_err(|e| SpawnFailed::io("cannot read the agent's cgroup", &e))?;
+            Ok(Started {
+                socket,
+                agent: Arc::new(NamespaceAgent {
+                    pidfd,
+                    pid_namespace: spec.pid_namespace,
+                    _cgroup: cgroup,
+                }),
+            })
+        })
+    }
+
     fn start<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Started, SpawnFailed>> {
         Box::pin(async move {
             let cgroup = if spec.limits.any() {
@@ -524,6 +560,31 @@ impl Backend for NamespaceBackend {
             })
         })
     }
+}
+
+/// Field 22 of `/proc/PID/stat` (start time in clock ticks since boot).
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields resume after its ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Connects to the unix socket at `path`, which may be longer than a socket
+/// address holds: it is reached through a descriptor of its directory.
+fn connect_long(path: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    let dir = nix::fcntl::open(
+        dir,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let through = std::path::Path::new("/proc/self/fd")
+        .join(std::os::fd::AsRawFd::as_raw_fd(&dir).to_string())
+        .join(name);
+    std::os::unix::net::UnixStream::connect(through)
 }
 
 /// An agent forked by the spawner process, watched through a pidfd.

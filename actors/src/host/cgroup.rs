@@ -179,6 +179,45 @@ impl Cgroup {
         Ok(())
     }
 
+    /// The sandvisor group process `pid` is in (one directory per
+    /// hierarchy, as `/proc/PID/cgroup` names them), for a run this process
+    /// takes over; `None` if it is in none (the run had no limits).
+    ///
+    /// # Errors
+    /// The I/O error of reading `/proc/PID/cgroup`.
+    pub fn of_process(pid: u32) -> io::Result<Option<Self>> {
+        let listing = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+        Ok(Self::from_listing(Path::new(ROOT), &listing))
+    }
+
+    fn from_listing(root: &Path, listing: &str) -> Option<Self> {
+        let v2 = root.join("cgroup.controllers").exists();
+        let prefix = format!("/{PARENT}/");
+        let mut dirs = Vec::new();
+        for line in listing.lines() {
+            let mut fields = line.splitn(3, ':');
+            let (Some(_), Some(controllers), Some(path)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            if !path.starts_with(&prefix) || path.contains("/../") || path.ends_with("/..") {
+                continue;
+            }
+            let relative = path.trim_start_matches('/');
+            if v2 && controllers.is_empty() {
+                dirs.push(root.join(relative));
+            } else if !v2 {
+                for controller in controllers.split(',') {
+                    if ["memory", "pids", "cpu"].contains(&controller) {
+                        dirs.push(root.join(controller).join(relative));
+                    }
+                }
+            }
+        }
+        (!dirs.is_empty()).then_some(Self { dirs, v2 })
+    }
+
     /// The directories of the group, one per hierarchy.
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
@@ -426,6 +465,33 @@ mod tests {
             .unwrap();
         assert_eq!(read(&dir.join("memory.max")), "268435456");
         assert_eq!(read(&dir.join("memory.swap.max")), "0");
+    }
+
+    #[test]
+    fn the_group_of_a_process_is_read_from_its_listing() {
+        let root = fake_v1();
+        let listing =
+            "9:name=systemd:/\n8:pids:/sandvisor/web-1-7-1\n4:memory:/sandvisor/web-1-7-1\n\
+                       2:cpu,cpuacct:/sandvisor/web-1-7-1\n1:blkio:/sandvisor/web-1-7-1\n0::/\n";
+        let group = Cgroup::from_listing(root.path(), listing).unwrap();
+        let names: Vec<_> = group
+            .dirs()
+            .iter()
+            .map(|d| d.strip_prefix(root.path()).unwrap().to_path_buf())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "pids/sandvisor/web-1-7-1",
+                "memory/sandvisor/web-1-7-1",
+                "cpu/sandvisor/web-1-7-1"
+            ]
+            .map(PathBuf::from)
+        );
+        // Not a sandvisor group, or one that climbs out of it: none.
+        assert!(Cgroup::from_listing(root.path(), "4:memory:/user.slice\n").is_none());
+        assert!(Cgroup::from_listing(root.path(), "4:memory:/sandvisor/../x\n").is_none());
+        std::mem::forget(group);
     }
 
     #[test]

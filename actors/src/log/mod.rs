@@ -43,6 +43,7 @@
 
 pub mod format;
 pub mod read;
+pub mod resume;
 pub mod runtime_log;
 pub mod tap;
 

@@ -30,7 +30,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -152,13 +152,14 @@ pub enum RelayTapMsg {
     Chunk(Chunk),
     /// Write one record per chunk, in order.
     Chunks(Vec<Chunk>),
-    /// Write one record per chunk and answer once they are written. A capture
+    /// Write one record per chunk and answer once they are written, with
+    /// where the last one ends. A capture
     /// side that waits for the answer knows exactly what reached the file: the
     /// tap writes and answers in one step that a kill cannot split, so chunks
     /// whose call failed were not written and can go to the next tap. A write
     /// error answers `Err(n)`: the first `n` chunks are on disk, whole, and
     /// the tap then fails.
-    Append(Vec<Chunk>, RpcReplyPort<Result<(), usize>>),
+    Append(Vec<Chunk>, RpcReplyPort<Result<LogPosition, usize>>),
     /// Write a `system` record (a lifecycle marker such as `--- sandbox started ---`).
     System {
         /// The marker text.
@@ -178,6 +179,16 @@ impl RelayTapMsg {
             at: Utc::now(),
         }
     }
+}
+
+/// A place in the log: just past the last record written, in the file whose
+/// inode is `inode` (a rotation renames the file; the inode stays).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogPosition {
+    /// Inode of the file.
+    pub inode: u64,
+    /// Byte offset in it.
+    pub offset: u64,
 }
 
 /// A tap's counters.
@@ -240,6 +251,8 @@ pub struct TapState {
     config: TapConfig,
     live: PathBuf,
     file: File,
+    /// `file`'s inode.
+    inode: u64,
     stats: TapStats,
     encoder: RecordEncoder,
     /// Encoded records not yet written, and how many.
@@ -392,6 +405,7 @@ impl TapState {
             Reopen::No => return Ok(()),
             Reopen::Rotated => {
                 self.file = open_append(&self.live)?;
+                self.inode = self.file.metadata()?.ino();
                 self.stats.size = 0;
                 self.stats.generation += 1;
                 tracing::debug!(dir = %self.config.dir.display(), generation = self.stats.generation, "exec.log rotated");
@@ -563,12 +577,14 @@ impl Actor for RelayTap {
             Err(err) if is_disk_full(&err) => (open_log(&live)?, Reopen::TornTail),
             opened => (opened?, Reopen::No),
         };
-        let size = file.metadata()?.len();
+        let metadata = file.metadata()?;
+        let (size, inode) = (metadata.len(), metadata.ino());
         let canonical_dir = std::fs::canonicalize(&args.config.dir).ok();
         Ok(TapState {
             config: args.config,
             live,
             file,
+            inode,
             stats: TapStats {
                 size,
                 generation: args.generation,
@@ -602,7 +618,11 @@ impl Actor for RelayTap {
             RelayTapMsg::Append(chunks, reply) => {
                 let result = state.write_patiently(&chunks).await;
                 // A caller that stopped waiting still got its chunks written.
-                let _ = reply.send(result.as_ref().map(|_| ()).map_err(|f| f.written));
+                let position = LogPosition {
+                    inode: state.inode,
+                    offset: state.stats.size,
+                };
+                let _ = reply.send(result.as_ref().map(|_| position).map_err(|f| f.written));
                 result.map_err(WriteFailure::into_error)?;
             }
             RelayTapMsg::System { text, at } => {

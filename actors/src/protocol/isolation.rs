@@ -85,6 +85,12 @@ pub struct SpawnPlan {
     /// the guest. `None`: the agent is that process.
     #[serde(default)]
     pub vm: Option<Box<VmLaunch>>,
+    /// Where the agent listens for a host that re-adopts it (a path in the
+    /// home; the spawner binds it with the host's rights before the agent
+    /// exists). With one, the agent outlives a host that dies (see
+    /// [`sap`](super::sap), "Re-adoption"); `None`: it ends with its host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt_socket: Option<std::path::PathBuf>,
 }
 
 /// How to launch a sandbox's microVM (the microVM backend).

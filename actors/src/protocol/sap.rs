@@ -40,7 +40,24 @@
 //!    and all output has been sent; then the agent exits.
 //!
 //! If the host end closes, the agent kills every process of the sandbox and
-//! exits: a sandbox never outlives its host.
+//! exits — unless its plan gave it a re-adoption socket
+//! ([`SpawnPlan::adopt_socket`](super::SpawnPlan::adopt_socket)):
+//!
+//! # Re-adoption
+//! 8. host → agent `Written { frames, file, offset }` after output reached
+//!    `exec.log`: the first `frames` `Output` frames of *logged* sessions
+//!    (the main command and exec sessions whose `ExecSpec::logged` is set)
+//!    are written, the last of them ending at byte `offset` of the file
+//!    whose inode is `file`. An adoptable agent keeps every logged `Output`
+//!    frame until it is covered by a `Written`, and stops reading the
+//!    sandbox's pipes while [`REPLAY_LIMIT`] bytes wait (back-pressure).
+//! 9. If the host end closes, an adoptable agent kills its exec sessions
+//!    (their callers are gone), keeps the main command running, buffers its
+//!    output as above and waits for a connection on its adoption socket.
+//! 10. On that connection it sends `Adopted` first, then every kept frame
+//!     in order, then goes on as before. The new host skips the kept frames
+//!     it finds in `exec.log` after the `Written` position the agent
+//!     reports, so each reaches the log exactly once.
 
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -142,7 +159,40 @@ pub enum Frame {
     },
     /// agent → host: the sandbox could not start.
     BootError(BootError),
+    /// host → agent: output frames reached `exec.log` (see "Re-adoption").
+    Written(WrittenMark),
+    /// agent → host: the first frame on an adoption connection.
+    Adopted(Adoption),
 }
+
+/// How far the host has written a logged output of an agent: the first
+/// `frames` logged `Output` frames, the last one ending at `offset` of the
+/// `exec.log` file whose inode is `file`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct WrittenMark {
+    /// Logged output frames written, counted from the agent's start.
+    pub frames: u64,
+    /// Inode of the file the last of them went to (0: none yet).
+    pub file: u64,
+    /// Byte offset just past it in that file.
+    pub offset: u64,
+}
+
+/// What an adoptable agent tells a host that connected to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adoption {
+    /// The main command's pid inside the sandbox.
+    pub pid: u32,
+    /// The last `Written` the agent received; frames after `written.frames`
+    /// follow this frame.
+    pub written: WrittenMark,
+    /// The highest session id the agent has seen.
+    pub last_session: u64,
+}
+
+/// Bytes of logged output an adoptable agent keeps unwritten at most before
+/// it stops reading the sandbox's pipes.
+pub const REPLAY_LIMIT: usize = 4 << 20;
 
 /// A frame that could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +219,7 @@ const EXEC: u8 = 3;
 const STDIN: u8 = 4;
 const RESIZE: u8 = 5;
 const OUTPUT_CONSUMED: u8 = 6;
+const WRITTEN: u8 = 7;
 const READY: u8 = 0x82;
 const OUTPUT: u8 = 0x83;
 const EXITED: u8 = 0x84;
@@ -176,6 +227,7 @@ const BOOT_ERROR: u8 = 0x85;
 const SESSION_STARTED: u8 = 0x86;
 const SESSION_FAILED: u8 = 0x87;
 const STDIN_CONSUMED: u8 = 0x88;
+const ADOPTED: u8 = 0x89;
 
 /// Bytes of the length prefix.
 const LEN_BYTES: usize = 4;
@@ -325,6 +377,8 @@ impl Frame {
                 },
             ),
             Frame::BootError(error) => json(out, BOOT_ERROR, error),
+            Frame::Written(mark) => json(out, WRITTEN, mark),
+            Frame::Adopted(adoption) => json(out, ADOPTED, adoption),
         }
         let len = (out.len() - start - LEN_BYTES) as u32;
         out[start..start + LEN_BYTES].copy_from_slice(&len.to_be_bytes());
@@ -448,6 +502,8 @@ impl Frame {
                 }
             }
             BOOT_ERROR => Frame::BootError(json_body(kind, &body)?),
+            WRITTEN => Frame::Written(json_body(kind, &body)?),
+            ADOPTED => Frame::Adopted(json_body(kind, &body)?),
             other => return Err(FrameError::Kind(other)),
         })
     }

@@ -208,6 +208,7 @@ mod tests {
             root: None,
             net_namespace: true,
             vm: None,
+            adopt_socket: None,
         };
         for request in [
             Request {

@@ -98,4 +98,13 @@ pub struct ExecSpec {
     /// What it runs.
     #[serde(flatten)]
     pub run: CommandSpec,
+    /// Its output goes to `exec.log` (a user's session); `false` for a
+    /// health check or a file operation, whose output only its caller
+    /// reads. An adoptable agent keeps only logged output for a new host.
+    #[serde(default = "logged_default")]
+    pub logged: bool,
+}
+
+fn logged_default() -> bool {
+    true
 }

@@ -21,7 +21,13 @@
 //!   [`AgentLinkMsg::KillFromHost`] kills the agent from the host
 //!   ([`Agent::kill`]), for an agent that does not answer.
 //! - When this actor's state drops (however it ended) the socket closes, and
-//!   the agent kills every process of the sandbox and exits.
+//!   the agent kills every process of the sandbox and exits. An adoptable
+//!   agent (one that outlives a host that dies) is killed from here then,
+//!   unless the run has ended: a runtime that is dropped stops its
+//!   sandboxes; only a host that dies leaves them to the next one.
+//! - A re-adopted agent ([`AgentLinkArgs::adopted`]) is already connected
+//!   and running: no `Start` is sent; its `Adopted` frame stands for
+//!   `Ready` ([`VmEvent::Adopted`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,12 +38,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, watch};
 
-use super::capture::read_frames;
+use super::capture::{read_frames, Marks};
 use super::net_helper::NetHelperMsg;
 use super::session::Routes;
 use super::stdin::StdinFlow;
 use super::{AgentLinkMsg, ExecItem, ExecRefused, ExecReply, SessionInput, UpdateRefused, VmEvent};
-use crate::backend::{Agent, Backend, VmSpec};
+use crate::backend::{Agent, Backend, Started, VmSpec};
 use crate::host::cgroup::LimitsUpdate;
 use crate::log::tap::RelayTapMsg;
 use crate::protocol::{BootError, BootStage, ExitStatus, Frame, SignalTarget};
@@ -67,6 +73,12 @@ pub struct AgentLinkArgs {
     /// The run's network helper: asked to attach the private network once
     /// the agent exists, before `Start`.
     pub network: Option<ActorRef<NetHelperMsg>>,
+    /// A running agent whose host died, connected through its adoption
+    /// socket: taken over instead of starting one.
+    pub adopted: Option<Started>,
+    /// The run's log directory and rotated files kept (where a re-adopted
+    /// agent's replay is matched against `exec.log`).
+    pub log: (std::path::PathBuf, usize),
 }
 
 /// The agent link actor. See the module docs.
@@ -109,6 +121,8 @@ struct Boot {
     tap: watch::Receiver<ActorRef<RelayTapMsg>>,
     output_count: Arc<std::sync::atomic::AtomicU64>,
     network: Option<ActorRef<NetHelperMsg>>,
+    adopted: Option<Started>,
+    log: (std::path::PathBuf, usize),
 }
 
 /// Frames queued for the agent at most: far more than a well-behaved agent
@@ -129,6 +143,10 @@ async fn write_frames(mut writer: OwnedWriteHalf, mut frames: mpsc::Receiver<Vec
 
 impl Drop for AgentLinkState {
     fn drop(&mut self) {
+        if self.spec.plan.adopt_socket.is_some() && !self.ended && !self.agent_gone {
+            // Closing the socket would leave it waiting for a new host.
+            self.kill_from_host();
+        }
         for task in [
             self.reader.take(),
             self.waiter.take(),
@@ -304,6 +322,13 @@ impl AgentLinkState {
                 self.main_pid = Some(pid);
                 self.emit(VmEvent::Ready { pid });
             }
+            Frame::Adopted(adoption) => {
+                self.main_pid = Some(adoption.pid);
+                self.emit(VmEvent::Adopted {
+                    pid: adoption.pid,
+                    last_session: adoption.last_session,
+                });
+            }
             Frame::BootError(BootError {
                 stage,
                 errno,
@@ -428,6 +453,8 @@ impl Actor for AgentLink {
                 tap: args.tap,
                 output_count: args.output_count,
                 network: args.network,
+                adopted: args.adopted,
+                log: args.log,
             }),
         })
     }
@@ -445,16 +472,22 @@ impl Actor for AgentLink {
             tap,
             output_count,
             network,
+            adopted,
+            log,
         }) = state.boot.take()
         else {
             return Ok(());
         };
-        let started = match backend.start(&state.spec).await {
-            Ok(started) => started,
-            Err(failed) => {
-                state.boot_failed(failed.errno, failed.message);
-                return Ok(());
-            }
+        let readopted = adopted.is_some();
+        let started = match adopted {
+            Some(started) => started,
+            None => match backend.start(&state.spec).await {
+                Ok(started) => started,
+                Err(failed) => {
+                    state.boot_failed(failed.errno, failed.message);
+                    return Ok(());
+                }
+            },
         };
         let agent = started.agent;
         state.agent = Some(agent.clone());
@@ -467,7 +500,7 @@ impl Actor for AgentLink {
             agent.exited().await;
             let _ = link.cast(AgentLinkMsg::AgentExited);
         }));
-        if let Some(network) = network {
+        if let Some(network) = network.filter(|_| !readopted) {
             if let Err(message) = attach_network(&network, state.agent.as_deref()).await {
                 state.kill_from_host();
                 state.end(VmEvent::BootFailed {
@@ -481,7 +514,9 @@ impl Actor for AgentLink {
         }
         let (read, mut writer) = started.socket.into_split();
         let mut start = Vec::new();
-        Frame::Start(state.spec.start.clone()).encode(&mut start);
+        if !readopted {
+            Frame::Start(state.spec.start.clone()).encode(&mut start);
+        }
         if let Err(err) = writer.write_all(&start).await {
             state.kill_from_host();
             state.end(VmEvent::BootFailed {
@@ -493,14 +528,21 @@ impl Actor for AgentLink {
             return Ok(());
         }
         let (queue, frames) = mpsc::channel(WRITE_QUEUE);
-        state.writer = Some(queue);
+        state.writer = Some(queue.clone());
         state.write_task = Some(tokio::spawn(write_frames(writer, frames)));
+        let marks = state.spec.plan.adopt_socket.is_some().then(|| Marks {
+            queue: queue.clone(),
+            dir: log.0,
+            keep: log.1,
+            readopted,
+        });
         state.reader = Some(tokio::spawn(read_frames(
             read,
             myself.clone(),
             tap,
             state.routes.clone(),
             output_count,
+            marks,
         )));
         Ok(())
     }
@@ -516,7 +558,7 @@ impl Actor for AgentLink {
             AgentLinkMsg::Kill => state.signal(SignalTarget::All, libc::SIGKILL).await,
             AgentLinkMsg::KillFromHost => state.kill_from_host(),
             AgentLinkMsg::Exec {
-                spec,
+                mut spec,
                 logged,
                 output,
                 reply,
@@ -528,6 +570,7 @@ impl Actor for AgentLink {
                 }
                 state.routes.insert(session, output, logged);
                 state.pending_exec.insert(session, reply);
+                spec.logged = logged;
                 state.send_frame(&Frame::Exec(spec)).await;
             }
             AgentLinkMsg::Session { session, input } => state.on_session(session, input).await,

@@ -344,6 +344,14 @@ pub enum VmEvent {
         /// Host pid.
         init_pid: u32,
     },
+    /// A re-adopted agent answered: its main command runs (in place of
+    /// `Ready`, for a run that already has its row).
+    Adopted {
+        /// The main command's pid inside the sandbox.
+        pid: u32,
+        /// The highest session id the agent has seen.
+        last_session: u64,
+    },
     /// The main command runs.
     Ready {
         /// Its pid inside the sandbox.
@@ -531,3 +539,24 @@ pub enum ExecRefused {
 
 /// Answers an exec request: session id and pid inside the sandbox, or why not.
 pub type ExecReply = RpcReplyPort<Result<(u64, u32), ExecRefused>>;
+
+/// A running sandbox whose host died, taken over by this runtime: its agent
+/// (reached through its adoption socket) and the run it carries on.
+pub struct Readoption {
+    /// The agent, connected.
+    pub agent: crate::backend::Started,
+    /// The open run's row id (moved to this host already).
+    pub run_id: i64,
+    /// When the run started (a lifetime limit counts from there).
+    pub started_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl std::fmt::Debug for Readoption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readoption")
+            .field("agent_pid", &self.agent.agent.pid())
+            .field("run_id", &self.run_id)
+            .field("started_at", &self.started_at)
+            .finish()
+    }
+}

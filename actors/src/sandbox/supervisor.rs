@@ -79,8 +79,8 @@ use super::phase::{self, Context, Input, Phase};
 use super::policy::{RestartEnd, RestartTracker};
 use super::{
     AgentLink, AgentLinkArgs, AgentLinkMsg, BootFailure, ExecRefused, FreezeRefused,
-    MetricsUnavailable, SandboxEnded, SandboxSpec, SessionInput, StopOutcome, SupervisorMsg,
-    UpdateRefused, VmEvent,
+    MetricsUnavailable, Readoption, SandboxEnded, SandboxSpec, SessionInput, StopOutcome,
+    SupervisorMsg, UpdateRefused, VmEvent,
 };
 use crate::backend::Backend;
 use crate::host::cgroup::LimitsUpdate;
@@ -101,6 +101,9 @@ pub struct SupervisorArgs {
     /// Told once the sandbox runs (the main command's pid inside it) or failed
     /// to boot. Given at spawn, so a run that ends at once cannot race it.
     pub started: Option<oneshot::Sender<Result<u32, BootFailure>>>,
+    /// A running sandbox whose host died, to take over instead of starting
+    /// one: its first run is that one.
+    pub adopt: Option<Readoption>,
     /// Told when the run has ended (the parent forgets the supervisor).
     pub ended: Option<ractor::DerivedActorRef<SandboxEnded>>,
     /// Subscribers from the start (the runtime's event bus).
@@ -161,6 +164,9 @@ pub struct SupervisorState {
     health_checks: u64,
     /// The current run ends because it turned unhealthy, to be restarted.
     unhealthy_restart: bool,
+    /// The run taken over from a dead host, until its agent answers: its
+    /// row id and start time.
+    adopted: Option<(i64, chrono::DateTime<Utc>)>,
 }
 
 /// A `send_after` timer of the supervisor.
@@ -186,12 +192,18 @@ impl Actor for SandboxSupervisor {
             .boot_timeout
             .unwrap_or_else(|| args.backend.boot_timeout());
         let output_count = Arc::new(AtomicU64::new(0));
+        let (adopted_agent, adopted) = match args.adopt {
+            Some(adopt) => (Some(adopt.agent), Some((adopt.run_id, adopt.started_at))),
+            None => (None, None),
+        };
         let children = spawn_link(
             &myself,
             spec.vm.clone(),
             &tap_tx,
             &args.backend,
             &output_count,
+            adopted_agent,
+            &spec.tap,
         )
         .await?;
         let boot_timer = myself.send_after(boot_timeout, || SupervisorMsg::BootTimedOut);
@@ -230,6 +242,7 @@ impl Actor for SandboxSupervisor {
             health_check: None,
             health_checks: 0,
             unhealthy_restart: false,
+            adopted,
         })
     }
 
@@ -536,6 +549,8 @@ async fn spawn_link(
     tap: &watch::Sender<ActorRef<RelayTapMsg>>,
     backend: &Arc<dyn Backend>,
     output_count: &Arc<AtomicU64>,
+    adopted: Option<crate::backend::Started>,
+    log: &crate::log::tap::TapConfig,
 ) -> Result<RunChildren, ActorProcessingErr> {
     let network = match &vm.network {
         Some(plan) => {
@@ -555,6 +570,8 @@ async fn spawn_link(
         backend: backend.clone(),
         output_count: output_count.clone(),
         network: network.clone(),
+        adopted,
+        log: (log.dir.clone(), log.keep),
     };
     let (link, _) = Actor::spawn_linked(None, AgentLink, link_args, myself.get_cell()).await?;
     Ok(RunChildren { link, network })
@@ -789,6 +806,12 @@ impl SupervisorState {
                 Some(Input::SessionEnded)
             }
             VmEvent::Ready { pid } => Some(Input::Ready(pid)),
+            VmEvent::Adopted { pid, last_session } => {
+                // New sessions are numbered after the dead host's (an
+                // absurd number from the agent must not wrap the count).
+                self.next_session = self.next_session.max(last_session.min(u64::MAX >> 1));
+                Some(Input::Ready(pid))
+            }
             VmEvent::BootFailed {
                 stage,
                 errno,

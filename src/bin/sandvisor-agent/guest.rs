@@ -105,9 +105,10 @@ fn run() -> Result<(), String> {
         }),
         net_namespace: false,
         vm: None,
+        adopt_socket: None,
     };
     let agent = match clone3_fork(flags).map_err(|e| format!("fork the agent: {e}"))? {
-        Forked::Child => crate::agent::run_started(link, spec, inbox, &plan, Ok(())),
+        Forked::Child => crate::agent::run_started(link, None, spec, inbox, &plan, Ok(())),
         Forked::Parent { pid, .. } => pid,
     };
     drop(link);

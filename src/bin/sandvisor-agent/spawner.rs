@@ -52,14 +52,17 @@ pub fn serve() -> ! {
             }
         };
         let (id, outcome) = match (Request::decode(&bytes), socket) {
-            (Ok(request), Some(socket)) if stage::needed(&request.plan) => {
+            (Ok(request), Some(socket)) => match adoption_listener(&request) {
+                Err(errno) => (request.id, Err(errno)),
                 // A staging child answers for itself, once the agent exists.
-                match stage::fork(request, socket, channel) {
-                    Ok(()) => continue,
-                    Err((id, errno)) => (id, Err(errno)),
+                Ok(listener) if stage::needed(&request.plan) => {
+                    match stage::fork(request, (socket, listener), channel) {
+                        Ok(()) => continue,
+                        Err((id, errno)) => (id, Err(errno)),
+                    }
                 }
-            }
-            (Ok(request), Some(socket)) => (request.id, fork_agent(request, socket)),
+                Ok(listener) => (request.id, fork_agent(request, (socket, listener))),
+            },
             (Ok(request), None) => (request.id, Err(Errno::EBADF)),
             (Err(Some(id)), _) => (id, Err(Errno::EINVAL)),
             // Not even an id to answer to.
@@ -131,9 +134,31 @@ fn exit_after_agents(code: i32) -> ! {
     }
 }
 
+/// The listening socket of an adoptable agent, bound here with the host's
+/// rights (the agent later lives in namespaces that cannot reach the home).
+///
+/// # Errors
+/// The errno of making it.
+fn adoption_listener(request: &Request) -> Result<Option<OwnedFd>, Errno> {
+    let Some(path) = &request.plan.adopt_socket else {
+        return Ok(None);
+    };
+    crate::agent::link::listen(path)
+        .map(Some)
+        .inspect_err(|errno| {
+            eprintln!(
+                "sandvisor-agent: cannot listen on {}: {errno}",
+                path.display()
+            );
+        })
+}
+
+/// The agent's ends: its SAP socket and, when adoptable, its listener.
+pub(crate) type AgentEnds = (OwnedFd, Option<OwnedFd>);
+
 /// Forks the agent for `request`; in the parent, returns its pid and pidfd.
-/// The child never returns from here: it runs the agent on `socket`.
-fn fork_agent(request: Request, socket: OwnedFd) -> Result<(u32, OwnedFd), Errno> {
+/// The child never returns from here: it runs the agent on `ends`.
+fn fork_agent(request: Request, ends: AgentEnds) -> Result<(u32, OwnedFd), Errno> {
     let mut flags = libc::CLONE_PIDFD as u64;
     if request.plan.pid_namespace {
         flags |= libc::CLONE_NEWPID as u64;
@@ -144,7 +169,7 @@ fn fork_agent(request: Request, socket: OwnedFd) -> Result<(u32, OwnedFd), Errno
         other => other,
     };
     match forked? {
-        Forked::Child => become_agent(socket, request.plan, Ok(()), None),
+        Forked::Child => become_agent(ends, request.plan, Ok(()), None),
         Forked::Parent { pid, pidfd } => Ok((pid, pidfd)),
     }
 }
@@ -216,7 +241,7 @@ fn forked_from(returned: libc::c_long, pidfd: libc::c_int) -> Result<Forked, Err
 /// agent, which reports `staged` (how the spawner's setup went) at `Start` —
 /// or, for a microVM, the launcher of the VM whose guest runs the agent.
 pub(crate) fn become_agent(
-    socket: OwnedFd,
+    (socket, listener): AgentEnds,
     plan: SpawnPlan,
     staged: Result<(), BootError>,
     vm_files: Option<VmFiles>,
@@ -238,7 +263,7 @@ pub(crate) fn become_agent(
     let link = std::fs::File::from(socket);
     match plan.vm.clone() {
         Some(vm) => crate::launcher::run(link, *vm, staged, vm_files),
-        None => crate::agent::run(link, plan, staged),
+        None => crate::agent::run(link, listener, plan, staged),
     }
 }
 

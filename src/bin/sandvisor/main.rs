@@ -209,9 +209,10 @@ fn hint(err: &Error) -> Option<String> {
     })
 }
 
-/// Opens the home (no control socket: this process hosts nothing).
+/// Opens the home (no control socket: this process hosts nothing, and
+/// leaves sandboxes waiting for a host that re-adopts them alone).
 pub(crate) async fn open(home: Option<std::path::PathBuf>) -> sandvisor::Result<Sandvisor> {
-    let mut builder = Sandvisor::builder();
+    let mut builder = Sandvisor::builder().readopt(false);
     if let Some(home) = home {
         builder = builder.home(home);
     }

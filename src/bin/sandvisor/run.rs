@@ -246,7 +246,9 @@ pub(crate) async fn run(home: Option<PathBuf>, args: RunArgs) -> Result<ExitCode
         outln!("{}", daemon.create(&config).await?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut builder = Sandvisor::builder().control_socket(true);
+    // A foreground run's sandbox ends with this process, as `bwrap`'s does;
+    // `serve` (and `run -d`) hosts sandboxes that outlive it.
+    let mut builder = Sandvisor::builder().control_socket(true).readopt(false);
     if let Some(home) = home {
         builder = builder.home(home);
     }

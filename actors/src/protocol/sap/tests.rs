@@ -62,6 +62,7 @@ fn frames_round_trip_and_split_anywhere() {
         },
         Frame::Exec(ExecSpec {
             session: 2,
+            logged: true,
             run: CommandSpec {
                 command: "cat".into(),
                 args: vec![],
@@ -132,6 +133,16 @@ fn frames_round_trip_and_split_anywhere() {
             errno: 2,
             message: "no such file".into(),
             exec_failed: true,
+        }),
+        Frame::Written(WrittenMark {
+            frames: 1 << 33,
+            file: 77,
+            offset: 10 << 20,
+        }),
+        Frame::Adopted(Adoption {
+            pid: 3,
+            written: WrittenMark::default(),
+            last_session: 9,
         }),
     ];
     let mut wire = Vec::new();
@@ -285,4 +296,21 @@ fn bad_frames_are_errors() {
         Err(FrameError::Payload { .. })
     ));
     assert!(matches!(decode(&[0, 0, 0, 2, READY]), Ok(None)));
+}
+
+#[test]
+fn an_exec_spec_without_logged_is_logged() {
+    let spec: ExecSpec =
+        serde_json::from_str(r#"{"session":2,"command":"sh","args":[],"env":[],"cwd":null}"#)
+            .unwrap();
+    assert!(spec.logged);
+}
+
+#[test]
+fn a_malformed_adoption_is_a_payload_error() {
+    let mut buf = BytesMut::from(&framed(ADOPTED, br#"{"pid":"x"}"#)[..]);
+    assert!(matches!(
+        Frame::decode(&mut buf),
+        Err(FrameError::Payload { kind: ADOPTED, .. })
+    ));
 }

@@ -96,6 +96,11 @@ impl SupervisorState {
         pid: u32,
     ) -> Result<(), ActorProcessingErr> {
         let host_pid = self.init_pid.unwrap_or(pid);
+        if let Some((run_id, started_at)) = self.adopted.take() {
+            return self
+                .readopted(myself, pid, host_pid, run_id, started_at)
+                .await;
+        }
         if let Some(vm) = &self.spec.vm.plan.vm {
             let accel = if vm.kvm { "kvm" } else { "tcg" };
             self.note(
@@ -155,6 +160,55 @@ impl SupervisorState {
         if let Some(limit) = self.spec.max_lifetime {
             self.arm_run_timer(myself, limit, || SupervisorMsg::LifetimeExceeded);
         }
+        self.arm_run_checks(myself).await;
+        // Routine: the embedding service's log, not the sandbox's file.
+        tracing::info!(sandbox = %self.spec.name, pid, host_pid, "started");
+        if let Some(started) = self.started.take() {
+            let _ = started.send(Ok(pid));
+        }
+        Ok(())
+    }
+
+    /// [`Action::Started`] for a run taken over from a dead host: its row
+    /// exists (moved to this host by the runtime), so nothing is recorded;
+    /// the timers start again, a lifetime limit counting from the run's
+    /// start.
+    async fn readopted(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        pid: u32,
+        host_pid: u32,
+        run_id: i64,
+        started_at: chrono::DateTime<Utc>,
+    ) -> Result<(), ActorProcessingErr> {
+        self.run_id = Some(run_id);
+        self.events.run_recorded(run_id);
+        let message = format!(
+            "re-adopted by host process {} (agent pid {host_pid}); output resumes where exec.log ends",
+            std::process::id()
+        );
+        self.note(false, &message);
+        if let Some(interval) = self.spec.metrics_interval {
+            self.sampler = Some(Sampler::new(host_pid));
+            self.metrics_timer =
+                Some(myself.send_interval(interval, || SupervisorMsg::SampleMetrics));
+        }
+        let ran = (Utc::now() - started_at).to_std().unwrap_or_default();
+        self.running_since = Instant::now().checked_sub(ran).or(Some(Instant::now()));
+        if let Some(limit) = self.spec.max_lifetime {
+            let left = limit.saturating_sub(ran).max(Duration::from_millis(1));
+            self.arm_run_timer(myself, left, || SupervisorMsg::LifetimeExceeded);
+        }
+        self.arm_run_checks(myself).await;
+        tracing::info!(sandbox = %self.spec.name, pid, host_pid, run_id, "re-adopted");
+        if let Some(started) = self.started.take() {
+            let _ = started.send(Ok(pid));
+        }
+        Ok(())
+    }
+
+    /// The health check and idle timers of a run that has started.
+    pub(super) async fn arm_run_checks(&mut self, myself: &ActorRef<SupervisorMsg>) {
         if self.spec.health.is_some() {
             // `ps` shows `health: starting` until the first result.
             self.record_health().await;
@@ -166,12 +220,6 @@ impl SupervisorState {
                 SupervisorMsg::IdleCheck
             });
         }
-        // Routine: the embedding service's log, not the sandbox's file.
-        tracing::info!(sandbox = %self.spec.name, pid, host_pid, "started");
-        if let Some(started) = self.started.take() {
-            let _ = started.send(Ok(pid));
-        }
-        Ok(())
     }
 
     /// [`Action::Finish`]: marker, run row, session events, waiters; then
@@ -201,7 +249,7 @@ impl SupervisorState {
             // it makes the marker visible to whoever hears of the end.
             let chunk = Chunk::system(marker.clone(), at);
             let written = ractor::call_t!(self.tap, RelayTapMsg::Append, 5_000, vec![chunk]);
-            let written = matches!(written, Ok(Ok(())))
+            let written = matches!(written, Ok(Ok(_)))
                 // A tap that gave up (its restart budget spent) is gone and
                 // no other writes the file: write the marker directly.
                 || (matches!(self.tap.get_status(), ActorStatus::Stopped | ActorStatus::Stopping)
@@ -446,8 +494,16 @@ impl SupervisorState {
         let mut vm = self.spec.vm.clone();
         // Each run has its own cgroup; the last one's may not be gone yet.
         vm.cgroup_id = format!("{}-r{attempt}", vm.cgroup_id);
-        let children =
-            super::spawn_link(myself, vm, &self.tap_tx, &self.backend, &self.output_count).await?;
+        let children = super::spawn_link(
+            myself,
+            vm,
+            &self.tap_tx,
+            &self.backend,
+            &self.output_count,
+            None,
+            &self.spec.tap,
+        )
+        .await?;
         self.link = Some(children.link);
         self.network = children.network;
         self.arm_run_timer(myself, self.boot_timeout, || SupervisorMsg::BootTimedOut);

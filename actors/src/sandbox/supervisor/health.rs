@@ -85,6 +85,7 @@ impl SupervisorState {
         link.cast(AgentLinkMsg::Exec {
             spec: ExecSpec {
                 session,
+                logged: false,
                 run: spec.run.clone(),
             },
             logged: false,

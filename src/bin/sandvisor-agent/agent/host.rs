@@ -46,5 +46,13 @@ pub(crate) fn read_start(sock: &mut File) -> Result<(StartSpec, BytesMut), Strin
 pub(crate) fn send(sock: &mut File, frame: &Frame) -> std::io::Result<()> {
     let mut buf = Vec::new();
     frame.encode(&mut buf);
-    sock.write_all(&buf)
+    send_encoded(sock, &buf)
+}
+
+/// Writes an encoded frame whole.
+///
+/// # Errors
+/// As [`send`].
+pub(crate) fn send_encoded(sock: &mut File, encoded: &[u8]) -> std::io::Result<()> {
+    sock.write_all(encoded)
 }

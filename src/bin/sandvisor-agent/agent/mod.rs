@@ -25,6 +25,7 @@
 mod confine;
 mod files;
 pub(crate) mod host;
+pub(crate) mod link;
 mod relay;
 pub(crate) mod root;
 mod session;
@@ -32,6 +33,7 @@ pub(crate) mod setup;
 pub(crate) mod stage;
 
 use std::fs::File;
+use std::os::fd::OwnedFd;
 
 use bytes::BytesMut;
 use nix::errno::Errno;
@@ -40,11 +42,18 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use sandvisor_actors::protocol::{BootError, BootStage, Frame, SpawnPlan, StartSpec, MAIN_SESSION};
 
 use host::{read_start, send};
+use link::Link;
 use relay::kill_all;
 use setup::boot_error;
 
-/// Runs the agent on `sock` (the host's SAP socket); never returns.
-pub fn run(mut sock: File, plan: SpawnPlan, staged: Result<(), BootError>) -> ! {
+/// Runs the agent on `sock` (the host's SAP socket), adoptable by a later
+/// host through `listener` if given; never returns.
+pub fn run(
+    mut sock: File,
+    listener: Option<OwnedFd>,
+    plan: SpawnPlan,
+    staged: Result<(), BootError>,
+) -> ! {
     let (spec, inbox) = match read_start(&mut sock) {
         Ok(started) => started,
         Err(message) => {
@@ -52,13 +61,14 @@ pub fn run(mut sock: File, plan: SpawnPlan, staged: Result<(), BootError>) -> ! 
             std::process::exit(2);
         }
     };
-    run_started(sock, spec, inbox, &plan, staged)
+    run_started(sock, listener, spec, inbox, &plan, staged)
 }
 
 /// Runs the agent whose `Start` (`spec`, and the bytes that came after it,
 /// `inbox`) was already read from `sock`; never returns.
 pub(crate) fn run_started(
     mut sock: File,
+    listener: Option<OwnedFd>,
     spec: StartSpec,
     inbox: BytesMut,
     plan: &SpawnPlan,
@@ -67,7 +77,7 @@ pub(crate) fn run_started(
     if let Err(error) = setup::enter(&spec, plan, staged) {
         boot_failed(&mut sock, error);
     }
-    init(sock, spec, inbox)
+    init(Link::new(sock, listener), spec, inbox)
 }
 
 pub(crate) fn boot_failed(sock: &mut File, error: BootError) -> ! {
@@ -75,9 +85,14 @@ pub(crate) fn boot_failed(sock: &mut File, error: BootError) -> ! {
     std::process::exit(1)
 }
 
+fn link_boot_failed(link: &mut Link, error: BootError) -> ! {
+    link.send(&Frame::BootError(error));
+    std::process::exit(1)
+}
+
 /// Starts the main command in the set-up sandbox, relays until it has
 /// ended, reports its exit and exits.
-fn init(mut sock: File, spec: StartSpec, inbox: BytesMut) -> ! {
+fn init(mut link: Link, spec: StartSpec, inbox: BytesMut) -> ! {
     let spawned = match session::spawn_session(&spec.run, spec.confine.as_ref()) {
         Ok(spawned) => spawned,
         Err(failure) => {
@@ -87,7 +102,7 @@ fn init(mut sock: File, spec: StartSpec, inbox: BytesMut) -> ! {
                 message: failure.message(&spec.run.command),
                 exec_failed: failure.exec_failed(),
             };
-            boot_failed(&mut sock, error)
+            link_boot_failed(&mut link, error)
         }
     };
     // Signals are blocked (and read from a signalfd) only once the main
@@ -97,34 +112,30 @@ fn init(mut sock: File, spec: StartSpec, inbox: BytesMut) -> ! {
     // first reap in `supervise`.
     let signals = agent_signals();
     if signals.thread_block().is_err() {
-        boot_failed(
-            &mut sock,
+        link_boot_failed(
+            &mut link,
             boot_error(BootStage::Other, Errno::last(), "block signals"),
         );
     }
     let sigfd = match SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
     {
         Ok(fd) => fd,
-        Err(errno) => boot_failed(&mut sock, boot_error(BootStage::Other, errno, "signalfd")),
+        Err(errno) => link_boot_failed(&mut link, boot_error(BootStage::Other, errno, "signalfd")),
     };
     let main_pid = spawned.pid;
-    if send(
-        &mut sock,
-        &Frame::Ready {
-            pid: main_pid.as_raw() as u32,
-        },
-    )
-    .is_err()
-    {
+    link.send(&Frame::Ready {
+        pid: main_pid.as_raw() as u32,
+    });
+    if link.lost() {
+        // No host ever heard of this run: nobody would adopt it.
         kill_all(&spec, main_pid);
         std::process::exit(1);
     }
-    let status = relay::supervise(&mut sock, inbox, &spec, spawned, &sigfd);
-    let frame = Frame::Exited {
+    let status = relay::supervise(&mut link, inbox, &spec, spawned, &sigfd);
+    link.send(&Frame::Exited {
         session: MAIN_SESSION,
         status: status.unwrap_or_default(),
-    };
-    let _ = send(&mut sock, &frame);
+    });
     std::process::exit(0)
 }
 

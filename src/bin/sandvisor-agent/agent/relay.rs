@@ -14,10 +14,14 @@
 //!   ends once every pipe is drained (or quiet for 2 s), every session is
 //!   reported, and returns the main command's status.
 //! - If the host is gone, every process of the sandbox is killed and the
-//!   agent exits at once.
+//!   agent exits at once — unless the agent is adoptable ([`Link`]): then
+//!   its exec sessions are killed (their callers are gone), the main command
+//!   goes on, logged output is kept (the pipes wait while the kept output is
+//!   full) and the loop also polls the adoption socket; a host that connects
+//!   gets the kept output and the loop goes on with it. A main command that
+//!   ends meanwhile is reported to that host.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsFd;
 
@@ -29,29 +33,29 @@ use nix::sys::signalfd::SignalFd;
 use nix::unistd::Pid;
 use sandvisor_actors::protocol::{ExitStatus, Frame, SignalTarget, StartSpec, MAIN_SESSION};
 
-use super::host::send;
+use super::link::Link;
 use super::session::{Agent, Spawned};
 
 /// Relays output, signals, exec sessions and stdin until the main command has
 /// exited and all output is drained; returns its status.
 pub(super) fn supervise(
-    sock: &mut File,
+    link: &mut Link,
     inbox: BytesMut,
     spec: &StartSpec,
     spawned: Spawned,
     sigfd: &SignalFd,
 ) -> Option<ExitStatus> {
     let mut agent = Agent {
-        sock,
+        link,
         spec,
         main_pid: spawned.pid,
         main_status: None,
         sessions: HashMap::new(),
         pipes: Vec::new(),
         inbox,
-        host_gone: false,
+        last_session: MAIN_SESSION,
     };
-    let main = agent.attach_session(MAIN_SESSION, spawned);
+    let main = agent.attach_session(MAIN_SESSION, spawned, true);
     agent.sessions.insert(MAIN_SESSION, main);
     // Frames that came in right behind Start.
     agent.handle_frames();
@@ -66,7 +70,9 @@ impl Agent<'_> {
     fn run(&mut self, sigfd: &SignalFd) -> Option<ExitStatus> {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            if self.main_status.is_some() && self.pipes.is_empty() {
+            // A main command's end waits for a host to report it to.
+            if self.main_status.is_some() && self.pipes.is_empty() && self.link.listener().is_none()
+            {
                 self.reap_remaining();
                 return self.main_status;
             }
@@ -76,14 +82,21 @@ impl Agent<'_> {
                 .filter(|(_, s)| s.stdin.is_some() && !s.stdin_pending.is_empty())
                 .map(|(id, _)| *id)
                 .collect();
+            let link_full = self.link.full();
             let (ready_sock, ready_sig, ready_pipes, ready_stdin) = {
+                // The host's socket, or the adoption socket while no host is
+                // connected.
+                let Some(host_fd) = self.link.poll_fd() else {
+                    return self.main_status;
+                };
                 let mut fds = vec![
-                    PollFd::new(self.sock.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(host_fd, PollFlags::POLLIN),
                     PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
                 ];
-                // A file session's pipes wait while its window is full.
+                // A file session's pipes wait while its window is full, and
+                // every pipe while the output kept for a host is.
                 let polled: Vec<usize> = (0..self.pipes.len())
-                    .filter(|&i| !self.window_full(self.pipes[i].2))
+                    .filter(|&i| !link_full && !self.window_full(self.pipes[i].2))
                     .collect();
                 fds.extend(
                     polled
@@ -113,7 +126,7 @@ impl Agent<'_> {
                         let pipes = std::mem::take(&mut self.pipes);
                         self.pipes = pipes
                             .into_iter()
-                            .filter(|(_, _, session)| self.window_full(*session))
+                            .filter(|(_, _, session)| link_full || self.window_full(*session))
                             .collect();
                         continue;
                     }
@@ -148,19 +161,28 @@ impl Agent<'_> {
                     self.flush_stdin(*id);
                 }
             }
-            if ready_sock && !self.host_gone {
-                match self.sock.read(&mut buf) {
-                    Ok(0) | Err(_) => self.host_gone = true,
-                    Ok(n) => {
-                        self.inbox.extend_from_slice(&buf[..n]);
-                        self.handle_frames();
+            if ready_sock && !self.link.lost() {
+                if self.link.listener().is_some() {
+                    let (pid, last) = (self.main_pid.as_raw() as u32, self.last_session);
+                    self.link.accept(pid, last);
+                } else if let Some(sock) = self.link.sock() {
+                    match sock.read(&mut buf) {
+                        Ok(0) | Err(_) => self.link.lose(),
+                        Ok(n) => {
+                            self.inbox.extend_from_slice(&buf[..n]);
+                            self.handle_frames();
+                        }
                     }
                 }
             }
-            if self.host_gone {
-                // Nobody is left to report to: a sandbox never outlives its host.
-                self.deliver(SignalTarget::All, Signal::SIGKILL);
-                std::process::exit(1);
+            if self.link.lost() {
+                if !self.link.adoptable() {
+                    // Nobody is left to report to: this sandbox does not
+                    // outlive its host.
+                    self.deliver(SignalTarget::All, Signal::SIGKILL);
+                    std::process::exit(1);
+                }
+                self.host_left();
             }
             if ready_sig {
                 while let Ok(Some(info)) = sigfd.read_signal() {
@@ -201,9 +223,8 @@ impl Agent<'_> {
                     stream: tag,
                     data: Bytes::copy_from_slice(&buf[..n]),
                 };
-                if send(self.sock, &frame).is_err() {
-                    self.host_gone = true;
-                }
+                let logged = self.sessions.get(&session).is_some_and(|s| s.logged);
+                self.link.output(&frame, logged);
             }
             Err(Errno::EINTR | Errno::EAGAIN) => {}
             Err(_) => self.close_pipe(i),
@@ -239,14 +260,43 @@ impl Agent<'_> {
                     Frame::OutputConsumed { session, bytes } => {
                         self.output_consumed(session, bytes)
                     }
+                    Frame::Written(mark) => self.link.written(mark),
                     _ => {}
                 },
                 Ok(None) => return,
                 Err(_) => {
-                    self.host_gone = true;
+                    self.link.lose();
                     return;
                 }
             }
+        }
+    }
+
+    /// The host went away from an adoptable agent: its exec sessions are
+    /// killed (nobody can read their results), what only their callers
+    /// would read (unlogged output, stdin) is dropped, and the main command
+    /// goes on while the agent waits for a new host.
+    fn host_left(&mut self) {
+        self.link.hang_up();
+        self.inbox.clear();
+        let mut unlogged = Vec::new();
+        for (&id, session) in &mut self.sessions {
+            if id == MAIN_SESSION {
+                continue;
+            }
+            let _ = killpg(session.pid, Signal::SIGKILL);
+            session.stdin = None;
+            session.stdin_pending.clear();
+            if !session.logged {
+                session.unacked = None;
+                session.open_pipes = 0;
+                unlogged.push(id);
+            }
+        }
+        self.pipes
+            .retain(|(_, _, session)| !unlogged.contains(session));
+        for id in unlogged {
+            self.report_if_done(id);
         }
     }
 

@@ -19,7 +19,6 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -34,7 +33,7 @@ use sandvisor_actors::protocol::{
     FILE_OUTPUT_WINDOW, MAIN_SESSION,
 };
 
-use super::host::send;
+use super::link::Link;
 
 /// How long a session's output may still flow after its leader exited (a
 /// process that left its group may hold the pipe).
@@ -87,12 +86,14 @@ pub(super) struct Session {
     /// For a file session: output bytes sent that the host has not
     /// acknowledged yet (its pipes are not read while the window is full).
     pub(super) unacked: Option<u64>,
+    /// Its output goes to `exec.log` (see `ExecSpec::logged`).
+    pub(super) logged: bool,
 }
 
 /// The agent's running state: the host link, the main command, the exec
 /// sessions and every pipe being relayed.
 pub(super) struct Agent<'a> {
-    pub(super) sock: &'a mut File,
+    pub(super) link: &'a mut Link,
     pub(super) spec: &'a StartSpec,
     pub(super) main_pid: Pid,
     pub(super) main_status: Option<ExitStatus>,
@@ -100,7 +101,9 @@ pub(super) struct Agent<'a> {
     /// Output pipes: descriptor, stream tag, session.
     pub(super) pipes: Vec<(OwnedFd, OutputStream, u64)>,
     pub(super) inbox: BytesMut,
-    pub(super) host_gone: bool,
+    /// The highest session id seen (told to a host that re-adopts the
+    /// sandbox, so it numbers new sessions after it).
+    pub(super) last_session: u64,
 }
 
 /// Why a session's command did not start.
@@ -315,20 +318,19 @@ impl Agent<'_> {
             }
         };
         let pid = spawned.pid;
-        let session = self.attach_session(exec.session, spawned);
+        self.last_session = self.last_session.max(exec.session);
+        let session = self.attach_session(exec.session, spawned, exec.logged);
         self.sessions.insert(exec.session, session);
         let frame = Frame::SessionStarted {
             session: exec.session,
             pid: pid.as_raw() as u32,
         };
-        if send(self.sock, &frame).is_err() {
-            self.host_gone = true;
-        }
+        self.link.send(&frame);
     }
 
     /// Takes the standard streams of a session's leader (or its terminal's
     /// master): output pipes join the relay, stdin becomes non-blocking.
-    pub(super) fn attach_session(&mut self, id: u64, spawned: Spawned) -> Session {
+    pub(super) fn attach_session(&mut self, id: u64, spawned: Spawned, logged: bool) -> Session {
         let Spawned {
             pid,
             stdin,
@@ -376,6 +378,7 @@ impl Agent<'_> {
             stdin_pending: Vec::new(),
             close_stdin: false,
             unacked: windowed.then_some(0),
+            logged,
         }
     }
 
@@ -403,9 +406,7 @@ impl Agent<'_> {
             message: failure.message(&exec.run.command),
             exec_failed: failure.exec_failed(),
         };
-        if send(self.sock, &frame).is_err() {
-            self.host_gone = true;
-        }
+        self.link.send(&frame);
     }
 
     pub(super) fn resize(&mut self, id: u64, rows: u16, cols: u16) {
@@ -487,9 +488,7 @@ impl Agent<'_> {
             session,
             bytes: bytes as u64,
         };
-        if send(self.sock, &frame).is_err() {
-            self.host_gone = true;
-        }
+        self.link.send(&frame);
     }
 
     /// Reaps every exited process, recording the main command's and the
@@ -615,9 +614,7 @@ impl Agent<'_> {
                 session: id,
                 status: session.status.unwrap_or_default(),
             };
-            if send(self.sock, &frame).is_err() {
-                self.host_gone = true;
-            }
+            self.link.send(&frame);
         }
     }
 }

@@ -36,7 +36,7 @@ use sandvisor_actors::protocol::{BootError, BootStage, IdRange, SpawnPlan};
 use super::root;
 use super::setup::boot_error;
 use crate::launcher::VmFiles;
-use crate::spawner::{answer, become_agent, clone3_fork, Forked};
+use crate::spawner::{answer, become_agent, clone3_fork, AgentEnds, Forked};
 
 /// Whether `plan` needs a staging child.
 pub(crate) fn needed(plan: &SpawnPlan) -> bool {
@@ -51,14 +51,14 @@ pub(crate) fn needed(plan: &SpawnPlan) -> bool {
 /// it.
 pub(crate) fn fork(
     request: Request,
-    socket: OwnedFd,
+    ends: AgentEnds,
     channel: BorrowedFd<'_>,
 ) -> Result<(), (u64, Errno)> {
     // With a pidfd, as every fork here (the spawner does not need it).
     match clone3_fork(libc::CLONE_PIDFD as u64) {
         Ok(Forked::Child) => {
             let id = request.id;
-            let outcome = stage(request, socket);
+            let outcome = stage(request, ends);
             let code = match answer(channel, id, outcome) {
                 Ok(()) => 0,
                 Err(_) => 1,
@@ -73,7 +73,7 @@ pub(crate) fn fork(
 }
 
 /// In the staging child: steps 1–5; the agent's pid and pidfd.
-fn stage(request: Request, socket: OwnedFd) -> Result<(u32, OwnedFd), Errno> {
+fn stage(request: Request, ends: AgentEnds) -> Result<(u32, OwnedFd), Errno> {
     nix::sched::unshare(CloneFlags::CLONE_NEWNS)?;
     mount(
         None::<&str>,
@@ -114,13 +114,13 @@ fn stage(request: Request, socket: OwnedFd) -> Result<(u32, OwnedFd), Errno> {
         Forked::Child => {
             drop(release_tx);
             let staged = wait_for_release(release_rx, plan.user_namespace.is_some()).and(opened);
-            become_agent(socket, plan, staged, vm_files)
+            become_agent(ends, plan, staged, vm_files)
         }
         Forked::Parent { pid, pidfd } => (pid, pidfd),
     };
     drop(vm_files);
     drop(release_rx);
-    drop(socket);
+    drop(ends);
     let staged = prepare(&plan, pid);
     let message = match &staged {
         Ok(()) => vec![0],
