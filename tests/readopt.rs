@@ -293,3 +293,32 @@ fn a_readoptable_sandbox_whose_agent_died_is_settled_as_before() {
     assert_eq!(cli.status("gone"), "Running");
     cli.ok(&["rm", "-f", "gone"]);
 }
+
+/// An agent whose host died after its `Ready` but before the run's row was
+/// written waits for a host no row points to: the next reconciliation
+/// tells it to end its sandbox.
+#[test]
+fn an_agent_whose_run_was_never_recorded_is_ended() {
+    let mut cli = Cli::new();
+    cli.serve(None);
+    cli.ok(&["run", "-d", "--name", "unrecorded", "--", "sleep", "1000"]);
+    let pid = cli.ps()[0]["pid"].as_u64().unwrap() as u32;
+    cli.kill_daemon();
+    // As if the host had died before it recorded the run.
+    let db = cli.home().join("sandvisor.db");
+    let forget = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('DELETE FROM run'); c.commit()",
+        ])
+        .arg(&db)
+        .status()
+        .unwrap();
+    assert!(forget.success());
+    assert!(faults::alive(pid), "the agent died with its host");
+    assert_eq!(cli.status("unrecorded"), "Crashed");
+    assert!(
+        eventually(Duration::from_secs(15), || !faults::alive(pid)),
+        "the unrecorded sandbox still runs"
+    );
+}

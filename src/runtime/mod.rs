@@ -354,6 +354,9 @@ impl Sandvisor {
                 return Err(Error::SandboxNotHosted(name.to_string()));
             }
         };
+        // A run no row recorded may still wait for a host on the socket
+        // (and hold the writable layer): it ends before the next starts.
+        dismiss(&home::adopt_socket(&self.inner.home, name)?).await;
         self.launch(&config, id_slot, lowers).await
     }
 
@@ -447,10 +450,16 @@ impl Sandvisor {
         // A run outlives its host and is re-adopted by the next one, unless
         // it needs what dies with the host: a microVM's launcher follows
         // its host, and a private network's pasta is the host's child.
-        let adopt_socket =
-            (self.inner.readopt && purpose == Purpose::Run && vm.is_none() && network.is_none())
-                .then(|| home::adopt_socket(&self.inner.home, name))
-                .transpose()?;
+        // Without a pid namespace the host could not end the whole tree
+        // when it drops the run (PID 1's death would not take it along).
+        let adoptable = self.inner.readopt
+            && purpose == Purpose::Run
+            && config.isolation.pid
+            && vm.is_none()
+            && network.is_none();
+        let adopt_socket = adoptable
+            .then(|| home::adopt_socket(&self.inner.home, name))
+            .transpose()?;
         spec::sandbox_spec(
             config,
             spec::RunContext {
@@ -812,15 +821,26 @@ impl Sandvisor {
     /// # Errors
     /// [`Error::Database`] if settling the ones not taken over fails.
     async fn take_over(&self, orphans: Vec<OrphanRun>) -> Result<()> {
+        // At once: an agent that does not answer costs its deadline, not
+        // every other's.
+        let outcomes =
+            futures::future::join_all(orphans.iter().map(|orphan| self.take_over_one(orphan)))
+                .await;
+        let mut spare = Vec::new();
         let mut failed = false;
-        for orphan in orphans {
-            if let Err(err) = self.take_over_one(&orphan).await {
-                tracing::warn!(sandbox = %orphan.name, %err, "cannot re-adopt the sandbox of a host that is gone");
-                failed = true;
+        for (orphan, outcome) in orphans.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => spare.push(orphan.run_id),
+                Err(err) => {
+                    tracing::warn!(sandbox = %orphan.name, %err, "cannot re-adopt the sandbox of a host that is gone");
+                    failed = true;
+                }
             }
         }
         if failed {
-            reconcile(&self.inner.store, &self.inner.home, self.inner.host, &[]).await?;
+            // Only the runs that failed: another runtime may be taking over
+            // the rest right now.
+            reconcile(&self.inner.store, &self.inner.home, self.inner.host, &spare).await?;
         }
         Ok(())
     }
@@ -887,21 +907,65 @@ impl Sandvisor {
         })
         .map_err(|e| Error::Internal(format!("root actor: {e}")))
         .and_then(|launched| launched.map_err(|refused| Error::Internal(refused.to_string())))?;
-        match started_rx.await {
-            Ok(Ok(_)) => {
+        let failure = match tokio::time::timeout(ADOPT_DEADLINE, started_rx).await {
+            Ok(Ok(Ok(_))) => {
                 tracing::info!(sandbox = %orphan.name, run = orphan.run_id, "re-adopted");
-                Ok(())
+                return Ok(());
             }
-            Ok(Err(failure)) => Err(outcome::boot_failed(failure)),
-            Err(_) => {
-                launched.stop(None);
-                Err(Error::Internal(format!(
-                    "the supervisor of {} ended before it took the sandbox over",
-                    orphan.name
-                )))
-            }
-        }
+            Ok(Ok(Err(failure))) => outcome::boot_failed(failure),
+            Ok(Err(_)) => Error::Internal(format!(
+                "the supervisor of {} ended before it took the sandbox over",
+                orphan.name
+            )),
+            Err(_) => Error::Internal(format!(
+                "the agent of {} did not answer within {ADOPT_DEADLINE:?}",
+                orphan.name
+            )),
+        };
+        // Its link kills the agent as it stops; the run goes back to the
+        // dead host, whose runs reconciliation settles.
+        launched.stop(None);
+        self.inner
+            .store
+            .move_run(orphan.run_id, self.inner.host, orphan.host)
+            .await?;
+        Err(failure)
     }
+}
+
+/// How long a re-adopted agent may take to answer.
+const ADOPT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Ends an agent that waits on `socket` for a host although no open run
+/// names it (its host died after the agent's `Ready`, before the run's row
+/// was written): it is told to kill its sandbox, and its frames are read
+/// until it exits. Nothing there: nothing done.
+async fn dismiss(socket: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let is_socket = std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket());
+    if !is_socket {
+        return;
+    }
+    let limit = std::time::Duration::from_secs(2);
+    let Ok(mut agent) = sandvisor_actors::host::socket::connect(socket, limit).await else {
+        return;
+    };
+    let mut frame = Vec::new();
+    sandvisor_actors::protocol::Frame::Signal {
+        target: sandvisor_actors::protocol::SignalTarget::All,
+        signo: libc::SIGKILL,
+    }
+    .encode(&mut frame);
+    if agent.write_all(&frame).await.is_err() {
+        return;
+    }
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buf = vec![0u8; 64 << 10];
+        while agent.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+    tracing::warn!(socket = %socket.display(), ended = drained.is_ok(), "ended a sandbox whose run was never recorded");
 }
 
 /// [`Sandvisor::reconcile`] on `store` and `home` as `me`, leaving the runs
@@ -909,6 +973,11 @@ impl Sandvisor {
 /// is settled either way.
 async fn reconcile(store: &Store, home: &Path, me: HostId, spare: &[i64]) -> Result<Vec<String>> {
     let settled = store.reconcile(me, spare).await?;
+    for sandbox in settled.iter().filter(|sandbox| sandbox.run.is_none()) {
+        if let Ok(socket) = home::adopt_socket(home, &sandbox.name) {
+            dismiss(&socket).await;
+        }
+    }
     for sandbox in &settled {
         let (Some(marker), Some(run)) = (sandbox.marker(), sandbox.run) else {
             continue;

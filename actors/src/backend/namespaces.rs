@@ -499,17 +499,14 @@ impl Backend for NamespaceBackend {
                     message: format!("process {} is no longer the sandbox's agent", spec.pid),
                 });
             }
-            let socket = connect_long(&spec.socket).map_err(|e| {
-                SpawnFailed::io(
-                    &format!("cannot reach the agent at {}", spec.socket.display()),
-                    &e,
-                )
-            })?;
-            socket
-                .set_nonblocking(true)
-                .map_err(|e| SpawnFailed::io("socket", &e))?;
-            let socket = tokio::net::UnixStream::from_std(socket)
-                .map_err(|e| SpawnFailed::io("socket", &e))?;
+            let socket = crate::host::socket::connect(&spec.socket, ADOPT_CONNECT_TIMEOUT)
+                .await
+                .map_err(|e| {
+                    SpawnFailed::io(
+                        &format!("cannot reach the agent at {}", spec.socket.display()),
+                        &e,
+                    )
+                })?;
             let cgroup = Cgroup::of_process(spec.pid)
                 .map_err(|e| SpawnFailed::io("cannot read the agent's cgroup", &e))?;
             Ok(Started {
@@ -570,22 +567,9 @@ fn start_ticks(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Connects to the unix socket at `path`, which may be longer than a socket
-/// address holds: it is reached through a descriptor of its directory.
-fn connect_long(path: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixStream> {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-    };
-    let dir = nix::fcntl::open(
-        dir,
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )?;
-    let through = std::path::Path::new("/proc/self/fd")
-        .join(std::os::fd::AsRawFd::as_raw_fd(&dir).to_string())
-        .join(name);
-    std::os::unix::net::UnixStream::connect(through)
-}
+/// How long connecting to an agent to re-adopt may take (its backlog holds
+/// at most a few hosts).
+const ADOPT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// An agent forked by the spawner process, watched through a pidfd.
 #[derive(Debug)]

@@ -1,7 +1,9 @@
 //! OS plumbing under the actors: pidfds (processes that are not our
-//! children, safe against pid reuse) and cgroups (resource limits). Nothing
+//! children, safe against pid reuse), cgroups (resource limits) and unix
+//! sockets at long paths. Nothing
 //! here knows about actors or sandboxes.
 
 pub mod cgroup;
 pub mod launcher;
 pub mod pidfd;
+pub mod socket;

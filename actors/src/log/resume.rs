@@ -14,7 +14,8 @@
 //!   [`STARTED_MARKER`](crate::sandbox::STARTED_MARKER) of the chain; `None`
 //!   if none is left in it.
 
-use std::io;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -48,74 +49,60 @@ pub fn output_records_after(
         .collect();
     chain.push(live);
     let mut decoder = RecordDecoder::default();
-    match from {
-        ResumeFrom::Position(position) => {
-            let mut counting = false;
-            let mut count = 0;
-            for path in &chain {
-                let Some(bytes) = read_if_present(path)? else {
+    let mut counting = false;
+    let mut count: Option<u64> = None;
+    for path in &chain {
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err),
+        };
+        let meta = file.metadata()?;
+        let mut reader = BufReader::new(file);
+        match from {
+            ResumeFrom::Position(position) if !counting => {
+                // A file shorter than the mark reuses a gone file's inode.
+                if meta.ino() != position.inode || meta.len() < position.offset {
                     continue;
-                };
-                let start = if counting {
-                    0
-                } else if inode_of(path)? == Some(position.inode) {
-                    counting = true;
-                    (position.offset as usize).min(bytes.len())
-                } else {
-                    continue;
-                };
-                count += count_output(&mut decoder, &bytes[start..], None).0;
+                }
+                counting = true;
+                reader.seek(SeekFrom::Start(position.offset))?;
+                count = Some(count_output(&mut decoder, &mut reader, None)?.0);
             }
-            Ok(counting.then_some(count))
-        }
-        ResumeFrom::Marker(marker) => {
-            let mut since_marker: Option<u64> = None;
-            for path in &chain {
-                let Some(bytes) = read_if_present(path)? else {
-                    continue;
-                };
-                let (count, reset) = count_output(&mut decoder, &bytes, Some(marker));
-                since_marker = match reset {
+            ResumeFrom::Position(_) => {
+                let (n, _) = count_output(&mut decoder, &mut reader, None)?;
+                count = count.map(|c| c + n);
+            }
+            ResumeFrom::Marker(marker) => {
+                let (n, after) = count_output(&mut decoder, &mut reader, Some(marker))?;
+                count = match after {
                     Some(after) => Some(after),
-                    None => since_marker.map(|n| n + count),
+                    None => count.map(|c| c + n),
                 };
             }
-            Ok(since_marker)
         }
     }
+    Ok(count)
 }
 
-fn read_if_present(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(err),
-    }
-}
-
-fn inode_of(path: &Path) -> io::Result<Option<u64>> {
-    match std::fs::metadata(path) {
-        Ok(meta) => Ok(Some(meta.ino())),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(err),
-    }
-}
-
-/// Output records in the whole lines of `bytes`; with a `marker`, also the
-/// count after its last occurrence, if any.
+/// Output records in the whole lines `reader` holds; with a `marker`, also
+/// the count after its last occurrence, if any. Reads a line at a time, so
+/// memory stays at the longest line.
 fn count_output(
     decoder: &mut RecordDecoder,
-    bytes: &[u8],
+    reader: &mut impl BufRead,
     marker: Option<&str>,
-) -> (u64, Option<u64>) {
+) -> io::Result<(u64, Option<u64>)> {
     let mut count = 0;
     let mut after_marker = None;
-    let whole = match bytes.iter().rposition(|&b| b == b'\n') {
-        Some(last) => &bytes[..last],
-        None => return (0, None),
-    };
-    for line in whole.split(|&b| b == b'\n') {
-        let Ok(record) = decoder.decode(line) else {
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 || line.last() != Some(&b'\n') {
+            // The end, or a torn tail: not a record written whole.
+            return Ok((count, after_marker));
+        }
+        let Ok(record) = decoder.decode(&line[..line.len() - 1]) else {
             continue;
         };
         if record.source == LogSource::System {
@@ -129,7 +116,6 @@ fn count_output(
             *n += 1;
         }
     }
-    (count, after_marker)
 }
 
 #[cfg(test)]

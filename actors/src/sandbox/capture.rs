@@ -62,6 +62,10 @@ pub struct Marks {
     pub readopted: bool,
 }
 
+/// The highest session id of a dead host's that a re-adopted run honours;
+/// new sessions are numbered after the agent's `last_session`, capped here.
+pub const LAST_ADOPTED_SESSION: u64 = u64::MAX >> 1;
+
 /// The capture task's count of logged output, and what it still skips.
 #[derive(Default)]
 struct Progress {
@@ -136,7 +140,7 @@ pub async fn read_frames(
                     }
                 }
                 output_count.fetch_add(1, Ordering::Relaxed);
-                progress.frames += 1;
+                progress.frames = progress.frames.saturating_add(1);
                 if progress.skip > 0 {
                     progress.skip -= 1;
                     continue;
@@ -170,7 +174,9 @@ pub async fn read_frames(
             Frame::Exited { session, .. }
             | Frame::SessionStarted { session, .. }
             | Frame::SessionFailed { session, .. }
-                if session != MAIN_SESSION && session <= progress.adopted_last => {}
+                if session != MAIN_SESSION
+                    && session <= progress.adopted_last
+                    && !routes.contains(session) => {}
             other => {
                 // Control frames keep their place after the output before them.
                 match append(&mut tap, std::mem::take(&mut pending)).await {
@@ -240,7 +246,8 @@ async fn resume(marks: &Marks, adoption: &Adoption) -> Progress {
     Progress {
         frames: written.frames,
         skip,
-        adopted_last: adoption.last_session,
+        // As the supervisor numbers new sessions: after this, never wrapping.
+        adopted_last: adoption.last_session.min(LAST_ADOPTED_SESSION),
     }
 }
 

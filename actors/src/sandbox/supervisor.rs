@@ -809,7 +809,9 @@ impl SupervisorState {
             VmEvent::Adopted { pid, last_session } => {
                 // New sessions are numbered after the dead host's (an
                 // absurd number from the agent must not wrap the count).
-                self.next_session = self.next_session.max(last_session.min(u64::MAX >> 1));
+                self.next_session = self
+                    .next_session
+                    .max(last_session.min(super::capture::LAST_ADOPTED_SESSION));
                 Some(Input::Ready(pid))
             }
             VmEvent::BootFailed {
