@@ -518,28 +518,14 @@ async fn crash_host_child() {
 
 #[tokio::test]
 async fn a_crashed_host_is_reconciled_on_open() {
-    use std::io::BufRead;
     let home = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_host_child", "--ignored", "--nocapture"])
-        .env("SANDVISOR_CRASH_HOME", home.path())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let ready = tokio::task::spawn_blocking(move || {
-        std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| line.contains("SANDBOX-RUNNING"))
-    });
-    assert!(
-        tokio::time::timeout(Duration::from_secs(60), ready)
-            .await
-            .unwrap()
-            .unwrap(),
-        "child never started its sandbox"
-    );
+    let (mut child, _) = common::child_test(
+        "crash_host_child",
+        "SANDVISOR_CRASH_HOME",
+        home.path(),
+        "SANDBOX-RUNNING",
+    )
+    .await;
     let rt = Sandvisor::builder().home(home.path()).open().await.unwrap();
     let init = rt.runs("orphan").await.unwrap()[0].pid;
     let tree = namespace_of(init);

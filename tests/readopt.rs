@@ -3,11 +3,11 @@
 //! ends. Real `sandvisor serve` processes and an embedding runtime in a
 //! helper test process, SIGKILLed; real agents, sockets and SQLite.
 
+mod common;
 #[allow(dead_code)]
 #[path = "common/faults.rs"]
 mod faults;
 
-use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use faults::{stderr, Cli};
@@ -42,6 +42,17 @@ fn parse_numbers(name: &str, text: &str) -> Vec<u64> {
                 .unwrap_or_else(|_| panic!("{name}: {line:?} is not a number"))
         })
         .collect()
+}
+
+/// A home whose daemon ran `sleep 1000` as `name` and was SIGKILLed; the
+/// sandbox's agent pid.
+fn left_by_a_killed_daemon(name: &str) -> (Cli, u32) {
+    let mut cli = Cli::new();
+    cli.serve(None);
+    cli.ok(&["run", "-d", "--name", name, "--", "sleep", "1000"]);
+    let pid = cli.ps()[0]["pid"].as_u64().unwrap() as u32;
+    cli.kill_daemon();
+    (cli, pid)
 }
 
 /// Every line once, in order: 1, 2, …, n.
@@ -164,26 +175,14 @@ async fn readopt_host_child() {
 #[tokio::test]
 async fn an_embedding_runtime_killed_and_reopened_readopts() {
     let home = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "readopt_host_child", "--ignored", "--nocapture"])
-        .env("SANDVISOR_READOPT_HOME", home.path())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let ready = tokio::task::spawn_blocking(move || {
-        std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|line| line.strip_prefix("SANDBOX-RUNNING ").map(str::to_string))
-    });
-    let session: u64 = tokio::time::timeout(Duration::from_secs(60), ready)
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("the child never started its sandbox")
-        .parse()
-        .unwrap();
+    let (mut child, session) = common::child_test(
+        "readopt_host_child",
+        "SANDVISOR_READOPT_HOME",
+        home.path(),
+        "SANDBOX-RUNNING ",
+    )
+    .await;
+    let session: u64 = session.parse().unwrap();
     let stdout_of = |entries: &[sandvisor::LogEntry], id: u64| {
         entries
             .iter()
@@ -274,11 +273,7 @@ async fn an_embedding_runtime_killed_and_reopened_readopts() {
 /// as Crashed, as for any sandbox whose processes are gone.
 #[test]
 fn a_readoptable_sandbox_whose_agent_died_is_settled_as_before() {
-    let mut cli = Cli::new();
-    cli.serve(None);
-    cli.ok(&["run", "-d", "--name", "gone", "--", "sleep", "1000"]);
-    let pid = cli.ps()[0]["pid"].as_u64().unwrap() as u32;
-    cli.kill_daemon();
+    let (mut cli, pid) = left_by_a_killed_daemon("gone");
     assert_eq!(cli.status("gone"), "Running");
     faults::signal(pid, nix::sys::signal::Signal::SIGKILL);
     assert!(
@@ -299,11 +294,7 @@ fn a_readoptable_sandbox_whose_agent_died_is_settled_as_before() {
 /// tells it to end its sandbox.
 #[test]
 fn an_agent_whose_run_was_never_recorded_is_ended() {
-    let mut cli = Cli::new();
-    cli.serve(None);
-    cli.ok(&["run", "-d", "--name", "unrecorded", "--", "sleep", "1000"]);
-    let pid = cli.ps()[0]["pid"].as_u64().unwrap() as u32;
-    cli.kill_daemon();
+    let (cli, pid) = left_by_a_killed_daemon("unrecorded");
     // As if the host had died before it recorded the run.
     let db = cli.home().join("sandvisor.db");
     let forget = std::process::Command::new("python3")

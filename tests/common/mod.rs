@@ -203,3 +203,35 @@ pub fn drain_events(
     }
     seen
 }
+
+/// Runs test `name` of this test binary as a child process (an ignored test
+/// that finds its home in the environment variable `var`) and waits up to
+/// 60 s for the line it prints starting with `marker`; returns the child and
+/// the rest of that line.
+pub async fn child_test(
+    name: &str,
+    var: &str,
+    home: &Path,
+    marker: &'static str,
+) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--ignored", "--nocapture"])
+        .env(var, home)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.strip_prefix(marker).map(str::to_string))
+    });
+    let rest = tokio::time::timeout(Duration::from_secs(60), ready)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_or_else(|| panic!("{name} never printed {marker:?}"));
+    (child, rest)
+}

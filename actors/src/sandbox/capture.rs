@@ -337,13 +337,23 @@ mod tests {
         Chunk::now(MAIN_SESSION, LogSource::Stdout, format!("{n}\n"))
     }
 
-    /// A re-adopted agent replays frames 3…7 of which the dead host wrote
-    /// 3…5 after the agent's last mark (frame 2): exec.log ends with 1…7,
-    /// each once, and the agent is told all 7 are written. The same from
-    /// the run's start marker when the agent never got a mark.
-    #[tokio::test]
-    async fn replayed_frames_already_in_the_log_are_skipped() {
-        for with_mark in [true, false] {
+    /// A real tap in a temp log directory, and a capture task reading what a
+    /// test writes as the agent (`agent`), telling `told` what it hands the
+    /// link and `marks` the marks it sends.
+    struct Harness {
+        dir: tempfile::TempDir,
+        tap: ActorRef<RelayTapMsg>,
+        link: ActorRef<AgentLinkMsg>,
+        told: mpsc::UnboundedReceiver<String>,
+        marks: mpsc::Receiver<Vec<u8>>,
+        agent: Option<tokio::net::UnixStream>,
+        /// The host's write half, open while the capture task reads.
+        host_write: Option<tokio::net::unix::OwnedWriteHalf>,
+        reader: Option<tokio::task::JoinHandle<()>>,
+    }
+
+    impl Harness {
+        async fn new() -> Self {
             let dir = tempfile::tempdir().unwrap();
             let args = TapArgs {
                 config: TapConfig::new(dir.path()),
@@ -351,19 +361,95 @@ mod tests {
                 events: None,
             };
             let (tap, _) = Actor::spawn(None, RelayTap, args).await.unwrap();
-            let append = |chunks: Vec<Chunk>| {
-                let tap = tap.clone();
-                async move {
-                    ractor::call!(tap, RelayTapMsg::Append, chunks)
-                        .unwrap()
-                        .unwrap()
-                }
-            };
-            append(vec![Chunk::system(STARTED_MARKER, Utc::now())]).await;
-            let mark = append(vec![chunk(1), chunk(2)]).await;
+            let (told_tx, told) = mpsc::unbounded_channel();
+            let (link, _) = Actor::spawn(None, FakeLink, told_tx).await.unwrap();
+            let (_, marks) = mpsc::channel(1);
+            Self {
+                dir,
+                tap,
+                link,
+                told,
+                marks,
+                agent: None,
+                host_write: None,
+                reader: None,
+            }
+        }
+
+        async fn append(&self, chunks: Vec<Chunk>) -> LogPosition {
+            ractor::call!(self.tap, RelayTapMsg::Append, chunks)
+                .unwrap()
+                .unwrap()
+        }
+
+        /// Starts the capture task on a fresh socket.
+        fn capture(&mut self, readopted: bool) {
+            let (host, agent) = tokio::net::UnixStream::pair().unwrap();
+            let (read, write) = host.into_split();
+            self.host_write = Some(write);
+            let (marks_tx, marks) = mpsc::channel(64);
+            self.marks = marks;
+            let (_, tap_rx) = watch::channel(self.tap.clone());
+            self.reader = Some(tokio::spawn(read_frames(
+                read,
+                self.link.clone(),
+                tap_rx,
+                Routes::default(),
+                Arc::new(AtomicU64::new(0)),
+                Some(Marks {
+                    queue: marks_tx,
+                    dir: self.dir.path().to_path_buf(),
+                    keep: 4,
+                    readopted,
+                }),
+            )));
+            self.agent = Some(agent);
+        }
+
+        /// Writes `frames` as the agent, closes its end and waits for the
+        /// capture task to end.
+        async fn agent_says(&mut self, frames: &[Frame]) {
+            let mut wire = Vec::new();
+            for frame in frames {
+                frame.encode(&mut wire);
+            }
+            let mut agent = self.agent.take().unwrap();
+            agent.write_all(&wire).await.unwrap();
+            drop(agent);
+            self.reader.take().unwrap().await.unwrap();
+        }
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            self.tap.stop(None);
+            self.link.stop(None);
+        }
+    }
+
+    fn adopted(written: WrittenMark) -> Frame {
+        Frame::Adopted(Adoption {
+            pid: 2,
+            written,
+            last_session: 1,
+        })
+    }
+
+    /// A re-adopted agent replays frames 3…7 of which the dead host wrote
+    /// 3…5 after the agent's last mark (frame 2): exec.log ends with 1…7,
+    /// each once, and the agent is told all 7 are written. The same from
+    /// the run's start marker when the agent never got a mark.
+    #[tokio::test]
+    async fn replayed_frames_already_in_the_log_are_skipped() {
+        for with_mark in [true, false] {
+            let mut harness = Harness::new().await;
+            harness
+                .append(vec![Chunk::system(STARTED_MARKER, Utc::now())])
+                .await;
+            let mark = harness.append(vec![chunk(1), chunk(2)]).await;
             // Written by the host that died before its mark reached the agent.
-            append(vec![chunk(3), chunk(4), chunk(5)]).await;
-            let live = dir.path().join("exec.log");
+            harness.append(vec![chunk(3), chunk(4), chunk(5)]).await;
+            let live = harness.dir.path().join("exec.log");
             assert_eq!(std::fs::metadata(&live).unwrap().ino(), mark.inode);
             let written = if with_mark {
                 WrittenMark {
@@ -374,43 +460,12 @@ mod tests {
             } else {
                 WrittenMark::default()
             };
-            let kept_from = written.frames as u32 + 1;
-
-            let (told_tx, mut told) = mpsc::unbounded_channel();
-            let (link, _) = Actor::spawn(None, FakeLink, told_tx).await.unwrap();
-            let (host, agent) = tokio::net::UnixStream::pair().unwrap();
-            let (read, _write) = host.into_split();
-            let (marks_tx, mut marks) = mpsc::channel(64);
-            let (_, tap_rx) = watch::channel(tap.clone());
-            let reader = tokio::spawn(read_frames(
-                read,
-                link.clone(),
-                tap_rx,
-                Routes::default(),
-                Arc::new(AtomicU64::new(0)),
-                Some(Marks {
-                    queue: marks_tx,
-                    dir: dir.path().to_path_buf(),
-                    keep: 4,
-                    readopted: true,
-                }),
-            ));
-            let mut wire = Vec::new();
-            Frame::Adopted(Adoption {
-                pid: 2,
-                written,
-                last_session: 1,
-            })
-            .encode(&mut wire);
-            for n in kept_from..=7 {
-                output(MAIN_SESSION, n).encode(&mut wire);
-            }
-            let mut agent = agent;
-            agent.write_all(&wire).await.unwrap();
-            drop(agent);
-            reader.await.unwrap();
-            assert!(told.recv().await.unwrap().starts_with("Adopted"));
-            assert_eq!(told.recv().await.unwrap(), "done None");
+            harness.capture(true);
+            let mut frames = vec![adopted(written)];
+            frames.extend((written.frames as u32 + 1..=7).map(|n| output(MAIN_SESSION, n)));
+            harness.agent_says(&frames).await;
+            assert!(harness.told.recv().await.unwrap().starts_with("Adopted"));
+            assert_eq!(harness.told.recv().await.unwrap(), "done None");
 
             let text = std::fs::read_to_string(&live).unwrap();
             let printed: Vec<String> = text
@@ -423,7 +478,7 @@ mod tests {
                 .collect();
             assert_eq!(printed, ["1", "2", "3", "4", "5", "6", "7"], "{with_mark}");
             let mut last = None;
-            while let Ok(frame) = marks.try_recv() {
+            while let Ok(frame) = harness.marks.try_recv() {
                 last = Some(frame);
             }
             let mut last = BytesMut::from(&last.unwrap()[..]);
@@ -434,51 +489,16 @@ mod tests {
                 }
                 other => panic!("{other:?}"),
             }
-            tap.stop(None);
-            link.stop(None);
         }
     }
 
     /// An `Adopted` on a run that was not re-adopted is a protocol error.
     #[tokio::test]
     async fn an_unexpected_adoption_is_a_protocol_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let args = TapArgs {
-            config: TapConfig::new(dir.path()),
-            generation: 0,
-            events: None,
-        };
-        let (tap, _) = Actor::spawn(None, RelayTap, args).await.unwrap();
-        let (told_tx, mut told) = mpsc::unbounded_channel();
-        let (link, _) = Actor::spawn(None, FakeLink, told_tx).await.unwrap();
-        let (host, mut agent) = tokio::net::UnixStream::pair().unwrap();
-        let (read, _write) = host.into_split();
-        let (marks_tx, _marks) = mpsc::channel(64);
-        let (_, tap_rx) = watch::channel(tap.clone());
-        let reader = tokio::spawn(read_frames(
-            read,
-            link.clone(),
-            tap_rx,
-            Routes::default(),
-            Arc::new(AtomicU64::new(0)),
-            Some(Marks {
-                queue: marks_tx,
-                dir: dir.path().to_path_buf(),
-                keep: 4,
-                readopted: false,
-            }),
-        ));
-        let mut wire = Vec::new();
-        Frame::Adopted(Adoption {
-            pid: 2,
-            written: WrittenMark::default(),
-            last_session: 1,
-        })
-        .encode(&mut wire);
-        agent.write_all(&wire).await.unwrap();
-        reader.await.unwrap();
-        assert!(told.recv().await.unwrap().contains("unexpected Adopted"));
-        tap.stop(None);
-        link.stop(None);
+        let mut harness = Harness::new().await;
+        harness.capture(false);
+        harness.agent_says(&[adopted(WrittenMark::default())]).await;
+        let told = harness.told.recv().await.unwrap();
+        assert!(told.contains("unexpected Adopted"), "{told}");
     }
 }
