@@ -12,7 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use faults::{stderr, stdout, Cli};
+use faults::{eventually, stderr, stdout, Cli};
 
 #[path = "common/tmpfs.rs"]
 mod tmpfs;
@@ -371,20 +371,6 @@ fn d12_ps_does_not_warn_per_reconciled_sandbox() {
     assert!(warnings.len() <= 1, "{warnings:#?}");
     for name in ["orphan0", "orphan1", "orphan2"] {
         assert_eq!(cli.status(name), "Running");
-    }
-}
-
-/// Polls `check` every 50 ms until it holds or `limit` passes; whether it held.
-fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -10,25 +10,11 @@ mod faults;
 
 use std::time::{Duration, Instant};
 
-use faults::{stderr, Cli};
+use faults::{eventually, stderr, Cli};
 use sandvisor::{ExecConfig, LogOptions, LogSource, SandboxConfig, SandboxStatus, Sandvisor};
 
 /// Prints 1, 2, 3, … one line every 10 ms.
 const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.01; done";
-
-/// Polls `check` every 50 ms until it holds or `limit` passes; whether it held.
-fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// The numbers `name` printed, as `exec.log` holds them.
 fn numbers(cli: &Cli, name: &str) -> Vec<u64> {
