@@ -16,7 +16,8 @@
 //! - Control frames go to the agent link as [`AgentLinkMsg::Frame`], after
 //!   every output chunk before them is written; `StdinConsumed` (flow control
 //!   only) goes at once. When the socket closes or breaks, the task sends
-//!   [`AgentLinkMsg::ReaderDone`] (with what broke, if anything) and ends.
+//!   [`AgentLinkMsg::ReaderDone`] (with what broke, if anything) and ends;
+//!   a task that panics or is aborted sends it too, from a guard.
 //! - Each output chunk read bumps the link's output counter (relaxed: the
 //!   supervisor only compares it with its last look, for the idle timeout).
 //! - For an adoptable agent (one given a queue for marks), every append of
@@ -87,6 +88,10 @@ pub async fn read_frames(
     marks: Option<Marks>,
 ) {
     const GONE: &str = "the sandbox's supervisor is gone";
+    let mut done = ReaderDone {
+        link: link.clone(),
+        problem: None,
+    };
     let mut buf = BytesMut::with_capacity(64 * 1024);
     // Output chunks decoded from what is buffered go to the tap together.
     let mut pending: Vec<Chunk> = Vec::new();
@@ -196,7 +201,26 @@ pub async fn read_frames(
             }
         }
     };
-    let _ = link.cast(AgentLinkMsg::ReaderDone(problem));
+    done.problem = Some(problem);
+}
+
+/// Tells the agent link the capture task has ended, however it ended: a
+/// task that panicked reports that, so the run still ends (`Lost`).
+struct ReaderDone {
+    link: ActorRef<AgentLinkMsg>,
+    /// What broke, once the task ended on its own (`Some(None)`: nothing).
+    problem: Option<Option<String>>,
+}
+
+impl Drop for ReaderDone {
+    fn drop(&mut self) {
+        let problem = self
+            .problem
+            .take()
+            .unwrap_or_else(|| Some("the capture task failed".into()));
+        // A link that is gone has nobody to tell.
+        let _ = self.link.cast(AgentLinkMsg::ReaderDone(problem));
+    }
 }
 
 /// Tells the agent (if adoptable) that its logged output up to
