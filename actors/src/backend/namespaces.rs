@@ -561,10 +561,15 @@ impl Backend for NamespaceBackend {
 
 /// Field 22 of `/proc/PID/stat` (start time in clock ticks since boot).
 fn start_ticks(pid: u32) -> Option<u64> {
+    stat_field(pid, 22)
+}
+
+/// Field `n` (1-based, `n` ≥ 3) of `/proc/PID/stat`.
+fn stat_field(pid: u32, n: usize) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces; fields resume after its ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    rest.split_whitespace().nth(n - 3)?.parse().ok()
 }
 
 /// How long connecting to an agent to re-adopt may take (its backlog holds
@@ -583,17 +588,9 @@ struct NamespaceAgent {
 /// Whether `pid` is a child of `parent` that leads its own process group
 /// (fields 4 and 5 of `/proc/PID/stat`).
 fn leads_group_under(parent: u32, pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The command name (field 2) may hold spaces; fields resume after its ')'.
-    let Some(rest) = stat.rfind(')').map(|at| &stat[at + 1..]) else {
-        return false;
-    };
-    let mut fields = rest.split_whitespace().skip(1);
-    let ppid = fields.next().and_then(|f| f.parse::<u32>().ok());
-    let pgrp = fields.next().and_then(|f| f.parse::<u32>().ok());
-    pid > 1 && ppid == Some(parent) && pgrp == Some(pid)
+    pid > 1
+        && stat_field(pid, 4) == Some(u64::from(parent))
+        && stat_field(pid, 5) == Some(u64::from(pid))
 }
 
 impl Agent for NamespaceAgent {
