@@ -156,6 +156,8 @@ async fn spawn_tap(dir: &Path, max_bytes: u64, keep: usize) -> BenchResult<Actor
             dir: dir.to_path_buf(),
             max_bytes,
             keep,
+            // As for a namespace sandbox: nothing else writes there.
+            sole_writer: true,
             ..TapConfig::new(dir)
         },
         generation: 0,

@@ -134,6 +134,8 @@ pub(super) fn sandbox_spec(config: &SandboxConfig, context: RunContext<'_>) -> R
         memory_bytes = memory_bytes.map(|limit| limit.max(needed));
     }
     let boot_timeout = context.vm.is_some().then_some(crate::vm::VM_BOOT_TIMEOUT);
+    // A microVM's launcher writes its console into the log directory too.
+    let sole_writer = context.vm.is_none();
     Ok(SandboxSpec {
         name: config.name.clone(),
         vm: VmSpec {
@@ -187,6 +189,7 @@ pub(super) fn sandbox_spec(config: &SandboxConfig, context: RunContext<'_>) -> R
             max_bytes: config.log.max_bytes,
             keep: config.log.keep,
             disk_full_wait: context.defaults.disk_full_wait,
+            sole_writer,
         },
         log_dir,
         stop_signal: config.stop_signal,

@@ -45,4 +45,9 @@ pub fn append(log_dir: &Path, level: Level, sandbox: &str, message: &str) {
         Level::WARN => tracing::warn!(sandbox, "{message}"),
         _ => tracing::info!(sandbox, "{message}"),
     });
+    // A directory claimed by its RelayTap has no inotify watch: readers in
+    // this process learn of the note here.
+    if let Ok(dir) = std::fs::canonicalize(log_dir) {
+        crate::log::read::watch_hub::wake_readers_of(&dir);
+    }
 }

@@ -68,6 +68,11 @@ pub struct TapConfig {
     /// How long a write may wait for space on a full disk before the tap
     /// gives up with [`DiskFull`].
     pub disk_full_wait: Duration,
+    /// Nothing outside this process writes into `dir` while the tap runs
+    /// (no VM console there). The tap then claims the directory with the
+    /// watch hub ([`watch_hub::claim_writer`]): its readers in this process
+    /// are woken by the tap alone and no inotify watch taxes its writes.
+    pub sole_writer: bool,
 }
 
 impl TapConfig {
@@ -79,6 +84,7 @@ impl TapConfig {
             max_bytes: DEFAULT_MAX_BYTES,
             keep: DEFAULT_KEEP,
             disk_full_wait: DEFAULT_DISK_FULL_WAIT,
+            sole_writer: false,
         }
     }
 }
@@ -267,6 +273,8 @@ pub struct TapState {
     /// this process after a write (`None` if it cannot be resolved: readers
     /// then rely on inotify and their poll).
     canonical_dir: Option<PathBuf>,
+    /// The claim on the directory, for a sole writer.
+    _writer: Option<watch_hub::WriterGuard>,
 }
 
 impl TapState {
@@ -580,6 +588,10 @@ impl Actor for RelayTap {
         let metadata = file.metadata()?;
         let (size, inode) = (metadata.len(), metadata.ino());
         let canonical_dir = std::fs::canonicalize(&args.config.dir).ok();
+        let writer = canonical_dir
+            .as_deref()
+            .filter(|_| args.config.sole_writer)
+            .and_then(watch_hub::claim_writer);
         Ok(TapState {
             config: args.config,
             live,
@@ -597,6 +609,7 @@ impl Actor for RelayTap {
             reopen,
             events: args.events,
             canonical_dir,
+            _writer: writer,
         })
     }
 

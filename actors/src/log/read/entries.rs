@@ -68,6 +68,9 @@ impl Entries {
             Some(run) => run.reserve(additional),
             None => self.runs.push(Vec::with_capacity(additional)),
         }
+        if let Some(run) = self.runs.last_mut() {
+            crate::host::memory::prefer_huge_pages(run);
+        }
     }
 
     /// How many entries.

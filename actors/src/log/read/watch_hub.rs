@@ -10,6 +10,8 @@
 //! - [`WatchHubMsg::Watch`] from a tailer: register a waker for a directory.
 //! - [`WatchHubMsg::Unwatch`] from a [`WatchGuard`] being dropped (with the
 //!   tailer's state, however the tailer ended).
+//! - [`WatchHubMsg::Writer`] from [`claim_writer`] (a RelayTap starting) and
+//!   [`WatchHubMsg::WriterGone`] from its [`WriterGuard`] being dropped.
 //!
 //! Events are not messages: notify's thread wakes the readers of the
 //! directory an event names itself, through the registry the hub keeps (a
@@ -17,6 +19,15 @@
 //! not two; a writer in this process ([`wake_readers_of`]) wakes them itself
 //! right after its write, with no thread hop at all. A rescan or overflow signal, or a watcher error, wakes every
 //! reader, since events may have been lost.
+//!
+//! A directory whose only writer is in this process (a [`WriterGuard`] is
+//! held for it) has no inotify watch at all, even with readers: the writer's
+//! own wakes cover them, and a watched directory makes every `write(2)` into
+//! it queue an event and wake notify's thread — on this kind of virtual
+//! machine that doubled the writer's p50 and added tens of microseconds to
+//! each follow. Anything else written there meanwhile (a CLI note in
+//! `runtime.log`) is found by the readers' poll; when the writer goes the
+//! watch comes back and its readers are woken once to re-check.
 //!
 //! Wakers are expected to coalesce (a reader woken twice before it ran reads
 //! once), so a burst of writes costs a reader one read, not one per event.
@@ -26,7 +37,7 @@
 //! Readers also poll at least every 250 ms, so a lost event delays them by at
 //! most one poll interval.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
@@ -75,6 +86,11 @@ pub enum WatchHubMsg {
     },
     /// Drop a registration.
     Unwatch(WatchId),
+    /// A writer in this process is the only writer of the directory (a
+    /// canonical path) until the matching [`WatchHubMsg::WriterGone`].
+    Writer(PathBuf),
+    /// That writer is gone.
+    WriterGone(PathBuf),
     /// Counts, for tests and diagnostics.
     Stats(RpcReplyPort<HubStats>),
 }
@@ -86,6 +102,9 @@ pub struct HubStats {
     pub dirs: usize,
     /// Registered readers.
     pub readers: usize,
+    /// Directories with an inotify watch (those with readers and no writer
+    /// in this process).
+    pub watched: usize,
 }
 
 /// The watcher actor. See the module docs.
@@ -121,6 +140,10 @@ pub struct HubState {
     dirs: &'static Registry,
     ids: HashMap<WatchId, PathBuf>,
     next_id: WatchId,
+    /// Writers in this process per directory.
+    writers: HashMap<PathBuf, usize>,
+    /// Directories notify watches.
+    watched: HashSet<PathBuf>,
 }
 
 /// Wakes the readers an event concerns (all of them when events may have
@@ -180,6 +203,8 @@ impl Actor for WatchHub {
             dirs,
             ids: HashMap::new(),
             next_id: 1,
+            writers: HashMap::new(),
+            watched: HashSet::new(),
         })
     }
 
@@ -201,6 +226,22 @@ impl Actor for WatchHub {
                 }
             }
             WatchHubMsg::Unwatch(id) => unwatch(state, id),
+            WatchHubMsg::Writer(dir) => {
+                *state.writers.entry(dir.clone()).or_default() += 1;
+                settle(state, &dir);
+            }
+            WatchHubMsg::WriterGone(dir) => {
+                if let Some(count) = state.writers.get_mut(&dir) {
+                    *count -= 1;
+                    if *count == 0 {
+                        state.writers.remove(&dir);
+                    }
+                }
+                if settle(state, &dir) == Settled::Added {
+                    // Another process may have written while nobody watched.
+                    wake_readers_of(&dir);
+                }
+            }
             WatchHubMsg::Stats(reply) => {
                 let dirs = state
                     .dirs
@@ -210,6 +251,7 @@ impl Actor for WatchHub {
                 let _ = reply.send(HubStats {
                     dirs,
                     readers: state.ids.len(),
+                    watched: state.watched.len(),
                 });
             }
         }
@@ -226,7 +268,7 @@ fn unwatch(state: &mut HubState, id: WatchId) {
     let Some(dir) = state.ids.remove(&id) else {
         return;
     };
-    let now_empty = {
+    {
         let mut dirs = state.dirs.write().unwrap_or_else(PoisonError::into_inner);
         let now_empty = dirs.get_mut(&dir).is_some_and(|readers| {
             readers.remove(&id);
@@ -235,14 +277,61 @@ fn unwatch(state: &mut HubState, id: WatchId) {
         if now_empty {
             dirs.remove(&dir);
         }
-        now_empty
-    };
-    if now_empty {
-        if let Some(watcher) = state.watcher.as_mut() {
-            // The directory may be gone already, which removed the watch.
-            let _ = watcher.unwatch(&dir);
-        }
     }
+    settle(state, &dir);
+}
+
+/// What [`settle`] did to a directory's watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// It added the watch.
+    Added,
+    /// Nothing, or it removed the watch.
+    NotAdded,
+}
+
+/// Gives `dir` an inotify watch exactly when it has readers and no writer in
+/// this process.
+///
+/// # Errors
+/// Why the watch could not be added (the readers then poll).
+fn try_settle(state: &mut HubState, dir: &Path) -> Result<Settled, WatchError> {
+    let has_readers = state
+        .dirs
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains_key(dir);
+    let wanted = has_readers && !state.writers.contains_key(dir);
+    let Some(watcher) = state.watcher.as_mut() else {
+        return Ok(Settled::NotAdded);
+    };
+    match (wanted, state.watched.contains(dir)) {
+        (true, false) => {
+            watcher
+                .watch(dir, RecursiveMode::NonRecursive)
+                .map_err(|e| WatchError::AddWatch {
+                    dir: dir.to_path_buf(),
+                    error: e.to_string(),
+                })?;
+            state.watched.insert(dir.to_path_buf());
+            Ok(Settled::Added)
+        }
+        (false, true) => {
+            state.watched.remove(dir);
+            // The directory may be gone already, which removed the watch.
+            let _ = watcher.unwatch(dir);
+            Ok(Settled::NotAdded)
+        }
+        _ => Ok(Settled::NotAdded),
+    }
+}
+
+/// [`try_settle`], logging a watch that could not be added.
+fn settle(state: &mut HubState, dir: &Path) -> Settled {
+    try_settle(state, dir).unwrap_or_else(|err| {
+        tracing::debug!(%err, "directory not watched; polling only");
+        Settled::NotAdded
+    })
 }
 
 fn watch(state: &mut HubState, dir: PathBuf, waker: Waker) -> Result<WatchId, WatchError> {
@@ -250,21 +339,6 @@ fn watch(state: &mut HubState, dir: PathBuf, waker: Waker) -> Result<WatchId, Wa
         error: e.to_string(),
         dir,
     })?;
-    let watched = state
-        .dirs
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .contains_key(&dir);
-    if !watched {
-        if let Some(watcher) = state.watcher.as_mut() {
-            if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-                return Err(WatchError::AddWatch {
-                    dir,
-                    error: e.to_string(),
-                });
-            }
-        }
-    }
     let id = state.next_id;
     state.next_id += 1;
     state
@@ -274,7 +348,11 @@ fn watch(state: &mut HubState, dir: PathBuf, waker: Waker) -> Result<WatchId, Wa
         .entry(dir.clone())
         .or_default()
         .insert(id, waker);
-    state.ids.insert(id, dir);
+    state.ids.insert(id, dir.clone());
+    if let Err(err) = try_settle(state, &dir) {
+        unwatch(state, id);
+        return Err(err);
+    }
     Ok(id)
 }
 
@@ -357,6 +435,43 @@ pub async fn watch_dir(dir: &Path, waker: Waker) -> Option<WatchGuard> {
 pub async fn stats() -> Option<HubStats> {
     let hub = hub()?;
     ractor::call_t!(hub, WatchHubMsg::Stats, 5_000).ok()
+}
+
+/// Declares the writer about to append to `dir` (a canonical path) the
+/// only writer of it: while the guard lives, the hub keeps no inotify watch
+/// on `dir` and its readers in this process rely on the writer's
+/// [`wake_readers_of`] after each write (and on their poll for anything
+/// else). Only for a directory no other process writes into.
+///
+/// `None` if the hub is not running: readers then poll, and nothing needs
+/// undoing.
+pub fn claim_writer(dir: &Path) -> Option<WriterGuard> {
+    let hub = hub()?;
+    let dir = dir.to_path_buf();
+    hub.cast(WatchHubMsg::Writer(dir.clone())).ok()?;
+    Some(WriterGuard { hub, dir })
+}
+
+/// A writer's claim on a directory (see [`claim_writer`]); released on drop.
+pub struct WriterGuard {
+    hub: ActorRef<WatchHubMsg>,
+    dir: PathBuf,
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        let dir = std::mem::take(&mut self.dir);
+        // The hub lives as long as the process.
+        let _ = self.hub.cast(WatchHubMsg::WriterGone(dir));
+    }
+}
+
+impl std::fmt::Debug for WriterGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterGuard")
+            .field("dir", &self.dir)
+            .finish()
+    }
 }
 
 /// A registration with the hub; unregisters on drop.
