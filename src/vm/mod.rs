@@ -8,6 +8,7 @@
 //! microVM backend").
 
 pub mod initramfs;
+mod probe_cache;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -139,7 +140,7 @@ impl VmHost {
                 &["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"],
             )
         });
-        let accel = self.accel(&qemu, &kernel, &initramfs);
+        let accel = self.accel(home, &qemu, &kernel, &initramfs);
         // For `inspect` from other processes; a failed write only leaves it
         // unknown there.
         let _ = std::fs::write(home.join("vm").join(ACCEL_FILE), accel.as_str());
@@ -179,18 +180,27 @@ impl VmHost {
         Ok(path)
     }
 
-    /// The accelerator guests run with (probed at most once).
-    pub(crate) fn accel(&self, qemu: &Path, kernel: &Path, initramfs: &Path) -> Accel {
+    /// The accelerator guests run with: probed at most once per runtime,
+    /// and not at all when `home` kept the answer for the same host boot,
+    /// `/dev/kvm`, qemu and kernel.
+    pub(crate) fn accel(&self, home: &Path, qemu: &Path, kernel: &Path, initramfs: &Path) -> Accel {
         if let Some(accel) = self.settings.accel {
             return accel;
         }
         let mut known = self.accel.lock().unwrap_or_else(|e| e.into_inner());
         *known.get_or_insert_with(|| {
+            let key = probe_cache::ProbeKey::now(qemu, kernel);
+            if let Some(accel) = key.as_ref().and_then(|key| probe_cache::kept(home, key)) {
+                return accel;
+            }
             let accel = probe(qemu, kernel, initramfs);
             tracing::info!(
                 accel = accel.as_str(),
                 "microVM accelerator chosen by the boot probe"
             );
+            if let Some(key) = key {
+                probe_cache::keep(home, key, accel);
+            }
             accel
         })
     }
