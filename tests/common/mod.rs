@@ -2,6 +2,8 @@
 //! real RelayTap writing into them.
 #![allow(dead_code)]
 
+pub mod backends;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
