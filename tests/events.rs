@@ -1,24 +1,31 @@
 //! Lifecycle events, asserted with actor message probes (`sandvisor::testing`).
+//! What the SPEC promises whatever the backend runs on both backends
+//! (`on_both!`).
 
 mod common;
 
+use common::backends;
 use common::runtime;
 use std::time::Duration;
 
 use futures::StreamExt;
 use sandvisor::testing::Probe;
-use sandvisor::{EscalationStep, EventEnvelope, SandboxConfig, SandboxEvent, SandboxStatus};
+use sandvisor::{
+    Backend, EscalationStep, EventEnvelope, SandboxConfig, SandboxEvent, SandboxStatus,
+};
 
-const WAIT: Duration = Duration::from_secs(10);
+/// A hang guard: a guest under TCG starts its first shell slowly.
+const WAIT: Duration = Duration::from_secs(60);
 
-#[tokio::test]
-async fn stop_escalation_is_an_exact_message_sequence() {
-    let (_home, rt) = runtime().await;
+on_both!(stop_escalation_is_an_exact_message_sequence);
+async fn stop_escalation_is_an_exact_message_sequence(backend: Backend) {
+    let (_home, rt) = backends::runtime(backend).await;
     // No metrics: their samples would interleave with the sequence.
     let mut config = SandboxConfig::shell(
         "stubborn",
         "trap '' TERM; echo ready; while :; do sleep 0.1; done",
-    );
+    )
+    .with_backend(backend);
     config.metrics_interval = None;
     let sandbox = rt.create(config).await.unwrap();
     // Stop only once the shell ignores SIGTERM.
@@ -79,12 +86,12 @@ async fn stop_escalation_is_an_exact_message_sequence() {
     assert_eq!(probe.received().len(), 4);
 }
 
-#[tokio::test]
-async fn the_runtime_stream_carries_every_sandbox_s_events_in_order() {
-    let (_home, rt) = runtime().await;
+on_both!(the_runtime_stream_carries_every_sandbox_s_events_in_order);
+async fn the_runtime_stream_carries_every_sandbox_s_events_in_order(backend: Backend) {
+    let (_home, rt) = backends::runtime(backend).await;
     let mut all = Box::pin(rt.events());
     for i in 0..5 {
-        let mut config = SandboxConfig::new(format!("ev-{i}"), "true");
+        let mut config = SandboxConfig::new(format!("ev-{i}"), "true").with_backend(backend);
         config.metrics_interval = None;
         rt.create(config)
             .await
@@ -139,11 +146,11 @@ async fn the_runtime_stream_carries_every_sandbox_s_events_in_order() {
     }
 }
 
-#[tokio::test]
-async fn each_run_of_a_restart_policy_numbers_its_own_events_and_carries_its_id() {
-    let (_home, rt) = runtime().await;
+on_both!(each_run_of_a_restart_policy_numbers_its_own_events_and_carries_its_id);
+async fn each_run_of_a_restart_policy_numbers_its_own_events_and_carries_its_id(backend: Backend) {
+    let (_home, rt) = backends::runtime(backend).await;
     let mut all = Box::pin(rt.events());
-    let mut config = SandboxConfig::shell("flaky", "exit 1");
+    let mut config = SandboxConfig::shell("flaky", "exit 1").with_backend(backend);
     config.metrics_interval = None;
     config.restart = sandvisor::Restart::OnFailure {
         max_retries: Some(2),
@@ -215,14 +222,15 @@ async fn each_run_of_a_restart_policy_numbers_its_own_events_and_carries_its_id(
     }
 }
 
-#[tokio::test]
-async fn a_restarted_tap_and_rotations_are_events() {
+on_both!(a_restarted_tap_and_rotations_are_events);
+async fn a_restarted_tap_and_rotations_are_events(backend: Backend) {
     use sandvisor::engine::log::tap::RelayTapMsg;
-    let (_home, rt) = runtime().await;
+    let (_home, rt) = backends::runtime(backend).await;
     let mut config = SandboxConfig::shell(
         "rot",
         "sleep 0.5; i=0; while [ $i -lt 3000 ]; do echo line-$i-padding-padding; i=$((i+1)); done; sleep 1000",
-    );
+    )
+    .with_backend(backend);
     config.log.max_bytes = 16 * 1024;
     let sandbox = rt.create(config).await.unwrap();
     let mut probe = Probe::spawn().await.unwrap();
@@ -263,6 +271,8 @@ async fn a_restarted_tap_and_rotations_are_events() {
     sandbox.kill().await.unwrap();
 }
 
+// Namespaces only: a VM's metrics are its cgroup's, qemu and the guest RAM
+// it touched, not the sandbox's processes.
 #[tokio::test]
 async fn metrics_are_sampled_as_events_and_on_request() {
     let (_home, rt) = runtime().await;
