@@ -1,5 +1,7 @@
 //! The `sandvisor` binary against a temp home: real processes, real sockets,
-//! real signals. Each test has its own home (and so its own daemon).
+//! real signals. Each test has its own home (and so its own daemon). What
+//! the SPEC promises whatever the backend runs on both backends
+//! (`on_both!`, `run --vm` for the microVM).
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -9,8 +11,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use sandvisor::Backend;
 use serde_json::Value;
 
+mod common;
+use common::backends;
 #[path = "common/cli.rs"]
 mod cli_home;
 use cli_home::{Cli, BIN};
@@ -80,18 +85,35 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-#[test]
-fn run_returns_the_commands_exit_code_and_streams_its_output() {
+/// A CLI home ready for `backend`'s sandboxes.
+fn cli_for(backend: Backend) -> Cli {
     let cli = Cli::new();
-    let out = cli.run(&[
-        "run",
-        "--name",
-        "fg",
-        "--",
-        "sh",
-        "-c",
-        "echo out; echo err >&2; exit 3",
-    ]);
+    backends::prepare_home(backend, cli.home());
+    cli
+}
+
+/// `run` on `backend` with `args`.
+fn run_on<'a>(backend: Backend, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["run"];
+    all.extend_from_slice(backends::vm_flag(backend));
+    all.extend_from_slice(args);
+    all
+}
+
+on_both!(blocking run_returns_the_commands_exit_code_and_streams_its_output);
+fn run_returns_the_commands_exit_code_and_streams_its_output(backend: Backend) {
+    let cli = cli_for(backend);
+    let out = cli.run(&run_on(
+        backend,
+        &[
+            "--name",
+            "fg",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+    ));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert!(stderr(&out).contains("err\n"));
@@ -100,7 +122,7 @@ fn run_returns_the_commands_exit_code_and_streams_its_output() {
     assert_eq!(fg["exit_code"], 3);
     // -i: stdin goes to the command, and its end closes the command's stdin.
     let mut cat = cli
-        .command(&["run", "-i", "--", "sh", "-c", "cat; echo end"])
+        .command(&run_on(backend, &["-i", "--", "sh", "-c", "cat; echo end"]))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -110,24 +132,37 @@ fn run_returns_the_commands_exit_code_and_streams_its_output() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "piped in\nend\n");
     // Killed by a signal: 128 + signal, as shells report it.
-    let out = cli.run(&["run", "--", "sh", "-c", "kill -9 $$"]);
+    let out = cli.run(&run_on(backend, &["--", "sh", "-c", "kill -9 $$"]));
     assert_eq!(out.status.code(), Some(137));
 }
 
-#[test]
-fn run_detached_is_running_and_stop_escalates_to_sigkill() {
-    let cli = Cli::new();
-    let name = cli.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "stubborn",
-        "--",
-        "sh",
-        "-c",
-        "trap '' TERM; while :; do sleep 0.1; done",
-    ]);
+on_both!(blocking run_detached_is_running_and_stop_escalates_to_sigkill);
+fn run_detached_is_running_and_stop_escalates_to_sigkill(backend: Backend) {
+    let cli = cli_for(backend);
+    let name = cli.ok(&run_on(
+        backend,
+        &[
+            "-d",
+            "--name",
+            "stubborn",
+            "--",
+            "sh",
+            "-c",
+            "trap '' TERM; echo armed; while :; do sleep 0.1; done",
+        ],
+    ));
     assert_eq!(name.trim(), "stubborn");
+    // Stop only once the trap is set (a guest's shell starts slowly).
+    let mut follower = cli
+        .command(&["logs", "-f", "stubborn"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut armed = String::new();
+    BufReader::new(follower.stdout.take().unwrap())
+        .read_line(&mut armed)
+        .unwrap();
+    assert_eq!(armed, "armed\n");
     let running = cli.ps();
     let listed: Vec<&Value> = running.iter().filter(|s| s["name"] == "stubborn").collect();
     assert_eq!(listed.len(), 1);
@@ -137,6 +172,7 @@ fn run_detached_is_running_and_stop_escalates_to_sigkill() {
     assert!(cli.ok(&["ps"]).contains("stubborn"));
 
     assert_eq!(cli.ok(&["stop", "-t", "1", "stubborn"]).trim(), "stubborn");
+    follower.wait().unwrap();
     let stopped = cli.sandbox("stubborn");
     assert_eq!(stopped["status"], "Stopped");
     assert_eq!(stopped["exit_signal"], 9);
@@ -149,10 +185,13 @@ fn run_detached_is_running_and_stop_escalates_to_sigkill() {
     cli.ok(&["stop", "stubborn"]);
 }
 
-#[test]
-fn logs_follow_in_another_process_sees_new_lines_within_a_second() {
-    let cli = Cli::new();
-    cli.ok(&["run", "-d", "--name", "talker", "--", "sleep", "1000"]);
+on_both!(blocking logs_follow_in_another_process_sees_new_lines_within_a_second);
+fn logs_follow_in_another_process_sees_new_lines_within_a_second(backend: Backend) {
+    let cli = cli_for(backend);
+    cli.ok(&run_on(
+        backend,
+        &["-d", "--name", "talker", "--", "sleep", "1000"],
+    ));
     let mut follower = cli
         .command(&["logs", "-f", "talker"])
         .stdout(Stdio::piped())
@@ -188,10 +227,13 @@ fn logs_follow_in_another_process_sees_new_lines_within_a_second() {
     assert!(status.success());
 }
 
-#[test]
-fn rm_of_a_running_sandbox_fails_clearly_and_rm_force_removes_it() {
-    let cli = Cli::new();
-    cli.ok(&["run", "-d", "--name", "busy", "--", "sleep", "1000"]);
+on_both!(blocking rm_of_a_running_sandbox_fails_clearly_and_rm_force_removes_it);
+fn rm_of_a_running_sandbox_fails_clearly_and_rm_force_removes_it(backend: Backend) {
+    let cli = cli_for(backend);
+    cli.ok(&run_on(
+        backend,
+        &["-d", "--name", "busy", "--", "sleep", "1000"],
+    ));
     let out = cli.run(&["rm", "busy"]);
     assert_eq!(out.status.code(), Some(1));
     let message = stderr(&out);
@@ -206,10 +248,13 @@ fn rm_of_a_running_sandbox_fails_clearly_and_rm_force_removes_it() {
     assert!(!cli.home().join("sandboxes/busy").exists());
 }
 
-#[test]
-fn exec_returns_the_inner_exit_code_and_passes_stdin() {
-    let cli = Cli::new();
-    cli.ok(&["run", "-d", "--name", "box", "--", "sleep", "1000"]);
+on_both!(blocking exec_returns_the_inner_exit_code_and_passes_stdin);
+fn exec_returns_the_inner_exit_code_and_passes_stdin(backend: Backend) {
+    let cli = cli_for(backend);
+    cli.ok(&run_on(
+        backend,
+        &["-d", "--name", "box", "--", "sleep", "1000"],
+    ));
     let out = cli.run(&["exec", "box", "--", "sh", "-c", "echo inside; exit 42"]);
     assert_eq!(out.status.code(), Some(42), "{}", stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "inside\n");
@@ -257,19 +302,21 @@ fn exec_returns_the_inner_exit_code_and_passes_stdin() {
     assert!(stderr(&out).contains("sandbox box is not running"));
 }
 
-#[test]
-fn logs_take_relative_and_absolute_times_sources_and_tail() {
-    let cli = Cli::new();
-    cli.ok(&[
-        "run",
-        "--name",
-        "chatty",
-        "--",
-        "sh",
-        "-c",
-        // Apart in time, so that each line is a chunk (an entry) of its own.
-        "for i in 1 2 3 4 5; do echo out-$i; sleep 0.02; done; echo bad >&2",
-    ]);
+on_both!(blocking logs_take_relative_and_absolute_times_sources_and_tail);
+fn logs_take_relative_and_absolute_times_sources_and_tail(backend: Backend) {
+    let cli = cli_for(backend);
+    cli.ok(&run_on(
+        backend,
+        &[
+            "--name",
+            "chatty",
+            "--",
+            "sh",
+            "-c",
+            // Apart in time, so that each line is a chunk (an entry) of its own.
+            "for i in 1 2 3 4 5; do echo out-$i; sleep 0.02; done; echo bad >&2",
+        ],
+    ));
     let all = cli.ok(&["logs", "--since", "5m", "chatty"]);
     assert_eq!(all, "out-1\nout-2\nout-3\nout-4\nout-5\n");
     // `logs` writes stderr entries to stderr, as they were.
@@ -363,11 +410,11 @@ fn unknown_names_exit_1_with_no_such_sandbox() {
     assert_eq!(cli.run(&["frobnicate"]).status.code(), Some(2));
 }
 
-#[test]
-fn a_second_terminals_stop_reaches_a_foreground_run() {
-    let cli = Cli::new();
+on_both!(blocking a_second_terminals_stop_reaches_a_foreground_run);
+fn a_second_terminals_stop_reaches_a_foreground_run(backend: Backend) {
+    let cli = cli_for(backend);
     let mut foreground: Child = cli
-        .command(&["run", "--name", "fg", "--", "sleep", "1000"])
+        .command(&run_on(backend, &["--name", "fg", "--", "sleep", "1000"]))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -392,6 +439,8 @@ fn a_second_terminals_stop_reaches_a_foreground_run() {
     assert!(!Path::new(socket).exists());
 }
 
+// Namespaces only: a VM's pause freezes all of qemu, and its metrics are
+// qemu's and the guest RAM it touched.
 #[test]
 fn pause_resume_and_metrics_reach_the_daemon() {
     let cli = Cli::new();
@@ -411,9 +460,9 @@ fn pause_resume_and_metrics_reach_the_daemon() {
     );
 }
 
-#[test]
-fn serve_stops_every_sandbox_gracefully_on_sigterm() {
-    let cli = Cli::new();
+on_both!(blocking serve_stops_every_sandbox_gracefully_on_sigterm);
+fn serve_stops_every_sandbox_gracefully_on_sigterm(backend: Backend) {
+    let cli = cli_for(backend);
     let mut daemon = cli
         .command(&["serve"])
         .stdout(Stdio::piped())
@@ -426,8 +475,14 @@ fn serve_stops_every_sandbox_gracefully_on_sigterm() {
         .unwrap();
     assert!(ready.starts_with("ready "), "{ready}");
     // `run -d` uses the daemon that is already there.
-    cli.ok(&["run", "-d", "--name", "one", "--", "sleep", "1000"]);
-    cli.ok(&["run", "-d", "--name", "two", "--", "sleep", "1000"]);
+    cli.ok(&run_on(
+        backend,
+        &["-d", "--name", "one", "--", "sleep", "1000"],
+    ));
+    cli.ok(&run_on(
+        backend,
+        &["-d", "--name", "two", "--", "sleep", "1000"],
+    ));
     let socket_mode = std::fs::metadata(cli.daemon_socket())
         .unwrap()
         .permissions()
@@ -486,6 +541,7 @@ fn probe_as_nobody(socket: &Path) -> String {
         .unwrap_or_else(|| panic!("the probe printed nothing: {text} {}", stderr(&out)))
 }
 
+// Namespaces only: the control socket is the host's, whatever runs behind it.
 #[test]
 fn another_user_cannot_use_the_control_socket() {
     let cli = Cli::new();
@@ -508,9 +564,9 @@ fn another_user_cannot_use_the_control_socket() {
     cli.ok(&["stop", "mine"]);
 }
 
-#[test]
-fn logs_follow_past_retention_prints_a_resume_hint_and_fails() {
-    let cli = Cli::new();
+on_both!(blocking logs_follow_past_retention_prints_a_resume_hint_and_fails);
+fn logs_follow_past_retention_prints_a_resume_hint_and_fails(backend: Backend) {
+    let cli = cli_for(backend);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let cursor = runtime.block_on(async {
         let sandvisor = sandvisor::Sandvisor::builder()
@@ -520,7 +576,8 @@ fn logs_follow_past_retention_prints_a_resume_hint_and_fails() {
             .await
             .unwrap();
         let mut config =
-            sandvisor::SandboxConfig::shell("rolling", "echo first; sleep 1; seq 1 3000");
+            sandvisor::SandboxConfig::shell("rolling", "echo first; sleep 1; seq 1 3000")
+                .with_backend(backend);
         config.log.max_bytes = 4096;
         config.log.keep = 1;
         let sandbox = sandvisor.create(config).await.unwrap();
@@ -605,13 +662,13 @@ fn every_verb_has_complete_help_with_an_example() {
     }
 }
 
-#[test]
-fn tmux_drives_an_interactive_shell_and_the_terminal_is_restored() {
+on_both!(blocking tmux_drives_an_interactive_shell_and_the_terminal_is_restored);
+fn tmux_drives_an_interactive_shell_and_the_terminal_is_restored(backend: Backend) {
     assert!(
         Command::new("tmux").arg("-V").output().is_ok(),
         "tmux is needed for this test (.ci/run installs it)"
     );
-    let cli = Cli::new();
+    let cli = cli_for(backend);
     let socket = cli.home().join("tmux.sock");
     let tmux = |args: &[&str]| {
         let out = Command::new("tmux")
@@ -639,7 +696,8 @@ fn tmux_drives_an_interactive_shell_and_the_terminal_is_restored() {
     let after = cli.home().join("stty.after");
     let done = cli.home().join("done");
     let script = format!(
-        "stty -g > {before}; SANDVISOR_HOME={home} {BIN} run -it --name tty -- sh; stty -g > {after}; touch {done}; exec sleep 600",
+        "stty -g > {before}; SANDVISOR_HOME={home} {BIN} run -it {vm} --name tty -- sh; stty -g > {after}; touch {done}; exec sleep 600",
+        vm = backends::vm_flag(backend).join(" "),
         before = before.display(),
         home = cli.home().display(),
         after = after.display(),
@@ -804,6 +862,7 @@ fn contradicting_network_flags_are_usage_errors() {
 
 /// `ps` marks the host's network (`--net` and `--network host` alike) and
 /// `inspect` shows the mode.
+// Namespaces only: a VM has no network yet (`--network host` is refused).
 #[test]
 fn ps_and_inspect_show_host_networking() {
     let cli = Cli::new();
@@ -833,6 +892,7 @@ fn ps_and_inspect_show_host_networking() {
 
 /// `ps` shows published ports docker's way; `inspect` shows the whole
 /// private network, each value in its full CLI form.
+// Namespaces only: a VM has no network yet (a private one is refused).
 #[test]
 fn ps_and_inspect_show_a_private_network() {
     let cli = Cli::new();
