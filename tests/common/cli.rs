@@ -55,7 +55,10 @@ impl Cli {
 }
 
 impl Drop for Cli {
-    /// Stops a daemon that `run -d` started for this home.
+    /// Stops a daemon that `run -d` started for this home, and its
+    /// sandboxes: SIGTERM first (serve stops them), SIGKILL after 20 s. A
+    /// daemon SIGKILLed at once would leave its sandboxes' agents waiting
+    /// for a host to re-adopt them, past the end of the test.
     fn drop(&mut self) {
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -64,8 +67,23 @@ impl Drop for Cli {
             return;
         };
         let client = sandvisor::control::ControlClient::new(self.home().join("sandvisord.sock"));
-        if let Ok(host) = runtime.block_on(client.host()) {
-            let pid = nix::unistd::Pid::from_raw(host.pid as i32);
+        let Ok(host) = runtime.block_on(client.host()) else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(host.pid as i32);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_err() {
+            return;
+        }
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+                stat.rsplit(") ").next().is_some_and(|s| s.starts_with('Z'))
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !gone() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if !gone() {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
