@@ -64,13 +64,7 @@ macro_rules! on_both {
 pub async fn runtime(backend: Backend) -> (TempDir, Sandvisor) {
     let home = tempfile::tempdir().unwrap();
     prepare_home(backend, home.path());
-    let rt = Sandvisor::builder()
-        .home(home.path())
-        .agent_path(env!("CARGO_BIN_EXE_sandvisor-agent"))
-        .open()
-        .await
-        .unwrap();
-    (home, rt)
+    super::runtime_at(home).await
 }
 
 /// `run`'s flags for `backend`: `--vm` for a microVM.

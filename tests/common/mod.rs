@@ -111,7 +111,11 @@ pub async fn next_within(stream: &mut LogStream, secs: u64) -> Option<sandvisor:
 
 /// A runtime over a fresh temp home, with the agent cargo built.
 pub async fn runtime() -> (TempDir, sandvisor::Sandvisor) {
-    let home = tempfile::tempdir().unwrap();
+    runtime_at(tempfile::tempdir().unwrap()).await
+}
+
+/// A runtime over the temp home `home`, with the agent cargo built.
+pub async fn runtime_at(home: TempDir) -> (TempDir, sandvisor::Sandvisor) {
     let rt = sandvisor::Sandvisor::builder()
         .home(home.path())
         .agent_path(env!("CARGO_BIN_EXE_sandvisor-agent"))
