@@ -393,7 +393,17 @@ fn default_filter(capabilities: u64) -> Result<ScmpFilterContext, String> {
 }
 
 fn new_filter(default: ScmpAction) -> Result<ScmpFilterContext, String> {
-    ScmpFilterContext::new(default).map_err(|e| format!("creating the filter: {e}"))
+    let mut filter =
+        ScmpFilterContext::new(default).map_err(|e| format!("creating the filter: {e}"))?;
+    // A binary search over the syscall numbers instead of a linear chain:
+    // every filtered syscall of the sandbox runs through it, and the kernel
+    // emulates it for each syscall number when the filter is installed (its
+    // action cache, under the installer's signal lock), which with the
+    // chain cost more than a mount per sandbox.
+    filter
+        .set_ctl_optimize(2)
+        .map_err(|e| format!("asking for a binary-tree filter: {e}"))?;
+    Ok(filter)
 }
 
 /// Adds a rule for the syscall `name` of the built-in lists; a name the
