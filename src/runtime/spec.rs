@@ -293,8 +293,7 @@ fn confinement(config: &SandboxConfig) -> Result<Option<Confinement>> {
         capabilities &= !::caps::Capability::CAP_NET_RAW.bitmask();
     }
     let seccomp = seccomp::compile(&config.seccomp, capabilities)
-        .map_err(|reason| invalid("seccomp", reason))?
-        .map(|program| program.as_ref().clone());
+        .map_err(|reason| invalid("seccomp", reason))?;
     Ok(Some(Confinement {
         capabilities,
         seccomp,

@@ -12,6 +12,8 @@
 //!   inside the sandbox's root, resolved there without leaving it.
 //! - A field added later needs `#[serde(default)]` (see [`super::spec`]).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// Ids in a sandbox's user namespace: `0 .. count` inside are
@@ -166,31 +168,40 @@ pub struct Confinement {
     pub capabilities: u64,
     /// The seccomp filter: a classic BPF program (8-byte `sock_filter`
     /// instructions in the host's byte order), base64 in JSON; `None`
-    /// installs none.
+    /// installs none. Shared: every sandbox of a capability set holds the
+    /// runtime's one compiled copy.
     #[serde(with = "base64_opt")]
-    pub seccomp: Option<Vec<u8>>,
+    pub seccomp: Option<Arc<Vec<u8>>>,
     /// Resource limits.
     pub rlimits: Vec<Rlimit>,
 }
 
 mod base64_opt {
+    use std::sync::Arc;
+
     use base64::Engine;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, out: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        bytes: &Option<Arc<Vec<u8>>>,
+        out: S,
+    ) -> Result<S::Ok, S::Error> {
         match bytes {
-            Some(bytes) => {
-                out.serialize_some(&base64::engine::general_purpose::STANDARD.encode(bytes))
-            }
+            Some(bytes) => out.serialize_some(
+                &base64::engine::general_purpose::STANDARD.encode(bytes.as_slice()),
+            ),
             None => out.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(input: D) -> Result<Option<Vec<u8>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        input: D,
+    ) -> Result<Option<Arc<Vec<u8>>>, D::Error> {
         let text: Option<String> = Option::deserialize(input)?;
         text.map(|text| {
             base64::engine::general_purpose::STANDARD
                 .decode(text)
+                .map(Arc::new)
                 .map_err(serde::de::Error::custom)
         })
         .transpose()

@@ -38,7 +38,7 @@ fn start() -> Frame {
         cgroup_namespace: true,
         confine: Some(Confinement {
             capabilities: 0x3,
-            seccomp: Some(vec![1, 2, 3]),
+            seccomp: Some(std::sync::Arc::new(vec![1, 2, 3])),
             rlimits: vec![Rlimit {
                 resource: 4,
                 soft: 0,
