@@ -3,6 +3,7 @@
 
 #[path = "common/cli.rs"]
 mod cli_home;
+mod common;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

@@ -3,6 +3,7 @@
 
 #[path = "common/cli.rs"]
 mod cli;
+mod common;
 #[path = "common/image.rs"]
 mod image_kit;
 

@@ -25,6 +25,7 @@ use tempfile::TempDir;
 mod cgroup;
 #[path = "common/cli.rs"]
 mod cli_home;
+mod common;
 use cgroup::host_limit;
 use cli_home::Cli;
 const BUSYBOX: &str = "/bin/busybox";

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 #[path = "common/cli.rs"]
 mod cli_home;
+mod common;
 use cli_home::Cli;
 
 /// A CLI home; its daemon (started by `run -d`) is killed with it.

@@ -398,8 +398,8 @@ fn new_filter(default: ScmpAction) -> Result<ScmpFilterContext, String> {
     // A binary search over the syscall numbers instead of a linear chain:
     // every filtered syscall of the sandbox runs through it, and the kernel
     // emulates it for each syscall number when the filter is installed (its
-    // action cache, under the installer's signal lock), which with the
-    // chain cost more than a mount per sandbox.
+    // action cache, under the installer's signal lock): ~0.5 ms of CPU per
+    // sandbox with the chain, ~0.18 ms as a tree (ARCHITECTURE, Isolation).
     filter
         .set_ctl_optimize(2)
         .map_err(|e| format!("asking for a binary-tree filter: {e}"))?;

@@ -1,5 +1,6 @@
 #![allow(dead_code)]
-//! The CLI against a temp home of its own, as a user runs it.
+//! The CLI against a temp home of its own, as a user runs it. A test crate
+//! that includes it also has `mod common;`.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -74,16 +75,11 @@ impl Drop for Cli {
         if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_err() {
             return;
         }
-        let gone = || {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-                stat.rsplit(") ").next().is_some_and(|s| s.starts_with('Z'))
-            })
-        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !gone() && std::time::Instant::now() < deadline {
+        while !crate::common::ended(host.pid) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        if !gone() {
+        if !crate::common::ended(host.pid) {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
