@@ -211,6 +211,15 @@ fn keyrings_and_kernel_interfaces_are_refused_with_eperm() {
             ),
         ),
         (
+            // The kernel reads an int: high bits must not hide the family.
+            "socket(AF_VSOCK | 1 << 32)",
+            format!(
+                "libc.syscall({}, ctypes.c_long({}), 1, 0)",
+                libc::SYS_socket,
+                (1u64 << 32) | libc::AF_VSOCK as u64
+            ),
+        ),
+        (
             "io_uring_setup",
             format!("libc.syscall({}, 1, 0)", libc::SYS_io_uring_setup),
         ),

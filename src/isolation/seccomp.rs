@@ -385,9 +385,16 @@ fn default_filter(capabilities: u64) -> Result<ScmpFilterContext, String> {
         let is = ScmpArgCompare::new(0, ScmpCompareOp::Equal, value);
         add(&mut filter, ScmpAction::Allow, "personality", &[is])?;
     }
-    let not_vsock = ScmpArgCompare::new(0, ScmpCompareOp::NotEqual, AF_VSOCK);
-    add(&mut filter, ScmpAction::Allow, "socket", &[not_vsock])?;
-    let vsock = ScmpArgCompare::new(0, ScmpCompareOp::Equal, AF_VSOCK);
+    // The kernel reads the family as an int, the filter sees 64 bits: only
+    // the low 32 may decide. "Low 32 bits are not AF_VSOCK" is "some low bit
+    // differs from AF_VSOCK's": one allow rule per bit (rules are
+    // alternatives; libseccomp has no masked not-equal).
+    for bit in 0..32 {
+        let mask = 1u64 << bit;
+        let differs = ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(mask), !AF_VSOCK & mask);
+        add(&mut filter, ScmpAction::Allow, "socket", &[differs])?;
+    }
+    let vsock = ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(0xffff_ffff), AF_VSOCK);
     add(&mut filter, ScmpAction::Errno(EPERM), "socket", &[vsock])?;
     Ok(filter)
 }
