@@ -13,7 +13,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use sandvisor::{SandboxConfig, SandboxStatus, Sandvisor};
+use sandvisor::{Isolation, SandboxConfig, SandboxStatus, Sandvisor};
 
 const N: usize = 500;
 const IDLE: usize = 200;
@@ -31,6 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     idle_memory(&agent).await?;
     let mut sandvisor_times = Vec::new();
     let mut tmpfs_times = Vec::new();
+    let mut unconfined_times = Vec::new();
     let mut unshare_times = Vec::new();
     let mut bwrap_times = Vec::new();
     let mut plain_times = Vec::new();
@@ -45,7 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             .agent_path(&agent)
             .open()
             .await?;
-        sandvisor_times.push(spawn_sandboxes(&rt, round).await?);
+        sandvisor_times.push(spawn_sandboxes(&rt, round, Isolation::default()).await?);
         // The same with the home on tmpfs: what is left once the filesystem's
         // inode allocation (the directories and exec.log) costs nothing.
         let shm = tempfile::tempdir_in("/dev/shm")?;
@@ -54,8 +55,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             .agent_path(&agent)
             .open()
             .await?;
-        tmpfs_times.push(spawn_sandboxes(&rt_shm, round).await?);
+        tmpfs_times.push(spawn_sandboxes(&rt_shm, round, Isolation::default()).await?);
         homes.push(shm);
+        let bare = tempfile::tempdir()?;
+        let rt_bare = Sandvisor::builder()
+            .home(bare.path())
+            .agent_path(&agent)
+            .open()
+            .await?;
+        unconfined_times.push(spawn_sandboxes(&rt_bare, round, Isolation::unconfined()).await?);
+        homes.push(bare);
         unshare_times.push(
             spawn_commands(|| {
                 let mut c = tokio::process::Command::new("unshare");
@@ -85,6 +94,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         median(&mut plain_times),
     );
     let m = median(&mut tmpfs_times);
+    let bare = median(&mut unconfined_times);
     println!("spawn {N} at once and reap (median of {ROUNDS})");
     println!("| what | total ms | per sandbox µs | vs unshare floor |");
     println!("| --- | ---: | ---: | ---: |");
@@ -99,6 +109,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         ms(m),
         us(m) / N as f64,
         m.as_secs_f64() / u.as_secs_f64()
+    );
+    println!(
+        "| sandvisor unconfined: no isolation, the runtime's own path | {:.0} | {:.0} | {:.2}x |",
+        ms(bare),
+        us(bare) / N as f64,
+        bare.as_secs_f64() / u.as_secs_f64()
     );
     println!(
         "| unshare -p -f -m --mount-proc -n -u -i true | {:.0} | {:.0} | 1.00x |",
@@ -129,8 +145,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     );
     if let Some(b) = b {
         println!(
-            "sandvisor (full isolation) / bwrap: {:.2}x (target <= 0.60x)",
-            s.as_secs_f64() / b.as_secs_f64()
+            "sandvisor (full isolation) / bwrap: {:.2}x (target <= 0.60x, {:.0} ms)",
+            s.as_secs_f64() / b.as_secs_f64(),
+            ms(b) * 0.6
+        );
+        println!(
+            "sandvisor unconfined / bwrap: {:.2}x; unshare floor / bwrap: {:.2}x",
+            bare.as_secs_f64() / b.as_secs_f64(),
+            u.as_secs_f64() / b.as_secs_f64()
         );
     } else {
         println!("sandvisor / bwrap: not measured, bwrap is missing (apt-get install bubblewrap)");
@@ -240,15 +262,16 @@ async fn idle_memory(
 async fn spawn_sandboxes(
     rt: &Sandvisor,
     round: usize,
+    isolation: Isolation,
 ) -> Result<Duration, Box<dyn std::error::Error + Send + Sync>> {
     let started = Instant::now();
     let tasks: Vec<_> = (0..N)
         .map(|i| {
             let rt = rt.clone();
+            let mut config = SandboxConfig::new(format!("b{round}-{i}"), "true");
+            config.isolation = isolation;
             tokio::spawn(async move {
-                let sandbox = rt
-                    .create(SandboxConfig::new(format!("b{round}-{i}"), "true"))
-                    .await?;
+                let sandbox = rt.create(config).await?;
                 sandbox.wait_until_stopped().await
             })
         })

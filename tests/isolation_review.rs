@@ -163,3 +163,91 @@ fn host_etc_files_others_may_not_read_are_hidden() {
         "private host files showed through: {private:?}"
     );
 }
+
+/// The masks of a default sandbox, read from its own mount table: no path
+/// is masked twice (a secret on both of the runtime's lists once got two
+/// stacked mounts), every mask is read-only, and the masked directories of
+/// `/etc` share one empty tmpfs, as do those of `/proc` and `/sys` (a
+/// superblock per mask cost the kernel more at every start and exit).
+#[test]
+fn secrets_are_masked_once_and_masked_directories_share_one_tmpfs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let out = sandvisor(&home, &["run", "--rm", "--", "cat", "/proc/self/mountinfo"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    // (mount point, device, mount options, filesystem type)
+    let mounts: Vec<(&str, &str, &str, &str)> = table
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let dash = fields.iter().position(|f| *f == "-")?;
+            Some((fields[4], fields[2], fields[5], *fields.get(dash + 1)?))
+        })
+        .collect();
+    let etc_dirs = [
+        "ssh",
+        "ssl/private",
+        "sudoers.d",
+        "docker",
+        "polkit-1/rules.d",
+    ];
+    let etc_files = ["shadow", "shadow-", "gshadow", "gshadow-", "sudoers"];
+    let masked = |path: &str| {
+        mounts
+            .iter()
+            .filter(move |m| m.0 == path)
+            .collect::<Vec<_>>()
+    };
+    let mut dir_devices = Vec::new();
+    for dir in etc_dirs {
+        if !Path::new("/etc").join(dir).is_dir() {
+            continue;
+        }
+        let at = masked(&format!("/etc/{dir}"));
+        assert_eq!(
+            at.len(),
+            1,
+            "/etc/{dir} masked {} times:\n{table}",
+            at.len()
+        );
+        assert_eq!(at[0].3, "tmpfs", "/etc/{dir}:\n{table}");
+        assert!(at[0].2.split(',').any(|o| o == "ro"), "/etc/{dir} writable");
+        dir_devices.push(at[0].1);
+    }
+    for file in etc_files {
+        if !Path::new("/etc").join(file).is_file() {
+            continue;
+        }
+        let at = masked(&format!("/etc/{file}"));
+        assert_eq!(
+            at.len(),
+            1,
+            "/etc/{file} masked {} times:\n{table}",
+            at.len()
+        );
+        assert!(
+            at[0].2.split(',').any(|o| o == "ro"),
+            "/etc/{file} writable"
+        );
+    }
+    dir_devices.sort_unstable();
+    dir_devices.dedup();
+    assert!(dir_devices.len() <= 1, "one tmpfs per /etc mask:\n{table}");
+    let mut kernel_devices = Vec::new();
+    for dir in ["/proc/acpi", "/proc/asound", "/proc/scsi", "/sys/firmware"] {
+        let at = masked(dir);
+        if at.is_empty() {
+            continue;
+        }
+        assert_eq!(at.len(), 1, "{dir} masked {} times:\n{table}", at.len());
+        assert!(at[0].2.split(',').any(|o| o == "ro"), "{dir} writable");
+        kernel_devices.push(at[0].1);
+    }
+    kernel_devices.sort_unstable();
+    kernel_devices.dedup();
+    assert!(
+        kernel_devices.len() <= 1,
+        "one tmpfs for the /proc and /sys masks:\n{table}"
+    );
+}

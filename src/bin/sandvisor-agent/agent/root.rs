@@ -390,8 +390,50 @@ fn walk_private(dir: &Path, prefix: &str, found: &mut Vec<(String, bool)>) {
     }
 }
 
-/// Hides the host's secrets under `/etc` of the host base.
+/// Hides the host's secrets under `/etc` of the host base: directories
+/// first, so what lies under a masked one (a private key in `/etc/ssh`)
+/// resolves no more and gets no mount of its own; then files.
 fn mask_secrets(root: &OwnedFd) -> Result<(), BootError> {
+    let private_dirs = private_etc()
+        .iter()
+        .filter(|(_, dir)| *dir)
+        .map(|(p, _)| p.as_str());
+    let mut masked: Vec<&str> = Vec::new();
+    // One empty read-only tmpfs for every directory: a superblock per mask
+    // costs the kernel several times what a copy of a mount does.
+    let mut empty: Option<OwnedFd> = None;
+    for dir in MASKED_ETC_DIRS.into_iter().chain(private_dirs) {
+        // A name on both lists (`ssl/private`) is masked once.
+        if masked.contains(&dir) {
+            continue;
+        }
+        masked.push(dir);
+        let path = format!("etc/{dir}");
+        let Ok(at) = resolve(root, &path) else {
+            continue;
+        };
+        let failed = |e: Errno| boot_error(BootStage::Mount, e, &format!("mask /{path}"));
+        match &empty {
+            Some(tree) => attach(&clone_tree(tree).map_err(failed)?, &at).map_err(failed)?,
+            None => {
+                mount(
+                    Some("tmpfs"),
+                    fd_path(&at).as_str(),
+                    Some("tmpfs"),
+                    MsFlags::MS_RDONLY
+                        | MsFlags::MS_NOSUID
+                        | MsFlags::MS_NODEV
+                        | MsFlags::MS_NOEXEC,
+                    Some("size=4k,mode=755"),
+                )
+                .map_err(failed)?;
+                // The tmpfs's root now: its copies keep its flags, and the
+                // superblock itself is read-only.
+                let mounted = resolve(root, &path).map_err(failed)?;
+                empty = Some(clone_tree(&mounted).map_err(failed)?);
+            }
+        }
+    }
     let null = detached(Path::new("/dev/null"), None, 0)
         .map_err(|e| boot_error(BootStage::Mount, e, "open /dev/null"))?;
     let private_files = private_etc()
@@ -399,6 +441,10 @@ fn mask_secrets(root: &OwnedFd) -> Result<(), BootError> {
         .filter(|(_, dir)| !*dir)
         .map(|(p, _)| p.as_str());
     for file in MASKED_ETC_FILES.into_iter().chain(private_files) {
+        if masked.contains(&file) {
+            continue;
+        }
+        masked.push(file);
         let Ok(at) = resolve(root, &format!("etc/{file}")) else {
             continue;
         };
@@ -406,23 +452,6 @@ fn mask_secrets(root: &OwnedFd) -> Result<(), BootError> {
             clone_tree(&null).map_err(|e| boot_error(BootStage::Mount, e, "clone /dev/null"))?;
         attach(&null, &at)
             .map_err(|e| boot_error(BootStage::Mount, e, &format!("mask /etc/{file}")))?;
-    }
-    let private_dirs = private_etc()
-        .iter()
-        .filter(|(_, dir)| *dir)
-        .map(|(p, _)| p.as_str());
-    for dir in MASKED_ETC_DIRS.into_iter().chain(private_dirs) {
-        let Ok(at) = resolve(root, &format!("etc/{dir}")) else {
-            continue;
-        };
-        mount(
-            Some("tmpfs"),
-            fd_path(&at).as_str(),
-            Some("tmpfs"),
-            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            Some("size=4k,mode=755"),
-        )
-        .map_err(|e| boot_error(BootStage::Mount, e, &format!("mask /etc/{dir}")))?;
     }
     Ok(())
 }
