@@ -1,6 +1,6 @@
 //! The sandbox's root filesystem, staged by the staging child (host root,
 //! in its own mount namespace; see [`super::stage`]) at `<fs dir>/root`,
-//! and bound at [`STAGED_AT`] for the agent.
+//! and moved to [`STAGED_AT`] for the agent.
 //!
 //! # Layout
 //! - With lower layers (an image's, or a rootfs): an overlay of them
@@ -170,18 +170,21 @@ pub(super) fn stage(
         .map_err(|e| boot_error(BootStage::Mount, e, "make the root read-only"))?;
     }
     // Last, since it hides the host's `/tmp` (which may hold the home).
+    // Moved, not bound: a recursive bind would leave a second copy of every
+    // staged mount at `<fs dir>/root`, which the agent's mount namespace
+    // would copy again and tear down with it.
     mount(
         Some(&root),
         STAGED_AT,
         None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
+        MsFlags::MS_MOVE,
         None::<&str>,
     )
     .map_err(|e| {
         boot_error(
             BootStage::Mount,
             e,
-            &format!("bind the root at {STAGED_AT}"),
+            &format!("move the root to {STAGED_AT}"),
         )
     })
 }
