@@ -45,7 +45,8 @@ pub enum Seccomp {
 
 /// Validates `seccomp` at config time: a profile file is readable, is
 /// Docker's JSON format, names known syscalls, actions, operators,
-/// architectures and capabilities, and compiles.
+/// architectures and capabilities, and compiles to a program the kernel
+/// loads (at most [`MAX_INSTRUCTIONS`]).
 ///
 /// # Errors
 /// The reason, naming what is wrong; the caller reports it as
@@ -155,8 +156,19 @@ fn export(filter: &ScmpFilterContext) -> Result<Vec<u8>, String> {
     file.rewind()
         .and_then(|()| file.read_to_end(&mut program))
         .map_err(|e| format!("reading the exported filter: {e}"))?;
+    // Refused here, at config time: the kernel would refuse it only when
+    // the sandbox's agent installs it, after everything was created.
+    let instructions = program.len() / std::mem::size_of::<libc::sock_filter>();
+    if instructions > MAX_INSTRUCTIONS {
+        return Err(format!(
+            "the compiled filter has {instructions} instructions; the kernel loads at most {MAX_INSTRUCTIONS}"
+        ));
+    }
     Ok(program)
 }
+
+/// The most instructions the kernel loads in one filter (`BPF_MAXINSNS`).
+pub const MAX_INSTRUCTIONS: usize = 4096;
 
 // ---------------------------------------------------------------------------
 // The default profile.

@@ -125,6 +125,68 @@ const PROFILE: &str = r#"{
     ]
 }"#;
 
+/// A profile whose compiled filter is longer than the kernel loads: one
+/// argument rule per value of `personality`.
+fn oversized_profile() -> String {
+    let rules = (0..5000)
+        .map(|value| {
+            format!(
+                r#"{{"names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [{{"index": 0, "value": {value}, "op": "SCMP_CMP_EQ"}}]}}"#
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    format!(r#"{{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{rules}]}}"#)
+}
+
+#[test]
+fn a_profile_longer_than_the_kernel_loads_is_refused_at_check() {
+    let reason = check_error(&oversized_profile());
+    assert!(reason.contains("instructions"), "{reason}");
+    assert!(reason.contains("4096"), "{reason}");
+    let (_file, seccomp) = profile(&oversized_profile());
+    assert!(seccomp::compile(&seccomp, caps::DOCKER_DEFAULT).is_err_and(|r| r.contains("4096")));
+}
+
+/// What `check` refuses, the kernel refuses too: the same rules under the
+/// limit load; a filter one instruction over it does not (`EINVAL`). Run
+/// in a forked child, which the filter would otherwise confine.
+#[test]
+fn the_limit_is_the_kernels() {
+    let allow = libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: libc::SECCOMP_RET_ALLOW,
+    };
+    for (len, expected) in [
+        (seccomp::MAX_INSTRUCTIONS, 0),
+        (seccomp::MAX_INSTRUCTIONS + 1, libc::EINVAL),
+    ] {
+        let program = vec![allow; len];
+        let prog = libc::sock_fprog {
+            len: len as u16,
+            filter: program.as_ptr().cast_mut(),
+        };
+        // SAFETY: the child only makes raw syscalls and _exits.
+        match unsafe { libc::fork() } {
+            0 => unsafe {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                let ret = libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog);
+                let errno = *libc::__errno_location();
+                libc::_exit(if ret == 0 { 0 } else { errno });
+            },
+            pid => {
+                let mut status = 0;
+                // SAFETY: waiting on our own child.
+                assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+                assert!(libc::WIFEXITED(status));
+                assert_eq!(libc::WEXITSTATUS(status), expected, "{len} instructions");
+            }
+        }
+    }
+}
+
 #[test]
 fn a_docker_profile_checks_and_compiles() {
     let (_file, seccomp) = profile(PROFILE);
