@@ -41,28 +41,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut homes = Vec::new();
     for round in 0..ROUNDS {
         let home = tempfile::tempdir()?;
-        let rt = Sandvisor::builder()
-            .home(home.path())
-            .agent_path(&agent)
-            .open()
-            .await?;
+        let rt = runtime(home.path(), &agent).await?;
         sandvisor_times.push(spawn_sandboxes(&rt, round, Isolation::default()).await?);
         // The same with the home on tmpfs: what is left once the filesystem's
         // inode allocation (the directories and exec.log) costs nothing.
         let shm = tempfile::tempdir_in("/dev/shm")?;
-        let rt_shm = Sandvisor::builder()
-            .home(shm.path())
-            .agent_path(&agent)
-            .open()
-            .await?;
+        let rt_shm = runtime(shm.path(), &agent).await?;
         tmpfs_times.push(spawn_sandboxes(&rt_shm, round, Isolation::default()).await?);
         homes.push(shm);
         let bare = tempfile::tempdir()?;
-        let rt_bare = Sandvisor::builder()
-            .home(bare.path())
-            .agent_path(&agent)
-            .open()
-            .await?;
+        let rt_bare = runtime(bare.path(), &agent).await?;
         unconfined_times.push(spawn_sandboxes(&rt_bare, round, Isolation::unconfined()).await?);
         homes.push(bare);
         unshare_times.push(
@@ -161,6 +149,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     Ok(())
 }
 
+async fn runtime(
+    home: &std::path::Path,
+    agent: &std::path::Path,
+) -> Result<Sandvisor, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(Sandvisor::builder()
+        .home(home)
+        .agent_path(agent)
+        .open()
+        .await?)
+}
+
 /// `bwrap` runs here (installed, and allowed to make its namespaces).
 fn bwrap_available() -> bool {
     std::process::Command::new("bwrap")
@@ -220,11 +219,7 @@ async fn idle_memory(
     agent: &std::path::Path,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let home = tempfile::tempdir()?;
-    let rt = Sandvisor::builder()
-        .home(home.path())
-        .agent_path(agent)
-        .open()
-        .await?;
+    let rt = runtime(home.path(), agent).await?;
     // Warm up allocator pools, SQLite and the actor runtime before measuring.
     let warm = rt
         .create(SandboxConfig::new("warm", "sleep").args(["1000"]))

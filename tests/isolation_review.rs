@@ -193,56 +193,37 @@ fn secrets_are_masked_once_and_masked_directories_share_one_tmpfs() {
         "polkit-1/rules.d",
     ];
     let etc_files = ["shadow", "shadow-", "gshadow", "gshadow-", "sudoers"];
-    let masked = |path: &str| {
-        mounts
-            .iter()
-            .filter(move |m| m.0 == path)
-            .collect::<Vec<_>>()
+    // The one mount at `path`, read-only; its device.
+    let masked_once = |path: &str| {
+        let at: Vec<_> = mounts.iter().filter(|m| m.0 == path).collect();
+        assert_eq!(at.len(), 1, "{path} masked {} times:\n{table}", at.len());
+        assert!(at[0].2.split(',').any(|o| o == "ro"), "{path} writable");
+        at[0]
     };
     let mut dir_devices = Vec::new();
     for dir in etc_dirs {
-        if !Path::new("/etc").join(dir).is_dir() {
-            continue;
+        if Path::new("/etc").join(dir).is_dir() {
+            let mask = masked_once(&format!("/etc/{dir}"));
+            assert_eq!(mask.3, "tmpfs", "/etc/{dir}:\n{table}");
+            dir_devices.push(mask.1);
         }
-        let at = masked(&format!("/etc/{dir}"));
-        assert_eq!(
-            at.len(),
-            1,
-            "/etc/{dir} masked {} times:\n{table}",
-            at.len()
-        );
-        assert_eq!(at[0].3, "tmpfs", "/etc/{dir}:\n{table}");
-        assert!(at[0].2.split(',').any(|o| o == "ro"), "/etc/{dir} writable");
-        dir_devices.push(at[0].1);
     }
     for file in etc_files {
-        if !Path::new("/etc").join(file).is_file() {
-            continue;
+        if Path::new("/etc").join(file).is_file() {
+            masked_once(&format!("/etc/{file}"));
         }
-        let at = masked(&format!("/etc/{file}"));
-        assert_eq!(
-            at.len(),
-            1,
-            "/etc/{file} masked {} times:\n{table}",
-            at.len()
-        );
-        assert!(
-            at[0].2.split(',').any(|o| o == "ro"),
-            "/etc/{file} writable"
-        );
     }
     dir_devices.sort_unstable();
     dir_devices.dedup();
-    assert!(dir_devices.len() <= 1, "one tmpfs per /etc mask:\n{table}");
+    assert!(
+        dir_devices.len() <= 1,
+        "one tmpfs for all the /etc masks:\n{table}"
+    );
     let mut kernel_devices = Vec::new();
     for dir in ["/proc/acpi", "/proc/asound", "/proc/scsi", "/sys/firmware"] {
-        let at = masked(dir);
-        if at.is_empty() {
-            continue;
+        if mounts.iter().any(|m| m.0 == dir) {
+            kernel_devices.push(masked_once(dir).1);
         }
-        assert_eq!(at.len(), 1, "{dir} masked {} times:\n{table}", at.len());
-        assert!(at[0].2.split(',').any(|o| o == "ro"), "{dir} writable");
-        kernel_devices.push(at[0].1);
     }
     kernel_devices.sort_unstable();
     kernel_devices.dedup();
