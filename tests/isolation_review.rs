@@ -232,3 +232,31 @@ fn secrets_are_masked_once_and_masked_directories_share_one_tmpfs() {
         "one tmpfs for the /proc and /sys masks:\n{table}"
     );
 }
+
+/// Links the sandbox leaves at masked names in its own writable layer
+/// (`/etc/sudoers.d -> ssl/private/..` where the host has no
+/// `/etc/sudoers.d`) neither stop its next start nor uncover what a mask
+/// hides. The staging child once looked such a path up a second time after
+/// its first mask was in place, and the link then led nowhere.
+#[test]
+fn links_at_masked_names_do_not_stop_the_next_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let _reaper = Reaper(&home);
+    let script = "for n in sudoers.d wireguard letsencrypt openvpn credstore; do \
+                  [ -e /etc/$n ] || [ -L /etc/$n ] || ln -s ssl/private/.. /etc/$n; done; \
+                  echo private=$(ls -A /etc/ssl/private 2>/dev/null | wc -l)";
+    let first = sandvisor(&home, &["run", "--name", "l", "--", "sh", "-c", script]);
+    assert!(first.status.success(), "{}", text(&first));
+    let again = sandvisor(&home, &["start", "l"]);
+    assert!(again.status.success(), "{}", text(&again));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let logs = loop {
+        let logs = text(&sandvisor(&home, &["logs", "l"]));
+        if logs.matches("private=").count() == 2 || std::time::Instant::now() > deadline {
+            break logs;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(logs.matches("private=0").count(), 2, "{logs}");
+}

@@ -419,21 +419,13 @@ fn mask_secrets(root: &OwnedFd) -> Result<(), BootError> {
         match &empty {
             Some(tree) => attach(&clone_tree(tree).map_err(failed)?, &at).map_err(failed)?,
             None => {
-                mount(
-                    Some("tmpfs"),
-                    fd_path(&at).as_str(),
-                    Some("tmpfs"),
-                    MsFlags::MS_RDONLY
-                        | MsFlags::MS_NOSUID
-                        | MsFlags::MS_NODEV
-                        | MsFlags::MS_NOEXEC,
-                    Some("size=4k,mode=755"),
-                )
-                .map_err(failed)?;
-                // The tmpfs's root now: its copies keep its flags, and the
-                // superblock itself is read-only.
-                let mounted = resolve(root, &path).map_err(failed)?;
-                empty = Some(clone_tree(&mounted).map_err(failed)?);
+                // Attached through its own descriptor, which then stands
+                // for the attached mount: its copies need no second lookup
+                // of the path (which a link in the sandbox's own layer could
+                // lead elsewhere once the first mask is in place).
+                let tree = empty_tmpfs().map_err(failed)?;
+                attach(&tree, &at).map_err(failed)?;
+                empty = Some(tree);
             }
         }
     }
@@ -457,6 +449,58 @@ fn mask_secrets(root: &OwnedFd) -> Result<(), BootError> {
             .map_err(|e| boot_error(BootStage::Mount, e, &format!("mask /etc/{file}")))?;
     }
     Ok(())
+}
+
+/// A new empty tmpfs, not attached anywhere: read-only (its superblock
+/// too, which the host's user namespace owns, so no sandbox may make it
+/// writable), nosuid, nodev and noexec.
+fn empty_tmpfs() -> Result<OwnedFd, Errno> {
+    let context = owned(unsafe {
+        // SAFETY: fsopen takes a NUL-terminated filesystem name and flags.
+        libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), libc::FSOPEN_CLOEXEC)
+    })?;
+    let settings: [(libc::c_uint, &std::ffi::CStr, Option<&std::ffi::CStr>); 4] = [
+        (libc::FSCONFIG_SET_STRING, c"size", Some(c"4k")),
+        (libc::FSCONFIG_SET_STRING, c"mode", Some(c"755")),
+        (libc::FSCONFIG_SET_FLAG, c"ro", None),
+        (libc::FSCONFIG_CMD_CREATE, c"", None),
+    ];
+    for (command, key, value) in settings {
+        let key = if key.is_empty() {
+            std::ptr::null()
+        } else {
+            key.as_ptr()
+        };
+        let value = value.map_or(std::ptr::null(), std::ffi::CStr::as_ptr);
+        // SAFETY: NUL-terminated strings (or null where the command takes
+        // none) and no binary argument.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                context.as_raw_fd(),
+                command,
+                key,
+                value,
+                0,
+            )
+        };
+        if ret < 0 {
+            return Err(Errno::last());
+        }
+    }
+    owned(unsafe {
+        // SAFETY: fsmount takes the context's descriptor, flags and mount
+        // attributes.
+        libc::syscall(
+            libc::SYS_fsmount,
+            context.as_raw_fd(),
+            libc::FSMOUNT_CLOEXEC,
+            libc::MOUNT_ATTR_RDONLY
+                | libc::MOUNT_ATTR_NOSUID
+                | libc::MOUNT_ATTR_NODEV
+                | libc::MOUNT_ATTR_NOEXEC,
+        )
+    })
 }
 
 /// `/dev`'s contents (its tmpfs is mounted): the host's harmless devices,
