@@ -125,6 +125,11 @@ pub async fn start(backend: &dyn Backend, spec: &VmSpec) -> Result<Detached, Boo
 
 /// Relays the main session until it exited, the caller left or the
 /// socket broke; then waits for the agent to be gone.
+///
+/// A write that fails only ends the writing: an agent that finished its
+/// operation sends its output, its result and `Exited`, then closes its
+/// socket, and an acknowledgement sent after that close must not cost the
+/// frames still unread here (the caller would see no result).
 async fn relay(
     mut read: OwnedReadHalf,
     mut write: OwnedWriteHalf,
@@ -134,6 +139,7 @@ async fn relay(
     agent: Arc<dyn Agent>,
 ) {
     let mut flow = StdinFlow::default();
+    let mut writable = true;
     'relay: loop {
         // Frames already buffered first (some may have come with Ready).
         loop {
@@ -154,8 +160,8 @@ async fn relay(
                             session: MAIN_SESSION,
                             data,
                         };
-                        if send(&mut write, &frame).await.is_err() {
-                            break 'relay;
+                        if writable && send(&mut write, &frame).await.is_err() {
+                            writable = false;
                         }
                     }
                 }
@@ -176,7 +182,7 @@ async fn relay(
             }
         }
         tokio::select! {
-            input = inputs.recv() => {
+            input = inputs.recv(), if writable => {
                 let frames = match input {
                     Some(SessionInput::Stdin(data)) => {
                         flow.push(&data);
@@ -198,7 +204,8 @@ async fn relay(
                 };
                 for frame in frames {
                     if send(&mut write, &frame).await.is_err() {
-                        break 'relay;
+                        writable = false;
+                        break;
                     }
                 }
             }
@@ -214,4 +221,84 @@ async fn relay(
     // The caller's stream ends now, not only once the agent is gone.
     drop(outputs);
     agent.exited().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An agent that has already exited.
+    #[derive(Debug)]
+    struct Gone;
+
+    impl Agent for Gone {
+        fn pid(&self) -> u32 {
+            0
+        }
+        fn exited(&self) -> futures::future::BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+        fn kill(&self, _main_pid: Option<u32>) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The agent sent its result and `Exited`, then closed its socket;
+    /// the caller's acknowledgement is waiting to go out. Whichever the
+    /// relay takes first, the result and the exit reach the caller (the
+    /// write to the closed socket failed and once ended the relay with the
+    /// frames unread: `cp` said the sandbox was not running).
+    #[tokio::test]
+    async fn frames_sent_before_the_agent_closed_reach_the_caller() {
+        for _ in 0..64 {
+            let (host, agent) = tokio::net::UnixStream::pair().expect("pair");
+            let mut frames = Vec::new();
+            Frame::Output {
+                session: MAIN_SESSION,
+                stream: OutputStream::Stderr,
+                data: bytes::Bytes::from_static(b"{\"Ok\":null}"),
+            }
+            .encode(&mut frames);
+            Frame::Exited {
+                session: MAIN_SESSION,
+                status: ExitStatus {
+                    code: Some(0),
+                    signal: None,
+                },
+            }
+            .encode(&mut frames);
+            let mut agent = agent;
+            agent.write_all(&frames).await.expect("frames");
+            drop(agent);
+            let (input, inputs) = mpsc::unbounded_channel();
+            let (outputs, mut output) = mpsc::unbounded_channel();
+            input
+                .send(SessionInput::OutputConsumed(11))
+                .expect("queued");
+            let (read, write) = host.into_split();
+            relay(
+                read,
+                write,
+                BytesMut::new(),
+                inputs,
+                outputs,
+                Arc::new(Gone),
+            )
+            .await;
+            let mut items = Vec::new();
+            while let Some(item) = output.recv().await {
+                items.push(item);
+            }
+            assert!(
+                matches!(
+                    items.as_slice(),
+                    [
+                        ExecItem::Output { .. },
+                        ExecItem::Exited { code: Some(0), .. }
+                    ]
+                ),
+                "{items:?}"
+            );
+        }
+    }
 }
