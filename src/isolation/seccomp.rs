@@ -167,8 +167,8 @@ fn export(filter: &ScmpFilterContext) -> Result<Vec<u8>, String> {
     Ok(program)
 }
 
-/// The most instructions the kernel loads in one filter (`BPF_MAXINSNS`).
-pub const MAX_INSTRUCTIONS: usize = 4096;
+/// The most instructions the kernel loads in one filter.
+pub const MAX_INSTRUCTIONS: usize = libc::BPF_MAXINSNS as usize;
 
 // ---------------------------------------------------------------------------
 // The default profile.

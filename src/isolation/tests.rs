@@ -148,9 +148,10 @@ fn a_profile_longer_than_the_kernel_loads_is_refused_at_check() {
     assert!(seccomp::compile(&seccomp, caps::DOCKER_DEFAULT).is_err_and(|r| r.contains("4096")));
 }
 
-/// What `check` refuses, the kernel refuses too: the same rules under the
-/// limit load; a filter one instruction over it does not (`EINVAL`). Run
-/// in a forked child, which the filter would otherwise confine.
+/// The limit `check` applies is the kernel's: a filter of exactly
+/// [`seccomp::MAX_INSTRUCTIONS`] instructions loads, one more does not
+/// (`EINVAL`). Each load runs in a forked child, which the filter would
+/// otherwise confine.
 #[test]
 fn the_limit_is_the_kernels() {
     let allow = libc::sock_filter {

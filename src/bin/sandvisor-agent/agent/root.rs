@@ -402,32 +402,19 @@ fn mask_secrets(root: &OwnedFd) -> Result<(), BootError> {
         .filter(|(_, dir)| *dir)
         .map(|(p, _)| p.as_str());
     let mut masked: Vec<&str> = Vec::new();
-    // One empty read-only tmpfs for every directory: a superblock per mask
-    // costs the kernel several times what a copy of a mount does.
-    let mut empty: Option<OwnedFd> = None;
+    let mut empty = EmptyMasks::new(c"755");
     for dir in MASKED_ETC_DIRS.into_iter().chain(private_dirs) {
         // A name on both lists (`ssl/private`) is masked once.
         if masked.contains(&dir) {
             continue;
         }
         masked.push(dir);
-        let path = format!("etc/{dir}");
-        let Ok(at) = resolve(root, &path) else {
+        let Ok(at) = resolve(root, &format!("etc/{dir}")) else {
             continue;
         };
-        let failed = |e: Errno| boot_error(BootStage::Mount, e, &format!("mask /{path}"));
-        match &empty {
-            Some(tree) => attach(&clone_tree(tree).map_err(failed)?, &at).map_err(failed)?,
-            None => {
-                // Attached through its own descriptor, which then stands
-                // for the attached mount: its copies need no second lookup
-                // of the path (which a link in the sandbox's own layer could
-                // lead elsewhere once the first mask is in place).
-                let tree = empty_tmpfs().map_err(failed)?;
-                attach(&tree, &at).map_err(failed)?;
-                empty = Some(tree);
-            }
-        }
+        empty
+            .cover(&at)
+            .map_err(|e| boot_error(BootStage::Mount, e, &format!("mask /etc/{dir}")))?;
     }
     let null = detached(Path::new("/dev/null"), None, 0)
         .map_err(|e| boot_error(BootStage::Mount, e, "open /dev/null"))?;
@@ -451,17 +438,51 @@ fn mask_secrets(root: &OwnedFd) -> Result<(), BootError> {
     Ok(())
 }
 
-/// A new empty tmpfs, not attached anywhere: read-only (its superblock
-/// too, which the host's user namespace owns, so no sandbox may make it
+/// Empty read-only directories over mask targets, all from one tmpfs: the
+/// first target gets a new one (see [`empty_tmpfs`]), attached through its
+/// own descriptor, which then stands for the attached mount; the others get
+/// copies of that mount. A superblock per mask costs the kernel several
+/// times what a copy of a mount does, and no target is looked up twice (a
+/// link in the sandbox's own layer could lead a second lookup elsewhere
+/// once the first mask is in place).
+pub(crate) struct EmptyMasks {
+    mode: &'static std::ffi::CStr,
+    tree: Option<OwnedFd>,
+}
+
+impl EmptyMasks {
+    /// Masks whose directories have `mode` (octal, as tmpfs takes it).
+    pub(crate) fn new(mode: &'static std::ffi::CStr) -> Self {
+        Self { mode, tree: None }
+    }
+
+    /// Covers what the `O_PATH` descriptor `at` refers to.
+    ///
+    /// # Errors
+    /// The errno of making, copying or attaching the mount.
+    pub(crate) fn cover(&mut self, at: &OwnedFd) -> Result<(), Errno> {
+        if let Some(tree) = &self.tree {
+            return attach(&clone_tree(tree)?, at);
+        }
+        let tree = empty_tmpfs(self.mode)?;
+        attach(&tree, at)?;
+        self.tree = Some(tree);
+        Ok(())
+    }
+}
+
+/// A new empty tmpfs whose root has `mode`, not attached anywhere:
+/// read-only (its superblock too, owned by the user namespace that made it:
+/// the host's for the staging child's masks, so no sandbox may make those
 /// writable), nosuid, nodev and noexec.
-fn empty_tmpfs() -> Result<OwnedFd, Errno> {
+fn empty_tmpfs(mode: &std::ffi::CStr) -> Result<OwnedFd, Errno> {
     let context = owned(unsafe {
         // SAFETY: fsopen takes a NUL-terminated filesystem name and flags.
         libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), libc::FSOPEN_CLOEXEC)
     })?;
     let settings: [(libc::c_uint, &std::ffi::CStr, Option<&std::ffi::CStr>); 4] = [
         (libc::FSCONFIG_SET_STRING, c"size", Some(c"4k")),
-        (libc::FSCONFIG_SET_STRING, c"mode", Some(c"755")),
+        (libc::FSCONFIG_SET_STRING, c"mode", Some(mode)),
         (libc::FSCONFIG_SET_FLAG, c"ro", None),
         (libc::FSCONFIG_CMD_CREATE, c"", None),
     ];

@@ -180,10 +180,11 @@ fn enter_root(
             bind("dev/null", &path, false).map_err(fail(&format!("mask /{path}")))?;
         }
     }
-    let mut empty = EmptyDirs::default();
+    let mut empty = super::root::EmptyMasks::new(c"555");
     for dir in MASKED_PROC_DIRS.iter().map(|d| format!("proc/{d}")) {
         if std::path::Path::new(&dir).is_dir() {
-            empty.cover(&dir).map_err(fail(&format!("mask /{dir}")))?;
+            let at = super::root::open_path(std::path::Path::new(&dir), true)?;
+            empty.cover(&at).map_err(fail(&format!("mask /{dir}")))?;
         }
     }
     for path in READ_ONLY_PROC.iter().map(|p| format!("proc/{p}")) {
@@ -210,7 +211,8 @@ fn enter_root(
     }
     for dir in MASKED_SYS_DIRS.iter().map(|d| format!("sys/{d}")) {
         if std::path::Path::new(&dir).is_dir() {
-            empty.cover(&dir).map_err(fail(&format!("mask /{dir}")))?;
+            let at = super::root::open_path(std::path::Path::new(&dir), true)?;
+            empty.cover(&at).map_err(fail(&format!("mask /{dir}")))?;
         }
     }
     cgroup_view(cgroups).map_err(fail("show the sandbox's cgroups at /sys/fs/cgroup"))?;
@@ -321,34 +323,6 @@ fn read_only(path: &str, kept: MsFlags) -> Result<(), Errno> {
         MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | kept,
         None::<&str>,
     )
-}
-
-/// Empty read-only directories over masked paths of `/proc` and `/sys`
-/// (relative to the new root, the working directory until `pivot_root`):
-/// the first gets a tmpfs, the others a bind of it, since a superblock per
-/// mask costs the kernel several times what a bind does.
-#[derive(Default)]
-struct EmptyDirs {
-    first: Option<String>,
-}
-
-impl EmptyDirs {
-    fn cover(&mut self, path: &str) -> Result<(), Errno> {
-        let kept = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        if let Some(first) = &self.first {
-            bind(first, path, false)?;
-            return read_only(path, kept);
-        }
-        mount(
-            Some("tmpfs"),
-            path,
-            Some("tmpfs"),
-            MsFlags::MS_RDONLY | kept,
-            Some("size=4k,mode=555"),
-        )?;
-        self.first = Some(path.to_string());
-        Ok(())
-    }
 }
 
 /// Step 5 without a staged root: the mount namespace's tree, in the agent's
